@@ -1,0 +1,3 @@
+"""mkosi: build bespoke OS images."""
+
+__version__ = "15.0.0"

@@ -1,0 +1,56 @@
+"""Step logging: every build step is named and timed; --debug shows each command."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+
+_state = {"debug": False, "depth": 0}
+
+
+def set_debug(enabled: bool) -> None:
+    _state["debug"] = enabled
+
+
+def debug_enabled() -> bool:
+    return bool(_state["debug"])
+
+
+def _color(code: str, text: str) -> str:
+    if sys.stderr.isatty() and "NO_COLOR" not in os.environ:
+        return f"\033[{code}m{text}\033[0m"
+    return text
+
+
+def info(msg: str) -> None:
+    indent = "  " * int(_state["depth"])
+    print(f"{indent}{msg}", file=sys.stderr, flush=True)
+
+
+def warn(msg: str) -> None:
+    print(_color("33;1", f"Warning: {msg}"), file=sys.stderr, flush=True)
+
+
+def error(msg: str) -> None:
+    print(_color("31;1", f"Error: {msg}"), file=sys.stderr, flush=True)
+
+
+def debug(msg: str) -> None:
+    if _state["debug"]:
+        print(_color("2", msg), file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def step(name: str) -> Iterator[None]:
+    """Log a named step with its duration; nested steps are indented."""
+    info(_color("1", f"‣ {name}…"))
+    start = time.monotonic()
+    _state["depth"] = int(_state["depth"]) + 1
+    try:
+        yield
+    finally:
+        _state["depth"] = int(_state["depth"]) - 1
+    info(f"  {name} done in {time.monotonic() - start:.1f}s")

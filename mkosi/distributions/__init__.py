@@ -1,0 +1,94 @@
+"""Distribution plugins: one module per family, registered in one place (PLUGINS below)."""
+
+from __future__ import annotations
+
+import platform
+from typing import TYPE_CHECKING, ClassVar, Optional
+
+from mkosi.config.enums import Distribution
+from mkosi.errors import MkosiError
+
+if TYPE_CHECKING:
+    from mkosi.config.settings import MkosiArgs
+    from mkosi.context import Context
+    from mkosi.manifest import PackageInfo
+
+
+class DistributionPlugin:
+    distribution: ClassVar[Distribution]
+    default_release: ClassVar[str]
+    package_manager: ClassVar[str]          # the host tool that installs packages
+    host_os_ids: ClassVar[tuple[str, ...]] = ()  # os-release IDs of hosts running this distribution
+    docs_paths: ClassVar[tuple[str, ...]] = ("/usr/share/doc", "/usr/share/man", "/usr/share/info")
+
+    def default_mirror(self, arch: str) -> Optional[str]:
+        return None
+
+    def repositories(self, args: MkosiArgs) -> list[str]:
+        """The repositories a build would use, as shown by `mkosi summary`."""
+        return []
+
+    def base_packages(self, args: MkosiArgs) -> list[str]:
+        return ["systemd"]
+
+    def install(self, ctx: Context, packages: list[str]) -> None:
+        raise MkosiError(f"building {self.distribution.value} images is not implemented yet")
+
+    def install_more(self, ctx: Context, packages: list[str]) -> None:
+        raise MkosiError(f"installing packages into {self.distribution.value} images is not implemented yet")
+
+    def remove_packages(self, ctx: Context, packages: list[str]) -> None:
+        raise MkosiError(f"RemovePackages= is not supported for {self.distribution.value}",
+                         hint="remove files with RemoveFiles= instead")
+
+    def installed_packages(self, ctx: Context) -> list[PackageInfo]:
+        return []
+
+    def clean_package_metadata(self, ctx: Context, force: bool) -> None:
+        pass
+
+    def package_manager_present(self, ctx: Context) -> bool:
+        return False
+
+
+def _registry() -> dict[Distribution, DistributionPlugin]:
+    from mkosi.distributions import arch, debian, fedora, gentoo, opensuse
+
+    plugins: list[DistributionPlugin] = [
+        *debian.PLUGINS, *fedora.PLUGINS, arch.Arch(), opensuse.OpenSUSE(), gentoo.Gentoo(),
+    ]
+    return {p.distribution: p for p in plugins}
+
+
+_PLUGINS: dict[Distribution, DistributionPlugin] = {}
+
+
+def plugin(distribution: Distribution) -> DistributionPlugin:
+    if not _PLUGINS:
+        _PLUGINS.update(_registry())
+    return _PLUGINS[distribution]
+
+
+def distribution_from_os_id(os_id: str, id_like: str = "") -> Optional[Distribution]:
+    if not _PLUGINS:
+        _PLUGINS.update(_registry())
+    for candidate in [os_id, *id_like.split()]:
+        for p in _PLUGINS.values():
+            if candidate in p.host_os_ids:
+                return p.distribution
+    return None
+
+
+# Canonical architecture names are the kernel's (uname -m); other spellings are accepted.
+ARCH_ALIASES = {
+    "amd64": "x86_64", "x86-64": "x86_64", "arm64": "aarch64", "i386": "x86", "i686": "x86",
+    "armhf": "arm", "armv7l": "arm", "ppc64el": "ppc64le", "riscv64": "riscv64", "s390x": "s390x",
+}
+
+
+def normalize_architecture(arch: str) -> str:
+    return ARCH_ALIASES.get(arch, arch)
+
+
+def host_architecture() -> str:
+    return normalize_architecture(platform.machine())

@@ -1,0 +1,90 @@
+# PYTHON_ARGCOMPLETE_OK
+"""Entry point: logging, parsing, dispatch. The only place that turns an error into an exit code."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Optional
+
+from mkosi import log
+from mkosi.errors import MkosiError
+
+
+def _debug_requested(argv: Sequence[str]) -> bool:
+    return any(a == "--debug" or a.startswith("--debug=") for a in argv)
+
+
+def run_main(argv: Sequence[str]) -> int:
+    from mkosi.config import load_args
+    from mkosi.config.parse import build_parser, format_help, print_version
+    from mkosi.verbs import run_verb
+
+    try:
+        import argcomplete
+
+        argcomplete.autocomplete(build_parser())
+    except ImportError:
+        pass
+
+    cli, configs = load_args(argv)
+    if cli.version:
+        print_version()
+        return 0
+    if cli.help:
+        print(format_help())
+        return 0
+    for args in configs:
+        log.set_debug(bool(args.debug))
+        run_verb(args)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    if argv is None:
+        argv = sys.argv[1:]
+    debug = _debug_requested(argv)
+    log.set_debug(debug)
+    try:
+        code = run_main(argv)
+    except MkosiError as e:
+        if debug:
+            traceback.print_exc()
+        log.error(str(e))
+        if e.hint:
+            print(f"       Hint: {e.hint}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        log.error("interrupted")
+        code = 130
+    except OSError as e:
+        if not isinstance(e, BrokenPipeError):
+            if debug:
+                traceback.print_exc()
+            log.error(f"{e.strerror}: {e.filename}" if e.filename else str(e))
+            code = 1
+        else:
+            code = _broken_pipe()
+    except Exception as e:  # a bug in mkosi: say so in one line unless --debug asks for more
+        if debug:
+            traceback.print_exc()
+        log.error(f"internal error: {type(e).__name__}: {e}")
+        print("       Hint: run again with --debug for a traceback", file=sys.stderr)
+        code = 70
+    sys.exit(code)
+
+
+def _broken_pipe() -> int:
+    # Output piped into something that stopped reading (e.g. 'mkosi summary | head').
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 0
+
+
+if __name__ == "__main__":
+    main()
+

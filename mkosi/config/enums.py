@@ -1,0 +1,178 @@
+"""Closed choices of the configuration."""
+
+from __future__ import annotations
+
+import enum
+
+
+class StrEnum(str, enum.Enum):
+    def __str__(self) -> str:
+        return str(self.value)
+
+    @classmethod
+    def values(cls) -> list[str]:
+        return [str(m.value) for m in cls]
+
+
+class Verb(StrEnum):
+    build = "build"
+    clean = "clean"
+    summary = "summary"
+    shell = "shell"
+    boot = "boot"
+    qemu = "qemu"
+    vm = "vm"
+    ssh = "ssh"
+    serve = "serve"
+    bump = "bump"
+    genkey = "genkey"
+    help = "help"
+    cat_config = "cat-config"
+    burn = "burn"
+
+    def needs_build(self) -> bool:
+        """Verbs that build the image first when it is missing (or when -f is given)."""
+        return self in (Verb.build, Verb.shell, Verb.boot, Verb.qemu, Verb.vm, Verb.serve)
+
+    def takes_cmdline(self) -> bool:
+        """Verbs whose trailing arguments are passed on (to the build script, shell, kernel, ssh...)."""
+        return self in (Verb.build, Verb.shell, Verb.boot, Verb.qemu, Verb.vm, Verb.ssh, Verb.burn)
+
+
+class Distribution(StrEnum):
+    fedora = "fedora"
+    debian = "debian"
+    ubuntu = "ubuntu"
+    arch = "arch"
+    opensuse = "opensuse"
+    mageia = "mageia"
+    centos = "centos"
+    centos_epel = "centos_epel"
+    clear = "clear"
+    photon = "photon"
+    openmandriva = "openmandriva"
+    rocky = "rocky"
+    rocky_epel = "rocky_epel"
+    alma = "alma"
+    alma_epel = "alma_epel"
+    gentoo = "gentoo"
+
+
+class OutputFormat(StrEnum):
+    directory = "directory"
+    subvolume = "subvolume"
+    tar = "tar"
+    cpio = "cpio"
+    gpt_ext4 = "gpt_ext4"
+    gpt_xfs = "gpt_xfs"
+    gpt_btrfs = "gpt_btrfs"
+    gpt_squashfs = "gpt_squashfs"
+    plain_squashfs = "plain_squashfs"
+    # Later additions (see the modern summary of the spec); parsed, built in later steps.
+    disk = "disk"
+    uki = "uki"
+    oci = "oci"
+
+    def is_disk(self) -> bool:
+        return self in (
+            OutputFormat.gpt_ext4,
+            OutputFormat.gpt_xfs,
+            OutputFormat.gpt_btrfs,
+            OutputFormat.gpt_squashfs,
+            OutputFormat.disk,
+        )
+
+    def is_squashfs(self) -> bool:
+        return self in (OutputFormat.gpt_squashfs, OutputFormat.plain_squashfs)
+
+    def is_btrfs(self) -> bool:
+        return self in (OutputFormat.gpt_btrfs, OutputFormat.subvolume)
+
+    def is_tree(self) -> bool:
+        return self in (OutputFormat.directory, OutputFormat.subvolume)
+
+    def is_archive(self) -> bool:
+        return self in (OutputFormat.tar, OutputFormat.cpio)
+
+    def root_filesystem(self) -> str | None:
+        return {
+            OutputFormat.gpt_ext4: "ext4",
+            OutputFormat.disk: "ext4",
+            OutputFormat.gpt_xfs: "xfs",
+            OutputFormat.gpt_btrfs: "btrfs",
+            OutputFormat.gpt_squashfs: "squashfs",
+            OutputFormat.plain_squashfs: "squashfs",
+        }.get(self)
+
+
+# Older names accepted with a warning naming the current one.
+LEGACY_FORMATS: dict[str, OutputFormat] = {
+    "raw_gpt": OutputFormat.gpt_ext4,
+    "raw_btrfs": OutputFormat.gpt_btrfs,
+    "raw_squashfs": OutputFormat.gpt_squashfs,
+    "raw_xfs": OutputFormat.gpt_xfs,
+}
+
+
+class Compression(StrEnum):
+    none = "none"
+    zlib = "zlib"
+    gzip = "gzip"
+    lzo = "lzo"
+    lz4 = "lz4"
+    xz = "xz"
+    zstd = "zstd"
+
+
+class ManifestFormat(StrEnum):
+    json = "json"
+    changelog = "changelog"
+
+
+class BootProtocol(StrEnum):
+    uefi = "uefi"
+    bios = "bios"
+    linux = "linux"
+
+
+class SourceFileTransfer(StrEnum):
+    copy_all = "copy-all"
+    copy_git_cached = "copy-git-cached"
+    copy_git_others = "copy-git-others"
+    copy_git_more = "copy-git-more"
+    mount = "mount"
+
+
+class Encrypt(StrEnum):
+    all = "all"
+    data = "data"
+
+
+class Verity(StrEnum):
+    no = "no"
+    yes = "yes"
+    signed = "signed"
+
+
+class BasePackages(StrEnum):
+    no = "no"
+    yes = "yes"
+    conditional = "conditional"
+
+
+class CleanPackageMetadata(StrEnum):
+    auto = "auto"
+    yes = "yes"
+    no = "no"
+
+
+class WithNetwork(StrEnum):
+    no = "no"
+    yes = "yes"
+    never = "never"
+
+
+class QemuKvm(StrEnum):
+    auto = "auto"
+    yes = "yes"
+    no = "no"

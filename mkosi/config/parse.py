@@ -1,0 +1,343 @@
+"""Command line + settings files -> one ordered list of assignments -> merged values.
+
+The order of precedence: mkosi.default (or --default=), mkosi.conf, the drop-in directories
+(mkosi.default.d/, mkosi.conf.d/), the per-distribution drop-in subdirectories, then the command line.
+Scalars: the last assignment wins. Lists: items append; "!item" removes, "!*" clears.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn, Optional
+
+from mkosi import __version__, log
+from mkosi.config.enums import Verb
+from mkosi.config.ini import Assignment, Origin, parse_ini
+from mkosi.config.settings import SECTIONS, SETTINGS, default_value
+from mkosi.config.types import Kind, Setting, try_bool
+from mkosi.errors import ConfigError
+
+CLI = Origin(None, None)
+
+
+@dataclasses.dataclass
+class CommandLine:
+    assignments: list[Assignment]
+    verb: Verb
+    cmdline: list[str]
+    help: bool = False
+    version: bool = False
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message, path="command line", hint="see 'mkosi --help'")
+
+
+class _Record(argparse.Action):
+    """Records each occurrence, in order, for the merge to apply after the settings files."""
+
+    def __init__(self, *args: Any, setting: Setting, fixed: Optional[str] = None, **kwargs: Any) -> None:
+        self.setting = setting
+        self.fixed = fixed
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace, values: Any,
+                 option_string: Optional[str] = None) -> None:
+        raw = self.fixed if self.fixed is not None else str(values)
+        ns.assignments.append(Assignment(self.setting, raw, Origin(None, None)))
+        ns.flag_used.append(option_string or "")
+
+
+def _takes_value(s: Setting) -> bool:
+    return s.kind != Kind.COUNT
+
+
+VERB_HELP = {
+    Verb.build: "build the image (the default verb); arguments after it go to the build script",
+    Verb.clean: "remove build artifacts (-f: also incremental caches, -ff: also the package cache)",
+    Verb.summary: "show the configuration (--json for machines); builds nothing",
+    Verb.shell: "run a shell (or the given command) in the image with systemd-nspawn",
+    Verb.boot: "boot the image with systemd-nspawn; arguments go to the kernel command line",
+    Verb.qemu: "boot the image in a qemu virtual machine",
+    Verb.vm: "same as qemu",
+    Verb.ssh: "connect to a running container or VM built with Ssh=yes",
+    Verb.serve: "serve the output directory over HTTP on port 8081",
+    Verb.bump: "increase the last component of the image version in mkosi.version",
+    Verb.genkey: "generate a Secure Boot key and certificate (mkosi.secure-boot.key/.crt)",
+    Verb.help: "show this help",
+    Verb.cat_config: "print every settings file that was loaded, with its path",
+    Verb.burn: "write the image to a block device (mkosi burn /dev/sdX)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    verbs = "\n".join(f"  {v.value:<11} {VERB_HELP[v]}" for v in Verb)
+    parser = _ArgumentParser(
+        prog="mkosi",
+        usage="mkosi [options...] [verb] [arguments...]",
+        description=f"Build bespoke OS images.\n\nverbs:\n{verbs}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
+        allow_abbrev=False,
+    )
+    general = parser.add_argument_group("Command-line-only options")
+    general.add_argument("-h", "--help", action="store_true", help="show this help and exit")
+    general.add_argument("--version", action="store_true", help="show the version and exit")
+    groups = {sec: parser.add_argument_group(f"[{sec}] settings") for sec in SECTIONS}
+
+    for s in SETTINGS:
+        group = groups[s.section] if s.section else general
+        if s.kind == Kind.COUNT:
+            group.add_argument(*s.flags, action=_Record, setting=s, fixed="+1", nargs=0, help=s.help)
+        else:
+            metavar = s.metavar or ("|".join(s.choices) if s.choices else s.dest.upper())
+            shown = f"{s.help} [{s.key}=]" if s.key else s.help
+            action = group.add_argument(*s.flags, *s.flag_aliases, action=_Record, setting=s, metavar=metavar,
+                                        help=shown.replace("%", "%%"))
+            if s.choices:
+                try:
+                    from argcomplete.completers import ChoicesCompleter
+
+                    action.completer = ChoicesCompleter(s.choices)  # type: ignore[attr-defined]
+                except ImportError:
+                    pass
+        for neg in s.negative_flags:
+            group.add_argument(neg, action=_Record, setting=s, fixed="no", nargs=0, help=f"same as {s.name}no")
+    return parser
+
+
+def _option_index(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    index: dict[str, argparse.Action] = {}
+    for action in parser._actions:
+        for flag in action.option_strings:
+            index[flag] = action
+    return index
+
+
+def split_argv(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[list[str], Optional[str], list[str]]:
+    """Split argv into options, the verb and the verb's arguments.
+
+    Flags that may stand without a value (--bootable, -b, --verity, ...) are rewritten into their
+    '--flag=value' form so a following verb is never taken as their value.
+    """
+    index = _option_index(parser)
+    verbs = set(Verb.values())
+    opts: list[str] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--":
+            rest = argv[i + 1:]
+            return opts, (rest[0] if rest else None), rest[1:]
+        if not tok.startswith("-") or tok == "-":
+            return opts, tok, list(argv[i + 1:])
+        if tok.startswith("--"):
+            name, eq, _ = tok.partition("=")
+        else:
+            name, eq = tok[:2], ("=" if len(tok) > 2 else "")
+        action = index.get(name)
+        s: Optional[Setting] = getattr(action, "setting", None)
+        if action is None or s is None or action.nargs == 0 or eq:
+            opts.append(tok)
+            i += 1
+            continue
+        const = s.const
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if const is None:
+            if nxt is None:
+                raise ConfigError(f"option {name} needs a value", path="command line")
+            opts += [tok, nxt]
+            i += 2
+            continue
+        # A flag with an optional value: take the next token only if it is clearly a value for it.
+        long = s.long_flag or name
+        takes_next = nxt is not None and nxt not in verbs and (
+            try_bool(nxt) is not None or (s.choices is not None and nxt in s.choices))
+        if takes_next:
+            assert nxt is not None
+            opts.append(f"{long}={nxt}")
+            i += 2
+        else:
+            opts.append(f"{long}={const}")
+            i += 1
+    return opts, None, []
+
+
+def _namespace() -> argparse.Namespace:
+    return argparse.Namespace(assignments=[], flag_used=[], help=False, version=False)
+
+
+def parse_command_line(argv: Sequence[str]) -> CommandLine:
+    parser = build_parser()
+    opts, verb_raw, rest = split_argv(parser, argv)
+    ns = parser.parse_args(opts, namespace=_namespace())
+    verb = Verb.build
+    if verb_raw is not None:
+        try:
+            verb = Verb(verb_raw)
+        except ValueError:
+            raise ConfigError(f"unknown verb '{verb_raw}', expected one of: {', '.join(Verb.values())}",
+                              path="command line")
+    cmdline = list(rest)
+    if not verb.takes_cmdline() and rest:
+        # Options may follow verbs that take no arguments of their own: "mkosi summary --json".
+        opts2, extra, rest2 = split_argv(parser, rest)
+        if extra is not None:
+            raise ConfigError(f"verb '{verb.value}' takes no argument '{extra}'", path="command line")
+        ns2 = parser.parse_args(opts2, namespace=_namespace())
+        ns.assignments += ns2.assignments
+        ns.help = ns.help or ns2.help
+        ns.version = ns.version or ns2.version
+        cmdline = []
+    if verb == Verb.help:
+        ns.help = True
+    return CommandLine(assignments=list(ns.assignments), verb=verb, cmdline=cmdline,
+                       help=bool(ns.help), version=bool(ns.version))
+
+
+def format_help() -> str:
+    return build_parser().format_help()
+
+
+def print_version() -> None:
+    print(f"mkosi {__version__}")
+
+
+# ---- settings files ----
+
+def _dropins(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and not p.name.endswith("~"))
+
+
+def main_config_files(default_path: Optional[Path]) -> list[Path]:
+    if default_path is not None:
+        if not default_path.exists():
+            raise ConfigError("settings file does not exist", path=str(default_path), setting="--default")
+        return [default_path]
+    files = [p for p in (Path("mkosi.default"), Path("mkosi.conf")) if p.is_file()]
+    if len(files) == 2:
+        log.warn("both mkosi.default and mkosi.conf exist; reading mkosi.default, then mkosi.conf")
+    return files
+
+
+def dropin_files() -> list[Path]:
+    return _dropins(Path("mkosi.default.d")) + _dropins(Path("mkosi.conf.d"))
+
+
+def distribution_dropin_files(distribution: str) -> list[Path]:
+    return _dropins(Path("mkosi.default.d") / distribution) + _dropins(Path("mkosi.conf.d") / distribution)
+
+
+# ---- merging ----
+
+def _split_items(s: Setting, raw: str) -> list[str]:
+    return [item for item in re.split(s.separator, raw.strip()) if item]
+
+
+def _matches(s: Setting, existing: Any, removal: str) -> bool:
+    text = str(existing)
+    if text == removal:
+        return True
+    if s.remove_by_key and "=" not in removal and text.split("=", 1)[0] == removal:
+        return True
+    try:
+        return bool(existing == s.parse(removal))
+    except ValueError:
+        return False
+
+
+def merge_list(s: Setting, current: list[Any], raw: str) -> list[Any]:
+    result = list(current)
+    for item in _split_items(s, raw):
+        if item == "!*":
+            result = []
+        elif item.startswith("!") and len(item) > 1:
+            result = [x for x in result if not _matches(s, x, item[1:])]
+        else:
+            result.append(s.parse(item))
+    return result
+
+
+@dataclasses.dataclass
+class Merged:
+    values: dict[str, Any]
+    origins: dict[str, Origin]         # where each setting was last assigned
+    explicit_empty: set[str]           # settings explicitly set to an empty value (disables detection)
+
+
+def setting_label(s: Setting, origin: Origin) -> str:
+    if origin.path is None:
+        return s.long_flag or s.name
+    return s.key or s.name
+
+
+def merge(assignments: Sequence[Assignment]) -> Merged:
+    values = {s.dest: default_value(s) for s in SETTINGS}
+    origins: dict[str, Origin] = {}
+    empty: set[str] = set()
+    for a in assignments:
+        s = a.setting
+        try:
+            if s.kind == Kind.LIST:
+                values[s.dest] = merge_list(s, values[s.dest], a.raw)
+            elif s.kind == Kind.COUNT and a.raw == "+1":
+                values[s.dest] = int(values[s.dest] or 0) + 1
+            elif not a.raw.strip():
+                values[s.dest] = default_value(s)
+                empty.add(s.dest)
+            else:
+                values[s.dest] = s.parse(a.raw)
+                empty.discard(s.dest)
+        except ValueError as e:
+            raise ConfigError(str(e), path=a.origin.path or "command line", line=a.origin.line,
+                              setting=setting_label(s, a.origin))
+        origins[s.dest] = a.origin
+    return Merged(values, origins, empty)
+
+
+def last_value(assignments: Sequence[Assignment], dest: str) -> Optional[str]:
+    value = None
+    for a in assignments:
+        if a.setting.dest == dest:
+            value = a.raw
+    return value
+
+
+@dataclasses.dataclass
+class Loaded:
+    merged: Merged
+    files: list[Path]
+
+
+def load_settings(cli: CommandLine, default_path: Optional[Path], host_distribution: Optional[str]) -> Loaded:
+    files = main_config_files(default_path) + dropin_files()
+    file_assignments: list[Assignment] = []
+    for f in files:
+        file_assignments += parse_ini(f)
+    # The per-distribution drop-ins need the distribution, which the command line may override.
+    distro_raw = last_value(file_assignments + cli.assignments, "distribution")
+    distro: Optional[str] = host_distribution
+    if distro_raw:
+        try:
+            distro = str(next(s for s in SETTINGS if s.dest == "distribution").parse(distro_raw).value)
+        except ValueError:
+            distro = None  # reported by merge() with its origin
+    if distro:
+        extra = distribution_dropin_files(distro)
+        for f in extra:
+            file_assignments += parse_ini(f)
+        files += extra
+    return Loaded(merge(file_assignments + cli.assignments), files)
+
+
+def cli_value(cli: CommandLine, dest: str) -> Any:
+    merged = merge([a for a in cli.assignments if a.setting.dest == dest])
+    return merged.values[dest]

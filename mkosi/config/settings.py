@@ -1,0 +1,482 @@
+"""The ONE settings table.
+
+Every setting is a field of MkosiArgs declared with `setting(...)`: its INI section and key, its
+flags, parser, default and help live on that line. The argparse parser, the INI reader, `summary`,
+`summary --json`, shell completion and the docs test are all derived from these fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Optional
+
+from mkosi.config.enums import (
+    LEGACY_FORMATS,
+    BasePackages,
+    BootProtocol,
+    CleanPackageMetadata,
+    Distribution,
+    Encrypt,
+    ManifestFormat,
+    OutputFormat,
+    QemuKvm,
+    SourceFileTransfer,
+    Verb,
+    Verity,
+    WithNetwork,
+)
+from mkosi.config.types import (
+    Kind,
+    Setting,
+    parse_bool,
+    parse_bool_or_enum,
+    parse_compression,
+    parse_debug,
+    parse_enum,
+    parse_environment_item,
+    parse_force,
+    parse_hostname,
+    parse_int,
+    parse_machine_id,
+    parse_output_path,
+    parse_path,
+    parse_port,
+    parse_size,
+    setting,
+)
+
+D, O, C, P, V, H = "Distribution", "Output", "Content", "Partitions", "Validation", "Host"
+NOT_YET = "not implemented yet"
+
+
+def _choices(cls: Any) -> tuple[str, ...]:
+    return tuple(str(m.value) for m in cls)
+
+
+@dataclasses.dataclass(frozen=True)
+class MkosiArgs:
+    # ---- command-line-only options ----
+    verb: Verb = dataclasses.field(default=Verb.build)
+    cmdline: list[str] = dataclasses.field(default_factory=list)
+    directory: Optional[Path] = setting(
+        section=None, key=None, flags=("--directory", "-C"), parse=parse_path, metavar="PATH",
+        help="Change to this directory before doing anything; mkosi.* files are looked up there.")
+    default_path: Optional[Path] = setting(
+        section=None, key=None, flags=("--default",), parse=parse_path, metavar="PATH",
+        help="Read settings from this file instead of mkosi.default / mkosi.conf.")
+    all: bool = setting(
+        section=None, key=None, flags=("--all", "-a"), kind=Kind.BOOL, parse=parse_bool, default=False,
+        const="yes", help="Build every mkosi.* file found in mkosi.files/ (or --all-directory=).")
+    all_directory: Optional[Path] = setting(
+        section=None, key=None, flags=("--all-directory",), parse=parse_path, metavar="PATH",
+        help="Where --all looks for settings files (default: mkosi.files/).")
+    incremental: bool = setting(
+        section=None, key=None, flags=("--incremental", "-i"), kind=Kind.BOOL, parse=parse_bool,
+        default=False, const="yes",
+        help="Keep cached copies of the development and final images and reuse them on later runs.")
+    debug: list[str] = setting(
+        section=None, key=None, flags=("--debug",), kind=Kind.LIST, parse=parse_debug,
+        default_factory=list, const="run", metavar="SELECTOR",
+        help="Show debugging output: every command that runs, and tracebacks. Optional areas: run, all.")
+    auto_bump: bool = setting(
+        section=None, key=None, flags=("--auto-bump", "-B"), kind=Kind.BOOL, parse=parse_bool,
+        default=False, const="yes", help="Bump the image version in mkosi.version after a successful build.")
+    json: bool = setting(
+        section=None, key=None, flags=("--json",), kind=Kind.BOOL, parse=parse_bool, default=False,
+        const="yes", help="With summary: print the configuration as JSON.")
+
+    # ---- [Distribution] ----
+    distribution: Distribution = setting(
+        section=D, key="Distribution", flags=("--distribution", "-d"), parse=parse_enum(Distribution),
+        choices=_choices(Distribution), cache=True,
+        help="Distribution to install (default: the host's).")
+    release: str = setting(
+        section=D, key="Release", flags=("--release", "-r"), cache=True,
+        help="Release of the distribution (default: the host's, or a recent one of the chosen distribution).")
+    mirror: Optional[str] = setting(
+        section=D, key="Mirror", flags=("--mirror", "-m"), metavar="URL", cache=True,
+        help="Mirror to download packages from.")
+    repositories: list[str] = setting(
+        section=D, key="Repositories", flags=("--repositories",), kind=Kind.LIST, separator=r"[,\s]+",
+        default_factory=list, metavar="REPOS", cache=True,
+        help="Extra repositories (Debian: components or URLs; Arch: name::url).")
+    use_host_repositories: bool = setting(
+        section=D, key="UseHostRepositories", flags=("--use-host-repositories",), kind=Kind.BOOL,
+        parse=parse_bool, default=False, const="yes", cache=True,
+        help="RPM distributions: use the host's repository definitions.")
+    repository_directory: Optional[Path] = setting(
+        section=D, key="RepositoryDirectory", flags=("--repository-directory",), parse=parse_path,
+        metavar="PATH", cache=True, help="Directory with extra repository definition files (mkosi.reposdir/).")
+    architecture: str = setting(
+        section=D, key="Architecture", flags=("--architecture",), cache=True,
+        help="Architecture of the image (default: the host's). Must be runnable on the host.")
+
+    # ---- [Output] ----
+    format: OutputFormat = setting(
+        section=O, key="Format", flags=("--format", "-t"), parse=parse_enum(OutputFormat, LEGACY_FORMATS),
+        choices=_choices(OutputFormat), default=OutputFormat.gpt_ext4,
+        help="Output format: directory, subvolume, tar, cpio, gpt_ext4, gpt_xfs, gpt_btrfs, gpt_squashfs, "
+        "plain_squashfs.")
+    manifest_format: list[ManifestFormat] = setting(
+        section=O, key="ManifestFormat", flags=("--manifest-format",), kind=Kind.LIST,
+        parse=parse_enum(ManifestFormat), choices=_choices(ManifestFormat),
+        default_factory=lambda: [ManifestFormat.json], help="Manifests to write: json, changelog.")
+    output: Optional[Path] = setting(
+        section=O, key="Output", flags=("--output", "-o"), parse=parse_output_path, metavar="PATH",
+        help="Path of the output image (default: image name from ImageId=/ImageVersion= and the format).")
+    output_split_root: Optional[Path] = setting(
+        section=O, key="OutputSplitRoot", flags=("--output-split-root",), parse=parse_path, metavar="PATH",
+        help="Path of the split-out root partition (with SplitArtifacts=).")
+    output_split_verity: Optional[Path] = setting(
+        section=O, key="OutputSplitVerity", flags=("--output-split-verity",), parse=parse_path,
+        aliases=("OutputSplitVerify",), flag_aliases=("--output-split-verify",), metavar="PATH",
+        help="Path of the split-out verity partition (with SplitArtifacts=).")
+    output_split_kernel: Optional[Path] = setting(
+        section=O, key="OutputSplitKernel", flags=("--output-split-kernel",), parse=parse_path, metavar="PATH",
+        help="Path of the split-out unified kernel image (with SplitArtifacts=).")
+    output_dir: Optional[Path] = setting(
+        section=O, key="OutputDirectory", flags=("--output-dir", "-O"), parse=parse_path, metavar="PATH",
+        help="Directory for all artifacts (default: mkosi.output/ if it exists).")
+    workspace_dir: Optional[Path] = setting(
+        section=O, key="WorkspaceDirectory", flags=("--workspace-dir",), parse=parse_path, metavar="PATH",
+        help="Directory for temporary build data (default: mkosi.workspace/, else $TMPDIR or /var/tmp).")
+    force: int = setting(
+        section=O, key="Force", flags=("--force", "-f"), kind=Kind.COUNT, parse=parse_force, default=0,
+        help="Replace existing outputs; twice also drops incremental caches, thrice the package cache.")
+    gpt_first_lba: Optional[int] = setting(
+        section=O, key="GPTFirstLBA", flags=("--gpt-first-lba",), parse=parse_int, metavar="LBA",
+        help="First usable LBA of the GPT (default 2048).")
+    bootable: bool = setting(
+        section=O, key="Bootable", flags=("--bootable", "-b"), kind=Kind.BOOL, parse=parse_bool, default=False,
+        const="yes", cache=True, help="Make a bootable image (kernel, initrd, boot loader).")
+    boot_protocols: list[BootProtocol] = setting(
+        section=O, key="BootProtocols", flags=("--boot-protocols",), kind=Kind.LIST, parse=parse_enum(BootProtocol),
+        choices=_choices(BootProtocol), default_factory=list, cache=True,
+        help="Boot protocols to support: uefi, bios, linux (default: uefi).")
+    kernel_command_line: list[str] = setting(
+        section=O, key="KernelCommandLine", flags=("--kernel-command-line",), kind=Kind.LIST, separator=r"\s+",
+        remove_by_key=True, default_factory=list, metavar="OPTIONS",
+        help="Kernel command line of bootable images; '!*' clears, '!opt' removes an option.")
+    secure_boot: bool = setting(
+        section=O, key="SecureBoot", flags=("--secure-boot",), kind=Kind.BOOL, parse=parse_bool, default=False,
+        const="yes", help="Sign the EFI binaries for UEFI Secure Boot.")
+    secure_boot_key: Optional[Path] = setting(
+        section=O, key="SecureBootKey", flags=("--secure-boot-key",), parse=parse_path, metavar="PATH",
+        help="PEM private key for Secure Boot and verity signing (default: mkosi.secure-boot.key).")
+    secure_boot_certificate: Optional[Path] = setting(
+        section=O, key="SecureBootCertificate", flags=("--secure-boot-certificate",), parse=parse_path,
+        metavar="PATH", help="X.509 certificate for Secure Boot (default: mkosi.secure-boot.crt).")
+    secure_boot_common_name: str = setting(
+        section=O, key="SecureBootCommonName", flags=("--secure-boot-common-name",), default="mkosi of %u",
+        help="Common name of the certificate made by genkey; %%u is the user name.")
+    secure_boot_valid_days: int = setting(
+        section=O, key="SecureBootValidDays", flags=("--secure-boot-valid-days",), parse=parse_int, default=730,
+        help="Validity in days of the certificate made by genkey.")
+    read_only: bool = setting(
+        section=O, key="ReadOnly", flags=("--read-only",), kind=Kind.BOOL, parse=parse_bool, default=False,
+        const="yes", help="Mark the root partition read-only (implied by squashfs and verity).")
+    minimize: bool = setting(
+        section=O, key="Minimize", flags=("--minimize",), kind=Kind.BOOL, parse=parse_bool, default=False,
+        const="yes", help="Shrink the root file system to its content (gpt_ext4, gpt_btrfs).")
+    encrypt: Optional[Encrypt] = setting(
+        section=O, key="Encrypt", flags=("--encrypt",), parse=parse_enum(Encrypt), choices=_choices(Encrypt),
+        help="Encrypt with LUKS: 'all' (root, /home, /srv) or 'data' (/home, /srv).")
+    verity: Verity = setting(
+        section=O, key="Verity", flags=("--verity",), parse=parse_bool_or_enum(Verity, Verity.yes, Verity.no),
+        choices=_choices(Verity), const="yes", default=Verity.no,
+        help="Add a dm-verity partition for the root (or /usr); 'signed' also signs the root hash.")
+    compress_fs: str = setting(
+        section=O, key="CompressFs", flags=("--compress-fs",), parse=parse_compression, const="yes", default="no",
+        help="Compression inside the file system (btrfs, squashfs): a boolean or zlib, lzo, zstd, lz4, xz.")
+    compress_output: str = setting(
+        section=O, key="CompressOutput", flags=("--compress-output",), parse=parse_compression, const="yes",
+        aliases=("XZ",), help="Compress the output: a boolean, xz or zstd (implied for tar and cpio).")
+    compress: Optional[str] = setting(
+        section=O, key="Compress", flags=("--compress",), parse=parse_compression, const="yes",
+        help="Compress the file system or the output, whichever suits the format.")
+    mksquashfs: Optional[Path] = setting(
+        section=O, key="Mksquashfs", flags=("--mksquashfs",), parse=parse_path, metavar="PATH",
+        help="mksquashfs executable to use (default: mkosi.mksquashfs-tool, else mksquashfs).")
+    qcow2: bool = setting(
+        section=O, key="QCow2", flags=("--qcow2",), kind=Kind.BOOL, parse=parse_bool, default=False, const="yes",
+        help="Convert disk images to QCOW2.")
+    hostname: Optional[str] = setting(
+        section=O, key="Hostname", flags=("--hostname",), parse=parse_hostname, cache=True,
+        help="Host name of the image.")
+    image_version: Optional[str] = setting(
+        section=O, key="ImageVersion", flags=("--image-version",),
+        help="Version of the image (default: mkosi.version); part of the output name and os-release.")
+    image_id: Optional[str] = setting(
+        section=O, key="ImageId", flags=("--image-id",),
+        help="Identifier of the image; names the output and the partitions, written to os-release.")
+    with_unified_kernel_images: bool = setting(
+        section=O, key="WithUnifiedKernelImages", flags=("--with-unified-kernel-images",), kind=Kind.BOOL,
+        parse=parse_bool, default=True, const="yes", negative_flags=("--without-unified-kernel-images",),
+        cache=True, help="Boot through unified kernel images (default) instead of separate kernel and initrd.")
+    hostonly_initrd: bool = setting(
+        section=O, key="HostonlyInitrd", flags=("--hostonly-initrd",), kind=Kind.BOOL, parse=parse_bool,
+        default=False, const="yes", cache=True, help="Build a host-only initrd (dracut --hostonly).")
+    cache_initrd: bool = setting(
+        section=O, key="CacheInitrd", flags=("--cache-initrd",), kind=Kind.BOOL, parse=parse_bool, default=False,
+        const="yes", cache=True, help="In incremental mode, build the initrd into the cached image and reuse it.")
+    usr_only: bool = setting(
+        section=O, key="UsrOnly", flags=("--usr-only",), kind=Kind.BOOL, parse=parse_bool, default=False,
+        const="yes", help="Put only /usr in the image, in a /usr partition.")
+    split_artifacts: bool = setting(
+        section=O, key="SplitArtifacts", flags=("--split-artifacts",), kind=Kind.BOOL, parse=parse_bool,
+        default=False, const="yes", help="Also write the root, verity and kernel images as separate files.")
+    no_chown: bool = setting(
+        section=O, key="NoChown", flags=("--no-chown",), kind=Kind.BOOL, parse=parse_bool, default=False,
+        const="yes", help="Leave outputs owned by root instead of the user who ran sudo.")
+    tar_strip_selinux_context: bool = setting(
+        section=O, key="TarStripSELinuxContext", flags=("--tar-strip-selinux-context",), kind=Kind.BOOL,
+        parse=parse_bool, default=False, const="yes", help="Drop security.selinux xattrs from tar outputs.")
+    machine_id: Optional[str] = setting(
+        section=O, key="MachineID", flags=("--machine-id",), parse=parse_machine_id,
+        help="Machine ID to ship in the image (default: none is shipped).")
+
+    # ---- [Content] ----
+    base_packages: BasePackages = setting(
+        section=C, key="BasePackages", flags=("--base-packages",),
+        parse=parse_bool_or_enum(BasePackages, BasePackages.yes, BasePackages.no), choices=_choices(BasePackages),
+        const="yes", default=BasePackages.yes, cache=True,
+        help="Add the packages a working image needs (systemd, ...): yes, no or conditional.")
+    packages: list[str] = setting(
+        section=C, key="Packages", flags=("--package", "-p"), kind=Kind.LIST, default_factory=list,
+        metavar="PACKAGES", cache=True, help="Packages to install; '!name' removes one, '!*' clears.")
+    with_docs: bool = setting(
+        section=C, key="WithDocs", flags=("--with-docs",), kind=Kind.BOOL, parse=parse_bool, default=False,
+        const="yes", cache=True, help="Install documentation.")
+    with_tests: bool = setting(
+        section=C, key="WithTests", flags=("--with-tests",), kind=Kind.BOOL, parse=parse_bool, default=True,
+        const="yes", negative_flags=("--without-tests", "-T"),
+        help="Tell the build script to run tests ($WITH_TESTS).")
+    cache_path: Optional[Path] = setting(
+        section=C, key="Cache", flags=("--cache",), parse=parse_path, metavar="PATH",
+        help="Package cache directory shared between builds (default: mkosi.cache/).")
+    skeleton_trees: list[Path] = setting(
+        section=C, key="SkeletonTree", flags=("--skeleton-tree",), kind=Kind.LIST, parse=parse_path,
+        separator=r",", default_factory=list, metavar="PATH", cache=True,
+        help="Directory or tar archive copied into the image before packages (default: mkosi.skeleton/).")
+    extra_trees: list[Path] = setting(
+        section=C, key="ExtraTree", flags=("--extra-tree",), kind=Kind.LIST, parse=parse_path, separator=r",",
+        default_factory=list, metavar="PATH",
+        help="Directory or tar archive copied into the image after packages (default: mkosi.extra/).")
+    clean_package_metadata: CleanPackageMetadata = setting(
+        section=C, key="CleanPackageMetadata", flags=("--clean-package-metadata",),
+        parse=parse_bool_or_enum(CleanPackageMetadata, CleanPackageMetadata.yes, CleanPackageMetadata.no),
+        choices=_choices(CleanPackageMetadata), default=CleanPackageMetadata.auto,
+        help="Remove package manager databases and caches: yes, no or auto.")
+    remove_files: list[str] = setting(
+        section=C, key="RemoveFiles", flags=("--remove-files",), kind=Kind.LIST, default_factory=list,
+        metavar="GLOBS", help="Globs of files to delete from the image at the end.")
+    remove_packages: list[str] = setting(
+        section=C, key="RemovePackages", flags=("--remove-package",), kind=Kind.LIST, default_factory=list,
+        metavar="PACKAGES", help="Packages to remove from the image at the end.")
+    environment: list[str] = setting(
+        section=C, key="Environment", flags=("--environment",), kind=Kind.LIST, parse=parse_environment_item,
+        separator=r"\s+", default_factory=list, metavar="NAME[=VALUE]",
+        help="Variables for the scripts; a bare name passes the value from mkosi's environment.")
+    build_sources: Optional[Path] = setting(
+        section=C, key="BuildSources", flags=("--build-sources",), parse=parse_path, metavar="PATH",
+        help="Source tree copied into the build image (default: the current directory).")
+    build_dir: Optional[Path] = setting(
+        section=C, key="BuildDirectory", flags=("--build-dir",), parse=parse_path, metavar="PATH",
+        help="Out-of-tree build directory shared between builds (default: mkosi.builddir/).")
+    include_dir: Optional[Path] = setting(
+        section=C, key="IncludeDirectory", flags=("--include-directory",), parse=parse_path, metavar="PATH",
+        help="Directory mounted at /usr/include in the build image (default: mkosi.includedir/).")
+    install_dir: Optional[Path] = setting(
+        section=C, key="InstallDirectory", flags=("--install-directory",), parse=parse_path, metavar="PATH",
+        help="Directory used as $DESTDIR, shared between builds (default: mkosi.installdir/).")
+    build_packages: list[str] = setting(
+        section=C, key="BuildPackages", flags=("--build-package",), kind=Kind.LIST, default_factory=list,
+        metavar="PACKAGES", cache=True, help="Packages installed only in the build image.")
+    password: Optional[str] = setting(
+        section=C, key="Password", flags=("--password",), secret=True, cache=True,
+        help="Root password (default: mkosi.rootpw, else root is locked).")
+    password_is_hashed: bool = setting(
+        section=C, key="PasswordIsHashed", flags=("--password-is-hashed",), kind=Kind.BOOL, parse=parse_bool,
+        default=False, const="yes", cache=True, help="The password is already hashed (crypt(3) format).")
+    autologin: bool = setting(
+        section=C, key="Autologin", flags=("--autologin",), kind=Kind.BOOL, parse=parse_bool, default=False,
+        const="yes", cache=True, help="Log root in automatically on the console.")
+    skip_final_phase: bool = setting(
+        section=C, key="SkipFinalPhase", flags=("--skip-final-phase",), kind=Kind.BOOL, parse=parse_bool,
+        default=False, const="yes", help="Stop after the build phase; make no final image.")
+    build_script: Optional[Path] = setting(
+        section=C, key="BuildScript", flags=("--build-script",), parse=parse_path, metavar="PATH",
+        help="Build script; makes the build two-phased (default: mkosi.build; empty disables).")
+    prepare_script: Optional[Path] = setting(
+        section=C, key="PrepareScript", flags=("--prepare-script",), parse=parse_path, metavar="PATH",
+        cache=True, help="Script run in the image after packages are installed (default: mkosi.prepare).")
+    postinst_script: Optional[Path] = setting(
+        section=C, key="PostInstallationScript", flags=("--postinst-script",), parse=parse_path, metavar="PATH",
+        help="Script run in the image at the end of each phase (default: mkosi.postinst).")
+    finalize_script: Optional[Path] = setting(
+        section=C, key="FinalizeScript", flags=("--finalize-script",), parse=parse_path, metavar="PATH",
+        help="Script run on the host with $BUILDROOT at the end of each phase (default: mkosi.finalize).")
+    source_file_transfer: Optional[SourceFileTransfer] = setting(
+        section=C, key="SourceFileTransfer", flags=("--source-file-transfer",), parse=parse_enum(SourceFileTransfer),
+        choices=_choices(SourceFileTransfer),
+        help="How sources enter the build image (default: copy-git-cached in git trees, else copy-all).")
+    source_file_transfer_final: Optional[SourceFileTransfer] = setting(
+        section=C, key="SourceFileTransferFinal", flags=("--source-file-transfer-final",),
+        parse=parse_enum(SourceFileTransfer), choices=_choices(SourceFileTransfer),
+        help="Copy sources into the final image too, this way (not 'mount'; default: not copied).")
+    source_resolve_symlinks: bool = setting(
+        section=C, key="SourceResolveSymlinks", flags=("--source-resolve-symlinks",), kind=Kind.BOOL,
+        parse=parse_bool, default=False, const="yes", help="Copy what source symlinks point to (copy-all).")
+    source_resolve_symlinks_final: bool = setting(
+        section=C, key="SourceResolveSymlinksFinal", flags=("--source-resolve-symlinks-final",), kind=Kind.BOOL,
+        parse=parse_bool, default=False, const="yes", help="Same as SourceResolveSymlinks=, for the final image.")
+    with_network: WithNetwork = setting(
+        section=C, key="WithNetwork", flags=("--with-network",),
+        parse=parse_bool_or_enum(WithNetwork, WithNetwork.yes, WithNetwork.no), choices=_choices(WithNetwork),
+        const="yes", default=WithNetwork.no,
+        help="Network for the build script; 'never' also keeps the package manager offline.")
+    nspawn_settings: Optional[Path] = setting(
+        section=C, key="Settings", flags=("--settings",), parse=parse_path, aliases=("NSpawnSettings",),
+        flag_aliases=("--nspawn-settings",), metavar="PATH",
+        help=".nspawn file used by shell/boot and placed next to the output (default: mkosi.nspawn).")
+
+    # ---- [Partitions] ----
+    base_image: Optional[Path] = setting(
+        section=P, key="BaseImage", flags=("--base-image",), parse=parse_path, metavar="PATH", status=NOT_YET,
+        help="Base image (directory or file system image); the output holds only the changes from it.")
+    root_size: Optional[int] = setting(
+        section=P, key="RootSize", flags=("--root-size",), parse=parse_size, metavar="BYTES",
+        help="Size of the root file system (default 3G).")
+    esp_size: Optional[int] = setting(
+        section=P, key="ESPSize", flags=("--esp-size",), parse=parse_size, metavar="BYTES",
+        help="Size of the EFI system partition (default 256M).")
+    swap_size: Optional[int] = setting(
+        section=P, key="SwapSize", flags=("--swap-size",), parse=parse_size, metavar="BYTES",
+        help="Size of a swap partition (default: none).")
+    home_size: Optional[int] = setting(
+        section=P, key="HomeSize", flags=("--home-size",), parse=parse_size, metavar="BYTES",
+        help="Size of a separate /home partition (default: none).")
+    srv_size: Optional[int] = setting(
+        section=P, key="SrvSize", flags=("--srv-size",), parse=parse_size, metavar="BYTES",
+        help="Size of a separate /srv partition (default: none).")
+
+    # ---- [Validation] ----
+    checksum: bool = setting(
+        section=V, key="Checksum", flags=("--checksum",), kind=Kind.BOOL, parse=parse_bool, default=False,
+        const="yes", help="Write SHA256SUMS for the artifacts.")
+    sign: bool = setting(
+        section=V, key="Sign", flags=("--sign",), kind=Kind.BOOL, parse=parse_bool, default=False, const="yes",
+        help="Sign SHA256SUMS with gpg (implies Checksum=).")
+    key: Optional[str] = setting(
+        section=V, key="Key", flags=("--key",), metavar="KEYID", help="gpg key to sign with.")
+    bmap: bool = setting(
+        section=V, key="BMap", flags=("--bmap",), kind=Kind.BOOL, parse=parse_bool, default=False, const="yes",
+        help="Write a .bmap file for bmaptool.")
+
+    # ---- [Host] ----
+    extra_search_paths: list[Path] = setting(
+        section=H, key="ExtraSearchPaths", flags=("--extra-search-paths",), kind=Kind.LIST, parse=parse_path,
+        separator=r"[:,]", default_factory=list, metavar="PATHS",
+        help="Directories searched for tools before $PATH (colon separated).")
+    qemu_headless: bool = setting(
+        section=H, key="QemuHeadless", flags=("--qemu-headless",), kind=Kind.BOOL, parse=parse_bool, default=False,
+        const="yes", cache=True, help="Serial console in the image; qemu without a window.")
+    qemu_smp: str = setting(
+        section=H, key="QemuSmp", flags=("--qemu-smp",), default="2", help="Number of VM CPUs (qemu -smp).")
+    qemu_mem: str = setting(
+        section=H, key="QemuMem", flags=("--qemu-mem",), default="1G", help="VM memory (qemu -m).")
+    qemu_kvm: QemuKvm = setting(
+        section=H, key="QemuKvm", flags=("--qemu-kvm",),
+        parse=parse_bool_or_enum(QemuKvm, QemuKvm.yes, QemuKvm.no), choices=_choices(QemuKvm),
+        const="yes", default=QemuKvm.auto, help="Use KVM: yes, no or auto (auto probes that KVM really works).")
+    qemu_args: list[str] = setting(
+        section=H, key="QemuArgs", flags=("--qemu-args",), kind=Kind.LIST, separator=r"\s+", default_factory=list,
+        metavar="ARGS", help="Extra arguments for qemu.")
+    nspawn_keep_unit: Optional[bool] = setting(
+        section=H, key="NspawnKeepUnit", flags=("--nspawn-keep-unit",), kind=Kind.BOOL, parse=parse_bool,
+        const="yes", help="Run systemd-nspawn with --keep-unit (default: when there is no systemd/system bus).")
+    qemu_boot: Optional[BootProtocol] = setting(
+        section=H, key="QemuBoot", flags=("--qemu-boot",), parse=parse_enum(BootProtocol),
+        choices=_choices(BootProtocol), help="How qemu boots the image: uefi, bios or linux.")
+    netdev: bool = setting(
+        section=H, key="Netdev", flags=("--netdev",), kind=Kind.BOOL, parse=parse_bool, default=False,
+        const="yes", help="Virtual network link between host and container/VM.")
+    ephemeral: bool = setting(
+        section=H, key="Ephemeral", flags=("--ephemeral",), kind=Kind.BOOL, parse=parse_bool, default=False,
+        const="yes", help="shell/boot/qemu run on a snapshot that is removed afterwards.")
+    ssh: bool = setting(
+        section=H, key="Ssh", flags=("--ssh",), kind=Kind.BOOL, parse=parse_bool, default=False, const="yes",
+        cache=True, help="Install and enable sshd, with a generated key for mkosi ssh.")
+    ssh_key: Optional[Path] = setting(
+        section=H, key="SshKey", flags=("--ssh-key",), parse=parse_path, metavar="PATH",
+        help="Private key for mkosi ssh (its .pub is installed in the image).")
+    ssh_agent: Optional[str] = setting(
+        section=H, key="SshAgent", flags=("--ssh-agent",), metavar="PATH|true",
+        help="ssh-agent socket whose keys are authorized in the image; 'true' uses $SSH_AUTH_SOCK.")
+    ssh_port: int = setting(
+        section=H, key="SshPort", flags=("--ssh-port",), parse=parse_port, default=22,
+        help="Port sshd listens on in the image.")
+    ssh_timeout: int = setting(
+        section=H, key="SshTimeout", flags=("--ssh-timeout",), parse=parse_int, default=0,
+        help="Seconds mkosi ssh keeps retrying to connect.")
+
+    # ---- derived by finalize (not settings) ----
+    output_checksum: Optional[Path] = None
+    output_signature: Optional[Path] = None
+    output_bmap: Optional[Path] = None
+    output_nspawn_settings: Optional[Path] = None
+    output_sshkey: Optional[Path] = None
+    output_root_hash: Optional[Path] = None
+    output_root_hash_p7s: Optional[Path] = None
+    output_manifest_json: Optional[Path] = None
+    output_changelog: Optional[Path] = None
+    passphrase_file: Optional[Path] = None
+    version_file: Optional[Path] = None
+    mksquashfs_tool: Optional[Path] = None
+    config_files: list[Path] = dataclasses.field(default_factory=list)
+    detected: dict[str, Path] = dataclasses.field(default_factory=dict)
+
+    # ---- convenience ----
+    @property
+    def output_compression(self) -> Optional[str]:
+        return None if self.compress_output in ("no", "none") else self.compress_output
+
+    @property
+    def root_readonly(self) -> bool:
+        return self.read_only or self.format.is_squashfs() or self.verity != Verity.no
+
+    @property
+    def has_build_script(self) -> bool:
+        return self.build_script is not None
+
+    def setting_value(self, s: Setting) -> Any:
+        return getattr(self, s.dest)
+
+
+def _collect() -> tuple[Setting, ...]:
+    rows = []
+    for f in dataclasses.fields(MkosiArgs):
+        meta = f.metadata.get("setting")
+        if meta is None:
+            continue
+        rows.append(Setting(dest=f.name, **meta))
+    return tuple(rows)
+
+
+SETTINGS: tuple[Setting, ...] = _collect()
+SECTIONS: tuple[str, ...] = (D, O, C, P, V, H)
+
+
+def by_dest(dest: str) -> Setting:
+    for s in SETTINGS:
+        if s.dest == dest:
+            return s
+    raise KeyError(dest)
+
+
+def default_value(s: Setting) -> Any:
+    f = {f.name: f for f in dataclasses.fields(MkosiArgs)}[s.dest]
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default

@@ -1,0 +1,219 @@
+"""What one setting is, and the value parsers the settings table uses."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Optional, TypeVar
+
+Parser = Callable[[str], Any]
+
+
+class Kind(enum.Enum):
+    SCALAR = "scalar"      # last assignment wins (command line is applied last)
+    BOOL = "bool"          # scalar boolean; the flag may be given without a value
+    LIST = "list"          # items append across files and command line; "!item" removes, "!*" clears
+    COUNT = "count"        # -f repeated; in files a number or a boolean
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One row of the settings table. `dest` is the MkosiArgs field it fills."""
+
+    dest: str
+    section: Optional[str]            # INI section; None for command-line-only options
+    key: Optional[str]                # INI key; None for command-line-only options
+    flags: tuple[str, ...]            # long flag first, then the short one
+    kind: Kind
+    parse: Parser                     # parses one value (one item, for lists)
+    help: str
+    metavar: Optional[str] = None
+    choices: Optional[tuple[str, ...]] = None
+    const: Optional[str] = None       # value when the flag is given without an argument
+    negative_flags: tuple[str, ...] = ()  # flags that set the value "no"
+    aliases: tuple[str, ...] = ()     # older INI key names, accepted with a warning
+    flag_aliases: tuple[str, ...] = ()  # older flags, accepted silently
+    separator: str = r"[,\s]+"        # how a list value splits into items
+    remove_by_key: bool = False       # lists: "!name" also removes "name=..." items
+    cache: bool = False               # whether it shapes the cached images (incremental mode)
+    secret: bool = False              # never printed
+    status: Optional[str] = None      # None when implemented; otherwise what is missing
+    summary: bool = True
+
+    @property
+    def long_flag(self) -> Optional[str]:
+        longs = [f for f in self.flags if f.startswith("--")]
+        return longs[0] if longs else None
+
+    @property
+    def short_flag(self) -> Optional[str]:
+        shorts = [f for f in self.flags if not f.startswith("--")]
+        return shorts[0] if shorts else None
+
+    @property
+    def name(self) -> str:
+        """How a user refers to it: the INI key, else the long flag."""
+        return f"{self.key}=" if self.key else (self.long_flag or self.dest)
+
+
+def setting(
+    *,
+    section: Optional[str],
+    key: Optional[str],
+    flags: Sequence[str] = (),
+    kind: Kind = Kind.SCALAR,
+    parse: Parser = str,
+    default: Any = None,
+    default_factory: Optional[Callable[[], Any]] = None,
+    help: str,
+    **extra: Any,
+) -> Any:
+    """Declare a MkosiArgs field together with its row of the settings table."""
+    meta = {"setting": dict(section=section, key=key, flags=tuple(flags), kind=kind, parse=parse, help=help, **extra)}
+    if default_factory is not None:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+# ---- value parsers: each takes the raw text and returns the value or raises ValueError ----
+
+_TRUE = ("1", "yes", "true", "on", "y")
+_FALSE = ("0", "no", "false", "off", "n")
+
+
+def parse_bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise ValueError(f"expected a boolean (1/yes/true or 0/no/false), got '{value}'")
+
+
+def try_bool(value: str) -> Optional[bool]:
+    try:
+        return parse_bool(value)
+    except ValueError:
+        return None
+
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def parse_enum(cls: type[E], legacy: Optional[dict[str, E]] = None) -> Callable[[str], E]:
+    def parser(value: str) -> E:
+        v = value.strip()
+        for member in cls:
+            if str(member.value) == v or str(member.value) == v.lower().replace("_", "-") or member.name == v:
+                return member
+        if legacy and v in legacy:
+            return legacy[v]
+        valid = ", ".join(str(m.value) for m in cls)
+        raise ValueError(f"invalid value '{value}', expected one of: {valid}")
+
+    parser.__name__ = f"parse_{cls.__name__}"
+    return parser
+
+
+def parse_bool_or_enum(cls: type[E], true: E, false: E) -> Callable[[str], E]:
+    """For settings taking a boolean or a special value (Verity=signed, WithNetwork=never, ...)."""
+    inner = parse_enum(cls)
+
+    def parser(value: str) -> E:
+        b = try_bool(value)
+        if b is not None:
+            return true if b else false
+        try:
+            return inner(value)
+        except ValueError:
+            valid = ", ".join(str(m.value) for m in cls)
+            raise ValueError(f"invalid value '{value}', expected a boolean or one of: {valid}")
+
+    return parser
+
+
+def parse_path(value: str) -> Path:
+    v = value.strip()
+    if not v:
+        raise ValueError("empty path")
+    return Path(v).expanduser().absolute()
+
+
+_SIZE_SUFFIXES = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_output_path(value: str) -> Path:
+    """Output= keeps a bare file name relative: it is placed in the output directory later."""
+    v = value.strip()
+    if not v:
+        raise ValueError("empty path")
+    return Path(v).expanduser().absolute() if "/" in v else Path(v)
+
+
+def parse_size(value: str) -> int:
+    m = re.fullmatch(r"\s*(\d+)\s*([KMGTkmgt]?)(?:i?[Bb])?\s*", value)
+    if not m:
+        raise ValueError(f"invalid size '{value}', expected a number of bytes optionally followed by K, M, G or T")
+    return int(m.group(1)) * _SIZE_SUFFIXES[m.group(2).upper()]
+
+
+def parse_int(value: str) -> int:
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise ValueError(f"expected an integer, got '{value}'")
+
+
+def parse_port(value: str) -> int:
+    n = parse_int(value)
+    if not 0 < n < 65536:
+        raise ValueError(f"port {n} out of range 1-65535")
+    return n
+
+
+def parse_machine_id(value: str) -> str:
+    v = value.strip().lower().replace("-", "")
+    if not re.fullmatch(r"[0-9a-f]{32}", v):
+        raise ValueError(f"invalid machine ID '{value}', expected 32 hexadecimal digits")
+    return v
+
+
+def parse_compression(value: str) -> str:
+    """A boolean or an algorithm; 'yes' is resolved to the default algorithm for the format later."""
+    b = try_bool(value)
+    if b is not None:
+        return "yes" if b else "no"
+    v = value.strip().lower()
+    if v in ("zlib", "gzip", "gz", "lzo", "lz4", "xz", "zstd"):
+        return "gzip" if v == "gz" else v
+    raise ValueError(f"invalid compression '{value}', expected a boolean or one of: zlib, gzip, lzo, lz4, xz, zstd")
+
+
+def parse_hostname(value: str) -> str:
+    v = value.strip()
+    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*", v):
+        raise ValueError(f"invalid hostname '{value}'")
+    return v
+
+
+def parse_environment_item(value: str) -> str:
+    name = value.split("=", 1)[0]
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ValueError(f"invalid environment variable assignment '{value}'")
+    return value
+
+
+def parse_force(value: str) -> int:
+    v = value.strip()
+    if v == "+1":
+        return 1
+    if v.isdigit():
+        return int(v)
+    return 1 if parse_bool(v) else 0
+
+
+def parse_debug(value: str) -> str:
+    return value.strip()

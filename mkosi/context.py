@@ -1,0 +1,40 @@
+"""Mutable per-build state: where the workspace and image root are, which phase runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from pathlib import Path
+from typing import Optional
+
+from mkosi.config.settings import MkosiArgs
+
+
+class Phase(enum.Enum):
+    build = "build"   # the development image, with BuildPackages=, where mkosi.build runs
+    final = "final"   # the image that is shipped
+
+
+@dataclasses.dataclass
+class Context:
+    args: MkosiArgs
+    workspace: Path
+    phase: Phase
+    root: Path
+    package_cache: Optional[Path]
+    staging: Path                      # finished artifacts wait here until the build succeeded
+    cached_image_reused: bool = False
+    roothash: Optional[str] = None
+    usrhash: Optional[str] = None
+    kernel_version: Optional[str] = None
+
+    @property
+    def network(self) -> bool:
+        from mkosi.config.enums import WithNetwork
+
+        return self.args.with_network != WithNetwork.never
+
+    def dir(self, name: str) -> Path:
+        path = self.workspace / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path

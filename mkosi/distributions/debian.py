@@ -1,0 +1,104 @@
+"""Debian and Ubuntu, installed with the host's apt driving dpkg into the image root."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+from mkosi.config.enums import Distribution
+from mkosi.distributions import DistributionPlugin
+
+if TYPE_CHECKING:
+    from mkosi.config.settings import MkosiArgs
+    from mkosi.context import Context
+    from mkosi.installers.apt import AptConfig
+    from mkosi.manifest import PackageInfo
+
+DPKG_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "x86": "i386", "arm": "armhf", "ppc64le": "ppc64el",
+             "riscv64": "riscv64", "s390x": "s390x"}
+
+
+class Debian(DistributionPlugin):
+    distribution = Distribution.debian
+    default_release = "trixie"
+    package_manager = "apt-get"
+    host_os_ids = ("debian",)
+    components = ("main",)
+
+    def default_mirror(self, arch: str) -> Optional[str]:
+        return "http://deb.debian.org/debian"
+
+    def apt_config(self, args: MkosiArgs, ctx: Optional[Context] = None) -> AptConfig:
+        from pathlib import Path
+
+        from mkosi.installers.apt import AptConfig
+
+        known = {"main", "contrib", "non-free", "non-free-firmware", "restricted", "universe", "multiverse"}
+        components = list(self.components) + [r for r in args.repositories if r in known and r not in self.components]
+        extra = [r for r in args.repositories if r not in known]
+        return AptConfig(
+            root=ctx.root if ctx else Path("/nonexistent"),
+            distribution=self.distribution.value,
+            release=args.release,
+            mirror=args.mirror or self.default_mirror(args.architecture) or "",
+            components=components,
+            extra_repositories=extra,
+            architecture=DPKG_ARCH.get(args.architecture, args.architecture),
+            cache_dir=ctx.package_cache if ctx else None,
+            workspace=ctx.dir("apt") if ctx else Path("/nonexistent"),
+            with_docs=args.with_docs,
+            network=ctx.network if ctx else True,
+            repository_directory=args.repository_directory,
+        )
+
+    def repositories(self, args: MkosiArgs) -> list[str]:
+        from mkosi.installers.apt import repository_lines
+
+        return repository_lines(self.apt_config(args))
+
+    def base_packages(self, args: MkosiArgs) -> list[str]:
+        pkgs = ["systemd", "udev", "dbus"]
+        if args.bootable:
+            pkgs += ["systemd-boot-efi" if self.distribution == Distribution.debian else "systemd-boot",
+                     "dracut", "linux-image-" + DPKG_ARCH.get(args.architecture, "amd64")]
+        return pkgs
+
+    def install(self, ctx: Context, packages: list[str]) -> None:
+        from mkosi.installers import apt
+
+        apt.install(self.apt_config(ctx.args, ctx), packages)
+
+    def install_more(self, ctx: Context, packages: list[str]) -> None:
+        from mkosi.installers import apt
+
+        apt.install_more(self.apt_config(ctx.args, ctx), packages)
+
+    def remove_packages(self, ctx: Context, packages: list[str]) -> None:
+        from mkosi.installers import apt
+
+        apt.remove(self.apt_config(ctx.args, ctx), packages)
+
+    def installed_packages(self, ctx: Context) -> list[PackageInfo]:
+        from mkosi.installers import apt
+
+        return apt.installed_packages(ctx.root)
+
+    def clean_package_metadata(self, ctx: Context, force: bool) -> None:
+        from mkosi.installers import apt
+
+        apt.clean_metadata(ctx.root)
+
+    def package_manager_present(self, ctx: Context) -> bool:
+        return (ctx.root / "usr/bin/apt-get").exists() or (ctx.root / "usr/bin/dpkg").exists()
+
+
+class Ubuntu(Debian):
+    distribution = Distribution.ubuntu
+    default_release = "noble"
+    host_os_ids = ("ubuntu",)
+    components = ("main", "universe")
+
+    def default_mirror(self, arch: str) -> Optional[str]:
+        return "http://archive.ubuntu.com/ubuntu" if arch in ("x86_64", "x86") else "http://ports.ubuntu.com"
+
+
+PLUGINS: list[DistributionPlugin] = [Debian(), Ubuntu()]

@@ -1,0 +1,567 @@
+"""File system images made from directory trees, as sparse image files, without mounting where possible.
+
+All sizes are in bytes. Every function writes (or rewrites) the image file it is given.
+
+- ext4: mkfs.ext4 -d. SOURCE_DATE_EPOCH sets E2FSPROGS_FAKE_TIME and a derived directory hash
+  seed and UUID, so equal trees give equal images.
+- xfs: mkfs.xfs -p with a protofile generated from the tree, then xfs_db fixes what protofiles
+  cannot express (sticky bits, timestamps). Trees a protofile cannot describe (hard links,
+  extended attributes, sockets, names with blanks) are copied through a loop mount instead.
+- btrfs: mkfs.btrfs --rootdir (--shrink when minimizing). btrfs-progs before 6.11 (Debian 12 has
+  6.2) cannot compress at mkfs time; callers apply compression as a mount option instead.
+- squashfs: mksquashfs, ownership and extended attributes kept.
+- vfat: mkfs.vfat, populated with mtools' mcopy.
+- swap: mkswap on a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from mkosi import log
+from mkosi.errors import CommandError, MkosiError
+from mkosi.output.gpt import SeedLike, make_uuid, resolve_seed
+from mkosi.run import find_tool, output, run
+
+MiB = 1024 * 1024
+XFS_MIN_SIZE = 300 * MiB
+EXT4_LABEL_MAX = 16
+XFS_LABEL_MAX = 12
+VFAT_LABEL_MAX = 11
+
+
+def _create_sparse(image: Path, size: int) -> None:
+    if size <= 0:
+        raise MkosiError(f"cannot create {image}: size {size} is not positive")
+    image.unlink(missing_ok=True)
+    with open(image, "wb") as f:
+        f.truncate(size)
+
+
+def _fit_label(label: str, limit: int, fs: str) -> str:
+    if len(label.encode()) <= limit:
+        return label
+    short = label.encode()[:limit].decode(errors="ignore")
+    log.warn(f"{fs} labels are limited to {limit} bytes, using '{short}' instead of '{label}'")
+    return short
+
+
+def _space_hint(fs: str, size: int) -> str:
+    return f"the {fs} file system of {size // MiB} MiB is too small for the tree; give it a larger size"
+
+
+def _out_of_space(e: CommandError) -> bool:
+    text = e.stderr.lower()
+    return any(
+        s in text
+        for s in ("no space left", "could not allocate", "not enough space", "too small", "enospc")
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Size estimation
+
+
+def tree_size(src_dir: Path) -> int:
+    """Bytes the tree needs at 4 KiB block granularity (hard links counted once), plus inodes."""
+    total = 0
+    seen: set[tuple[int, int]] = set()
+    for root, dirs, files in os.walk(src_dir):
+        for name in dirs + files:
+            st = os.lstat(os.path.join(root, name))
+            if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if key in seen:
+                    continue
+                seen.add(key)
+            if stat.S_ISREG(st.st_mode):
+                total += (min(st.st_size, st.st_blocks * 512 or st.st_size) + 4095) // 4096 * 4096
+            elif stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
+                total += 4096
+            total += 512
+    return total
+
+
+def estimate_size(src_dir: Path, fs: str) -> int:
+    """A comfortable file system size for the tree, a multiple of 1 MiB."""
+    need = tree_size(src_dir)
+    size = int(need * 1.25) + 64 * MiB
+    if fs == "btrfs":
+        size = max(size + 64 * MiB, 128 * MiB)
+    if fs == "xfs":
+        size = max(size + 32 * MiB, XFS_MIN_SIZE)
+    return (size + MiB - 1) // MiB * MiB
+
+
+# ---------------------------------------------------------------------------------------------
+# ext4
+
+
+def _mke2fs_version() -> tuple[int, ...]:
+    text = output(["mkfs.ext4", "-V"], check=False, stderr=subprocess.STDOUT)
+    m = re.search(r"mke2fs (\d+)\.(\d+)(?:\.(\d+))?", text)
+    if m is None:
+        return (0,)
+    return tuple(int(x) for x in m.groups() if x is not None)
+
+
+def make_ext4(
+    src_dir: Path,
+    image: Path,
+    size: int,
+    label: str,
+    uuid: str | None = None,
+    *,
+    seed: SeedLike | None = None,
+) -> None:
+    """Create an ext4 image of `size` bytes holding `src_dir`.
+
+    4 KiB blocks and 256 byte inodes regardless of size. The orphan_file feature (default in
+    e2fsprogs 1.47) is turned off so that older e2fsck versions in the image can still check the
+    file system. With SOURCE_DATE_EPOCH or a seed, file system times come from
+    E2FSPROGS_FAKE_TIME and UUID and directory hash seed are derived, for reproducible images.
+    """
+    label = _fit_label(label, EXT4_LABEL_MAX, "ext4")
+    _create_sparse(image, size)
+    key = resolve_seed(seed)
+    env: dict[str, str] = {}
+    argv: list[str] = ["mkfs.ext4", "-F", "-q", "-b", "4096", "-I", "256", "-L", label]
+    if uuid is None and key is not None:
+        uuid = str(make_uuid(seed, "ext4-uuid", label))
+    if uuid is not None:
+        argv += ["-U", uuid]
+    if key is not None:
+        argv += ["-E", f"hash_seed={make_uuid(seed, 'ext4-hash-seed', label)}"]
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch:
+        env["E2FSPROGS_FAKE_TIME"] = epoch.strip()
+    if _mke2fs_version() >= (1, 47):
+        argv += ["-O", "^orphan_file"]
+    argv += ["-d", os.fspath(src_dir), os.fspath(image)]
+    with log.step(f"Creating ext4 file system {image.name}"):
+        try:
+            run(argv, env=env, capture=True)
+        except CommandError as e:
+            if _out_of_space(e):
+                raise MkosiError(str(e), hint=_space_hint("ext4", size))
+            raise
+
+
+def _ext4_geometry(image: Path) -> tuple[int, int]:
+    text = output(["dumpe2fs", "-h", os.fspath(image)], stderr=None)
+    count = re.search(r"^Block count:\s+(\d+)", text, re.M)
+    bsize = re.search(r"^Block size:\s+(\d+)", text, re.M)
+    if count is None or bsize is None:
+        raise MkosiError(f"cannot read the geometry of ext4 image {image}")
+    return int(count.group(1)), int(bsize.group(1))
+
+
+def minimize_ext4(image: Path) -> int:
+    """Shrink an ext4 image to its minimal size (resize2fs -M) and truncate the file. Returns the size."""
+    with log.step(f"Minimizing ext4 file system {image.name}"):
+        proc = run(["e2fsck", "-f", "-y", os.fspath(image)], check=False, capture=True)
+        if proc.returncode not in (0, 1):
+            raise CommandError(["e2fsck", "-f", "-y", os.fspath(image)], proc.returncode, str(proc.stderr))
+        run(["resize2fs", "-M", os.fspath(image)], capture=True)
+        count, bsize = _ext4_geometry(image)
+        new_size = count * bsize
+        os.truncate(image, new_size)
+    log.debug(f"{image.name} minimized to {new_size} bytes")
+    return new_size
+
+
+# ---------------------------------------------------------------------------------------------
+# xfs
+
+
+@dataclasses.dataclass
+class _Entry:
+    rel: str  # path inside the tree, "" for the root
+    st: os.stat_result
+
+
+class ProtofileUnsuitable(Exception):
+    """The tree holds something an xfs protofile cannot describe; the reason is the message."""
+
+
+_BAD_NAME = re.compile(r"[\s]")
+
+
+def _check_name(name: str, rel: str) -> None:
+    if _BAD_NAME.search(name) or name.startswith(":") or name == "$" or not name.isprintable():
+        raise ProtofileUnsuitable(f"file name {rel!r} cannot be written in a protofile")
+
+
+def _has_xattrs(path: str) -> bool:
+    try:
+        return bool(os.listxattr(path, follow_symlinks=False))
+    except OSError:
+        return False
+
+
+def _mode_token(st: os.stat_result) -> str:
+    m = st.st_mode
+    if stat.S_ISREG(m):
+        kind = "-"
+    elif stat.S_ISDIR(m):
+        kind = "d"
+    elif stat.S_ISLNK(m):
+        kind = "l"
+    elif stat.S_ISBLK(m):
+        kind = "b"
+    elif stat.S_ISCHR(m):
+        kind = "c"
+    elif stat.S_ISFIFO(m):
+        kind = "p"
+    else:
+        raise ProtofileUnsuitable("sockets cannot be written in a protofile")
+    return (
+        kind
+        + ("u" if m & stat.S_ISUID else "-")
+        + ("g" if m & stat.S_ISGID else "-")
+        + f"{stat.S_IMODE(m) & 0o777:03o}"
+    )
+
+
+def xfs_protofile(src_dir: Path) -> tuple[str, list[_Entry]]:
+    """An mkfs.xfs protofile describing `src_dir`, and every entry in it (root first).
+
+    Regular file contents are referenced relative to `src_dir`, so mkfs.xfs must run there.
+    Raises ProtofileUnsuitable when the tree holds hard links, extended attributes, sockets or
+    names the protofile syntax cannot carry.
+    """
+    lines = ["mkosi-protofile", "0 0"]
+    entries: list[_Entry] = []
+    root_st = os.lstat(src_dir)
+    if _has_xattrs(os.fspath(src_dir)):
+        raise ProtofileUnsuitable("the tree's root directory has extended attributes")
+    lines.append(f"{_mode_token(root_st)} {root_st.st_uid} {root_st.st_gid}")
+    entries.append(_Entry("", root_st))
+
+    def walk(dir_path: str, rel_dir: str, depth: int) -> None:
+        indent = " " * depth
+        with os.scandir(dir_path) as it:
+            children = sorted(it, key=lambda e: e.name)
+        for child in children:
+            rel = f"{rel_dir}/{child.name}" if rel_dir else child.name
+            _check_name(child.name, rel)
+            st = child.stat(follow_symlinks=False)
+            token = _mode_token(st)
+            if _has_xattrs(child.path):
+                raise ProtofileUnsuitable(f"{rel} has extended attributes")
+            head = f"{indent}{child.name} {token} {st.st_uid} {st.st_gid}"
+            entries.append(_Entry(rel, st))
+            if stat.S_ISDIR(st.st_mode):
+                lines.append(head)
+                walk(child.path, rel, depth + 1)
+                lines.append(f"{indent}$")
+            elif stat.S_ISREG(st.st_mode):
+                if st.st_nlink > 1:
+                    raise ProtofileUnsuitable(f"{rel} is hard linked")
+                lines.append(f"{head} ./{rel}")
+            elif stat.S_ISLNK(st.st_mode):
+                target = os.readlink(child.path)
+                if not target or _BAD_NAME.search(target) or not target.isprintable():
+                    raise ProtofileUnsuitable(f"symlink target of {rel} cannot be written in a protofile")
+                lines.append(f"{head} {target}")
+            elif stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode):
+                lines.append(f"{head} {os.major(st.st_rdev)} {os.minor(st.st_rdev)}")
+            else:
+                lines.append(head)
+
+    walk(os.fspath(src_dir), "", 1)
+    lines.append("$")
+    return "\n".join(lines) + "\n", entries
+
+
+def _xfs_bigtime(sec: int, nsec: int) -> int:
+    """An inode timestamp in the on-disk encoding of the bigtime feature, as xfs_db writes it raw."""
+    return (sec + 2**31) * 1_000_000_000 + nsec
+
+
+def xfs_fixup_commands(entries: Sequence[_Entry]) -> str:
+    """xfs_db commands restoring what the protofile could not carry: sticky bits and timestamps."""
+    cmds: list[str] = []
+    for e in entries:
+        cmds.append(f"path /{e.rel}")
+        if e.st.st_mode & stat.S_ISVTX:
+            cmds.append(f"write core.mode 0{e.st.st_mode:o}")
+        mtime = _xfs_bigtime(e.st.st_mtime_ns // 1_000_000_000, e.st.st_mtime_ns % 1_000_000_000)
+        atime = _xfs_bigtime(e.st.st_atime_ns // 1_000_000_000, e.st.st_atime_ns % 1_000_000_000)
+        cmds.append(f"write core.mtime.sec {mtime}")
+        cmds.append(f"write core.atime.sec {atime}")
+    return "\n".join(cmds) + "\n"
+
+
+@contextlib.contextmanager
+def loop_mount(image: Path, fstype: str | None = None, options: str = "") -> Iterator[Path]:
+    """Mount an image file through an auto-clearing loop device; always unmounted afterwards."""
+    mnt = Path(tempfile.mkdtemp(prefix=f".{image.name}-mnt-", dir=image.parent))
+    argv: list[str] = ["mount", "-o", ",".join(o for o in ("loop", options) if o)]
+    if fstype:
+        argv += ["-t", fstype]
+    try:
+        run([*argv, os.fspath(image), os.fspath(mnt)], capture=True)
+        try:
+            yield mnt
+        finally:
+            run(["umount", os.fspath(mnt)], capture=True)
+    finally:
+        with contextlib.suppress(OSError):
+            mnt.rmdir()
+
+
+def _copy_tree_into(src_dir: Path, dst: Path) -> None:
+    # cp -a keeps ownership, modes, timestamps, hard links, extended attributes and special files.
+    run(["cp", "-a", "--sparse=always", "--no-target-directory", f"{os.fspath(src_dir)}/.", os.fspath(dst)])
+
+
+def make_xfs(
+    src_dir: Path,
+    image: Path,
+    size: int,
+    label: str,
+    uuid: str | None = None,
+    *,
+    seed: SeedLike | None = None,
+) -> str:
+    """Create an xfs image of `size` bytes (at least 300 MiB, mkfs.xfs's minimum) holding `src_dir`.
+
+    Returns how it was populated: "protofile" (mkfs.xfs -p plus xfs_db fixups for sticky bits and
+    timestamps, no mounting) or "loop-mount" (the fallback for trees with hard links, extended
+    attributes, sockets or unusual names, which a protofile cannot describe).
+    """
+    if size < XFS_MIN_SIZE:
+        raise MkosiError(
+            f"xfs file system {image.name} would be {size // MiB} MiB, mkfs.xfs needs at least 300 MiB",
+            hint="give the partition a size of 300M or more",
+        )
+    label = _fit_label(label, XFS_LABEL_MAX, "xfs")
+    if uuid is None and resolve_seed(seed) is not None:
+        uuid = str(make_uuid(seed, "xfs-uuid", label))
+    meta = "bigtime=1" + (f",uuid={uuid}" if uuid else "")
+    base: list[str] = ["mkfs.xfs", "-q", "-f", "-L", label, "-m", meta]
+
+    try:
+        proto, entries = xfs_protofile(src_dir)
+        reason = ""
+    except ProtofileUnsuitable as e:
+        proto, entries, reason = "", [], str(e)
+
+    _create_sparse(image, size)
+    with log.step(f"Creating xfs file system {image.name}"):
+        if not reason:
+            with tempfile.NamedTemporaryFile("w", prefix=".xfs-proto-", dir=image.parent) as f:
+                f.write(proto)
+                f.flush()
+                try:
+                    run([*base, "-p", f.name, os.fspath(image.absolute())], cwd=src_dir, capture=True)
+                except CommandError as e:
+                    if _out_of_space(e):
+                        raise MkosiError(str(e), hint=_space_hint("xfs", size))
+                    raise
+            run(["xfs_db", "-x", os.fspath(image)], input=xfs_fixup_commands(entries), capture=True)
+            return "protofile"
+
+        log.warn(f"populating xfs through a loop mount: {reason}")
+        run([*base, os.fspath(image)], capture=True)
+        with loop_mount(image, "xfs") as mnt:
+            try:
+                _copy_tree_into(src_dir, mnt)
+            except CommandError as e:
+                if _out_of_space(e):
+                    raise MkosiError(str(e), hint=_space_hint("xfs", size))
+                raise
+        return "loop-mount"
+
+
+# ---------------------------------------------------------------------------------------------
+# btrfs
+
+
+def btrfs_mkfs_supports_compress() -> bool:
+    """Whether mkfs.btrfs can compress files while populating (--compress, btrfs-progs 6.11+)."""
+    if find_tool("mkfs.btrfs") is None:
+        return False
+    text = output(["mkfs.btrfs", "--help"], check=False, stderr=subprocess.STDOUT)
+    return "--compress" in text
+
+
+def make_btrfs(
+    src_dir: Path,
+    image: Path,
+    size: int,
+    label: str,
+    uuid: str | None = None,
+    *,
+    shrink: bool = False,
+    compress: str | None = None,
+    seed: SeedLike | None = None,
+) -> int:
+    """Create a btrfs image of `size` bytes holding `src_dir`; returns the final file size.
+
+    With `shrink` the file system (and file) is cut to the minimum mkfs.btrfs --shrink finds.
+    `compress` (e.g. "zstd") needs mkfs.btrfs --compress; older btrfs-progs raise an error, so
+    callers check btrfs_mkfs_supports_compress() and use a compress= mount option otherwise.
+    """
+    if uuid is None and resolve_seed(seed) is not None:
+        uuid = str(make_uuid(seed, "btrfs-uuid", label))
+    argv: list[str] = ["mkfs.btrfs", "-q", "-f", "-L", label]
+    if uuid:
+        argv += ["-U", uuid]
+    if compress:
+        if not btrfs_mkfs_supports_compress():
+            raise MkosiError(
+                "this mkfs.btrfs cannot compress at mkfs time",
+                hint="use the compress= mount option instead (rootflags= or fstab)",
+            )
+        argv += ["--compress", compress]
+    argv += ["-r", os.fspath(src_dir)]
+    if shrink:
+        argv.append("--shrink")
+    _create_sparse(image, size)
+    with log.step(f"Creating btrfs file system {image.name}"):
+        try:
+            run([*argv, os.fspath(image)], capture=True)
+        except CommandError as e:
+            if _out_of_space(e):
+                raise MkosiError(str(e), hint=_space_hint("btrfs", size))
+            raise
+    return image.stat().st_size
+
+
+def minimize_btrfs(
+    src_dir: Path,
+    image: Path,
+    label: str,
+    uuid: str | None = None,
+    *,
+    size: int | None = None,
+    seed: SeedLike | None = None,
+) -> int:
+    """Create a btrfs image cut to its minimal size (mkfs.btrfs --shrink). Returns the size."""
+    start = size if size is not None else estimate_size(src_dir, "btrfs")
+    return make_btrfs(src_dir, image, start, label, uuid, shrink=True, seed=seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# squashfs
+
+SQUASHFS_COMPRESSORS = ("gzip", "lzo", "lz4", "xz", "zstd", "lzma")
+
+
+def make_squashfs(
+    src_dir: Path,
+    image: Path,
+    compression: str | None = "zstd",
+    mksquashfs_tool: str = "mksquashfs",
+) -> None:
+    """Create a squashfs image of `src_dir` with mksquashfs, keeping ownership and xattrs.
+
+    `compression` is one of gzip, lzo, lz4, xz, zstd, lzma; None or "none" stores everything
+    uncompressed. mksquashfs itself honours SOURCE_DATE_EPOCH for its timestamps.
+    """
+    argv: list[str] = [mksquashfs_tool, os.fspath(src_dir), os.fspath(image), "-noappend", "-no-progress"]
+    if compression is None or compression in ("none", "no", "false"):
+        argv += ["-noI", "-noId", "-noD", "-noF", "-noX"]
+    elif compression in SQUASHFS_COMPRESSORS:
+        argv += ["-comp", compression]
+    else:
+        raise MkosiError(
+            f"unknown squashfs compression '{compression}'", hint="one of " + ", ".join(SQUASHFS_COMPRESSORS)
+        )
+    image.unlink(missing_ok=True)
+    with log.step(f"Creating squashfs file system {image.name}"):
+        run(argv, capture=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# vfat
+
+
+def make_vfat(
+    image: Path,
+    size: int,
+    label: str = "ESP",
+    volume_id: str | None = None,
+    *,
+    seed: SeedLike | None = None,
+) -> None:
+    """Create an empty FAT file system image of `size` bytes (FAT32 from 64 MiB up).
+
+    `volume_id` is 8 hex digits; with a seed or SOURCE_DATE_EPOCH it is derived and mkfs.vfat
+    runs with --invariant so that the image is reproducible.
+    """
+    label = _fit_label(label.upper(), VFAT_LABEL_MAX, "vfat")
+    reproducible = resolve_seed(seed) is not None
+    if volume_id is None and reproducible:
+        volume_id = make_uuid(seed, "vfat-volume-id", label).hex[:8]
+    argv: list[str] = ["mkfs.vfat", "-n", label]
+    if size >= 64 * MiB:
+        argv += ["-F", "32"]
+    if volume_id is not None:
+        if not re.fullmatch(r"[0-9a-fA-F]{1,8}", volume_id):
+            raise MkosiError(f"vfat volume id '{volume_id}' is not up to 8 hex digits")
+        argv += ["-i", volume_id]
+    if reproducible:
+        argv.append("--invariant")
+    _create_sparse(image, size)
+    with log.step(f"Creating vfat file system {image.name}"):
+        run([*argv, os.fspath(image)], capture=True)
+
+
+def populate_vfat(image: Path, src_dir: Path) -> None:
+    """Copy the contents of `src_dir` into the root of a FAT image with mcopy (no mounting)."""
+    names = sorted(os.listdir(src_dir))
+    if not names:
+        return
+    env = {"MTOOLS_SKIP_CHECK": "1"}
+    with log.step(f"Populating {image.name}"):
+        try:
+            run(
+                ["mcopy", "-i", os.fspath(image), "-s", "-p", "-Q", "-m", "-b",
+                 *[os.fspath(src_dir / n) for n in names], "::"],
+                env=env,
+                capture=True,
+            )
+        except CommandError as e:
+            if "disk full" in e.stderr.lower() or "no free" in e.stderr.lower():
+                raise MkosiError(str(e), hint="the ESP is too small for its contents; give it a larger size")
+            raise
+
+
+# ---------------------------------------------------------------------------------------------
+# swap
+
+
+def make_swap(
+    image: Path,
+    size: int,
+    label: str = "swap",
+    uuid: str | None = None,
+    *,
+    seed: SeedLike | None = None,
+) -> None:
+    """Create a swap area image of `size` bytes with mkswap."""
+    if uuid is None and resolve_seed(seed) is not None:
+        uuid = str(make_uuid(seed, "swap-uuid", label))
+    _create_sparse(image, size)
+    os.chmod(image, 0o600)
+    argv: list[str] = ["mkswap", "-L", label]
+    if uuid:
+        argv += ["-U", uuid]
+    with log.step(f"Creating swap area {image.name}"):
+        run([*argv, os.fspath(image)], capture=True)
+
+
+# ---------------------------------------------------------------------------------------------
+
+FILESYSTEMS = ("ext4", "xfs", "btrfs", "squashfs", "vfat", "swap")

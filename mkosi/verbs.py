@@ -1,0 +1,149 @@
+"""One short function per verb."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from mkosi import log
+from mkosi.config.enums import Verb
+from mkosi.config.settings import MkosiArgs
+from mkosi.errors import MkosiError
+
+
+def verb_summary(args: MkosiArgs) -> None:
+    from mkosi.summary import summary_json, summary_text
+
+    print(summary_json(args) if args.json else summary_text(args))
+
+
+def verb_cat_config(args: MkosiArgs) -> None:
+    if not args.config_files:
+        log.info("No settings files were loaded.")
+    for i, path in enumerate(args.config_files):
+        if i:
+            print()
+        print(f"# {path}")
+        print(path.read_text(), end="" if path.read_text().endswith("\n") else "\n")
+
+
+def bumped_version(version: str) -> str:
+    parts = version.split(".")
+    last = parts[-1]
+    if last.isdigit():
+        parts[-1] = str(int(last) + 1).zfill(len(last))
+    else:
+        parts.append("1")
+    return ".".join(parts)
+
+
+def verb_bump(args: MkosiArgs) -> None:
+    assert args.version_file is not None
+    current = args.image_version
+    new = bumped_version(current) if current else "1"
+    args.version_file.write_text(new + "\n")
+    log.info(f"Bumped image version from {current or '(none)'} to {new} in {args.version_file}")
+
+
+def secure_boot_common_name(template: str) -> str:
+    user = os.environ.get("SUDO_USER") or getpass.getuser()
+    return template.replace("%u", user)
+
+
+def verb_genkey(args: MkosiArgs) -> None:
+    from mkosi.boot import generate_secure_boot_keys
+
+    key = Path("mkosi.secure-boot.key")
+    crt = Path("mkosi.secure-boot.crt")
+    for p in (key, crt):
+        if p.exists() and args.force == 0:
+            raise MkosiError(f"'{p}' already exists", hint="use -f to replace it")
+    cn = secure_boot_common_name(args.secure_boot_common_name)
+    generate_secure_boot_keys(cn, args.secure_boot_valid_days, key, crt)
+    log.info(f"Wrote {key} and {crt} for CN={cn!r}, valid {args.secure_boot_valid_days} days")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+    else:
+        return
+    log.info(f"Removed {path}")
+
+
+def verb_clean(args: MkosiArgs) -> None:
+    from mkosi.cache import incremental_cache_paths, package_cache_dir
+    from mkosi.outputs import output_paths
+
+    for p in output_paths(args):
+        _remove(p)
+    if args.force >= 1:
+        for p in incremental_cache_paths(args):
+            _remove(p)
+    if args.force >= 2:
+        cache = package_cache_dir(args)
+        if cache is not None and cache.is_dir():
+            for child in cache.iterdir():
+                _remove(child)
+
+
+def verb_build(args: MkosiArgs) -> None:
+    from mkosi.build import build_command
+
+    build_command(args)
+
+
+def verb_not_yet(args: MkosiArgs) -> None:
+    raise MkosiError(f"the '{args.verb.value}' verb is not implemented yet")
+
+
+def verb_help(args: MkosiArgs) -> None:
+    from mkosi.config.parse import format_help
+
+    print(format_help())
+
+
+def verb_burn(args: MkosiArgs) -> None:
+    if not args.format.is_disk() or args.output_compression or args.qcow2:
+        raise MkosiError("burn needs an uncompressed raw GPT disk image")
+    if len(args.cmdline) != 1:
+        raise MkosiError("usage: mkosi burn DEVICE")
+    device = Path(args.cmdline[0])
+    if not device.exists():
+        raise MkosiError(f"device '{device}' does not exist")
+    if not args.output or not args.output.exists():
+        raise MkosiError(f"image '{args.output}' does not exist; build it first")
+    with open(args.output, "rb") as src, open(device, "r+b" if device.is_block_device() else "wb") as dst:
+        shutil.copyfileobj(src, dst, 4 * 1024 * 1024)
+        dst.flush()
+        os.fsync(dst.fileno())
+    log.info(f"Wrote {args.output} to {device}")
+
+
+VERBS: dict[Verb, Callable[[MkosiArgs], None]] = {
+    Verb.build: verb_build,
+    Verb.clean: verb_clean,
+    Verb.summary: verb_summary,
+    Verb.shell: verb_not_yet,
+    Verb.boot: verb_not_yet,
+    Verb.qemu: verb_not_yet,
+    Verb.vm: verb_not_yet,
+    Verb.ssh: verb_not_yet,
+    Verb.serve: verb_not_yet,
+    Verb.bump: verb_bump,
+    Verb.genkey: verb_genkey,
+    Verb.help: verb_help,
+    Verb.cat_config: verb_cat_config,
+    Verb.burn: verb_burn,
+}
+
+
+def run_verb(args: MkosiArgs) -> None:
+    VERBS[args.verb](args)
+    sys.stdout.flush()

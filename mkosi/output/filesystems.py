@@ -61,8 +61,7 @@ def _space_hint(fs: str, size: int) -> str:
 def _out_of_space(e: CommandError) -> bool:
     text = e.stderr.lower()
     return any(
-        s in text
-        for s in ("no space left", "could not allocate", "not enough space", "too small", "enospc")
+        s in text for s in ("no space left", "could not allocate", "not enough space", "too small", "enospc")
     )
 
 
@@ -507,12 +506,13 @@ def make_vfat(
     argv: list[str] = ["mkfs.vfat", "-n", label]
     if size >= 64 * MiB:
         argv += ["-F", "32"]
+    if reproducible:
+        # Must come before -i, it would reset the volume id otherwise.
+        argv.append("--invariant")
     if volume_id is not None:
         if not re.fullmatch(r"[0-9a-fA-F]{1,8}", volume_id):
             raise MkosiError(f"vfat volume id '{volume_id}' is not up to 8 hex digits")
         argv += ["-i", volume_id]
-    if reproducible:
-        argv.append("--invariant")
     _create_sparse(image, size)
     with log.step(f"Creating vfat file system {image.name}"):
         run([*argv, os.fspath(image)], capture=True)
@@ -527,8 +527,17 @@ def populate_vfat(image: Path, src_dir: Path) -> None:
     with log.step(f"Populating {image.name}"):
         try:
             run(
-                ["mcopy", "-i", os.fspath(image), "-s", "-p", "-Q", "-m", "-b",
-                 *[os.fspath(src_dir / n) for n in names], "::"],
+                [
+                    "mcopy",
+                    "-i",
+                    os.fspath(image),
+                    "-s",
+                    "-p",
+                    "-Q",
+                    "-m",
+                    *[os.fspath(src_dir / n) for n in names],
+                    "::",
+                ],
                 env=env,
                 capture=True,
             )

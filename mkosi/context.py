@@ -27,6 +27,8 @@ class Context:
     roothash: Optional[str] = None
     usrhash: Optional[str] = None
     kernel_version: Optional[str] = None
+    # Paths outside the workspace to remove when the build ends (e.g. a subvolume being made in place).
+    cleanup: list[Path] = dataclasses.field(default_factory=list)
 
     @property
     def network(self) -> bool:

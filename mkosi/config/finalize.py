@@ -152,13 +152,13 @@ def finalize(cli: CommandLine, v: Merged, config_files: list[Path], directory: P
     if values["compress_output"] not in ("no", "xz", "zstd") and not fmt.is_archive():
         raise _fail(v, "compress_output", f"compression '{values['compress_output']}' is not supported for "
                     "output files, use xz or zstd")
-    if fmt.is_squashfs() and values["compress_fs"] in ("yes", "no"):
-        values["compress_fs"] = "zstd"
-    elif values["compress_fs"] == "yes":
+    if (fmt.is_squashfs() and values["compress_fs"] in ("yes", "no")) or values["compress_fs"] == "yes":
         values["compress_fs"] = "zstd"
 
     # Files of the working directory.
-    _detect_dir(v, values, "output_dir", "mkosi.output", found)
+    # mkosi.output/ only applies when Output= is unset or a bare file name; a path with a slash wins.
+    if values["output"] is None or not values["output"].is_absolute():
+        _detect_dir(v, values, "output_dir", "mkosi.output", found)
     _detect_dir(v, values, "workspace_dir", "mkosi.workspace", found)
     _detect_dir(v, values, "cache_path", "mkosi.cache", found)
     _detect_dir(v, values, "build_dir", "mkosi.builddir", found)
@@ -273,9 +273,8 @@ def _validate(cli: CommandLine, v: Merged, values: dict[str, Any], fmt: OutputFo
     for dest in ("home_size", "srv_size", "swap_size"):
         if values[dest] is not None and not fmt.is_disk():
             raise _fail(v, dest, f"only applies to GPT disk image formats, not '{fmt.value}'")
-    if values["secure_boot"]:
-        if not values["bootable"]:
-            raise _fail(v, "secure_boot", "requires Bootable=yes")
+    if values["secure_boot"] and not values["bootable"]:
+        raise _fail(v, "secure_boot", "requires Bootable=yes")
     if values["secure_boot"] or values["verity"] == Verity.signed:
         dest = "secure_boot" if values["secure_boot"] else "verity"
         for kdest, what in (("secure_boot_key", "key"), ("secure_boot_certificate", "certificate")):

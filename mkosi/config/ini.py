@@ -103,8 +103,8 @@ def parse_ini(path: Path, text: Optional[str] = None) -> list[Assignment]:
     result: list[Assignment] = []
     section: Optional[str] = None
     section_raw = ""
-    for lineno, key, value in entries:
-        if value is None:
+    for lineno, key, maybe_value in entries:
+        if maybe_value is None:
             section_raw = key
             low = key.lower()
             if low in _SECTIONS:
@@ -125,6 +125,7 @@ def parse_ini(path: Path, text: Optional[str] = None) -> list[Assignment]:
         found = lookup_key(key)
         if found is None:
             raise ConfigError(f"unknown setting '{key}' in section [{section_raw}]", path=name, line=lineno)
+        value = maybe_value
         s, legacy = found
         assert s.key is not None
         if legacy:

@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                 try:
                     from argcomplete.completers import ChoicesCompleter
 
-                    action.completer = ChoicesCompleter(s.choices)  # type: ignore[attr-defined]
+                    action.completer = ChoicesCompleter(list(s.choices))  # type: ignore[attr-defined,arg-type]
                 except ImportError:
                     pass
         for neg in s.negative_flags:
@@ -133,7 +133,7 @@ def split_argv(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[li
         tok = argv[i]
         if tok == "--":
             rest = argv[i + 1:]
-            return opts, (rest[0] if rest else None), rest[1:]
+            return opts, (rest[0] if rest else None), list(rest[1:])
         if not tok.startswith("-") or tok == "-":
             return opts, tok, list(argv[i + 1:])
         if tok.startswith("--"):
@@ -186,7 +186,7 @@ def parse_command_line(argv: Sequence[str]) -> CommandLine:
     cmdline = list(rest)
     if not verb.takes_cmdline() and rest:
         # Options may follow verbs that take no arguments of their own: "mkosi summary --json".
-        opts2, extra, rest2 = split_argv(parser, rest)
+        opts2, extra, _rest2 = split_argv(parser, rest)
         if extra is not None:
             raise ConfigError(f"verb '{verb.value}' takes no argument '{extra}'", path="command line")
         ns2 = parser.parse_args(opts2, namespace=_namespace())

@@ -46,7 +46,7 @@ from mkosi.config.types import (
     setting,
 )
 
-D, O, C, P, V, H = "Distribution", "Output", "Content", "Partitions", "Validation", "Host"
+D, O, C, P, V, H = "Distribution", "Output", "Content", "Partitions", "Validation", "Host"  # noqa: E741
 NOT_YET = "not implemented yet"
 
 

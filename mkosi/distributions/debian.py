@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, ClassVar, Optional
 
 from mkosi.config.enums import Distribution
 from mkosi.distributions import DistributionPlugin
@@ -22,7 +22,7 @@ class Debian(DistributionPlugin):
     default_release = "trixie"
     package_manager = "apt-get"
     host_os_ids = ("debian",)
-    components = ("main",)
+    components: ClassVar[tuple[str, ...]] = ("main",)
 
     def default_mirror(self, arch: str) -> Optional[str]:
         return "http://deb.debian.org/debian"

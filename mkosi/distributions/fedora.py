@@ -57,7 +57,6 @@ class CentOS(RpmDistribution):
 class CentOSEpel(CentOS):
     distribution = Distribution.centos_epel
     epel = True
-    host_os_ids = ()
 
 
 class Rocky(RpmDistribution):
@@ -75,7 +74,6 @@ class Rocky(RpmDistribution):
 class RockyEpel(Rocky):
     distribution = Distribution.rocky_epel
     epel = True
-    host_os_ids = ()
 
 
 class Alma(RpmDistribution):
@@ -93,7 +91,6 @@ class Alma(RpmDistribution):
 class AlmaEpel(Alma):
     distribution = Distribution.alma_epel
     epel = True
-    host_os_ids = ()
 
 
 class Mageia(RpmDistribution):

@@ -22,4 +22,4 @@ class Gentoo(DistributionPlugin):
 
     def repositories(self, args: MkosiArgs) -> list[str]:
         mirror = args.mirror or self.default_mirror(args.architecture)
-        return [f"{mirror}/releases/amd64/autobuilds/latest-stage3-amd64-systemd.txt"] + list(args.repositories)
+        return [f"{mirror}/releases/amd64/autobuilds/latest-stage3-amd64-systemd.txt", *list(args.repositories)]

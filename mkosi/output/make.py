@@ -1,0 +1,115 @@
+"""Turning the finished image root into the configured output. Each format is one function,
+registered in MAKERS; all write into the staging directory, never over the previous output."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from mkosi import log
+from mkosi.config.enums import OutputFormat
+from mkosi.context import Context
+from mkosi.errors import MkosiError
+from mkosi.output.archive import make_cpio, make_tar
+from mkosi.output.compress import maybe_compress
+from mkosi.run import run
+
+
+def _staged(ctx: Context) -> Path:
+    assert ctx.args.output is not None
+    return ctx.staging / ctx.args.output.name
+
+
+def _uncompressed_name(ctx: Context, suffix: str) -> Path:
+    return ctx.staging / f".{_staged(ctx).name}{suffix}.tmp"
+
+
+def make_directory(ctx: Context) -> list[Path]:
+    out = _staged(ctx)
+    ctx.root.rename(out)
+    ctx.root = out
+    return [out]
+
+
+def filesystem_type(path: Path) -> str:
+    return str(run(["stat", "--file-system", "--format=%T", path], capture=True).stdout).strip()
+
+
+def make_subvolume(ctx: Context) -> list[Path]:
+    assert ctx.args.output_dir is not None and ctx.args.output is not None
+    outdir = ctx.args.output_dir
+    outdir.mkdir(parents=True, exist_ok=True)
+    if filesystem_type(outdir) != "btrfs":
+        raise MkosiError(f"the subvolume format needs the output directory on btrfs, but '{outdir}' is on "
+                         f"{filesystem_type(outdir)}", hint="use Format=directory, or OutputDirectory= on btrfs")
+    # Made next to its final place (same file system) and renamed into place after success.
+    holder = Path(tempfile.mkdtemp(prefix=".mkosi-subvolume-", dir=outdir))
+    ctx.cleanup.append(holder)
+    out = holder / ctx.args.output.name
+    run(["btrfs", "subvolume", "create", out], capture=True)
+    run(["cp", "--archive", "--reflink=auto", "--no-target-directory", f"{ctx.root}/.", f"{out}/."])
+    if ctx.args.read_only:
+        run(["btrfs", "property", "set", "-ts", out, "ro", "true"])
+    return [out]
+
+
+def make_tar_output(ctx: Context) -> list[Path]:
+    tmp = _uncompressed_name(ctx, ".tar")
+    with log.step("Creating tar archive"):
+        make_tar(ctx.root, tmp, strip_selinux=ctx.args.tar_strip_selinux_context)
+        return [maybe_compress(tmp, ctx.args.output_compression, _staged(ctx))]
+
+
+def make_cpio_output(ctx: Context) -> list[Path]:
+    tmp = _uncompressed_name(ctx, ".cpio")
+    with log.step("Creating cpio archive"):
+        make_cpio(ctx.root, tmp)
+        return [maybe_compress(tmp, ctx.args.output_compression, _staged(ctx), for_initrd=True)]
+
+
+def make_plain_squashfs(ctx: Context) -> list[Path]:
+    from mkosi.output.filesystems import make_squashfs
+
+    tmp = _uncompressed_name(ctx, ".raw")
+    tool = str(ctx.args.mksquashfs_tool) if ctx.args.mksquashfs_tool else "mksquashfs"
+    make_squashfs(ctx.root, tmp, ctx.args.compress_fs, tool)
+    return [maybe_compress(tmp, ctx.args.output_compression, _staged(ctx))]
+
+
+def make_disk(ctx: Context) -> list[Path]:
+    from mkosi.output.diskimage import make_disk_image
+
+    return make_disk_image(ctx)
+
+
+MAKERS: dict[OutputFormat, Callable[[Context], list[Path]]] = {
+    OutputFormat.directory: make_directory,
+    OutputFormat.subvolume: make_subvolume,
+    OutputFormat.tar: make_tar_output,
+    OutputFormat.cpio: make_cpio_output,
+    OutputFormat.plain_squashfs: make_plain_squashfs,
+    OutputFormat.gpt_ext4: make_disk,
+    OutputFormat.gpt_xfs: make_disk,
+    OutputFormat.gpt_btrfs: make_disk,
+    OutputFormat.gpt_squashfs: make_disk,
+}
+
+
+def copy_nspawn_settings(ctx: Context) -> list[Path]:
+    src = ctx.args.nspawn_settings
+    if src is None or ctx.args.output_nspawn_settings is None:
+        return []
+    dst = ctx.staging / ctx.args.output_nspawn_settings.name
+    shutil.copy2(src, dst)
+    return [dst]
+
+
+def make_outputs(ctx: Context) -> list[Path]:
+    maker = MAKERS.get(ctx.args.format)
+    if maker is None:
+        raise MkosiError(f"format '{ctx.args.format.value}' is not implemented yet")
+    with log.step(f"Writing {ctx.args.format.value} output"):
+        artifacts = maker(ctx)
+    return artifacts + copy_nspawn_settings(ctx)

@@ -1,0 +1,455 @@
+"""Running images in QEMU: a real KVM probe, firmware discovery and the qemu command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mkosi import log
+from mkosi.errors import MkosiError
+from mkosi.run import run
+
+# ---------------------------------------------------------------------------------------------
+# KVM probe
+# ---------------------------------------------------------------------------------------------
+
+# /dev/kvm being present does not mean guests run: on some hosts (nested or paravirtualised KVM)
+# the guest hangs as soon as it leaves real mode, or qemu aborts while setting up the vCPU. So
+# the probe boots a tiny firmware image of our own under KVM and checks that it gets all the way
+# to 64-bit long mode. Its source (GNU as, x86-64; assembled at offset 0 of the ROM, which the
+# CPU sees at 0xF0000 after the reset vector's far jump):
+#
+#         .code16
+#         cli
+#         mov  $0x3f8,%dx ; mov $'R',%al ; out %al,%dx        # COM1: "R" (real mode)
+#         lgdtl %cs:gdtr
+#         mov  %cr0,%eax ; or $1,%eax ; mov %eax,%cr0         # protected mode
+#         ljmpl $0x08,$pm32
+#         .code32
+# pm32:   mov  $0x10,%ax ; mov %ax,%ds ; mov %ax,%es ; mov %ax,%ss
+#         mov  $0x3f8,%dx ; mov $'P',%al ; out %al,%dx        # "P"
+#         mov  $0x10000,%edi ; xor %eax,%eax ; mov $3072,%ecx ; cld ; rep stosl
+#         movl $0x11003,0x10000                               # PML4[0] -> PDPT
+#         movl $0x12003,0x11000                               # PDPT[0] -> PD
+#         movl $0x83,0x12000                                  # PD[0]: 2 MiB identity page
+#         mov  %cr4,%eax ; or $0x20,%eax ; mov %eax,%cr4      # PAE
+#         mov  $0x10000,%eax ; mov %eax,%cr3
+#         mov  $0xC0000080,%ecx ; rdmsr ; or $0x100,%eax ; wrmsr   # EFER.LME
+#         mov  %cr0,%eax ; or $0x80000000,%eax ; mov %eax,%cr0     # paging on
+#         ljmp $0x18,$lm64
+#         .code64
+# lm64:   mov  $0x3f8,%dx ; mov $'L',%al ; out %al,%dx        # "L"
+#         mov  $0xf4,%dx ; mov $0x21,%al ; out %al,%dx        # isa-debug-exit: status 0x43
+# 1:      hlt ; jmp 1b
+# gdt:    null, 32-bit code (0x00cf9a000000ffff), data (0x00cf92000000ffff),
+#         64-bit code (0x00af9a000000ffff); gdtr: limit, base
+_PROBE_CODE = bytes.fromhex(
+    "fabaf803b052ee2e660f0116c0000f20c06683c8010f22c066ea20000f00080066b810008ed88ec08ed066baf803b0"
+    "50eebf0000010031c0b9000c0000fcf3abc7050000010003100100c7050010010003200100c70500200100830000"
+    "000f20e083c8200f22e0b8000001000f22d8b9800000c00f320d000100000f300f20c00d000000800f22c0ea8f00"
+    "0f00180066baf803b04cee66baf400b021eef4ebfd0000000000000000ffff0000009acf00ffff00000092cf00ff"
+    "ff0000009aaf001f00a0000f00"
+)
+_PROBE_MARKER = b"RPL"
+# isa-debug-exit makes qemu exit with (value << 1) | 1.
+_PROBE_EXIT_STATUS = (0x21 << 1) | 1
+_PROBE_ROM_SIZE = 64 * 1024
+
+_kvm_probe_result: dict[str, bool] = {}
+
+
+def probe_rom() -> bytes:
+    """The 64 KiB firmware image used by probe_kvm(): the probe code at offset 0 and, at the reset
+    vector (16 bytes before the end), a far jump to it through the ROM's alias below 1 MiB."""
+    rom = bytearray(b"\xf4" * _PROBE_ROM_SIZE)  # hlt everywhere else
+    rom[: len(_PROBE_CODE)] = _PROBE_CODE
+    rom[_PROBE_ROM_SIZE - 16 : _PROBE_ROM_SIZE - 11] = bytes([0xEA, 0x00, 0x00, 0x00, 0xF0])  # ljmp f000:0
+    return bytes(rom)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def run_probe_guest(qemu: str, timeout: float, *, accel: str = "kvm", cpu: str = "host") -> tuple[bool, str]:
+    """Boot the probe firmware with the given accelerator and CPU model. Returns (whether it
+    reached long mode and exited as expected, an explanation)."""
+    with tempfile.TemporaryDirectory(prefix="mkosi-kvm-probe-") as tmp:
+        rom = Path(tmp) / "probe.rom"
+        rom.write_bytes(probe_rom())
+        argv = [
+            qemu,
+            "-accel", accel,
+            "-cpu", cpu,
+            "-machine", "q35",
+            "-m", "64",
+            "-nodefaults",
+            "-display", "none",
+            "-no-user-config",
+            "-bios", os.fspath(rom),
+            "-serial", "stdio",
+            "-device", "isa-debug-exit,iobase=0xf4,iosize=0x01",
+        ]  # fmt: skip
+        log.debug("+ " + " ".join(argv))
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            return False, f"the test guest did not finish within {timeout:g}s"
+        finally:
+            if proc.poll() is None:
+                _kill_group(proc)
+    if proc.returncode == _PROBE_EXIT_STATUS and _PROBE_MARKER in out:
+        return True, "the test guest reached long mode"
+    reason = err.decode(errors="replace").strip().splitlines()
+    return False, (
+        f"the test guest exited with status {proc.returncode}, output {out!r}"
+        + (f": {reason[-1]}" if reason else "")
+    )
+
+
+def probe_kvm(timeout: float = 5.0) -> bool:
+    """Whether KVM guests really run on this host. Cached for the life of the process.
+
+    Starts a throw-away guest under KVM (bounded by `timeout`, its process group is killed if it
+    hangs) that switches from real mode to protected mode to long mode with paging, reporting on
+    the serial port and exiting through isa-debug-exit. Only if all of that happens is KVM used.
+    On hosts that are not x86-64 this falls back to checking /dev/kvm can be opened.
+    """
+    if "result" in _kvm_probe_result:
+        return _kvm_probe_result["result"]
+
+    result = False
+    if not os.path.exists("/dev/kvm"):
+        log.debug("KVM probe: /dev/kvm does not exist")
+    elif not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        log.debug("KVM probe: no read/write access to /dev/kvm")
+    elif platform.machine() not in ("x86_64", "AMD64", "amd64"):
+        result = True
+        log.debug("KVM probe: /dev/kvm is accessible (no guest probe on this architecture)")
+    else:
+        qemu = shutil.which("qemu-system-x86_64")
+        if qemu is None:
+            log.debug("KVM probe: qemu-system-x86_64 not found")
+        else:
+            result, reason = run_probe_guest(qemu, timeout)
+            log.debug(f"KVM probe: {'usable' if result else 'not usable'}, {reason}")
+    _kvm_probe_result["result"] = result
+    return result
+
+
+def reset_kvm_probe_cache() -> None:
+    _kvm_probe_result.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# Firmware discovery
+# ---------------------------------------------------------------------------------------------
+
+# Fallback locations of (code, variable store template) when no firmware descriptor matches:
+# Debian/Ubuntu, Fedora, Arch, openSUSE, Gentoo and generic upstream layouts.
+_OVMF_PATHS: dict[str, list[tuple[str, str]]] = {
+    "x86_64": [
+        ("usr/share/OVMF/OVMF_CODE_4M.fd", "usr/share/OVMF/OVMF_VARS_4M.fd"),
+        ("usr/share/OVMF/OVMF_CODE.fd", "usr/share/OVMF/OVMF_VARS.fd"),
+        ("usr/share/edk2/ovmf/OVMF_CODE.fd", "usr/share/edk2/ovmf/OVMF_VARS.fd"),
+        ("usr/share/edk2/x64/OVMF_CODE.4m.fd", "usr/share/edk2/x64/OVMF_VARS.4m.fd"),
+        ("usr/share/edk2/x64/OVMF_CODE.fd", "usr/share/edk2/x64/OVMF_VARS.fd"),
+        ("usr/share/edk2-ovmf/x64/OVMF_CODE.fd", "usr/share/edk2-ovmf/x64/OVMF_VARS.fd"),
+        ("usr/share/edk2-ovmf/OVMF_CODE.fd", "usr/share/edk2-ovmf/OVMF_VARS.fd"),
+        ("usr/share/qemu/ovmf-x86_64-code.bin", "usr/share/qemu/ovmf-x86_64-vars.bin"),
+        ("usr/share/ovmf/x64/OVMF_CODE.fd", "usr/share/ovmf/x64/OVMF_VARS.fd"),
+    ],
+    "aarch64": [
+        ("usr/share/AAVMF/AAVMF_CODE.fd", "usr/share/AAVMF/AAVMF_VARS.fd"),
+        ("usr/share/edk2/aarch64/QEMU_EFI-pflash.raw", "usr/share/edk2/aarch64/vars-template-pflash.raw"),
+        ("usr/share/edk2/aarch64/QEMU_CODE.fd", "usr/share/edk2/aarch64/QEMU_VARS.fd"),
+        ("usr/share/qemu/aavmf-aarch64-code.bin", "usr/share/qemu/aavmf-aarch64-vars.bin"),
+    ],
+}
+_OVMF_SECURE_PATHS: dict[str, list[tuple[str, str]]] = {
+    "x86_64": [
+        ("usr/share/OVMF/OVMF_CODE_4M.secboot.fd", "usr/share/OVMF/OVMF_VARS_4M.fd"),
+        ("usr/share/OVMF/OVMF_CODE.secboot.fd", "usr/share/OVMF/OVMF_VARS.fd"),
+        ("usr/share/edk2/ovmf/OVMF_CODE.secboot.fd", "usr/share/edk2/ovmf/OVMF_VARS.fd"),
+        ("usr/share/edk2/x64/OVMF_CODE.secboot.4m.fd", "usr/share/edk2/x64/OVMF_VARS.4m.fd"),
+        ("usr/share/qemu/ovmf-x86_64-smm-code.bin", "usr/share/qemu/ovmf-x86_64-smm-vars.bin"),
+    ],
+    "aarch64": [],
+}
+_MACHINE_PATTERNS = {"x86_64": "pc-q35-", "aarch64": "virt"}
+
+
+def _rebase(root: Path, path: str) -> Path:
+    return root / path.lstrip("/")
+
+
+def _firmware_descriptors(root: Path) -> list[dict[str, Any]]:
+    """qemu firmware descriptors (docs/interop/firmware.json), later directories overriding
+    files of the same name in earlier ones, ordered by file name."""
+    by_name: dict[str, Path] = {}
+    for d in ("usr/share/qemu/firmware", "etc/qemu/firmware"):
+        directory = root / d
+        if directory.is_dir():
+            for f in directory.glob("*.json"):
+                by_name[f.name] = f
+    result = []
+    for name in sorted(by_name):
+        try:
+            data = json.loads(by_name[name].read_text())
+        except (OSError, ValueError) as e:
+            log.debug(f"ignoring firmware descriptor {by_name[name]}: {e}")
+            continue
+        if isinstance(data, dict):
+            result.append(data)
+    return result
+
+
+def _descriptor_match(
+    desc: dict[str, Any], arch: str, secure_boot: bool, root: Path
+) -> tuple[Path, Path] | None:
+    try:
+        if "uefi" not in desc.get("interface-types", []):
+            return None
+        mapping = desc["mapping"]
+        if mapping.get("device") != "flash":
+            return None
+        targets = desc.get("targets", [])
+        pattern = _MACHINE_PATTERNS.get(arch, "")
+        if not any(
+            t.get("architecture") == arch and any(m.startswith(pattern) for m in t.get("machines", []))
+            for t in targets
+        ):
+            return None
+        features = set(desc.get("features", []))
+        if ("secure-boot" in features) != secure_boot:
+            return None
+        # Keys enrolled by the distribution (Microsoft's) would reject our own signatures.
+        if "enrolled-keys" in features:
+            return None
+        code = _rebase(root, mapping["executable"]["filename"])
+        template = _rebase(root, mapping["nvram-template"]["filename"])
+    except (KeyError, TypeError, AttributeError):
+        return None
+    if code.is_file() and template.is_file():
+        return code, template
+    return None
+
+
+def find_ovmf(
+    arch: str = "x86_64", *, secure_boot: bool = False, root: Path = Path("/")
+) -> tuple[Path, Path]:
+    """Find UEFI firmware for qemu: (code image, variable store template).
+
+    qemu's firmware descriptors are consulted first, then well-known paths of the common
+    distributions. With `secure_boot`, a build that supports Secure Boot (and needs SMM) is
+    chosen instead, without pre-enrolled keys. `root` is for tests.
+    """
+    for desc in _firmware_descriptors(root):
+        found = _descriptor_match(desc, arch, secure_boot, root)
+        if found:
+            return found
+    for code, template in (_OVMF_SECURE_PATHS if secure_boot else _OVMF_PATHS).get(arch, []):
+        if (root / code).is_file() and (root / template).is_file():
+            return root / code, root / template
+    package = "ovmf" if arch == "x86_64" else "qemu-efi-aarch64"
+    what = "Secure Boot capable UEFI firmware" if secure_boot else "UEFI firmware"
+    raise MkosiError(
+        f"no {what} for {arch} found (looked for OVMF_CODE*.fd with a matching OVMF_VARS*.fd)",
+        hint=f"install it with: apt-get install {package}",
+    )
+
+
+def find_seabios(root: Path = Path("/")) -> Path:
+    """Find the SeaBIOS image qemu uses for BIOS boots."""
+    for p in (
+        "usr/share/seabios/bios-256k.bin",
+        "usr/share/qemu/bios-256k.bin",
+        "usr/share/seabios/bios.bin",
+        "usr/share/qemu/bios.bin",
+    ):
+        if (root / p).is_file():
+            return root / p
+    raise MkosiError("SeaBIOS firmware not found", hint="install it with: apt-get install seabios")
+
+
+def copy_ovmf_vars(dest: Path, *, arch: str = "x86_64", secure_boot: bool = False) -> Path:
+    """Copy the UEFI variable store template to `dest` (a writable per-VM copy)."""
+    _, template = find_ovmf(arch, secure_boot=secure_boot)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, dest)
+    dest.chmod(0o600)
+    return dest
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+_BOOT_MODES = ("uefi", "bios", "linux")
+_FORMATS = ("raw", "qcow2")
+
+
+def qemu_command(
+    *,
+    image: Path | None,
+    fmt: str = "raw",
+    boot: str,
+    kernel: Path | None = None,
+    initrd: Path | None = None,
+    cmdline: str | None = None,
+    smp: str = "2",
+    mem: str = "2G",
+    kvm: bool,
+    headless: bool = True,
+    extra_args: Sequence[str] = (),
+    netdev: bool = False,
+    ssh_port: int | None = None,
+    ovmf_vars_copy: Path | None = None,
+    arch: str = "x86_64",
+    secure_boot: bool = False,
+    ovmf_code: Path | None = None,
+    firmware_root: Path = Path("/"),
+) -> list[str]:
+    """The complete qemu argv to boot `image`.
+
+    boot: "uefi" (OVMF from pflash; the variable store is `ovmf_vars_copy`, or, without one, the
+    template opened with snapshot=on so it is never modified), "bios" (SeaBIOS) or "linux" (direct
+    kernel boot of `kernel`/`initrd` with `cmdline`; console=ttyS0 is added when headless and no
+    console= is given). The disk is virtio-blk, entropy comes from virtio-rng. With `kvm` the
+    accelerator is KVM and the CPU model "host", otherwise TCG with "max". `headless` means
+    -nographic (serial console and monitor on stdio). `netdev` adds user-mode networking with a
+    virtio NIC; `ssh_port` forwards 127.0.0.1:ssh_port to the guest's port 22. `extra_args` go
+    last.
+    """
+    if boot not in _BOOT_MODES:
+        raise MkosiError(f"unknown boot mode {boot!r}, expected one of {', '.join(_BOOT_MODES)}")
+    if fmt not in _FORMATS:
+        raise MkosiError(f"unknown image format {fmt!r}, expected one of {', '.join(_FORMATS)}")
+    if arch not in ("x86_64", "aarch64"):
+        raise MkosiError(f"qemu boots of {arch} images are not supported")
+    if boot == "bios" and arch != "x86_64":
+        raise MkosiError("BIOS boot is only available for x86-64")
+    if boot == "linux" and kernel is None:
+        raise MkosiError("direct kernel boot needs a kernel image")
+    if image is None and boot != "linux":
+        raise MkosiError(f"{boot} boot needs a disk image")
+    if ssh_port is not None and not netdev:
+        raise MkosiError("forwarding the SSH port needs networking")
+
+    argv: list[str] = [f"qemu-system-{arch}"]
+    if arch == "x86_64":
+        machine = "q35"
+        if boot == "uefi" and secure_boot:
+            machine += ",smm=on"
+    else:
+        machine = "virt"
+        if kvm:
+            machine += ",gic-version=max"
+    argv += ["-machine", machine]
+    argv += ["-accel", "kvm" if kvm else "tcg"]
+    argv += ["-cpu", "host" if kvm else "max"]
+    argv += ["-smp", smp, "-m", mem]
+    argv += ["-object", "rng-random,filename=/dev/urandom,id=rng0", "-device", "virtio-rng-pci,rng=rng0"]
+
+    if headless:
+        argv += ["-nographic"]
+    elif arch == "aarch64":
+        argv += ["-device", "virtio-gpu-pci"]
+
+    if boot == "uefi":
+        if ovmf_code is not None:
+            code = ovmf_code
+            template = None
+        else:
+            code, template = find_ovmf(arch, secure_boot=secure_boot, root=firmware_root)
+        if secure_boot and arch == "x86_64":
+            argv += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={_qemu_escape(code)}"]
+        if ovmf_vars_copy is not None:
+            argv += ["-drive", f"if=pflash,format=raw,unit=1,file={_qemu_escape(ovmf_vars_copy)}"]
+        else:
+            if template is None:
+                _, template = find_ovmf(arch, secure_boot=secure_boot, root=firmware_root)
+            argv += ["-drive", f"if=pflash,format=raw,unit=1,snapshot=on,file={_qemu_escape(template)}"]
+    elif arch == "x86_64":
+        argv += ["-bios", os.fspath(find_seabios(firmware_root))]
+
+    if boot == "linux":
+        assert kernel is not None
+        argv += ["-kernel", os.fspath(kernel)]
+        if initrd is not None:
+            argv += ["-initrd", os.fspath(initrd)]
+        append = (cmdline or "").split()
+        if headless and not any(w.startswith("console=") for w in append):
+            append.append("console=ttyS0" if arch == "x86_64" else "console=ttyAMA0")
+        if append:
+            argv += ["-append", " ".join(append)]
+
+    if image is not None:
+        argv += [
+            "-drive", f"if=none,id=disk0,format={fmt},discard=unmap,file={_qemu_escape(image)}",
+            "-device", "virtio-blk-pci,drive=disk0,bootindex=1",
+        ]  # fmt: skip
+
+    if netdev:
+        nic = "user,model=virtio-net-pci"
+        if ssh_port is not None:
+            nic += f",hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
+        argv += ["-nic", nic]
+    else:
+        argv += ["-nic", "none"]
+
+    argv += list(extra_args)
+    return argv
+
+
+def _qemu_escape(path: Path) -> str:
+    # In qemu's -drive option syntax a comma is written as two commas.
+    return os.fspath(path).replace(",", ",,")
+
+
+def run_qemu(argv: Sequence[str]) -> None:
+    """Run qemu in the foreground on the user's terminal. The terminal's settings are restored
+    afterwards even if qemu dies without doing so. Raises CommandError if qemu fails."""
+    saved = None
+    if sys.stdin.isatty():
+        import termios
+
+        try:
+            saved = termios.tcgetattr(sys.stdin.fileno())
+        except termios.error:
+            saved = None
+    try:
+        run(argv, stdin=None, stdout=None, stderr=None)
+    finally:
+        if saved is not None:
+            import termios
+
+            try:
+                termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
+            except termios.error:
+                pass

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Optional
 
 from mkosi import __version__, log
-from mkosi.config.enums import Verb
+from mkosi.config.enums import LEGACY_FORMATS, Verb
 from mkosi.config.ini import Assignment, Origin, parse_ini
 from mkosi.config.settings import SECTIONS, SETTINGS, default_value
 from mkosi.config.types import Kind, Setting, try_bool
@@ -296,6 +296,8 @@ def merge(assignments: Sequence[Assignment]) -> Merged:
             else:
                 values[s.dest] = s.parse(a.raw)
                 empty.discard(s.dest)
+                if s.dest == "format" and a.raw.strip() in LEGACY_FORMATS:
+                    log.warn(f"{a.origin}: Format={a.raw.strip()} is an older name, use Format={values[s.dest]}")
         except ValueError as e:
             raise ConfigError(str(e), path=a.origin.path or "command line", line=a.origin.line,
                               setting=setting_label(s, a.origin))

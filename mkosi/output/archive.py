@@ -15,9 +15,11 @@ def source_date_epoch() -> Optional[int]:
 
 
 def make_tar(root: Path, output: Path, strip_selinux: bool = False) -> None:
-    argv: list[PathString] = ["tar", "--create", "--file", output, "--directory", root, "--numeric-owner", "--sort=name",
-            "--xattrs", "--xattrs-include=*", "--acls", "--sparse", "--format=pax",
-            "--pax-option=delete=atime,delete=ctime"]
+    argv: list[PathString] = [
+        "tar", "--create", "--file", output, "--directory", root, "--numeric-owner", "--sort=name",
+        "--xattrs", "--xattrs-include=*", "--acls", "--sparse", "--format=pax",
+        "--pax-option=delete=atime,delete=ctime",
+    ]
     if strip_selinux:
         argv.append("--xattrs-exclude=security.selinux")
     epoch = source_date_epoch()

@@ -319,3 +319,17 @@ def test_generate_ssh_keypair(tmp_path: Path) -> None:
     old = pub.read_text()
     ssh.generate_ssh_keypair(key, "again", overwrite=True)
     assert pub.read_text() != old
+
+
+def test_run_qemu_reports_failure(tmp_path: Path) -> None:
+    from mkosi.errors import CommandError
+
+    ok = tmp_path / "fake-qemu-ok"
+    ok.write_text("#!/bin/sh\nexit 0\n")
+    ok.chmod(0o755)
+    qemu.run_qemu([str(ok), "-m", "1G"])
+    bad = tmp_path / "fake-qemu-bad"
+    bad.write_text("#!/bin/sh\nexit 1\n")
+    bad.chmod(0o755)
+    with pytest.raises(CommandError):
+        qemu.run_qemu([str(bad)])

@@ -60,9 +60,7 @@ def _space_hint(fs: str, size: int) -> str:
 
 def _out_of_space(e: CommandError) -> bool:
     text = e.stderr.lower()
-    return any(
-        s in text for s in ("no space left", "could not allocate", "not enough space", "too small", "enospc")
-    )
+    return any(s in text for s in ("no space left", "could not allocate", "not enough space", "too small", "enospc"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,6 +150,60 @@ def make_ext4(
             if _out_of_space(e):
                 raise MkosiError(str(e), hint=_space_hint("ext4", size))
             raise
+        epoch_value = source_date_epoch()
+        if epoch_value is not None:
+            _ext4_clamp_times(image, src_dir, epoch_value)
+
+
+def source_date_epoch() -> int | None:
+    value = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    return int(value) if value.isdigit() else None
+
+
+def _walk_entries(src_dir: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """("/rel/path", lstat) for the tree's root and everything in it, sorted."""
+    yield "/", os.lstat(src_dir)
+    for root, dirs, files in os.walk(src_dir):
+        dirs.sort()
+        for name in sorted(dirs + files):
+            full = os.path.join(root, name)
+            yield "/" + os.path.relpath(full, src_dir), os.lstat(full)
+
+
+def ext4_clamp_commands(src_dir: Path, epoch: int) -> tuple[str, int]:
+    """debugfs commands making inode times reproducible; and how many paths had to be skipped.
+
+    mke2fs -d copies atime and ctime from the tree, which differ from build to build. Here
+    mtimes later than `epoch` are clamped to it, and atime and ctime are set to the (clamped)
+    mtime, whole seconds. crtime already is E2FSPROGS_FAKE_TIME.
+    """
+    cmds: list[str] = []
+    skipped = 0
+    for rel, st in _walk_entries(src_dir):
+        if any(c in rel for c in '"\\\n'):
+            skipped += 1
+            continue
+        mtime = int(st.st_mtime)
+        target = f'"{rel}"'
+        if mtime > epoch:
+            mtime = epoch
+            cmds += [f"sif {target} mtime @{mtime}", f"sif {target} mtime_extra 0"]
+        for field in ("atime", "ctime"):
+            cmds += [f"sif {target} {field} @{mtime}", f"sif {target} {field}_extra 0"]
+    return "\n".join(cmds) + "\n", skipped
+
+
+def _ext4_clamp_times(image: Path, src_dir: Path, epoch: int) -> None:
+    script, skipped = ext4_clamp_commands(src_dir, epoch)
+    if skipped:
+        log.warn(f"{skipped} paths with quotes, backslashes or newlines keep their build-time ctime/atime")
+    with tempfile.NamedTemporaryFile("w", prefix=".debugfs-", dir=image.parent) as f:
+        f.write(script)
+        f.flush()
+        proc = run(["debugfs", "-w", "-f", f.name, os.fspath(image)], capture=True)
+    errors = [line for line in str(proc.stderr).splitlines() if line and not line.startswith("debugfs ")]
+    if errors:
+        raise MkosiError(f"setting reproducible timestamps in {image.name} failed: {errors[0]}")
 
 
 def _ext4_geometry(image: Path) -> tuple[int, int]:
@@ -286,17 +338,27 @@ def _xfs_bigtime(sec: int, nsec: int) -> int:
     return (sec + 2**31) * 1_000_000_000 + nsec
 
 
-def xfs_fixup_commands(entries: Sequence[_Entry]) -> str:
-    """xfs_db commands restoring what the protofile could not carry: sticky bits and timestamps."""
+def xfs_fixup_commands(entries: Sequence[_Entry], epoch: int | None = None) -> str:
+    """xfs_db commands restoring what the protofile could not carry: sticky bits and timestamps.
+
+    atime and mtime are copied from the tree. With `epoch` (SOURCE_DATE_EPOCH), mtimes later
+    than it are clamped, atime and ctime become the mtime and the creation time the epoch.
+    """
     cmds: list[str] = []
     for e in entries:
         cmds.append(f"path /{e.rel}")
         if e.st.st_mode & stat.S_ISVTX:
             cmds.append(f"write core.mode 0{e.st.st_mode:o}")
-        mtime = _xfs_bigtime(e.st.st_mtime_ns // 1_000_000_000, e.st.st_mtime_ns % 1_000_000_000)
-        atime = _xfs_bigtime(e.st.st_atime_ns // 1_000_000_000, e.st.st_atime_ns % 1_000_000_000)
-        cmds.append(f"write core.mtime.sec {mtime}")
-        cmds.append(f"write core.atime.sec {atime}")
+        msec, mnsec = divmod(e.st.st_mtime_ns, 1_000_000_000)
+        asec, ansec = divmod(e.st.st_atime_ns, 1_000_000_000)
+        if epoch is not None:
+            if msec >= epoch:
+                msec, mnsec = epoch, 0
+            asec, ansec = msec, mnsec
+            cmds.append(f"write core.ctime.sec {_xfs_bigtime(msec, mnsec)}")
+            cmds.append(f"write v3.crtime.sec {_xfs_bigtime(epoch, 0)}")
+        cmds.append(f"write core.mtime.sec {_xfs_bigtime(msec, mnsec)}")
+        cmds.append(f"write core.atime.sec {_xfs_bigtime(asec, ansec)}")
     return "\n".join(cmds) + "\n"
 
 
@@ -367,7 +429,8 @@ def make_xfs(
                     if _out_of_space(e):
                         raise MkosiError(str(e), hint=_space_hint("xfs", size))
                     raise
-            run(["xfs_db", "-x", os.fspath(image)], input=xfs_fixup_commands(entries), capture=True)
+            fixups = xfs_fixup_commands(entries, source_date_epoch())
+            run(["xfs_db", "-x", os.fspath(image)], input=fixups, capture=True)
             return "protofile"
 
         log.warn(f"populating xfs through a loop mount: {reason}")
@@ -434,7 +497,35 @@ def make_btrfs(
             if _out_of_space(e):
                 raise MkosiError(str(e), hint=_space_hint("btrfs", size))
             raise
+        devices = [
+            (rel, st) for rel, st in _walk_entries(src_dir) if stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode)
+        ]
+        if devices:
+            _btrfs_fix_device_nodes(image, src_dir, devices)
     return image.stat().st_size
+
+
+def _btrfs_fix_device_nodes(image: Path, src_dir: Path, devices: Sequence[tuple[str, os.stat_result]]) -> None:
+    """Recreate device nodes whose device numbers mkfs.btrfs --rootdir lost.
+
+    btrfs-progs 6.2 (Debian 12) writes block and character device inodes with rdev 0. The
+    nodes are recreated through a loop mount, which is always unmounted again.
+    """
+    with loop_mount(image, "btrfs") as mnt:
+        wrong = [(rel, st) for rel, st in devices if os.lstat(mnt / rel.lstrip("/")).st_rdev != st.st_rdev]
+        if not wrong:
+            return
+        log.warn(f"mkfs.btrfs lost the device numbers of {len(wrong)} device nodes, recreating them")
+        for rel, st in wrong:
+            path = mnt / rel.lstrip("/")
+            path.unlink()
+            os.mknod(path, st.st_mode, st.st_rdev)
+            os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+            os.chmod(path, stat.S_IMODE(st.st_mode))
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+        for parent in sorted({os.path.dirname(rel.lstrip("/")) for rel, _ in wrong}):
+            pst = os.lstat(src_dir / parent)
+            os.utime(mnt / parent, ns=(pst.st_atime_ns, pst.st_mtime_ns))
 
 
 def minimize_btrfs(

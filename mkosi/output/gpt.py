@@ -342,9 +342,7 @@ def plan(
             if size is None:
                 size = src_size
             elif size < src_size:
-                raise MkosiError(
-                    f"partition '{p.label}' is {size} bytes but its image {p.source} has {src_size}"
-                )
+                raise MkosiError(f"partition '{p.label}' is {size} bytes but its image {p.source} has {src_size}")
         if size is None or size <= 0:
             raise MkosiError(f"partition '{p.label}' has neither a size nor a source image")
         size = align_up(size, max(SIZE_GRANULARITY, sector))

@@ -13,6 +13,7 @@ removed, so that the volume opens with the passphrase as it would be typed at bo
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from pathlib import Path
@@ -23,6 +24,32 @@ from mkosi.run import output, run
 
 MiB = 1024 * 1024
 DEFAULT_RESERVE = 32 * MiB
+
+
+@dataclasses.dataclass(frozen=True)
+class KdfOptions:
+    """Key derivation settings for the key slot; None keeps cryptsetup's default.
+
+    pbkdf: "argon2id", "argon2i" or "pbkdf2". Forcing iterations skips cryptsetup's benchmark
+    (which takes seconds); handy for tests, weak for real images.
+    """
+
+    pbkdf: str | None = None
+    memory_kib: int | None = None
+    iter_time_ms: int | None = None
+    force_iterations: int | None = None
+
+    def argv(self) -> list[str]:
+        out: list[str] = []
+        if self.pbkdf is not None:
+            out.append(f"--pbkdf={self.pbkdf}")
+        if self.memory_kib is not None:
+            out.append(f"--pbkdf-memory={self.memory_kib}")
+        if self.iter_time_ms is not None:
+            out.append(f"--iter-time={self.iter_time_ms}")
+        if self.force_iterations is not None:
+            out.append(f"--pbkdf-force-iterations={self.force_iterations}")
+        return out
 
 
 def read_passphrase(passphrase_file: Path) -> bytes:
@@ -50,14 +77,13 @@ def encrypt_image(
     label: str | None = None,
     uuid: str | None = None,
     reserve: int = DEFAULT_RESERVE,
-    pbkdf_memory_kib: int | None = None,
-    iter_time_ms: int | None = None,
+    kdf: KdfOptions | None = None,
 ) -> str:
     """Turn the file system image `image` into a LUKS2 volume containing it; returns the LUKS UUID.
 
     `reserve` (a multiple of 1 MiB) is the room made for the LUKS2 header; the volume is that
-    much smaller than the file. `pbkdf_memory_kib` and `iter_time_ms` tune the argon2id key
-    derivation (cryptsetup's defaults otherwise: ~2 s, up to 1 GiB).
+    much smaller than the file. `kdf` tunes the key slot's key derivation (cryptsetup's
+    defaults otherwise: argon2id benchmarked to ~2 s, up to 1 GiB of memory).
     """
     if reserve <= 0 or reserve % MiB:
         raise MkosiError(f"LUKS header reserve {reserve} is not a positive multiple of 1 MiB")
@@ -79,10 +105,8 @@ def encrypt_image(
         argv.append(f"--label={label}")
     if uuid is not None:
         argv.append(f"--uuid={uuid}")
-    if pbkdf_memory_kib is not None:
-        argv.append(f"--pbkdf-memory={pbkdf_memory_kib}")
-    if iter_time_ms is not None:
-        argv.append(f"--iter-time={iter_time_ms}")
+    if kdf is not None:
+        argv += kdf.argv()
     argv.append(os.fspath(image))
 
     with log.step(f"Encrypting {image.name} with LUKS2"):

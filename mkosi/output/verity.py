@@ -122,11 +122,7 @@ def sign_roothash(
     ]
     if not include_certificate:
         options.append(pkcs7.PKCS7Options.NoCerts)
-    builder = (
-        pkcs7.PKCS7SignatureBuilder()
-        .set_data(roothash.lower().encode())
-        .add_signer(cert, key, hashes.SHA256())
-    )
+    builder = pkcs7.PKCS7SignatureBuilder().set_data(roothash.lower().encode()).add_signer(cert, key, hashes.SHA256())
     return builder.sign(serialization.Encoding.DER, options)
 
 

@@ -131,7 +131,5 @@ def test_bmaptool_accepts_it(tmp_path: Path) -> None:
     out = tmp_path / "image.bmap"
     bmap.write_bmap(img, out)
     copy = tmp_path / "copy.raw"
-    subprocess.run(
-        ["bmaptool", "copy", "--bmap", str(out), str(img), str(copy)], check=True, capture_output=True
-    )
+    subprocess.run(["bmaptool", "copy", "--bmap", str(out), str(img), str(copy)], check=True, capture_output=True)
     assert copy.read_bytes() == img.read_bytes()

@@ -103,9 +103,7 @@ def test_normalize_arch(name: str, arch: str) -> None:
 
 
 def test_dpkg_name_gives_same_type() -> None:
-    assert (
-        gpt.type_uuid("root", "amd64") == gpt.type_uuid("root", "x86_64") == gpt.type_uuid("root", "x86-64")
-    )
+    assert gpt.type_uuid("root", "amd64") == gpt.type_uuid("root", "x86_64") == gpt.type_uuid("root", "x86-64")
 
 
 def test_unknown_arch_and_role() -> None:
@@ -370,9 +368,7 @@ def _key_and_cert(tmp_path: Path) -> tuple[Path, Path]:
     key_path = tmp_path / "key.pem"
     cert_path = tmp_path / "cert.pem"
     key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return key_path, cert_path

@@ -1,0 +1,402 @@
+"""Whole disk images: per-partition images built in a workspace, then assembled into one GPT disk.
+
+build_disk() takes a DiskSpec (plain values, no mkosi configuration objects) and produces the
+raw disk image plus everything later steps need: the partition layout with offsets, the verity
+root hashes and signature, and the per-partition images (kept in the workspace so that split
+artifacts can be copied out). qcow2_convert() turns a raw image into qcow2.
+
+No loop devices, device-mapper devices or mounts are left behind: the only loop mount (xfs
+trees a protofile cannot describe) is always unmounted, LUKS encryption runs offline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from mkosi import log
+from mkosi.errors import MkosiError
+from mkosi.output import filesystems as fs
+from mkosi.output import gpt, luks, verity
+from mkosi.output.gpt import Partition, PlacedPartition, SeedLike
+from mkosi.run import run
+
+MiB = 1024 * 1024
+
+ROOT_FILESYSTEMS = ("ext4", "xfs", "btrfs", "squashfs")
+DATA_FILESYSTEMS = ("ext4", "xfs", "btrfs")
+VERITY_MODES = ("none", "yes", "signed")
+ENCRYPT_MODES = ("none", "all", "data")
+DEFAULT_ESP_SIZE = 256 * MiB
+BIOS_BOOT_SIZE = 1 * MiB
+
+
+@dataclasses.dataclass
+class DiskSpec:
+    """What to put on the disk. Sizes in bytes; None means "work it out" or "no such partition".
+
+    tree: the root file system tree. With home_size/srv_size set, the tree's /home and /srv go
+    into their own partitions and the root keeps empty mount points (the tree is restored
+    afterwards). With usr_only only the tree's /usr is put on the disk, as a /usr partition.
+    """
+
+    tree: Path
+    output: Path
+    workspace: Path
+    arch: str | None = None
+    root_fs: str = "ext4"
+    root_size: int | None = None
+    usr_only: bool = False
+    read_only: bool = False
+    growfs: bool = False
+    verity: str = "none"
+    verity_key: Path | None = None
+    verity_cert: Path | None = None
+    encrypt: str = "none"
+    passphrase_file: Path | None = None
+    home_size: int | None = None
+    srv_size: int | None = None
+    data_fs: str | None = None
+    swap_size: int | None = None
+    esp_size: int | None = None
+    esp_tree: Path | None = None
+    bios_boot: bool = False
+    image_id: str | None = None
+    image_version: str | None = None
+    first_lba: int = 2048
+    sector_size: int = 512
+    compress_fs: str | None = None
+    minimize: bool = False
+    seed: SeedLike | None = None
+    mksquashfs_tool: str = "mksquashfs"
+    luks_kdf: luks.KdfOptions | None = None
+
+
+@dataclasses.dataclass
+class DiskResult:
+    """What build_disk() made.
+
+    images: per-partition image files in the workspace, by role ("root" or "usr", "root-verity",
+    "root-verity-sig", "esp", "home", "srv", "swap"). filesystems: the file system type of each
+    role. mount_options: options the image needs when a role is mounted (for example btrfs
+    compression, which mkfs cannot apply here) for the caller's fstab or rootflags=.
+    """
+
+    output: Path
+    partitions: list[PlacedPartition]
+    images: dict[str, Path]
+    filesystems: dict[str, str]
+    roothash: str | None = None
+    usrhash: str | None = None
+    signature: bytes | None = None
+    luks_uuids: dict[str, str] = dataclasses.field(default_factory=dict)
+    mount_options: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    xfs_population: str | None = None
+
+    def partition(self, role: str) -> PlacedPartition | None:
+        for p in self.partitions:
+            if p.role == role:
+                return p
+        return None
+
+
+def qcow2_convert(raw: Path, out: Path) -> Path:
+    """Convert a raw disk image to qcow2 with qemu-img (written next to `out`, then renamed)."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    with log.step(f"Converting {raw.name} to qcow2"):
+        try:
+            run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", os.fspath(raw), os.fspath(tmp)])
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _validate(spec: DiskSpec) -> None:
+    if spec.root_fs not in ROOT_FILESYSTEMS:
+        raise MkosiError(f"unsupported root file system '{spec.root_fs}'", hint="use " + ", ".join(ROOT_FILESYSTEMS))
+    if spec.data_fs is not None and spec.data_fs not in DATA_FILESYSTEMS:
+        raise MkosiError(f"unsupported file system '{spec.data_fs}' for /home and /srv")
+    if spec.verity not in VERITY_MODES:
+        raise MkosiError(f"unknown verity mode '{spec.verity}'", hint="use none, yes or signed")
+    if spec.verity == "signed" and (spec.verity_key is None or spec.verity_cert is None):
+        raise MkosiError("signed verity needs a key and a certificate")
+    if spec.encrypt not in ENCRYPT_MODES:
+        raise MkosiError(f"unknown encryption mode '{spec.encrypt}'", hint="use none, all or data")
+    if spec.encrypt != "none" and spec.passphrase_file is None:
+        raise MkosiError("encryption needs a passphrase file")
+    if spec.encrypt == "all" and spec.verity != "none":
+        raise MkosiError(
+            "the root partition cannot be both LUKS encrypted and verity protected",
+            hint="use encryption 'data' to encrypt only /home and /srv",
+        )
+    if not spec.tree.is_dir():
+        raise MkosiError(f"image tree {spec.tree} does not exist")
+    if spec.usr_only and not (spec.tree / "usr").is_dir():
+        raise MkosiError(f"a /usr-only image needs {spec.tree}/usr")
+    if spec.esp_tree is not None and not spec.esp_tree.is_dir():
+        raise MkosiError(f"ESP tree {spec.esp_tree} does not exist")
+
+
+def _label_base(spec: DiskSpec) -> str | None:
+    if spec.image_id and spec.image_version:
+        return f"{spec.image_id}_{spec.image_version}"
+    return spec.image_id or None
+
+
+def _squashfs_compression(value: str | None) -> str | None:
+    if value is None or value.lower() in ("yes", "true", "1"):
+        return "zstd"
+    if value.lower() in ("no", "false", "0", "none"):
+        return None
+    return value
+
+
+@contextlib.contextmanager
+def split_out_dirs(tree: Path, names: Sequence[str], workspace: Path) -> Iterator[dict[str, Path]]:
+    """Move tree/NAME aside for each name and leave an empty mount point with the same attributes.
+
+    Yields where each directory's contents now are. Everything is moved back afterwards, also
+    on errors. Directories that do not exist yield an empty directory (and get a temporary
+    empty mount point in the tree).
+    """
+    moved: list[tuple[Path, Path]] = []  # (original, stash)
+    created: list[Path] = []
+    result: dict[str, Path] = {}
+    try:
+        for name in names:
+            orig = tree / name
+            if not orig.exists() and not orig.is_symlink():
+                empty = workspace / f"empty-{name}"
+                empty.mkdir(mode=0o755, exist_ok=True)
+                orig.mkdir(mode=0o755)
+                created.append(orig)
+                result[name] = empty
+                continue
+            if orig.is_symlink() or not orig.is_dir():
+                raise MkosiError(f"{orig} is not a directory, it cannot become its own partition")
+            st = orig.stat()
+            stash = None
+            for parent in (tree.parent, workspace):
+                candidate = parent / f".{tree.name}-{name}-mkosi-stash"
+                try:
+                    os.rename(orig, candidate)
+                except OSError as e:
+                    if e.errno in (errno.EXDEV, errno.EACCES, errno.EPERM, errno.EROFS):
+                        continue
+                    if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise MkosiError(
+                            f"{candidate} already exists",
+                            hint=f"an earlier build was interrupted; move it back to {orig}",
+                        )
+                    raise
+                stash = candidate
+                break
+            if stash is None:
+                raise MkosiError(
+                    f"cannot move {orig} aside on its file system",
+                    hint="the tree's parent directory or the workspace must be on the same file system",
+                )
+            moved.append((orig, stash))
+            orig.mkdir()
+            os.chown(orig, st.st_uid, st.st_gid)
+            os.chmod(orig, st.st_mode & 0o7777)
+            os.utime(orig, ns=(st.st_atime_ns, st.st_mtime_ns))
+            result[name] = stash
+        yield result
+    finally:
+        for orig, stash in reversed(moved):
+            with contextlib.suppress(OSError):
+                orig.rmdir()
+            os.rename(stash, orig)
+        for orig in created:
+            with contextlib.suppress(OSError):
+                orig.rmdir()
+
+
+class _Builder:
+    def __init__(self, spec: DiskSpec) -> None:
+        self.spec = spec
+        self.ws = spec.workspace
+        self.images: dict[str, Path] = {}
+        self.filesystems: dict[str, str] = {}
+        self.mount_options: dict[str, list[str]] = {}
+        self.luks_uuids: dict[str, str] = {}
+        self.xfs_population: str | None = None
+
+    def make_fs(self, role: str, fstype: str, src: Path, size: int | None) -> Path:
+        spec = self.spec
+        image = self.ws / f"{role}.raw"
+        label = role
+        self.filesystems[role] = fstype
+        compress = spec.compress_fs
+        if fstype == "squashfs":
+            fs.make_squashfs(src, image, _squashfs_compression(compress), spec.mksquashfs_tool)
+        elif fstype == "ext4":
+            start = size if size is not None else fs.estimate_size(src, "ext4")
+            fs.make_ext4(src, image, start, label, seed=spec.seed)
+            if spec.minimize:
+                fs.minimize_ext4(image)
+        elif fstype == "xfs":
+            if spec.minimize:
+                log.warn("xfs cannot shrink; Minimize= only picks an estimated size for it")
+            start = size if size is not None else fs.estimate_size(src, "xfs")
+            self.xfs_population = fs.make_xfs(src, image, start, label, seed=spec.seed)
+        elif fstype == "btrfs":
+            mkfs_compress = None
+            if compress and compress.lower() not in ("no", "false", "0", "none"):
+                alg = "zstd" if compress.lower() in ("yes", "true", "1") else compress
+                if fs.btrfs_mkfs_supports_compress():
+                    mkfs_compress = alg
+                else:
+                    log.warn(f"mkfs.btrfs cannot compress at mkfs time; {role} gets the mount option compress={alg}")
+                    self.mount_options.setdefault(role, []).append(f"compress={alg}")
+            start = size if size is not None else fs.estimate_size(src, "btrfs")
+            fs.make_btrfs(src, image, start, label, shrink=spec.minimize, compress=mkfs_compress, seed=spec.seed)
+        else:
+            raise MkosiError(f"unsupported file system '{fstype}'")
+        if compress and fstype in ("ext4", "xfs"):
+            log.warn(f"{fstype} has no compression; the compression setting is ignored for {role}")
+        self.images[role] = image
+        return image
+
+    def encrypt(self, role: str, image: Path) -> None:
+        spec = self.spec
+        assert spec.passphrase_file is not None
+        self.luks_uuids[role] = luks.encrypt_image(
+            image,
+            spec.passphrase_file,
+            label=role,
+            kdf=spec.luks_kdf,
+        )
+
+
+def build_disk(spec: DiskSpec) -> DiskResult:
+    """Build the disk image described by `spec` at spec.output; see DiskSpec and DiskResult.
+
+    Partition order: BIOS boot, ESP, root (or /usr), its verity and signature partitions,
+    /home, /srv, swap. Root and verity partition UUIDs are the two halves of the root hash as
+    the Discoverable Partitions Specification asks; other UUIDs come from spec.seed (or
+    SOURCE_DATE_EPOCH) when set, so equal inputs give equal images.
+    """
+    _validate(spec)
+    arch = gpt.normalize_arch(spec.arch) if spec.arch else gpt.host_arch()
+    spec.workspace.mkdir(parents=True, exist_ok=True)
+    b = _Builder(spec)
+    base = _label_base(spec)
+    main = "usr" if spec.usr_only else "root"
+
+    partitions: list[Partition] = []
+    roothash: str | None = None
+    signature: bytes | None = None
+
+    if spec.bios_boot:
+        partitions.append(Partition("bios-boot", "BIOS boot", size=BIOS_BOOT_SIZE))
+
+    if spec.esp_size is not None or spec.esp_tree is not None:
+        esp = spec.workspace / "esp.raw"
+        fs.make_vfat(esp, spec.esp_size or DEFAULT_ESP_SIZE, "ESP", seed=spec.seed)
+        if spec.esp_tree is not None:
+            fs.populate_vfat(esp, spec.esp_tree)
+        b.images["esp"] = esp
+        b.filesystems["esp"] = "vfat"
+        partitions.append(Partition("esp", "ESP", source=esp))
+
+    split = [n for n, size in (("home", spec.home_size), ("srv", spec.srv_size)) if size is not None]
+    data_fs = spec.data_fs or (spec.root_fs if spec.root_fs in DATA_FILESYSTEMS else "ext4")
+    data_parts: list[Partition] = []
+
+    with split_out_dirs(spec.tree, [] if spec.usr_only else split, spec.workspace) as moved:
+        src = spec.tree / "usr" if spec.usr_only else spec.tree
+        main_image = b.make_fs(main, spec.root_fs, src, spec.root_size)
+
+        for name in split:
+            size = spec.home_size if name == "home" else spec.srv_size
+            dsrc = moved.get(name, spec.tree / name)
+            if not dsrc.exists():
+                dsrc = spec.workspace / f"empty-{name}"
+                dsrc.mkdir(exist_ok=True)
+            image = b.make_fs(name, data_fs, dsrc, size)
+            if spec.encrypt in ("all", "data"):
+                b.encrypt(name, image)
+            data_parts.append(Partition(name, name, source=image, growfs=spec.growfs))
+
+    read_only = spec.read_only or spec.verity != "none" or spec.root_fs == "squashfs"
+    growfs = spec.growfs and not read_only
+    main_label = base or f"{main}-{arch}"
+
+    if spec.verity != "none":
+        hash_image = spec.workspace / f"{main}.verity"
+        roothash = verity.make_verity(main_image, hash_image, seed=spec.seed)
+        data_uuid, hash_uuid = verity.roothash_uuids(roothash)
+        b.images[f"{main}-verity"] = hash_image
+        partitions.append(Partition(main, main_label, source=main_image, uuid=uuid.UUID(data_uuid), read_only=True))
+        partitions.append(
+            Partition(
+                f"{main}-verity",
+                base or f"{main}-{arch}-verity",
+                source=hash_image,
+                uuid=uuid.UUID(hash_uuid),
+                read_only=True,
+            )
+        )
+        if spec.verity == "signed":
+            assert spec.verity_key is not None and spec.verity_cert is not None
+            with log.step(f"Signing the {main} verity root hash"):
+                signature = verity.sign_roothash(roothash, spec.verity_key, spec.verity_cert)
+                blob = verity.signature_partition_blob(roothash, signature, spec.verity_cert)
+            sig_image = spec.workspace / f"{main}.verity-sig"
+            sig_image.write_bytes(blob)
+            b.images[f"{main}-verity-sig"] = sig_image
+            partitions.append(
+                Partition(
+                    f"{main}-verity-sig",
+                    base or f"{main}-{arch}-verity-sig",
+                    source=sig_image,
+                    uuid=gpt.derive_uuid(bytes.fromhex(roothash), "verity-signature"),
+                    read_only=True,
+                )
+            )
+    else:
+        if spec.encrypt == "all":
+            b.encrypt(main, main_image)
+        partitions.append(Partition(main, main_label, source=main_image, read_only=read_only, growfs=growfs))
+
+    partitions.extend(data_parts)
+
+    if spec.swap_size is not None:
+        swap = spec.workspace / "swap.raw"
+        fs.make_swap(swap, spec.swap_size, seed=spec.seed)
+        b.images["swap"] = swap
+        b.filesystems["swap"] = "swap"
+        partitions.append(Partition("swap", "swap", source=swap))
+
+    placed = gpt.assemble(
+        spec.output,
+        partitions,
+        first_lba=spec.first_lba,
+        sector=spec.sector_size,
+        arch=arch,
+        seed=spec.seed,
+    )
+    return DiskResult(
+        output=spec.output,
+        partitions=placed,
+        images=b.images,
+        filesystems=b.filesystems,
+        roothash=roothash if main == "root" else None,
+        usrhash=roothash if main == "usr" else None,
+        signature=signature,
+        luks_uuids=b.luks_uuids,
+        mount_options=b.mount_options,
+        xfs_population=b.xfs_population,
+    )

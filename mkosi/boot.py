@@ -123,9 +123,14 @@ def read_pe(path: Path) -> PEImage:
         if len(head) < 64 or head[:2] != b"MZ":
             raise MkosiError(f"{path}: not a PE image")
         (pe_offset,) = struct.unpack_from("<I", head, 0x3C)
-        # Headers are small; read generously so the whole section table is included.
+        f.seek(pe_offset + 4)
+        coff = f.read(20)
+        if len(coff) < 20:
+            raise MkosiError(f"{path}: truncated PE header")
+        _machine, nsections = struct.unpack_from("<HH", coff, 0)
+        (opt_size,) = struct.unpack_from("<H", coff, 16)
         f.seek(0)
-        data = f.read(pe_offset + 4 + 20 + 0x1000 + 96 * 40)
+        data = f.read(pe_offset + 4 + 20 + opt_size + nsections * 40)
     try:
         return parse_pe(data)
     except MkosiError as e:

@@ -142,6 +142,11 @@ def make_ext4(
         env["E2FSPROGS_FAKE_TIME"] = epoch.strip()
     if _mke2fs_version() >= (1, 47):
         argv += ["-O", "^orphan_file"]
+    # The default of one inode per 16 KiB can be too few for trees of many small files.
+    entries = sum(len(dirs) + len(files) for _, dirs, files in os.walk(src_dir)) + 1
+    wanted = entries + entries // 4 + 4096
+    if wanted > size // 16384:
+        argv += ["-N", str(wanted)]
     argv += ["-d", os.fspath(src_dir), os.fspath(image)]
     with log.step(f"Creating ext4 file system {image.name}"):
         try:

@@ -347,8 +347,8 @@ def test_ext4_contents(ext4_disk: disk.DiskResult, base_dir: Path, tree: Path) -
     assert 'Fast link dest: "usr/bin"' in debugfs(root, "stat /bin")
     # /home and /srv are empty mount points in the root.
     for d in ("/home", "/srv"):
-        names = debugfs(root, f"ls -p {d}").split()
-        assert {n.split("/")[5] for n in names if n.count("/") >= 6} <= {".", ".."}
+        entries = debugfs(root, f"ls -p {d}").split()  # "/inode/mode/uid/gid/name/size/"
+        assert {e.split("/")[5] for e in entries} == {".", ".."}
 
     home = extract(out, ext4_disk.partitions[3], base_dir / "x-home.ext4")
     e2fsck_ok(home)
@@ -601,3 +601,30 @@ def test_luks(base_dir: Path, tree: Path) -> None:
                 e2fsck_ok(Path(f"/dev/mapper/{name}"))
             finally:
                 subprocess.run(["cryptsetup", "close", name], check=False)
+
+
+def test_luks_data_only(base_dir: Path, tree: Path) -> None:
+    passfile = base_dir / "passphrase-data"
+    passfile.write_text(PASSPHRASE)
+    os.chmod(passfile, 0o600)
+    r = disk.build_disk(
+        _spec(
+            base_dir,
+            tree,
+            "luks-data",
+            root_fs="squashfs",
+            home_size=32 * MiB,
+            srv_size=32 * MiB,
+            encrypt="data",
+            passphrase_file=passfile,
+            luks_kdf=luks.KdfOptions(pbkdf="pbkdf2", force_iterations=1000),
+        )
+    )
+    assert [p.role for p in r.partitions] == ["root", "home", "srv"]
+    assert set(r.luks_uuids) == {"home", "srv"}
+    root = extract(r.output, r.partitions[0], base_dir / "x-luks-data-root")
+    assert blkid_type(root) == "squashfs"
+    for p in r.partitions[1:]:
+        part = extract(r.output, p, base_dir / f"x-luks-data-{p.role}")
+        assert blkid_type(part) == "crypto_LUKS"
+        sh("cryptsetup", "open", "--test-passphrase", "--key-file", str(passfile), str(part))

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import uuid
 from pathlib import Path
@@ -440,3 +441,156 @@ def test_signature_verifies_with_openssl(tmp_path: Path) -> None:
         content.write_text("00" + ROOTHASH[2:])
         assert subprocess.run(argv, capture_output=True).returncode != 0
         content.write_text(ROOTHASH)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers of the disk back end that need no root: xfs protofile, timestamp fixups, passphrase
+# files, moving /home and /srv aside.
+
+
+def _small_tree(tmp_path: Path) -> Path:
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc/os-release").write_text("ID=test\n")
+    (tree / "tmp").mkdir()
+    os.chmod(tree / "tmp", 0o1777)
+    (tree / "usr/bin").mkdir(parents=True)
+    (tree / "usr/bin/su").write_text("x")
+    os.chmod(tree / "usr/bin/su", 0o4755)
+    os.symlink("usr/bin", tree / "bin")
+    os.mkfifo(tree / "fifo", 0o600)
+    return tree
+
+
+def test_xfs_protofile(tmp_path: Path) -> None:
+    from mkosi.output import filesystems as fs
+
+    tree = _small_tree(tmp_path)
+    proto, entries = fs.xfs_protofile(tree)
+    lines = proto.splitlines()
+    uid, gid = os.getuid(), os.getgid()
+    assert lines[0] and lines[1] == "0 0"
+    assert lines[2].startswith("d--")
+    assert f" bin l--777 {uid} {gid} usr/bin" in lines
+    assert f"  os-release ---644 {uid} {gid} ./etc/os-release" in lines
+    assert f" fifo p--600 {uid} {gid}" in lines
+    assert f"   su -u-755 {uid} {gid} ./usr/bin/su" in lines
+    assert f" tmp d--777 {uid} {gid}" in lines  # the sticky bit comes from xfs_db afterwards
+    assert lines[-1] == "$"
+    assert proto.count("$") == 1 + sum(1 for e in entries if e.rel and stat.S_ISDIR(e.st.st_mode))
+    assert [e.rel for e in entries][:3] == ["", "bin", "etc"]
+
+    cmds = fs.xfs_fixup_commands(entries).splitlines()
+    i = cmds.index("path /tmp")
+    assert cmds[i + 1] == "write core.mode 041777"
+    st = os.lstat(tree / "etc/os-release")
+    i = cmds.index("path /etc/os-release")
+    assert cmds[i + 1] == f"write core.mtime.sec {(st.st_mtime_ns // 10**9 + 2**31) * 10**9 + st.st_mtime_ns % 10**9}"
+
+    clamped = fs.xfs_fixup_commands(entries, epoch=1000).splitlines()
+    i = clamped.index("path /etc/os-release")
+    assert clamped[i + 1 : i + 5] == [
+        f"write core.ctime.sec {(1000 + 2**31) * 10**9}",
+        f"write v3.crtime.sec {(1000 + 2**31) * 10**9}",
+        f"write core.mtime.sec {(1000 + 2**31) * 10**9}",
+        f"write core.atime.sec {(1000 + 2**31) * 10**9}",
+    ]
+
+
+@pytest.mark.parametrize("kind", ["hardlink", "blank", "socket"])
+def test_xfs_protofile_unsuitable(tmp_path: Path, kind: str) -> None:
+    import socket
+
+    from mkosi.output import filesystems as fs
+
+    tree = _small_tree(tmp_path)
+    if kind == "hardlink":
+        os.link(tree / "etc/os-release", tree / "etc/os-release.link")
+    elif kind == "blank":
+        (tree / "etc/a file").write_text("")
+    else:
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(str(tree / "sock"))
+        s.close()
+    with pytest.raises(fs.ProtofileUnsuitable):
+        fs.xfs_protofile(tree)
+
+
+def test_ext4_clamp_commands(tmp_path: Path) -> None:
+    from mkosi.output import filesystems as fs
+
+    tree = _small_tree(tmp_path)
+    os.utime(tree / "etc/os-release", (500, 500))
+    script, skipped = fs.ext4_clamp_commands(tree, 1000)
+    lines = script.splitlines()
+    assert skipped == 0
+    assert 'sif "/etc/os-release" atime @500' in lines
+    assert 'sif "/etc/os-release" ctime @500' in lines
+    assert not any(line.startswith('sif "/etc/os-release" mtime ') for line in lines)
+    assert 'sif "/tmp" mtime @1000' in lines  # created now, clamped
+    assert 'sif "/" ctime @1000' in lines
+
+
+def test_read_passphrase(tmp_path: Path) -> None:
+    from mkosi.output import luks
+
+    f = tmp_path / "pass"
+    f.write_bytes(b"secret\n")
+    os.chmod(f, 0o600)
+    assert luks.read_passphrase(f) == b"secret"
+    f.write_bytes(b"secret\r\n")
+    assert luks.read_passphrase(f) == b"secret"
+    f.write_bytes(b"two\nlines\n")
+    assert luks.read_passphrase(f) == b"two\nlines"
+    f.write_bytes(b"\n")
+    with pytest.raises(MkosiError):
+        luks.read_passphrase(f)
+    assert luks.KdfOptions(pbkdf="pbkdf2", force_iterations=1000).argv() == [
+        "--pbkdf=pbkdf2",
+        "--pbkdf-force-iterations=1000",
+    ]
+
+
+def test_split_out_dirs(tmp_path: Path) -> None:
+    from mkosi.output import disk
+
+    tree = _small_tree(tmp_path)
+    (tree / "home/user").mkdir(parents=True)
+    (tree / "home/user/file").write_text("hi")
+    os.chmod(tree / "home", 0o711)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    with disk.split_out_dirs(tree, ["home", "srv"], ws) as moved:
+        assert (moved["home"] / "user/file").read_text() == "hi"
+        assert list((tree / "home").iterdir()) == []
+        assert stat.S_IMODE(os.stat(tree / "home").st_mode) == 0o711
+        assert (tree / "srv").is_dir() and list(moved["srv"].iterdir()) == []
+    assert (tree / "home/user/file").read_text() == "hi"
+    assert not (tree / "srv").exists()
+    assert not [p for p in tmp_path.iterdir() if "stash" in p.name]
+
+    with pytest.raises(RuntimeError), disk.split_out_dirs(tree, ["home"], ws):
+        raise RuntimeError("build failed")
+    assert (tree / "home/user/file").read_text() == "hi"
+
+
+def test_disk_spec_validation(tmp_path: Path) -> None:
+    from mkosi.output import disk
+
+    tree = _small_tree(tmp_path)
+    (tmp_path / "etc-only/etc").mkdir(parents=True)
+
+    def spec(tree: Path = tree, **kw: object) -> disk.DiskSpec:
+        return disk.DiskSpec(tree=tree, output=tmp_path / "o.raw", workspace=tmp_path / "ws", **kw)  # type: ignore[arg-type]
+
+    for bad in (
+        spec(root_fs="ntfs"),
+        spec(verity="maybe"),
+        spec(verity="signed"),
+        spec(encrypt="all"),
+        spec(encrypt="all", passphrase_file=tmp_path / "p", verity="yes"),
+        spec(tmp_path / "missing"),
+        spec(usr_only=True, tree=tmp_path / "etc-only"),
+    ):
+        with pytest.raises(MkosiError):
+            disk.build_disk(bad)

@@ -82,7 +82,8 @@ class DiskResult:
     """What build_disk() made.
 
     images: per-partition image files in the workspace, by role ("root" or "usr", "root-verity",
-    "root-verity-sig", "esp", "home", "srv", "swap"). filesystems: the file system type of each
+    "root-verity-sig", "esp", "home", "srv", "swap"); encrypted roles' images are the LUKS
+    volumes, exactly as on the disk. filesystems: the file system type of each
     role. mount_options: options the image needs when a role is mounted (for example btrfs
     compression, which mkfs cannot apply here) for the caller's fstab or rootflags=.
     """

@@ -149,9 +149,11 @@ def finalize(cli: CommandLine, v: Merged, config_files: list[Path], directory: P
         values["compress_output"] = "xz" if fmt.is_archive() else "no"
     if values["compress_output"] == "yes":
         values["compress_output"] = "xz"
-    if values["compress_output"] not in ("no", "xz", "zstd") and not fmt.is_archive():
+    # What mkosi.output.compress can write: archives also take gzip, other outputs only xz and zstd.
+    usable = ("xz", "zstd", "gzip", "zlib") if fmt.is_archive() else ("xz", "zstd")
+    if values["compress_output"] != "no" and values["compress_output"] not in usable:
         raise _fail(v, "compress_output", f"compression '{values['compress_output']}' is not supported for "
-                    "output files, use xz or zstd")
+                    f"{fmt.value} outputs, use {' or '.join(usable)}")
     if (fmt.is_squashfs() and values["compress_fs"] in ("yes", "no")) or values["compress_fs"] == "yes":
         values["compress_fs"] = "zstd"
 

@@ -287,7 +287,8 @@ def merge(assignments: Sequence[Assignment]) -> Merged:
         s = a.setting
         try:
             if s.kind == Kind.LIST:
-                values[s.dest] = merge_list(s, values[s.dest], a.raw)
+                # The first assignment replaces a non-empty default (ManifestFormat=changelog means only that).
+                values[s.dest] = merge_list(s, values[s.dest] if s.dest in origins else [], a.raw)
             elif s.kind == Kind.COUNT and a.raw == "+1":
                 values[s.dest] = int(values[s.dest] or 0) + 1
             elif not a.raw.strip():

@@ -391,7 +391,9 @@ def build_image(args: MkosiArgs, ws: Path, cleanup: list[Path]) -> list[Path]:
     with log.step("Building the final image"):
         build_phase(ctx)
     write_manifest(ctx)
-    artifacts = make_output(ctx)
+    made = make_output(ctx)
+    # Everything in the staging directory is an artifact (manifests, kernel files, root hashes...).
+    artifacts = made + sorted(p for p in staging.iterdir() if p not in made and not p.name.startswith("."))
     sums = write_checksums(ctx, artifacts)
     sig = sign_checksums(ctx, sums)
     return artifacts + [p for p in (sums, sig) if p is not None]

@@ -17,8 +17,10 @@ def package_cache_dir(args: MkosiArgs) -> Optional[Path]:
 
 def incremental_cache_paths(args: MkosiArgs) -> list[Path]:
     """The cached development and final images of incremental mode."""
+    from mkosi.outputs import output_stem
+
     assert args.output is not None
-    stem = args.output.name.split(".")[0]
+    stem = output_stem(args)
     base = args.output.parent
     return [base / f"{stem}.cache-build", base / f"{stem}.cache-final",
             base / f"{stem}.cache-build.key", base / f"{stem}.cache-final.key"]

@@ -29,6 +29,8 @@ class Context:
     kernel_version: Optional[str] = None
     # Paths outside the workspace to remove when the build ends (e.g. a subvolume being made in place).
     cleanup: list[Path] = dataclasses.field(default_factory=list)
+    # Artifacts made on the side (e.g. kernel/initrd/cmdline for direct kernel boot).
+    extra_artifacts: list[Path] = dataclasses.field(default_factory=list)
 
     @property
     def network(self) -> bool:

@@ -7,6 +7,22 @@ from pathlib import Path
 from mkosi.config.settings import MkosiArgs
 
 
+OUTPUT_SUFFIXES = (".xz", ".zst", ".gz", ".raw", ".qcow2", ".tar", ".cpio")
+
+
+def output_stem(args: MkosiArgs) -> str:
+    """The output's name without format and compression suffixes: image_7.8.raw.xz -> image_7.8."""
+    assert args.output is not None
+    stem = args.output.name
+    while True:
+        for suffix in OUTPUT_SUFFIXES:
+            if stem.endswith(suffix):
+                stem = stem[: -len(suffix)]
+                break
+        else:
+            return stem
+
+
 def output_paths(args: MkosiArgs) -> list[Path]:
     """Every artifact a build of this configuration may leave in the output directory."""
     candidates = [
@@ -21,9 +37,7 @@ def output_paths(args: MkosiArgs) -> list[Path]:
     if args.output_sshkey is not None:
         candidates.append(Path(str(args.output_sshkey) + ".pub"))
     if args.output is not None:
-        stem = args.output.name
-        for suffix in (".xz", ".zst", ".raw", ".qcow2"):
-            stem = stem.removesuffix(suffix)
+        stem = output_stem(args)
         for extra in (".vmlinuz", ".initrd", ".cmdline"):
             candidates.append(args.output.parent / f"{stem}{extra}")
     return [p for p in candidates if p is not None]

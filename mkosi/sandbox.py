@@ -48,9 +48,10 @@ def nspawn_command(
     image: bool = False,
     boot: bool = False,
     extra: Sequence[str] = (),
+    machine: Optional[str] = None,
 ) -> list[str]:
     argv = nspawn_base_args(keep_unit)
-    argv += ["--quiet", f"--machine=mkosi-{uuid.uuid4().hex[:12]}"]
+    argv += ["--quiet", f"--machine={machine or 'mkosi-' + uuid.uuid4().hex[:12]}"]
     argv += [f"--image={root}"] if image else [f"--directory={root}"]
     if not boot:
         argv.append("--as-pid2")

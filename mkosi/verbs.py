@@ -99,6 +99,53 @@ def verb_build(args: MkosiArgs) -> None:
     build_command(args)
 
 
+def ensure_built(args: MkosiArgs) -> None:
+    """shell/boot/qemu/serve build the image first when it is missing, or again with -f."""
+    assert args.output is not None
+    if args.force > 0 or not (args.output.exists() or args.output.is_symlink()):
+        from mkosi.build import build_command
+
+        build_command(args)
+
+
+def _nspawn_image_argv(args: MkosiArgs, cmd: list[str], boot: bool) -> list[str]:
+    from mkosi.outputs import output_stem
+    from mkosi.sandbox import nspawn_command
+
+    assert args.output is not None
+    if args.format.is_disk() and (args.output_compression or args.qcow2):
+        raise MkosiError(f"the '{args.verb.value}' verb needs an uncompressed raw image")
+    if not (args.format.is_disk() or args.format.is_tree()):
+        raise MkosiError(f"the '{args.verb.value}' verb needs a directory, subvolume or disk image, "
+                         f"not '{args.format.value}'")
+    extra = ["--settings=trusted"] if args.output_nspawn_settings and args.output_nspawn_settings.exists() else []
+    if args.netdev:
+        extra.append("--network-veth")
+    stem = output_stem(args)
+    return nspawn_command(args.output, cmd, keep_unit=args.nspawn_keep_unit, network=True,
+                          image=args.format.is_disk(), boot=boot, ephemeral=args.ephemeral,
+                          extra=extra, machine=stem)
+
+
+def verb_shell(args: MkosiArgs) -> None:
+    from mkosi.run import run
+
+    if os.getuid() != 0:
+        raise MkosiError(f"'mkosi {args.verb.value}' must be run as root")
+    ensure_built(args)
+    cmd = list(args.cmdline) or []
+    run(_nspawn_image_argv(args, cmd, boot=False), check=False)
+
+
+def verb_boot(args: MkosiArgs) -> None:
+    from mkosi.run import run
+
+    if os.getuid() != 0:
+        raise MkosiError(f"'mkosi {args.verb.value}' must be run as root")
+    ensure_built(args)
+    run(_nspawn_image_argv(args, list(args.cmdline), boot=True), check=False)
+
+
 def verb_not_yet(args: MkosiArgs) -> None:
     raise MkosiError(f"the '{args.verb.value}' verb is not implemented yet")
 
@@ -130,8 +177,8 @@ VERBS: dict[Verb, Callable[[MkosiArgs], None]] = {
     Verb.build: verb_build,
     Verb.clean: verb_clean,
     Verb.summary: verb_summary,
-    Verb.shell: verb_not_yet,
-    Verb.boot: verb_not_yet,
+    Verb.shell: verb_shell,
+    Verb.boot: verb_boot,
     Verb.qemu: verb_not_yet,
     Verb.vm: verb_not_yet,
     Verb.ssh: verb_not_yet,

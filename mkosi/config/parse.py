@@ -95,10 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
         if s.kind == Kind.COUNT:
             group.add_argument(*s.flags, action=_Record, setting=s, fixed="+1", nargs=0, help=s.help)
         else:
-            metavar = s.metavar or ("|".join(s.choices) if s.choices else s.dest.upper())
+            if s.kind == Kind.BOOL:
+                metavar = "BOOL"
+            else:
+                metavar = s.metavar or ("|".join(s.choices) if s.choices else s.dest.upper())
             shown = f"{s.help} [{s.key}=]" if s.key else s.help
+            optional: dict[str, Any] = {"nargs": "?", "const": s.const} if s.const is not None else {}
             action = group.add_argument(*s.flags, *s.flag_aliases, action=_Record, setting=s, metavar=metavar,
-                                        help=shown.replace("%", "%%"))
+                                        help=shown.replace("%", "%%"), **optional)
             if s.choices:
                 try:
                     from argcomplete.completers import ChoicesCompleter

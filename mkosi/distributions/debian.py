@@ -79,8 +79,11 @@ class Debian(DistributionPlugin):
 
     def installed_packages(self, ctx: Context) -> list[PackageInfo]:
         from mkosi.installers import apt
+        from mkosi.manifest import PackageInfo
 
-        return apt.installed_packages(ctx.root)
+        return [PackageInfo(type="deb", name=p.name, version=p.version, architecture=p.architecture,
+                            size=p.installed_size, source=p.source, source_version=p.source_version)
+                for p in apt.installed_packages(ctx.root)]
 
     def clean_package_metadata(self, ctx: Context, force: bool) -> None:
         from mkosi.installers import apt

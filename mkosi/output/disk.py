@@ -154,6 +154,12 @@ def _label_base(spec: DiskSpec) -> str | None:
     return spec.image_id or None
 
 
+def main_partition_label(spec: DiskSpec) -> str:
+    """The GPT name of the root (or /usr) partition; a kernel finds it with root=PARTLABEL=."""
+    arch = gpt.normalize_arch(spec.arch) if spec.arch else gpt.host_arch()
+    return _label_base(spec) or f"{'usr' if spec.usr_only else 'root'}-{arch}"
+
+
 def _squashfs_compression(value: str | None) -> str | None:
     if value is None or value.lower() in ("yes", "true", "1"):
         return "zstd"
@@ -333,7 +339,7 @@ def build_disk(spec: DiskSpec) -> DiskResult:
 
     read_only = spec.read_only or spec.verity != "none" or spec.root_fs == "squashfs"
     growfs = spec.growfs and not read_only
-    main_label = base or f"{main}-{arch}"
+    main_label = main_partition_label(spec)
 
     if spec.verity != "none":
         hash_image = spec.workspace / f"{main}.verity"

@@ -1,0 +1,107 @@
+"""Bootable=yes: initrd, kernel command line, the ESP contents (UKI or Boot Loader Specification
+entries with systemd-boot), GRUB for BIOS, the direct-kernel-boot files, Secure Boot signing."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from mkosi import log
+from mkosi.config.enums import BootProtocol, Verity
+from mkosi.context import Context
+from mkosi.errors import MkosiError
+from mkosi.outputs import output_stem
+from mkosi.run import run
+from mkosi.sandbox import nspawn_command
+
+EFI_ARCH = {"x86_64": "x64", "aarch64": "aa64", "x86": "ia32", "arm": "arm", "riscv64": "riscv64"}
+
+
+def build_initrd(ctx: Context, version: str) -> Path:
+    """dracut inside the image, for the image's kernel."""
+    initrd = ctx.root / f"boot/initrd.img-{version}"
+    if not (ctx.root / "usr/bin/dracut").exists():
+        raise MkosiError("Bootable=yes needs dracut in the image", hint="add dracut to Packages=")
+    flags = ["--hostonly"] if ctx.args.hostonly_initrd else ["--no-hostonly", "--no-hostonly-cmdline"]
+    with log.step(f"Building the initrd for kernel {version} with dracut"):
+        run(nspawn_command(ctx.root, ["dracut", "--quiet", "--force", *flags, "--kver", version,
+                                      f"/boot/initrd.img-{version}"],
+                           keep_unit=ctx.args.nspawn_keep_unit, network=False))
+    return initrd
+
+
+def command_line(ctx: Context, root_label: str) -> str:
+    from mkosi.boot import kernel_cmdline
+
+    return kernel_cmdline(ctx.args.kernel_command_line, root=f"PARTLABEL={root_label}",
+                          serial_console=ctx.args.qemu_headless, read_only=ctx.args.root_readonly)
+
+
+def _sign_all(ctx: Context, esp: Path) -> None:
+    from mkosi.boot import sign_efi
+
+    args = ctx.args
+    assert args.secure_boot_key is not None and args.secure_boot_certificate is not None
+    with log.step("Signing EFI binaries for Secure Boot"):
+        for binary in sorted(esp.rglob("*")):
+            if binary.suffix.lower() == ".efi" and binary.is_file():
+                sign_efi(binary, args.secure_boot_key, args.secure_boot_certificate)
+
+
+def prepare_esp(ctx: Context, root_label: str) -> Path:
+    """Fill a directory with what goes on the ESP; also writes the linux boot files to staging."""
+    from mkosi.boot import build_uki, find_kernel, install_bls_entry, install_systemd_boot, write_grub_config
+
+    args = ctx.args
+    if args.verity != Verity.no:
+        raise MkosiError("Bootable=yes together with Verity= is not implemented yet")
+    kernel, version = find_kernel(ctx.root)
+    initrd = build_initrd(ctx, version)
+    cmdline = command_line(ctx, root_label)
+    osr = ctx.root / "etc/os-release"
+    if not osr.exists():
+        osr = ctx.root / "usr/lib/os-release"
+    esp = ctx.dir("esp")
+    entry = args.image_id or "linux"
+    efi_arch = EFI_ARCH.get(args.architecture, "x64")
+    protocols = args.boot_protocols
+
+    if BootProtocol.uefi in protocols:
+        efi_dir = ctx.root / "usr/lib/systemd/boot/efi"
+        if not (efi_dir / f"systemd-boot{efi_arch}.efi").exists():
+            raise MkosiError("the image has no systemd-boot EFI binaries", hint="add systemd-boot-efi to Packages=")
+        install_systemd_boot(esp, efi_arch, source_dir=efi_dir)
+        if args.with_unified_kernel_images:
+            name = f"{entry}_{args.image_version}.efi" if args.image_version else f"{entry}-{version}.efi"
+            uki = esp / "EFI/Linux" / name
+            with log.step("Building the unified kernel image"):
+                build_uki(efi_dir / f"linux{efi_arch}.efi.stub", kernel, initrd, cmdline, osr, uki, uname=version)
+            shutil.copyfile(uki, ctx.workspace / "uki.efi")
+        else:
+            install_bls_entry(esp, f"{entry}-{version}", args.image_id or "Linux", kernel, initrd, cmdline,
+                              version=version)
+        if args.secure_boot:
+            _sign_all(ctx, esp)
+            if (ctx.workspace / "uki.efi").exists():
+                shutil.copyfile(next((esp / "EFI/Linux").glob("*.efi")), ctx.workspace / "uki.efi")
+
+    if BootProtocol.bios in protocols:
+        shutil.copyfile(kernel, esp / "vmlinuz")
+        shutil.copyfile(initrd, esp / "initrd")
+        write_grub_config(esp / "grub", title=args.image_id or "Linux", kernel="/vmlinuz", initrd="/initrd",
+                          cmdline=cmdline, serial=True)
+
+    if BootProtocol.linux in protocols:
+        stem = output_stem(args)
+        shutil.copyfile(kernel, ctx.staging / f"{stem}.vmlinuz")
+        shutil.copyfile(initrd, ctx.staging / f"{stem}.initrd")
+        (ctx.staging / f"{stem}.cmdline").write_text(cmdline + "\n")
+        ctx.extra_artifacts += [ctx.staging / f"{stem}{s}" for s in (".vmlinuz", ".initrd", ".cmdline")]
+    return esp
+
+
+def install_bios_boot(ctx: Context, image: Path) -> None:
+    from mkosi.boot import install_grub_bios
+
+    with log.step("Installing GRUB for BIOS boot"):
+        install_grub_bios(image, grub_dir="/grub")

@@ -1,0 +1,139 @@
+"""GPT disk outputs: the image root becomes partitions (root or /usr, verity, /home, /srv, swap,
+ESP), then the image is post-processed: split artifacts, root hash files, QCOW2, compression, bmap."""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional
+
+from mkosi import log
+from mkosi.config.enums import BootProtocol, Verity
+from mkosi.context import Context
+from mkosi.errors import MkosiError
+from mkosi.output.compress import maybe_compress
+
+
+def passphrase_file(ctx: Context) -> Optional[Path]:
+    """mkosi.passphrase, or ask on the terminal and keep the answer in a 0600 workspace file."""
+    args = ctx.args
+    if args.encrypt is None:
+        return None
+    if args.passphrase_file is not None:
+        return args.passphrase_file
+    if not sys.stdin.isatty():
+        raise MkosiError("Encrypt= needs a passphrase: create mkosi.passphrase (mode 0600) or run interactively")
+    first = getpass.getpass("LUKS passphrase: ")
+    if first != getpass.getpass("LUKS passphrase (again): "):
+        raise MkosiError("the passphrases do not match")
+    path = ctx.dir("secrets") / "passphrase"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(first)
+    return path
+
+
+def make_disk_image(ctx: Context) -> list[Path]:
+    from mkosi.output.disk import DiskSpec, build_disk, main_partition_label, qcow2_convert
+
+    args = ctx.args
+    assert args.output is not None
+    fs = args.format.root_filesystem()
+    assert fs is not None
+    spec = DiskSpec(
+        tree=ctx.root,
+        output=ctx.workspace / "disk.raw",
+        workspace=ctx.dir("disk"),
+        arch=args.architecture,
+        root_fs=fs,
+        root_size=args.root_size,
+        usr_only=args.usr_only,
+        read_only=args.read_only,
+        verity={Verity.no: "none", Verity.yes: "yes", Verity.signed: "signed"}[args.verity],
+        verity_key=args.secure_boot_key,
+        verity_cert=args.secure_boot_certificate,
+        encrypt=args.encrypt.value if args.encrypt else "none",
+        passphrase_file=passphrase_file(ctx),
+        home_size=args.home_size,
+        srv_size=args.srv_size,
+        swap_size=args.swap_size,
+        esp_size=args.esp_size if args.bootable else None,
+        bios_boot=args.bootable and BootProtocol.bios in args.boot_protocols,
+        image_id=args.image_id,
+        image_version=args.image_version,
+        first_lba=args.gpt_first_lba or 2048,
+        compress_fs=None if args.compress_fs in ("no", "none") else args.compress_fs,
+        minimize=args.minimize,
+        mksquashfs_tool=str(args.mksquashfs_tool) if args.mksquashfs_tool else "mksquashfs",
+    )
+    if args.bootable:
+        from mkosi.bootable import prepare_esp
+
+        spec = dataclasses.replace(spec, esp_tree=prepare_esp(ctx, main_partition_label(spec)))
+    with log.step(f"Assembling {fs} GPT disk image"):
+        result = build_disk(spec)
+    if args.bootable and BootProtocol.bios in args.boot_protocols:
+        from mkosi.bootable import install_bios_boot
+
+        install_bios_boot(ctx, result.output)
+    ctx.roothash, ctx.usrhash = result.roothash, result.usrhash
+
+    artifacts: list[Path] = list(ctx.extra_artifacts)
+    compression = args.output_compression
+
+    roothash = result.usrhash or result.roothash
+    if roothash and args.output_root_hash is not None:
+        out = ctx.staging / args.output_root_hash.name
+        out.write_text(roothash + "\n")
+        artifacts.append(out)
+    if result.signature and args.output_root_hash_p7s is not None:
+        out = ctx.staging / args.output_root_hash_p7s.name
+        out.write_bytes(result.signature)
+        artifacts.append(out)
+
+    if args.split_artifacts:
+        artifacts += split_artifacts(ctx, result.images, compression)
+
+    image = result.output
+    if args.qcow2:
+        qcow = ctx.workspace / "disk.qcow2"
+        with log.step("Converting to QCOW2"):
+            qcow2_convert(image, qcow)
+        image.unlink()
+        image = qcow
+    if args.bmap and args.output_bmap is not None and not compression:
+        from mkosi.output.bmap import write_bmap
+
+        out = ctx.staging / args.output_bmap.name
+        write_bmap(image, out)
+        artifacts.append(out)
+    elif args.bmap:
+        log.warn("BMap= is skipped for a compressed image (bmaptool reads the bmap of the uncompressed image)")
+    with log.step("Compressing" if compression else "Staging the image"):
+        artifacts.insert(0, maybe_compress(image, compression, ctx.staging / args.output.name))
+    return artifacts
+
+
+def split_artifacts(ctx: Context, images: dict[str, Path], compression: Optional[str]) -> list[Path]:
+    args = ctx.args
+    out: list[Path] = []
+    root_role = "usr" if args.usr_only else "root"
+    pairs = [(images.get(root_role), args.output_split_root),
+             (images.get(f"{root_role}-verity"), args.output_split_verity)]
+    for src, dst in pairs:
+        if src is None or dst is None:
+            continue
+        tmp = ctx.workspace / f"split-{dst.name}"
+        shutil.copyfile(src, tmp)
+        out.append(maybe_compress(tmp, compression, ctx.staging / dst.name))
+    if args.output_split_kernel is not None:
+        uki = ctx.workspace / "uki.efi"
+        if uki.exists():
+            dst = ctx.staging / args.output_split_kernel.name
+            shutil.copyfile(uki, dst)
+            out.append(dst)
+    return out

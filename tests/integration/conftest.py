@@ -1,0 +1,43 @@
+"""Shared pieces of the integration tests: they build real images, so they need root, the
+Debian archive and MKOSI_INTEGRATION=1 (tools/run-tests sets it when run as root)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def integration_enabled() -> bool:
+    return os.getuid() == 0 and os.environ.get("MKOSI_INTEGRATION") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if integration_enabled():
+        return
+    skip = pytest.mark.skip(reason="integration tests need root and MKOSI_INTEGRATION=1")
+    for item in items:
+        if "integration" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def package_cache() -> Path:
+    path = Path(os.environ.get("MKOSI_TEST_CACHE", "/var/cache/mkosi-tests"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run_mkosi(directory: Path, *argv: str, check: bool = True, env: dict[str, str] | None = None,
+              timeout: int = 1800) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "mkosi", "-C", str(directory), *argv]
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"mkosi {' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc

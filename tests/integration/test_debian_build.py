@@ -1,0 +1,208 @@
+"""Build real Debian images with `mkosi build` and inspect them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import run_mkosi
+
+pytestmark = pytest.mark.integration
+
+EPOCH = "1700000000"
+
+
+def write_project(d: Path, cache: Path, extra_settings: str = "") -> None:
+    (d / "mkosi.default").write_text(f"""\
+[Distribution]
+Distribution=debian
+Release=bookworm
+
+[Output]
+Hostname=mkosi-test
+ImageId=testimg
+ImageVersion=1.2
+ManifestFormat=json,changelog
+
+[Content]
+Packages=systemd,udev
+Cache={cache}
+RemoveFiles=/usr/share/bug /etc/skel-remove-me
+ExtraTree={d / "owned.tar"}
+{extra_settings}
+[Validation]
+Checksum=yes
+""")
+    skel = d / "mkosi.skeleton"
+    (skel / "etc").mkdir(parents=True, exist_ok=True)
+    (skel / "etc/skel-marker").write_text("from the skeleton\n")
+    (skel / "etc/skel-remove-me").write_text("x\n")
+    extra = d / "mkosi.extra"
+    (extra / "usr/local/bin").mkdir(parents=True, exist_ok=True)
+    hello = extra / "usr/local/bin/hello"
+    hello.write_text("#!/bin/sh\necho hello from extra\n")
+    hello.chmod(0o755)
+    os.chown(hello, 1000, 1000)  # a directory tree's files end up owned by root
+    # A tar archive keeps its owners and modes.
+    src = d / "owned"
+    (src / "srv/owned").mkdir(parents=True, exist_ok=True)
+    f = src / "srv/owned/file"
+    f.write_text("owned by 1234\n")
+    f.chmod(0o640)
+    os.chown(f, 1234, 1234)
+    with tarfile.open(d / "owned.tar", "w") as t:
+        t.add(src / "srv", arcname="srv")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, package_cache: Path) -> Path:
+    d = tmp_path_factory.mktemp("debian-project", numbered=True)
+    write_project(d, package_cache)
+    (d / "mkosi.output").mkdir()
+    return d
+
+
+@pytest.fixture(scope="module")
+def directory_image(project: Path) -> Path:
+    run_mkosi(project, "-t", "directory", "build")
+    return project / "mkosi.output" / "testimg_1.2"
+
+
+def dpkg_packages(root: Path) -> dict[str, str]:
+    pkgs: dict[str, str] = {}
+    name = status = None
+    for line in (root / "var/lib/dpkg/status").read_text().splitlines():
+        if line.startswith("Package: "):
+            name = line.split(": ", 1)[1]
+        elif line.startswith("Status: "):
+            status = line.split(": ", 1)[1]
+        elif line.startswith("Version: ") and name and status == "install ok installed":
+            pkgs[name] = line.split(": ", 1)[1]
+    return pkgs
+
+
+def test_directory_os_release_and_hostname(directory_image: Path) -> None:
+    osr = (directory_image / "etc/os-release").read_text()
+    assert 'VERSION_CODENAME=bookworm' in osr
+    assert "IMAGE_ID=testimg" in osr and "IMAGE_VERSION=1.2" in osr
+    assert (directory_image / "etc/hostname").read_text().strip() == "mkosi-test"
+
+
+def test_directory_packages(directory_image: Path) -> None:
+    pkgs = dpkg_packages(directory_image)
+    for p in ("systemd", "udev", "dbus", "base-files", "dpkg"):
+        assert p in pkgs, p
+
+
+def test_directory_trees(directory_image: Path) -> None:
+    assert (directory_image / "etc/skel-marker").read_text() == "from the skeleton\n"
+    hello = directory_image / "usr/local/bin/hello"
+    st = hello.stat()
+    assert (st.st_uid, st.st_gid) == (0, 0)
+    assert st.st_mode & 0o777 == 0o755
+    owned = (directory_image / "srv/owned/file").stat()
+    assert (owned.st_uid, owned.st_gid, owned.st_mode & 0o777) == (1234, 1234, 0o640)
+
+
+def test_directory_no_docs_and_removed_files(directory_image: Path) -> None:
+    docs = [p for p in (directory_image / "usr/share/doc").rglob("*") if p.is_file()]
+    assert docs, "copyright files are kept"
+    assert all(p.name == "copyright" for p in docs), [str(p) for p in docs if p.name != "copyright"][:5]
+    assert not any((directory_image / "usr/share/man").rglob("*.gz"))
+    assert not (directory_image / "usr/share/bug").exists()
+    assert not (directory_image / "etc/skel-remove-me").exists()
+
+
+def test_directory_root_locked_and_no_machine_id(directory_image: Path) -> None:
+    root = next(line for line in (directory_image / "etc/shadow").read_text().splitlines()
+                if line.startswith("root:"))
+    assert root.split(":")[1].startswith(("!", "*"))
+    assert (directory_image / "etc/machine-id").read_text() == ""
+
+
+def test_directory_manifests(project: Path, directory_image: Path) -> None:
+    manifest = json.loads((project / "mkosi.output/testimg_1.2.manifest").read_text())
+    assert manifest["config"]["distribution"] == "debian"
+    by_name = {p["name"]: p for p in manifest["packages"]}
+    installed = dpkg_packages(directory_image)
+    assert set(by_name) == set(installed)
+    assert by_name["systemd"]["version"] == installed["systemd"]
+    assert by_name["systemd"]["architecture"] == "amd64"
+    assert by_name["systemd"]["size"] > 0
+    changelog = (project / "mkosi.output/testimg_1.2.changelog").read_text()
+    assert f"systemd {installed['systemd']}" in changelog
+
+
+def test_directory_checksums(project: Path, directory_image: Path) -> None:
+    sums = (project / "mkosi.output/SHA256SUMS").read_text().splitlines()
+    names = {line.split("*", 1)[1]: line.split()[0] for line in sums}
+    manifest = project / "mkosi.output/testimg_1.2.manifest"
+    assert names["testimg_1.2.manifest"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+
+
+def test_directory_runs_in_nspawn(directory_image: Path) -> None:
+    proc = subprocess.run(["systemd-nspawn", "--register=no", "--keep-unit", "--quiet", "-D", str(directory_image),
+                           "systemctl", "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("systemd ")
+
+
+def test_refuses_to_overwrite(project: Path, directory_image: Path) -> None:
+    proc = run_mkosi(project, "-t", "directory", "build", check=False)
+    assert proc.returncode != 0
+    assert "already exists" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (directory_image / "etc/os-release").exists()
+
+
+def test_unknown_package_fails_clearly_and_keeps_output(project: Path, directory_image: Path) -> None:
+    proc = run_mkosi(project, "-f", "-t", "directory", "-p", "no-such-package-mkosi", "build", check=False)
+    assert proc.returncode != 0
+    assert "no-such-package-mkosi" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (directory_image / "etc/os-release").exists(), "the previous output must survive a failed build"
+
+
+def _tar_build(project: Path) -> bytes:
+    run_mkosi(project, "-f", "-t", "tar", "build", env={"SOURCE_DATE_EPOCH": EPOCH})
+    return (project / "mkosi.output/testimg_1.2.tar.xz").read_bytes()
+
+
+def test_tar_output_and_reproducibility(project: Path, directory_image: Path, tmp_path: Path) -> None:
+    first = _tar_build(project)
+    out = tmp_path / "image.tar"
+    out.write_bytes(first)
+    with tarfile.open(out) as t:
+        names = t.getnames()
+        assert "./etc/os-release" in names
+        owned = t.getmember("./srv/owned/file")
+        assert (owned.uid, owned.gid, owned.mode & 0o777) == (1234, 1234, 0o640)
+        assert owned.mtime <= int(EPOCH)
+    second = _tar_build(project)
+    assert hashlib.sha256(first).hexdigest() == hashlib.sha256(second).hexdigest()
+
+
+def test_cpio_output(project: Path, directory_image: Path, tmp_path: Path) -> None:
+    run_mkosi(project, "-f", "-t", "cpio", "build")
+    out = project / "mkosi.output/testimg_1.2.cpio.xz"
+    info = subprocess.run(["xz", "--robot", "--list", str(out)], capture_output=True, text=True, check=True)
+    assert "CRC32" in info.stdout, "the kernel only unpacks xz initrds with CRC32 checks"
+    listing = subprocess.run(f"xz -dc {out} | cpio -t --quiet", shell=True, capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+    assert "etc/hostname" in listing
+    assert "usr/lib/systemd/systemd" in listing or "lib/systemd/systemd" in listing
+
+
+def test_plain_squashfs_output(project: Path, directory_image: Path) -> None:
+    run_mkosi(project, "-f", "-t", "plain_squashfs", "--compress-fs=xz", "build")
+    out = project / "mkosi.output/testimg_1.2.raw"
+    listing = subprocess.run(["unsquashfs", "-l", str(out)], capture_output=True, text=True, check=True).stdout
+    assert "squashfs-root/etc/os-release" in listing
+    stats = subprocess.run(["unsquashfs", "-s", str(out)], capture_output=True, text=True, check=True).stdout
+    assert "Compression xz" in stats

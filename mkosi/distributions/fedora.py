@@ -1,57 +1,267 @@
-"""The RPM family: Fedora, CentOS Stream, Rocky, Alma (with EPEL variants), Mageia, OpenMandriva,
-Photon and Clear Linux."""
+"""The RPM family installed with dnf: Fedora, CentOS Stream, Rocky, Alma (each with an _epel variant),
+Mageia, OpenMandriva and Photon; and Clear Linux, installed with swupd.
+
+Repository layouts (MIRROR is Mirror= or the default mirror; ARCH the rpm architecture):
+
+  Fedora N          MIRROR/releases/N/Everything/ARCH/os/ and MIRROR/updates/N/Everything/ARCH/
+  Fedora rawhide    MIRROR/development/rawhide/Everything/ARCH/os/
+  CentOS Stream N   MIRROR/N-stream/{BaseOS,AppStream}/ARCH/os/  (8: vault.centos.org)
+  Rocky, Alma N     MIRROR/N/{BaseOS,AppStream}/ARCH/os/
+  *_epel            adds CRB (PowerTools on 8), which EPEL needs, and
+                    https://dl.fedoraproject.org/pub/epel/N/Everything/ARCH/
+  Mageia N          MIRROR/N/ARCH/media/core/{release,updates}/
+  OpenMandriva R    MIRROR/R/repository/ARCH/main/{release,updates}/
+  Photon R          MIRROR/R/photon_{release,updates}_R_ARCH/
+  Clear             MIRROR/update (swupd's content URL)
+
+Photon's own installer, tdnf, is not packaged for Debian: Photon images are installed with dnf,
+which reads the same repository metadata.
+"""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Optional
 
+from mkosi import log
 from mkosi.config.enums import Distribution
-from mkosi.distributions import DistributionPlugin
+from mkosi.distributions import DistributionPlugin, host_architecture
+from mkosi.errors import MkosiError
 
 if TYPE_CHECKING:
     from mkosi.config.settings import MkosiArgs
+    from mkosi.context import Context
+    from mkosi.installers.dnf import DnfConfig, RpmRepo
+    from mkosi.manifest import PackageInfo
+
+# Signing keys shipped by the distribution-gpg-keys package, where a host has it.
+HOST_KEY_DIR = Path("/usr/share/distribution-gpg-keys")
+EPEL_MIRROR = "https://dl.fedoraproject.org/pub/epel"
+
+
+def _rpm_arch(arch: str) -> str:
+    from mkosi.installers.rpm import dnf_arch
+
+    return dnf_arch(arch)
+
+
+def _major(release: str) -> str:
+    m = re.match(r"\d+", release)
+    return m.group(0) if m else release
 
 
 class RpmDistribution(DistributionPlugin):
     package_manager = "dnf"
     epel: ClassVar[bool] = False
+    kernel_packages: ClassVar[tuple[str, ...]] = ("kernel-core", "systemd-udev", "dracut")
+    host_keys: ClassVar[tuple[str, ...]] = ()   # paths below HOST_KEY_DIR, with {release}/{major}
 
-    def repo_urls(self, mirror: str, args: MkosiArgs) -> list[str]:
+    # ---- repositories
+
+    def mirror(self, args: MkosiArgs) -> str:
+        return (args.mirror or self.default_mirror(args.architecture) or "").rstrip("/")
+
+    def gpgkeys(self, args: MkosiArgs) -> tuple[str, ...]:
+        return ()
+
+    def _host_gpgkeys(self, args: MkosiArgs) -> tuple[str, ...]:
+        keys = []
+        for k in self.host_keys:
+            p = HOST_KEY_DIR / k.format(release=args.release, major=_major(args.release))
+            if p.is_file():
+                keys.append(f"file://{p}")
+        return tuple(keys)
+
+    def main_repos(self, args: MkosiArgs) -> list[RpmRepo]:
         return []
 
+    def epel_repos(self, args: MkosiArgs) -> list[RpmRepo]:
+        from mkosi.installers.dnf import RpmRepo
+
+        major = _major(args.release)
+        return [RpmRepo(id="epel", name=f"EPEL {major}",
+                        baseurl=(f"{EPEL_MIRROR}/{major}/Everything/{_rpm_arch(args.architecture)}/",),
+                        gpgkeys=(f"{EPEL_MIRROR}/RPM-GPG-KEY-EPEL-{major}",))]
+
+    def repos(self, args: MkosiArgs) -> list[RpmRepo]:
+        """Every repository a build defines: the distribution's (unless the host's are used) and
+        Repositories= URLs."""
+        from mkosi.installers.dnf import is_url, url_repos
+
+        repos = [] if args.use_host_repositories else self.main_repos(args)
+        if self.epel and not args.use_host_repositories:
+            repos += self.epel_repos(args)
+        return repos + url_repos([r for r in args.repositories if is_url(r)])
+
     def repositories(self, args: MkosiArgs) -> list[str]:
-        mirror = args.mirror or self.default_mirror(args.architecture) or ""
-        repos = self.repo_urls(mirror.rstrip("/"), args)
-        if self.epel:
-            repos.append(f"https://dl.fedoraproject.org/pub/epel/{args.release}/Everything/{args.architecture}")
-        return repos + list(args.repositories)
+        from mkosi.installers.dnf import HOST_REPOSDIRS, is_url
+
+        lines = []
+        if args.use_host_repositories:
+            lines += [f"host repositories in {d}" for d in HOST_REPOSDIRS]
+        lines += [r.summary() for r in self.repos(args)]
+        lines += [f"repository {r}" for r in args.repositories if not is_url(r)]
+        if args.repository_directory is not None:
+            lines.append(f"repository files in {args.repository_directory}")
+        return lines
+
+    # ---- installation
+
+    def rpmdb(self, args: MkosiArgs) -> str:
+        from mkosi.installers.rpm import LEGACY_RPMDB
+
+        return LEGACY_RPMDB
+
+    def dnf_config(self, ctx: Context) -> DnfConfig:
+        from mkosi.installers.dnf import DnfConfig, is_url
+
+        args = ctx.args
+        return DnfConfig(
+            root=ctx.root.absolute(),
+            workspace=ctx.workspace.absolute(),
+            release=args.release,
+            architecture=args.architecture,
+            repos=tuple(self.repos(args)),
+            cache_dir=ctx.package_cache.absolute() if ctx.package_cache else None,
+            with_docs=args.with_docs,
+            network=ctx.network,
+            use_host_repositories=args.use_host_repositories,
+            enable_repos=tuple(r for r in args.repositories if not is_url(r)),
+            repository_directory=args.repository_directory,
+            rpmdb=self.rpmdb(args),
+            host_architecture=host_architecture(),
+            distribution=self.distribution.value,
+        )
+
+    def base_packages(self, args: MkosiArgs) -> list[str]:
+        pkgs = ["systemd"]
+        if args.bootable:
+            pkgs += list(self.kernel_packages)
+        return pkgs
+
+    def install(self, ctx: Context, packages: list[str]) -> None:
+        from mkosi.installers import dnf
+
+        dnf.install(self.dnf_config(ctx), packages)
+
+    def install_more(self, ctx: Context, packages: list[str]) -> None:
+        from mkosi.installers import dnf
+
+        if packages:
+            dnf.install(self.dnf_config(ctx), packages)
+
+    def remove_packages(self, ctx: Context, packages: list[str]) -> None:
+        from mkosi.installers import dnf
+
+        dnf.remove(self.dnf_config(ctx), packages)
+
+    def installed_packages(self, ctx: Context) -> list[PackageInfo]:
+        from mkosi.installers import rpm
+
+        return rpm.manifest_packages(ctx.root, ctx.workspace)
+
+    def clean_package_metadata(self, ctx: Context, force: bool) -> None:
+        from mkosi.installers import dnf, rpm
+
+        rpm.save_package_list(ctx.root, ctx.workspace)  # the manifest is written after the database is gone
+        dnf.clean_metadata(ctx.root, force)
+
+    def package_manager_present(self, ctx: Context) -> bool:
+        from mkosi.installers import dnf
+
+        return dnf.dnf_in_root(ctx.root)
 
 
 class Fedora(RpmDistribution):
     distribution = Distribution.fedora
     default_release = "43"
     host_os_ids = ("fedora",)
+    host_keys = ("fedora/RPM-GPG-KEY-fedora-{release}-primary",)
 
     def default_mirror(self, arch: str) -> Optional[str]:
+        # ppc64le and s390x are published on the secondary architectures' tree.
+        if arch in ("ppc64le", "s390x"):
+            return "https://dl.fedoraproject.org/pub/fedora-secondary"
         return "https://dl.fedoraproject.org/pub/fedora/linux"
 
-    def repo_urls(self, mirror: str, args: MkosiArgs) -> list[str]:
-        if args.release == "rawhide":
-            return [f"{mirror}/development/rawhide/Everything/{args.architecture}/os"]
-        return [f"{mirror}/releases/{args.release}/Everything/{args.architecture}/os",
-                f"{mirror}/updates/{args.release}/Everything/{args.architecture}"]
+    def gpgkeys(self, args: MkosiArgs) -> tuple[str, ...]:
+        return self._host_gpgkeys(args) or ("https://fedoraproject.org/fedora.gpg",)
+
+    def main_repos(self, args: MkosiArgs) -> list[RpmRepo]:
+        from mkosi.installers.dnf import RpmRepo
+
+        m, rel, arch = self.mirror(args), args.release, _rpm_arch(args.architecture)
+        keys = self.gpgkeys(args)
+        if rel == "rawhide":
+            return [RpmRepo(id="fedora", name="Fedora rawhide",
+                            baseurl=(f"{m}/development/rawhide/Everything/{arch}/os/",), gpgkeys=keys)]
+        return [RpmRepo(id="fedora", name=f"Fedora {rel}",
+                        baseurl=(f"{m}/releases/{rel}/Everything/{arch}/os/",), gpgkeys=keys),
+                RpmRepo(id="updates", name=f"Fedora {rel} updates",
+                        baseurl=(f"{m}/updates/{rel}/Everything/{arch}/",), gpgkeys=keys)]
+
+    def rpmdb(self, args: MkosiArgs) -> str:
+        from mkosi.installers.rpm import LEGACY_RPMDB, SYSIMAGE_RPMDB
+
+        # Fedora 36 moved the database to /usr.
+        if args.release.isdigit() and int(args.release) < 36:
+            return LEGACY_RPMDB
+        return SYSIMAGE_RPMDB
 
 
-class CentOS(RpmDistribution):
-    distribution = Distribution.centos
+class EnterpriseLinux(RpmDistribution):
+    """CentOS Stream and its rebuilds: BaseOS and AppStream; CRB (PowerTools before 9) for EPEL."""
+
     default_release = "9"
+
+    def release_dir(self, args: MkosiArgs) -> str:
+        return args.release
+
+    def repo_ids(self, args: MkosiArgs) -> list[str]:
+        repos = ["BaseOS", "AppStream"]
+        if self.epel:
+            repos.append("PowerTools" if _major(args.release) == "8" else "CRB")
+        return repos
+
+    def main_repos(self, args: MkosiArgs) -> list[RpmRepo]:
+        from mkosi.installers.dnf import RpmRepo
+
+        m, arch = self.mirror(args), _rpm_arch(args.architecture)
+        d = self.release_dir(args)
+        keys = self.gpgkeys(args)
+        return [RpmRepo(id=repo.lower(), name=f"{self.distribution.value} {args.release} {repo}",
+                        baseurl=(f"{m}/{d}/{repo}/{arch}/os/",), gpgkeys=keys)
+                for repo in self.repo_ids(args)]
+
+    def rpmdb(self, args: MkosiArgs) -> str:
+        from mkosi.installers.rpm import LEGACY_RPMDB, SYSIMAGE_RPMDB
+
+        major = _major(args.release)
+        return SYSIMAGE_RPMDB if major.isdigit() and int(major) >= 10 else LEGACY_RPMDB
+
+
+class CentOS(EnterpriseLinux):
+    distribution = Distribution.centos
     host_os_ids = ("centos",)
+    host_keys = ("centos/RPM-GPG-KEY-CentOS-Official",)
 
     def default_mirror(self, arch: str) -> Optional[str]:
         return "https://mirror.stream.centos.org"
 
-    def repo_urls(self, mirror: str, args: MkosiArgs) -> list[str]:
-        return [f"{mirror}/{args.release}-stream/{repo}/{args.architecture}/os" for repo in ("BaseOS", "AppStream")]
+    def mirror(self, args: MkosiArgs) -> str:
+        if not args.mirror and _major(args.release) == "8":
+            return "https://vault.centos.org"  # CentOS Stream 8 reached its end of life
+        return super().mirror(args)
+
+    def release_dir(self, args: MkosiArgs) -> str:
+        major = _major(args.release)
+        return f"{major}-stream" if major.isdigit() else args.release
+
+    def gpgkeys(self, args: MkosiArgs) -> tuple[str, ...]:
+        major = _major(args.release)
+        suffix = "-SHA256" if major.isdigit() and int(major) >= 10 else ""
+        return self._host_gpgkeys(args) or (f"https://www.centos.org/keys/RPM-GPG-KEY-CentOS-Official{suffix}",)
 
 
 class CentOSEpel(CentOS):
@@ -59,16 +269,17 @@ class CentOSEpel(CentOS):
     epel = True
 
 
-class Rocky(RpmDistribution):
+class Rocky(EnterpriseLinux):
     distribution = Distribution.rocky
-    default_release = "9"
     host_os_ids = ("rocky",)
+    host_keys = ("rocky/RPM-GPG-KEY-Rocky-{major}",)
 
     def default_mirror(self, arch: str) -> Optional[str]:
         return "https://download.rockylinux.org/pub/rocky"
 
-    def repo_urls(self, mirror: str, args: MkosiArgs) -> list[str]:
-        return [f"{mirror}/{args.release}/{repo}/{args.architecture}/os" for repo in ("BaseOS", "AppStream")]
+    def gpgkeys(self, args: MkosiArgs) -> tuple[str, ...]:
+        base = (args.mirror or self.default_mirror(args.architecture) or "").rstrip("/")
+        return self._host_gpgkeys(args) or (f"{base}/RPM-GPG-KEY-Rocky-{_major(args.release)}",)
 
 
 class RockyEpel(Rocky):
@@ -76,16 +287,17 @@ class RockyEpel(Rocky):
     epel = True
 
 
-class Alma(RpmDistribution):
+class Alma(EnterpriseLinux):
     distribution = Distribution.alma
-    default_release = "9"
     host_os_ids = ("almalinux",)
+    host_keys = ("alma/RPM-GPG-KEY-AlmaLinux-{major}",)
 
     def default_mirror(self, arch: str) -> Optional[str]:
         return "https://repo.almalinux.org/almalinux"
 
-    def repo_urls(self, mirror: str, args: MkosiArgs) -> list[str]:
-        return [f"{mirror}/{args.release}/{repo}/{args.architecture}/os" for repo in ("BaseOS", "AppStream")]
+    def gpgkeys(self, args: MkosiArgs) -> tuple[str, ...]:
+        base = (args.mirror or self.default_mirror(args.architecture) or "").rstrip("/")
+        return self._host_gpgkeys(args) or (f"{base}/RPM-GPG-KEY-AlmaLinux-{_major(args.release)}",)
 
 
 class AlmaEpel(Alma):
@@ -97,54 +309,158 @@ class Mageia(RpmDistribution):
     distribution = Distribution.mageia
     default_release = "9"
     host_os_ids = ("mageia",)
+    kernel_packages = ("kernel-desktop-latest", "dracut")
 
     def default_mirror(self, arch: str) -> Optional[str]:
-        return "https://mirror.mageia.org/distrib"
+        return "https://mirrors.kernel.org/mageia/distrib"
 
-    def repo_urls(self, mirror: str, args: MkosiArgs) -> list[str]:
-        base = f"{mirror}/{args.release}/{args.architecture}/media/core"
-        return [f"{base}/release", f"{base}/updates"]
+    def main_repos(self, args: MkosiArgs) -> list[RpmRepo]:
+        from mkosi.installers.dnf import RpmRepo
+
+        base = f"{self.mirror(args)}/{args.release}/{_rpm_arch(args.architecture)}/media/core"
+        # Each medium publishes the key it is signed with next to its metadata.
+        return [RpmRepo(id=f"mageia-{repo}", name=f"Mageia {args.release} core {repo}",
+                        baseurl=(f"{base}/{repo}/",), gpgkeys=(f"{base}/{repo}/media_info/pubkey",))
+                for repo in ("release", "updates")]
 
 
 class OpenMandriva(RpmDistribution):
     distribution = Distribution.openmandriva
     default_release = "cooker"
     host_os_ids = ("openmandriva",)
+    kernel_packages = ("kernel-release-desktop", "dracut")
+    host_keys = ("openmandriva/RPM-GPG-KEY-OpenMandriva",)
 
     def default_mirror(self, arch: str) -> Optional[str]:
         return "http://abf-downloads.openmandriva.org"
 
-    def repo_urls(self, mirror: str, args: MkosiArgs) -> list[str]:
-        base = f"{mirror}/{args.release}/repository/{args.architecture}/main"
-        return [f"{base}/release", f"{base}/updates"]
+    def main_repos(self, args: MkosiArgs) -> list[RpmRepo]:
+        from mkosi.installers.dnf import RpmRepo
+
+        base = f"{self.mirror(args)}/{args.release}/repository/{_rpm_arch(args.architecture)}/main"
+        keys = self._host_gpgkeys(args)
+        return [RpmRepo(id=f"openmandriva-{repo}", name=f"OpenMandriva {args.release} main {repo}",
+                        baseurl=(f"{base}/{repo}/",), gpgkeys=keys)
+                for repo in ("release", "updates")]
 
 
 class Photon(RpmDistribution):
     distribution = Distribution.photon
     default_release = "5.0"
-    package_manager = "tdnf"
+    package_manager = "dnf"   # tdnf is not packaged for Debian; dnf reads the same repositories
     host_os_ids = ("photon",)
+    kernel_packages = ("linux", "initramfs")
+    host_keys = ("photon/VMWARE-RPM-GPG-KEY",)
 
     def default_mirror(self, arch: str) -> Optional[str]:
         return "https://packages.vmware.com/photon"
 
-    def repo_urls(self, mirror: str, args: MkosiArgs) -> list[str]:
-        rel = args.release
-        arch = args.architecture
-        return [f"{mirror}/{rel}/photon_release_{rel}_{arch}", f"{mirror}/{rel}/photon_updates_{rel}_{arch}"]
+    def main_repos(self, args: MkosiArgs) -> list[RpmRepo]:
+        from mkosi.installers.dnf import RpmRepo
+
+        m, rel, arch = self.mirror(args), args.release, _rpm_arch(args.architecture)
+        keys = self._host_gpgkeys(args)
+        return [RpmRepo(id=f"photon-{repo}", name=f"Photon {rel} {repo}",
+                        baseurl=(f"{m}/{rel}/photon_{repo}_{rel}_{arch}/",), gpgkeys=keys)
+                for repo in ("release", "updates")]
+
+    def install(self, ctx: Context, packages: list[str]) -> None:
+        log.info("Installing Photon with dnf (Photon's tdnf is not available on this host)")
+        super().install(ctx, packages)
 
 
 class Clear(RpmDistribution):
+    """Clear Linux is made of bundles installed by swupd, which no Debian package provides."""
+
     distribution = Distribution.clear
     default_release = "latest"
     package_manager = "swupd"
     host_os_ids = ("clear-linux-os",)
+    kernel_packages = ("kernel-native",)
 
     def default_mirror(self, arch: str) -> Optional[str]:
         return "https://cdn.download.clearlinux.org"
 
-    def repo_urls(self, mirror: str, args: MkosiArgs) -> list[str]:
-        return [f"{mirror}/update/{args.release}"]
+    def content_url(self, args: MkosiArgs) -> str:
+        return f"{self.mirror(args)}/update"
+
+    def repos(self, args: MkosiArgs) -> list[RpmRepo]:
+        return []
+
+    def repositories(self, args: MkosiArgs) -> list[str]:
+        return [f"{self.content_url(args)} (version {args.release})", *args.repositories]
+
+    def base_packages(self, args: MkosiArgs) -> list[str]:
+        pkgs = ["os-core"]
+        if args.bootable:
+            pkgs += list(self.kernel_packages)
+        return pkgs
+
+    def swupd(self) -> str:
+        from mkosi.run import find_tool
+
+        exe = find_tool("swupd")
+        if exe is None:
+            raise MkosiError(
+                "building Clear Linux images is not available on this host: it needs 'swupd' "
+                "(swupd-client), which no Debian package provides",
+                hint="build Clear Linux images on a host that has swupd (e.g. Clear Linux itself)")
+        return exe
+
+    def swupd_argv(self, ctx: Context, bundles: list[str]) -> list[str]:
+        args = ctx.args
+        argv = [self.swupd(), "os-install", f"--path={ctx.root}", f"--url={self.content_url(args)}",
+                "--no-progress", "--no-boot-update", "--skip-optional"]
+        if args.release != "latest":
+            argv.append(f"--version={args.release}")
+        if ctx.package_cache is not None:
+            argv.append(f"--statedir={ctx.package_cache / 'swupd'}")
+        if bundles:
+            argv.append("--bundles=" + ",".join(bundles))
+        return argv
+
+    def install(self, ctx: Context, packages: list[str]) -> None:
+        from mkosi.run import run
+
+        if not ctx.network:
+            raise MkosiError("swupd cannot install Clear Linux without the network (WithNetwork=never)")
+        run(self.swupd_argv(ctx, packages))
+
+    def install_more(self, ctx: Context, packages: list[str]) -> None:
+        from mkosi.run import run
+
+        if packages:
+            run([self.swupd(), "bundle-add", f"--path={ctx.root}", f"--url={self.content_url(ctx.args)}",
+                 "--no-progress", *packages])
+
+    def remove_packages(self, ctx: Context, packages: list[str]) -> None:
+        from mkosi.run import run
+
+        run([self.swupd(), "bundle-remove", f"--path={ctx.root}", "--no-progress", *packages])
+
+    def installed_packages(self, ctx: Context) -> list[PackageInfo]:
+        from mkosi.manifest import PackageInfo
+
+        bundles = ctx.root / "usr/share/clear/bundles"
+        if not bundles.is_dir():
+            return []
+        version = ""
+        osr = ctx.root / "usr/lib/os-release"
+        if osr.is_file():
+            for line in osr.read_text().splitlines():
+                if line.startswith("VERSION_ID="):
+                    version = line.partition("=")[2].strip('"')
+        return [PackageInfo(type="bundle", name=p.name, version=version, architecture=ctx.args.architecture,
+                            size=0) for p in sorted(bundles.iterdir()) if p.is_file()]
+
+    def clean_package_metadata(self, ctx: Context, force: bool) -> None:
+        from mkosi.installers.rpm import remove_paths
+
+        if force or not self.package_manager_present(ctx):
+            remove_paths(ctx.root, ["/var/lib/swupd"])
+
+    def package_manager_present(self, ctx: Context) -> bool:
+        return (ctx.root / "usr/bin/swupd").exists()
 
 
 PLUGINS: list[DistributionPlugin] = [

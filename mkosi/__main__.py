@@ -36,10 +36,11 @@ def run_main(argv: Sequence[str]) -> int:
     if cli.help:
         print(format_help())
         return 0
+    code = 0
     for args in configs:
         log.set_debug(bool(args.debug))
-        run_verb(args)
-    return 0
+        code = run_verb(args) or code
+    return code
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -8,6 +8,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Optional
 
 from mkosi import log
 from mkosi.config.enums import Verb
@@ -108,42 +109,18 @@ def ensure_built(args: MkosiArgs) -> None:
         build_command(args)
 
 
-def _nspawn_image_argv(args: MkosiArgs, cmd: list[str], boot: bool) -> list[str]:
-    from mkosi.outputs import output_stem
-    from mkosi.sandbox import nspawn_command
+def verb_shell(args: MkosiArgs) -> int:
+    from mkosi.container import run_container
 
-    assert args.output is not None
-    if args.format.is_disk() and (args.output_compression or args.qcow2):
-        raise MkosiError(f"the '{args.verb.value}' verb needs an uncompressed raw image")
-    if not (args.format.is_disk() or args.format.is_tree()):
-        raise MkosiError(f"the '{args.verb.value}' verb needs a directory, subvolume or disk image, "
-                         f"not '{args.format.value}'")
-    extra = ["--settings=trusted"] if args.output_nspawn_settings and args.output_nspawn_settings.exists() else []
-    if args.netdev:
-        extra.append("--network-veth")
-    stem = output_stem(args)
-    return nspawn_command(args.output, cmd, keep_unit=args.nspawn_keep_unit, network=True,
-                          image=args.format.is_disk(), boot=boot, ephemeral=args.ephemeral,
-                          extra=extra, machine=stem)
-
-
-def verb_shell(args: MkosiArgs) -> None:
-    from mkosi.run import run
-
-    if os.getuid() != 0:
-        raise MkosiError(f"'mkosi {args.verb.value}' must be run as root")
     ensure_built(args)
-    cmd = list(args.cmdline) or []
-    run(_nspawn_image_argv(args, cmd, boot=False), check=False)
+    return run_container(args, list(args.cmdline), boot=False)
 
 
-def verb_boot(args: MkosiArgs) -> None:
-    from mkosi.run import run
+def verb_boot(args: MkosiArgs) -> int:
+    from mkosi.container import run_container
 
-    if os.getuid() != 0:
-        raise MkosiError(f"'mkosi {args.verb.value}' must be run as root")
     ensure_built(args)
-    run(_nspawn_image_argv(args, list(args.cmdline), boot=True), check=False)
+    return run_container(args, list(args.cmdline), boot=True)
 
 
 def verb_not_yet(args: MkosiArgs) -> None:
@@ -173,7 +150,7 @@ def verb_burn(args: MkosiArgs) -> None:
     log.info(f"Wrote {args.output} to {device}")
 
 
-VERBS: dict[Verb, Callable[[MkosiArgs], None]] = {
+VERBS: dict[Verb, Callable[[MkosiArgs], Optional[int]]] = {
     Verb.build: verb_build,
     Verb.clean: verb_clean,
     Verb.summary: verb_summary,
@@ -191,6 +168,8 @@ VERBS: dict[Verb, Callable[[MkosiArgs], None]] = {
 }
 
 
-def run_verb(args: MkosiArgs) -> None:
-    VERBS[args.verb](args)
+def run_verb(args: MkosiArgs) -> int:
+    """Run the verb; returns the exit status (non-zero when a container command failed)."""
+    code = VERBS[args.verb](args)
     sys.stdout.flush()
+    return code or 0

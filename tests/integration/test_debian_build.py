@@ -34,7 +34,7 @@ ManifestFormat=json,changelog
 Packages=systemd,udev
 Cache={cache}
 RemoveFiles=/usr/share/bug /etc/skel-remove-me
-ExtraTree={d / "owned.tar"}
+ExtraTree={d / "mkosi.extra"},{d / "owned.tar"}
 {extra_settings}
 [Validation]
 Checksum=yes

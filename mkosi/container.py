@@ -1,0 +1,100 @@
+"""The shell and boot verbs: run the image in a systemd-nspawn container.
+
+Disk images go to nspawn with --image= when the host runs udev; without udev (containers, CI
+machines) nspawn refuses --image=, so mkosi mounts the root partition itself and uses --directory=."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from mkosi import log
+from mkosi.config.settings import MkosiArgs
+from mkosi.errors import MkosiError
+from mkosi.outputs import output_stem
+from mkosi.run import run
+from mkosi.sandbox import nspawn_command, umount_all_below
+
+ROOT_TYPES = {
+    "4f68bce3-e8cd-4db1-96e7-fbcaf984b709",  # x86-64 root
+    "b921b045-1df0-41c3-af44-4c6f280d3fae",  # arm64 root
+    "44479540-f297-41b2-9af7-d131d5f0458a",  # x86 root
+}
+
+
+def host_has_udev() -> bool:
+    return Path("/run/udev/control").exists()
+
+
+def root_partition(image: Path) -> tuple[int, int, bool]:
+    """Byte offset and size of the image's root partition, and whether it is marked read-only."""
+    from mkosi.output.gpt import role_of_type
+
+    table = json.loads(run(["sfdisk", "--json", image], capture=True).stdout)["partitiontable"]
+    sector = int(table.get("sectorsize", 512))
+    for part in table["partitions"]:
+        role = role_of_type(part["type"])
+        if role is not None and role[0] in ("root", "usr"):
+            ro = "60" in str(part.get("attrs", ""))
+            return int(part["start"]) * sector, int(part["size"]) * sector, ro
+    raise MkosiError(f"'{image}' has no root partition")
+
+
+@contextlib.contextmanager
+def mounted_image(image: Path, writable: bool) -> Iterator[Path]:
+    offset, size, ro = root_partition(image)
+    mnt = Path(tempfile.mkdtemp(prefix="mkosi-mnt-", dir="/var/tmp"))
+    opts = f"loop,offset={offset},sizelimit={size}" + (",ro" if ro or not writable else "")
+    try:
+        run(["mount", "-o", opts, image, mnt])
+        yield mnt
+    finally:
+        umount_all_below(mnt)
+        mnt.rmdir()
+
+
+@contextlib.contextmanager
+def ephemeral_copy(path: Path) -> Iterator[Path]:
+    """A throw-away copy (reflinked where the file system allows) removed afterwards."""
+    holder = Path(tempfile.mkdtemp(prefix=".mkosi-ephemeral-", dir=path.parent))
+    copy = holder / path.name
+    try:
+        run(["cp", "--archive", "--reflink=auto", "--sparse=always", "--no-target-directory", path, copy])
+        yield copy
+    finally:
+        umount_all_below(holder)
+        shutil.rmtree(holder, ignore_errors=True)
+
+
+def run_container(args: MkosiArgs, cmd: list[str], boot: bool) -> int:
+    assert args.output is not None
+    if os.getuid() != 0:
+        raise MkosiError(f"'mkosi {args.verb.value}' must be run as root")
+    if args.format.is_disk() and (args.output_compression or args.qcow2):
+        raise MkosiError(f"the '{args.verb.value}' verb needs an uncompressed raw image")
+    if not (args.format.is_disk() or args.format.is_tree()):
+        raise MkosiError(f"the '{args.verb.value}' verb needs a directory, subvolume or disk image, "
+                         f"not '{args.format.value}'")
+    extra = []
+    if args.output_nspawn_settings is not None and args.output_nspawn_settings.exists():
+        extra.append("--settings=trusted")
+    if args.netdev:
+        extra.append("--network-veth")
+    with contextlib.ExitStack() as stack:
+        target = args.output
+        # nspawn snapshots directories itself; image files are copied here when it cannot use them.
+        use_image = args.format.is_disk() and host_has_udev()
+        ephemeral_by_nspawn = args.ephemeral and (use_image or args.format.is_tree())
+        if args.ephemeral and not ephemeral_by_nspawn:
+            target = stack.enter_context(ephemeral_copy(target))
+        if args.format.is_disk() and not use_image:
+            log.debug("no udev on this host: mounting the root partition for systemd-nspawn --directory")
+            target = stack.enter_context(mounted_image(target, writable=True))
+        argv = nspawn_command(target, cmd, keep_unit=args.nspawn_keep_unit, network=True, image=use_image,
+                              boot=boot, ephemeral=ephemeral_by_nspawn, extra=extra, machine=output_stem(args))
+        return run(argv, check=False).returncode

@@ -1,14 +1,32 @@
-"""openSUSE (zypper)."""
+"""openSUSE Tumbleweed and Leap, installed with zypper.
+
+Repository layouts (MIRROR is Mirror= or https://download.opensuse.org):
+
+  tumbleweed (x86_64)   MIRROR/tumbleweed/repo/oss/ and MIRROR/update/tumbleweed/
+  tumbleweed (others)   MIRROR/ports/ARCH/tumbleweed/repo/oss/
+  Leap 15.N             MIRROR/distribution/leap/15.N/repo/oss/, MIRROR/update/leap/15.N/oss/ and,
+                        from 15.3 on, MIRROR/update/leap/15.N/{sle,backports}/
+
+Release `leap` means the newest Leap known here (LATEST_LEAP).
+"""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Optional
 
 from mkosi.config.enums import Distribution
 from mkosi.distributions import DistributionPlugin
+from mkosi.errors import MkosiError
 
 if TYPE_CHECKING:
     from mkosi.config.settings import MkosiArgs
+    from mkosi.context import Context
+    from mkosi.installers.dnf import RpmRepo
+    from mkosi.installers.zypper import ZypperConfig
+    from mkosi.manifest import PackageInfo
+
+LATEST_LEAP = "15.6"
 
 
 class OpenSUSE(DistributionPlugin):
@@ -20,10 +38,103 @@ class OpenSUSE(DistributionPlugin):
     def default_mirror(self, arch: str) -> Optional[str]:
         return "https://download.opensuse.org"
 
-    def repositories(self, args: MkosiArgs) -> list[str]:
-        mirror = args.mirror or self.default_mirror(args.architecture)
-        if args.release == "tumbleweed":
-            repos = [f"{mirror}/tumbleweed/repo/oss", f"{mirror}/update/tumbleweed"]
+    def release(self, args: MkosiArgs) -> str:
+        rel = args.release.lower()
+        if rel == "leap":
+            return LATEST_LEAP
+        if rel == "tumbleweed" or re.fullmatch(r"\d+\.\d+", rel):
+            return rel
+        raise MkosiError(f"unknown openSUSE release '{args.release}'",
+                         hint="use 'tumbleweed', 'leap' or a Leap version such as 15.6")
+
+    def main_repos(self, args: MkosiArgs) -> list[RpmRepo]:
+        from mkosi.installers.dnf import RpmRepo
+
+        m = (args.mirror or self.default_mirror(args.architecture) or "").rstrip("/")
+        rel = self.release(args)
+        arch = args.architecture
+        if rel == "tumbleweed":
+            if arch == "x86_64":
+                urls = [("repo-oss", f"{m}/tumbleweed/repo/oss/"), ("repo-update", f"{m}/update/tumbleweed/")]
+            else:
+                urls = [("repo-oss", f"{m}/ports/{arch}/tumbleweed/repo/oss/")]
         else:
-            repos = [f"{mirror}/distribution/leap/{args.release}/repo/oss", f"{mirror}/update/leap/{args.release}/oss"]
-        return repos + list(args.repositories)
+            urls = [("repo-oss", f"{m}/distribution/leap/{rel}/repo/oss/"),
+                    ("repo-update", f"{m}/update/leap/{rel}/oss/")]
+            major, minor = (int(x) for x in rel.split("."))
+            if (major, minor) >= (15, 3):
+                urls += [("repo-sle-update", f"{m}/update/leap/{rel}/sle/"),
+                         ("repo-backports-update", f"{m}/update/leap/{rel}/backports/")]
+        # Each repository publishes the key its metadata is signed with.
+        return [RpmRepo(id=rid, name=f"openSUSE {rel} {rid}", baseurl=(url,),
+                        gpgkeys=(f"{url}repodata/repomd.xml.key",))
+                for rid, url in urls]
+
+    def repos(self, args: MkosiArgs) -> list[RpmRepo]:
+        from mkosi.installers.dnf import is_url, url_repos
+
+        extra = [r for r in args.repositories if is_url(r)]
+        bad = [r for r in args.repositories if not is_url(r)]
+        if bad:
+            raise MkosiError(f"Repositories= entry '{bad[0]}' is not a URL",
+                             hint="openSUSE repositories are given as URLs (or as .repo files in "
+                             "RepositoryDirectory=)")
+        return self.main_repos(args) + url_repos(extra)
+
+    def repositories(self, args: MkosiArgs) -> list[str]:
+        lines = [r.summary() for r in self.repos(args)]
+        if args.repository_directory is not None:
+            lines.append(f"repository files in {args.repository_directory}")
+        return lines
+
+    def base_packages(self, args: MkosiArgs) -> list[str]:
+        pkgs = ["systemd", "udev"]
+        if args.bootable:
+            pkgs += ["kernel-default", "dracut"]
+        return pkgs
+
+    def zypper_config(self, ctx: Context) -> ZypperConfig:
+        from mkosi.installers.zypper import ZypperConfig
+
+        args = ctx.args
+        return ZypperConfig(
+            root=ctx.root.absolute(),
+            workspace=ctx.workspace.absolute(),
+            repos=tuple(self.repos(args)),
+            cache_dir=ctx.package_cache.absolute() if ctx.package_cache else None,
+            with_docs=args.with_docs,
+            network=ctx.network,
+            repository_directory=args.repository_directory,
+        )
+
+    def install(self, ctx: Context, packages: list[str]) -> None:
+        from mkosi.installers import zypper
+
+        zypper.install(self.zypper_config(ctx), packages)
+
+    def install_more(self, ctx: Context, packages: list[str]) -> None:
+        from mkosi.installers import zypper
+
+        if packages:
+            zypper.install(self.zypper_config(ctx), packages)
+
+    def remove_packages(self, ctx: Context, packages: list[str]) -> None:
+        from mkosi.installers import zypper
+
+        zypper.remove(self.zypper_config(ctx), packages)
+
+    def installed_packages(self, ctx: Context) -> list[PackageInfo]:
+        from mkosi.installers import rpm
+
+        return rpm.manifest_packages(ctx.root, ctx.workspace)
+
+    def clean_package_metadata(self, ctx: Context, force: bool) -> None:
+        from mkosi.installers import rpm, zypper
+
+        rpm.save_package_list(ctx.root, ctx.workspace)
+        zypper.clean_metadata(ctx.root, force)
+
+    def package_manager_present(self, ctx: Context) -> bool:
+        from mkosi.installers import zypper
+
+        return zypper.zypper_in_root(ctx.root)

@@ -1,4 +1,9 @@
-"""Arch Linux (pacman)."""
+"""Arch Linux (pacman).
+
+Repository layouts: x86_64 uses MIRROR/REPO/os/x86_64 (default mirror https://geo.mirror.pkgbuild.com),
+other architectures Arch Linux ARM's MIRROR/ARCH/REPO (default http://mirror.archlinuxarm.org).
+The repositories are core and extra; Repositories= adds `name::url` entries after them.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,11 @@ from mkosi.distributions import DistributionPlugin
 
 if TYPE_CHECKING:
     from mkosi.config.settings import MkosiArgs
+    from mkosi.context import Context
+    from mkosi.installers.pacman import PacmanConfig, PacmanRepo
+    from mkosi.manifest import PackageInfo
+
+REPOS = ("core", "extra")
 
 
 class Arch(DistributionPlugin):
@@ -20,7 +30,82 @@ class Arch(DistributionPlugin):
     def default_mirror(self, arch: str) -> Optional[str]:
         return "https://geo.mirror.pkgbuild.com" if arch == "x86_64" else "http://mirror.archlinuxarm.org"
 
+    def server(self, args: MkosiArgs, repo: str, arch: Optional[str] = None) -> str:
+        from mkosi.installers.pacman import PACMAN_ARCH
+
+        mirror = (args.mirror or self.default_mirror(args.architecture) or "").rstrip("/")
+        arch = arch or PACMAN_ARCH.get(args.architecture, args.architecture)
+        if args.architecture == "x86_64":
+            return f"{mirror}/{repo}/os/{arch}"
+        return f"{mirror}/{arch}/{repo}"
+
+    def repos(self, args: MkosiArgs) -> list[PacmanRepo]:
+        from mkosi.installers.pacman import PacmanRepo, parse_repository
+
+        main = [PacmanRepo(name=r, servers=(self.server(args, r),)) for r in REPOS]
+        return main + [parse_repository(e) for e in args.repositories]
+
     def repositories(self, args: MkosiArgs) -> list[str]:
-        mirror = args.mirror or self.default_mirror(args.architecture)
-        repos = [f"{name}::{mirror}/{name}/os/$arch" for name in ("core", "extra")]
-        return repos + list(args.repositories)
+        lines = [f"{r.name}::{s}" for r in self.repos(args) for s in r.servers]
+        if args.repository_directory is not None:
+            lines.append(f"repository files in {args.repository_directory}")
+        return lines
+
+    def base_packages(self, args: MkosiArgs) -> list[str]:
+        pkgs = ["systemd"]
+        if args.bootable:
+            pkgs += ["linux", "dracut"]
+        return pkgs
+
+    def pacman_config(self, ctx: Context) -> PacmanConfig:
+        from mkosi.installers.pacman import PacmanConfig
+
+        args = ctx.args
+        return PacmanConfig(
+            root=ctx.root.absolute(),
+            workspace=ctx.workspace.absolute(),
+            architecture=args.architecture,
+            repos=tuple(self.repos(args)),
+            cache_dir=ctx.package_cache.absolute() if ctx.package_cache else None,
+            with_docs=args.with_docs,
+            network=ctx.network,
+            repository_directory=args.repository_directory,
+        )
+
+    def install(self, ctx: Context, packages: list[str]) -> None:
+        from mkosi.installers import pacman
+
+        pacman.install(self.pacman_config(ctx), packages)
+        server = self.server(ctx.args, "$repo", "$arch")
+        if not server.startswith("file:"):
+            pacman.write_mirrorlist(ctx.root, server)
+
+    def install_more(self, ctx: Context, packages: list[str]) -> None:
+        from mkosi.installers import pacman
+
+        if packages:
+            pacman.install(self.pacman_config(ctx), packages)
+
+    def remove_packages(self, ctx: Context, packages: list[str]) -> None:
+        from mkosi.installers import pacman
+
+        pacman.remove(self.pacman_config(ctx), packages)
+
+    def installed_packages(self, ctx: Context) -> list[PackageInfo]:
+        from mkosi.installers import pacman
+        from mkosi.manifest import PackageInfo
+
+        return [PackageInfo(type="pacman", name=p.name, version=p.version, architecture=p.architecture,
+                            size=p.size, source=p.base, source_version=p.version if p.base else None)
+                for p in pacman.manifest_packages(ctx.root, ctx.workspace)]
+
+    def clean_package_metadata(self, ctx: Context, force: bool) -> None:
+        from mkosi.installers import pacman
+
+        pacman.save_package_list(ctx.root, ctx.workspace)
+        pacman.clean_metadata(ctx.root, force)
+
+    def package_manager_present(self, ctx: Context) -> bool:
+        from mkosi.installers import pacman
+
+        return pacman.pacman_in_root(ctx.root)

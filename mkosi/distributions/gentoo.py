@@ -1,4 +1,9 @@
-"""Gentoo (emerge from a stage3)."""
+"""Gentoo: a stage3 unpacked into the root, then the stage3's own emerge (see mkosi.installers.emerge).
+
+Repository layout: MIRROR/releases/ARCH/autobuilds/latest-stage3-STAGEARCH-systemd.txt names the
+stage3, MIRROR/snapshots/gentoo-latest.tar.xz is the ebuild repository; packages come from the
+binary package host configured in the stage3 (or are built from source).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,13 @@ from typing import TYPE_CHECKING, Optional
 
 from mkosi.config.enums import Distribution
 from mkosi.distributions import DistributionPlugin
+from mkosi.errors import MkosiError
 
 if TYPE_CHECKING:
     from mkosi.config.settings import MkosiArgs
+    from mkosi.context import Context
+    from mkosi.installers.emerge import EmergeConfig
+    from mkosi.manifest import PackageInfo
 
 
 class Gentoo(DistributionPlugin):
@@ -20,6 +29,64 @@ class Gentoo(DistributionPlugin):
     def default_mirror(self, arch: str) -> Optional[str]:
         return "https://distfiles.gentoo.org"
 
+    def mirror(self, args: MkosiArgs) -> str:
+        return (args.mirror or self.default_mirror(args.architecture) or "").rstrip("/")
+
     def repositories(self, args: MkosiArgs) -> list[str]:
-        mirror = args.mirror or self.default_mirror(args.architecture)
-        return [f"{mirror}/releases/amd64/autobuilds/latest-stage3-amd64-systemd.txt", *list(args.repositories)]
+        from mkosi.installers.emerge import latest_url, snapshot_url
+
+        return [latest_url(self.mirror(args), args.architecture), snapshot_url(self.mirror(args)),
+                *args.repositories]
+
+    def base_packages(self, args: MkosiArgs) -> list[str]:
+        pkgs = ["sys-apps/systemd"]
+        if args.bootable:
+            pkgs += ["sys-kernel/gentoo-kernel-bin", "sys-kernel/dracut"]
+        return pkgs
+
+    def emerge_config(self, ctx: Context) -> EmergeConfig:
+        from mkosi.installers.emerge import EmergeConfig
+
+        args = ctx.args
+        if args.repositories:
+            raise MkosiError("Repositories= is not supported for Gentoo",
+                             hint="add ebuild repositories in /etc/portage/repos.conf with a skeleton tree")
+        return EmergeConfig(
+            root=ctx.root.absolute(),
+            workspace=ctx.workspace.absolute(),
+            mirror=self.mirror(args),
+            architecture=args.architecture,
+            cache_dir=ctx.package_cache.absolute() if ctx.package_cache else None,
+            with_docs=args.with_docs,
+            network=ctx.network,
+        )
+
+    def install(self, ctx: Context, packages: list[str]) -> None:
+        from mkosi.installers import emerge
+
+        emerge.install(self.emerge_config(ctx), packages)
+
+    def install_more(self, ctx: Context, packages: list[str]) -> None:
+        from mkosi.installers import emerge
+
+        emerge.emerge(self.emerge_config(ctx), packages)
+
+    def remove_packages(self, ctx: Context, packages: list[str]) -> None:
+        from mkosi.installers import emerge
+
+        emerge.remove(self.emerge_config(ctx), packages)
+
+    def installed_packages(self, ctx: Context) -> list[PackageInfo]:
+        from mkosi.installers import emerge
+        from mkosi.manifest import PackageInfo
+
+        return [PackageInfo(type="ebuild", name=p.atom, version=p.version, architecture=ctx.args.architecture,
+                            size=p.size) for p in emerge.manifest_packages(ctx.root, ctx.workspace)]
+
+    def clean_package_metadata(self, ctx: Context, force: bool) -> None:
+        from mkosi.installers import emerge
+
+        emerge.clean_metadata(ctx.root, force, ctx.workspace)
+
+    def package_manager_present(self, ctx: Context) -> bool:
+        return (ctx.root / "usr/bin/emerge").exists()

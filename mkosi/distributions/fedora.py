@@ -250,7 +250,8 @@ class CentOS(EnterpriseLinux):
         return "https://mirror.stream.centos.org"
 
     def mirror(self, args: MkosiArgs) -> str:
-        if not args.mirror and _major(args.release) == "8":
+        default = self.default_mirror(args.architecture)
+        if args.mirror in (None, default) and _major(args.release) == "8":
             return "https://vault.centos.org"  # CentOS Stream 8 reached its end of life
         return super().mirror(args)
 

@@ -49,6 +49,7 @@ GENTOO_ARCH: dict[str, tuple[str, str]] = {
 GENTOO_KEY = Path("/usr/share/openpgp-keys/gentoo-release.asc")
 STAGE3_FLAVOUR = "systemd"
 HASHES = {"SHA512": "sha512", "SHA256": "sha256", "BLAKE2B": "blake2b"}
+DIGEST_LENGTHS = {"sha512": 128, "sha256": 64, "blake2b": 128}
 
 
 def gentoo_arch(arch: str) -> tuple[str, str]:
@@ -96,7 +97,8 @@ def parse_digests(text: str, filename: str) -> dict[str, str]:
         if len(parts) != 2 or parts[1].lstrip("*").split("/")[-1] != filename:
             continue
         digest = parts[0].lower()
-        name = algo or {64: "sha256", 128: "sha512"}.get(len(digest))
+        # Trust the section header only if the digest has that algorithm's length.
+        name = algo if algo and len(digest) == DIGEST_LENGTHS[algo] else {64: "sha256", 128: "sha512"}.get(len(digest))
         if name and re.fullmatch(r"[0-9a-f]+", digest):
             result.setdefault(name, digest)
     return result

@@ -123,6 +123,26 @@ def verb_boot(args: MkosiArgs) -> int:
     return run_container(args, list(args.cmdline), boot=True)
 
 
+def verb_qemu(args: MkosiArgs) -> int:
+    from mkosi.vm import run_vm
+
+    ensure_built(args)
+    return run_vm(args)
+
+
+def verb_ssh(args: MkosiArgs) -> int:
+    from mkosi.vm import run_ssh
+
+    return run_ssh(args)
+
+
+def verb_serve(args: MkosiArgs) -> int:
+    from mkosi.vm import run_serve
+
+    ensure_built(args)
+    return run_serve(args)
+
+
 def verb_not_yet(args: MkosiArgs) -> None:
     raise MkosiError(f"the '{args.verb.value}' verb is not implemented yet")
 
@@ -156,10 +176,10 @@ VERBS: dict[Verb, Callable[[MkosiArgs], Optional[int]]] = {
     Verb.summary: verb_summary,
     Verb.shell: verb_shell,
     Verb.boot: verb_boot,
-    Verb.qemu: verb_not_yet,
-    Verb.vm: verb_not_yet,
-    Verb.ssh: verb_not_yet,
-    Verb.serve: verb_not_yet,
+    Verb.qemu: verb_qemu,
+    Verb.vm: verb_qemu,
+    Verb.ssh: verb_ssh,
+    Verb.serve: verb_serve,
     Verb.bump: verb_bump,
     Verb.genkey: verb_genkey,
     Verb.help: verb_help,

@@ -58,8 +58,9 @@ class Debian(DistributionPlugin):
     def base_packages(self, args: MkosiArgs) -> list[str]:
         pkgs = ["systemd", "udev", "dbus"]
         if args.bootable:
-            pkgs += ["systemd-boot-efi" if self.distribution == Distribution.debian else "systemd-boot",
-                     "dracut", "linux-image-" + DPKG_ARCH.get(args.architecture, "amd64")]
+            # systemd-sysv provides poweroff/reboot/halt, which dracut puts into the initrd.
+            pkgs += ["systemd-sysv", "systemd-boot-efi", "dracut",
+                     "linux-image-" + DPKG_ARCH.get(args.architecture, "amd64")]
         return pkgs
 
     def install(self, ctx: Context, packages: list[str]) -> None:

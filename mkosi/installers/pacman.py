@@ -101,9 +101,38 @@ def include_files(cfg: PacmanConfig) -> list[Path]:
     return sorted(p.absolute() for p in d.glob("*.conf") if p.is_file())
 
 
+def included_repos(path: Path) -> list[PacmanRepo]:
+    """The [repo] sections of a RepositoryDirectory= file (servers and SigLevel; nested Includes
+    count as servers that need signatures)."""
+    repos: list[PacmanRepo] = []
+    name: Optional[str] = None
+    servers: list[str] = []
+    siglevel: Optional[str] = None
+
+    def flush() -> None:
+        if name is not None and name != "options":
+            repos.append(PacmanRepo(name=name, servers=tuple(servers), siglevel=siglevel))
+
+    for raw in path.read_text(errors="replace").splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("[") and line.endswith("]"):
+            flush()
+            name, servers, siglevel = line[1:-1], [], None
+        elif "=" in line:
+            key, _, value = (x.strip() for x in line.partition("="))
+            if key == "Server":
+                servers.append(value)
+            elif key == "Include":
+                servers.append("include:" + value)
+            elif key == "SigLevel":
+                siglevel = value
+    flush()
+    return repos
+
+
 def needs_keyring(cfg: PacmanConfig) -> bool:
-    # Files from RepositoryDirectory= may need it too: assume so unless every repository is local.
-    return bool(include_files(cfg)) or any(r.effective_siglevel() != "Never" for r in cfg.repos)
+    repos = list(cfg.repos) + [r for p in include_files(cfg) for r in included_repos(p)]
+    return any("Never" not in (r.effective_siglevel() or "") for r in repos)
 
 
 def pacman_conf_text(cfg: PacmanConfig) -> str:

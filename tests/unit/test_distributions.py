@@ -437,8 +437,14 @@ def test_pacman_conf(tmp_path: Path) -> None:
     (repodir / "b.conf").write_text("[b]\nServer = file:///b\n")
     (repodir / "a.conf").write_text("[a]\nServer = file:///a\n")
     (repodir / "notes.txt").write_text("")
-    text = pacman.pacman_conf_text(pacman_config(tmp_path, repository_directory=repodir))
+    local_only = pacman_config(tmp_path, repository_directory=repodir, repos=())
+    text = pacman.pacman_conf_text(local_only)
     assert text.endswith(f"Include = {repodir / 'a.conf'}\n\nInclude = {repodir / 'b.conf'}\n")
+    assert not pacman.needs_keyring(local_only)  # both included repositories are file:// ones
+    (repodir / "c.conf").write_text("[c]\nServer = https://c\n[d]\nSigLevel = Never\nServer = https://d\n")
+    assert pacman.needs_keyring(local_only)
+    assert [(r.name, r.effective_siglevel()) for r in pacman.included_repos(repodir / "c.conf")] == \
+        [("c", None), ("d", "Never")]
 
 
 def test_pacman_operations(tmp_path: Path) -> None:

@@ -182,6 +182,41 @@ def configure_qemu_headless(ctx: Context) -> None:
     _write(dropin, f"[Service]\nEnvironment=TERM={term}\n")
 
 
+def configure_ssh(ctx: Context) -> None:
+    """Ssh=yes: authorize a generated key (or the agent's keys), listen on SshPort=, fresh host keys per
+    machine."""
+    args = ctx.args
+    if not args.ssh or ctx.phase != Phase.final:
+        return
+    from mkosi.run import run
+    from mkosi.ssh import generate_ssh_keypair
+
+    keys: list[str] = []
+    if args.ssh_agent:
+        sock = os.environ.get("SSH_AUTH_SOCK") if args.ssh_agent.lower() in ("yes", "true", "1") else args.ssh_agent
+        if not sock:
+            raise MkosiError("SshAgent=yes but $SSH_AUTH_SOCK is not set", hint="run with sudo -E")
+        keys += str(run(["ssh-add", "-L"], env={"SSH_AUTH_SOCK": sock}, capture=True).stdout).splitlines()
+    elif args.ssh_key is not None:
+        keys.append(Path(f"{args.ssh_key}.pub").read_text().strip())
+    else:
+        assert args.output_sshkey is not None
+        private = ctx.staging / args.output_sshkey.name
+        pub = generate_ssh_keypair(private, f"mkosi {args.image_id or 'image'}")
+        keys.append(pub.read_text().strip())
+    auth = ctx.root / "root/.ssh/authorized_keys"
+    auth.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    auth.write_text("\n".join(keys) + "\n")
+    auth.chmod(0o600)
+    if args.ssh_port != 22:
+        _write(ctx.root / "etc/ssh/sshd_config.d/mkosi-port.conf", f"Port {args.ssh_port}\n")
+    for key in (ctx.root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    unit = "ssh.service" if (ctx.root / "usr/lib/systemd/system/ssh.service").exists() else "sshd.service"
+    _write(ctx.root / f"etc/systemd/system/{unit}.d/mkosi-hostkeys.conf",
+           "[Service]\nExecStartPre=-/usr/bin/ssh-keygen -A\n")
+
+
 def remove_packages(ctx: Context) -> None:
     args = ctx.args
     if not args.remove_packages:
@@ -357,6 +392,7 @@ def build_phase(ctx: Context) -> None:
     configure_root_password(ctx)
     configure_autologin(ctx)
     configure_qemu_headless(ctx)
+    configure_ssh(ctx)
     run_prepare_script(ctx)
     if ctx.phase == Phase.final:
         copy_build_results(ctx)

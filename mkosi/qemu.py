@@ -328,6 +328,7 @@ def qemu_command(
     extra_args: Sequence[str] = (),
     netdev: bool = False,
     ssh_port: int | None = None,
+    guest_ssh_port: int = 22,
     ovmf_vars_copy: Path | None = None,
     arch: str = "x86_64",
     secure_boot: bool = False,
@@ -342,7 +343,7 @@ def qemu_command(
     console= is given). The disk is virtio-blk, entropy comes from virtio-rng. With `kvm` the
     accelerator is KVM and the CPU model "host", otherwise TCG with "max". `headless` means
     -nographic (serial console and monitor on stdio). `netdev` adds user-mode networking with a
-    virtio NIC; `ssh_port` forwards 127.0.0.1:ssh_port to the guest's port 22. `extra_args` go
+    virtio NIC; `ssh_port` forwards 127.0.0.1:ssh_port to the guest's port guest_ssh_port. `extra_args` go
     last.
     """
     if boot not in _BOOT_MODES:
@@ -418,7 +419,7 @@ def qemu_command(
     if netdev:
         nic = "user,model=virtio-net-pci"
         if ssh_port is not None:
-            nic += f",hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
+            nic += f",hostfwd=tcp:127.0.0.1:{ssh_port}-:{guest_ssh_port}"
         argv += ["-nic", nic]
     else:
         argv += ["-nic", "none"]

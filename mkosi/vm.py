@@ -52,6 +52,7 @@ def qemu_argv(args: MkosiArgs, tmp: Path) -> list[str]:
         image=args.output, fmt="qcow2" if args.qcow2 else "raw", boot=boot.value, kernel=kernel, initrd=initrd,
         cmdline=cmdline, smp=args.qemu_smp, mem=args.qemu_mem, kvm=use_kvm(args), headless=args.qemu_headless,
         extra_args=args.qemu_args, netdev=args.netdev or args.ssh, ssh_port=QEMU_SSH_PORT if args.ssh else None,
+        guest_ssh_port=args.ssh_port,
         ovmf_vars_copy=vars_copy, arch=args.architecture,
     )
 

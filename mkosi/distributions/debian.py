@@ -57,6 +57,8 @@ class Debian(DistributionPlugin):
 
     def base_packages(self, args: MkosiArgs) -> list[str]:
         pkgs = ["systemd", "udev", "dbus"]
+        if args.ssh:
+            pkgs.append("openssh-server")
         if args.bootable:
             # systemd-sysv provides poweroff/reboot/halt, which dracut puts into the initrd.
             pkgs += ["systemd-sysv", "systemd-boot-efi", "dracut",

@@ -1,0 +1,121 @@
+"""Bootable images: build once (UEFI + BIOS + direct kernel boot, Secure Boot signed, Ssh=yes),
+then boot each way under qemu (TCG when KVM does not work) until a marker unit reports in."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import REPO, run_mkosi
+
+pytestmark = pytest.mark.integration
+
+MARKER_UNIT = """\
+[Unit]
+Description=Report a successful boot on the serial console and power off
+ConditionKernelCommandLine=!mkosi.test.stay
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'echo "MKOSI-BOOT-MARKER $(cat /proc/cmdline)" > /dev/ttyS0'
+ExecStartPost=/bin/systemctl --no-block poweroff
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+@pytest.fixture(scope="module")
+def boot_project(tmp_path_factory: pytest.TempPathFactory, package_cache: Path) -> Path:
+    d = tmp_path_factory.mktemp("boot-project")
+    (d / "mkosi.default").write_text(f"""\
+[Distribution]
+Distribution=debian
+Release=bookworm
+
+[Output]
+Format=gpt_ext4
+Bootable=yes
+BootProtocols=uefi,bios,linux
+SecureBoot=yes
+SplitArtifacts=yes
+ImageId=bootimg
+RootSize=2G
+
+[Content]
+Cache={package_cache}
+
+[Host]
+QemuHeadless=yes
+Ssh=yes
+SshTimeout=240
+""")
+    units = d / "mkosi.extra/etc/systemd/system"
+    (units / "multi-user.target.wants").mkdir(parents=True)
+    (units / "mkosi-marker.service").write_text(MARKER_UNIT)
+    (units / "multi-user.target.wants/mkosi-marker.service").symlink_to("../mkosi-marker.service")
+    (d / "mkosi.output").mkdir()
+    run_mkosi(d, "genkey")
+    start = time.monotonic()
+    run_mkosi(d, "build", timeout=3000)
+    print(f"bootable build took {time.monotonic() - start:.0f}s", file=sys.stderr)
+    return d
+
+
+def boot(project: Path, protocol: str, *extra: str, timeout: int = 420) -> tuple[str, float]:
+    start = time.monotonic()
+    proc = run_mkosi(project, f"--qemu-boot={protocol}", "qemu", *extra, timeout=timeout)
+    return proc.stdout + proc.stderr, time.monotonic() - start
+
+
+def test_layout(boot_project: Path) -> None:
+    image = boot_project / "mkosi.output/bootimg.raw"
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(image)], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]
+    types = [p["type"].lower() for p in table["partitions"]]
+    assert "21686148-6449-6e6f-744e-656564454649" in types  # BIOS boot
+    assert "c12a7328-f81f-11d2-ba4b-00a0c93ec93b" in types  # ESP
+    assert "4f68bce3-e8cd-4db1-96e7-fbcaf984b709" in types  # x86-64 root
+    for suffix in (".vmlinuz", ".initrd", ".cmdline", ".efi", ".root"):
+        assert (boot_project / f"mkosi.output/bootimg{suffix}").exists(), suffix
+    assert (boot_project / "mkosi.output/id_ed25519").exists()
+
+
+def test_secure_boot_signature(boot_project: Path) -> None:
+    uki = boot_project / "mkosi.output/bootimg.efi"
+    cert = boot_project / "mkosi.secure-boot.crt"
+    ok = subprocess.run(["sbverify", "--cert", str(cert), str(uki)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr + ok.stdout
+    sections = subprocess.run(["objdump", "-h", str(uki)], capture_output=True, text=True, check=True).stdout
+    for name in (".osrel", ".cmdline", ".linux", ".initrd"):
+        assert name in sections
+
+
+@pytest.mark.parametrize("protocol", ["uefi", "bios", "linux"])
+def test_boots(boot_project: Path, protocol: str) -> None:
+    out, seconds = boot(boot_project, protocol)
+    print(f"{protocol} boot to marker and poweroff: {seconds:.0f}s", file=sys.stderr)
+    assert "MKOSI-BOOT-MARKER" in out, out[-3000:]
+    assert "root=PARTLABEL=bootimg" in out
+
+
+def test_ssh_into_vm(boot_project: Path) -> None:
+    import os
+
+    cmd = [sys.executable, "-m", "mkosi", "-C", str(boot_project), "--qemu-boot=linux", "qemu", "mkosi.test.stay"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    vm = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        proc = run_mkosi(boot_project, "ssh", "cat", "/etc/os-release", timeout=400)
+        assert "ID=debian" in proc.stdout
+        run_mkosi(boot_project, "ssh", "systemctl", "--no-block", "poweroff", check=False, timeout=120)
+        vm.wait(timeout=180)
+    finally:
+        if vm.poll() is None:
+            vm.kill()
+            vm.wait()

@@ -150,7 +150,8 @@ def verify_signature(path: Path, signature: Path, key: Path) -> None:
             run(["gpg", "--homedir", home, "--batch", "--quiet", "--import", key], capture=True)
             run(["gpg", "--homedir", home, "--batch", "--verify", signature, path], capture=True)
         finally:
-            run(["gpgconf", "--homedir", home, "--kill", "gpg-agent"], check=False, capture=True)
+            if find_tool("gpgconf"):
+                run(["gpgconf", "--homedir", home, "--kill", "gpg-agent"], check=False, capture=True)
 
 
 def release_key() -> Optional[Path]:

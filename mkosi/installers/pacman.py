@@ -27,7 +27,7 @@ from typing import Optional
 
 from mkosi import log
 from mkosi.errors import MkosiError
-from mkosi.run import require_tool, run
+from mkosi.run import find_tool, require_tool, run
 
 ARCH_KEYRING = Path("/usr/share/keyrings/archlinux.gpg")
 DOCS_NOEXTRACT = ("usr/share/doc/*", "usr/share/man/*", "usr/share/info/*", "usr/share/gtk-doc/*",
@@ -185,7 +185,8 @@ def setup_keyring(cfg: PacmanConfig) -> None:
         run(["pacman-key", "--config", cfg.conf, "--gpgdir", cfg.gpgdir, "--populate", "archlinux"], capture=True)
     finally:
         # pacman-key leaves a gpg-agent running for its home directory.
-        run(["gpgconf", "--homedir", cfg.gpgdir, "--kill", "gpg-agent"], check=False, capture=True)
+        if find_tool("gpgconf"):
+            run(["gpgconf", "--homedir", cfg.gpgdir, "--kill", "gpg-agent"], check=False, capture=True)
 
 
 def _sync_cache(cfg: PacmanConfig) -> Path:

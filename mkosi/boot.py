@@ -20,6 +20,7 @@ from pathlib import Path
 
 from mkosi import log
 from mkosi.errors import CommandError, MkosiError
+from mkosi.output.gpt import type_uuid as _gpt_type_uuid
 from mkosi.run import require_tool, run
 
 SYSTEMD_BOOT_EFI_DIR = Path("/usr/lib/systemd/boot/efi")
@@ -344,7 +345,8 @@ def install_bls_entry(
 # GRUB for BIOS (i386-pc) on a GPT disk image, without loop devices
 # ---------------------------------------------------------------------------------------------
 
-BIOS_BOOT_PARTITION_TYPE = uuid.UUID("21686148-6e6f-744e-6564-656564454649")
+# The GPT type of the BIOS boot partition GRUB's core image lives in (the one table in gpt.py).
+BIOS_BOOT_PARTITION_TYPE = _gpt_type_uuid("bios-boot")
 
 # Offsets inside GRUB's boot.img (the MBR boot code) and diskboot.img (first sector of core.img).
 BOOT_IMG_KERNEL_SECTOR = 0x5C  # u64: LBA of the first sector of core.img

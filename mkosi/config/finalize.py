@@ -277,7 +277,8 @@ def _validate(cli: CommandLine, v: Merged, values: dict[str, Any], fmt: OutputFo
             raise _fail(v, dest, f"only applies to GPT disk image formats, not '{fmt.value}'")
     if values["secure_boot"] and not values["bootable"]:
         raise _fail(v, "secure_boot", "requires Bootable=yes")
-    if values["secure_boot"] or values["verity"] == Verity.signed:
+    # genkey makes the keys, summary only reports: only verbs that may build need them to exist.
+    if (values["secure_boot"] or values["verity"] == Verity.signed) and cli.verb.needs_build():
         dest = "secure_boot" if values["secure_boot"] else "verity"
         for kdest, what in (("secure_boot_key", "key"), ("secure_boot_certificate", "certificate")):
             if values[kdest] is None:

@@ -45,6 +45,8 @@ BootProtocols=uefi,bios,linux
 SecureBoot=yes
 SplitArtifacts=yes
 ImageId=bootimg
+
+[Partitions]
 RootSize=2G
 
 [Content]

@@ -355,3 +355,8 @@ def test_sign_and_verify(tmp_path: Path) -> None:
     boot.sign_efi(binary, key, cert)
     assert boot.verify_efi(binary, cert)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_bios_boot_partition_type_is_the_spec_value() -> None:
+    # "Hah!IdontNeedEFI": the GUID GRUB and the partitioning tools use for BIOS boot partitions.
+    assert str(boot.BIOS_BOOT_PARTITION_TYPE) == "21686148-6449-6e6f-744e-656564454649"

@@ -8,7 +8,8 @@ stage3 with chroot. The flow:
    and check the size and every SHA-512/SHA-256/BLAKE2b digest listed for it. When the host has
    the Gentoo release key (GENTOO_KEY, or $MKOSI_GENTOO_KEY) the .asc signature is checked too,
    otherwise a warning says that only the digests were checked.
-2. Unpack the stage3 into the root (tar -xp --numeric-owner --xattrs).
+2. Unpack the stage3 into the root (tar -xp --numeric-owner --xattrs), keeping files that a
+   skeleton tree put there first.
 3. Unpack the ebuild repository snapshot (MIRROR/snapshots/gentoo-latest.tar.xz, checked against
    the checksum file published next to it, .sha512sum or .md5sum, when there is one) into
    /var/db/repos/gentoo, unless the stage3 already brought one.
@@ -259,10 +260,12 @@ def fetch_snapshot(cfg: EmergeConfig) -> Path:
     return dest
 
 
-def unpack(tarball: Path, dest: Path, strip: int = 0) -> None:
+def unpack(tarball: Path, dest: Path, strip: int = 0, keep_existing: bool = False) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     argv: list[str | Path] = ["tar", "--extract", "--preserve-permissions", "--numeric-owner", "--xattrs",
                               "--xattrs-include=*.*", f"--file={tarball}", f"--directory={dest}"]
+    if keep_existing:
+        argv.append("--skip-old-files")  # files of SkeletonTree= win over the stage3's
     if strip:
         argv.append(f"--strip-components={strip}")
     run(argv)
@@ -322,7 +325,7 @@ def bootstrap(cfg: EmergeConfig) -> None:
         raise MkosiError("required tool 'tar' was not found on this host", hint="apt-get install tar")
     stage3 = fetch_stage3(cfg)
     with log.step(f"Unpacking {stage3.name}"):
-        unpack(stage3, cfg.root)
+        unpack(stage3, cfg.root, keep_existing=True)
     if not (cfg.root / "var/db/repos/gentoo/profiles").is_dir():
         snapshot = fetch_snapshot(cfg)
         with log.step("Unpacking the Gentoo ebuild repository"):

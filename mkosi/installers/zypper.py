@@ -88,7 +88,10 @@ def setup(cfg: ZypperConfig) -> None:
 
 
 def zypper_env(cfg: ZypperConfig) -> dict[str, str]:
-    return {"HOME": str(cfg.home), "ZYPP_CONF": str(cfg.conf_dir / "zypp.conf")}
+    # zypp's lock file goes below ZYPP_LOCKFILE_ROOT (the host's /run otherwise): one per image, so that
+    # builds running side by side do not lock each other out; still wait for it rather than fail.
+    return {"HOME": str(cfg.home), "ZYPP_CONF": str(cfg.conf_dir / "zypp.conf"),
+            "ZYPP_LOCKFILE_ROOT": str(cfg.root), "ZYPP_LOCK_TIMEOUT": "300"}
 
 
 def zypper_argv(cfg: ZypperConfig, command: str, packages: Sequence[str], *, offline: bool = False) -> list[str]:

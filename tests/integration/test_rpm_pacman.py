@@ -330,6 +330,8 @@ def gentoo_mirror(scratch: Path) -> Path:
 
 def test_gentoo_stage3_flow(tmp_path: Path, gentoo_mirror: Path) -> None:
     d = project(tmp_path, "gentoo")
+    (d / "mkosi.skeleton/etc/portage").mkdir(parents=True)
+    (d / "mkosi.skeleton/etc/portage/make.conf").write_text('COMMON_FLAGS="-O3"\n')
     run_mkosi(d, "-d", "gentoo", f"--mirror=file://{gentoo_mirror}", "--base-packages=no", "-t", "directory",
               f"--cache={tmp_path / 'cache'}", "--manifest-format=json", "-p", "app-misc/hello", "build")
     root = d / "image"
@@ -338,6 +340,7 @@ def test_gentoo_stage3_flow(tmp_path: Path, gentoo_mirror: Path) -> None:
     args = (root / "var/log/fake-emerge.args").read_text()
     assert "--noreplace" in args and "--getbinpkg=y" in args and args.rstrip().endswith("app-misc/hello")
     make_conf = (root / "etc/portage/make.conf").read_text()
-    assert make_conf.startswith('COMMON_FLAGS="-O2"') and f'GENTOO_MIRRORS="file://{gentoo_mirror}"' in make_conf
+    assert make_conf.startswith('COMMON_FLAGS="-O3"')  # the skeleton tree's file was kept
+    assert f'GENTOO_MIRRORS="file://{gentoo_mirror}"' in make_conf
     assert manifest(d) == {"app-misc/hello": ("ebuild", "1.0")}
     assert not list((root / "var/cache/distfiles").iterdir())            # the cache mount is gone

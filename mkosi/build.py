@@ -400,6 +400,8 @@ def build_phase(ctx: Context) -> None:
     run_postinst_script(ctx)
     if ctx.phase == Phase.final:
         remove_packages(ctx)
+        # The manifest lists what is installed before the package databases may be cleaned away.
+        write_manifest(ctx)
         remove_files(ctx)
         clean_package_metadata(ctx)
         reproducibility_cleanup(ctx)
@@ -426,7 +428,6 @@ def build_image(args: MkosiArgs, ws: Path, cleanup: list[Path]) -> list[Path]:
     ctx = Context(args, ws, Phase.final, ws / "root", cache, staging, cleanup=cleanup)
     with log.step("Building the final image"):
         build_phase(ctx)
-    write_manifest(ctx)
     made = make_output(ctx)
     # Everything in the staging directory is an artifact (manifests, kernel files, root hashes...).
     artifacts = made + sorted(p for p in staging.iterdir() if p not in made and not p.name.startswith("."))

@@ -212,9 +212,10 @@ def configure_ssh(ctx: Context) -> None:
         _write(ctx.root / "etc/ssh/sshd_config.d/mkosi-port.conf", f"Port {args.ssh_port}\n")
     for key in (ctx.root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
+    # Host keys are made on the first boot of each machine, before sshd checks its configuration.
     unit = "ssh.service" if (ctx.root / "usr/lib/systemd/system/ssh.service").exists() else "sshd.service"
     _write(ctx.root / f"etc/systemd/system/{unit}.d/mkosi-hostkeys.conf",
-           "[Service]\nExecStartPre=-/usr/bin/ssh-keygen -A\n")
+           "[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n")
 
 
 def remove_packages(ctx: Context) -> None:

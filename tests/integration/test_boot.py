@@ -4,6 +4,8 @@ then boot each way under qemu (TCG when KVM does not work) until a marker unit r
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -107,17 +109,21 @@ def test_boots(boot_project: Path, protocol: str) -> None:
 
 
 def test_ssh_into_vm(boot_project: Path) -> None:
-    import os
-
     cmd = [sys.executable, "-m", "mkosi", "-C", str(boot_project), "--qemu-boot=linux", "qemu", "mkosi.test.stay"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    vm = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    log = boot_project / "vm.log"
+    with open(log, "w") as out:
+        vm = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                              start_new_session=True)
     try:
         proc = run_mkosi(boot_project, "ssh", "cat", "/etc/os-release", timeout=400)
         assert "ID=debian" in proc.stdout
         run_mkosi(boot_project, "ssh", "systemctl", "--no-block", "poweroff", check=False, timeout=120)
         vm.wait(timeout=180)
+    except BaseException:
+        print(log.read_text()[-4000:], file=sys.stderr)
+        raise
     finally:
         if vm.poll() is None:
-            vm.kill()
+            os.killpg(vm.pid, signal.SIGKILL)  # mkosi and the qemu it started
             vm.wait()

@@ -24,7 +24,9 @@ def build_initrd(ctx: Context, version: str) -> Path:
         raise MkosiError("Bootable=yes needs dracut in the image", hint="add dracut to Packages=")
     flags = ["--hostonly"] if ctx.args.hostonly_initrd else ["--no-hostonly", "--no-hostonly-cmdline"]
     with log.step(f"Building the initrd for kernel {version} with dracut"):
-        run(nspawn_command(ctx.root, ["dracut", "--quiet", "--force", *flags, "--kver", version,
+        # zstd: the kernel unpacks it, and it is much faster than dracut's default gzip -9.
+        run(nspawn_command(ctx.root, ["dracut", "--quiet", "--force", *flags, "--compress=zstd -q -T0 -10",
+                                      "--kver", version,
                                       f"/boot/initrd.img-{version}"],
                            keep_unit=ctx.args.nspawn_keep_unit, network=False))
     return initrd
@@ -56,7 +58,9 @@ def prepare_esp(ctx: Context, root_label: str) -> Path:
     if args.verity != Verity.no:
         raise MkosiError("Bootable=yes together with Verity= is not implemented yet")
     kernel, version = find_kernel(ctx.root)
-    initrd = build_initrd(ctx, version)
+    initrd = ctx.root / f"boot/initrd.img-{version}"
+    if not (args.cache_initrd and ctx.cached_image_reused and initrd.exists()):
+        initrd = build_initrd(ctx, version)
     cmdline = command_line(ctx, root_label)
     osr = ctx.root / "etc/os-release"
     if not osr.exists():

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Optional
 
 from mkosi import log
-from mkosi.cache import package_cache_dir
+from mkosi.cache import (
+    build_key,
+    image_cache_key,
+    load_cached_image,
+    output_key_path,
+    package_cache_dir,
+    save_cached_image,
+)
 from mkosi.config.enums import BasePackages, CleanPackageMetadata
 from mkosi.config.settings import MkosiArgs
 from mkosi.context import Context, Phase
@@ -385,8 +392,19 @@ def build_phase(ctx: Context) -> None:
     from mkosi.scripts import copy_build_results, run_finalize_script, run_postinst_script, run_prepare_script
 
     ctx.root.mkdir(parents=True, exist_ok=True)
-    copy_skeleton_trees(ctx)
-    install_distribution(ctx)
+    # Everything up to the prepare script is what incremental mode caches.
+    key = image_cache_key(ctx, packages_for(ctx)) if ctx.args.incremental else ""
+    if not (ctx.args.incremental and load_cached_image(ctx, key)):
+        copy_skeleton_trees(ctx)
+        install_distribution(ctx)
+        run_prepare_script(ctx)
+        if ctx.args.incremental:
+            if ctx.args.cache_initrd and ctx.args.bootable and ctx.phase == Phase.final:
+                from mkosi.boot import find_kernel
+                from mkosi.bootable import build_initrd
+
+                build_initrd(ctx, find_kernel(ctx.root)[1])
+            save_cached_image(ctx, key)
     configure_hostname(ctx)
     configure_machine_id(ctx)
     configure_os_release(ctx)
@@ -394,7 +412,6 @@ def build_phase(ctx: Context) -> None:
     configure_autologin(ctx)
     configure_qemu_headless(ctx)
     configure_ssh(ctx)
-    run_prepare_script(ctx)
     if ctx.phase == Phase.final:
         copy_build_results(ctx)
     copy_extra_trees(ctx)
@@ -456,11 +473,29 @@ def drop_caches(args: MkosiArgs) -> None:
             shutil.rmtree(cache)
 
 
+def up_to_date_key(args: MkosiArgs) -> Optional[str]:
+    """With -i: the key of this build's inputs, or None when the existing output was built from exactly
+    these inputs and nothing needs doing. Without -i: an empty key (nothing is recorded)."""
+    if not args.incremental:
+        return ""
+    key = build_key(args)
+    keyfile = output_key_path(args)
+    assert args.output is not None
+    if (args.output.exists() or args.output.is_symlink()) and keyfile.exists() and \
+            keyfile.read_text().strip() == key:
+        log.info(f"{args.output} is up to date (no input changed since it was built); nothing to do")
+        return None
+    return key
+
+
 def build_command(args: MkosiArgs) -> None:
     if os.getuid() != 0:
         raise MkosiError("'mkosi build' must be run as root", hint="run it with sudo")
-    check_outputs(args)
     drop_caches(args)
+    key = up_to_date_key(args)
+    if key is None:
+        return
+    check_outputs(args)
     cleanup: list[Path] = []
     try:
         with log.step(f"Building {args.output}"), workspace(args) as ws:
@@ -472,6 +507,8 @@ def build_command(args: MkosiArgs) -> None:
                 for child in path.iterdir():
                     _rmtree_any(child)
                 _rmtree_any(path)
+    if key:
+        output_key_path(args).write_text(key + "\n")
     if args.auto_bump:
         from mkosi.verbs import verb_bump
 

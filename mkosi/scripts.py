@@ -89,6 +89,27 @@ def _git_files(src: Path, *which: str) -> list[str]:
     return [f for f in str(out).split("\0") if f]
 
 
+def source_files(src: Path, mode: SourceFileTransfer) -> list[str]:
+    """The relative paths that a transfer mode takes from the source tree (directories included for
+    copy-all, which copies whole trees)."""
+    if mode in (SourceFileTransfer.copy_all, SourceFileTransfer.mount):
+        found = []
+        for dirpath, dirnames, filenames in os.walk(src):
+            rel = os.path.relpath(dirpath, src)
+            if rel == ".":
+                dirnames[:] = [d for d in dirnames if d not in SOURCE_EXCLUDES]
+                filenames = [f for f in filenames if f not in SOURCE_EXCLUDES]
+            found += [os.path.normpath(os.path.join(rel, n)) for n in [*dirnames, *filenames]]
+        return sorted(found)
+    files: list[str] = []
+    if mode in (SourceFileTransfer.copy_git_cached, SourceFileTransfer.copy_git_more):
+        files += _git_files(src, "--cached")
+    if mode == SourceFileTransfer.copy_git_others:
+        files += _git_files(src, "--others", "--exclude-standard")
+    files = [f for f in files if f.split("/", 1)[0] not in SOURCE_EXCLUDES]
+    return [f for f in files if (src / f).exists() or (src / f).is_symlink()]  # skip deleted-but-indexed
+
+
 def copy_sources(src: Path, dst: Path, mode: SourceFileTransfer, resolve_symlinks: bool) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     if mode == SourceFileTransfer.copy_all:
@@ -99,17 +120,8 @@ def copy_sources(src: Path, dst: Path, mode: SourceFileTransfer, resolve_symlink
                      "--preserve=mode,timestamps,links", "--reflink=auto"]
             run(["cp", *flags, entry, dst / entry.name])
         return
-    files: list[str] = []
-    if mode in (SourceFileTransfer.copy_git_cached, SourceFileTransfer.copy_git_more):
-        files += _git_files(src, "--cached")
-    if mode == SourceFileTransfer.copy_git_others:
-        files += _git_files(src, "--others", "--exclude-standard")
-    files = [f for f in files if f.split("/", 1)[0] not in SOURCE_EXCLUDES]
-    for rel in files:
-        s = src / rel
-        if not (s.exists() or s.is_symlink()):
-            continue  # deleted in the work tree but still in the index
-        d = dst / rel
+    for rel in source_files(src, mode):
+        s, d = src / rel, dst / rel
         d.parent.mkdir(parents=True, exist_ok=True)
         if s.is_symlink() and not resolve_symlinks:
             os.symlink(os.readlink(s), d)

@@ -1,0 +1,156 @@
+"""Build a real Debian bookworm root with mkosi.installers.apt (needs root and deb.debian.org).
+
+Run with: MKOSI_INTEGRATION=1 pytest -m integration tests/integration/test_apt_install.py
+The package cache persists in $MKOSI_TEST_CACHE (default /var/cache/mkosi-tests).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mkosi.errors import MkosiError
+from mkosi.installers import apt
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        os.getuid() != 0 or os.environ.get("MKOSI_INTEGRATION") != "1",
+        reason="needs root and MKOSI_INTEGRATION=1",
+    ),
+]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MKOSI_TEST_CACHE", "/var/cache/mkosi-tests"))
+
+
+def bookworm(root: Path, workspace: Path, **kwargs: object) -> apt.AptConfig:
+    workspace.mkdir(parents=True, exist_ok=True)
+    values: dict[str, object] = {
+        "root": root,
+        "distribution": "debian",
+        "release": "bookworm",
+        "mirror": "http://deb.debian.org/debian",
+        "components": ["main"],
+        "extra_repositories": [],
+        "architecture": "amd64",
+        "cache_dir": cache_dir(),
+        "workspace": workspace,
+        "with_docs": False,
+    }
+    values.update(kwargs)
+    return apt.AptConfig(**values)  # type: ignore[arg-type]
+
+
+def mounts_below(path: Path) -> list[str]:
+    prefix = str(path.resolve())
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
+
+
+@pytest.fixture(scope="module")
+def built_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    base = tmp_path_factory.mktemp("apt")
+    root = base / "root"
+    apt.install(bookworm(root, base / "ws"), ["systemd", "udev"])
+    yield root
+
+
+def test_os_release(built_root: Path) -> None:
+    os_release = (built_root / "usr/lib/os-release").read_text()
+    assert "VERSION_CODENAME=bookworm" in os_release
+    assert (built_root / "etc/os-release").exists()
+
+
+def test_packages_installed(built_root: Path) -> None:
+    packages = {p.name: p for p in apt.installed_packages(built_root)}
+    assert "systemd" in packages
+    assert "udev" in packages
+    assert packages["systemd"].source == "systemd"
+    assert packages["systemd"].installed_size > 1024 * 1024
+    assert all(p.status == "installed" for p in packages.values())
+    # What we chose: the essential set plus the request, no apt and no Priority: required extras.
+    assert "apt" not in packages
+    assert "usr-is-merged" in packages and "usrmerge" not in packages
+
+
+def test_maintainer_scripts_ran(built_root: Path) -> None:
+    # systemd's postinst creates its system users.
+    assert "systemd-network:" in (built_root / "etc/passwd").read_text()
+    assert (built_root / "etc/ld.so.cache").exists()
+
+
+def test_only_copyright_files_in_docs(built_root: Path) -> None:
+    doc = built_root / "usr/share/doc"
+    others = [p for p in doc.rglob("*") if p.is_file() and not p.is_symlink() and p.name != "copyright"]
+    assert others == []
+    assert (doc / "systemd/copyright").is_file()
+    assert not any(p.is_file() for p in (built_root / "usr/share/man").rglob("*"))
+    assert (built_root / "etc/dpkg/dpkg.cfg.d" / apt.DOCS_CONFIG_NAME).exists()
+
+
+def test_nothing_left_behind(built_root: Path) -> None:
+    assert mounts_below(built_root) == []
+    assert not (built_root / ".mkosi-apt").exists()
+    assert not (built_root / "usr/sbin/policy-rc.d").exists()
+    for d in ("proc", "sys", "dev"):
+        assert list((built_root / d).iterdir()) == []
+
+
+def test_sources_list(built_root: Path) -> None:
+    text = (built_root / "etc/apt/sources.list").read_text()
+    for line in apt.repository_lines(bookworm(built_root, built_root.parent / "ws")):
+        assert line in text
+
+
+def test_systemd_runs_in_nspawn(built_root: Path) -> None:
+    proc = subprocess.run(
+        ["systemd-nspawn", "--register=no", "--keep-unit", "--quiet", "-D", str(built_root),
+         "systemctl", "--version"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("systemd 252")
+
+
+def test_warm_build_downloads_nothing(built_root: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    apt.install(bookworm(tmp_path / "root", tmp_path / "ws"), ["systemd", "udev"])
+    err = capsys.readouterr().err
+    assert "Need to get 0 B" in err
+    assert {p.name for p in apt.installed_packages(tmp_path / "root")} == \
+        {p.name for p in apt.installed_packages(built_root)}
+
+
+def test_offline_build_uses_cached_lists(built_root: Path, tmp_path: Path) -> None:
+    apt.install(bookworm(tmp_path / "root", tmp_path / "ws", network=False), ["systemd"])
+    assert "systemd" in {p.name for p in apt.installed_packages(tmp_path / "root")}
+
+
+def test_install_more_and_remove(built_root: Path, tmp_path: Path) -> None:
+    cfg = bookworm(built_root, tmp_path / "ws")
+    apt.install_more(cfg, ["less"])
+    assert (built_root / "usr/bin/less").exists()
+    assert "less" in {p.name for p in apt.installed_packages(built_root)}
+    apt.remove(cfg, ["less", "not-installed-anyway"])
+    assert not (built_root / "usr/bin/less").exists()
+    assert "less" not in {p.name for p in apt.installed_packages(built_root)}
+    assert mounts_below(built_root) == []
+
+
+def test_unknown_package(tmp_path: Path) -> None:
+    with pytest.raises(MkosiError, match="no-such-package-mkosi"):
+        apt.install(bookworm(tmp_path / "root", tmp_path / "ws"), ["systemd", "no-such-package-mkosi"])
+    assert mounts_below(tmp_path / "root") == []
+
+
+def test_unknown_release(tmp_path: Path) -> None:
+    with pytest.raises(MkosiError, match="release 'mkosi-no-such-release' not found on mirror"):
+        apt.install(bookworm(tmp_path / "root", tmp_path / "ws", release="mkosi-no-such-release",
+                             cache_dir=None), [])

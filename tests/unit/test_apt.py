@@ -1,0 +1,628 @@
+"""Unit tests for mkosi.installers.apt: no root, no network."""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import lzma
+import tarfile
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+from mkosi.errors import MkosiError
+from mkosi.installers import apt
+from mkosi.installers.apt import AptConfig, DpkgOp
+
+
+def config(tmp_path: Path, **kwargs: Any) -> AptConfig:
+    values: dict[str, Any] = {
+        "root": tmp_path / "root",
+        "distribution": "debian",
+        "release": "bookworm",
+        "mirror": "http://deb.debian.org/debian",
+        "components": ["main"],
+        "extra_repositories": [],
+        "architecture": "amd64",
+        "cache_dir": None,
+        "workspace": tmp_path / "ws",
+        "with_docs": False,
+    }
+    values.update(kwargs)
+    return AptConfig(**values)
+
+
+# ---------------------------------------------------------------------------------------------------
+# repository_lines
+
+
+def test_debian_stable_has_updates_and_security(tmp_path: Path) -> None:
+    assert apt.repository_lines(config(tmp_path)) == [
+        "deb http://deb.debian.org/debian bookworm main",
+        "deb http://deb.debian.org/debian bookworm-updates main",
+        "deb http://security.debian.org/debian-security bookworm-security main",
+    ]
+
+
+def test_debian_default_mirror_and_components(tmp_path: Path) -> None:
+    comps = ["main", "contrib non-free-firmware", "main"]
+    cfg = config(tmp_path, mirror="", release="trixie", components=comps)
+    assert apt.repository_lines(cfg) == [
+        "deb http://deb.debian.org/debian trixie main contrib non-free-firmware",
+        "deb http://deb.debian.org/debian trixie-updates main contrib non-free-firmware",
+        "deb http://security.debian.org/debian-security trixie-security main contrib non-free-firmware",
+    ]
+
+
+@pytest.mark.parametrize("release", ["sid", "unstable"])
+def test_debian_unstable_has_no_updates_or_security(tmp_path: Path, release: str) -> None:
+    assert apt.repository_lines(config(tmp_path, release=release)) == [
+        f"deb http://deb.debian.org/debian {release} main",
+    ]
+
+
+def test_debian_buster_security_suite(tmp_path: Path) -> None:
+    lines = apt.repository_lines(config(tmp_path, release="buster"))
+    assert lines[-1] == "deb http://security.debian.org/debian-security buster/updates main"
+
+
+def test_custom_mirror_trailing_slash(tmp_path: Path) -> None:
+    lines = apt.repository_lines(config(tmp_path, mirror="http://mirror.example/debian/"))
+    assert lines[0] == "deb http://mirror.example/debian bookworm main"
+    assert lines[1] == "deb http://mirror.example/debian bookworm-updates main"
+
+
+def test_ubuntu_defaults(tmp_path: Path) -> None:
+    cfg = config(tmp_path, distribution="ubuntu", release="noble", mirror="")
+    assert apt.repository_lines(cfg) == [
+        "deb http://archive.ubuntu.com/ubuntu noble main",
+        "deb http://archive.ubuntu.com/ubuntu noble-updates main",
+        "deb http://security.ubuntu.com/ubuntu noble-security main",
+    ]
+
+
+def test_ubuntu_ports(tmp_path: Path) -> None:
+    cfg = config(tmp_path, distribution="ubuntu", release="noble", mirror="", architecture="arm64",
+                 components=["main", "universe"])
+    assert apt.repository_lines(cfg) == [
+        "deb http://ports.ubuntu.com/ubuntu-ports noble main universe",
+        "deb http://ports.ubuntu.com/ubuntu-ports noble-updates main universe",
+        "deb http://ports.ubuntu.com/ubuntu-ports noble-security main universe",
+    ]
+
+
+def test_ubuntu_custom_mirror_carries_security(tmp_path: Path) -> None:
+    cfg = config(tmp_path, distribution="ubuntu", release="jammy", mirror="http://mirror.example/ubuntu")
+    assert apt.repository_lines(cfg)[-1] == "deb http://mirror.example/ubuntu jammy-security main"
+
+
+def test_extra_repositories(tmp_path: Path) -> None:
+    cfg = config(tmp_path, extra_repositories=[
+        "deb [signed-by=/etc/keys/x.gpg] http://repo.example/debian  bookworm   main extra",
+        "http://other.example/debian",
+        "",
+    ])
+    assert apt.repository_lines(cfg)[3:] == [
+        "deb [signed-by=/etc/keys/x.gpg] http://repo.example/debian bookworm main extra",
+        "deb http://other.example/debian bookworm main",
+    ]
+
+
+def test_invalid_extra_repository(tmp_path: Path) -> None:
+    with pytest.raises(MkosiError, match="invalid repository 'not a repo'"):
+        apt.repository_lines(config(tmp_path, extra_repositories=["not a repo"]))
+
+
+def test_repository_directory(tmp_path: Path) -> None:
+    d = tmp_path / "repos"
+    d.mkdir()
+    (d / "a.list").write_text("# comment\ndeb http://a.example/debian bookworm main\n\n")
+    (d / "b.sources").write_text(
+        "Types: deb\n"
+        "URIs: http://b.example/debian\n"
+        "Suites: bookworm bookworm-updates\n"
+        "Components: main contrib\n"
+        "Signed-By: /usr/share/keyrings/b.gpg\n"
+        "\n"
+        "Types: deb\n"
+        "URIs: http://c.example/debian\n"
+        "Suites: bookworm\n"
+        "Components: main\n"
+        "Enabled: no\n"
+    )
+    (d / "ignored.txt").write_text("deb http://ignored.example/ x y\n")
+    lines = apt.repository_lines(config(tmp_path, repository_directory=d))
+    assert lines[3:] == [
+        "deb http://a.example/debian bookworm main",
+        "deb [signed-by=/usr/share/keyrings/b.gpg] http://b.example/debian bookworm main contrib",
+        "deb [signed-by=/usr/share/keyrings/b.gpg] http://b.example/debian bookworm-updates main contrib",
+    ]
+
+
+def test_unknown_distribution(tmp_path: Path) -> None:
+    with pytest.raises(MkosiError, match="cannot install distribution 'fedora'"):
+        apt.repository_lines(config(tmp_path, distribution="fedora"))
+
+
+def test_invalid_release(tmp_path: Path) -> None:
+    with pytest.raises(MkosiError, match="invalid release"):
+        apt.repository_lines(config(tmp_path, release="book worm"))
+
+
+def test_missing_ubuntu_keyring_names_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(apt.KEYRINGS, "ubuntu", (str(tmp_path / "nope.gpg"), "ubuntu-keyring"))
+    cfg = config(tmp_path, distribution="ubuntu", release="noble", mirror="")
+    with pytest.raises(MkosiError) as e:
+        apt.install(cfg, ["systemd"])
+    assert "keyring" in str(e.value)
+    assert e.value.hint is not None and "ubuntu-keyring" in e.value.hint
+
+
+def test_list_file_names() -> None:
+    assert apt._list_prefixes(["deb http://deb.debian.org/debian bookworm main"]) == [
+        "deb.debian.org_debian_dists_bookworm_",
+    ]
+    assert apt._uri_to_filename("http://user:pw@host.example:8080/a_b~c/") == "host.example:8080_a%5fb%7ec_"
+
+
+# ---------------------------------------------------------------------------------------------------
+# apt's error messages
+
+
+def test_error_unknown_package() -> None:
+    out = "Reading package lists...\nBuilding dependency tree...\nE: Unable to locate package foo\n"
+    assert apt.apt_error_message(out) == "package 'foo' not found in the configured repositories"
+
+
+def test_error_unknown_packages() -> None:
+    out = "".join(f"E: Unable to locate package {p}\n" for p in ("foo", "bar", "foo"))
+    assert apt.apt_error_message(out) == "packages 'foo', 'bar' not found in the configured repositories"
+
+
+def test_error_no_candidate() -> None:
+    out = ("Package mail-transport-agent is a virtual package provided by:\n"
+           "E: Package 'mail-transport-agent' has no installation candidate\n")
+    msg = apt.apt_error_message(out)
+    assert msg is not None and msg.startswith("package 'mail-transport-agent' has no installation candidate")
+
+
+def test_error_missing_release_prefers_main_suite() -> None:
+    out = (
+        "Err:2 http://security.debian.org/debian-security xyzzy-security Release\n"
+        "  404  Not Found [IP: 151.101.2.132 80]\n"
+        "Err:4 http://deb.debian.org/debian xyzzy Release\n"
+        "  404  Not Found [IP: 151.101.2.132 80]\n"
+        "E: The repository 'http://security.debian.org/debian-security xyzzy-security Release' "
+        "does not have a Release file.\n"
+        "E: The repository 'http://deb.debian.org/debian xyzzy Release' does not have a Release file.\n"
+    )
+    assert apt.apt_error_message(out, "xyzzy") == (
+        "release 'xyzzy' not found on mirror http://deb.debian.org/debian"
+    )
+    assert apt.apt_error_message(out) == (
+        "release 'xyzzy-security' not found on mirror http://security.debian.org/debian-security"
+    )
+
+
+def test_error_unresolvable_mirror() -> None:
+    out = (
+        "Err:1 http://nonexistent.invalid/debian bookworm InRelease\n"
+        "  Could not resolve 'nonexistent.invalid'\n"
+        "E: Failed to fetch http://nonexistent.invalid/debian/dists/bookworm/InRelease  "
+        "Could not resolve 'nonexistent.invalid'\n"
+        "E: Some index files failed to download. They have been ignored, or old ones used instead.\n"
+    )
+    assert apt.apt_error_message(out) == (
+        "mirror http://nonexistent.invalid/debian is unreachable: Could not resolve 'nonexistent.invalid'"
+    )
+
+
+def test_error_connection_refused() -> None:
+    out = ("E: Failed to fetch http://127.0.0.1:9/debian/dists/bookworm/InRelease  Could not connect to "
+           "127.0.0.1:9 (127.0.0.1). - connect (111: Connection refused)\n")
+    msg = apt.apt_error_message(out)
+    assert msg is not None
+    assert msg.startswith("mirror http://127.0.0.1:9/debian is unreachable: Could not connect")
+
+
+def test_error_release_404_on_fetch() -> None:
+    out = "E: Failed to fetch http://m.example/debian/dists/nope/InRelease  404  Not Found [IP: 1.2.3.4]\n"
+    assert apt.apt_error_message(out) == "release 'nope' not found on mirror http://m.example/debian"
+
+
+def test_error_bad_mirror_path() -> None:
+    out = ("E: Failed to fetch http://deb.debian.org/nodebian/dists/bookworm/InRelease  400  Bad Request "
+           "[IP: 1.2.3.4 80]\n"
+           "E: The repository 'http://deb.debian.org/nodebian bookworm InRelease' is not signed.\n")
+    assert apt.apt_error_message(out) == (
+        "could not fetch release 'bookworm' from mirror http://deb.debian.org/nodebian: 400 Bad Request"
+    )
+
+
+def test_error_package_download() -> None:
+    out = ("E: Failed to fetch http://deb.debian.org/debian/pool/main/s/systemd/systemd_252_amd64.deb  "
+           "Connection failed [IP: 1.2.3.4 80]\n")
+    msg = apt.apt_error_message(out)
+    assert msg == "mirror http://deb.debian.org/debian is unreachable: Connection failed"
+
+
+def test_error_expired_release() -> None:
+    out = ("E: Release file for http://deb.debian.org/debian/dists/sid/InRelease is expired (invalid since "
+           "15d 18h 36min 37s). Updates for this repository will not be applied.\n")
+    assert apt.apt_error_message(out) == (
+        "the Release file of 'sid' on mirror http://deb.debian.org/debian expired 15d 18h 36min 37s ago: "
+        "the mirror is out of date, or the clock of this machine is wrong"
+    )
+
+
+def test_error_no_pubkey() -> None:
+    out = (
+        "W: GPG error: http://archive.ubuntu.com/ubuntu noble InRelease: The following signatures "
+        "couldn't be verified because the public key is not available: NO_PUBKEY 871920D1991BC93C\n"
+        "E: The repository 'http://archive.ubuntu.com/ubuntu noble InRelease' is not signed.\n"
+    )
+    assert apt.apt_error_message(out) == (
+        "repository http://archive.ubuntu.com/ubuntu noble is signed with a key that is not in the "
+        "configured keyring (NO_PUBKEY 871920D1991BC93C)"
+    )
+
+
+def test_error_unmet_dependencies() -> None:
+    out = (
+        "Some packages could not be installed. This may mean that you have\n"
+        "The following packages have unmet dependencies:\n"
+        " systemd-sysv : Conflicts: sysvinit-core but 3.06-4 is to be installed\n"
+        " sysvinit-core : Conflicts: systemd-sysv but 252 is to be installed\n"
+        "E: Unable to correct problems, you have held broken packages.\n"
+    )
+    assert apt.apt_error_message(out) == (
+        "unresolvable dependencies: systemd-sysv : Conflicts: sysvinit-core but 3.06-4 is to be installed; "
+        "sysvinit-core : Conflicts: systemd-sysv but 252 is to be installed"
+    )
+
+
+def test_error_generic_and_none() -> None:
+    assert apt.apt_error_message("W: something\nE: Something else broke\n") == "Something else broke"
+    assert apt.apt_error_message("all good\n") is None
+
+
+def test_dpkg_error_message() -> None:
+    out = (
+        "Unpacking libpam-modules ...\n"
+        "dpkg: error processing archive /.mkosi-apt/uncompressed/libpam-modules_1.5.2-6_amd64_291056.deb "
+        "(--unpack):\n"
+        " new libpam-modules:amd64 package pre-installation script subprocess returned error exit "
+        "status 127\n"
+        "Errors were encountered while processing:\n"
+    )
+    assert apt.dpkg_error_message(out) == (
+        "dpkg failed to install libpam-modules (new libpam-modules:amd64 package pre-installation script "
+        "subprocess returned error exit status 127)"
+    )
+    assert apt.dpkg_error_message("dpkg: error: cannot access archive 'x.deb'\n") == (
+        "dpkg: cannot access archive 'x.deb'"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# dpkg status
+
+
+STATUS = """\
+Package: systemd
+Status: install ok installed
+Priority: important
+Section: admin
+Installed-Size: 14532
+Maintainer: Debian systemd Maintainers
+Architecture: amd64
+Multi-Arch: foreign
+Version: 252.39-1~deb12u2
+Depends: libc6 (>= 2.34),
+ mount
+Description: system and service manager
+ systemd is a system and service manager for Linux.
+
+Package: libsystemd0
+Status: install ok installed
+Installed-Size: 1003
+Architecture: amd64
+Multi-Arch: same
+Source: systemd (252.39-1~deb12u2)
+Version: 252.39-1~deb12u2+b1
+
+Package: libgcc-s1
+Status: install ok installed
+Installed-Size: 140
+Architecture: amd64
+Source: gcc-12
+Version: 12.2.0-14
+
+Package: oldthing
+Status: deinstall ok config-files
+Architecture: all
+Version: 1.0
+
+Package: halfway
+Status: install reinstreq half-installed
+Architecture: all
+Version: 2.0
+"""
+
+
+def test_parse_status() -> None:
+    pkgs = {p.name: p for p in apt.parse_status(STATUS)}
+    assert set(pkgs) == {"systemd", "libsystemd0", "libgcc-s1", "halfway"}
+    s = pkgs["systemd"]
+    assert (s.version, s.architecture, s.installed_size) == ("252.39-1~deb12u2", "amd64", 14532 * 1024)
+    assert (s.source, s.source_version) == ("systemd", "252.39-1~deb12u2")
+    lib = pkgs["libsystemd0"]
+    assert (lib.source, lib.source_version) == ("systemd", "252.39-1~deb12u2")
+    assert lib.version == "252.39-1~deb12u2+b1"
+    gcc = pkgs["libgcc-s1"]
+    assert (gcc.source, gcc.source_version) == ("gcc-12", "12.2.0-14")
+    assert pkgs["halfway"].status == "half-installed"
+
+
+def test_installed_packages(tmp_path: Path) -> None:
+    assert apt.installed_packages(tmp_path) == []
+    (tmp_path / "var/lib/dpkg").mkdir(parents=True)
+    (tmp_path / "var/lib/dpkg/status").write_text(STATUS)
+    names = [p.name for p in apt.installed_packages(tmp_path)]
+    assert names == ["systemd", "libsystemd0", "libgcc-s1", "halfway"]
+
+
+def test_parse_deb822_continuation() -> None:
+    [st] = apt.parse_deb822("Package: a\nDescription: short\n long one\n .\n more\n")
+    assert st["Description"] == "short\nlong one\n.\nmore"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Documentation filter
+
+
+def dpkg_filter_keeps(config_text: str, path: str) -> bool:
+    """dpkg's path filter: the last matching pattern decides (fnmatch, '*' also matches '/')."""
+    keep = True
+    for line in config_text.splitlines():
+        if line.startswith("path-exclude=") and fnmatch.fnmatchcase(path, line.split("=", 1)[1]):
+            keep = False
+        elif line.startswith("path-include=") and fnmatch.fnmatchcase(path, line.split("=", 1)[1]):
+            keep = True
+    return keep
+
+
+def test_docs_config() -> None:
+    text = apt.docs_dpkg_config()
+    for pattern in ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*"):
+        assert f"path-exclude={pattern}\n" in text
+    assert "path-include=/usr/share/doc/*/copyright\n" in text
+    # Includes come after the excludes they punch holes in.
+    include = text.index("path-include=/usr/share/doc/*/copyright")
+    assert include > text.index("path-exclude=/usr/share/doc/*")
+
+    assert not dpkg_filter_keeps(text, "/usr/share/doc/bash/changelog.gz")
+    assert dpkg_filter_keeps(text, "/usr/share/doc/bash/copyright")
+    assert not dpkg_filter_keeps(text, "/usr/share/man/man1/ls.1.gz")
+    assert not dpkg_filter_keeps(text, "/usr/share/info/coreutils.info.gz")
+    assert not dpkg_filter_keeps(text, "/usr/share/locale/de/LC_MESSAGES/coreutils.mo")
+    assert dpkg_filter_keeps(text, "/usr/share/locale/locale.alias")
+    assert dpkg_filter_keeps(text, "/usr/bin/ls")
+    assert dpkg_filter_keeps(text, "/usr/share/doc-base/foo")
+
+
+def test_prepare_root_writes_docs_config_first(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    apt._prepare_root(cfg)
+    root = cfg.root
+    assert (root / "etc/dpkg/dpkg.cfg.d/mkosi-no-docs").read_text() == apt.docs_dpkg_config()
+    for d in ("bin", "sbin", "lib", "lib64"):
+        assert (root / d).is_symlink() and str((root / d).readlink()) == f"usr/{d}"
+    assert (root / "var/lib/dpkg/status").read_text() == ""
+
+    with_docs = config(tmp_path, root=tmp_path / "root2", with_docs=True, architecture="arm64")
+    apt._prepare_root(with_docs)
+    assert not (with_docs.root / "etc/dpkg/dpkg.cfg.d/mkosi-no-docs").exists()
+    assert not (with_docs.root / "lib64").exists()
+
+
+def test_merged_usr_moves_skeleton_content(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    (cfg.root / "bin").mkdir(parents=True)
+    (cfg.root / "bin/hello").write_text("hi")
+    apt._prepare_root(cfg)
+    assert (cfg.root / "bin").is_symlink()
+    assert (cfg.root / "usr/bin/hello").read_text() == "hi"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Packages and plans
+
+
+def ar_member(name: str, data: bytes) -> bytes:
+    header = f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(data):<10}`\n".encode()
+    assert len(header) == 60
+    return header + data + (b"\n" if len(data) % 2 else b"")
+
+
+def tar_bytes(files: dict[str, bytes], compress: str = "") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    raw = buf.getvalue()
+    return lzma.compress(raw) if compress == "xz" else raw
+
+
+def make_deb(path: Path, control: str, data: dict[str, bytes],
+             scripts: Optional[dict[str, bytes]] = None) -> bytes:
+    data_tar = tar_bytes(data)
+    control_files = {"./control": control.encode(), **(scripts or {})}
+    path.write_bytes(b"!<arch>\n" + ar_member("debian-binary", b"2.0\n")
+                     + ar_member("control.tar.xz", tar_bytes(control_files, "xz"))
+                     + ar_member("data.tar.xz", lzma.compress(data_tar)))
+    return data_tar
+
+
+def test_read_control_and_repack(tmp_path: Path) -> None:
+    deb = tmp_path / "hello_1.0_amd64.deb"
+    data_tar = make_deb(deb, "Package: hello\nVersion: 1.0\nEssential: yes\n",
+                        {"./usr/bin/hello": b"#!/bin/sh\necho hello\n"}, {"./preinst": b"#!/bin/sh\n"})
+    control, members = apt._read_control_archive(deb)
+    assert control["Package"] == "hello" and control["Essential"] == "yes"
+    assert {"control", "preinst"} <= members
+    assert apt.read_control(deb) == control
+
+    store = tmp_path / "store"
+    mapping = apt._uncompressed([deb], store)
+    copy = mapping[deb]
+    assert copy.parent == store and copy != deb
+    assert apt._data_member(copy) == "data.tar"
+    assert apt.read_control(copy) == control
+    # The copy carries the same file system tarball, uncompressed.
+    raw = copy.read_bytes()
+    assert data_tar in raw
+    assert copy.stat().st_mtime_ns == deb.stat().st_mtime_ns
+    # Made once: a second call reuses it.
+    before = copy.stat().st_ino
+    assert apt._uncompressed([deb], store)[deb].stat().st_ino == before
+    # Dropped once apt's copy is gone.
+    apt._prune_uncompressed(store, tmp_path)
+    assert copy.exists()
+    deb.unlink()
+    apt._prune_uncompressed(store, tmp_path)
+    assert not copy.exists()
+
+
+PLAN = """\
+Reading package lists...
+/usr/bin/dpkg --status-fd 16 --no-triggers --unpack --auto-deconfigure /c/archives/libc6_2.36_amd64.deb \
+/c/archives/dash_0.5_amd64.deb
+/usr/bin/dpkg --status-fd 16 --no-triggers --configure libc6:amd64
+/usr/bin/dpkg --status-fd 16 --no-triggers --unpack --auto-deconfigure /c/archives/libssl3_3_amd64.deb
+/usr/bin/dpkg --status-fd 16 --no-triggers --unpack --auto-deconfigure /c/archives/mount_2_amd64.deb
+/usr/bin/dpkg --status-fd 16 --no-triggers --configure libssl3:amd64
+/usr/bin/dpkg --status-fd 16 --no-triggers --unpack --auto-deconfigure /c/archives/systemd_252_amd64.deb
+/usr/bin/dpkg --status-fd 16 --configure --pending
+Fetched 47.5 MB in 2s (19.5 MB/s)
+"""
+
+
+def test_parse_dpkg_plan() -> None:
+    ops = apt.parse_dpkg_plan(PLAN)
+    assert ops[0] == DpkgOp("unpack", ("--no-triggers", "--auto-deconfigure"),
+                            ("/c/archives/libc6_2.36_amd64.deb", "/c/archives/dash_0.5_amd64.deb"))
+    assert ops[1] == DpkgOp("configure", ("--no-triggers",), ("libc6:amd64",))
+    assert ops[-1] == DpkgOp("configure", (), ("--pending",))
+    assert len(ops) == 7
+    # What is saved in the cache reads back the same.
+    assert apt.parse_dpkg_plan("\n".join(apt._format_op(op) for op in ops)) == ops
+
+
+def test_plan_without_installed_packages() -> None:
+    ops = apt.parse_dpkg_plan(PLAN)
+    debs = [a for op in ops if op.action == "unpack" for a in op.args]
+    controls = {a: {"Package": Path(a).name.split("_")[0]} for a in debs}
+    rest = apt._without(ops, {"libc6", "dash"}, controls)
+    assert rest == [
+        DpkgOp("unpack", ("--no-triggers", "--auto-deconfigure"),
+               ("/c/archives/libssl3_3_amd64.deb", "/c/archives/mount_2_amd64.deb")),
+        DpkgOp("configure", ("--no-triggers",), ("libssl3:amd64",)),
+        DpkgOp("unpack", ("--no-triggers", "--auto-deconfigure"), ("/c/archives/systemd_252_amd64.deb",)),
+        DpkgOp("configure", (), ("--pending",)),
+    ]
+
+
+def test_parse_relations() -> None:
+    relations = "libc6 (>= 2.34), usrmerge | usr-is-merged, perl:any, foo [amd64] <!nocheck>"
+    assert apt.parse_relations(relations) == [
+        ["libc6"], ["usrmerge", "usr-is-merged"], ["perl"], ["foo"],
+    ]
+    assert apt.parse_relations("") == []
+
+
+def test_essential_closure() -> None:
+    controls = {
+        "a": {"Package": "base-files", "Essential": "yes", "Depends": "libc6"},
+        "b": {"Package": "init-system-helpers", "Essential": "yes", "Depends": "usrmerge | usr-is-merged"},
+        "c": {"Package": "libc6", "Depends": "libgcc-s1"},
+        "d": {"Package": "libgcc-s1"},
+        "e": {"Package": "usr-is-merged"},
+        "f": {"Package": "systemd", "Pre-Depends": "libc6", "Depends": "libssl3"},
+        "g": {"Package": "libssl3"},
+        "h": {"Package": "sh-provider", "Provides": "sh-virtual (= 1)"},
+        "i": {"Package": "dash", "Essential": "yes", "Pre-Depends": "sh-virtual"},
+    }
+    assert apt.essential_closure(controls) == {
+        "base-files", "init-system-helpers", "libc6", "libgcc-s1", "usr-is-merged", "dash", "sh-provider",
+    }
+    assert apt.dependency_closure(controls, ["systemd"]) == {"systemd", "libc6", "libgcc-s1", "libssl3"}
+
+
+def test_essential_unpack_order(tmp_path: Path) -> None:
+    debs = [tmp_path / f"{n}.deb" for n in ("libpam", "libc6", "coreutils", "perl-base", "sed")]
+    archives: apt._Archives = {
+        str(debs[0]): ({"Package": "libpam"}, {"control", "preinst"}),
+        str(debs[1]): ({"Package": "libc6"}, {"control", "preinst"}),
+        str(debs[2]): ({"Package": "coreutils", "Essential": "yes"}, {"control"}),
+        str(debs[3]): ({"Package": "perl-base", "Essential": "yes"}, {"control", "preinst"}),
+        str(debs[4]): ({"Package": "sed", "Essential": "yes"}, {"control", "postinst"}),
+    }
+    order = [p.name for p in apt._essential_unpack_order(debs, archives)]
+    assert order == ["coreutils.deb", "sed.deb", "perl-base.deb", "libpam.deb", "libc6.deb"]
+
+
+def test_package_spec_names() -> None:
+    assert apt._strip_package_spec("systemd") == "systemd"
+    assert apt._strip_package_spec("systemd=252-1") == "systemd"
+    assert apt._strip_package_spec("systemd/bookworm-backports") == "systemd"
+    assert apt._strip_package_spec("libc6:amd64") == "libc6"
+
+
+# ---------------------------------------------------------------------------------------------------
+# clean_metadata
+
+
+def test_clean_metadata(tmp_path: Path) -> None:
+    root = tmp_path
+    for d in ("var/lib/apt/lists/partial", "var/cache/apt/archives/partial", "var/log/apt",
+              "var/lib/dpkg/info", "usr/bin"):
+        (root / d).mkdir(parents=True)
+    for f in ("var/lib/apt/lists/x_Packages", "var/cache/apt/pkgcache.bin", "var/log/apt/history.log",
+              "var/log/dpkg.log", "var/log/alternatives.log", "var/lib/dpkg/status",
+              "var/lib/dpkg/status-old",
+              "var/lib/apt/extended_states", "usr/bin/dpkg"):
+        (root / f).write_text("x")
+
+    apt.clean_metadata(root)
+    assert list((root / "var/lib/apt/lists").iterdir()) == []
+    assert list((root / "var/cache/apt").iterdir()) == []
+    for gone in ("var/log/apt", "var/log/dpkg.log", "var/log/alternatives.log", "var/lib/dpkg/status-old",
+                 "var/lib/apt/extended_states"):
+        assert not (root / gone).exists()
+    assert (root / "var/lib/dpkg/status").exists()
+
+    (root / "usr/bin/dpkg").unlink()
+    apt.clean_metadata(root)
+    assert not (root / "var/lib/dpkg").exists()
+
+
+def test_clean_metadata_keeps_extended_states_with_apt(tmp_path: Path) -> None:
+    (tmp_path / "var/lib/apt").mkdir(parents=True)
+    (tmp_path / "usr/bin").mkdir(parents=True)
+    (tmp_path / "usr/bin/apt-get").write_text("")
+    (tmp_path / "var/lib/apt/extended_states").write_text("")
+    apt.clean_metadata(tmp_path)
+    assert (tmp_path / "var/lib/apt/extended_states").exists()
+
+
+def test_extended_states(tmp_path: Path) -> None:
+    (tmp_path / "var/lib/dpkg").mkdir(parents=True)
+    (tmp_path / "var/lib/dpkg/status").write_text(STATUS)
+    apt._write_extended_states(tmp_path, "amd64", manual={"systemd"}, before=set())
+    stanzas = apt.parse_deb822((tmp_path / "var/lib/apt/extended_states").read_text())
+    assert {s["Package"] for s in stanzas} == {"libsystemd0", "libgcc-s1", "halfway"}
+    assert all(s["Auto-Installed"] == "1" for s in stanzas)

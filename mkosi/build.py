@@ -189,6 +189,21 @@ def configure_qemu_headless(ctx: Context) -> None:
     _write(dropin, f"[Service]\nEnvironment=TERM={term}\n")
 
 
+def configure_network(ctx: Context) -> None:
+    """Ssh=/Netdev=: the image configures its network by itself (DHCP with systemd-networkd)."""
+    args = ctx.args
+    if ctx.phase != Phase.final or not (args.ssh or args.netdev):
+        return
+    if not (ctx.root / "usr/lib/systemd/system/systemd-networkd.service").exists():
+        log.warn("systemd-networkd is not in the image; its network is left unconfigured")
+        return
+    _write(ctx.root / "etc/systemd/network/80-mkosi-dhcp.network",
+           "[Match]\nName=en* eth*\nType=ether\n\n[Network]\nDHCP=yes\n")
+    from mkosi.run import run
+
+    run(["systemctl", "--root", ctx.root, "enable", "systemd-networkd.service"], capture=True)
+
+
 def configure_ssh(ctx: Context) -> None:
     """Ssh=yes: authorize a generated key (or the agent's keys), listen on SshPort=, fresh host keys per
     machine."""
@@ -411,6 +426,7 @@ def build_phase(ctx: Context) -> None:
     configure_root_password(ctx)
     configure_autologin(ctx)
     configure_qemu_headless(ctx)
+    configure_network(ctx)
     configure_ssh(ctx)
     if ctx.phase == Phase.final:
         copy_build_results(ctx)

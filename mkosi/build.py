@@ -78,6 +78,16 @@ def install_distribution(ctx: Context) -> None:
         plugin(ctx.args.distribution).install(ctx, pkgs)
 
 
+def verify_architecture(ctx: Context) -> None:
+    """The installed binaries must be built for Architecture=; catches repositories of the wrong one."""
+    from mkosi.elf import image_architecture
+
+    found = image_architecture(ctx.root)
+    if found is not None and found != ctx.args.architecture:
+        raise MkosiError(f"the image's binaries are built for {found}, but Architecture= is {ctx.args.architecture}",
+                         hint="check Mirror=/Repositories= point at repositories for that architecture")
+
+
 def copy_extra_trees(ctx: Context) -> None:
     for tree in ctx.args.extra_trees:
         with log.step(f"Copying extra tree {tree}"):
@@ -412,6 +422,7 @@ def build_phase(ctx: Context) -> None:
     if not (ctx.args.incremental and load_cached_image(ctx, key)):
         copy_skeleton_trees(ctx)
         install_distribution(ctx)
+        verify_architecture(ctx)
         run_prepare_script(ctx)
         if ctx.args.incremental:
             if ctx.args.cache_initrd and ctx.args.bootable and ctx.phase == Phase.final:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -45,11 +46,16 @@ def _run_in_image(ctx: Context, script: Path, argv: list[str], *, network: bool,
     target = ctx.root / inside.lstrip("/")
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(script, target)
+    # nspawn creates missing mount points for binds; they must not stay behind in the image.
+    created = [ctx.root / dst.lstrip("/") for _, dst in binds or [] if not (ctx.root / dst.lstrip("/")).exists()]
     try:
         run(nspawn_command(ctx.root, [inside, *argv], keep_unit=ctx.args.nspawn_keep_unit, network=network,
                            env={**script_environment(ctx), **(env or {})}, binds=binds or [], chdir=chdir))
     finally:
         target.unlink(missing_ok=True)
+        for mountpoint in created:
+            with contextlib.suppress(OSError):
+                mountpoint.rmdir()
 
 
 def run_prepare_script(ctx: Context) -> None:

@@ -750,10 +750,17 @@ def test_summary_secret_is_hidden(wd: Path) -> None:
 ])
 def test_contradictions(wd: Path, settings: str, setting: str, words: str) -> None:
     write(wd / "mkosi.default", settings)
-    e = load_error()
+    e = load_error(verb="build")
     assert e.setting == setting, str(e)
     assert e.path == "mkosi.default" and e.line is not None
     assert words in str(e)
+
+
+@pytest.mark.parametrize("verb", ["summary", "genkey", "cat-config"])
+def test_missing_secure_boot_keys_only_matter_for_building(wd: Path, verb: str) -> None:
+    # genkey is how the keys get made, and summary only reports.
+    write(wd / "mkosi.default", "[Output]\nBootable=yes\nSecureBoot=yes\n")
+    assert load(verb=verb).secure_boot
 
 
 def test_secure_boot_with_keys_is_fine(wd: Path) -> None:

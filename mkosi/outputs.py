@@ -6,7 +6,6 @@ from pathlib import Path
 
 from mkosi.config.settings import MkosiArgs
 
-
 OUTPUT_SUFFIXES = (".xz", ".zst", ".gz", ".raw", ".qcow2", ".tar", ".cpio")
 
 

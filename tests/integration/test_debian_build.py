@@ -206,3 +206,32 @@ def test_plain_squashfs_output(project: Path, directory_image: Path) -> None:
     assert "squashfs-root/etc/os-release" in listing
     stats = subprocess.run(["unsquashfs", "-s", str(out)], capture_output=True, text=True, check=True).stdout
     assert "Compression xz" in stats
+
+
+def test_interrupted_build_leaves_nothing_behind(project: Path, directory_image: Path, tmp_path: Path) -> None:
+    import signal
+    import sys
+    import time
+
+    from tests.integration.conftest import REPO
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "mkosi", "-C", str(project), "-f", "-t", "directory",
+                             f"--workspace-dir={ws}", "build"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    # Interrupt while packages are being installed into the image (mounts are active then).
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "Installing" in line and "essential" in line:
+            break
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "Traceback" not in err
+    assert list(ws.iterdir()) == [], "the workspace is removed"
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert str(ws) not in mounts
+    assert (directory_image / "etc/os-release").exists(), "the previous output survives"

@@ -25,8 +25,8 @@ def load_args(argv: Sequence[str]) -> tuple[CommandLine, list[MkosiArgs]]:
         except OSError as e:
             raise ConfigError(f"cannot change to directory '{directory}': {e.strerror}", setting="--directory")
     cwd = Path.cwd()
-    host = host_distribution()[0]
-    host_name = host.value if host else None
+    host_dist, host_release = host_distribution()
+    host = (host_dist.value if host_dist else None, host_release)
     if cli_value(cli, "all"):
         all_dir = cli_value(cli, "all_directory") or cwd / "mkosi.files"
         if not all_dir.is_dir():
@@ -36,8 +36,8 @@ def load_args(argv: Sequence[str]) -> tuple[CommandLine, list[MkosiArgs]]:
             raise ConfigError(f"no mkosi.* settings files in '{all_dir}'", setting="--all")
         result = []
         for f in files:
-            loaded = load_settings(cli, f, host_name)
+            loaded = load_settings(cli, f, host)
             result.append(finalize(cli, loaded.merged, loaded.files, cwd))
         return cli, result
-    loaded = load_settings(cli, cli_value(cli, "default_path"), host_name)
+    loaded = load_settings(cli, cli_value(cli, "default_path"), host)
     return cli, [finalize(cli, loaded.merged, loaded.files, cwd)]

@@ -29,6 +29,7 @@ class Assignment:
     setting: Setting
     raw: str
     origin: Origin
+    match: bool = False   # a condition of the file's [Match] section, not an assignment
 
 
 def normalize_key(key: str) -> str:
@@ -46,8 +47,8 @@ for _s in SETTINGS:
 _SECTIONS = {s.lower(): s for s in SECTIONS}
 # Older section names: the [Packages] section became [Content].
 _LEGACY_SECTIONS = {"packages": "Content"}
-# Sections of newer releases that this parser knows of but does not evaluate.
-_IGNORED_SECTIONS = {"match"}
+# Settings a [Match] section may test: the file applies only when all its conditions hold.
+MATCHABLE = ("distribution", "release", "architecture", "format", "image_id", "image_version", "bootable")
 
 
 def _rewrite_legacy_value(alias: str, raw: str) -> str:
@@ -61,6 +62,10 @@ def _strip_inline_comment(value: str) -> str:
     # A '#' starts a comment only when preceded by whitespace, so URLs with fragments survive.
     m = re.search(r"\s#", value)
     return value[: m.start()] if m else value
+
+
+def _matchable() -> list[Setting]:
+    return [s for s in SETTINGS if s.dest in MATCHABLE]
 
 
 def lookup_key(key: str) -> Optional[tuple[Setting, bool]]:
@@ -114,8 +119,8 @@ def parse_ini(path: Path, text: Optional[str] = None) -> list[Assignment]:
             elif low in _LEGACY_SECTIONS:
                 section = _LEGACY_SECTIONS[low]
                 log.warn(f"{name}:{lineno}: section [{key}] is an older name, use [{section}]")
-            elif low in _IGNORED_SECTIONS:
-                raise ConfigError(f"section [{key}] is not implemented yet", path=name, line=lineno)
+            elif low == "match":
+                section = "Match"
             else:
                 section = "?" + key
             continue
@@ -128,6 +133,12 @@ def parse_ini(path: Path, text: Optional[str] = None) -> list[Assignment]:
         value = maybe_value
         s, legacy = found
         assert s.key is not None
+        if section == "Match":
+            if s.dest not in MATCHABLE:
+                raise ConfigError(f"[Match] cannot test {s.key}=", path=name, line=lineno, setting=s.key,
+                                  hint="it can test " + ", ".join(f"{m.key}=" for m in _matchable()))
+            result.append(Assignment(s, value, Origin(name, lineno), match=True))
+            continue
         if legacy:
             log.warn(f"{name}:{lineno}: {key}= is an older name, use {s.key}=")
             value = _rewrite_legacy_value(key, value)

@@ -324,25 +324,74 @@ class Loaded:
     files: list[Path]
 
 
-def load_settings(cli: CommandLine, default_path: Optional[Path], host_distribution: Optional[str]) -> Loaded:
-    files = main_config_files(default_path) + dropin_files()
+def _match_value(s: Setting, values: dict[str, Any], host: tuple[Optional[str], Optional[str]]) -> str:
+    """The value a [Match] condition compares with: what is configured so far, or the default."""
+    from mkosi.distributions import host_architecture, plugin
+
+    value = values[s.dest]
+    if s.dest == "distribution" and value is None:
+        return host[0] or ""
+    if s.dest == "release" and value is None:
+        dist = values["distribution"]
+        if dist is None or str(dist.value) == host[0]:
+            return host[1] or ""
+        return plugin(dist).default_release
+    if s.dest == "architecture" and value is None:
+        return host_architecture()
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "" if value is None else str(getattr(value, "value", value))
+
+
+def _condition_holds(a: Assignment, current: str) -> bool:
+    s = a.setting
+    items = a.raw.split()
+    if s.kind == Kind.BOOL:
+        return str(try_bool(a.raw)) == str(try_bool(current))
+    wanted = [i for i in items if not i.startswith("!")]
+    unwanted = [i[1:] for i in items if i.startswith("!")]
+    if current in unwanted:
+        return False
+    return not wanted or current in wanted
+
+
+def _file_applies(conditions: list[Assignment], earlier: list[Assignment],
+                  host: tuple[Optional[str], Optional[str]]) -> bool:
+    if not conditions:
+        return True
+    values = merge(earlier).values
+    return all(_condition_holds(c, _match_value(c.setting, values, host)) for c in conditions)
+
+
+def load_settings(cli: CommandLine, default_path: Optional[Path],
+                  host: tuple[Optional[str], Optional[str]]) -> Loaded:
     file_assignments: list[Assignment] = []
-    for f in files:
-        file_assignments += parse_ini(f)
+    loaded: list[Path] = []
+
+    def load(paths: list[Path]) -> None:
+        nonlocal file_assignments
+        for f in paths:
+            parsed = parse_ini(f)
+            conditions = [a for a in parsed if a.match]
+            # Conditions see everything configured before this file, and the command line.
+            if _file_applies(conditions, file_assignments + cli.assignments, host):
+                file_assignments += [a for a in parsed if not a.match]
+                loaded.append(f)
+            else:
+                log.debug(f"{f}: its [Match] conditions do not hold; skipped")
+
+    load(main_config_files(default_path) + dropin_files())
     # The per-distribution drop-ins need the distribution, which the command line may override.
     distro_raw = last_value(file_assignments + cli.assignments, "distribution")
-    distro: Optional[str] = host_distribution
+    distro: Optional[str] = host[0]
     if distro_raw:
         try:
             distro = str(next(s for s in SETTINGS if s.dest == "distribution").parse(distro_raw).value)
         except ValueError:
             distro = None  # reported by merge() with its origin
     if distro:
-        extra = distribution_dropin_files(distro)
-        for f in extra:
-            file_assignments += parse_ini(f)
-        files += extra
-    return Loaded(merge(file_assignments + cli.assignments), files)
+        load(distribution_dropin_files(distro))
+    return Loaded(merge(file_assignments + cli.assignments), loaded)
 
 
 def cli_value(cli: CommandLine, dest: str) -> Any:

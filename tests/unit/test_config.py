@@ -311,9 +311,32 @@ def test_ini_invalid_boolean_names_setting(wd: Path) -> None:
     assert e.line == 2 and e.setting == "Bootable" and "perhaps" in str(e)
 
 
-def test_ini_match_section_is_refused(wd: Path) -> None:
-    write(wd / "mkosi.default", "[Match]\nDistribution=fedora\n")
-    assert "not implemented yet" in str(load_error())
+def test_match_section_selects_dropins(wd: Path) -> None:
+    write(wd / "mkosi.conf", "[Distribution]\nDistribution=fedora\nRelease=40\n")
+    write(wd / "mkosi.conf.d/10-fedora.conf", "[Match]\nDistribution=fedora\n\n[Content]\nPackages=dnf-only\n")
+    write(wd / "mkosi.conf.d/20-debian.conf", "[Match]\nDistribution=debian\n\n[Content]\nPackages=apt-only\n")
+    write(wd / "mkosi.conf.d/30-not-40.conf", "[Match]\nRelease=!40\n\n[Content]\nPackages=not-forty\n")
+    write(wd / "mkosi.conf.d/40-any.conf", "[Match]\nDistribution=arch fedora\nBootable=no\n\n"
+                                           "[Content]\nPackages=any-of\n")
+    args = load()
+    assert args.packages == ["dnf-only", "any-of"]
+    assert [p.name for p in args.config_files] == ["mkosi.conf", "10-fedora.conf", "40-any.conf"]
+    # The command line counts too: it is what the conditions see.
+    assert load("-d", "debian").packages == ["apt-only"]
+    assert load("-d", "debian", "-r", "bookworm").packages == ["apt-only", "not-forty"]
+
+
+def test_match_defaults_to_the_host(wd: Path) -> None:
+    write(wd / "mkosi.conf.d/10.conf", "[Match]\nDistribution=debian\nRelease=bookworm\n\n"
+                                      "[Content]\nPackages=host-match\n")
+    assert load().packages == ["host-match"]
+    assert load("-r", "trixie").packages == []
+
+
+def test_match_refuses_other_settings(wd: Path) -> None:
+    write(wd / "mkosi.default", "[Match]\nPackages=foo\n")
+    e = load_error()
+    assert e.setting == "Packages" and e.line == 2
 
 
 # ---- merging ----

@@ -137,7 +137,7 @@ def save_cached_image(ctx: Context, key: str) -> None:
 
 def build_key(args: MkosiArgs) -> str:
     """Every input of a whole build: all settings, all scripts and trees, and the sources."""
-    from mkosi.scripts import default_transfer, source_files
+    from mkosi.scripts import default_transfer, source_excludes, source_files
     from mkosi.summary import summary_dict
 
     h = hashlib.sha256()
@@ -154,5 +154,6 @@ def build_key(args: MkosiArgs) -> str:
     h.update(json.dumps(args.cmdline).encode())
     if args.build_script is not None and args.build_sources is not None:
         mode = args.source_file_transfer or default_transfer(args.build_sources)
-        digest_path(h, args.build_sources, source_files(args.build_sources, mode))
+        digest_path(h, args.build_sources,
+                    source_files(args.build_sources, mode, source_excludes(args, args.build_sources)))
     return h.hexdigest()

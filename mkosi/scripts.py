@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mkosi import log
 from mkosi.config.enums import SourceFileTransfer, WithNetwork
+from mkosi.config.settings import MkosiArgs
 from mkosi.context import Context, Phase
 from mkosi.run import run
 from mkosi.sandbox import nspawn_command
@@ -95,7 +96,22 @@ def _git_files(src: Path, *which: str) -> list[str]:
     return [f for f in str(out).split("\0") if f]
 
 
-def source_files(src: Path, mode: SourceFileTransfer) -> list[str]:
+def source_excludes(args: MkosiArgs, src: Path) -> set[str]:
+    """Top-level names of the source tree that never go into an image: mkosi's own directories, and
+    this configuration's outputs and caches when they are written into the source tree itself."""
+    from mkosi.cache import incremental_cache_paths
+    from mkosi.outputs import output_paths
+
+    names = set(SOURCE_EXCLUDES)
+    for p in [*output_paths(args), *incremental_cache_paths(args), args.workspace_dir]:
+        if p is not None and p.parent.absolute() == src.absolute():
+            names.add(p.name)
+    if args.output is not None and args.output.parent.absolute() == src.absolute():
+        names.add(f".{args.output.name}.tmp")
+    return names
+
+
+def source_files(src: Path, mode: SourceFileTransfer, excludes: set[str]) -> list[str]:
     """The relative paths that a transfer mode takes from the source tree (directories included for
     copy-all, which copies whole trees)."""
     if mode in (SourceFileTransfer.copy_all, SourceFileTransfer.mount):
@@ -103,8 +119,8 @@ def source_files(src: Path, mode: SourceFileTransfer) -> list[str]:
         for dirpath, dirnames, filenames in os.walk(src):
             rel = os.path.relpath(dirpath, src)
             if rel == ".":
-                dirnames[:] = [d for d in dirnames if d not in SOURCE_EXCLUDES]
-                filenames = [f for f in filenames if f not in SOURCE_EXCLUDES]
+                dirnames[:] = [d for d in dirnames if d not in excludes]
+                filenames = [f for f in filenames if f not in excludes]
             found += [os.path.normpath(os.path.join(rel, n)) for n in [*dirnames, *filenames]]
         return sorted(found)
     files: list[str] = []
@@ -112,21 +128,22 @@ def source_files(src: Path, mode: SourceFileTransfer) -> list[str]:
         files += _git_files(src, "--cached")
     if mode == SourceFileTransfer.copy_git_others:
         files += _git_files(src, "--others", "--exclude-standard")
-    files = [f for f in files if f.split("/", 1)[0] not in SOURCE_EXCLUDES]
+    files = [f for f in files if f.split("/", 1)[0] not in excludes]
     return [f for f in files if (src / f).exists() or (src / f).is_symlink()]  # skip deleted-but-indexed
 
 
-def copy_sources(src: Path, dst: Path, mode: SourceFileTransfer, resolve_symlinks: bool) -> None:
+def copy_sources(src: Path, dst: Path, mode: SourceFileTransfer, resolve_symlinks: bool,
+                 excludes: set[str]) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     if mode == SourceFileTransfer.copy_all:
         for entry in sorted(src.iterdir()):
-            if entry.name in SOURCE_EXCLUDES:
+            if entry.name in excludes:
                 continue
             flags = ["--recursive", "--dereference" if resolve_symlinks else "--no-dereference",
                      "--preserve=mode,timestamps,links", "--reflink=auto"]
             run(["cp", *flags, entry, dst / entry.name])
         return
-    for rel in source_files(src, mode):
+    for rel in source_files(src, mode, excludes):
         s, d = src / rel, dst / rel
         d.parent.mkdir(parents=True, exist_ok=True)
         if s.is_symlink() and not resolve_symlinks:
@@ -148,7 +165,8 @@ def run_build_script(ctx: Context) -> None:
         binds.append((src, "/root/src"))
     else:
         with log.step(f"Copying sources ({mode.value})"):
-            copy_sources(src, ctx.root / "root/src", mode, args.source_resolve_symlinks)
+            copy_sources(src, ctx.root / "root/src", mode, args.source_resolve_symlinks,
+                         source_excludes(args, src))
     dest = args.install_dir or ctx.dir("dest")
     dest.mkdir(parents=True, exist_ok=True)
     binds.append((dest, "/root/dest"))
@@ -178,4 +196,4 @@ def copy_build_results(ctx: Context) -> None:
     if transfer is not None and ctx.args.build_sources is not None:
         with log.step(f"Copying sources into the final image ({transfer.value})"):
             copy_sources(ctx.args.build_sources, ctx.root / "root/src", transfer,
-                         ctx.args.source_resolve_symlinks_final)
+                         ctx.args.source_resolve_symlinks_final, source_excludes(ctx.args, ctx.args.build_sources))

@@ -323,7 +323,8 @@ def clamp_mtimes(root: Path, epoch: int) -> None:
 def write_manifest(ctx: Context) -> None:
     from mkosi.manifest import write_manifests
 
-    write_manifests(ctx)
+    with log.step("Writing manifests"):
+        write_manifests(ctx)
 
 
 def make_output(ctx: Context) -> list[Path]:
@@ -449,7 +450,8 @@ def build_phase(ctx: Context) -> None:
         write_manifest(ctx)
         remove_files(ctx)
         clean_package_metadata(ctx)
-        reproducibility_cleanup(ctx)
+        with log.step("Removing files that only record the build"):
+            reproducibility_cleanup(ctx)
     run_finalize_script(ctx)
 
 
@@ -527,7 +529,8 @@ def build_command(args: MkosiArgs) -> None:
     try:
         with log.step(f"Building {args.output}"), workspace(args) as ws:
             artifacts = build_image(args, ws, cleanup)
-            move_into_place(args, artifacts)
+            with log.step("Moving the results into place"):
+                move_into_place(args, artifacts)
     finally:
         for path in cleanup:
             if path.exists():

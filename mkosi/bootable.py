@@ -35,7 +35,11 @@ def build_initrd(ctx: Context, version: str) -> Path:
 def command_line(ctx: Context, root_label: str) -> str:
     from mkosi.boot import kernel_cmdline
 
-    return kernel_cmdline(ctx.args.kernel_command_line, root=f"PARTLABEL={root_label}",
+    extra = []
+    if ctx.args.format.root_filesystem() == "btrfs" and ctx.args.compress_fs not in ("no", "none"):
+        # mkfs.btrfs cannot compress what it writes; the kernel compresses what is written later.
+        extra.append(f"rootflags=compress={ctx.args.compress_fs}")
+    return kernel_cmdline([*ctx.args.kernel_command_line, *extra], root=f"PARTLABEL={root_label}",
                           serial_console=ctx.args.qemu_headless, read_only=ctx.args.root_readonly)
 
 

@@ -20,7 +20,7 @@ from mkosi.cache import (
     package_cache_dir,
     save_cached_image,
 )
-from mkosi.config.enums import BasePackages, CleanPackageMetadata
+from mkosi.config.enums import BasePackages, BootProtocol, CleanPackageMetadata
 from mkosi.config.settings import MkosiArgs
 from mkosi.context import Context, Phase
 from mkosi.distributions import plugin
@@ -60,6 +60,10 @@ def packages_for(ctx: Context) -> list[str]:
     pkgs: list[str] = []
     if args.base_packages != BasePackages.no:
         pkgs += dist.base_packages(args)
+        if args.ssh and ctx.phase == Phase.final:
+            pkgs += dist.ssh_packages
+        if args.bootable and BootProtocol.uefi in args.boot_protocols:
+            pkgs += dist.uefi_packages
     pkgs += args.packages
     if ctx.phase == Phase.build:
         pkgs += args.build_packages

@@ -190,6 +190,9 @@ VERBS: dict[Verb, Callable[[MkosiArgs], Optional[int]]] = {
 
 def run_verb(args: MkosiArgs) -> int:
     """Run the verb; returns the exit status (non-zero when a container command failed)."""
+    from mkosi.run import set_extra_search_paths
+
+    set_extra_search_paths([str(p) for p in args.extra_search_paths])
     code = VERBS[args.verb](args)
     sys.stdout.flush()
     return code or 0

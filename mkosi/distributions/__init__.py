@@ -20,6 +20,8 @@ class DistributionPlugin:
     package_manager: ClassVar[str]          # the host tool that installs packages
     host_os_ids: ClassVar[tuple[str, ...]] = ()  # os-release IDs of hosts running this distribution
     docs_paths: ClassVar[tuple[str, ...]] = ("/usr/share/doc", "/usr/share/man", "/usr/share/info")
+    ssh_packages: ClassVar[tuple[str, ...]] = ("openssh-server",)     # added with Ssh=yes
+    uefi_packages: ClassVar[tuple[str, ...]] = ("systemd-boot",)      # systemd-boot and the EFI stub
 
     def default_mirror(self, arch: str) -> Optional[str]:
         return None

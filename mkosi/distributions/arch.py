@@ -25,6 +25,8 @@ class Arch(DistributionPlugin):
     distribution = Distribution.arch
     default_release = "rolling"
     package_manager = "pacman"
+    ssh_packages = ("openssh",)
+    uefi_packages = ()  # systemd ships systemd-boot here
     host_os_ids = ("arch",)
 
     def default_mirror(self, arch: str) -> Optional[str]:

@@ -23,9 +23,12 @@ class Debian(DistributionPlugin):
     package_manager = "apt-get"
     host_os_ids = ("debian",)
     components: ClassVar[tuple[str, ...]] = ("main",)
+    uefi_packages = ("systemd-boot-efi",)
 
     def default_mirror(self, arch: str) -> Optional[str]:
-        return "http://deb.debian.org/debian"
+        from mkosi.installers.apt import default_mirror
+
+        return default_mirror(self.distribution.value, DPKG_ARCH.get(arch, arch))
 
     def apt_config(self, args: MkosiArgs, ctx: Optional[Context] = None) -> AptConfig:
         from pathlib import Path
@@ -57,11 +60,9 @@ class Debian(DistributionPlugin):
 
     def base_packages(self, args: MkosiArgs) -> list[str]:
         pkgs = ["systemd", "udev", "dbus"]
-        if args.ssh:
-            pkgs.append("openssh-server")
         if args.bootable:
             # systemd-sysv provides poweroff/reboot/halt, which dracut puts into the initrd.
-            pkgs += ["systemd-sysv", "systemd-boot-efi", "dracut",
+            pkgs += ["systemd-sysv", "dracut",
                      "linux-image-" + DPKG_ARCH.get(args.architecture, "amd64")]
         return pkgs
 
@@ -102,9 +103,6 @@ class Ubuntu(Debian):
     default_release = "noble"
     host_os_ids = ("ubuntu",)
     components = ("main", "universe")
-
-    def default_mirror(self, arch: str) -> Optional[str]:
-        return "http://archive.ubuntu.com/ubuntu" if arch in ("x86_64", "x86") else "http://ports.ubuntu.com"
 
 
 PLUGINS: list[DistributionPlugin] = [Debian(), Ubuntu()]

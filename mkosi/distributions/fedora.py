@@ -175,6 +175,7 @@ class RpmDistribution(DistributionPlugin):
 
 class Fedora(RpmDistribution):
     distribution = Distribution.fedora
+    uefi_packages = ("systemd-boot-unsigned",)
     default_release = "43"
     host_os_ids = ("fedora",)
     host_keys = ("fedora/RPM-GPG-KEY-fedora-{release}-primary",)

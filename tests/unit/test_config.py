@@ -647,10 +647,11 @@ def test_sign_implies_checksum(wd: Path) -> None:
 def test_split_artifacts_names(wd: Path) -> None:
     write(wd / "mkosi.secure-boot.key", "k")
     write(wd / "mkosi.secure-boot.crt", "c")
-    args = load("--split-artifacts", "--verity=signed", "--bootable", "--compress-output=xz")
+    args = load("--split-artifacts", "--verity=signed", "--compress-output=xz")
     assert args.output_split_root == wd / "image.root.xz"
     assert args.output_split_verity == wd / "image.verity.xz"
-    assert args.output_split_kernel == wd / "image.efi"
+    assert args.output_split_kernel is None
+    assert load("--split-artifacts", "--bootable").output_split_kernel == wd / "image.efi"
     assert args.output_root_hash == wd / "image.roothash"
     assert args.output_root_hash_p7s == wd / "image.roothash.p7s"
     assert load("--verity", "--usr-only").output_root_hash == wd / "image.usrhash"
@@ -777,6 +778,11 @@ def test_contradictions(wd: Path, settings: str, setting: str, words: str) -> No
     assert e.setting == setting, str(e)
     assert e.path == "mkosi.default" and e.line is not None
     assert words in str(e)
+
+
+def test_bootable_verity_is_refused_until_implemented(wd: Path) -> None:
+    e = load_error("--bootable", "--verity")
+    assert e.setting == "--verity" and "not implemented yet" in str(e)
 
 
 @pytest.mark.parametrize("verb", ["summary", "genkey", "cat-config"])

@@ -178,19 +178,27 @@ def configure_machine_id(ctx: Context) -> None:
             dbus.unlink()
 
 
+# getty units and the agetty arguments that make each of them log root in without a prompt.
+AUTOLOGIN_GETTYS = {
+    "getty@tty1.service": "--noclear - $TERM",
+    "serial-getty@ttyS0.service": "--keep-baud 115200,57600,38400,9600 - $TERM",
+    "container-getty@0.service": "--noclear --keep-baud pts/%I 115200,38400,9600 $TERM",
+    "console-getty.service": "--noclear --keep-baud console 115200,38400,9600 $TERM",
+}
+
+
 def configure_autologin(ctx: Context) -> None:
+    """Autologin=: root is logged in on tty1, ttyS0 (qemu) and pts/0 (nspawn) without a password."""
     if not ctx.args.autologin:
         return
-    for unit in ("console-getty.service", "getty@tty1.service", "serial-getty@ttyS0.service",
-                 "container-getty@0.service"):
-        dropin = ctx.root / "etc/systemd/system" / f"{unit}.d" / "autologin.conf"
-        exe = "/sbin/agetty" if (ctx.root / "sbin/agetty").exists() else "/usr/sbin/agetty"
-        _write(dropin, "[Service]\nExecStart=\n"
-               f"ExecStart=-{exe} -o '-p -f -- \\\\u' --noclear --keep-baud --autologin root %I $TERM\n")
+    exe = "/sbin/agetty" if (ctx.root / "sbin/agetty").exists() else "/usr/sbin/agetty"
+    for unit, tail in AUTOLOGIN_GETTYS.items():
+        _write(ctx.root / "etc/systemd/system" / f"{unit}.d" / "autologin.conf",
+               f"[Service]\nExecStart=\nExecStart=-{exe} -o '-p -f -- \\\\u' --autologin root {tail}\n")
     pam = ctx.root / "etc/pam.d/login"
     if pam.exists():
         text = pam.read_text()
-        rule = "auth sufficient pam_succeed_if.so tty in tty1:ttyS0:pts/0 user = root quiet\n"
+        rule = "auth sufficient pam_succeed_if.so tty in tty1:ttyS0:pts/0:console user = root quiet\n"
         if rule not in text:
             pam.write_text(rule + text)
 
@@ -529,6 +537,9 @@ def build_command(args: MkosiArgs) -> None:
     if key is None:
         return
     check_outputs(args)
+    from mkosi.output.make import check_subvolume_target
+
+    check_subvolume_target(args)
     cleanup: list[Path] = []
     try:
         with log.step(f"Building {args.output}"), workspace(args) as ws:

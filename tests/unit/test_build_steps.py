@@ -1,0 +1,112 @@
+"""The small configuration steps of the build pipeline, run against a fake image root."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+from mkosi import build
+from mkosi.config.settings import MkosiArgs
+from mkosi.context import Context, Phase
+
+
+def ctx_for(root: Path, phase: Phase = Phase.final, **settings: object) -> Context:
+    args = dataclasses.replace(MkosiArgs(), **settings)  # type: ignore[arg-type]
+    root.mkdir(parents=True, exist_ok=True)
+    return Context(args, root.parent, phase, root, None, root.parent / "staging")
+
+
+def test_hostname(tmp_path: Path) -> None:
+    ctx = ctx_for(tmp_path / "root", hostname="box")
+    build.configure_hostname(ctx)
+    assert (ctx.root / "etc/hostname").read_text() == "box\n"
+
+
+def test_os_release_gets_image_id_and_version_through_symlink(tmp_path: Path) -> None:
+    ctx = ctx_for(tmp_path / "root", image_id="web", image_version="7.8")
+    (ctx.root / "usr/lib").mkdir(parents=True)
+    (ctx.root / "usr/lib/os-release").write_text('ID=debian\nIMAGE_ID=old\n')
+    (ctx.root / "etc").mkdir()
+    (ctx.root / "etc/os-release").symlink_to("../usr/lib/os-release")
+    build.configure_os_release(ctx)
+    text = (ctx.root / "etc/os-release").read_text()
+    assert text == "ID=debian\nIMAGE_ID=web\nIMAGE_VERSION=7.8\n"
+    assert (ctx.root / "usr/lib/os-release").read_text() == "ID=debian\nIMAGE_ID=old\n"
+
+
+def test_machine_id_empty_by_default_and_set_when_asked(tmp_path: Path) -> None:
+    ctx = ctx_for(tmp_path / "a")
+    (ctx.root / "etc").mkdir()
+    (ctx.root / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    build.configure_machine_id(ctx)
+    assert (ctx.root / "etc/machine-id").read_text() == ""
+    ctx = ctx_for(tmp_path / "b", machine_id="ffffffffffffffffffffffffffffffff")
+    build.configure_machine_id(ctx)
+    assert (ctx.root / "etc/machine-id").read_text() == "ffffffffffffffffffffffffffffffff\n"
+
+
+def shadow_root_field(root: Path) -> str:
+    line = next(x for x in (root / "etc/shadow").read_text().splitlines() if x.startswith("root:"))
+    return line.split(":")[1]
+
+
+@pytest.fixture
+def shadow_root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/shadow").write_text("root:*:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n")
+    return root
+
+
+def test_root_locked_by_default(shadow_root: Path) -> None:
+    build.configure_root_password(ctx_for(shadow_root))
+    assert shadow_root_field(shadow_root) == "!*"
+
+
+def test_root_password_is_hashed(shadow_root: Path) -> None:
+    build.configure_root_password(ctx_for(shadow_root, password="s3cret"))
+    field = shadow_root_field(shadow_root)
+    assert field.startswith("$6$") and "s3cret" not in field
+    assert os.stat(shadow_root / "etc/shadow").st_mode & 0o777 == 0o640
+
+
+def test_hashed_password_written_literally(shadow_root: Path) -> None:
+    build.configure_root_password(ctx_for(shadow_root, password="$6$abc$def", password_is_hashed=True))
+    assert shadow_root_field(shadow_root) == "$6$abc$def"
+
+
+def test_autologin(tmp_path: Path) -> None:
+    ctx = ctx_for(tmp_path / "root", autologin=True)
+    (ctx.root / "etc/pam.d").mkdir(parents=True)
+    (ctx.root / "etc/pam.d/login").write_text("auth required pam_unix.so\n")
+    build.configure_autologin(ctx)
+    units = ctx.root / "etc/systemd/system"
+    for unit, tty in (("getty@tty1.service", " - $TERM"), ("serial-getty@ttyS0.service", " - $TERM"),
+                      ("container-getty@0.service", "pts/%I"), ("console-getty.service", "console")):
+        text = (units / f"{unit}.d/autologin.conf").read_text()
+        assert "ExecStart=\n" in text and "--autologin root" in text and tty in text
+        assert "-o '-p -f -- \\\\u'" in text
+    assert (ctx.root / "etc/pam.d/login").read_text().startswith("auth sufficient pam_succeed_if.so")
+
+
+def test_remove_files(tmp_path: Path) -> None:
+    ctx = ctx_for(tmp_path / "root", remove_files=["/usr/share/bug", "/etc/*.bak"])
+    (ctx.root / "usr/share/bug/x").mkdir(parents=True)
+    (ctx.root / "etc").mkdir()
+    (ctx.root / "etc/a.bak").write_text("")
+    (ctx.root / "etc/keep").write_text("")
+    build.remove_files(ctx)
+    assert not (ctx.root / "usr/share/bug").exists()
+    assert not (ctx.root / "etc/a.bak").exists()
+    assert (ctx.root / "etc/keep").exists()
+
+
+def test_clamp_mtimes(tmp_path: Path) -> None:
+    f = tmp_path / "f"
+    f.write_text("")
+    os.utime(f, (2_000_000_000, 2_000_000_000))
+    build.clamp_mtimes(tmp_path, 1_700_000_000)
+    assert f.stat().st_mtime == 1_700_000_000

@@ -235,3 +235,18 @@ def test_interrupted_build_leaves_nothing_behind(project: Path, directory_image:
     mounts = Path("/proc/self/mountinfo").read_text()
     assert str(ws) not in mounts
     assert (directory_image / "etc/os-release").exists(), "the previous output survives"
+
+
+def test_signed_checksums(project: Path, directory_image: Path, tmp_path: Path) -> None:
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    env = {"GNUPGHOME": str(home)}
+    subprocess.run(["gpg", "--batch", "--pinentry-mode", "loopback", "--passphrase", "", "--quick-gen-key",
+                    "mkosi-test@example.org", "ed25519", "sign", "never"], env={**os.environ, **env}, check=True,
+                   capture_output=True)
+    run_mkosi(project, "-f", "-t", "tar", "--sign", "--key=mkosi-test@example.org", "build", env=env)
+    out = project / "mkosi.output"
+    verify = subprocess.run(["gpg", "--verify", str(out / "SHA256SUMS.gpg"), str(out / "SHA256SUMS")],
+                            env={**os.environ, **env}, capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stderr
+    assert "testimg_1.2.tar.xz" in (out / "SHA256SUMS").read_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -34,6 +35,16 @@ def nspawn_base_args(keep_unit: Optional[bool]) -> list[str]:
     return argv
 
 
+def valid_machine_name(name: Optional[str]) -> Optional[str]:
+    """nspawn takes host-name-like machine names only (letters, digits, '-' and '.', at most 64
+    characters): image_1.2 becomes image-1.2. None when nothing usable is left."""
+    if not name:
+        return None
+    cleaned = re.sub(r"[^A-Za-z0-9.-]+", "-", name)
+    cleaned = re.sub(r"\.{2,}", ".", cleaned)[:64].strip(".-")
+    return cleaned or None
+
+
 def nspawn_command(
     root: Path,
     cmd: Sequence[PathString],
@@ -51,7 +62,7 @@ def nspawn_command(
     machine: Optional[str] = None,
 ) -> list[str]:
     argv = nspawn_base_args(keep_unit)
-    argv += ["--quiet", f"--machine={machine or 'mkosi-' + uuid.uuid4().hex[:12]}"]
+    argv += ["--quiet", f"--machine={valid_machine_name(machine) or 'mkosi-' + uuid.uuid4().hex[:12]}"]
     argv += [f"--image={root}"] if image else [f"--directory={root}"]
     if not boot:
         argv.append("--as-pid2")

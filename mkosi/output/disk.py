@@ -239,6 +239,7 @@ class _Builder:
         self.mount_options: dict[str, list[str]] = {}
         self.luks_uuids: dict[str, str] = {}
         self.xfs_population: str | None = None
+        self.learned_kdf: luks.KdfOptions | None = None
 
     def make_fs(self, role: str, fstype: str, src: Path, size: int | None) -> Path:
         spec = self.spec
@@ -259,16 +260,20 @@ class _Builder:
             start = size if size is not None else fs.estimate_size(src, "xfs")
             self.xfs_population = fs.make_xfs(src, image, start, label, seed=spec.seed)
         elif fstype == "btrfs":
-            mkfs_compress = None
+            mkfs_compress = in_place = None
             if compress and compress.lower() not in ("no", "false", "0", "none"):
                 alg = "zstd" if compress.lower() in ("yes", "true", "1") else compress
                 if fs.btrfs_mkfs_supports_compress():
                     mkfs_compress = alg
                 else:
-                    log.warn(f"mkfs.btrfs cannot compress at mkfs time; {role} gets the mount option compress={alg}")
+                    # Older mkfs.btrfs: the files are compressed through a loop mount afterwards.
+                    in_place = alg
                     self.mount_options.setdefault(role, []).append(f"compress={alg}")
             start = size if size is not None else fs.estimate_size(src, "btrfs")
-            fs.make_btrfs(src, image, start, label, shrink=spec.minimize, compress=mkfs_compress, seed=spec.seed)
+            fs.make_btrfs(src, image, start, label, shrink=spec.minimize and in_place is None,
+                          compress=mkfs_compress, seed=spec.seed)
+            if in_place is not None:
+                fs.compress_btrfs(image, in_place, shrink=spec.minimize)
         else:
             raise MkosiError(f"unsupported file system '{fstype}'")
         if compress and fstype in ("ext4", "xfs"):
@@ -283,8 +288,12 @@ class _Builder:
             image,
             spec.passphrase_file,
             label=role,
-            kdf=spec.luks_kdf,
+            kdf=spec.luks_kdf or self.learned_kdf,
         )
+        if spec.luks_kdf is None and self.learned_kdf is None:
+            # cryptsetup benchmarks the key derivation for each volume (several seconds); the
+            # other volumes of this disk get the settings it picked for the first one.
+            self.learned_kdf = luks.keyslot_kdf(image)
 
 
 def build_disk(spec: DiskSpec) -> DiskResult:

@@ -16,6 +16,7 @@ from mkosi.config.enums import BootProtocol, Verity
 from mkosi.context import Context
 from mkosi.errors import MkosiError
 from mkosi.output.compress import maybe_compress
+from mkosi.run import run
 
 
 def passphrase_file(ctx: Context) -> Optional[Path]:
@@ -128,7 +129,8 @@ def split_artifacts(ctx: Context, images: dict[str, Path], compression: Optional
         if src is None or dst is None:
             continue
         tmp = ctx.workspace / f"split-{dst.name}"
-        shutil.copyfile(src, tmp)
+        # Sparse like the partition image (a plain copy would write out every zero block).
+        run(["cp", "--sparse=always", "--reflink=auto", src, tmp])
         out.append(maybe_compress(tmp, compression, ctx.staging / dst.name))
     if args.output_split_kernel is not None:
         uki = ctx.workspace / "uki.efi"

@@ -8,7 +8,8 @@ All sizes are in bytes. Every function writes (or rewrites) the image file it is
   cannot express (sticky bits, timestamps). Trees a protofile cannot describe (hard links,
   extended attributes, sockets, names with blanks) are copied through a loop mount instead.
 - btrfs: mkfs.btrfs --rootdir (--shrink when minimizing). btrfs-progs before 6.11 (Debian 12 has
-  6.2) cannot compress at mkfs time; callers apply compression as a mount option instead.
+  6.2) cannot compress at mkfs time; compress_btrfs() then rewrites the files compressed through
+  a loop mount (and shrinks the file system afterwards when minimizing).
 - squashfs: mksquashfs, ownership and extended attributes kept.
 - vfat: mkfs.vfat, populated with mtools' mcopy.
 - swap: mkswap on a file.
@@ -531,6 +532,44 @@ def _btrfs_fix_device_nodes(image: Path, src_dir: Path, devices: Sequence[tuple[
         for parent in sorted({os.path.dirname(rel.lstrip("/")) for rel, _ in wrong}):
             pst = os.lstat(src_dir / parent)
             os.utime(mnt / parent, ns=(pst.st_atime_ns, pst.st_mtime_ns))
+
+
+BTRFS_MIN_RESIZE = 256 * MiB  # the kernel refuses to shrink a btrfs device below this
+
+
+def compress_btrfs(image: Path, algorithm: str, *, shrink: bool = False) -> int:
+    """Compress the files of a btrfs image in place; returns the final image size.
+
+    For mkfs.btrfs without --compress: the image is loop-mounted with compress=ALGORITHM, every
+    file is rewritten compressed (btrfs filesystem defragment -c) and the top directory gets the
+    compression property, so that files written later are compressed too. The image needs free
+    room for the rewrite, so make it without --shrink; with `shrink` the file system is cut
+    afterwards to the smallest size the kernel allows (btrfs inspect-internal min-dev-size, but
+    not below 256 MiB) and the image file truncated to it.
+    """
+    with log.step(f"Compressing the files of {image.name} with {algorithm}"), \
+            loop_mount(image, "btrfs", f"compress={algorithm}") as mnt:
+        run(["btrfs", "filesystem", "defragment", "-r", f"-c{algorithm}", os.fspath(mnt)], capture=True)
+        run(["btrfs", "property", "set", os.fspath(mnt), "compression", algorithm], capture=True)
+        run(["btrfs", "filesystem", "sync", os.fspath(mnt)], capture=True)
+        if not shrink:
+            return image.stat().st_size
+        text = output(["btrfs", "inspect-internal", "min-dev-size", os.fspath(mnt)])
+        m = re.match(r"\s*(\d+)", text)
+        if m is None:
+            raise MkosiError(f"cannot parse the output of btrfs inspect-internal min-dev-size: {text.strip()}")
+        current = image.stat().st_size
+        target = max(BTRFS_MIN_RESIZE, (int(m.group(1)) + MiB - 1) // MiB * MiB)
+        while target < current:
+            # min-dev-size is an estimate; when the chunks do not fit, try a little larger.
+            if run(["btrfs", "filesystem", "resize", str(target), os.fspath(mnt)], check=False,
+                   capture=True).returncode == 0:
+                break
+            target += 16 * MiB
+        else:
+            return current
+    os.truncate(image, target)
+    return target
 
 
 def minimize_btrfs(

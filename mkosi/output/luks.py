@@ -119,6 +119,31 @@ def encrypt_image(
     return output(["cryptsetup", "luksUUID", os.fspath(image)]).strip()
 
 
+def keyslot_kdf(image: Path) -> KdfOptions | None:
+    """The key derivation settings of the first key slot of a LUKS2 image (from luksDump), to give
+    further volumes the same strength without running cryptsetup's benchmark again."""
+    text = output(["cryptsetup", "luksDump", os.fspath(image)])
+    fields: dict[str, str] = {}
+    in_keyslots = False
+    for line in text.splitlines():
+        if line.startswith("Keyslots:"):
+            in_keyslots = True
+        elif in_keyslots and line and not line[0].isspace():
+            break
+        elif in_keyslots and ":" in line:
+            key, value = (x.strip() for x in line.split(":", 1))
+            if key.isdigit() and fields:  # the second key slot starts
+                break
+            fields.setdefault(key, value)
+    pbkdf = fields.get("PBKDF")
+    iterations = fields.get("Time cost") or fields.get("Iterations")
+    if pbkdf is None or iterations is None or not iterations.isdigit():
+        return None
+    memory = fields.get("Memory")
+    return KdfOptions(pbkdf=pbkdf, force_iterations=int(iterations),
+                      memory_kib=int(memory) if memory and memory.isdigit() else None)
+
+
 def luks_data_offset(image: Path) -> int:
     """Byte offset of the encrypted payload in a LUKS2 image (from luksDump)."""
     text = output(["cryptsetup", "luksDump", os.fspath(image)])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mkosi import log
 from mkosi.config.enums import OutputFormat
+from mkosi.config.settings import MkosiArgs
 from mkosi.context import Context
 from mkosi.errors import MkosiError
 from mkosi.output.archive import make_cpio, make_tar
@@ -37,18 +38,36 @@ def filesystem_type(path: Path) -> str:
     return str(run(["stat", "--file-system", "--format=%T", path], capture=True).stdout).strip()
 
 
-def make_subvolume(ctx: Context) -> list[Path]:
-    assert ctx.args.output_dir is not None and ctx.args.output is not None
-    outdir = ctx.args.output_dir
+# The subvolume format's nested subvolumes, parents first.
+NESTED_SUBVOLUMES = ("var", "home", "srv", "var/tmp")
+
+
+def check_subvolume_target(args: MkosiArgs) -> None:
+    """Before anything is built: the subvolume format needs its output directory on btrfs."""
+    if args.format != OutputFormat.subvolume:
+        return
+    assert args.output is not None
+    outdir = args.output.parent
     outdir.mkdir(parents=True, exist_ok=True)
-    if filesystem_type(outdir) != "btrfs":
-        raise MkosiError(f"the subvolume format needs the output directory on btrfs, but '{outdir}' is on "
-                         f"{filesystem_type(outdir)}", hint="use Format=directory, or OutputDirectory= on btrfs")
+    fstype = filesystem_type(outdir)
+    if fstype != "btrfs":
+        raise MkosiError(f"the subvolume format needs the output directory on btrfs, but '{outdir}' is on {fstype}",
+                         hint="use Format=directory, or OutputDirectory= on btrfs")
+
+
+def make_subvolume(ctx: Context) -> list[Path]:
+    assert ctx.args.output is not None
+    check_subvolume_target(ctx.args)
     # Made next to its final place (same file system) and renamed into place after success.
-    holder = Path(tempfile.mkdtemp(prefix=".mkosi-subvolume-", dir=outdir))
+    holder = Path(tempfile.mkdtemp(prefix=".mkosi-subvolume-", dir=ctx.args.output.parent))
     ctx.cleanup.append(holder)
     out = holder / ctx.args.output.name
     run(["btrfs", "subvolume", "create", out], capture=True)
+    # /var, /home, /srv and /var/tmp are subvolumes of their own (snapshots of the image leave them
+    # out); cp fills them and gives them the tree's owners and modes.
+    for name in NESTED_SUBVOLUMES:
+        if (ctx.root / name).is_dir() and not (ctx.root / name).is_symlink():
+            run(["btrfs", "subvolume", "create", out / name], capture=True)
     run(["cp", "--archive", "--reflink=auto", "--no-target-directory", f"{ctx.root}/.", f"{out}/."])
     if ctx.args.read_only:
         run(["btrfs", "property", "set", "-ts", out, "ro", "true"])

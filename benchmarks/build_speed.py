@@ -6,6 +6,10 @@ Cases (pick with --cases, default all):
               next to `mmdebstrap --variant=minbase --include=systemd,udev bookworm`
   gpt_ext4    cold `mkosi -t gpt_ext4 build` of the same, next to Debian's packaged mkosi 14
               (apt-get install mkosi) building the same mkosi.default with --nspawn-keep-unit
+              (PID 1 is not always systemd here). mkosi 14 runs as `/usr/bin/python3 -m mkosi`
+              from dist-packages; its /usr/bin/mkosi wrapper is diverted out of PATH
+              (dpkg-divert) so that `mkosi` never means the old one. Both use the same mirror
+              and an empty package cache; our build's main steps are printed with their times.
   incremental a two-phase build with mkosi.build: warm rebuild after touching one source file,
               and a rebuild with nothing changed (both with -i and a filled cache)
 
@@ -15,6 +19,7 @@ Run as root. Prints one line per measurement and the ratios the project's target
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -29,6 +34,7 @@ DEFAULT = """\
 [Distribution]
 Distribution=debian
 Release=bookworm
+Mirror={mirror}
 
 [Output]
 Format={fmt}
@@ -37,28 +43,51 @@ Format={fmt}
 Packages=systemd,udev
 """
 
+# Debian's mkosi 14: its Python package in dist-packages, for the system interpreter only.
+PACKAGED_PYTHON = "/usr/bin/python3"
+PACKAGED_WRAPPER = Path("/usr/bin/mkosi")
+DIVERTED_WRAPPER = Path("/usr/lib/mkosi-14/mkosi")
+
+LAST_LOG: list[str] = []
+
+
+def run_timed(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None) -> float:
+    """Run a build, return its wall-clock time; on failure show the end of its output."""
+    start = time.monotonic()
+    proc = subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          errors="replace")
+    elapsed = time.monotonic() - start
+    LAST_LOG[:] = proc.stdout.splitlines()
+    if proc.returncode != 0:
+        tail = "\n".join(LAST_LOG[-40:])
+        sys.exit(f"{' '.join(argv)} failed ({proc.returncode}) after {elapsed:.1f} s:\n{tail}")
+    return elapsed
+
 
 def mkosi(directory: Path, *argv: str) -> float:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    start = time.monotonic()
-    subprocess.run([sys.executable, "-m", "mkosi", "-C", str(directory), *argv], check=True, env=env,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    return time.monotonic() - start
+    return run_timed([sys.executable, "-m", "mkosi", "-C", str(directory), *argv], env=env)
 
 
 def timed(argv: list[str], cwd: Path | None = None) -> float:
-    start = time.monotonic()
-    subprocess.run(argv, check=True, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.monotonic() - start
+    return run_timed(argv, cwd=cwd)
 
 
 def project(base: Path, name: str, fmt: str, cache: bool) -> Path:
     d = base / name
     d.mkdir()
-    (d / "mkosi.default").write_text(DEFAULT.format(fmt=fmt))
+    (d / "mkosi.default").write_text(DEFAULT.format(fmt=fmt, mirror=MIRROR))
     if cache:
         (d / "mkosi.cache").mkdir()
     return d
+
+
+def print_steps(max_depth: int = 5) -> None:
+    """Our build's outer steps with their durations (from the last mkosi run's log)."""
+    for line in LAST_LOG:
+        depth = (len(line) - len(line.lstrip(" "))) // 2
+        if " done in " in line and depth <= max_depth:
+            print(f"    {line}")
 
 
 def report(name: str, seconds: float) -> None:
@@ -79,19 +108,55 @@ def case_directory(base: Path) -> None:
     print(f"ratio warm/cold       = {warm / cold:.2f}   (target <= 0.6)")
 
 
+def packaged_installed() -> bool:
+    proc = subprocess.run(["dpkg-query", "-W", "-f=${Status}", "mkosi"], capture_output=True, text=True)
+    return proc.returncode == 0 and proc.stdout.endswith(" installed")
+
+
+def ensure_packaged_mkosi() -> list[str]:
+    """Install Debian's mkosi 14 if needed and keep its wrapper out of PATH; returns its command."""
+    if not packaged_installed():
+        subprocess.run(["apt-get", "install", "-y", "-qq", "mkosi"], check=True, stdout=subprocess.DEVNULL,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    if PACKAGED_WRAPPER.exists() and not DIVERTED_WRAPPER.exists():
+        DIVERTED_WRAPPER.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["dpkg-divert", "--quiet", "--local", "--rename", "--divert", str(DIVERTED_WRAPPER),
+                        "--add", str(PACKAGED_WRAPPER)], check=True)
+    argv = [PACKAGED_PYTHON, "-m", "mkosi"]
+    version = subprocess.run([*argv, "--version"], capture_output=True, text=True, cwd="/",
+                             env=packaged_env()).stdout.strip()
+    if not version.startswith("mkosi 14"):
+        sys.exit(f"expected Debian's mkosi 14 from {PACKAGED_PYTHON} -m mkosi, got {version!r}")
+    return argv
+
+
+def packaged_env() -> dict[str, str]:
+    # Nothing of ours on its path: the system interpreter finds mkosi 14 in dist-packages.
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")}
+
+
 def case_gpt(base: Path) -> None:
+    packaged = ensure_packaged_mkosi()
     d = project(base, "gpt", "gpt_ext4", cache=True)
     cold = mkosi(d, "build")
     report("mkosi gpt_ext4, cold", cold)
-    packaged = Path("/usr/bin/mkosi")
-    if not packaged.exists():
-        subprocess.run(["apt-get", "install", "-y", "-qq", "mkosi"], check=True, stdout=subprocess.DEVNULL)
-    ref_dir = base / "mkosi14"
-    ref_dir.mkdir()
-    (ref_dir / "mkosi.default").write_text(DEFAULT.format(fmt="gpt_ext4"))
-    ref = timed(["/usr/bin/python3", str(packaged), "--nspawn-keep-unit", "build"], cwd=ref_dir)
+    print_steps()
+    ref_dir = project(base, "mkosi14", "gpt_ext4", cache=True)
+    # PID 1 of this machine need not be systemd: nspawn must not register a scope unit.
+    ref = run_timed([*packaged, "--nspawn-keep-unit", "build"], cwd=ref_dir, env=packaged_env())
     report("Debian's mkosi 14, gpt_ext4, cold", ref)
     print(f"speed-up vs mkosi 14  = {ref / cold:.2f}x (target >= 1.5x)")
+    # mkosi 14 bootstraps debootstrap's minbase (apt, tzdata, e2fsprogs...), so its image holds more
+    # packages than ours for the same file: build ours once more with exactly its package list.
+    manifest = ref_dir / "image.raw.manifest"
+    if manifest.exists():
+        names = sorted({p["name"] for p in json.loads(manifest.read_text())["packages"]})
+        same = project(base, "gpt-same", "gpt_ext4", cache=True)
+        with open(same / "mkosi.default", "a") as f:
+            f.write(f"Packages={','.join(names)}\n")
+        equal = mkosi(same, "build")
+        report(f"mkosi gpt_ext4, cold, mkosi 14's {len(names)} packages", equal)
+        print(f"speed-up, same packages = {ref / equal:.2f}x")
 
 
 BUILD_SCRIPT = """#!/bin/sh

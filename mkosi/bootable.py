@@ -3,8 +3,10 @@ entries with systemd-boot), GRUB for BIOS, the direct-kernel-boot files, Secure 
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
+from typing import Optional
 
 from mkosi import log
 from mkosi.config.enums import BootProtocol, Verity
@@ -13,6 +15,16 @@ from mkosi.errors import MkosiError
 from mkosi.outputs import output_stem
 from mkosi.run import run
 from mkosi.sandbox import nspawn_command
+
+
+@dataclasses.dataclass(frozen=True)
+class VerityInfo:
+    """A verity-protected root: its root hash and the partition UUIDs derived from it."""
+
+    roothash: str
+    data_partuuid: str
+    hash_partuuid: str
+
 
 EFI_ARCH = {"x86_64": "x64", "aarch64": "aa64", "x86": "ia32", "arm": "arm", "riscv64": "riscv64"}
 
@@ -23,6 +35,8 @@ def build_initrd(ctx: Context, version: str) -> Path:
     if not (ctx.root / "usr/bin/dracut").exists():
         raise MkosiError("Bootable=yes needs dracut in the image", hint="add dracut to Packages=")
     flags = ["--hostonly"] if ctx.args.hostonly_initrd else ["--no-hostonly", "--no-hostonly-cmdline"]
+    if ctx.args.verity != Verity.no:
+        flags += ["--add", "systemd-veritysetup"]
     with log.step(f"Building the initrd for kernel {version} with dracut"):
         # zstd: the kernel unpacks it, and it is much faster than dracut's default gzip -9.
         run(nspawn_command(ctx.root, ["dracut", "--quiet", "--force", *flags, "--compress=zstd -q -T0 -10",
@@ -32,14 +46,20 @@ def build_initrd(ctx: Context, version: str) -> Path:
     return initrd
 
 
-def command_line(ctx: Context, root_label: str) -> str:
+def command_line(ctx: Context, root_label: str, verity: Optional[VerityInfo] = None) -> str:
     from mkosi.boot import kernel_cmdline
 
     extra = []
+    root = f"PARTLABEL={root_label}"
+    if verity is not None:
+        # The initrd's systemd-veritysetup-generator opens the protected root as /dev/mapper/root.
+        root = "/dev/mapper/root"
+        extra += [f"roothash={verity.roothash}", f"systemd.verity_root_data=PARTUUID={verity.data_partuuid}",
+                  f"systemd.verity_root_hash=PARTUUID={verity.hash_partuuid}"]
     if ctx.args.format.root_filesystem() == "btrfs" and ctx.args.compress_fs not in ("no", "none"):
         # mkfs.btrfs cannot compress what it writes; the kernel compresses what is written later.
         extra.append(f"rootflags=compress={ctx.args.compress_fs}")
-    return kernel_cmdline([*ctx.args.kernel_command_line, *extra], root=f"PARTLABEL={root_label}",
+    return kernel_cmdline([*ctx.args.kernel_command_line, *extra], root=root,
                           serial_console=ctx.args.qemu_headless, read_only=ctx.args.root_readonly)
 
 
@@ -54,18 +74,18 @@ def _sign_all(ctx: Context, esp: Path) -> None:
                 sign_efi(binary, args.secure_boot_key, args.secure_boot_certificate)
 
 
-def prepare_esp(ctx: Context, root_label: str) -> Path:
+def prepare_esp(ctx: Context, root_label: str, verity: Optional[VerityInfo] = None) -> Path:
     """Fill a directory with what goes on the ESP; also writes the linux boot files to staging."""
     from mkosi.boot import build_uki, find_kernel, install_bls_entry, install_systemd_boot, write_grub_config
 
     args = ctx.args
-    if args.verity != Verity.no:
-        raise MkosiError("Bootable=yes together with Verity= is not implemented yet")
+    if verity is None and args.verity != Verity.no:
+        raise MkosiError("Bootable=yes with Verity= needs the root hash of the root partition")
     kernel, version = find_kernel(ctx.root)
     initrd = ctx.root / f"boot/initrd.img-{version}"
     if not (args.cache_initrd and ctx.cached_image_reused and initrd.exists()):
         initrd = build_initrd(ctx, version)
-    cmdline = command_line(ctx, root_label)
+    cmdline = command_line(ctx, root_label, verity)
     osr = ctx.root / "etc/os-release"
     if not osr.exists():
         osr = ctx.root / "usr/lib/os-release"

@@ -269,8 +269,8 @@ def _validate(cli: CommandLine, v: Merged, values: dict[str, Any], fmt: OutputFo
             raise _fail(v, dest, f"only applies to GPT disk image formats, not '{fmt.value}'")
     if values["verity"] != Verity.no and not fmt.is_disk():
         raise _fail(v, "verity", f"only applies to GPT disk image formats, not '{fmt.value}'")
-    if values["bootable"] and values["verity"] != Verity.no:
-        raise _fail(v, "verity", "together with Bootable=yes is not implemented yet")
+    if values["bootable"] and values["verity"] != Verity.no and values["usr_only"]:
+        raise _fail(v, "verity", "together with Bootable=yes and UsrOnly=yes is not implemented yet")
     if values["encrypt"] is not None and str(values["encrypt"].value) == "all" and values["verity"] != Verity.no:
         raise _fail(v, "verity", "cannot protect a root that Encrypt=all encrypts; use Encrypt=data")
     if values["minimize"] and fmt not in (OutputFormat.gpt_ext4, OutputFormat.gpt_btrfs, OutputFormat.gpt_squashfs,

@@ -3,19 +3,21 @@ ESP), then the image is post-processed: split artifacts, root hash files, QCOW2,
 
 from __future__ import annotations
 
-import dataclasses
 import getpass
 import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from mkosi import log
 from mkosi.config.enums import BootProtocol, Verity
 from mkosi.context import Context
 from mkosi.errors import MkosiError
 from mkosi.output.compress import maybe_compress
+
+if TYPE_CHECKING:
+    from mkosi.output.disk import DiskResult
 from mkosi.run import run
 
 
@@ -71,12 +73,12 @@ def make_disk_image(ctx: Context) -> list[Path]:
         minimize=args.minimize,
         mksquashfs_tool=str(args.mksquashfs_tool) if args.mksquashfs_tool else "mksquashfs",
     )
-    if args.bootable:
-        from mkosi.bootable import prepare_esp
-
-        spec = dataclasses.replace(spec, esp_tree=prepare_esp(ctx, main_partition_label(spec)))
     with log.step(f"Assembling {fs} GPT disk image"):
         result = build_disk(spec)
+    if args.bootable:
+        # The ESP is filled once the root partition exists: with verity, the kernel command line in
+        # the unified kernel image carries the root hash.
+        fill_esp(ctx, result, main_partition_label(spec))
     if args.bootable and BootProtocol.bios in args.boot_protocols:
         from mkosi.bootable import install_bios_boot
 
@@ -117,6 +119,32 @@ def make_disk_image(ctx: Context) -> list[Path]:
     with log.step("Compressing" if compression else "Staging the image"):
         artifacts.insert(0, maybe_compress(image, compression, ctx.staging / args.output.name))
     return artifacts
+
+
+def fill_esp(ctx: Context, result: DiskResult, root_label: str) -> None:
+    from mkosi.bootable import VerityInfo, prepare_esp
+    from mkosi.output.filesystems import populate_vfat
+    from mkosi.output.gpt import copy_sparse
+    from mkosi.output.verity import roothash_uuids
+    from mkosi.run import run
+
+    verity = None
+    if result.roothash:
+        data_uuid, hash_uuid = roothash_uuids(result.roothash)
+        verity = VerityInfo(result.roothash, data_uuid, hash_uuid)
+    esp_tree = prepare_esp(ctx, root_label, verity)
+    placed = result.partition("esp")
+    assert placed is not None
+    image = result.images["esp"]
+    with log.step("Writing the EFI system partition"):
+        populate_vfat(image, esp_tree)
+        run(["fallocate", "--punch-hole", "--keep-size", "--offset", str(placed.offset), "--length",
+             str(placed.size), result.output])
+        fd = os.open(result.output, os.O_WRONLY)
+        try:
+            copy_sparse(image, fd, placed.offset)
+        finally:
+            os.close(fd)
 
 
 def split_artifacts(ctx: Context, images: dict[str, Path], compression: Optional[str]) -> list[Path]:

@@ -780,8 +780,9 @@ def test_contradictions(wd: Path, settings: str, setting: str, words: str) -> No
     assert words in str(e)
 
 
-def test_bootable_verity_is_refused_until_implemented(wd: Path) -> None:
-    e = load_error("--bootable", "--verity")
+def test_bootable_verity_usr_only_is_refused_until_implemented(wd: Path) -> None:
+    assert load("--bootable", "--verity").verity.value == "yes"
+    e = load_error("--bootable", "--verity", "--usr-only")
     assert e.setting == "--verity" and "not implemented yet" in str(e)
 
 

@@ -127,3 +127,41 @@ def test_ssh_into_vm(boot_project: Path) -> None:
         if vm.poll() is None:
             os.killpg(vm.pid, signal.SIGKILL)  # mkosi and the qemu it started
             vm.wait()
+
+
+@pytest.fixture(scope="module")
+def verity_project(tmp_path_factory: pytest.TempPathFactory, package_cache: Path) -> Path:
+    d = tmp_path_factory.mktemp("verity-boot")
+    (d / "mkosi.default").write_text(f"""\
+[Distribution]
+Distribution=debian
+Release=bookworm
+
+[Output]
+Format=gpt_squashfs
+Bootable=yes
+Verity=yes
+ImageId=verityimg
+
+[Content]
+Cache={package_cache}
+
+[Host]
+QemuHeadless=yes
+""")
+    units = d / "mkosi.extra/etc/systemd/system"
+    (units / "multi-user.target.wants").mkdir(parents=True)
+    (units / "mkosi-marker.service").write_text(MARKER_UNIT)
+    (units / "multi-user.target.wants/mkosi-marker.service").symlink_to("../mkosi-marker.service")
+    (d / "mkosi.output").mkdir()
+    run_mkosi(d, "build", timeout=3000)
+    return d
+
+
+def test_verity_protected_root_boots(verity_project: Path) -> None:
+    roothash = (verity_project / "mkosi.output/verityimg.roothash").read_text().strip()
+    out, seconds = boot(verity_project, "uefi")
+    print(f"verity uefi boot to marker and poweroff: {seconds:.0f}s", file=sys.stderr)
+    assert "MKOSI-BOOT-MARKER" in out, out[-3000:]
+    assert f"roothash={roothash}" in out
+    assert "root=/dev/mapper/root" in out

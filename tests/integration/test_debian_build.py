@@ -250,3 +250,13 @@ def test_signed_checksums(project: Path, directory_image: Path, tmp_path: Path) 
                             env={**os.environ, **env}, capture_output=True, text=True)
     assert verify.returncode == 0, verify.stderr
     assert "testimg_1.2.tar.xz" in (out / "SHA256SUMS").read_text()
+
+
+def test_shell_ephemeral_leaves_image_untouched(project: Path, directory_image: Path) -> None:
+    proc = run_mkosi(project, "-t", "directory", "--ephemeral", "shell", "sh", "-c",
+                     "touch /ephemeral-marker && test -e /ephemeral-marker && exit 3", check=False)
+    assert proc.returncode == 3, proc.stderr
+    assert not (directory_image / "ephemeral-marker").exists()
+    proc = run_mkosi(project, "-t", "directory", "shell", "sh", "-c", "touch /persistent-marker")
+    assert (directory_image / "persistent-marker").exists()
+    (directory_image / "persistent-marker").unlink()

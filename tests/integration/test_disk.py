@@ -8,7 +8,6 @@ offline with the volume key; verity with `veritysetup verify` (userspace).
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 import os
@@ -110,30 +109,10 @@ def esp_tree(base_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def signing(base_dir: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
+    from mkosi.boot import generate_secure_boot_keys
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mkosi integration test")])
-    now = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(7)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=3650))
-        .sign(key, hashes.SHA256())
-    )
-    key_path = base_dir / "verity.key"
-    cert_path = base_dir / "verity.crt"
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path, cert_path = base_dir / "verity.key", base_dir / "verity.crt"
+    generate_secure_boot_keys("mkosi integration test", 3650, key_path, cert_path)
     return key_path, cert_path
 
 

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import json
 import re
-import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import mkosi.config
 from mkosi.config import load_args
 from mkosi.config.enums import (
     BootProtocol,
@@ -31,6 +28,7 @@ from mkosi.config.types import Kind, parse_bool, parse_size
 from mkosi.distributions import plugin
 from mkosi.errors import ConfigError
 from mkosi.summary import summary_dict, summary_json, summary_text
+from tests.unit.conftest import write
 
 GiB = 1024**3
 MiB = 1024**2
@@ -38,26 +36,7 @@ MiB = 1024**2
 
 # ---- helpers ----
 
-@pytest.fixture(autouse=True)
-def fixed_host(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pretend the host runs Debian bookworm, so results do not depend on the machine running the tests."""
-    fake = lambda: (Distribution.debian, "bookworm")  # noqa: E731
-    monkeypatch.setattr(mkosi.config, "host_distribution", fake)
-    monkeypatch.setattr(sys.modules["mkosi.config.finalize"], "host_distribution", fake)
-    monkeypatch.delenv("SUDO_USER", raising=False)
-
-
-@pytest.fixture
-def wd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def write(path: Path, text: str, mode: int = 0o644) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text).lstrip("\n"))
-    path.chmod(mode)
-    return path
+pytestmark = pytest.mark.usefixtures("fixed_host")
 
 
 def load(*argv: str, verb: str = "summary") -> MkosiArgs:

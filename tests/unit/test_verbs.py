@@ -9,43 +9,23 @@ import re
 import stat
 import subprocess
 import sys
-import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-import mkosi.config
 from mkosi import __version__
 from mkosi.__main__ import main
 from mkosi.config import load_args
-from mkosi.config.enums import Distribution, Verb
+from mkosi.config.enums import Verb
 from mkosi.config.settings import MkosiArgs
 from mkosi.outputs import output_paths
+from tests.unit.conftest import write
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def fixed_host(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pretend the host runs Debian bookworm, so results do not depend on the machine running the tests."""
-    fake = lambda: (Distribution.debian, "bookworm")  # noqa: E731
-    monkeypatch.setattr(mkosi.config, "host_distribution", fake)
-    monkeypatch.setattr(sys.modules["mkosi.config.finalize"], "host_distribution", fake)
-    monkeypatch.delenv("SUDO_USER", raising=False)
-
-
-@pytest.fixture
-def wd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def write(path: Path, text: str, mode: int = 0o644) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text).lstrip("\n"))
-    path.chmod(mode)
-    return path
+pytestmark = pytest.mark.usefixtures("fixed_host")
 
 
 def run(*argv: str) -> int:

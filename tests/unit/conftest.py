@@ -1,0 +1,34 @@
+"""Fixtures shared by the configuration and verb tests."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import mkosi.config
+from mkosi.config.enums import Distribution
+
+
+@pytest.fixture
+def fixed_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pretend the host runs Debian bookworm, so results do not depend on the machine running the tests."""
+    fake = lambda: (Distribution.debian, "bookworm")  # noqa: E731
+    monkeypatch.setattr(mkosi.config, "host_distribution", fake)
+    monkeypatch.setattr(sys.modules["mkosi.config.finalize"], "host_distribution", fake)
+    monkeypatch.delenv("SUDO_USER", raising=False)
+
+
+@pytest.fixture
+def wd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def write(path: Path, text: str, mode: int = 0o644) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    path.chmod(mode)
+    return path

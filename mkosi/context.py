@@ -24,9 +24,6 @@ class Context:
     package_cache: Optional[Path]
     staging: Path                      # finished artifacts wait here until the build succeeded
     cached_image_reused: bool = False
-    roothash: Optional[str] = None
-    usrhash: Optional[str] = None
-    kernel_version: Optional[str] = None
     # Paths outside the workspace to remove when the build ends (e.g. a subvolume being made in place).
     cleanup: list[Path] = dataclasses.field(default_factory=list)
     # Artifacts made on the side (e.g. kernel/initrd/cmdline for direct kernel boot).

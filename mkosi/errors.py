@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from typing import Optional
 
@@ -47,7 +48,7 @@ class CommandError(MkosiError):
         self.argv = list(argv)
         self.returncode = returncode
         self.stderr = stderr
-        cmd = " ".join(_quote(a) for a in argv)
+        cmd = shlex.join(argv)
         msg = f"command failed with exit status {returncode}: {cmd}"
         tail = stderr.strip().splitlines()[-5:] if stderr else []
         if tail:
@@ -61,8 +62,3 @@ class ToolMissingError(MkosiError):
         super().__init__(f"required tool '{tool}' was not found on this host", hint)
         self.tool = tool
 
-
-def _quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)

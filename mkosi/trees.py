@@ -33,12 +33,6 @@ def install_tree(src: Path, dst: Path) -> None:
         copy_tree_into(src, dst)
 
 
-def copy_path(src: Path, dst: Path) -> None:
-    """Copy preserving everything (ownership too), using reflinks where the file system can."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    run(["cp", "--archive", "--reflink=auto", "--no-target-directory", src, dst])
-
-
 def chown_to_invoking_user(path: Path) -> None:
     """Give an artifact to the user who ran sudo."""
     uid = os.environ.get("SUDO_UID")

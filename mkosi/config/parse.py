@@ -50,7 +50,6 @@ class _Record(argparse.Action):
                  option_string: Optional[str] = None) -> None:
         raw = self.fixed if self.fixed is not None else str(values)
         ns.assignments.append(Assignment(self.setting, raw, Origin(None, None)))
-        ns.flag_used.append(option_string or "")
 
 
 def _takes_value(s: Setting) -> bool:
@@ -173,7 +172,7 @@ def split_argv(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[li
 
 
 def _namespace() -> argparse.Namespace:
-    return argparse.Namespace(assignments=[], flag_used=[], help=False, version=False)
+    return argparse.Namespace(assignments=[], help=False, version=False)
 
 
 def parse_command_line(argv: Sequence[str]) -> CommandLine:

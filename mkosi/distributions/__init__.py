@@ -36,9 +36,6 @@ class DistributionPlugin:
     def install(self, ctx: Context, packages: list[str]) -> None:
         raise MkosiError(f"building {self.distribution.value} images is not implemented yet")
 
-    def install_more(self, ctx: Context, packages: list[str]) -> None:
-        raise MkosiError(f"installing packages into {self.distribution.value} images is not implemented yet")
-
     def remove_packages(self, ctx: Context, packages: list[str]) -> None:
         raise MkosiError(f"RemovePackages= is not supported for {self.distribution.value}",
                          hint="remove files with RemoveFiles= instead")

@@ -82,12 +82,6 @@ class Arch(DistributionPlugin):
         if not server.startswith("file:"):
             pacman.write_mirrorlist(ctx.root, server)
 
-    def install_more(self, ctx: Context, packages: list[str]) -> None:
-        from mkosi.installers import pacman
-
-        if packages:
-            pacman.install(self.pacman_config(ctx), packages)
-
     def remove_packages(self, ctx: Context, packages: list[str]) -> None:
         from mkosi.installers import pacman
 

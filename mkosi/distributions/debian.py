@@ -71,11 +71,6 @@ class Debian(DistributionPlugin):
 
         apt.install(self.apt_config(ctx.args, ctx), packages)
 
-    def install_more(self, ctx: Context, packages: list[str]) -> None:
-        from mkosi.installers import apt
-
-        apt.install_more(self.apt_config(ctx.args, ctx), packages)
-
     def remove_packages(self, ctx: Context, packages: list[str]) -> None:
         from mkosi.installers import apt
 

@@ -145,12 +145,6 @@ class RpmDistribution(DistributionPlugin):
 
         dnf.install(self.dnf_config(ctx), packages)
 
-    def install_more(self, ctx: Context, packages: list[str]) -> None:
-        from mkosi.installers import dnf
-
-        if packages:
-            dnf.install(self.dnf_config(ctx), packages)
-
     def remove_packages(self, ctx: Context, packages: list[str]) -> None:
         from mkosi.installers import dnf
 
@@ -427,13 +421,6 @@ class Clear(RpmDistribution):
         if not ctx.network:
             raise MkosiError("swupd cannot install Clear Linux without the network (WithNetwork=never)")
         run(self.swupd_argv(ctx, packages))
-
-    def install_more(self, ctx: Context, packages: list[str]) -> None:
-        from mkosi.run import run
-
-        if packages:
-            run([self.swupd(), "bundle-add", f"--path={ctx.root}", f"--url={self.content_url(ctx.args)}",
-                 "--no-progress", *packages])
 
     def remove_packages(self, ctx: Context, packages: list[str]) -> None:
         from mkosi.run import run

@@ -68,11 +68,6 @@ class Gentoo(DistributionPlugin):
 
         emerge.install(self.emerge_config(ctx), packages)
 
-    def install_more(self, ctx: Context, packages: list[str]) -> None:
-        from mkosi.installers import emerge
-
-        emerge.emerge(self.emerge_config(ctx), packages)
-
     def remove_packages(self, ctx: Context, packages: list[str]) -> None:
         from mkosi.installers import emerge
 

@@ -112,12 +112,6 @@ class OpenSUSE(DistributionPlugin):
 
         zypper.install(self.zypper_config(ctx), packages)
 
-    def install_more(self, ctx: Context, packages: list[str]) -> None:
-        from mkosi.installers import zypper
-
-        if packages:
-            zypper.install(self.zypper_config(ctx), packages)
-
     def remove_packages(self, ctx: Context, packages: list[str]) -> None:
         from mkosi.installers import zypper
 

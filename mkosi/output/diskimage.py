@@ -83,7 +83,6 @@ def make_disk_image(ctx: Context) -> list[Path]:
         from mkosi.bootable import install_bios_boot
 
         install_bios_boot(ctx, result.output)
-    ctx.roothash, ctx.usrhash = result.roothash, result.usrhash
 
     artifacts: list[Path] = list(ctx.extra_artifacts)
     compression = args.output_compression

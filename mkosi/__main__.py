@@ -18,8 +18,8 @@ def _debug_requested(argv: Sequence[str]) -> bool:
 
 
 def run_main(argv: Sequence[str]) -> int:
-    from mkosi.config import load_args
-    from mkosi.config.parse import build_parser, format_help, print_version
+    from mkosi.config import load_config
+    from mkosi.config.parse import build_parser, format_help, parse_command_line, print_version
     from mkosi.verbs import run_verb
 
     try:
@@ -29,17 +29,18 @@ def run_main(argv: Sequence[str]) -> int:
     except ImportError:
         pass
 
-    cli, configs = load_args(argv)
+    cli = parse_command_line(argv)
     if cli.version:
         print_version()
         return 0
     if cli.help:
         print(format_help())
         return 0
+    args, configs = load_config(cli)
+    log.set_debug(bool(args.debug))
     code = 0
-    for args in configs:
-        log.set_debug(bool(args.debug))
-        code = run_verb(args) or code
+    for config in configs:
+        code = run_verb(args, config) or code
     return code
 
 

@@ -16,30 +16,30 @@ from mkosi.cache import (
     build_key,
     image_cache_key,
     load_cached_image,
-    output_key_path,
     package_cache_dir,
     save_cached_image,
+    write_private,
 )
 from mkosi.config.enums import BasePackages, BootProtocol, CleanPackageMetadata
-from mkosi.config.settings import MkosiArgs
+from mkosi.config.settings import Args, Config
 from mkosi.context import Context, Phase
 from mkosi.distributions import plugin
 from mkosi.errors import MkosiError
-from mkosi.outputs import existing_outputs
+from mkosi.outputs import existing_outputs, incremental_cache_paths, output_key_path
 from mkosi.sandbox import umount_all_below
 from mkosi.trees import chown_to_invoking_user, install_tree
 
 # ---------------------------------------------------------------- workspace
 
-def workspace_parent(args: MkosiArgs) -> Path:
-    if args.workspace_dir is not None:
-        return args.workspace_dir
+def workspace_parent(config: Config) -> Path:
+    if config.workspace_dir is not None:
+        return config.workspace_dir
     return Path(os.environ.get("TMPDIR") or "/var/tmp")
 
 
 @contextlib.contextmanager
-def workspace(args: MkosiArgs) -> Iterator[Path]:
-    parent = workspace_parent(args)
+def workspace(config: Config) -> Iterator[Path]:
+    parent = workspace_parent(config)
     parent.mkdir(parents=True, exist_ok=True)
     ws = Path(tempfile.mkdtemp(prefix="mkosi-", dir=parent))
     log.debug(f"workspace {ws}")
@@ -55,31 +55,31 @@ def workspace(args: MkosiArgs) -> Iterator[Path]:
 # ---------------------------------------------------------------- steps of one phase
 
 def packages_for(ctx: Context) -> list[str]:
-    args = ctx.args
-    dist = plugin(args.distribution)
+    config = ctx.config
+    dist = plugin(config.distribution)
     pkgs: list[str] = []
-    if args.base_packages != BasePackages.no:
-        pkgs += dist.base_packages(args)
-        if args.ssh and ctx.phase == Phase.final:
+    if config.base_packages != BasePackages.no:
+        pkgs += dist.base_packages(config)
+        if config.ssh and ctx.phase == Phase.final:
             pkgs += dist.ssh_packages
-        if args.bootable and BootProtocol.uefi in args.boot_protocols:
+        if config.bootable and BootProtocol.uefi in config.boot_protocols:
             pkgs += dist.uefi_packages
-    pkgs += args.packages
+    pkgs += config.packages
     if ctx.phase == Phase.build:
-        pkgs += args.build_packages
+        pkgs += config.build_packages
     return list(dict.fromkeys(pkgs))
 
 
 def copy_skeleton_trees(ctx: Context) -> None:
-    for tree in ctx.args.skeleton_trees:
+    for tree in ctx.config.skeleton_trees:
         with log.step(f"Copying skeleton tree {tree}"):
             install_tree(tree, ctx.root)
 
 
 def install_distribution(ctx: Context) -> None:
     pkgs = packages_for(ctx)
-    with log.step(f"Installing {ctx.args.distribution.value} {ctx.args.release} ({len(pkgs)} packages requested)"):
-        plugin(ctx.args.distribution).install(ctx, pkgs)
+    with log.step(f"Installing {ctx.config.distribution.value} {ctx.config.release} ({len(pkgs)} packages requested)"):
+        plugin(ctx.config.distribution).install(ctx, pkgs)
 
 
 def verify_architecture(ctx: Context) -> None:
@@ -87,13 +87,13 @@ def verify_architecture(ctx: Context) -> None:
     from mkosi.elf import image_architecture
 
     found = image_architecture(ctx.root)
-    if found is not None and found != ctx.args.architecture:
-        raise MkosiError(f"the image's binaries are built for {found}, but Architecture= is {ctx.args.architecture}",
+    if found is not None and found != ctx.config.architecture:
+        raise MkosiError(f"the image's binaries are built for {found}, but Architecture= is {ctx.config.architecture}",
                          hint="check Mirror=/Repositories= point at repositories for that architecture")
 
 
 def copy_extra_trees(ctx: Context) -> None:
-    for tree in ctx.args.extra_trees:
+    for tree in ctx.config.extra_trees:
         with log.step(f"Copying extra tree {tree}"):
             install_tree(tree, ctx.root)
 
@@ -105,13 +105,13 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
 
 
 def configure_hostname(ctx: Context) -> None:
-    if ctx.args.hostname:
-        _write(ctx.root / "etc/hostname", ctx.args.hostname + "\n")
+    if ctx.config.hostname:
+        _write(ctx.root / "etc/hostname", ctx.config.hostname + "\n")
 
 
 def configure_os_release(ctx: Context) -> None:
-    args = ctx.args
-    if not args.image_id and not args.image_version:
+    config = ctx.config
+    if not config.image_id and not config.image_version:
         return
     osr = ctx.root / "etc/os-release"
     if osr.is_symlink():
@@ -122,10 +122,10 @@ def configure_os_release(ctx: Context) -> None:
     else:
         text = osr.read_text() if osr.exists() else ""
     lines = [line for line in text.splitlines() if not line.startswith(("IMAGE_ID=", "IMAGE_VERSION="))]
-    if args.image_id:
-        lines.append(f"IMAGE_ID={args.image_id}")
-    if args.image_version:
-        lines.append(f"IMAGE_VERSION={args.image_version}")
+    if config.image_id:
+        lines.append(f"IMAGE_ID={config.image_id}")
+    if config.image_version:
+        lines.append(f"IMAGE_VERSION={config.image_version}")
     _write(osr, "\n".join(lines) + "\n")
 
 
@@ -138,16 +138,16 @@ def hash_password(password: str) -> str:
 
 
 def configure_root_password(ctx: Context) -> None:
-    args = ctx.args
+    config = ctx.config
     shadow = ctx.root / "etc/shadow"
     if not shadow.exists():
         return
-    if args.password is None:
+    if config.password is None:
         entry = "!*"  # locked; the distributions' default, made explicit
         if ctx.phase == Phase.final:
             _set_shadow_password(shadow, entry, only_if_empty=True)
         return
-    hashed = args.password if args.password_is_hashed else hash_password(args.password)
+    hashed = config.password if config.password_is_hashed else hash_password(config.password)
     _set_shadow_password(shadow, hashed)
 
 
@@ -166,8 +166,8 @@ def _set_shadow_password(shadow: Path, hashed: str, only_if_empty: bool = False)
 
 def configure_machine_id(ctx: Context) -> None:
     mid = ctx.root / "etc/machine-id"
-    if ctx.args.machine_id:
-        _write(mid, ctx.args.machine_id + "\n", 0o444)
+    if ctx.config.machine_id:
+        _write(mid, ctx.config.machine_id + "\n", 0o444)
     elif ctx.phase == Phase.final:
         # No machine ID is shipped: an empty file makes systemd generate one at first boot.
         if mid.exists() or mid.is_symlink():
@@ -189,7 +189,7 @@ AUTOLOGIN_GETTYS = {
 
 def configure_autologin(ctx: Context) -> None:
     """Autologin=: root is logged in on tty1, ttyS0 (qemu) and pts/0 (nspawn) without a password."""
-    if not ctx.args.autologin:
+    if not ctx.config.autologin:
         return
     exe = "/sbin/agetty" if (ctx.root / "sbin/agetty").exists() else "/usr/sbin/agetty"
     for unit, tail in AUTOLOGIN_GETTYS.items():
@@ -204,7 +204,7 @@ def configure_autologin(ctx: Context) -> None:
 
 
 def configure_qemu_headless(ctx: Context) -> None:
-    if not ctx.args.qemu_headless:
+    if not ctx.config.qemu_headless:
         return
     term = os.environ.get("TERM", "vt220")
     dropin = ctx.root / "etc/systemd/system/serial-getty@ttyS0.service.d/term.conf"
@@ -213,8 +213,8 @@ def configure_qemu_headless(ctx: Context) -> None:
 
 def configure_network(ctx: Context) -> None:
     """Ssh=/Netdev=: the image configures its network by itself (DHCP with systemd-networkd)."""
-    args = ctx.args
-    if ctx.phase != Phase.final or not (args.ssh or args.netdev):
+    config = ctx.config
+    if ctx.phase != Phase.final or not (config.ssh or config.netdev):
         return
     if not (ctx.root / "usr/lib/systemd/system/systemd-networkd.service").exists():
         log.warn("systemd-networkd is not in the image; its network is left unconfigured")
@@ -229,31 +229,31 @@ def configure_network(ctx: Context) -> None:
 def configure_ssh(ctx: Context) -> None:
     """Ssh=yes: authorize a generated key (or the agent's keys), listen on SshPort=, fresh host keys per
     machine."""
-    args = ctx.args
-    if not args.ssh or ctx.phase != Phase.final:
+    config = ctx.config
+    if not config.ssh or ctx.phase != Phase.final:
         return
     from mkosi.run import run
     from mkosi.ssh import generate_ssh_keypair
 
     keys: list[str] = []
-    if args.ssh_agent:
-        sock = os.environ.get("SSH_AUTH_SOCK") if args.ssh_agent.lower() in ("yes", "true", "1") else args.ssh_agent
+    if config.ssh_agent:
+        sock = os.environ.get("SSH_AUTH_SOCK") if config.ssh_agent.lower() in ("yes", "true", "1") else config.ssh_agent
         if not sock:
             raise MkosiError("SshAgent=yes but $SSH_AUTH_SOCK is not set", hint="run with sudo -E")
         keys += str(run(["ssh-add", "-L"], env={"SSH_AUTH_SOCK": sock}, capture=True).stdout).splitlines()
-    elif args.ssh_key is not None:
-        keys.append(Path(f"{args.ssh_key}.pub").read_text().strip())
+    elif config.ssh_key is not None:
+        keys.append(Path(f"{config.ssh_key}.pub").read_text().strip())
     else:
-        assert args.output_sshkey is not None
-        private = ctx.staging / args.output_sshkey.name
-        pub = generate_ssh_keypair(private, f"mkosi {args.image_id or 'image'}")
+        assert config.output_sshkey is not None
+        private = ctx.staging / config.output_sshkey.name
+        pub = generate_ssh_keypair(private, f"mkosi {config.image_id or 'image'}")
         keys.append(pub.read_text().strip())
     auth = ctx.root / "root/.ssh/authorized_keys"
     auth.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     auth.write_text("\n".join(keys) + "\n")
     auth.chmod(0o600)
-    if args.ssh_port != 22:
-        _write(ctx.root / "etc/ssh/sshd_config.d/mkosi-port.conf", f"Port {args.ssh_port}\n")
+    if config.ssh_port != 22:
+        _write(ctx.root / "etc/ssh/sshd_config.d/mkosi-port.conf", f"Port {config.ssh_port}\n")
     for key in (ctx.root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
     # Host keys are made on the first boot of each machine, before sshd checks its configuration.
@@ -263,18 +263,18 @@ def configure_ssh(ctx: Context) -> None:
 
 
 def remove_packages(ctx: Context) -> None:
-    args = ctx.args
-    if not args.remove_packages:
+    config = ctx.config
+    if not config.remove_packages:
         return
-    if args.clean_package_metadata == CleanPackageMetadata.no:
+    if config.clean_package_metadata == CleanPackageMetadata.no:
         log.info("Skipping RemovePackages= because CleanPackageMetadata=no")
         return
-    with log.step(f"Removing packages {', '.join(args.remove_packages)}"):
-        plugin(args.distribution).remove_packages(ctx, args.remove_packages)
+    with log.step(f"Removing packages {', '.join(config.remove_packages)}"):
+        plugin(config.distribution).remove_packages(ctx, config.remove_packages)
 
 
 def remove_files(ctx: Context) -> None:
-    globs = ctx.args.remove_files
+    globs = ctx.config.remove_files
     if not globs:
         return
     with log.step("Removing files"):
@@ -289,10 +289,10 @@ def remove_files(ctx: Context) -> None:
 
 
 def clean_package_metadata(ctx: Context) -> None:
-    mode = ctx.args.clean_package_metadata
+    mode = ctx.config.clean_package_metadata
     if mode == CleanPackageMetadata.no:
         return
-    dist = plugin(ctx.args.distribution)
+    dist = plugin(ctx.config.distribution)
     if mode == CleanPackageMetadata.auto and dist.package_manager_present(ctx):
         return
     with log.step("Cleaning package manager metadata"):
@@ -346,11 +346,11 @@ def make_output(ctx: Context) -> list[Path]:
 
 
 def write_checksums(ctx: Context, artifacts: list[Path]) -> Optional[Path]:
-    args = ctx.args
-    if not args.checksum:
+    config = ctx.config
+    if not config.checksum:
         return None
-    assert args.output_checksum is not None
-    out = ctx.staging / args.output_checksum.name
+    assert config.output_checksum is not None
+    out = ctx.staging / config.output_checksum.name
     lines = []
     for a in sorted(artifacts, key=lambda p: p.name):
         if a.is_file():
@@ -364,31 +364,31 @@ def write_checksums(ctx: Context, artifacts: list[Path]) -> Optional[Path]:
 
 
 def sign_checksums(ctx: Context, checksums: Optional[Path]) -> Optional[Path]:
-    args = ctx.args
-    if not args.sign or checksums is None:
+    config = ctx.config
+    if not config.sign or checksums is None:
         return None
     import gnupg
 
-    assert args.output_signature is not None
-    out = ctx.staging / args.output_signature.name
+    assert config.output_signature is not None
+    out = ctx.staging / config.output_signature.name
     gpg = gnupg.GPG(gnupghome=os.environ.get("GNUPGHOME"))
     with open(checksums, "rb") as f:
-        result = gpg.sign_file(f, keyid=args.key, detach=True, binary=True, output=str(out))
+        result = gpg.sign_file(f, keyid=config.key, detach=True, binary=True, output=str(out))
     if not out.exists() or not result:
         raise MkosiError(f"signing SHA256SUMS with gpg failed: {getattr(result, 'stderr', '').strip()[-300:]}",
                          hint="check that the key given with Key= is in the gpg keyring")
     return out
 
 
-def move_into_place(args: MkosiArgs, artifacts: list[Path]) -> None:
+def move_into_place(config: Config, artifacts: list[Path]) -> None:
     """Replace previous outputs only now that everything succeeded."""
-    outdir = args.output_dir
-    assert outdir is not None and args.output is not None
+    outdir = config.output_dir
+    assert outdir is not None and config.output is not None
     outdir.mkdir(parents=True, exist_ok=True)
     for a in artifacts:
-        target = args.output if a.name == args.output.name else outdir / a.name
+        target = config.output if a.name == config.output.name else outdir / a.name
         replace_path(a, target)
-        if not args.no_chown:
+        if not config.no_chown:
             chown_to_invoking_user(target)
 
 
@@ -438,7 +438,7 @@ def build_phase(ctx: Context) -> None:
         verify_architecture(ctx)
         run_prepare_script(ctx)
         if ctx.args.incremental:
-            if ctx.args.cache_initrd and ctx.args.bootable and ctx.phase == Phase.final:
+            if ctx.config.cache_initrd and ctx.config.bootable and ctx.phase == Phase.final:
                 from mkosi.boot import find_kernel
                 from mkosi.bootable import build_initrd
 
@@ -467,24 +467,24 @@ def build_phase(ctx: Context) -> None:
     run_finalize_script(ctx)
 
 
-def build_image(args: MkosiArgs, ws: Path, cleanup: list[Path]) -> list[Path]:
+def build_image(args: Args, config: Config, ws: Path, cleanup: list[Path]) -> list[Path]:
     """Build in the workspace; returns the artifacts waiting in the staging directory."""
     from mkosi.scripts import run_build_script
 
     staging = ws / "staging"
     staging.mkdir()
-    cache = package_cache_dir(args)
+    cache = package_cache_dir(config)
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
-    if args.build_script is not None:
-        bctx = Context(args, ws, Phase.build, ws / "build-root", cache, staging, cleanup=cleanup)
+    if config.build_script is not None:
+        bctx = Context(args, config, ws, Phase.build, ws / "build-root", cache, staging, cleanup=cleanup)
         with log.step("Building the development image"):
             build_phase(bctx)
             run_build_script(bctx)
-        if args.skip_final_phase:
+        if config.skip_final_phase:
             log.info("Skipping the final phase (SkipFinalPhase=yes)")
             return []
-    ctx = Context(args, ws, Phase.final, ws / "root", cache, staging, cleanup=cleanup)
+    ctx = Context(args, config, ws, Phase.final, ws / "root", cache, staging, cleanup=cleanup)
     with log.step("Building the final image"):
         build_phase(ctx)
     made = make_output(ctx)
@@ -495,57 +495,56 @@ def build_image(args: MkosiArgs, ws: Path, cleanup: list[Path]) -> list[Path]:
     return artifacts + [p for p in (sums, sig) if p is not None]
 
 
-def check_outputs(args: MkosiArgs) -> None:
-    existing = existing_outputs(args)
+def check_outputs(args: Args, config: Config) -> None:
+    existing = existing_outputs(config)
     if existing and args.force == 0:
         raise MkosiError(f"output '{existing[0]}' already exists", hint="use -f to replace it, or 'mkosi clean'")
 
 
-def drop_caches(args: MkosiArgs) -> None:
-    from mkosi.cache import incremental_cache_paths
-
+def drop_caches(args: Args, config: Config) -> None:
     if args.force >= 2:
-        for p in incremental_cache_paths(args):
+        for p in incremental_cache_paths(config):
             _rmtree_any(p) if p.is_dir() else p.unlink(missing_ok=True)
     if args.force >= 3:
-        cache = package_cache_dir(args)
+        cache = package_cache_dir(config)
         if cache is not None and cache.exists():
             log.info(f"Removing package cache {cache}")
             shutil.rmtree(cache)
 
 
-def up_to_date_key(args: MkosiArgs) -> Optional[str]:
+def up_to_date_key(args: Args, config: Config) -> Optional[str]:
     """With -i: the key of this build's inputs, or None when the existing output was built from exactly
     these inputs and nothing needs doing. Without -i: an empty key (nothing is recorded)."""
     if not args.incremental:
         return ""
-    key = build_key(args)
-    keyfile = output_key_path(args)
-    assert args.output is not None
-    if (args.output.exists() or args.output.is_symlink()) and keyfile.exists() and \
+    key = build_key(args, config)
+    keyfile = output_key_path(config)
+    assert config.output is not None
+    if (config.output.exists() or config.output.is_symlink()) and keyfile.exists() and \
             keyfile.read_text().strip() == key:
-        log.info(f"{args.output} is up to date (no input changed since it was built); nothing to do")
+        log.info(f"{config.output} is up to date (no input changed since it was built); nothing to do")
         return None
     return key
 
 
-def build_command(args: MkosiArgs) -> None:
+def build_command(args: Args, config: Config) -> bool:
+    """Build the image; False when -i found the output up to date and nothing was built."""
     if os.getuid() != 0:
         raise MkosiError("'mkosi build' must be run as root", hint="run it with sudo")
-    drop_caches(args)
-    key = up_to_date_key(args)
+    drop_caches(args, config)
+    key = up_to_date_key(args, config)
     if key is None:
-        return
-    check_outputs(args)
+        return False
+    check_outputs(args, config)
     from mkosi.output.make import check_subvolume_target
 
-    check_subvolume_target(args)
+    check_subvolume_target(config)
     cleanup: list[Path] = []
     try:
-        with log.step(f"Building {args.output}"), workspace(args) as ws:
-            artifacts = build_image(args, ws, cleanup)
+        with log.step(f"Building {config.output}"), workspace(config) as ws:
+            artifacts = build_image(args, config, ws, cleanup)
             with log.step("Moving the results into place"):
-                move_into_place(args, artifacts)
+                move_into_place(config, artifacts)
     finally:
         for path in cleanup:
             if path.exists():
@@ -553,8 +552,5 @@ def build_command(args: MkosiArgs) -> None:
                     _rmtree_any(child)
                 _rmtree_any(path)
     if key:
-        output_key_path(args).write_text(key + "\n")
-    if args.auto_bump:
-        from mkosi.verbs import verb_bump
-
-        verb_bump(args)
+        write_private(output_key_path(config), key + "\n")
+    return True

@@ -9,47 +9,66 @@ sources and all scripts) did not change since the last build leaves the output a
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
+import secrets
 import shutil
 from pathlib import Path
 from typing import Any, Optional
 
 from mkosi import __version__, log
-from mkosi.config.settings import SETTINGS, MkosiArgs
+from mkosi.config.settings import CONFIG_FIELDS, SETTINGS, Args, Config, plain_value
 from mkosi.context import Context, Phase
+from mkosi.outputs import cached_image_path, salt_path
 from mkosi.run import run
+from mkosi.sources import default_transfer, source_excludes, source_files
 
 
-def package_cache_dir(args: MkosiArgs) -> Optional[Path]:
+def package_cache_dir(config: Config) -> Optional[Path]:
     """Where downloaded packages are kept between builds (Cache= / mkosi.cache/), per distribution."""
-    if args.cache_path is None:
+    if config.cache_path is None:
         return None
-    return args.cache_path / f"{args.distribution.value}~{args.release}~{args.architecture}"
+    return config.cache_path / f"{config.distribution.value}~{config.release}~{config.architecture}"
 
 
-def _cache_base(args: MkosiArgs) -> Path:
-    from mkosi.outputs import output_stem
-
-    assert args.output is not None
-    return args.output.parent / output_stem(args)
-
-
-def cached_image_path(args: MkosiArgs, phase: Phase) -> Path:
-    return Path(f"{_cache_base(args)}.cache-{phase.value}")
-
-
-def output_key_path(args: MkosiArgs) -> Path:
-    return Path(f"{_cache_base(args)}.cache-output.key")
+def write_private(path: Path, text: str) -> None:
+    """Write a key file readable by its owner only, atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.rename(tmp, path)
 
 
-def incremental_cache_paths(args: MkosiArgs) -> list[Path]:
-    """Everything incremental mode keeps between builds (removed by -ff and clean -f)."""
-    paths = []
-    for phase in Phase:
-        image = cached_image_path(args, phase)
-        paths += [image, Path(f"{image}.key")]
-    return [*paths, output_key_path(args)]
+def _salt(config: Config) -> bytes:
+    """A random salt kept next to the caches (0600): secrets enter keys only through an HMAC with it, so a
+    key file cannot be used to test guesses of a password offline."""
+    path = salt_path(config)
+    try:
+        data = bytes.fromhex(path.read_text().strip())
+        if len(data) == 32:
+            return data
+    except (OSError, ValueError):
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = secrets.token_bytes(32)
+    write_private(path, data.hex() + "\n")
+    return data
+
+
+def settings_inputs(config: Config, only_cache: bool) -> dict[str, Any]:
+    """The values of the settings that shape an image, as plain data; secrets as salted HMACs."""
+    inputs: dict[str, Any] = {}
+    for s in SETTINGS:
+        if s.dest not in CONFIG_FIELDS or (only_cache and not s.cache):
+            continue
+        value = config.setting_value(s)
+        if s.secret:
+            value = None if value is None else hmac.new(_salt(config), str(value).encode(), "sha256").hexdigest()
+        inputs[s.dest] = plain_value(value)
+    return inputs
 
 
 def digest_path(h: hashlib._Hash, path: Optional[Path], files: Optional[list[str]] = None) -> None:
@@ -78,27 +97,21 @@ def digest_path(h: hashlib._Hash, path: Optional[Path], files: Optional[list[str
                     h.update(chunk)
 
 
-def _plain(value: Any) -> Any:
-    from mkosi.summary import _plain as plain
-
-    return plain(value)
-
-
 def image_cache_key(ctx: Context, packages: list[str]) -> str:
-    args = ctx.args
+    config = ctx.config
     h = hashlib.sha256()
-    inputs = {s.dest: _plain(args.setting_value(s)) for s in SETTINGS if s.cache}
+    inputs = settings_inputs(config, only_cache=True)
     inputs.update(phase=ctx.phase.value, packages=packages, version=__version__)
     h.update(json.dumps(inputs, sort_keys=True).encode())
-    for tree in args.skeleton_trees:
+    for tree in config.skeleton_trees:
         digest_path(h, tree)
-    digest_path(h, args.prepare_script)
-    digest_path(h, args.repository_directory)
+    digest_path(h, config.prepare_script)
+    digest_path(h, config.repository_directory)
     return h.hexdigest()
 
 
 def load_cached_image(ctx: Context, key: str) -> bool:
-    image = cached_image_path(ctx.args, ctx.phase)
+    image = cached_image_path(ctx.config, ctx.phase)
     keyfile = Path(f"{image}.key")
     if not image.is_dir() or not keyfile.exists():
         return False
@@ -122,7 +135,7 @@ def load_cached_image(ctx: Context, key: str) -> bool:
 
 
 def save_cached_image(ctx: Context, key: str) -> None:
-    image = cached_image_path(ctx.args, ctx.phase)
+    image = cached_image_path(ctx.config, ctx.phase)
     keyfile = Path(f"{image}.key")
     tmp = image.with_name(f".{image.name}.tmp")
     with log.step(f"Saving the cached {ctx.phase.value} image"):
@@ -132,28 +145,23 @@ def save_cached_image(ctx: Context, key: str) -> None:
         keyfile.unlink(missing_ok=True)
         run(["cp", "--archive", "--reflink=auto", "--no-target-directory", ctx.root, tmp])
         os.rename(tmp, image)
-        keyfile.write_text(key + "\n")
+        write_private(keyfile, key + "\n")
 
 
-def build_key(args: MkosiArgs) -> str:
-    """Every input of a whole build: all settings, all scripts and trees, and the sources."""
-    from mkosi.scripts import default_transfer, source_excludes, source_files
-    from mkosi.summary import summary_dict
-
+def build_key(args: Args, config: Config) -> str:
+    """Every input of a whole build: all settings, all scripts and trees, the sources and the build
+    script's arguments."""
     h = hashlib.sha256()
-    summary = summary_dict(args)
-    summary.pop("Verb", None)
-    summary.get("Output", {}).pop("Force", None)
-    h.update(json.dumps(summary, sort_keys=True, default=str).encode())
-    h.update((args.password or "").encode())
-    for tree in [*args.skeleton_trees, *args.extra_trees]:
+    inputs = settings_inputs(config, only_cache=False)
+    inputs.update(cmdline=args.cmdline, version=__version__)
+    h.update(json.dumps(inputs, sort_keys=True).encode())
+    for tree in [*config.skeleton_trees, *config.extra_trees]:
         digest_path(h, tree)
-    for script in (args.build_script, args.prepare_script, args.postinst_script, args.finalize_script,
-                   args.nspawn_settings, args.repository_directory):
+    for script in (config.build_script, config.prepare_script, config.postinst_script, config.finalize_script,
+                   config.nspawn_settings, config.repository_directory):
         digest_path(h, script)
-    h.update(json.dumps(args.cmdline).encode())
-    if args.build_script is not None and args.build_sources is not None:
-        mode = args.source_file_transfer or default_transfer(args.build_sources)
-        digest_path(h, args.build_sources,
-                    source_files(args.build_sources, mode, source_excludes(args, args.build_sources)))
+    if config.build_script is not None and config.build_sources is not None:
+        mode = config.source_file_transfer or default_transfer(config.build_sources)
+        digest_path(h, config.build_sources,
+                    source_files(config.build_sources, mode, source_excludes(config, config.build_sources)))
     return h.hexdigest()

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mkosi import log
-from mkosi.config.settings import MkosiArgs
+from mkosi.config.settings import Args, Config
 from mkosi.errors import MkosiError
 from mkosi.outputs import output_stem
 from mkosi.run import run
@@ -71,30 +71,31 @@ def ephemeral_copy(path: Path) -> Iterator[Path]:
         shutil.rmtree(holder, ignore_errors=True)
 
 
-def run_container(args: MkosiArgs, cmd: list[str], boot: bool) -> int:
-    assert args.output is not None
+def run_container(args: Args, config: Config, boot: bool) -> int:
+    cmd = list(args.cmdline)
+    assert config.output is not None
     if os.getuid() != 0:
         raise MkosiError(f"'mkosi {args.verb.value}' must be run as root")
-    if args.format.is_disk() and (args.output_compression or args.qcow2):
+    if config.format.is_disk() and (config.output_compression or config.qcow2):
         raise MkosiError(f"the '{args.verb.value}' verb needs an uncompressed raw image")
-    if not (args.format.is_disk() or args.format.is_tree()):
+    if not (config.format.is_disk() or config.format.is_tree()):
         raise MkosiError(f"the '{args.verb.value}' verb needs a directory, subvolume or disk image, "
-                         f"not '{args.format.value}'")
+                         f"not '{config.format.value}'")
     extra = []
-    if args.output_nspawn_settings is not None and args.output_nspawn_settings.exists():
+    if config.output_nspawn_settings is not None and config.output_nspawn_settings.exists():
         extra.append("--settings=trusted")
-    if args.netdev:
+    if config.netdev:
         extra.append("--network-veth")
     with contextlib.ExitStack() as stack:
-        target = args.output
+        target = config.output
         # nspawn snapshots directories itself; image files are copied here when it cannot use them.
-        use_image = args.format.is_disk() and host_has_udev()
-        ephemeral_by_nspawn = args.ephemeral and (use_image or args.format.is_tree())
-        if args.ephemeral and not ephemeral_by_nspawn:
+        use_image = config.format.is_disk() and host_has_udev()
+        ephemeral_by_nspawn = config.ephemeral and (use_image or config.format.is_tree())
+        if config.ephemeral and not ephemeral_by_nspawn:
             target = stack.enter_context(ephemeral_copy(target))
-        if args.format.is_disk() and not use_image:
+        if config.format.is_disk() and not use_image:
             log.debug("no udev on this host: mounting the root partition for systemd-nspawn --directory")
             target = stack.enter_context(mounted_image(target, writable=True))
-        argv = nspawn_command(target, cmd, keep_unit=args.nspawn_keep_unit, network=True, image=use_image,
-                              boot=boot, ephemeral=ephemeral_by_nspawn, extra=extra, machine=output_stem(args))
+        argv = nspawn_command(target, cmd, keep_unit=config.nspawn_keep_unit, network=True, image=use_image,
+                              boot=boot, ephemeral=ephemeral_by_nspawn, extra=extra, machine=output_stem(config))
         return run(argv, check=False).returncode

@@ -7,7 +7,8 @@ import enum
 from pathlib import Path
 from typing import Optional
 
-from mkosi.config.settings import MkosiArgs
+from mkosi.config.enums import WithNetwork
+from mkosi.config.settings import Args, Config
 
 
 class Phase(enum.Enum):
@@ -17,7 +18,8 @@ class Phase(enum.Enum):
 
 @dataclasses.dataclass
 class Context:
-    args: MkosiArgs
+    args: Args
+    config: Config
     workspace: Path
     phase: Phase
     root: Path
@@ -31,9 +33,7 @@ class Context:
 
     @property
     def network(self) -> bool:
-        from mkosi.config.enums import WithNetwork
-
-        return self.args.with_network != WithNetwork.never
+        return self.config.with_network != WithNetwork.never
 
     def dir(self, name: str) -> Path:
         path = self.workspace / name

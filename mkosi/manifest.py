@@ -22,24 +22,24 @@ class PackageInfo:
 
 
 def manifest_dict(ctx: Context, packages: list[PackageInfo]) -> dict[str, object]:
-    args = ctx.args
+    config = ctx.config
     return {
         "manifest_version": 1,
         "config": {
-            "name": args.image_id or "image",
-            "version": args.image_version,
-            "architecture": args.architecture,
-            "distribution": args.distribution.value,
-            "release": args.release,
+            "name": config.image_id or "image",
+            "version": config.image_version,
+            "architecture": config.architecture,
+            "distribution": config.distribution.value,
+            "release": config.release,
         },
         "packages": [dataclasses.asdict(p) for p in sorted(packages, key=lambda p: (p.name, p.architecture))],
     }
 
 
 def changelog_text(ctx: Context, packages: list[PackageInfo]) -> str:
-    args = ctx.args
-    lines = [f"# {args.image_id or 'image'} {args.image_version or ''}".rstrip(),
-             f"# {args.distribution.value} {args.release} {args.architecture}", ""]
+    config = ctx.config
+    lines = [f"# {config.image_id or 'image'} {config.image_version or ''}".rstrip(),
+             f"# {config.distribution.value} {config.release} {config.architecture}", ""]
     for p in sorted(packages, key=lambda p: (p.name, p.architecture)):
         src = f" (source {p.source} {p.source_version or p.version})" if p.source else ""
         lines.append(f"{p.name} {p.version} {p.architecture} {p.size}{src}")
@@ -49,14 +49,14 @@ def changelog_text(ctx: Context, packages: list[PackageInfo]) -> str:
 def write_manifests(ctx: Context) -> None:
     from mkosi.distributions import plugin
 
-    args = ctx.args
-    if args.output_manifest_json is None and args.output_changelog is None:
+    config = ctx.config
+    if config.output_manifest_json is None and config.output_changelog is None:
         return
-    packages = plugin(args.distribution).installed_packages(ctx)
+    packages = plugin(config.distribution).installed_packages(ctx)
     if not packages:
         log.warn("the package database lists no packages; the manifest is empty")
-    if args.output_manifest_json is not None:
-        out = ctx.staging / args.output_manifest_json.name
+    if config.output_manifest_json is not None:
+        out = ctx.staging / config.output_manifest_json.name
         out.write_text(json.dumps(manifest_dict(ctx, packages), indent=2) + "\n")
-    if args.output_changelog is not None:
-        (ctx.staging / args.output_changelog.name).write_text(changelog_text(ctx, packages))
+    if config.output_changelog is not None:
+        (ctx.staging / config.output_changelog.name).write_text(changelog_text(ctx, packages))

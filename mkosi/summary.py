@@ -2,32 +2,27 @@
 
 from __future__ import annotations
 
-import enum
 import json
-from pathlib import Path
 from typing import Any
 
-from mkosi.config.settings import SECTIONS, SETTINGS, MkosiArgs
+from mkosi.config.settings import (
+    CONFIG_FIELDS,
+    SECTIONS,
+    SETTINGS,
+    Args,
+    Config,
+    default_value,
+    plain_value,
+    setting_value,
+)
 from mkosi.config.types import Setting
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, enum.Enum):
-        return str(value.value)
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
-def _shown(args: MkosiArgs, s: Setting) -> Any:
-    value = args.setting_value(s)
+def _shown(args: Args, config: Config, s: Setting) -> Any:
+    value = setting_value(args, config, s)
     if s.secret:
         return "(set)" if value else None
-    return _plain(value)
+    return plain_value(value)
 
 
 def _text(value: Any) -> str:
@@ -40,54 +35,53 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def repositories(args: MkosiArgs) -> list[str]:
+def repositories(config: Config) -> list[str]:
     from mkosi.distributions import plugin
 
     try:
-        return plugin(args.distribution).repositories(args)
+        return plugin(config.distribution).repositories(config)
     except Exception as e:  # summary must always print; say what went wrong instead
         return [f"(cannot list repositories: {e})"]
 
 
-def outputs(args: MkosiArgs) -> dict[str, Any]:
+def outputs(config: Config) -> dict[str, Any]:
     names = ("output", "output_dir", "output_checksum", "output_signature", "output_bmap",
              "output_nspawn_settings", "output_sshkey", "output_root_hash", "output_root_hash_p7s",
              "output_manifest_json", "output_changelog", "output_split_root", "output_split_verity",
              "output_split_kernel")
     result = {}
     for n in names:
-        v = getattr(args, n)
-        if v is None or (n == "output_checksum" and not args.checksum) or (n == "output_signature" and not args.sign):
+        v = getattr(config, n)
+        skipped = (n == "output_checksum" and not config.checksum) or (n == "output_signature" and not config.sign)
+        if v is None or skipped:
             continue
         result[n] = str(v)
     return result
 
 
-def not_implemented(args: MkosiArgs) -> dict[str, str]:
-    from mkosi.config.settings import default_value
-
+def not_implemented(config: Config) -> dict[str, str]:
     return {s.key or s.dest: s.status for s in SETTINGS
-            if s.status and args.setting_value(s) != default_value(s)}
+            if s.status and s.dest in CONFIG_FIELDS and config.setting_value(s) != default_value(s)}
 
 
-def summary_dict(args: MkosiArgs) -> dict[str, Any]:
+def summary_dict(args: Args, config: Config) -> dict[str, Any]:
     data: dict[str, Any] = {"Verb": args.verb.value}
     for section in SECTIONS:
-        data[section] = {s.key: _shown(args, s) for s in SETTINGS if s.section == section and s.summary}
-    data["Repositories"] = repositories(args)
-    data["Outputs"] = outputs(args)
-    data["ConfigFiles"] = [str(p) for p in args.config_files]
-    data["DetectedFiles"] = {k: str(v) for k, v in args.detected.items()}
-    data["NotImplemented"] = not_implemented(args)
+        data[section] = {s.key: _shown(args, config, s) for s in SETTINGS if s.section == section and s.summary}
+    data["Repositories"] = repositories(config)
+    data["Outputs"] = outputs(config)
+    data["ConfigFiles"] = [str(p) for p in config.config_files]
+    data["DetectedFiles"] = {k: str(v) for k, v in config.detected.items()}
+    data["NotImplemented"] = not_implemented(config)
     return data
 
 
-def summary_json(args: MkosiArgs) -> str:
-    return json.dumps(summary_dict(args), indent=2)
+def summary_json(args: Args, config: Config) -> str:
+    return json.dumps(summary_dict(args, config), indent=2)
 
 
-def summary_text(args: MkosiArgs) -> str:
-    data = summary_dict(args)
+def summary_text(args: Args, config: Config) -> str:
+    data = summary_dict(args, config)
     width = max(len(s.key or "") for s in SETTINGS) + 2
     lines = [f"{'Verb':>{width}}: {data['Verb']}"]
     notes = data["NotImplemented"]

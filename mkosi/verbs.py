@@ -12,20 +12,20 @@ from typing import Optional
 
 from mkosi import log
 from mkosi.config.enums import Verb
-from mkosi.config.settings import MkosiArgs
+from mkosi.config.settings import Args, Config
 from mkosi.errors import MkosiError
 
 
-def verb_summary(args: MkosiArgs) -> None:
+def verb_summary(args: Args, config: Config) -> None:
     from mkosi.summary import summary_json, summary_text
 
-    print(summary_json(args) if args.json else summary_text(args))
+    print(summary_json(args, config) if args.json else summary_text(args, config))
 
 
-def verb_cat_config(args: MkosiArgs) -> None:
-    if not args.config_files:
+def verb_cat_config(args: Args, config: Config) -> None:
+    if not config.config_files:
         log.info("No settings files were loaded.")
-    for i, path in enumerate(args.config_files):
+    for i, path in enumerate(config.config_files):
         if i:
             print()
         print(f"# {path}")
@@ -42,12 +42,12 @@ def bumped_version(version: str) -> str:
     return ".".join(parts)
 
 
-def verb_bump(args: MkosiArgs) -> None:
-    assert args.version_file is not None
-    current = args.image_version
+def verb_bump(args: Args, config: Config) -> None:
+    assert config.version_file is not None
+    current = config.image_version
     new = bumped_version(current) if current else "1"
-    args.version_file.write_text(new + "\n")
-    log.info(f"Bumped image version from {current or '(none)'} to {new} in {args.version_file}")
+    config.version_file.write_text(new + "\n")
+    log.info(f"Bumped image version from {current or '(none)'} to {new} in {config.version_file}")
 
 
 def secure_boot_common_name(template: str) -> str:
@@ -55,7 +55,7 @@ def secure_boot_common_name(template: str) -> str:
     return template.replace("%u", user)
 
 
-def verb_genkey(args: MkosiArgs) -> None:
+def verb_genkey(args: Args, config: Config) -> None:
     from mkosi.boot import generate_secure_boot_keys
 
     key = Path("mkosi.secure-boot.key")
@@ -63,9 +63,9 @@ def verb_genkey(args: MkosiArgs) -> None:
     for p in (key, crt):
         if p.exists() and args.force == 0:
             raise MkosiError(f"'{p}' already exists", hint="use -f to replace it")
-    cn = secure_boot_common_name(args.secure_boot_common_name)
-    generate_secure_boot_keys(cn, args.secure_boot_valid_days, key, crt)
-    log.info(f"Wrote {key} and {crt} for CN={cn!r}, valid {args.secure_boot_valid_days} days")
+    cn = secure_boot_common_name(config.secure_boot_common_name)
+    generate_secure_boot_keys(cn, config.secure_boot_valid_days, key, crt)
+    log.info(f"Wrote {key} and {crt} for CN={cn!r}, valid {config.secure_boot_valid_days} days")
 
 
 def _remove(path: Path) -> None:
@@ -78,99 +78,100 @@ def _remove(path: Path) -> None:
     log.info(f"Removed {path}")
 
 
-def verb_clean(args: MkosiArgs) -> None:
-    from mkosi.cache import incremental_cache_paths, package_cache_dir
-    from mkosi.outputs import output_paths
+def verb_clean(args: Args, config: Config) -> None:
+    from mkosi.cache import package_cache_dir
+    from mkosi.outputs import incremental_cache_paths, output_paths
 
-    for p in output_paths(args):
+    for p in output_paths(config):
         _remove(p)
     if args.force >= 1:
-        for p in incremental_cache_paths(args):
+        for p in incremental_cache_paths(config):
             _remove(p)
     if args.force >= 2:
-        cache = package_cache_dir(args)
+        cache = package_cache_dir(config)
         if cache is not None and cache.is_dir():
             for child in cache.iterdir():
                 _remove(child)
 
 
-def verb_build(args: MkosiArgs) -> None:
+def verb_build(args: Args, config: Config) -> None:
     from mkosi.build import build_command
 
-    build_command(args)
+    if build_command(args, config) and args.auto_bump:
+        verb_bump(args, config)
 
 
-def ensure_built(args: MkosiArgs) -> None:
+def ensure_built(args: Args, config: Config) -> None:
     """shell/boot/qemu/serve build the image first when it is missing, or again with -f."""
-    assert args.output is not None
-    if args.force > 0 or not (args.output.exists() or args.output.is_symlink()):
+    assert config.output is not None
+    if args.force > 0 or not (config.output.exists() or config.output.is_symlink()):
         from mkosi.build import build_command
 
-        build_command(args)
+        build_command(args, config)
 
 
-def verb_shell(args: MkosiArgs) -> int:
+def verb_shell(args: Args, config: Config) -> int:
     from mkosi.container import run_container
 
-    ensure_built(args)
-    return run_container(args, list(args.cmdline), boot=False)
+    ensure_built(args, config)
+    return run_container(args, config, boot=False)
 
 
-def verb_boot(args: MkosiArgs) -> int:
+def verb_boot(args: Args, config: Config) -> int:
     from mkosi.container import run_container
 
-    ensure_built(args)
-    return run_container(args, list(args.cmdline), boot=True)
+    ensure_built(args, config)
+    return run_container(args, config, boot=True)
 
 
-def verb_qemu(args: MkosiArgs) -> int:
+def verb_qemu(args: Args, config: Config) -> int:
     from mkosi.vm import run_vm
 
-    ensure_built(args)
-    return run_vm(args)
+    ensure_built(args, config)
+    return run_vm(args, config)
 
 
-def verb_ssh(args: MkosiArgs) -> int:
+def verb_ssh(args: Args, config: Config) -> int:
     from mkosi.vm import run_ssh
 
-    return run_ssh(args)
+    return run_ssh(args, config)
 
 
-def verb_serve(args: MkosiArgs) -> int:
+def verb_serve(args: Args, config: Config) -> int:
     from mkosi.vm import run_serve
 
-    ensure_built(args)
-    return run_serve(args)
+    ensure_built(args, config)
+    return run_serve(config)
 
 
-def verb_not_yet(args: MkosiArgs) -> None:
+def verb_not_yet(args: Args, config: Config) -> None:
     raise MkosiError(f"the '{args.verb.value}' verb is not implemented yet")
 
 
-def verb_help(args: MkosiArgs) -> None:
+def verb_help(args: Args, config: Config) -> None:
     from mkosi.config.parse import format_help
 
     print(format_help())
 
 
-def verb_burn(args: MkosiArgs) -> None:
-    if not args.format.is_disk() or args.output_compression or args.qcow2:
+def verb_burn(args: Args, config: Config) -> None:
+    if not config.format.is_disk() or config.output_compression or config.qcow2:
         raise MkosiError("burn needs an uncompressed raw GPT disk image")
     if len(args.cmdline) != 1:
         raise MkosiError("usage: mkosi burn DEVICE")
     device = Path(args.cmdline[0])
     if not device.exists():
         raise MkosiError(f"device '{device}' does not exist")
-    if not args.output or not args.output.exists():
-        raise MkosiError(f"image '{args.output}' does not exist; build it first")
-    with open(args.output, "rb") as src, open(device, "r+b" if device.is_block_device() else "wb") as dst:
+    if not config.output or not config.output.exists():
+        raise MkosiError(f"image '{config.output}' does not exist; build it first")
+    with open(config.output, "rb") as src, open(device, "r+b" if device.is_block_device() else "wb") as dst:
         shutil.copyfileobj(src, dst, 4 * 1024 * 1024)
         dst.flush()
         os.fsync(dst.fileno())
-    log.info(f"Wrote {args.output} to {device}")
+    log.info(f"Wrote {config.output} to {device}")
 
 
-VERBS: dict[Verb, Callable[[MkosiArgs], Optional[int]]] = {
+VERBS: dict[Verb, Callable[[Args, Config], Optional[int]]] = {
     Verb.build: verb_build,
     Verb.clean: verb_clean,
     Verb.summary: verb_summary,
@@ -188,11 +189,11 @@ VERBS: dict[Verb, Callable[[MkosiArgs], Optional[int]]] = {
 }
 
 
-def run_verb(args: MkosiArgs) -> int:
+def run_verb(args: Args, config: Config) -> int:
     """Run the verb; returns the exit status (non-zero when a container command failed)."""
     from mkosi.run import set_extra_search_paths
 
-    set_extra_search_paths([str(p) for p in args.extra_search_paths])
-    code = VERBS[args.verb](args)
+    set_extra_search_paths([str(p) for p in config.extra_search_paths])
+    code = VERBS[args.verb](args, config)
     sys.stdout.flush()
     return code or 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mkosi import log
 from mkosi.config.enums import BootProtocol, QemuKvm
-from mkosi.config.settings import MkosiArgs
+from mkosi.config.settings import Args, Config
 from mkosi.errors import MkosiError
 from mkosi.outputs import output_stem
 
@@ -16,13 +16,13 @@ from mkosi.outputs import output_stem
 QEMU_SSH_PORT = 2222
 
 
-def use_kvm(args: MkosiArgs) -> bool:
+def use_kvm(config: Config) -> bool:
     from mkosi.qemu import probe_kvm
 
-    if args.qemu_kvm == QemuKvm.no:
+    if config.qemu_kvm == QemuKvm.no:
         return False
     works = probe_kvm()
-    if args.qemu_kvm == QemuKvm.yes and not works:
+    if config.qemu_kvm == QemuKvm.yes and not works:
         log.warn("QemuKvm=yes, but KVM guests do not run on this host; using it anyway as asked")
         return True
     if not works:
@@ -30,70 +30,71 @@ def use_kvm(args: MkosiArgs) -> bool:
     return works
 
 
-def qemu_argv(args: MkosiArgs, tmp: Path) -> list[str]:
+def qemu_argv(args: Args, config: Config, tmp: Path) -> list[str]:
     from mkosi.qemu import copy_ovmf_vars, qemu_command
 
-    assert args.output is not None
-    if args.output_compression:
+    assert config.output is not None
+    if config.output_compression:
         raise MkosiError("qemu cannot boot a compressed image", hint="build without CompressOutput=")
-    boot = args.qemu_boot or BootProtocol.uefi
+    boot = config.qemu_boot or BootProtocol.uefi
     kernel = initrd = None
     cmdline = None
     if boot == BootProtocol.linux:
-        stem = args.output.parent / output_stem(args)
+        stem = config.output.parent / output_stem(config)
         kernel, initrd = Path(f"{stem}.vmlinuz"), Path(f"{stem}.initrd")
         if not kernel.exists():
             raise MkosiError(f"'{kernel}' is missing", hint="build with BootProtocols=linux")
         cmdline = Path(f"{stem}.cmdline").read_text().strip()
         if args.cmdline:
             cmdline += " " + " ".join(args.cmdline)
-    vars_copy = copy_ovmf_vars(tmp / "OVMF_VARS.fd", arch=args.architecture) if boot == BootProtocol.uefi else None
+    vars_copy = copy_ovmf_vars(tmp / "OVMF_VARS.fd", arch=config.architecture) if boot == BootProtocol.uefi else None
     return qemu_command(
-        image=args.output, fmt="qcow2" if args.qcow2 else "raw", boot=boot.value, kernel=kernel, initrd=initrd,
-        cmdline=cmdline, smp=args.qemu_smp, mem=args.qemu_mem, kvm=use_kvm(args), headless=args.qemu_headless,
-        extra_args=args.qemu_args, netdev=args.netdev or args.ssh, ssh_port=QEMU_SSH_PORT if args.ssh else None,
-        guest_ssh_port=args.ssh_port,
-        ovmf_vars_copy=vars_copy, arch=args.architecture,
+        image=config.output, fmt="qcow2" if config.qcow2 else "raw", boot=boot.value, kernel=kernel, initrd=initrd,
+        cmdline=cmdline, smp=config.qemu_smp, mem=config.qemu_mem, kvm=use_kvm(config), headless=config.qemu_headless,
+        extra_args=config.qemu_args, netdev=config.netdev or config.ssh, ssh_port=QEMU_SSH_PORT if config.ssh else None,
+        guest_ssh_port=config.ssh_port,
+        ovmf_vars_copy=vars_copy, arch=config.architecture,
     )
 
 
-def run_vm(args: MkosiArgs) -> int:
+def run_vm(args: Args, config: Config) -> int:
     from mkosi.container import ephemeral_copy
     from mkosi.qemu import run_qemu
 
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mkosi-qemu-")))
-        if args.ephemeral:
-            assert args.output is not None
-            copy = stack.enter_context(ephemeral_copy(args.output))
+        if config.ephemeral:
+            assert config.output is not None
+            copy = stack.enter_context(ephemeral_copy(config.output))
             import dataclasses
 
-            args = dataclasses.replace(args, output=copy)
-        run_qemu(qemu_argv(args, tmp))
+            config = dataclasses.replace(config, output=copy)
+        run_qemu(qemu_argv(args, config, tmp))
     return 0
 
 
-def run_ssh(args: MkosiArgs) -> int:
+def run_ssh(args: Args, config: Config) -> int:
     from mkosi.ssh import connect_with_retry, ssh_command
 
-    if not args.ssh:
+    if not config.ssh:
         raise MkosiError("the image was not built with Ssh=yes", hint="build with --ssh")
-    key = args.ssh_key or args.output_sshkey
+    key = config.ssh_key or config.output_sshkey
     agent = None
-    if args.ssh_agent:
+    if config.ssh_agent:
         import os
 
-        agent = os.environ.get("SSH_AUTH_SOCK") if args.ssh_agent.lower() in ("yes", "true", "1") else args.ssh_agent
+        use_env = config.ssh_agent.lower() in ("yes", "true", "1")
+        agent = os.environ.get("SSH_AUTH_SOCK") if use_env else config.ssh_agent
     if key is not None and not key.exists() and agent is None:
         raise MkosiError(f"ssh key '{key}' does not exist", hint="build the image with Ssh=yes first")
     argv = ssh_command("127.0.0.1", QEMU_SSH_PORT, key if agent is None else None, agent, list(args.cmdline))
-    return connect_with_retry(argv, args.ssh_timeout)
+    return connect_with_retry(argv, config.ssh_timeout)
 
 
-def run_serve(args: MkosiArgs) -> int:
+def run_serve(config: Config) -> int:
     from mkosi.serve import serve
 
-    assert args.output_dir is not None
-    log.info(f"Serving {args.output_dir} on http://0.0.0.0:8081/ (Ctrl-C stops)")
-    serve(args.output_dir, 8081)
+    assert config.output_dir is not None
+    log.info(f"Serving {config.output_dir} on http://0.0.0.0:8081/ (Ctrl-C stops)")
+    serve(config.output_dir, 8081)
     return 0

@@ -1,4 +1,4 @@
-"""Configuration: command line + settings files -> frozen MkosiArgs."""
+"""Configuration: command line + settings files -> one frozen Args and a frozen Config per image."""
 
 from __future__ import annotations
 
@@ -8,16 +8,13 @@ from pathlib import Path
 
 from mkosi.config.finalize import finalize, host_distribution
 from mkosi.config.parse import CommandLine, cli_value, load_settings, parse_command_line
-from mkosi.config.settings import MkosiArgs
+from mkosi.config.settings import Args, Config
 from mkosi.errors import ConfigError
 
 
-def load_args(argv: Sequence[str]) -> tuple[CommandLine, list[MkosiArgs]]:
-    """Parse argv and the settings files. Changes directory for -C. Returns one MkosiArgs per image
-    (several with --all)."""
-    cli = parse_command_line(argv)
-    if cli.help or cli.version:
-        return cli, []
+def load_config(cli: CommandLine) -> tuple[Args, list[Config]]:
+    """Read the settings files the command line points at. Changes directory for -C. Returns the
+    invocation's Args and one Config per image (several with --all)."""
     directory = cli_value(cli, "directory")
     if directory is not None:
         try:
@@ -31,13 +28,19 @@ def load_args(argv: Sequence[str]) -> tuple[CommandLine, list[MkosiArgs]]:
         all_dir = cli_value(cli, "all_directory") or cwd / "mkosi.files"
         if not all_dir.is_dir():
             raise ConfigError(f"'{all_dir}' does not exist", setting="--all")
-        files = sorted(p for p in all_dir.iterdir() if p.name.startswith("mkosi.") and p.is_file())
+        files: list[Path | None] = sorted(p for p in all_dir.iterdir() if p.name.startswith("mkosi.") and p.is_file())
         if not files:
             raise ConfigError(f"no mkosi.* settings files in '{all_dir}'", setting="--all")
-        result = []
-        for f in files:
-            loaded = load_settings(cli, f, host)
-            result.append(finalize(cli, loaded.merged, loaded.files, cwd))
-        return cli, result
-    loaded = load_settings(cli, cli_value(cli, "default_path"), host)
-    return cli, [finalize(cli, loaded.merged, loaded.files, cwd)]
+    else:
+        files = [cli_value(cli, "default_path")]
+    results = []
+    for f in files:
+        loaded = load_settings(cli, f, host)
+        results.append(finalize(cli, loaded.merged, loaded.files, cwd))
+    # Options of the invocation are the same for every image; the first file's (and the command line's) win.
+    return results[0][0], [config for _, config in results]
+
+
+def load_args(argv: Sequence[str]) -> tuple[Args, list[Config]]:
+    """Parse argv and load the configuration it names."""
+    return load_config(parse_command_line(argv))

@@ -11,7 +11,7 @@ from mkosi import log
 from mkosi.config.enums import BootProtocol, Distribution, OutputFormat, SourceFileTransfer, Verb, Verity
 from mkosi.config.ini import Origin
 from mkosi.config.parse import CommandLine, Merged, setting_label
-from mkosi.config.settings import MkosiArgs, by_dest
+from mkosi.config.settings import ARGS_FIELDS, CONFIG_FIELDS, Args, Config, by_dest
 from mkosi.errors import ConfigError
 
 # mkosi.* files looked up in the working directory: name -> whether it is a directory.
@@ -108,7 +108,7 @@ def _detect_dir(v: Merged, values: dict[str, Any], dest: str, name: str, found: 
         values[dest] = found[name]
 
 
-def finalize(cli: CommandLine, v: Merged, config_files: list[Path], directory: Path) -> MkosiArgs:
+def finalize(cli: CommandLine, v: Merged, config_files: list[Path], directory: Path) -> tuple[Args, Config]:
     from mkosi.distributions import host_architecture, normalize_architecture, plugin
 
     values = dict(v.values)
@@ -219,7 +219,8 @@ def finalize(cli: CommandLine, v: Merged, config_files: list[Path], directory: P
 
     _resolve_outputs(values, fmt)
     _validate(cli, v, values, fmt)
-    return MkosiArgs(**values)
+    args = Args(**{k: val for k, val in values.items() if k in ARGS_FIELDS})
+    return args, Config(**{k: val for k, val in values.items() if k in CONFIG_FIELDS})
 
 
 def _resolve_outputs(values: dict[str, Any], fmt: OutputFormat) -> None:

@@ -1,13 +1,14 @@
 """The ONE settings table.
 
-Every setting is a field of MkosiArgs declared with `setting(...)`: its INI section and key, its
-flags, parser, default and help live on that line. The argparse parser, the INI reader, `summary`,
-`summary --json`, shell completion and the docs test are all derived from these fields.
+Every setting is a field of Args (the invocation) or Config (one image) declared with `setting(...)`:
+its INI section and key, its flags, parser, default and help live on that line. The argparse parser,
+the INI reader, `summary`, `summary --json`, shell completion and the docs test all derive from them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 from pathlib import Path
 from typing import Any, Optional
 
@@ -55,8 +56,10 @@ def _choices(cls: Any) -> tuple[str, ...]:
 
 
 @dataclasses.dataclass(frozen=True)
-class MkosiArgs:
-    # ---- command-line-only options ----
+class Args:
+    """What one invocation of mkosi does: the verb, its arguments and the options that apply to the
+    whole run rather than to an image. The same for every image of a build."""
+
     verb: Verb = dataclasses.field(default=Verb.build)
     cmdline: list[str] = dataclasses.field(default_factory=list)
     directory: Optional[Path] = setting(
@@ -85,6 +88,15 @@ class MkosiArgs:
     json: bool = setting(
         section=None, key=None, flags=("--json",), kind=Kind.BOOL, parse=parse_bool, default=False,
         const="yes", help="With summary: print the configuration as JSON.")
+    force: int = setting(
+        section=O, key="Force", flags=("--force", "-f"), kind=Kind.COUNT, parse=parse_force, default=0,
+        help="Replace existing outputs; twice also drops incremental caches, thrice the package cache.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything that describes one image: the settings of the files and the command line, resolved
+    by finalize. Frozen; one per image."""
 
     # ---- [Distribution] ----
     distribution: Distribution = setting(
@@ -141,9 +153,6 @@ class MkosiArgs:
     workspace_dir: Optional[Path] = setting(
         section=O, key="WorkspaceDirectory", flags=("--workspace-dir",), parse=parse_path, metavar="PATH",
         help="Directory for temporary build data (default: mkosi.workspace/, else $TMPDIR or /var/tmp).")
-    force: int = setting(
-        section=O, key="Force", flags=("--force", "-f"), kind=Kind.COUNT, parse=parse_force, default=0,
-        help="Replace existing outputs; twice also drops incremental caches, thrice the package cache.")
     gpt_first_lba: Optional[int] = setting(
         section=O, key="GPTFirstLBA", flags=("--gpt-first-lba",), parse=parse_int, metavar="LBA",
         help="First usable LBA of the GPT (default 2048).")
@@ -456,7 +465,7 @@ class MkosiArgs:
 
 def _collect() -> tuple[Setting, ...]:
     rows = []
-    for f in dataclasses.fields(MkosiArgs):
+    for f in (*dataclasses.fields(Args), *dataclasses.fields(Config)):
         meta = f.metadata.get("setting")
         if meta is None:
             continue
@@ -475,8 +484,31 @@ def by_dest(dest: str) -> Setting:
     raise KeyError(dest)
 
 
+_FIELDS = {f.name: f for f in (*dataclasses.fields(Args), *dataclasses.fields(Config))}
+ARGS_FIELDS = frozenset(f.name for f in dataclasses.fields(Args))
+CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(Config))
+
+
 def default_value(s: Setting) -> Any:
-    f = {f.name: f for f in dataclasses.fields(MkosiArgs)}[s.dest]
+    f = _FIELDS[s.dest]
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
     return None if f.default is dataclasses.MISSING else f.default
+
+
+def setting_value(args: Args, config: Config, s: Setting) -> Any:
+    """The value of a row, from the object that owns it."""
+    return getattr(args if s.dest in ARGS_FIELDS else config, s.dest)
+
+
+def plain_value(value: Any) -> Any:
+    """A setting's value as JSON-friendly data (enums by value, paths as strings)."""
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [plain_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain_value(v) for k, v in value.items()}
+    return value

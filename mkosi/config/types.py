@@ -21,7 +21,7 @@ class Kind(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-    """One row of the settings table. `dest` is the MkosiArgs field it fills."""
+    """One row of the settings table. `dest` is the Args or Config field it fills."""
 
     dest: str
     section: Optional[str]            # INI section; None for command-line-only options
@@ -71,7 +71,7 @@ def setting(
     help: str,
     **extra: Any,
 ) -> Any:
-    """Declare a MkosiArgs field together with its row of the settings table."""
+    """Declare an Args or Config field together with its row of the settings table."""
     meta = {"setting": dict(section=section, key=key, flags=tuple(flags), kind=kind, parse=parse, help=help, **extra)}
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=meta)

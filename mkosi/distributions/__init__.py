@@ -9,7 +9,7 @@ from mkosi.config.enums import Distribution
 from mkosi.errors import MkosiError
 
 if TYPE_CHECKING:
-    from mkosi.config.settings import MkosiArgs
+    from mkosi.config.settings import Config
     from mkosi.context import Context
     from mkosi.manifest import PackageInfo
 
@@ -26,11 +26,11 @@ class DistributionPlugin:
     def default_mirror(self, arch: str) -> Optional[str]:
         return None
 
-    def repositories(self, args: MkosiArgs) -> list[str]:
+    def repositories(self, config: Config) -> list[str]:
         """The repositories a build would use, as shown by `mkosi summary`."""
         return []
 
-    def base_packages(self, args: MkosiArgs) -> list[str]:
+    def base_packages(self, config: Config) -> list[str]:
         return ["systemd"]
 
     def install(self, ctx: Context, packages: list[str]) -> None:

@@ -13,7 +13,7 @@ from mkosi.config.enums import Distribution
 from mkosi.distributions import DistributionPlugin
 
 if TYPE_CHECKING:
-    from mkosi.config.settings import MkosiArgs
+    from mkosi.config.settings import Config
     from mkosi.context import Context
     from mkosi.installers.pacman import PacmanConfig, PacmanRepo
     from mkosi.manifest import PackageInfo
@@ -32,53 +32,53 @@ class Arch(DistributionPlugin):
     def default_mirror(self, arch: str) -> Optional[str]:
         return "https://geo.mirror.pkgbuild.com" if arch == "x86_64" else "http://mirror.archlinuxarm.org"
 
-    def server(self, args: MkosiArgs, repo: str, arch: Optional[str] = None) -> str:
+    def server(self, config: Config, repo: str, arch: Optional[str] = None) -> str:
         from mkosi.installers.pacman import PACMAN_ARCH
 
-        mirror = (args.mirror or self.default_mirror(args.architecture) or "").rstrip("/")
-        arch = arch or PACMAN_ARCH.get(args.architecture, args.architecture)
-        if args.architecture == "x86_64":
+        mirror = (config.mirror or self.default_mirror(config.architecture) or "").rstrip("/")
+        arch = arch or PACMAN_ARCH.get(config.architecture, config.architecture)
+        if config.architecture == "x86_64":
             return f"{mirror}/{repo}/os/{arch}"
         return f"{mirror}/{arch}/{repo}"
 
-    def repos(self, args: MkosiArgs) -> list[PacmanRepo]:
+    def repos(self, config: Config) -> list[PacmanRepo]:
         from mkosi.installers.pacman import PacmanRepo, parse_repository
 
-        main = [PacmanRepo(name=r, servers=(self.server(args, r),)) for r in REPOS]
-        return main + [parse_repository(e) for e in args.repositories]
+        main = [PacmanRepo(name=r, servers=(self.server(config, r),)) for r in REPOS]
+        return main + [parse_repository(e) for e in config.repositories]
 
-    def repositories(self, args: MkosiArgs) -> list[str]:
-        lines = [f"{r.name}::{s}" for r in self.repos(args) for s in r.servers]
-        if args.repository_directory is not None:
-            lines.append(f"repository files in {args.repository_directory}")
+    def repositories(self, config: Config) -> list[str]:
+        lines = [f"{r.name}::{s}" for r in self.repos(config) for s in r.servers]
+        if config.repository_directory is not None:
+            lines.append(f"repository files in {config.repository_directory}")
         return lines
 
-    def base_packages(self, args: MkosiArgs) -> list[str]:
+    def base_packages(self, config: Config) -> list[str]:
         pkgs = ["systemd"]
-        if args.bootable:
+        if config.bootable:
             pkgs += ["linux", "dracut"]
         return pkgs
 
     def pacman_config(self, ctx: Context) -> PacmanConfig:
         from mkosi.installers.pacman import PacmanConfig
 
-        args = ctx.args
+        config = ctx.config
         return PacmanConfig(
             root=ctx.root.absolute(),
             workspace=ctx.workspace.absolute(),
-            architecture=args.architecture,
-            repos=tuple(self.repos(args)),
+            architecture=config.architecture,
+            repos=tuple(self.repos(config)),
             cache_dir=ctx.package_cache.absolute() if ctx.package_cache else None,
-            with_docs=args.with_docs,
+            with_docs=config.with_docs,
             network=ctx.network,
-            repository_directory=args.repository_directory,
+            repository_directory=config.repository_directory,
         )
 
     def install(self, ctx: Context, packages: list[str]) -> None:
         from mkosi.installers import pacman
 
         pacman.install(self.pacman_config(ctx), packages)
-        server = self.server(ctx.args, "$repo", "$arch")
+        server = self.server(ctx.config, "$repo", "$arch")
         if not server.startswith("file:"):
             pacman.write_mirrorlist(ctx.root, server)
 

@@ -8,7 +8,7 @@ from mkosi.config.enums import Distribution
 from mkosi.distributions import DistributionPlugin
 
 if TYPE_CHECKING:
-    from mkosi.config.settings import MkosiArgs
+    from mkosi.config.settings import Config
     from mkosi.context import Context
     from mkosi.installers.apt import AptConfig
     from mkosi.manifest import PackageInfo
@@ -30,51 +30,51 @@ class Debian(DistributionPlugin):
 
         return default_mirror(self.distribution.value, DPKG_ARCH.get(arch, arch))
 
-    def apt_config(self, args: MkosiArgs, ctx: Optional[Context] = None) -> AptConfig:
+    def apt_config(self, config: Config, ctx: Optional[Context] = None) -> AptConfig:
         from pathlib import Path
 
         from mkosi.installers.apt import AptConfig
 
         known = {"main", "contrib", "non-free", "non-free-firmware", "restricted", "universe", "multiverse"}
-        components = list(self.components) + [r for r in args.repositories if r in known and r not in self.components]
-        extra = [r for r in args.repositories if r not in known]
+        components = list(self.components) + [r for r in config.repositories if r in known and r not in self.components]
+        extra = [r for r in config.repositories if r not in known]
         return AptConfig(
             root=ctx.root if ctx else Path("/nonexistent"),
             distribution=self.distribution.value,
-            release=args.release,
-            mirror=args.mirror or self.default_mirror(args.architecture) or "",
+            release=config.release,
+            mirror=config.mirror or self.default_mirror(config.architecture) or "",
             components=components,
             extra_repositories=extra,
-            architecture=DPKG_ARCH.get(args.architecture, args.architecture),
+            architecture=DPKG_ARCH.get(config.architecture, config.architecture),
             cache_dir=ctx.package_cache if ctx else None,
             workspace=ctx.dir("apt") if ctx else Path("/nonexistent"),
-            with_docs=args.with_docs,
+            with_docs=config.with_docs,
             network=ctx.network if ctx else True,
-            repository_directory=args.repository_directory,
+            repository_directory=config.repository_directory,
         )
 
-    def repositories(self, args: MkosiArgs) -> list[str]:
+    def repositories(self, config: Config) -> list[str]:
         from mkosi.installers.apt import repository_lines
 
-        return repository_lines(self.apt_config(args))
+        return repository_lines(self.apt_config(config))
 
-    def base_packages(self, args: MkosiArgs) -> list[str]:
+    def base_packages(self, config: Config) -> list[str]:
         pkgs = ["systemd", "udev", "dbus"]
-        if args.bootable:
+        if config.bootable:
             # systemd-sysv provides poweroff/reboot/halt, which dracut puts into the initrd.
             pkgs += ["systemd-sysv", "dracut",
-                     "linux-image-" + DPKG_ARCH.get(args.architecture, "amd64")]
+                     "linux-image-" + DPKG_ARCH.get(config.architecture, "amd64")]
         return pkgs
 
     def install(self, ctx: Context, packages: list[str]) -> None:
         from mkosi.installers import apt
 
-        apt.install(self.apt_config(ctx.args, ctx), packages)
+        apt.install(self.apt_config(ctx.config, ctx), packages)
 
     def remove_packages(self, ctx: Context, packages: list[str]) -> None:
         from mkosi.installers import apt
 
-        apt.remove(self.apt_config(ctx.args, ctx), packages)
+        apt.remove(self.apt_config(ctx.config, ctx), packages)
 
     def installed_packages(self, ctx: Context) -> list[PackageInfo]:
         from mkosi.installers import apt

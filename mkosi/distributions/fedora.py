@@ -30,7 +30,7 @@ from mkosi.distributions import DistributionPlugin, host_architecture
 from mkosi.errors import MkosiError
 
 if TYPE_CHECKING:
-    from mkosi.config.settings import MkosiArgs
+    from mkosi.config.settings import Config
     from mkosi.context import Context
     from mkosi.installers.dnf import DnfConfig, RpmRepo
     from mkosi.manifest import PackageInfo
@@ -59,56 +59,56 @@ class RpmDistribution(DistributionPlugin):
 
     # ---- repositories
 
-    def mirror(self, args: MkosiArgs) -> str:
-        return (args.mirror or self.default_mirror(args.architecture) or "").rstrip("/")
+    def mirror(self, config: Config) -> str:
+        return (config.mirror or self.default_mirror(config.architecture) or "").rstrip("/")
 
-    def gpgkeys(self, args: MkosiArgs) -> tuple[str, ...]:
+    def gpgkeys(self, config: Config) -> tuple[str, ...]:
         return ()
 
-    def _host_gpgkeys(self, args: MkosiArgs) -> tuple[str, ...]:
+    def _host_gpgkeys(self, config: Config) -> tuple[str, ...]:
         keys = []
         for k in self.host_keys:
-            p = HOST_KEY_DIR / k.format(release=args.release, major=_major(args.release))
+            p = HOST_KEY_DIR / k.format(release=config.release, major=_major(config.release))
             if p.is_file():
                 keys.append(f"file://{p}")
         return tuple(keys)
 
-    def main_repos(self, args: MkosiArgs) -> list[RpmRepo]:
+    def main_repos(self, config: Config) -> list[RpmRepo]:
         return []
 
-    def epel_repos(self, args: MkosiArgs) -> list[RpmRepo]:
+    def epel_repos(self, config: Config) -> list[RpmRepo]:
         from mkosi.installers.dnf import RpmRepo
 
-        major = _major(args.release)
+        major = _major(config.release)
         return [RpmRepo(id="epel", name=f"EPEL {major}",
-                        baseurl=(f"{EPEL_MIRROR}/{major}/Everything/{_rpm_arch(args.architecture)}/",),
+                        baseurl=(f"{EPEL_MIRROR}/{major}/Everything/{_rpm_arch(config.architecture)}/",),
                         gpgkeys=(f"{EPEL_MIRROR}/RPM-GPG-KEY-EPEL-{major}",))]
 
-    def repos(self, args: MkosiArgs) -> list[RpmRepo]:
+    def repos(self, config: Config) -> list[RpmRepo]:
         """Every repository a build defines: the distribution's (unless the host's are used) and
         Repositories= URLs."""
         from mkosi.installers.dnf import is_url, url_repos
 
-        repos = [] if args.use_host_repositories else self.main_repos(args)
-        if self.epel and not args.use_host_repositories:
-            repos += self.epel_repos(args)
-        return repos + url_repos([r for r in args.repositories if is_url(r)])
+        repos = [] if config.use_host_repositories else self.main_repos(config)
+        if self.epel and not config.use_host_repositories:
+            repos += self.epel_repos(config)
+        return repos + url_repos([r for r in config.repositories if is_url(r)])
 
-    def repositories(self, args: MkosiArgs) -> list[str]:
+    def repositories(self, config: Config) -> list[str]:
         from mkosi.installers.dnf import HOST_REPOSDIRS, is_url
 
         lines = []
-        if args.use_host_repositories:
+        if config.use_host_repositories:
             lines += [f"host repositories in {d}" for d in HOST_REPOSDIRS]
-        lines += [r.summary() for r in self.repos(args)]
-        lines += [f"repository {r}" for r in args.repositories if not is_url(r)]
-        if args.repository_directory is not None:
-            lines.append(f"repository files in {args.repository_directory}")
+        lines += [r.summary() for r in self.repos(config)]
+        lines += [f"repository {r}" for r in config.repositories if not is_url(r)]
+        if config.repository_directory is not None:
+            lines.append(f"repository files in {config.repository_directory}")
         return lines
 
     # ---- installation
 
-    def rpmdb(self, args: MkosiArgs) -> str:
+    def rpmdb(self, config: Config) -> str:
         from mkosi.installers.rpm import LEGACY_RPMDB
 
         return LEGACY_RPMDB
@@ -116,27 +116,27 @@ class RpmDistribution(DistributionPlugin):
     def dnf_config(self, ctx: Context) -> DnfConfig:
         from mkosi.installers.dnf import DnfConfig, is_url
 
-        args = ctx.args
+        config = ctx.config
         return DnfConfig(
             root=ctx.root.absolute(),
             workspace=ctx.workspace.absolute(),
-            release=args.release,
-            architecture=args.architecture,
-            repos=tuple(self.repos(args)),
+            release=config.release,
+            architecture=config.architecture,
+            repos=tuple(self.repos(config)),
             cache_dir=ctx.package_cache.absolute() if ctx.package_cache else None,
-            with_docs=args.with_docs,
+            with_docs=config.with_docs,
             network=ctx.network,
-            use_host_repositories=args.use_host_repositories,
-            enable_repos=tuple(r for r in args.repositories if not is_url(r)),
-            repository_directory=args.repository_directory,
-            rpmdb=self.rpmdb(args),
+            use_host_repositories=config.use_host_repositories,
+            enable_repos=tuple(r for r in config.repositories if not is_url(r)),
+            repository_directory=config.repository_directory,
+            rpmdb=self.rpmdb(config),
             host_architecture=host_architecture(),
             distribution=self.distribution.value,
         )
 
-    def base_packages(self, args: MkosiArgs) -> list[str]:
+    def base_packages(self, config: Config) -> list[str]:
         pkgs = ["systemd"]
-        if args.bootable:
+        if config.bootable:
             pkgs += list(self.kernel_packages)
         return pkgs
 
@@ -180,14 +180,14 @@ class Fedora(RpmDistribution):
             return "https://dl.fedoraproject.org/pub/fedora-secondary"
         return "https://dl.fedoraproject.org/pub/fedora/linux"
 
-    def gpgkeys(self, args: MkosiArgs) -> tuple[str, ...]:
-        return self._host_gpgkeys(args) or ("https://fedoraproject.org/fedora.gpg",)
+    def gpgkeys(self, config: Config) -> tuple[str, ...]:
+        return self._host_gpgkeys(config) or ("https://fedoraproject.org/fedora.gpg",)
 
-    def main_repos(self, args: MkosiArgs) -> list[RpmRepo]:
+    def main_repos(self, config: Config) -> list[RpmRepo]:
         from mkosi.installers.dnf import RpmRepo
 
-        m, rel, arch = self.mirror(args), args.release, _rpm_arch(args.architecture)
-        keys = self.gpgkeys(args)
+        m, rel, arch = self.mirror(config), config.release, _rpm_arch(config.architecture)
+        keys = self.gpgkeys(config)
         if rel == "rawhide":
             return [RpmRepo(id="fedora", name="Fedora rawhide",
                             baseurl=(f"{m}/development/rawhide/Everything/{arch}/os/",), gpgkeys=keys)]
@@ -196,11 +196,11 @@ class Fedora(RpmDistribution):
                 RpmRepo(id="updates", name=f"Fedora {rel} updates",
                         baseurl=(f"{m}/updates/{rel}/Everything/{arch}/",), gpgkeys=keys)]
 
-    def rpmdb(self, args: MkosiArgs) -> str:
+    def rpmdb(self, config: Config) -> str:
         from mkosi.installers.rpm import LEGACY_RPMDB, SYSIMAGE_RPMDB
 
         # Fedora 36 moved the database to /usr.
-        if args.release.isdigit() and int(args.release) < 36:
+        if config.release.isdigit() and int(config.release) < 36:
             return LEGACY_RPMDB
         return SYSIMAGE_RPMDB
 
@@ -210,29 +210,29 @@ class EnterpriseLinux(RpmDistribution):
 
     default_release = "9"
 
-    def release_dir(self, args: MkosiArgs) -> str:
-        return args.release
+    def release_dir(self, config: Config) -> str:
+        return config.release
 
-    def repo_ids(self, args: MkosiArgs) -> list[str]:
+    def repo_ids(self, config: Config) -> list[str]:
         repos = ["BaseOS", "AppStream"]
         if self.epel:
-            repos.append("PowerTools" if _major(args.release) == "8" else "CRB")
+            repos.append("PowerTools" if _major(config.release) == "8" else "CRB")
         return repos
 
-    def main_repos(self, args: MkosiArgs) -> list[RpmRepo]:
+    def main_repos(self, config: Config) -> list[RpmRepo]:
         from mkosi.installers.dnf import RpmRepo
 
-        m, arch = self.mirror(args), _rpm_arch(args.architecture)
-        d = self.release_dir(args)
-        keys = self.gpgkeys(args)
-        return [RpmRepo(id=repo.lower(), name=f"{self.distribution.value} {args.release} {repo}",
+        m, arch = self.mirror(config), _rpm_arch(config.architecture)
+        d = self.release_dir(config)
+        keys = self.gpgkeys(config)
+        return [RpmRepo(id=repo.lower(), name=f"{self.distribution.value} {config.release} {repo}",
                         baseurl=(f"{m}/{d}/{repo}/{arch}/os/",), gpgkeys=keys)
-                for repo in self.repo_ids(args)]
+                for repo in self.repo_ids(config)]
 
-    def rpmdb(self, args: MkosiArgs) -> str:
+    def rpmdb(self, config: Config) -> str:
         from mkosi.installers.rpm import LEGACY_RPMDB, SYSIMAGE_RPMDB
 
-        major = _major(args.release)
+        major = _major(config.release)
         return SYSIMAGE_RPMDB if major.isdigit() and int(major) >= 10 else LEGACY_RPMDB
 
 
@@ -244,20 +244,20 @@ class CentOS(EnterpriseLinux):
     def default_mirror(self, arch: str) -> Optional[str]:
         return "https://mirror.stream.centos.org"
 
-    def mirror(self, args: MkosiArgs) -> str:
-        default = self.default_mirror(args.architecture)
-        if args.mirror in (None, default) and _major(args.release) == "8":
+    def mirror(self, config: Config) -> str:
+        default = self.default_mirror(config.architecture)
+        if config.mirror in (None, default) and _major(config.release) == "8":
             return "https://vault.centos.org"  # CentOS Stream 8 reached its end of life
-        return super().mirror(args)
+        return super().mirror(config)
 
-    def release_dir(self, args: MkosiArgs) -> str:
-        major = _major(args.release)
-        return f"{major}-stream" if major.isdigit() else args.release
+    def release_dir(self, config: Config) -> str:
+        major = _major(config.release)
+        return f"{major}-stream" if major.isdigit() else config.release
 
-    def gpgkeys(self, args: MkosiArgs) -> tuple[str, ...]:
-        major = _major(args.release)
+    def gpgkeys(self, config: Config) -> tuple[str, ...]:
+        major = _major(config.release)
         suffix = "-SHA256" if major.isdigit() and int(major) >= 10 else ""
-        return self._host_gpgkeys(args) or (f"https://www.centos.org/keys/RPM-GPG-KEY-CentOS-Official{suffix}",)
+        return self._host_gpgkeys(config) or (f"https://www.centos.org/keys/RPM-GPG-KEY-CentOS-Official{suffix}",)
 
 
 class CentOSEpel(CentOS):
@@ -273,9 +273,9 @@ class Rocky(EnterpriseLinux):
     def default_mirror(self, arch: str) -> Optional[str]:
         return "https://download.rockylinux.org/pub/rocky"
 
-    def gpgkeys(self, args: MkosiArgs) -> tuple[str, ...]:
-        base = (args.mirror or self.default_mirror(args.architecture) or "").rstrip("/")
-        return self._host_gpgkeys(args) or (f"{base}/RPM-GPG-KEY-Rocky-{_major(args.release)}",)
+    def gpgkeys(self, config: Config) -> tuple[str, ...]:
+        base = (config.mirror or self.default_mirror(config.architecture) or "").rstrip("/")
+        return self._host_gpgkeys(config) or (f"{base}/RPM-GPG-KEY-Rocky-{_major(config.release)}",)
 
 
 class RockyEpel(Rocky):
@@ -291,9 +291,9 @@ class Alma(EnterpriseLinux):
     def default_mirror(self, arch: str) -> Optional[str]:
         return "https://repo.almalinux.org/almalinux"
 
-    def gpgkeys(self, args: MkosiArgs) -> tuple[str, ...]:
-        base = (args.mirror or self.default_mirror(args.architecture) or "").rstrip("/")
-        return self._host_gpgkeys(args) or (f"{base}/RPM-GPG-KEY-AlmaLinux-{_major(args.release)}",)
+    def gpgkeys(self, config: Config) -> tuple[str, ...]:
+        base = (config.mirror or self.default_mirror(config.architecture) or "").rstrip("/")
+        return self._host_gpgkeys(config) or (f"{base}/RPM-GPG-KEY-AlmaLinux-{_major(config.release)}",)
 
 
 class AlmaEpel(Alma):
@@ -310,12 +310,12 @@ class Mageia(RpmDistribution):
     def default_mirror(self, arch: str) -> Optional[str]:
         return "https://mirrors.kernel.org/mageia/distrib"
 
-    def main_repos(self, args: MkosiArgs) -> list[RpmRepo]:
+    def main_repos(self, config: Config) -> list[RpmRepo]:
         from mkosi.installers.dnf import RpmRepo
 
-        base = f"{self.mirror(args)}/{args.release}/{_rpm_arch(args.architecture)}/media/core"
+        base = f"{self.mirror(config)}/{config.release}/{_rpm_arch(config.architecture)}/media/core"
         # Each medium publishes the key it is signed with next to its metadata.
-        return [RpmRepo(id=f"mageia-{repo}", name=f"Mageia {args.release} core {repo}",
+        return [RpmRepo(id=f"mageia-{repo}", name=f"Mageia {config.release} core {repo}",
                         baseurl=(f"{base}/{repo}/",), gpgkeys=(f"{base}/{repo}/media_info/pubkey",))
                 for repo in ("release", "updates")]
 
@@ -330,12 +330,12 @@ class OpenMandriva(RpmDistribution):
     def default_mirror(self, arch: str) -> Optional[str]:
         return "http://abf-downloads.openmandriva.org"
 
-    def main_repos(self, args: MkosiArgs) -> list[RpmRepo]:
+    def main_repos(self, config: Config) -> list[RpmRepo]:
         from mkosi.installers.dnf import RpmRepo
 
-        base = f"{self.mirror(args)}/{args.release}/repository/{_rpm_arch(args.architecture)}/main"
-        keys = self._host_gpgkeys(args)
-        return [RpmRepo(id=f"openmandriva-{repo}", name=f"OpenMandriva {args.release} main {repo}",
+        base = f"{self.mirror(config)}/{config.release}/repository/{_rpm_arch(config.architecture)}/main"
+        keys = self._host_gpgkeys(config)
+        return [RpmRepo(id=f"openmandriva-{repo}", name=f"OpenMandriva {config.release} main {repo}",
                         baseurl=(f"{base}/{repo}/",), gpgkeys=keys)
                 for repo in ("release", "updates")]
 
@@ -351,11 +351,11 @@ class Photon(RpmDistribution):
     def default_mirror(self, arch: str) -> Optional[str]:
         return "https://packages.vmware.com/photon"
 
-    def main_repos(self, args: MkosiArgs) -> list[RpmRepo]:
+    def main_repos(self, config: Config) -> list[RpmRepo]:
         from mkosi.installers.dnf import RpmRepo
 
-        m, rel, arch = self.mirror(args), args.release, _rpm_arch(args.architecture)
-        keys = self._host_gpgkeys(args)
+        m, rel, arch = self.mirror(config), config.release, _rpm_arch(config.architecture)
+        keys = self._host_gpgkeys(config)
         return [RpmRepo(id=f"photon-{repo}", name=f"Photon {rel} {repo}",
                         baseurl=(f"{m}/{rel}/photon_{repo}_{rel}_{arch}/",), gpgkeys=keys)
                 for repo in ("release", "updates")]
@@ -377,18 +377,18 @@ class Clear(RpmDistribution):
     def default_mirror(self, arch: str) -> Optional[str]:
         return "https://cdn.download.clearlinux.org"
 
-    def content_url(self, args: MkosiArgs) -> str:
-        return f"{self.mirror(args)}/update"
+    def content_url(self, config: Config) -> str:
+        return f"{self.mirror(config)}/update"
 
-    def repos(self, args: MkosiArgs) -> list[RpmRepo]:
+    def repos(self, config: Config) -> list[RpmRepo]:
         return []
 
-    def repositories(self, args: MkosiArgs) -> list[str]:
-        return [f"{self.content_url(args)} (version {args.release})", *args.repositories]
+    def repositories(self, config: Config) -> list[str]:
+        return [f"{self.content_url(config)} (version {config.release})", *config.repositories]
 
-    def base_packages(self, args: MkosiArgs) -> list[str]:
+    def base_packages(self, config: Config) -> list[str]:
         pkgs = ["os-core"]
-        if args.bootable:
+        if config.bootable:
             pkgs += list(self.kernel_packages)
         return pkgs
 
@@ -404,11 +404,11 @@ class Clear(RpmDistribution):
         return exe
 
     def swupd_argv(self, ctx: Context, bundles: list[str]) -> list[str]:
-        args = ctx.args
-        argv = [self.swupd(), "os-install", f"--path={ctx.root}", f"--url={self.content_url(args)}",
+        config = ctx.config
+        argv = [self.swupd(), "os-install", f"--path={ctx.root}", f"--url={self.content_url(config)}",
                 "--no-progress", "--no-boot-update", "--skip-optional"]
-        if args.release != "latest":
-            argv.append(f"--version={args.release}")
+        if config.release != "latest":
+            argv.append(f"--version={config.release}")
         if ctx.package_cache is not None:
             argv.append(f"--statedir={ctx.package_cache / 'swupd'}")
         if bundles:
@@ -439,7 +439,7 @@ class Clear(RpmDistribution):
             for line in osr.read_text().splitlines():
                 if line.startswith("VERSION_ID="):
                     version = line.partition("=")[2].strip('"')
-        return [PackageInfo(type="bundle", name=p.name, version=version, architecture=ctx.args.architecture,
+        return [PackageInfo(type="bundle", name=p.name, version=version, architecture=ctx.config.architecture,
                             size=0) for p in sorted(bundles.iterdir()) if p.is_file()]
 
     def clean_package_metadata(self, ctx: Context, force: bool) -> None:

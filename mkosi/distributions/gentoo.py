@@ -14,7 +14,7 @@ from mkosi.distributions import DistributionPlugin
 from mkosi.errors import MkosiError
 
 if TYPE_CHECKING:
-    from mkosi.config.settings import MkosiArgs
+    from mkosi.config.settings import Config
     from mkosi.context import Context
     from mkosi.installers.emerge import EmergeConfig
     from mkosi.manifest import PackageInfo
@@ -31,35 +31,35 @@ class Gentoo(DistributionPlugin):
     def default_mirror(self, arch: str) -> Optional[str]:
         return "https://distfiles.gentoo.org"
 
-    def mirror(self, args: MkosiArgs) -> str:
-        return (args.mirror or self.default_mirror(args.architecture) or "").rstrip("/")
+    def mirror(self, config: Config) -> str:
+        return (config.mirror or self.default_mirror(config.architecture) or "").rstrip("/")
 
-    def repositories(self, args: MkosiArgs) -> list[str]:
+    def repositories(self, config: Config) -> list[str]:
         from mkosi.installers.emerge import latest_url, snapshot_url
 
-        return [latest_url(self.mirror(args), args.architecture), snapshot_url(self.mirror(args)),
-                *args.repositories]
+        return [latest_url(self.mirror(config), config.architecture), snapshot_url(self.mirror(config)),
+                *config.repositories]
 
-    def base_packages(self, args: MkosiArgs) -> list[str]:
+    def base_packages(self, config: Config) -> list[str]:
         pkgs = ["sys-apps/systemd"]
-        if args.bootable:
+        if config.bootable:
             pkgs += ["sys-kernel/gentoo-kernel-bin", "sys-kernel/dracut"]
         return pkgs
 
     def emerge_config(self, ctx: Context) -> EmergeConfig:
         from mkosi.installers.emerge import EmergeConfig
 
-        args = ctx.args
-        if args.repositories:
+        config = ctx.config
+        if config.repositories:
             raise MkosiError("Repositories= is not supported for Gentoo",
                              hint="add ebuild repositories in /etc/portage/repos.conf with a skeleton tree")
         return EmergeConfig(
             root=ctx.root.absolute(),
             workspace=ctx.workspace.absolute(),
-            mirror=self.mirror(args),
-            architecture=args.architecture,
+            mirror=self.mirror(config),
+            architecture=config.architecture,
             cache_dir=ctx.package_cache.absolute() if ctx.package_cache else None,
-            with_docs=args.with_docs,
+            with_docs=config.with_docs,
             network=ctx.network,
         )
 
@@ -77,7 +77,7 @@ class Gentoo(DistributionPlugin):
         from mkosi.installers import emerge
         from mkosi.manifest import PackageInfo
 
-        return [PackageInfo(type="ebuild", name=p.atom, version=p.version, architecture=ctx.args.architecture,
+        return [PackageInfo(type="ebuild", name=p.atom, version=p.version, architecture=ctx.config.architecture,
                             size=p.size) for p in emerge.manifest_packages(ctx.root, ctx.workspace)]
 
     def clean_package_metadata(self, ctx: Context, force: bool) -> None:

@@ -20,7 +20,7 @@ from mkosi.distributions import DistributionPlugin
 from mkosi.errors import MkosiError
 
 if TYPE_CHECKING:
-    from mkosi.config.settings import MkosiArgs
+    from mkosi.config.settings import Config
     from mkosi.context import Context
     from mkosi.installers.dnf import RpmRepo
     from mkosi.installers.zypper import ZypperConfig
@@ -38,21 +38,21 @@ class OpenSUSE(DistributionPlugin):
     def default_mirror(self, arch: str) -> Optional[str]:
         return "https://download.opensuse.org"
 
-    def release(self, args: MkosiArgs) -> str:
-        rel = args.release.lower()
+    def release(self, config: Config) -> str:
+        rel = config.release.lower()
         if rel == "leap":
             return LATEST_LEAP
         if rel == "tumbleweed" or re.fullmatch(r"\d+\.\d+", rel):
             return rel
-        raise MkosiError(f"unknown openSUSE release '{args.release}'",
+        raise MkosiError(f"unknown openSUSE release '{config.release}'",
                          hint="use 'tumbleweed', 'leap' or a Leap version such as 15.6")
 
-    def main_repos(self, args: MkosiArgs) -> list[RpmRepo]:
+    def main_repos(self, config: Config) -> list[RpmRepo]:
         from mkosi.installers.dnf import RpmRepo
 
-        m = (args.mirror or self.default_mirror(args.architecture) or "").rstrip("/")
-        rel = self.release(args)
-        arch = args.architecture
+        m = (config.mirror or self.default_mirror(config.architecture) or "").rstrip("/")
+        rel = self.release(config)
+        arch = config.architecture
         if rel == "tumbleweed":
             if arch == "x86_64":
                 urls = [("repo-oss", f"{m}/tumbleweed/repo/oss/"), ("repo-update", f"{m}/update/tumbleweed/")]
@@ -70,41 +70,41 @@ class OpenSUSE(DistributionPlugin):
                         gpgkeys=(f"{url}repodata/repomd.xml.key",))
                 for rid, url in urls]
 
-    def repos(self, args: MkosiArgs) -> list[RpmRepo]:
+    def repos(self, config: Config) -> list[RpmRepo]:
         from mkosi.installers.dnf import is_url, url_repos
 
-        extra = [r for r in args.repositories if is_url(r)]
-        bad = [r for r in args.repositories if not is_url(r)]
+        extra = [r for r in config.repositories if is_url(r)]
+        bad = [r for r in config.repositories if not is_url(r)]
         if bad:
             raise MkosiError(f"Repositories= entry '{bad[0]}' is not a URL",
                              hint="openSUSE repositories are given as URLs (or as .repo files in "
                              "RepositoryDirectory=)")
-        return self.main_repos(args) + url_repos(extra)
+        return self.main_repos(config) + url_repos(extra)
 
-    def repositories(self, args: MkosiArgs) -> list[str]:
-        lines = [r.summary() for r in self.repos(args)]
-        if args.repository_directory is not None:
-            lines.append(f"repository files in {args.repository_directory}")
+    def repositories(self, config: Config) -> list[str]:
+        lines = [r.summary() for r in self.repos(config)]
+        if config.repository_directory is not None:
+            lines.append(f"repository files in {config.repository_directory}")
         return lines
 
-    def base_packages(self, args: MkosiArgs) -> list[str]:
+    def base_packages(self, config: Config) -> list[str]:
         pkgs = ["systemd", "udev"]
-        if args.bootable:
+        if config.bootable:
             pkgs += ["kernel-default", "dracut"]
         return pkgs
 
     def zypper_config(self, ctx: Context) -> ZypperConfig:
         from mkosi.installers.zypper import ZypperConfig
 
-        args = ctx.args
+        config = ctx.config
         return ZypperConfig(
             root=ctx.root.absolute(),
             workspace=ctx.workspace.absolute(),
-            repos=tuple(self.repos(args)),
+            repos=tuple(self.repos(config)),
             cache_dir=ctx.package_cache.absolute() if ctx.package_cache else None,
-            with_docs=args.with_docs,
+            with_docs=config.with_docs,
             network=ctx.network,
-            repository_directory=args.repository_directory,
+            repository_directory=config.repository_directory,
         )
 
     def install(self, ctx: Context, packages: list[str]) -> None:

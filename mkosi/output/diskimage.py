@@ -23,11 +23,11 @@ from mkosi.run import run
 
 def passphrase_file(ctx: Context) -> Optional[Path]:
     """mkosi.passphrase, or ask on the terminal and keep the answer in a 0600 workspace file."""
-    args = ctx.args
-    if args.encrypt is None:
+    config = ctx.config
+    if config.encrypt is None:
         return None
-    if args.passphrase_file is not None:
-        return args.passphrase_file
+    if config.passphrase_file is not None:
+        return config.passphrase_file
     if not sys.stdin.isatty():
         raise MkosiError("Encrypt= needs a passphrase: create mkosi.passphrase (mode 0600) or run interactively")
     first = getpass.getpass("LUKS passphrase: ")
@@ -43,80 +43,80 @@ def passphrase_file(ctx: Context) -> Optional[Path]:
 def make_disk_image(ctx: Context) -> list[Path]:
     from mkosi.output.disk import DiskSpec, build_disk, main_partition_label, qcow2_convert
 
-    args = ctx.args
-    assert args.output is not None
-    fs = args.format.root_filesystem()
+    config = ctx.config
+    assert config.output is not None
+    fs = config.format.root_filesystem()
     assert fs is not None
     spec = DiskSpec(
         tree=ctx.root,
         output=ctx.workspace / "disk.raw",
         workspace=ctx.dir("disk"),
-        arch=args.architecture,
+        arch=config.architecture,
         root_fs=fs,
-        root_size=args.root_size,
-        usr_only=args.usr_only,
-        read_only=args.read_only,
-        verity={Verity.no: "none", Verity.yes: "yes", Verity.signed: "signed"}[args.verity],
-        verity_key=args.secure_boot_key,
-        verity_cert=args.secure_boot_certificate,
-        encrypt=args.encrypt.value if args.encrypt else "none",
+        root_size=config.root_size,
+        usr_only=config.usr_only,
+        read_only=config.read_only,
+        verity={Verity.no: "none", Verity.yes: "yes", Verity.signed: "signed"}[config.verity],
+        verity_key=config.secure_boot_key,
+        verity_cert=config.secure_boot_certificate,
+        encrypt=config.encrypt.value if config.encrypt else "none",
         passphrase_file=passphrase_file(ctx),
-        home_size=args.home_size,
-        srv_size=args.srv_size,
-        swap_size=args.swap_size,
-        esp_size=args.esp_size if args.bootable else None,
-        bios_boot=args.bootable and BootProtocol.bios in args.boot_protocols,
-        image_id=args.image_id,
-        image_version=args.image_version,
-        first_lba=args.gpt_first_lba or 2048,
-        compress_fs=None if args.compress_fs in ("no", "none") else args.compress_fs,
-        minimize=args.minimize,
-        mksquashfs_tool=str(args.mksquashfs_tool) if args.mksquashfs_tool else "mksquashfs",
+        home_size=config.home_size,
+        srv_size=config.srv_size,
+        swap_size=config.swap_size,
+        esp_size=config.esp_size if config.bootable else None,
+        bios_boot=config.bootable and BootProtocol.bios in config.boot_protocols,
+        image_id=config.image_id,
+        image_version=config.image_version,
+        first_lba=config.gpt_first_lba or 2048,
+        compress_fs=None if config.compress_fs in ("no", "none") else config.compress_fs,
+        minimize=config.minimize,
+        mksquashfs_tool=str(config.mksquashfs_tool) if config.mksquashfs_tool else "mksquashfs",
     )
     with log.step(f"Assembling {fs} GPT disk image"):
         result = build_disk(spec)
-    if args.bootable:
+    if config.bootable:
         # The ESP is filled once the root partition exists: with verity, the kernel command line in
         # the unified kernel image carries the root hash.
         fill_esp(ctx, result, main_partition_label(spec))
-    if args.bootable and BootProtocol.bios in args.boot_protocols:
+    if config.bootable and BootProtocol.bios in config.boot_protocols:
         from mkosi.bootable import install_bios_boot
 
         install_bios_boot(ctx, result.output)
 
     artifacts: list[Path] = list(ctx.extra_artifacts)
-    compression = args.output_compression
+    compression = config.output_compression
 
     roothash = result.usrhash or result.roothash
-    if roothash and args.output_root_hash is not None:
-        out = ctx.staging / args.output_root_hash.name
+    if roothash and config.output_root_hash is not None:
+        out = ctx.staging / config.output_root_hash.name
         out.write_text(roothash + "\n")
         artifacts.append(out)
-    if result.signature and args.output_root_hash_p7s is not None:
-        out = ctx.staging / args.output_root_hash_p7s.name
+    if result.signature and config.output_root_hash_p7s is not None:
+        out = ctx.staging / config.output_root_hash_p7s.name
         out.write_bytes(result.signature)
         artifacts.append(out)
 
-    if args.split_artifacts:
+    if config.split_artifacts:
         artifacts += split_artifacts(ctx, result.images, compression)
 
     image = result.output
-    if args.qcow2:
+    if config.qcow2:
         qcow = ctx.workspace / "disk.qcow2"
         with log.step("Converting to QCOW2"):
             qcow2_convert(image, qcow)
         image.unlink()
         image = qcow
-    if args.bmap and args.output_bmap is not None and not compression:
+    if config.bmap and config.output_bmap is not None and not compression:
         from mkosi.output.bmap import write_bmap
 
-        out = ctx.staging / args.output_bmap.name
+        out = ctx.staging / config.output_bmap.name
         write_bmap(image, out)
         artifacts.append(out)
-    elif args.bmap:
+    elif config.bmap:
         log.warn("BMap= is skipped for a compressed image (bmaptool reads the bmap of the uncompressed image)")
     with log.step("Compressing" if compression else "Staging the image"):
-        artifacts.insert(0, maybe_compress(image, compression, ctx.staging / args.output.name))
+        artifacts.insert(0, maybe_compress(image, compression, ctx.staging / config.output.name))
     return artifacts
 
 
@@ -147,11 +147,11 @@ def fill_esp(ctx: Context, result: DiskResult, root_label: str) -> None:
 
 
 def split_artifacts(ctx: Context, images: dict[str, Path], compression: Optional[str]) -> list[Path]:
-    args = ctx.args
+    config = ctx.config
     out: list[Path] = []
-    root_role = "usr" if args.usr_only else "root"
-    pairs = [(images.get(root_role), args.output_split_root),
-             (images.get(f"{root_role}-verity"), args.output_split_verity)]
+    root_role = "usr" if config.usr_only else "root"
+    pairs = [(images.get(root_role), config.output_split_root),
+             (images.get(f"{root_role}-verity"), config.output_split_verity)]
     for src, dst in pairs:
         if src is None or dst is None:
             continue
@@ -159,10 +159,10 @@ def split_artifacts(ctx: Context, images: dict[str, Path], compression: Optional
         # Sparse like the partition image (a plain copy would write out every zero block).
         run(["cp", "--sparse=always", "--reflink=auto", src, tmp])
         out.append(maybe_compress(tmp, compression, ctx.staging / dst.name))
-    if args.output_split_kernel is not None:
+    if config.output_split_kernel is not None:
         uki = ctx.workspace / "uki.efi"
         if uki.exists():
-            dst = ctx.staging / args.output_split_kernel.name
+            dst = ctx.staging / config.output_split_kernel.name
             shutil.copyfile(uki, dst)
             out.append(dst)
     return out

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mkosi import log
 from mkosi.config.enums import OutputFormat
-from mkosi.config.settings import MkosiArgs
+from mkosi.config.settings import Config
 from mkosi.context import Context
 from mkosi.errors import MkosiError
 from mkosi.output.archive import make_cpio, make_tar
@@ -19,8 +19,8 @@ from mkosi.run import run
 
 
 def _staged(ctx: Context) -> Path:
-    assert ctx.args.output is not None
-    return ctx.staging / ctx.args.output.name
+    assert ctx.config.output is not None
+    return ctx.staging / ctx.config.output.name
 
 
 def _uncompressed_name(ctx: Context, suffix: str) -> Path:
@@ -42,12 +42,12 @@ def filesystem_type(path: Path) -> str:
 NESTED_SUBVOLUMES = ("var", "home", "srv", "var/tmp")
 
 
-def check_subvolume_target(args: MkosiArgs) -> None:
+def check_subvolume_target(config: Config) -> None:
     """Before anything is built: the subvolume format needs its output directory on btrfs."""
-    if args.format != OutputFormat.subvolume:
+    if config.format != OutputFormat.subvolume:
         return
-    assert args.output is not None
-    outdir = args.output.parent
+    assert config.output is not None
+    outdir = config.output.parent
     outdir.mkdir(parents=True, exist_ok=True)
     fstype = filesystem_type(outdir)
     if fstype != "btrfs":
@@ -56,12 +56,12 @@ def check_subvolume_target(args: MkosiArgs) -> None:
 
 
 def make_subvolume(ctx: Context) -> list[Path]:
-    assert ctx.args.output is not None
-    check_subvolume_target(ctx.args)
+    assert ctx.config.output is not None
+    check_subvolume_target(ctx.config)
     # Made next to its final place (same file system) and renamed into place after success.
-    holder = Path(tempfile.mkdtemp(prefix=".mkosi-subvolume-", dir=ctx.args.output.parent))
+    holder = Path(tempfile.mkdtemp(prefix=".mkosi-subvolume-", dir=ctx.config.output.parent))
     ctx.cleanup.append(holder)
-    out = holder / ctx.args.output.name
+    out = holder / ctx.config.output.name
     run(["btrfs", "subvolume", "create", out], capture=True)
     # /var, /home, /srv and /var/tmp are subvolumes of their own (snapshots of the image leave them
     # out); cp fills them and gives them the tree's owners and modes.
@@ -69,7 +69,7 @@ def make_subvolume(ctx: Context) -> list[Path]:
         if (ctx.root / name).is_dir() and not (ctx.root / name).is_symlink():
             run(["btrfs", "subvolume", "create", out / name], capture=True)
     run(["cp", "--archive", "--reflink=auto", "--no-target-directory", f"{ctx.root}/.", f"{out}/."])
-    if ctx.args.read_only:
+    if ctx.config.read_only:
         run(["btrfs", "property", "set", "-ts", out, "ro", "true"])
     return [out]
 
@@ -77,24 +77,24 @@ def make_subvolume(ctx: Context) -> list[Path]:
 def make_tar_output(ctx: Context) -> list[Path]:
     tmp = _uncompressed_name(ctx, ".tar")
     with log.step("Creating tar archive"):
-        make_tar(ctx.root, tmp, strip_selinux=ctx.args.tar_strip_selinux_context)
-        return [maybe_compress(tmp, ctx.args.output_compression, _staged(ctx))]
+        make_tar(ctx.root, tmp, strip_selinux=ctx.config.tar_strip_selinux_context)
+        return [maybe_compress(tmp, ctx.config.output_compression, _staged(ctx))]
 
 
 def make_cpio_output(ctx: Context) -> list[Path]:
     tmp = _uncompressed_name(ctx, ".cpio")
     with log.step("Creating cpio archive"):
         make_cpio(ctx.root, tmp)
-        return [maybe_compress(tmp, ctx.args.output_compression, _staged(ctx), for_initrd=True)]
+        return [maybe_compress(tmp, ctx.config.output_compression, _staged(ctx), for_initrd=True)]
 
 
 def make_plain_squashfs(ctx: Context) -> list[Path]:
     from mkosi.output.filesystems import make_squashfs
 
     tmp = _uncompressed_name(ctx, ".raw")
-    tool = str(ctx.args.mksquashfs_tool) if ctx.args.mksquashfs_tool else "mksquashfs"
-    make_squashfs(ctx.root, tmp, ctx.args.compress_fs, tool)
-    return [maybe_compress(tmp, ctx.args.output_compression, _staged(ctx))]
+    tool = str(ctx.config.mksquashfs_tool) if ctx.config.mksquashfs_tool else "mksquashfs"
+    make_squashfs(ctx.root, tmp, ctx.config.compress_fs, tool)
+    return [maybe_compress(tmp, ctx.config.output_compression, _staged(ctx))]
 
 
 def make_disk(ctx: Context) -> list[Path]:
@@ -117,18 +117,18 @@ MAKERS: dict[OutputFormat, Callable[[Context], list[Path]]] = {
 
 
 def copy_nspawn_settings(ctx: Context) -> list[Path]:
-    src = ctx.args.nspawn_settings
-    if src is None or ctx.args.output_nspawn_settings is None:
+    src = ctx.config.nspawn_settings
+    if src is None or ctx.config.output_nspawn_settings is None:
         return []
-    dst = ctx.staging / ctx.args.output_nspawn_settings.name
+    dst = ctx.staging / ctx.config.output_nspawn_settings.name
     shutil.copy2(src, dst)
     return [dst]
 
 
 def make_outputs(ctx: Context) -> list[Path]:
-    maker = MAKERS.get(ctx.args.format)
+    maker = MAKERS.get(ctx.config.format)
     if maker is None:
-        raise MkosiError(f"format '{ctx.args.format.value}' is not implemented yet")
-    with log.step(f"Writing {ctx.args.format.value} output"):
+        raise MkosiError(f"format '{ctx.config.format.value}' is not implemented yet")
+    with log.step(f"Writing {ctx.config.format.value} output"):
         artifacts = maker(ctx)
     return artifacts + copy_nspawn_settings(ctx)

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from mkosi import build
-from mkosi.config.settings import MkosiArgs
+from mkosi.config.settings import Args, Config
 from mkosi.context import Context, Phase
 
 
 def ctx_for(root: Path, phase: Phase = Phase.final, **settings: object) -> Context:
-    args = dataclasses.replace(MkosiArgs(), **settings)  # type: ignore[arg-type]
+    config = dataclasses.replace(Config(), **settings)  # type: ignore[arg-type]
     root.mkdir(parents=True, exist_ok=True)
-    return Context(args, root.parent, phase, root, None, root.parent / "staging")
+    return Context(Args(), config, root.parent, phase, root, None, root.parent / "staging")
 
 
 def test_hostname(tmp_path: Path) -> None:

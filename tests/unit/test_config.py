@@ -23,7 +23,7 @@ from mkosi.config.enums import (
 )
 from mkosi.config.ini import lookup_key, normalize_key, parse_ini
 from mkosi.config.parse import build_parser, parse_command_line
-from mkosi.config.settings import SECTIONS, SETTINGS, MkosiArgs, default_value
+from mkosi.config.settings import SECTIONS, SETTINGS, Args, Config, default_value
 from mkosi.config.types import Kind, parse_bool, parse_size
 from mkosi.distributions import plugin
 from mkosi.errors import ConfigError
@@ -39,11 +39,18 @@ MiB = 1024**2
 pytestmark = pytest.mark.usefixtures("fixed_host")
 
 
-def load(*argv: str, verb: str = "summary") -> MkosiArgs:
-    cli, configs = load_args([*argv, verb])
-    assert cli.verb == Verb(verb)
+def load_both(*argv: str, verb: str = "summary") -> tuple[Args, Config]:
+    args, configs = load_args([*argv, verb])
+    assert args.verb == Verb(verb)
     assert len(configs) == 1
-    return configs[0]
+    return args, configs[0]
+
+
+def load(*argv: str, verb: str = "summary") -> Config:
+    return load_both(*argv, verb=verb)[1]
+
+
+SUMMARY = Args(verb=Verb.summary)
 
 
 def load_error(*argv: str, verb: str = "summary") -> ConfigError:
@@ -384,17 +391,17 @@ def test_environment_is_split_on_whitespace(wd: Path) -> None:
 
 
 def test_force_counts(wd: Path) -> None:
-    assert load().force == 0
-    assert load("-f").force == 1
-    assert load("-ff").force == 2
-    assert load("-f", "-f", "-f").force == 3
+    assert load_both()[0].force == 0
+    assert load_both("-f")[0].force == 1
+    assert load_both("-ff")[0].force == 2
+    assert load_both("-f", "-f", "-f")[0].force == 3
     write(wd / "mkosi.default", "[Output]\nForce=yes\n")
-    assert load().force == 1
+    assert load_both()[0].force == 1
 
 
 def test_optional_value_flags_do_not_swallow_the_verb(wd: Path) -> None:
-    args = load("--bootable", verb="summary")
-    assert args.bootable is True and args.verb == Verb.summary
+    args, config = load_both("--bootable", verb="summary")
+    assert config.bootable is True and args.verb == Verb.summary
     assert load("-b", "no").bootable is False
     assert load("--verity").verity == Verity.yes
     assert load("--verity", "no").verity == Verity.no
@@ -727,9 +734,9 @@ def test_version_file(wd: Path) -> None:
 def test_summary_secret_is_hidden(wd: Path) -> None:
     write(wd / "mkosi.rootpw", "hunter2", 0o600)
     args = load()
-    assert "hunter2" not in summary_text(args)
-    assert "hunter2" not in summary_json(args)
-    assert summary_dict(args)["Content"]["Password"] == "(set)"
+    assert "hunter2" not in summary_text(SUMMARY, args)
+    assert "hunter2" not in summary_json(SUMMARY, args)
+    assert summary_dict(SUMMARY, args)["Content"]["Password"] == "(set)"
 
 
 # ---- contradictions ----
@@ -826,7 +833,7 @@ def _summary_line(text: str, key: str) -> str:
 def test_summary_of_the_automake_example(wd: Path) -> None:
     write(wd / "mkosi.default", AUTOMAKE_EXAMPLE)
     args = load()
-    text = summary_text(args)
+    text = summary_text(SUMMARY, args)
     assert _summary_line(text, "Distribution") == "fedora"
     assert _summary_line(text, "Release") == "24"
     assert _summary_line(text, "Format") == "gpt_btrfs"
@@ -835,7 +842,7 @@ def test_summary_of_the_automake_example(wd: Path) -> None:
     assert _summary_line(text, "BuildPackages") == "make, gcc, libcurl-devel"
     assert str(wd / "mkosi.default") in text
 
-    data = json.loads(summary_json(args))
+    data = json.loads(summary_json(SUMMARY, args))
     assert data["Verb"] == "summary"
     assert data["Distribution"]["Distribution"] == "fedora"
     assert data["Distribution"]["Release"] == "24"
@@ -850,8 +857,8 @@ def test_summary_of_the_automake_example(wd: Path) -> None:
 
 def test_summary_shows_every_setting(wd: Path) -> None:
     args = load()
-    text = summary_text(args)
-    data = summary_dict(args)
+    text = summary_text(SUMMARY, args)
+    data = summary_dict(SUMMARY, args)
     for s in SETTINGS:
         if s.key and s.summary:
             assert s.key in data[s.section or ""], s.key
@@ -863,11 +870,11 @@ def test_summary_marks_settings_not_implemented(wd: Path) -> None:
     if not pending:
         pytest.skip("every setting is implemented")
     s = pending[0]
-    assert s.key not in summary_dict(load())["NotImplemented"]
+    assert s.key not in summary_dict(SUMMARY, load())["NotImplemented"]
     value = {Kind.BOOL: "yes", Kind.LIST: "x"}.get(s.kind, "/")
     args = load(f"{s.long_flag}={value}")
-    assert summary_dict(args)["NotImplemented"].get(s.key) == s.status
-    assert s.status in _summary_line(summary_text(args), s.key)
+    assert summary_dict(SUMMARY, args)["NotImplemented"].get(s.key) == s.status
+    assert s.status in _summary_line(summary_text(SUMMARY, args), s.key)
 
 
 def _json_types(value: Any) -> bool:
@@ -881,7 +888,7 @@ def _json_types(value: Any) -> bool:
 def test_summary_dict_is_plain_data(wd: Path) -> None:
     (wd / "mkosi.extra").mkdir()
     args = load("--bootable", "--encrypt=data", "--boot-protocols=uefi,bios")
-    data = summary_dict(args)
+    data = summary_dict(SUMMARY, args)
     assert _json_types(data)
     assert data["Output"]["Encrypt"] == Encrypt.data.value
     assert data["Output"]["BootProtocols"] == ["uefi", "bios"]

@@ -14,7 +14,7 @@ import mkosi.config
 import mkosi.run
 from mkosi.config import load_args
 from mkosi.config.enums import Distribution
-from mkosi.config.settings import MkosiArgs
+from mkosi.config.settings import Args, Config
 from mkosi.distributions import plugin
 from mkosi.errors import MkosiError, ToolMissingError
 from mkosi.installers import dnf, emerge, pacman, rpm, zypper
@@ -32,7 +32,7 @@ def fixed_host(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-def load(*argv: str) -> MkosiArgs:
+def load(*argv: str) -> Config:
     _, configs = load_args([*argv, "summary"])
     return configs[0]
 
@@ -283,7 +283,7 @@ def test_clear_needs_swupd(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 
     monkeypatch.setattr(mkosi.run, "find_tool", lambda name: None)
     args = load("-d", "clear")
-    ctx = Context(args, tmp_path, Phase.final, tmp_path / "root", None, tmp_path)
+    ctx = Context(Args(), args, tmp_path, Phase.final, tmp_path / "root", None, tmp_path)
     with pytest.raises(MkosiError, match=r"not available on this host.*swupd") as e:
         plugin(Distribution.clear).install(ctx, ["os-core"])
     assert e.value.hint is not None
@@ -294,7 +294,7 @@ def test_clear_swupd_argv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     from mkosi.distributions.fedora import Clear
 
     monkeypatch.setattr(mkosi.run, "find_tool", lambda name: f"/usr/bin/{name}")
-    ctx = Context(load("-d", "clear", "-r", "41000"), tmp_path, Phase.final, tmp_path / "root",
+    ctx = Context(Args(), load("-d", "clear", "-r", "41000"), tmp_path, Phase.final, tmp_path / "root",
                   tmp_path / "cache", tmp_path)
     argv = Clear().swupd_argv(ctx, ["os-core", "kernel-native"])
     assert argv[:2] == ["/usr/bin/swupd", "os-install"]

@@ -18,7 +18,7 @@ from mkosi import __version__
 from mkosi.__main__ import main
 from mkosi.config import load_args
 from mkosi.config.enums import Verb
-from mkosi.config.settings import MkosiArgs
+from mkosi.config.settings import Config
 from mkosi.outputs import output_paths
 from tests.unit.conftest import write
 
@@ -37,7 +37,7 @@ def run(*argv: str) -> int:
     return code
 
 
-def resolve(*argv: str) -> MkosiArgs:
+def resolve(*argv: str) -> Config:
     _, configs = load_args([*argv, "summary"])
     return configs[0]
 
@@ -226,7 +226,8 @@ def test_clean_removes_outputs(wd: Path) -> None:
 
 
 def test_clean_force_levels(wd: Path) -> None:
-    from mkosi.cache import incremental_cache_paths, package_cache_dir
+    from mkosi.cache import package_cache_dir
+    from mkosi.outputs import incremental_cache_paths
 
     (wd / "mkosi.cache").mkdir()
     args = resolve()

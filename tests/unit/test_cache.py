@@ -1,0 +1,52 @@
+"""Cache keys: made of setting values, secrets only through a salted HMAC, key files private."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import stat
+from pathlib import Path
+
+from mkosi.cache import build_key, settings_inputs, write_private
+from mkosi.config.settings import Args, Config
+from mkosi.outputs import salt_path
+
+
+def config_in(tmp_path: Path, **settings: object) -> Config:
+    return dataclasses.replace(Config(), output=tmp_path / "image.raw", **settings)  # type: ignore[arg-type]
+
+
+def test_secret_enters_the_key_only_salted(tmp_path: Path) -> None:
+    config = config_in(tmp_path, password="hunter2")
+    inputs = settings_inputs(config, only_cache=False)
+    text = json.dumps(inputs)
+    assert "hunter2" not in text
+    assert hashlib.sha256(b"hunter2").hexdigest() not in text
+    salt = salt_path(config)
+    assert stat.S_IMODE(salt.stat().st_mode) == 0o600
+    # The same salt gives the same key; another password another key.
+    assert build_key(Args(), config) == build_key(Args(), config)
+    assert build_key(Args(), config) != build_key(Args(), config_in(tmp_path, password="hunter3"))
+
+
+def test_a_new_salt_changes_the_key(tmp_path: Path) -> None:
+    config = config_in(tmp_path, password="hunter2")
+    first = build_key(Args(), config)
+    salt_path(config).unlink()
+    assert build_key(Args(), config) != first
+
+
+def test_key_depends_on_setting_values_and_arguments(tmp_path: Path) -> None:
+    base = config_in(tmp_path)
+    assert build_key(Args(), base) != build_key(Args(), dataclasses.replace(base, hostname="other"))
+    assert build_key(Args(), base) != build_key(Args(cmdline=["--x"]), base)
+
+
+def test_write_private_is_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "k"
+    write_private(path, "abc\n")
+    assert path.read_text() == "abc\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    write_private(path, "def\n")
+    assert path.read_text() == "def\n"

@@ -2,19 +2,45 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Optional
 
-from mkosi.config.finalize import finalize, host_distribution
-from mkosi.config.parse import CommandLine, cli_value, load_settings, parse_command_line
-from mkosi.config.settings import Args, Config
+from mkosi.config.finalize import finalize
+from mkosi.config.layout import ImageLayout, load_image, load_subimages, order_images
+from mkosi.config.parse import CommandLine, cli_value, merge, parse_command_line
+from mkosi.config.settings import SETTINGS, Args, Config
+from mkosi.config.types import Scope
 from mkosi.errors import ConfigError
+
+UNIVERSAL = tuple(s.dest for s in SETTINGS if s.scope == Scope.universal)
+
+
+def _finalize(cli: CommandLine, layout: ImageLayout) -> tuple[Args, Config]:
+    return finalize(cli, merge(layout.assignments), layout.files, layout.directory, layout.name)
+
+
+def _images(cli: CommandLine, cwd: Path, default_path: Optional[Path]) -> tuple[Args, list[Config]]:
+    main_layout = load_image(cli, cwd, cwd, default_path)
+    args, main = _finalize(cli, main_layout)
+    subs = {layout.name: layout for layout in load_subimages(cli, cwd, main_layout)}
+    if not subs:
+        return args, [main]
+    configs = {}
+    for name, layout in subs.items():
+        _, config = _finalize(cli, layout)
+        # Universal settings are the main image's, whatever a sub-image's defaults would say.
+        configs[name] = dataclasses.replace(config, **{d: getattr(main, d) for d in UNIVERSAL})
+    order = order_images(list(subs), {n: c.dependencies for n, c in configs.items()}, main.dependencies)
+    return args, [*(configs[n] for n in order), main]
 
 
 def load_config(cli: CommandLine) -> tuple[Args, list[Config]]:
     """Read the settings files the command line points at. Changes directory for -C. Returns the
-    invocation's Args and one Config per image (several with --all)."""
+    invocation's Args and one Config per image, in build order: sub-images first, the main image last
+    (or one per file of mkosi.files/ with --all)."""
     directory = cli_value(cli, "directory")
     if directory is not None:
         try:
@@ -22,23 +48,17 @@ def load_config(cli: CommandLine) -> tuple[Args, list[Config]]:
         except OSError as e:
             raise ConfigError(f"cannot change to directory '{directory}': {e.strerror}", setting="--directory")
     cwd = Path.cwd()
-    host_dist, host_release = host_distribution()
-    host = (host_dist.value if host_dist else None, host_release)
-    if cli_value(cli, "all"):
-        all_dir = cli_value(cli, "all_directory") or cwd / "mkosi.files"
-        if not all_dir.is_dir():
-            raise ConfigError(f"'{all_dir}' does not exist", setting="--all")
-        files: list[Path | None] = sorted(p for p in all_dir.iterdir() if p.name.startswith("mkosi.") and p.is_file())
-        if not files:
-            raise ConfigError(f"no mkosi.* settings files in '{all_dir}'", setting="--all")
-    else:
-        files = [cli_value(cli, "default_path")]
-    results = []
-    for f in files:
-        loaded = load_settings(cli, f, host)
-        results.append(finalize(cli, loaded.merged, loaded.files, cwd))
+    if not cli_value(cli, "all"):
+        return _images(cli, cwd, cli_value(cli, "default_path"))
+    all_dir = cli_value(cli, "all_directory") or cwd / "mkosi.files"
+    if not all_dir.is_dir():
+        raise ConfigError(f"'{all_dir}' does not exist", setting="--all")
+    files = sorted(p for p in all_dir.iterdir() if p.name.startswith("mkosi.") and p.is_file())
+    if not files:
+        raise ConfigError(f"no mkosi.* settings files in '{all_dir}'", setting="--all")
+    results = [_images(cli, cwd, f) for f in files]
     # Options of the invocation are the same for every image; the first file's (and the command line's) win.
-    return results[0][0], [config for _, config in results]
+    return results[0][0], [config for _, configs in results for config in configs]
 
 
 def load_args(argv: Sequence[str]) -> tuple[Args, list[Config]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 from pathlib import Path
 from typing import Optional
@@ -29,7 +30,30 @@ class Assignment:
     setting: Setting
     raw: str
     origin: Origin
-    match: bool = False   # a condition of the file's [Match] section, not an assignment
+    # Relative paths in the value are relative to this directory (the configuration's), not to the
+    # directory mkosi runs in.
+    base: Optional[Path] = None
+
+
+# Sections whose settings are conditions under which the file applies (or, for the Assert kinds, must apply).
+CONDITION_SECTIONS = ("Match", "TriggerMatch", "Assert", "TriggerAssert")
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+    key: str                  # the condition's name as the manual spells it: Distribution, PathExists, ...
+    setting: Optional[Setting]  # the setting it tests, None for conditions on the host or the files
+    raw: str
+    origin: Origin
+    kind: str                 # one of CONDITION_SECTIONS
+    group: int                # which section of that kind in the file (conditions are per section)
+
+
+@dataclasses.dataclass
+class ParsedFile:
+    path: Path
+    assignments: list[Assignment]
+    conditions: list[Condition]
 
 
 def normalize_key(key: str) -> str:
@@ -45,10 +69,12 @@ for _s in SETTINGS:
         _KEYS[normalize_key(_a)] = (_s, True)
 
 _SECTIONS = {s.lower(): s for s in SECTIONS}
-# Older section names: the [Packages] section became [Content].
+# Older section names: the [Packages] section became [Content], [Host] became [Runtime].
 _LEGACY_SECTIONS = {"packages": "Content"}
-# Settings a [Match] section may test: the file applies only when all its conditions hold.
-MATCHABLE = ("distribution", "release", "architecture", "format", "image_id", "image_version", "bootable")
+_CONDITION_SECTIONS = {s.lower(): s for s in CONDITION_SECTIONS}
+
+# Conditions that test the host or the file system rather than a setting.
+SPECIAL_CONDITIONS = ("PathExists", "SystemdVersion", "HostArchitecture", "Image")
 
 
 def _rewrite_legacy_value(alias: str, raw: str) -> str:
@@ -64,15 +90,38 @@ def _strip_inline_comment(value: str) -> str:
     return value[: m.start()] if m else value
 
 
-def _matchable() -> list[Setting]:
-    return [s for s in SETTINGS if s.dest in MATCHABLE]
+def matchable() -> list[Setting]:
+    return [s for s in SETTINGS if s.match is not None]
 
 
 def lookup_key(key: str) -> Optional[tuple[Setting, bool]]:
     return _KEYS.get(normalize_key(key))
 
 
-def parse_ini(path: Path, text: Optional[str] = None) -> list[Assignment]:
+def nearest_key(key: str) -> Optional[str]:
+    names = [s.key for s in SETTINGS if s.key]
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    if not close:
+        lowered = {n.lower(): n for n in names}
+        close = [lowered[c] for c in difflib.get_close_matches(key.lower(), list(lowered), n=1, cutoff=0.6)]
+    return close[0] if close else None
+
+
+def _condition(key: str, value: str, origin: Origin, kind: str, group: int) -> Condition:
+    for special in SPECIAL_CONDITIONS:
+        if normalize_key(key) == normalize_key(special):
+            return Condition(special, None, value, origin, kind, group)
+    found = lookup_key(key)
+    if found is None or found[0].match is None:
+        hint = "it can test " + ", ".join([*(f"{m.key}=" for m in matchable()), *(f"{c}=" for c in SPECIAL_CONDITIONS)])
+        name = found[0].key if found else key
+        raise ConfigError(f"[{kind}] cannot test {name}=", path=origin.path, line=origin.line, setting=name, hint=hint)
+    s = found[0]
+    assert s.key is not None
+    return Condition(s.key, s, value, origin, kind, group)
+
+
+def parse_ini(path: Path, text: Optional[str] = None, base: Optional[Path] = None) -> ParsedFile:
     """Parse one settings file. Raises ConfigError naming the file, line and setting."""
     if text is None:
         try:
@@ -105,48 +154,58 @@ def parse_ini(path: Path, text: Optional[str] = None) -> list[Assignment]:
         entries.append((lineno, key.strip(), _strip_inline_comment(value).strip()))
 
     # Second pass: resolve sections and keys.
-    result: list[Assignment] = []
+    base = base or path.absolute().parent
+    result = ParsedFile(path, [], [])
     section: Optional[str] = None
     section_raw = ""
+    groups: dict[str, int] = {}
     for lineno, key, maybe_value in entries:
         if maybe_value is None:
             section_raw = key
-            low = key.lower()
-            if low in _SECTIONS:
-                section = _SECTIONS[low]
-                if key != section:
-                    log.warn(f"{name}:{lineno}: section [{key}] should be written [{section}]")
-            elif low in _LEGACY_SECTIONS:
-                section = _LEGACY_SECTIONS[low]
-                log.warn(f"{name}:{lineno}: section [{key}] is an older name, use [{section}]")
-            elif low == "match":
-                section = "Match"
-            else:
-                section = "?" + key
+            section = _section(key, name, lineno)
+            if section in CONDITION_SECTIONS:
+                groups[section] = groups.get(section, -1) + 1
             continue
+        origin = Origin(name, lineno)
         if section is None:
             raise ConfigError(f"setting '{key}' appears before any [Section] header", path=name, line=lineno,
                               hint="put it under the section it belongs to, e.g. [Output]")
+        if section in CONDITION_SECTIONS:
+            result.conditions.append(_condition(key, maybe_value, origin, section, groups[section]))
+            continue
         found = lookup_key(key)
         if found is None:
-            raise ConfigError(f"unknown setting '{key}' in section [{section_raw}]", path=name, line=lineno)
+            near = nearest_key(key)
+            log.warn(f"{origin}: unknown setting '{key}' in section [{section_raw}], ignored"
+                     + (f" (did you mean {near}=?)" if near else ""))
+            continue
         value = maybe_value
         s, legacy = found
         assert s.key is not None
-        if section == "Match":
-            if s.dest not in MATCHABLE:
-                raise ConfigError(f"[Match] cannot test {s.key}=", path=name, line=lineno, setting=s.key,
-                                  hint="it can test " + ", ".join(f"{m.key}=" for m in _matchable()))
-            result.append(Assignment(s, value, Origin(name, lineno), match=True))
-            continue
         if legacy:
-            log.warn(f"{name}:{lineno}: {key}= is an older name, use {s.key}=")
+            log.warn(f"{origin}: {key}= is an older name, use {s.key}=")
             value = _rewrite_legacy_value(key, value)
         elif key != s.key:
-            log.warn(f"{name}:{lineno}: setting '{key}' should be written '{s.key}'")
+            log.warn(f"{origin}: setting '{key}' should be written '{s.key}'")
         if section.startswith("?"):
-            log.warn(f"{name}:{lineno}: unknown section [{section[1:]}], applying {s.key}= from [{s.section}]")
-        elif section != s.section:
-            log.warn(f"{name}:{lineno}: {s.key}= belongs in [{s.section}], not [{section}]; applying it anyway")
-        result.append(Assignment(s, value, Origin(name, lineno)))
+            log.warn(f"{origin}: unknown section [{section[1:]}], applying {s.key}= from [{s.section}]")
+        elif section not in (s.section, *s.other_sections):
+            log.warn(f"{origin}: {s.key}= belongs in [{s.section}], not [{section}]; applying it anyway")
+        result.assignments.append(Assignment(s, value, origin, base))
     return result
+
+
+def _section(key: str, name: str, lineno: int) -> str:
+    low = key.lower()
+    if low in _SECTIONS:
+        section = _SECTIONS[low]
+        if key != section:
+            log.warn(f"{name}:{lineno}: section [{key}] should be written [{section}]")
+        return section
+    if low in _LEGACY_SECTIONS:
+        section = _LEGACY_SECTIONS[low]
+        log.warn(f"{name}:{lineno}: section [{key}] is an older name, use [{section}]")
+        return section
+    if low in _CONDITION_SECTIONS:
+        return _CONDITION_SECTIONS[low]
+    return "?" + key

@@ -16,9 +16,9 @@ from typing import Any, NoReturn, Optional
 
 from mkosi import __version__, log
 from mkosi.config.enums import LEGACY_FORMATS, Verb
-from mkosi.config.ini import Assignment, Origin, parse_ini
+from mkosi.config.ini import Assignment, Origin
 from mkosi.config.settings import SECTIONS, SETTINGS, default_value
-from mkosi.config.types import Kind, Setting, try_bool
+from mkosi.config.types import Kind, PathRule, Setting, parse_path, try_bool
 from mkosi.errors import ConfigError
 
 CLI = Origin(None, None)
@@ -211,38 +211,21 @@ def print_version() -> None:
     print(f"mkosi {__version__}")
 
 
-# ---- settings files ----
-
-def _dropins(directory: Path) -> list[Path]:
-    if not directory.is_dir():
-        return []
-    return sorted(p for p in directory.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and not p.name.endswith("~"))
-
-
-def main_config_files(default_path: Optional[Path]) -> list[Path]:
-    if default_path is not None:
-        if not default_path.exists():
-            raise ConfigError("settings file does not exist", path=str(default_path), setting="--default")
-        return [default_path]
-    files = [p for p in (Path("mkosi.default"), Path("mkosi.conf")) if p.is_file()]
-    if len(files) == 2:
-        log.warn("both mkosi.default and mkosi.conf exist; reading mkosi.default, then mkosi.conf")
-    return files
-
-
-def dropin_files() -> list[Path]:
-    return _dropins(Path("mkosi.default.d")) + _dropins(Path("mkosi.conf.d"))
-
-
-def distribution_dropin_files(distribution: str) -> list[Path]:
-    return _dropins(Path("mkosi.default.d") / distribution) + _dropins(Path("mkosi.conf.d") / distribution)
-
-
 # ---- merging ----
 
 def _split_items(s: Setting, raw: str) -> list[str]:
     return [item for item in re.split(s.separator, raw.strip()) if item]
+
+
+def _takes_paths(s: Setting) -> bool:
+    return s.path_rule != PathRule.none or s.parse is parse_path
+
+
+def rebase(s: Setting, item: str, base: Optional[Path]) -> str:
+    """A relative path in a configuration file is relative to the configuration's directory."""
+    if base is None or not _takes_paths(s) or not item or item.startswith(("/", "~", "!")):
+        return item
+    return str(base / item)
 
 
 def _matches(s: Setting, existing: Any, removal: str) -> bool:
@@ -257,15 +240,16 @@ def _matches(s: Setting, existing: Any, removal: str) -> bool:
         return False
 
 
-def merge_list(s: Setting, current: list[Any], raw: str) -> list[Any]:
+def merge_list(s: Setting, current: list[Any], raw: str, base: Optional[Path] = None) -> list[Any]:
     result = list(current)
     for item in _split_items(s, raw):
         if item == "!*":
             result = []
         elif item.startswith("!") and len(item) > 1:
-            result = [x for x in result if not _matches(s, x, item[1:])]
+            removal = rebase(s, item[1:], base)
+            result = [x for x in result if not _matches(s, x, removal)]
         else:
-            result.append(s.parse(item))
+            result.append(s.parse(rebase(s, item, base)))
     return result
 
 
@@ -291,14 +275,14 @@ def merge(assignments: Sequence[Assignment]) -> Merged:
         try:
             if s.kind == Kind.LIST:
                 # The first assignment replaces a non-empty default (ManifestFormat=changelog means only that).
-                values[s.dest] = merge_list(s, values[s.dest] if s.dest in origins else [], a.raw)
+                values[s.dest] = merge_list(s, values[s.dest] if s.dest in origins else [], a.raw, a.base)
             elif s.kind == Kind.COUNT and a.raw == "+1":
                 values[s.dest] = int(values[s.dest] or 0) + 1
             elif not a.raw.strip():
                 values[s.dest] = default_value(s)
                 empty.add(s.dest)
             else:
-                values[s.dest] = s.parse(a.raw)
+                values[s.dest] = s.parse(rebase(s, a.raw.strip(), a.base))
                 empty.discard(s.dest)
                 if s.dest == "format" and a.raw.strip() in LEGACY_FORMATS:
                     log.warn(f"{a.origin}: Format={a.raw.strip()} is an older name, use Format={values[s.dest]}")
@@ -307,90 +291,6 @@ def merge(assignments: Sequence[Assignment]) -> Merged:
                               setting=setting_label(s, a.origin))
         origins[s.dest] = a.origin
     return Merged(values, origins, empty)
-
-
-def last_value(assignments: Sequence[Assignment], dest: str) -> Optional[str]:
-    value = None
-    for a in assignments:
-        if a.setting.dest == dest:
-            value = a.raw
-    return value
-
-
-@dataclasses.dataclass
-class Loaded:
-    merged: Merged
-    files: list[Path]
-
-
-def _match_value(s: Setting, values: dict[str, Any], host: tuple[Optional[str], Optional[str]]) -> str:
-    """The value a [Match] condition compares with: what is configured so far, or the default."""
-    from mkosi.distributions import host_architecture, plugin
-
-    value = values[s.dest]
-    if s.dest == "distribution" and value is None:
-        return host[0] or ""
-    if s.dest == "release" and value is None:
-        dist = values["distribution"]
-        if dist is None or str(dist.value) == host[0]:
-            return host[1] or ""
-        return plugin(dist).default_release
-    if s.dest == "architecture" and value is None:
-        return host_architecture()
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return "" if value is None else str(getattr(value, "value", value))
-
-
-def _condition_holds(a: Assignment, current: str) -> bool:
-    s = a.setting
-    items = a.raw.split()
-    if s.kind == Kind.BOOL:
-        return str(try_bool(a.raw)) == str(try_bool(current))
-    wanted = [i for i in items if not i.startswith("!")]
-    unwanted = [i[1:] for i in items if i.startswith("!")]
-    if current in unwanted:
-        return False
-    return not wanted or current in wanted
-
-
-def _file_applies(conditions: list[Assignment], earlier: list[Assignment],
-                  host: tuple[Optional[str], Optional[str]]) -> bool:
-    if not conditions:
-        return True
-    values = merge(earlier).values
-    return all(_condition_holds(c, _match_value(c.setting, values, host)) for c in conditions)
-
-
-def load_settings(cli: CommandLine, default_path: Optional[Path],
-                  host: tuple[Optional[str], Optional[str]]) -> Loaded:
-    file_assignments: list[Assignment] = []
-    loaded: list[Path] = []
-
-    def load(paths: list[Path]) -> None:
-        nonlocal file_assignments
-        for f in paths:
-            parsed = parse_ini(f)
-            conditions = [a for a in parsed if a.match]
-            # Conditions see everything configured before this file, and the command line.
-            if _file_applies(conditions, file_assignments + cli.assignments, host):
-                file_assignments += [a for a in parsed if not a.match]
-                loaded.append(f)
-            else:
-                log.debug(f"{f}: its [Match] conditions do not hold; skipped")
-
-    load(main_config_files(default_path) + dropin_files())
-    # The per-distribution drop-ins need the distribution, which the command line may override.
-    distro_raw = last_value(file_assignments + cli.assignments, "distribution")
-    distro: Optional[str] = host[0]
-    if distro_raw:
-        try:
-            distro = str(next(s for s in SETTINGS if s.dest == "distribution").parse(distro_raw).value)
-        except ValueError:
-            distro = None  # reported by merge() with its origin
-    if distro:
-        load(distribution_dropin_files(distro))
-    return Loaded(merge(file_assignments + cli.assignments), loaded)
 
 
 def cli_value(cli: CommandLine, dest: str) -> Any:

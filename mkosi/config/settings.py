@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import stat
 from pathlib import Path
 from typing import Any, Optional
 
@@ -29,6 +30,10 @@ from mkosi.config.enums import (
 )
 from mkosi.config.types import (
     Kind,
+    MatchKind,
+    PathRule,
+    Resolving,
+    Scope,
     Setting,
     parse_bool,
     parse_bool_or_enum,
@@ -46,9 +51,124 @@ from mkosi.config.types import (
     parse_size,
     setting,
 )
+from mkosi.distributions import facts
+from mkosi.errors import ConfigError
 
 D, O, C, P, V, H = "Distribution", "Output", "Content", "Partitions", "Validation", "Host"  # noqa: E741
+CFG, INC, B, R = "Config", "Include", "Build", "Runtime"
 NOT_YET = "not implemented yet"
+
+
+# ---- defaults that depend on other settings or on the host (each row names what it depends on) ----
+
+def _default_distribution(v: Resolving) -> Distribution:
+    dist = facts.host_distribution()[0]
+    if dist is None:
+        raise ConfigError("cannot tell which distribution the host runs; set Distribution=")
+    return dist
+
+
+def _default_release(v: Resolving) -> str:
+    host_dist, host_release = facts.host_distribution()
+    if v["distribution"] == host_dist and host_release:
+        return host_release
+    return facts.default_release(v["distribution"])
+
+
+def _parse_name(value: str) -> str:
+    v = value.strip()
+    if not v or "/" in v or v.startswith("."):
+        raise ValueError(f"invalid name '{value}': a profile or image name cannot be empty, contain '/' or "
+                         "start with '.'")
+    return v
+
+
+def _parse_architecture(value: str) -> str:
+    return facts.normalize_architecture(value.strip())
+
+
+def _default_architecture(v: Resolving) -> str:
+    return facts.host_architecture()
+
+
+def _default_output_dir(v: Resolving) -> Optional[Path]:
+    # mkosi.output/ only applies when Output= is unset or a bare file name; a path with a slash wins.
+    if v["output"] is None or not v["output"].is_absolute():
+        return v.found.get("mkosi.output")
+    return None
+
+
+def _default_boot_protocols(v: Resolving) -> list[BootProtocol]:
+    return [BootProtocol.uefi] if v["bootable"] else []
+
+
+def _default_qemu_boot(v: Resolving) -> BootProtocol:
+    protocols: list[BootProtocol] = v["boot_protocols"] or [BootProtocol.uefi]
+    return protocols[0]
+
+
+def _compress_target(fmt: OutputFormat) -> str:
+    """Compress= compresses the file system of formats that can, otherwise the output file."""
+    return "compress_fs" if (fmt.is_squashfs() or fmt.is_btrfs()) else "compress_output"
+
+
+def _default_compress_output(v: Resolving) -> str:
+    if v["compress"] is not None and _compress_target(v["format"]) == "compress_output":
+        return str(v["compress"])
+    return "xz" if v["format"].is_archive() else "no"
+
+
+def _resolve_compress_output(value: str, v: Resolving) -> str:
+    return "xz" if value == "yes" else value
+
+
+def _default_compress_fs(v: Resolving) -> str:
+    if v["compress"] is not None and _compress_target(v["format"]) == "compress_fs":
+        return str(v["compress"])
+    return "no"
+
+
+def _resolve_compress_fs(value: str, v: Resolving) -> str:
+    if (v["format"].is_squashfs() and value in ("yes", "no")) or value == "yes":
+        return "zstd"
+    return value
+
+
+def _default_image_version(v: Resolving) -> Optional[str]:
+    path = v.found.get("mkosi.version")
+    return read_text_file(path, "mkosi.version").strip() or None if path else None
+
+
+def _default_password(v: Resolving) -> Optional[str]:
+    path = v.found.get("mkosi.rootpw")
+    if path is None:
+        return None
+    check_secret_file_mode(path, "mkosi.rootpw")
+    return read_text_file(path, "mkosi.rootpw").rstrip("\n")
+
+
+def _default_root_size(v: Resolving) -> Optional[int]:
+    return 3 * 1024**3 if v["format"].is_disk() else None
+
+
+def _default_esp_size(v: Resolving) -> Optional[int]:
+    return 256 * 1024**2 if v["bootable"] else None
+
+
+def read_text_file(path: Path, setting: str) -> str:
+    try:
+        return path.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError("is not valid UTF-8 text", path=str(path), setting=setting)
+    except OSError as e:
+        raise ConfigError(f"cannot read it: {e.strerror}", path=str(path), setting=setting)
+
+
+def check_secret_file_mode(path: Path, setting: str) -> None:
+    mode = path.stat().st_mode
+    if stat.S_IMODE(mode) & 0o177:
+        raise ConfigError(f"file mode {oct(stat.S_IMODE(mode))} is too permissive, it must be 0600 or stricter",
+                          path=str(path), setting=setting, hint=f"chmod 600 {path}")
 
 
 def _choices(cls: Any) -> tuple[str, ...]:
@@ -63,32 +183,41 @@ class Args:
     verb: Verb = dataclasses.field(default=Verb.build)
     cmdline: list[str] = dataclasses.field(default_factory=list)
     directory: Optional[Path] = setting(
+        scope=Scope.invocation,
         section=None, key=None, flags=("--directory", "-C"), parse=parse_path, metavar="PATH",
         help="Change to this directory before doing anything; mkosi.* files are looked up there.")
     default_path: Optional[Path] = setting(
+        scope=Scope.invocation,
         section=None, key=None, flags=("--default",), parse=parse_path, metavar="PATH",
         help="Read settings from this file instead of mkosi.default / mkosi.conf.")
     all: bool = setting(
+        scope=Scope.invocation,
         section=None, key=None, flags=("--all", "-a"), kind=Kind.BOOL, parse=parse_bool, default=False,
         const="yes", help="Build every mkosi.* file found in mkosi.files/ (or --all-directory=).")
     all_directory: Optional[Path] = setting(
+        scope=Scope.invocation,
         section=None, key=None, flags=("--all-directory",), parse=parse_path, metavar="PATH",
         help="Where --all looks for settings files (default: mkosi.files/).")
     incremental: bool = setting(
+        scope=Scope.invocation,
         section=None, key=None, flags=("--incremental", "-i"), kind=Kind.BOOL, parse=parse_bool,
         default=False, const="yes",
         help="Keep cached copies of the development and final images and reuse them on later runs.")
     debug: list[str] = setting(
+        scope=Scope.invocation,
         section=None, key=None, flags=("--debug",), kind=Kind.LIST, parse=parse_debug,
         default_factory=list, const="run", metavar="SELECTOR",
         help="Show debugging output: every command that runs, and tracebacks. Optional areas: run, all.")
     auto_bump: bool = setting(
+        scope=Scope.invocation,
         section=None, key=None, flags=("--auto-bump", "-B"), kind=Kind.BOOL, parse=parse_bool,
         default=False, const="yes", help="Bump the image version in mkosi.version after a successful build.")
     json: bool = setting(
+        scope=Scope.invocation,
         section=None, key=None, flags=("--json",), kind=Kind.BOOL, parse=parse_bool, default=False,
         const="yes", help="With summary: print the configuration as JSON.")
     force: int = setting(
+        scope=Scope.invocation,
         section=O, key="Force", flags=("--force", "-f"), kind=Kind.COUNT, parse=parse_force, default=0,
         help="Replace existing outputs; twice also drops incremental caches, thrice the package cache.")
 
@@ -98,34 +227,69 @@ class Config:
     """Everything that describes one image: the settings of the files and the command line, resolved
     by finalize. Frozen; one per image."""
 
+    # ---- [Config] and [Include] ----
+    include: list[str] = setting(
+        section=INC, key="Include", flags=("--include", "-I"), kind=Kind.LIST, default_factory=list,
+        other_sections=(CFG,), metavar="PATH", summary=False,
+        help="Read more configuration from this file or directory (or a built-in one: mkosi-vm, mkosi-initrd, "
+        "mkosi-tools, mkosi-addon).")
+    profiles: list[str] = setting(
+        section=CFG, key="Profiles", flags=("--profile",), kind=Kind.LIST, default_factory=list, parse=_parse_name,
+        scope=Scope.inherited, match=MatchKind.equal, metavar="NAME",
+        help="Profiles to select: mkosi.profiles/NAME.conf or mkosi.profiles/NAME/ are read after mkosi.conf.d/.")
+    dependencies: list[str] = setting(
+        section=CFG, key="Dependencies", flags=("--dependency",), kind=Kind.LIST, default_factory=list,
+        parse=_parse_name, metavar="IMAGE",
+        help="Images of mkosi.images/ that are built before this one (for the main image: which ones are built).")
+    minimum_version: Optional[str] = setting(
+        section=CFG, key="MinimumVersion", flags=("--minimum-version",), scope=Scope.main, metavar="VERSION",
+        help="The oldest mkosi version that can build this configuration (or commit:HASH).")
+    pass_environment: list[str] = setting(
+        section=CFG, key="PassEnvironment", flags=("--pass-environment",), kind=Kind.LIST, separator=r"\s+",
+        default_factory=list, scope=Scope.main, metavar="NAMES",
+        help="Environment variables passed on to sub-images as if they were universal settings.")
+    configure_scripts: list[Path] = setting(
+        section=CFG, key="ConfigureScripts", flags=("--configure-script",), kind=Kind.LIST, parse=parse_path,
+        default_factory=list, path_default=("mkosi.configure",), path_rule=PathRule.path, status=NOT_YET,
+        metavar="PATH", help="Scripts that may rewrite the configuration before the build (JSON in, JSON out).")
+
     # ---- [Distribution] ----
     distribution: Distribution = setting(
+        scope=Scope.universal, default_fn=_default_distribution, match=MatchKind.equal, specifier="d",
         section=D, key="Distribution", flags=("--distribution", "-d"), parse=parse_enum(Distribution),
         choices=_choices(Distribution), cache=True,
         help="Distribution to install (default: the host's).")
     release: str = setting(
+        scope=Scope.universal, default_fn=_default_release, depends=("distribution",), match=MatchKind.equal,
+        specifier="r",
         section=D, key="Release", flags=("--release", "-r"), cache=True,
         help="Release of the distribution (default: the host's, or a recent one of the chosen distribution).")
     mirror: Optional[str] = setting(
+        scope=Scope.universal,
         section=D, key="Mirror", flags=("--mirror", "-m"), metavar="URL", cache=True,
         help="Mirror to download packages from.")
     repositories: list[str] = setting(
+        scope=Scope.universal, match=MatchKind.equal,
         section=D, key="Repositories", flags=("--repositories",), kind=Kind.LIST, separator=r"[,\s]+",
         default_factory=list, metavar="REPOS", cache=True,
         help="Extra repositories (Debian: components or URLs; Arch: name::url).")
     use_host_repositories: bool = setting(
+        scope=Scope.universal,
         section=D, key="UseHostRepositories", flags=("--use-host-repositories",), kind=Kind.BOOL,
         parse=parse_bool, default=False, const="yes", cache=True,
         help="RPM distributions: use the host's repository definitions.")
     repository_directory: Optional[Path] = setting(
+        scope=Scope.universal, path_default=("mkosi.reposdir/",), path_rule=PathRule.path,
         section=D, key="RepositoryDirectory", flags=("--repository-directory",), parse=parse_path,
         metavar="PATH", cache=True, help="Directory with extra repository definition files (mkosi.reposdir/).")
     architecture: str = setting(
-        section=D, key="Architecture", flags=("--architecture",), cache=True,
+        scope=Scope.universal, default_fn=_default_architecture, match=MatchKind.equal, specifier="a",
+        section=D, key="Architecture", flags=("--architecture",), cache=True, parse=_parse_architecture,
         help="Architecture of the image (default: the host's). Must be runnable on the host.")
 
     # ---- [Output] ----
     format: OutputFormat = setting(
+        match=MatchKind.equal, specifier="t",
         section=O, key="Format", flags=("--format", "-t"), parse=parse_enum(OutputFormat, LEGACY_FORMATS),
         choices=_choices(OutputFormat), default=OutputFormat.gpt_ext4,
         help="Output format: directory, subvolume, tar, cpio, gpt_ext4, gpt_xfs, gpt_btrfs, gpt_squashfs, "
@@ -135,6 +299,7 @@ class Config:
         parse=parse_enum(ManifestFormat), choices=_choices(ManifestFormat),
         default_factory=lambda: [ManifestFormat.json], help="Manifests to write: json, changelog.")
     output: Optional[Path] = setting(
+        specifier="o",
         section=O, key="Output", flags=("--output", "-o"), parse=parse_output_path, metavar="PATH",
         help="Path of the output image (default: image name from ImageId=/ImageVersion= and the format).")
     output_split_root: Optional[Path] = setting(
@@ -148,18 +313,24 @@ class Config:
         section=O, key="OutputSplitKernel", flags=("--output-split-kernel",), parse=parse_path, metavar="PATH",
         help="Path of the split-out unified kernel image (with SplitArtifacts=).")
     output_dir: Optional[Path] = setting(
+        scope=Scope.universal, default_fn=_default_output_dir, depends=("output",), specifier="O",
+        path_rule=PathRule.path,
         section=O, key="OutputDirectory", flags=("--output-dir", "-O"), parse=parse_path, metavar="PATH",
         help="Directory for all artifacts (default: mkosi.output/ if it exists).")
     workspace_dir: Optional[Path] = setting(
+        scope=Scope.universal, path_default=("mkosi.workspace/",), path_rule=PathRule.path,
         section=O, key="WorkspaceDirectory", flags=("--workspace-dir",), parse=parse_path, metavar="PATH",
         help="Directory for temporary build data (default: mkosi.workspace/, else $TMPDIR or /var/tmp).")
     gpt_first_lba: Optional[int] = setting(
+        default_fn=lambda v: 2048,
         section=O, key="GPTFirstLBA", flags=("--gpt-first-lba",), parse=parse_int, metavar="LBA",
         help="First usable LBA of the GPT (default 2048).")
     bootable: bool = setting(
+        match=MatchKind.equal,
         section=O, key="Bootable", flags=("--bootable", "-b"), kind=Kind.BOOL, parse=parse_bool, default=False,
         const="yes", cache=True, help="Make a bootable image (kernel, initrd, boot loader).")
     boot_protocols: list[BootProtocol] = setting(
+        default_fn=_default_boot_protocols, depends=("bootable",),
         section=O, key="BootProtocols", flags=("--boot-protocols",), kind=Kind.LIST, parse=parse_enum(BootProtocol),
         choices=_choices(BootProtocol), default_factory=list, cache=True,
         help="Boot protocols to support: uefi, bios, linux (default: uefi).")
@@ -171,9 +342,11 @@ class Config:
         section=O, key="SecureBoot", flags=("--secure-boot",), kind=Kind.BOOL, parse=parse_bool, default=False,
         const="yes", help="Sign the EFI binaries for UEFI Secure Boot.")
     secure_boot_key: Optional[Path] = setting(
+        scope=Scope.universal, path_default=("mkosi.secure-boot.key",), path_rule=PathRule.path,
         section=O, key="SecureBootKey", flags=("--secure-boot-key",), parse=parse_path, metavar="PATH",
         help="PEM private key for Secure Boot and verity signing (default: mkosi.secure-boot.key).")
     secure_boot_certificate: Optional[Path] = setting(
+        scope=Scope.universal, path_default=("mkosi.secure-boot.crt",), path_rule=PathRule.path,
         section=O, key="SecureBootCertificate", flags=("--secure-boot-certificate",), parse=parse_path,
         metavar="PATH", help="X.509 certificate for Secure Boot (default: mkosi.secure-boot.crt).")
     secure_boot_common_name: str = setting(
@@ -196,15 +369,18 @@ class Config:
         choices=_choices(Verity), const="yes", default=Verity.no,
         help="Add a dm-verity partition for the root (or /usr); 'signed' also signs the root hash.")
     compress_fs: str = setting(
+        default_fn=_default_compress_fs, resolve_fn=_resolve_compress_fs, depends=("format", "compress"),
         section=O, key="CompressFs", flags=("--compress-fs",), parse=parse_compression, const="yes", default="no",
         help="Compression inside the file system (btrfs, squashfs): a boolean or zlib, lzo, zstd, lz4, xz.")
     compress_output: str = setting(
+        default_fn=_default_compress_output, resolve_fn=_resolve_compress_output, depends=("format", "compress"),
         section=O, key="CompressOutput", flags=("--compress-output",), parse=parse_compression, const="yes",
         aliases=("XZ",), help="Compress the output: a boolean, xz or zstd (implied for tar and cpio).")
     compress: Optional[str] = setting(
         section=O, key="Compress", flags=("--compress",), parse=parse_compression, const="yes",
         help="Compress the file system or the output, whichever suits the format.")
     mksquashfs: Optional[Path] = setting(
+        path_default=("mkosi.mksquashfs-tool",), path_rule=PathRule.path,
         section=O, key="Mksquashfs", flags=("--mksquashfs",), parse=parse_path, metavar="PATH",
         help="mksquashfs executable to use (default: mkosi.mksquashfs-tool, else mksquashfs).")
     qcow2: bool = setting(
@@ -214,9 +390,11 @@ class Config:
         section=O, key="Hostname", flags=("--hostname",), parse=parse_hostname, cache=True,
         help="Host name of the image.")
     image_version: Optional[str] = setting(
+        scope=Scope.inherited, default_fn=_default_image_version, match=MatchKind.version, specifier="v",
         section=O, key="ImageVersion", flags=("--image-version",),
         help="Version of the image (default: mkosi.version); part of the output name and os-release.")
     image_id: Optional[str] = setting(
+        scope=Scope.inherited, match=MatchKind.glob, specifier="i",
         section=O, key="ImageId", flags=("--image-id",),
         help="Identifier of the image; names the output and the partitions, written to os-release.")
     with_unified_kernel_images: bool = setting(
@@ -262,13 +440,16 @@ class Config:
         const="yes", negative_flags=("--without-tests", "-T"),
         help="Tell the build script to run tests ($WITH_TESTS).")
     cache_path: Optional[Path] = setting(
+        scope=Scope.universal, path_default=("mkosi.cache/",), path_rule=PathRule.path,
         section=C, key="Cache", flags=("--cache",), parse=parse_path, metavar="PATH",
         help="Package cache directory shared between builds (default: mkosi.cache/).")
     skeleton_trees: list[Path] = setting(
+        path_default=("mkosi.skeleton/", "mkosi.skeleton.tar"), path_rule=PathRule.path,
         section=C, key="SkeletonTree", flags=("--skeleton-tree",), kind=Kind.LIST, parse=parse_path,
         separator=r",", default_factory=list, metavar="PATH", cache=True,
         help="Directory or tar archive copied into the image before packages (default: mkosi.skeleton/).")
     extra_trees: list[Path] = setting(
+        path_default=("mkosi.extra/", "mkosi.extra.tar"), path_rule=PathRule.path,
         section=C, key="ExtraTree", flags=("--extra-tree",), kind=Kind.LIST, parse=parse_path, separator=r",",
         default_factory=list, metavar="PATH",
         help="Directory or tar archive copied into the image after packages (default: mkosi.extra/).")
@@ -288,21 +469,26 @@ class Config:
         separator=r"\s+", default_factory=list, metavar="NAME[=VALUE]",
         help="Variables for the scripts; a bare name passes the value from mkosi's environment.")
     build_sources: Optional[Path] = setting(
+        scope=Scope.universal, default_fn=lambda v: v.directory, path_rule=PathRule.path,
         section=C, key="BuildSources", flags=("--build-sources",), parse=parse_path, metavar="PATH",
         help="Source tree copied into the build image (default: the current directory).")
     build_dir: Optional[Path] = setting(
+        scope=Scope.universal, path_default=("mkosi.builddir/",), path_rule=PathRule.path,
         section=C, key="BuildDirectory", flags=("--build-dir",), parse=parse_path, metavar="PATH",
         help="Out-of-tree build directory shared between builds (default: mkosi.builddir/).")
     include_dir: Optional[Path] = setting(
+        path_default=("mkosi.includedir/",), path_rule=PathRule.path,
         section=C, key="IncludeDirectory", flags=("--include-directory",), parse=parse_path, metavar="PATH",
         help="Directory mounted at /usr/include in the build image (default: mkosi.includedir/).")
     install_dir: Optional[Path] = setting(
+        path_default=("mkosi.installdir/",), path_rule=PathRule.path,
         section=C, key="InstallDirectory", flags=("--install-directory",), parse=parse_path, metavar="PATH",
         help="Directory used as $DESTDIR, shared between builds (default: mkosi.installdir/).")
     build_packages: list[str] = setting(
         section=C, key="BuildPackages", flags=("--build-package",), kind=Kind.LIST, default_factory=list,
         metavar="PACKAGES", cache=True, help="Packages installed only in the build image.")
     password: Optional[str] = setting(
+        default_fn=_default_password,
         section=C, key="Password", flags=("--password",), secret=True, cache=True,
         help="Root password (default: mkosi.rootpw, else root is locked).")
     password_is_hashed: bool = setting(
@@ -315,15 +501,19 @@ class Config:
         section=C, key="SkipFinalPhase", flags=("--skip-final-phase",), kind=Kind.BOOL, parse=parse_bool,
         default=False, const="yes", help="Stop after the build phase; make no final image.")
     build_script: Optional[Path] = setting(
+        path_default=("mkosi.build",), path_rule=PathRule.path,
         section=C, key="BuildScript", flags=("--build-script",), parse=parse_path, metavar="PATH",
         help="Build script; makes the build two-phased (default: mkosi.build; empty disables).")
     prepare_script: Optional[Path] = setting(
+        path_default=("mkosi.prepare",), path_rule=PathRule.path,
         section=C, key="PrepareScript", flags=("--prepare-script",), parse=parse_path, metavar="PATH",
         cache=True, help="Script run in the image after packages are installed (default: mkosi.prepare).")
     postinst_script: Optional[Path] = setting(
+        path_default=("mkosi.postinst",), path_rule=PathRule.path,
         section=C, key="PostInstallationScript", flags=("--postinst-script",), parse=parse_path, metavar="PATH",
         help="Script run in the image at the end of each phase (default: mkosi.postinst).")
     finalize_script: Optional[Path] = setting(
+        path_default=("mkosi.finalize",), path_rule=PathRule.path,
         section=C, key="FinalizeScript", flags=("--finalize-script",), parse=parse_path, metavar="PATH",
         help="Script run on the host with $BUILDROOT at the end of each phase (default: mkosi.finalize).")
     source_file_transfer: Optional[SourceFileTransfer] = setting(
@@ -341,11 +531,13 @@ class Config:
         section=C, key="SourceResolveSymlinksFinal", flags=("--source-resolve-symlinks-final",), kind=Kind.BOOL,
         parse=parse_bool, default=False, const="yes", help="Same as SourceResolveSymlinks=, for the final image.")
     with_network: WithNetwork = setting(
+        scope=Scope.universal,
         section=C, key="WithNetwork", flags=("--with-network",),
         parse=parse_bool_or_enum(WithNetwork, WithNetwork.yes, WithNetwork.no), choices=_choices(WithNetwork),
         const="yes", default=WithNetwork.no,
         help="Network for the build script; 'never' also keeps the package manager offline.")
     nspawn_settings: Optional[Path] = setting(
+        path_default=("mkosi.nspawn",), path_rule=PathRule.path,
         section=C, key="Settings", flags=("--settings",), parse=parse_path, aliases=("NSpawnSettings",),
         flag_aliases=("--nspawn-settings",), metavar="PATH",
         help=".nspawn file used by shell/boot and placed next to the output (default: mkosi.nspawn).")
@@ -355,9 +547,11 @@ class Config:
         section=P, key="BaseImage", flags=("--base-image",), parse=parse_path, metavar="PATH", status=NOT_YET,
         help="Base image (directory or file system image); the output holds only the changes from it.")
     root_size: Optional[int] = setting(
+        default_fn=_default_root_size, depends=("format",),
         section=P, key="RootSize", flags=("--root-size",), parse=parse_size, metavar="BYTES",
         help="Size of the root file system (default 3G).")
     esp_size: Optional[int] = setting(
+        default_fn=_default_esp_size, depends=("bootable",),
         section=P, key="ESPSize", flags=("--esp-size",), parse=parse_size, metavar="BYTES",
         help="Size of the EFI system partition (default 256M).")
     swap_size: Optional[int] = setting(
@@ -372,6 +566,7 @@ class Config:
 
     # ---- [Validation] ----
     checksum: bool = setting(
+        default_fn=lambda v: v["sign"], depends=("sign",),
         section=V, key="Checksum", flags=("--checksum",), kind=Kind.BOOL, parse=parse_bool, default=False,
         const="yes", help="Write SHA256SUMS for the artifacts.")
     sign: bool = setting(
@@ -385,6 +580,7 @@ class Config:
 
     # ---- [Host] ----
     extra_search_paths: list[Path] = setting(
+        scope=Scope.universal,
         section=H, key="ExtraSearchPaths", flags=("--extra-search-paths",), kind=Kind.LIST, parse=parse_path,
         separator=r"[:,]", default_factory=list, metavar="PATHS",
         help="Directories searched for tools before $PATH (colon separated).")
@@ -406,6 +602,7 @@ class Config:
         section=H, key="NspawnKeepUnit", flags=("--nspawn-keep-unit",), kind=Kind.BOOL, parse=parse_bool,
         const="yes", help="Run systemd-nspawn with --keep-unit (default: when there is no systemd/system bus).")
     qemu_boot: Optional[BootProtocol] = setting(
+        scope=Scope.main, default_fn=_default_qemu_boot, depends=("boot_protocols",),
         section=H, key="QemuBoot", flags=("--qemu-boot",), parse=parse_enum(BootProtocol),
         choices=_choices(BootProtocol), help="How qemu boots the image: uefi, bios or linux.")
     netdev: bool = setting(
@@ -431,6 +628,7 @@ class Config:
         help="Seconds mkosi ssh keeps retrying to connect.")
 
     # ---- derived by finalize (not settings) ----
+    image: str = "main"          # the name of the image: main, or its name in mkosi.images/
     output_checksum: Optional[Path] = None
     output_signature: Optional[Path] = None
     output_bmap: Optional[Path] = None
@@ -469,12 +667,15 @@ def _collect() -> tuple[Setting, ...]:
         meta = f.metadata.get("setting")
         if meta is None:
             continue
-        rows.append(Setting(dest=f.name, **meta))
+        row = Setting(dest=f.name, **meta)
+        if row.section == H and row.scope == Scope.image:
+            row = dataclasses.replace(row, scope=Scope.main)  # [Runtime] settings are the main image's
+        rows.append(row)
     return tuple(rows)
 
 
 SETTINGS: tuple[Setting, ...] = _collect()
-SECTIONS: tuple[str, ...] = (D, O, C, P, V, H)
+SECTIONS: tuple[str, ...] = (CFG, INC, D, O, C, P, V, B, H, R)
 
 
 def by_dest(dest: str) -> Setting:

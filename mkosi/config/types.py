@@ -12,11 +12,50 @@ from typing import Any, Optional, TypeVar
 Parser = Callable[[str], Any]
 
 
+class Scope(enum.Enum):
+    """Where a setting may be set when a build has several images (mkosi.images/)."""
+
+    invocation = "invocation"  # Args: the whole run (verb, --force, --debug, ...)
+    universal = "universal"    # set by the main configuration, the same for every image
+    inherited = "inherited"    # passed down from the main configuration, a sub-image may override it
+    main = "main"              # the main image's only, not passed down ([Runtime], MinimumVersion=, ...)
+    image = "image"            # each image its own
+
+
+class MatchKind(enum.Enum):
+    """How a [Match] condition compares with the setting's value."""
+
+    equal = "equal"        # the condition's value equals the setting's (one of the list, for lists)
+    glob = "glob"          # fnmatch-style globs
+    version = "version"    # ==, !=, <, <=, >, >= with UAPI version comparison
+
+
+class PathRule(enum.Enum):
+    """How a path value is read."""
+
+    none = "none"          # not a path
+    path = "path"          # relative paths are relative to the directory of the file that sets it
+    pair = "pair"          # SRC[:TARGET], SRC relative to that directory, TARGET absolute in the image
+
+
 class Kind(enum.Enum):
     SCALAR = "scalar"      # last assignment wins (command line is applied last)
     BOOL = "bool"          # scalar boolean; the flag may be given without a value
     LIST = "list"          # items append across files and command line; "!item" removes, "!*" clears
     COUNT = "count"        # -f repeated; in files a number or a boolean
+
+
+@dataclasses.dataclass
+class Resolving:
+    """What a row's default or resolve function sees: the values finalized so far (its `depends` are
+    among them), the directory of the configuration, and the mkosi.* files found there."""
+
+    values: dict[str, Any]
+    directory: Path
+    found: dict[str, Path]
+
+    def __getitem__(self, dest: str) -> Any:
+        return self.values[dest]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +81,21 @@ class Setting:
     secret: bool = False              # never printed
     status: Optional[str] = None      # None when implemented; otherwise what is missing
     summary: bool = True
+    scope: Scope = Scope.image
+    # The default when nothing assigns the setting: `default_fn` computes it from the finalized values of
+    # the settings named in `depends` (finalize visits rows in dependency order); else the field's default.
+    default_fn: Optional[Callable[[Resolving], Any]] = None
+    # Applied to the value (assigned or default) when it depends on other settings: Compress=yes -> xz, ...
+    resolve_fn: Optional[Callable[[Any, Resolving], Any]] = None
+    depends: tuple[str, ...] = ()
+    # mkosi.* files or directories (written with a trailing '/') next to the configuration whose presence
+    # sets the setting (the first that exists; every one that exists, for lists).
+    path_default: tuple[str, ...] = ()
+    match: Optional[MatchKind] = None  # whether and how a [Match] section can test it
+    specifier: Optional[str] = None    # the %-specifier that expands to its value
+    path_rule: PathRule = PathRule.none
+    # Other sections it may stand in without a warning (its classic one, when the modern manual moved it).
+    other_sections: tuple[str, ...] = ()
 
     @property
     def long_flag(self) -> Optional[str]:

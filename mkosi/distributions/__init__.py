@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import platform
 from typing import TYPE_CHECKING, ClassVar, Optional
 
 from mkosi.config.enums import Distribution
+from mkosi.distributions import facts
 from mkosi.errors import MkosiError
 
 if TYPE_CHECKING:
@@ -16,12 +16,14 @@ if TYPE_CHECKING:
 
 class DistributionPlugin:
     distribution: ClassVar[Distribution]
-    default_release: ClassVar[str]
     package_manager: ClassVar[str]          # the host tool that installs packages
-    host_os_ids: ClassVar[tuple[str, ...]] = ()  # os-release IDs of hosts running this distribution
     docs_paths: ClassVar[tuple[str, ...]] = ("/usr/share/doc", "/usr/share/man", "/usr/share/info")
     ssh_packages: ClassVar[tuple[str, ...]] = ("openssh-server",)     # added with Ssh=yes
     uefi_packages: ClassVar[tuple[str, ...]] = ("systemd-boot",)      # systemd-boot and the EFI stub
+
+    @property
+    def default_release(self) -> str:
+        return facts.default_release(self.distribution)
 
     def default_mirror(self, arch: str) -> Optional[str]:
         return None
@@ -51,6 +53,7 @@ class DistributionPlugin:
 
 
 def _registry() -> dict[Distribution, DistributionPlugin]:
+    # The plugin modules import this one for DistributionPlugin: they are loaded on first use.
     from mkosi.distributions import arch, debian, fedora, gentoo, opensuse
 
     plugins: list[DistributionPlugin] = [
@@ -66,28 +69,3 @@ def plugin(distribution: Distribution) -> DistributionPlugin:
     if not _PLUGINS:
         _PLUGINS.update(_registry())
     return _PLUGINS[distribution]
-
-
-def distribution_from_os_id(os_id: str, id_like: str = "") -> Optional[Distribution]:
-    if not _PLUGINS:
-        _PLUGINS.update(_registry())
-    for candidate in [os_id, *id_like.split()]:
-        for p in _PLUGINS.values():
-            if candidate in p.host_os_ids:
-                return p.distribution
-    return None
-
-
-# Canonical architecture names are the kernel's (uname -m); other spellings are accepted.
-ARCH_ALIASES = {
-    "amd64": "x86_64", "x86-64": "x86_64", "arm64": "aarch64", "i386": "x86", "i686": "x86",
-    "armhf": "arm", "armv7l": "arm", "ppc64el": "ppc64le", "riscv64": "riscv64", "s390x": "s390x",
-}
-
-
-def normalize_architecture(arch: str) -> str:
-    return ARCH_ALIASES.get(arch, arch)
-
-
-def host_architecture() -> str:
-    return normalize_architecture(platform.machine())

@@ -23,11 +23,9 @@ REPOS = ("core", "extra")
 
 class Arch(DistributionPlugin):
     distribution = Distribution.arch
-    default_release = "rolling"
     package_manager = "pacman"
     ssh_packages = ("openssh",)
     uefi_packages = ()  # systemd ships systemd-boot here
-    host_os_ids = ("arch",)
 
     def default_mirror(self, arch: str) -> Optional[str]:
         return "https://geo.mirror.pkgbuild.com" if arch == "x86_64" else "http://mirror.archlinuxarm.org"

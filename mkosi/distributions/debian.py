@@ -19,9 +19,7 @@ DPKG_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "x86": "i386", "arm": "armhf
 
 class Debian(DistributionPlugin):
     distribution = Distribution.debian
-    default_release = "trixie"
     package_manager = "apt-get"
-    host_os_ids = ("debian",)
     components: ClassVar[tuple[str, ...]] = ("main",)
     uefi_packages = ("systemd-boot-efi",)
 
@@ -95,8 +93,6 @@ class Debian(DistributionPlugin):
 
 class Ubuntu(Debian):
     distribution = Distribution.ubuntu
-    default_release = "noble"
-    host_os_ids = ("ubuntu",)
     components = ("main", "universe")
 
 

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, ClassVar, Optional
 
 from mkosi import log
 from mkosi.config.enums import Distribution
-from mkosi.distributions import DistributionPlugin, host_architecture
+from mkosi.distributions import DistributionPlugin
+from mkosi.distributions.facts import host_architecture
 from mkosi.errors import MkosiError
 
 if TYPE_CHECKING:
@@ -170,8 +171,6 @@ class RpmDistribution(DistributionPlugin):
 class Fedora(RpmDistribution):
     distribution = Distribution.fedora
     uefi_packages = ("systemd-boot-unsigned",)
-    default_release = "43"
-    host_os_ids = ("fedora",)
     host_keys = ("fedora/RPM-GPG-KEY-fedora-{release}-primary",)
 
     def default_mirror(self, arch: str) -> Optional[str]:
@@ -208,7 +207,6 @@ class Fedora(RpmDistribution):
 class EnterpriseLinux(RpmDistribution):
     """CentOS Stream and its rebuilds: BaseOS and AppStream; CRB (PowerTools before 9) for EPEL."""
 
-    default_release = "9"
 
     def release_dir(self, config: Config) -> str:
         return config.release
@@ -238,7 +236,6 @@ class EnterpriseLinux(RpmDistribution):
 
 class CentOS(EnterpriseLinux):
     distribution = Distribution.centos
-    host_os_ids = ("centos",)
     host_keys = ("centos/RPM-GPG-KEY-CentOS-Official",)
 
     def default_mirror(self, arch: str) -> Optional[str]:
@@ -267,7 +264,6 @@ class CentOSEpel(CentOS):
 
 class Rocky(EnterpriseLinux):
     distribution = Distribution.rocky
-    host_os_ids = ("rocky",)
     host_keys = ("rocky/RPM-GPG-KEY-Rocky-{major}",)
 
     def default_mirror(self, arch: str) -> Optional[str]:
@@ -285,7 +281,6 @@ class RockyEpel(Rocky):
 
 class Alma(EnterpriseLinux):
     distribution = Distribution.alma
-    host_os_ids = ("almalinux",)
     host_keys = ("alma/RPM-GPG-KEY-AlmaLinux-{major}",)
 
     def default_mirror(self, arch: str) -> Optional[str]:
@@ -303,8 +298,6 @@ class AlmaEpel(Alma):
 
 class Mageia(RpmDistribution):
     distribution = Distribution.mageia
-    default_release = "9"
-    host_os_ids = ("mageia",)
     kernel_packages = ("kernel-desktop-latest", "dracut")
 
     def default_mirror(self, arch: str) -> Optional[str]:
@@ -322,8 +315,6 @@ class Mageia(RpmDistribution):
 
 class OpenMandriva(RpmDistribution):
     distribution = Distribution.openmandriva
-    default_release = "cooker"
-    host_os_ids = ("openmandriva",)
     kernel_packages = ("kernel-release-desktop", "dracut")
     host_keys = ("openmandriva/RPM-GPG-KEY-OpenMandriva",)
 
@@ -342,9 +333,7 @@ class OpenMandriva(RpmDistribution):
 
 class Photon(RpmDistribution):
     distribution = Distribution.photon
-    default_release = "5.0"
     package_manager = "dnf"   # tdnf is not packaged for Debian; dnf reads the same repositories
-    host_os_ids = ("photon",)
     kernel_packages = ("linux", "initramfs")
     host_keys = ("photon/VMWARE-RPM-GPG-KEY",)
 
@@ -369,9 +358,7 @@ class Clear(RpmDistribution):
     """Clear Linux is made of bundles installed by swupd, which no Debian package provides."""
 
     distribution = Distribution.clear
-    default_release = "latest"
     package_manager = "swupd"
-    host_os_ids = ("clear-linux-os",)
     kernel_packages = ("kernel-native",)
 
     def default_mirror(self, arch: str) -> Optional[str]:

@@ -22,11 +22,9 @@ if TYPE_CHECKING:
 
 class Gentoo(DistributionPlugin):
     distribution = Distribution.gentoo
-    default_release = "23.0"
     package_manager = "emerge"
     ssh_packages = ("net-misc/openssh",)
     uefi_packages = ()  # systemd ships systemd-boot here
-    host_os_ids = ("gentoo",)
 
     def default_mirror(self, arch: str) -> Optional[str]:
         return "https://distfiles.gentoo.org"

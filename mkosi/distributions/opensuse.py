@@ -31,9 +31,7 @@ LATEST_LEAP = "15.6"
 
 class OpenSUSE(DistributionPlugin):
     distribution = Distribution.opensuse
-    default_release = "tumbleweed"
     package_manager = "zypper"
-    host_os_ids = ("opensuse-tumbleweed", "opensuse-leap", "opensuse", "sles")
 
     def default_mirror(self, arch: str) -> Optional[str]:
         return "https://download.opensuse.org"

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-import mkosi.config
+import mkosi.distributions.facts
 from mkosi.config.enums import Distribution
 
 
@@ -16,8 +15,7 @@ from mkosi.config.enums import Distribution
 def fixed_host(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pretend the host runs Debian bookworm, so results do not depend on the machine running the tests."""
     fake = lambda: (Distribution.debian, "bookworm")  # noqa: E731
-    monkeypatch.setattr(mkosi.config, "host_distribution", fake)
-    monkeypatch.setattr(sys.modules["mkosi.config.finalize"], "host_distribution", fake)
+    monkeypatch.setattr(mkosi.distributions.facts, "host_distribution", fake)
     monkeypatch.delenv("SUDO_USER", raising=False)
 
 

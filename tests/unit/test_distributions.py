@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-import mkosi.config
+import mkosi.distributions.facts
 import mkosi.run
 from mkosi.config import load_args
 from mkosi.config.enums import Distribution
@@ -26,8 +25,7 @@ from mkosi.installers.zypper import ZypperConfig
 @pytest.fixture(autouse=True)
 def fixed_host(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     fake = lambda: (Distribution.debian, "bookworm")  # noqa: E731
-    monkeypatch.setattr(mkosi.config, "host_distribution", fake)
-    monkeypatch.setattr(sys.modules["mkosi.config.finalize"], "host_distribution", fake)
+    monkeypatch.setattr(mkosi.distributions.facts, "host_distribution", fake)
     monkeypatch.delenv("SUDO_USER", raising=False)
     monkeypatch.chdir(tmp_path)
 

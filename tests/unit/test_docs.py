@@ -154,10 +154,10 @@ def test_every_format_is_documented() -> None:
 
 
 def test_every_detected_file_is_documented() -> None:
-    from mkosi.config.finalize import DETECTED_FILES
+    from mkosi.config.finalize import detected_names
 
     section = DOC.read_text().split("\n# FILES", 1)[1].split("\n# ", 1)[0]
-    for name, is_dir in DETECTED_FILES.items():
+    for name, is_dir in detected_names().items():
         shown = f"`{name}/`" if is_dir else f"`{name}`"
         assert shown in section, f"FILES does not describe {shown}"
 

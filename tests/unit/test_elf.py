@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from mkosi.distributions import normalize_architecture
+from mkosi.distributions.facts import normalize_architecture
 from mkosi.elf import elf_architecture, image_architecture
 
 

@@ -72,6 +72,12 @@ class OutputFormat(StrEnum):
     disk = "disk"
     uki = "uki"
     oci = "oci"
+    esp = "esp"
+    sysext = "sysext"
+    confext = "confext"
+    portable = "portable"
+    addon = "addon"
+    none = "none"
 
     def is_disk(self) -> bool:
         return self in (

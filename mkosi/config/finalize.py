@@ -202,7 +202,8 @@ Check = Callable[[CommandLine, Merged, dict[str, Any]], None]
 
 
 def check_format_implemented(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
-    if values["format"] in (OutputFormat.oci, OutputFormat.uki):
+    if values["format"] in (OutputFormat.oci, OutputFormat.uki, OutputFormat.esp, OutputFormat.sysext,
+                            OutputFormat.confext, OutputFormat.portable, OutputFormat.addon, OutputFormat.none):
         raise _fail(v, "format", f"format '{values['format'].value}' is not implemented yet")
 
 

@@ -465,6 +465,7 @@ class Config:
         section=C, key="RemovePackages", flags=("--remove-package",), kind=Kind.LIST, default_factory=list,
         metavar="PACKAGES", help="Packages to remove from the image at the end.")
     environment: list[str] = setting(
+        match=MatchKind.equal,
         section=C, key="Environment", flags=("--environment",), kind=Kind.LIST, parse=parse_environment_item,
         separator=r"\s+", default_factory=list, metavar="NAME[=VALUE]",
         help="Variables for the scripts; a bare name passes the value from mkosi's environment.")

@@ -1,0 +1,273 @@
+"""The modern configuration layout: mkosi.conf trees, includes, profiles, sub-images, conditions,
+specifiers. Each test writes a tree and checks what it resolves to."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import pytest
+
+from mkosi.config import load_args
+from mkosi.config.enums import Distribution, OutputFormat
+from mkosi.config.settings import Args, Config
+from mkosi.config.version import compare_versions, version_condition_holds
+from mkosi.errors import ConfigError
+from tests.unit.conftest import write
+
+pytestmark = pytest.mark.usefixtures("fixed_host")
+
+
+def images(*argv: str) -> tuple[Args, list[Config]]:
+    return load_args([*argv, "summary"])
+
+
+def main_image(*argv: str) -> Config:
+    configs = images(*argv)[1]
+    assert configs[-1].image == "main"
+    return configs[-1]
+
+
+# ---- where configuration comes from ----
+
+def test_conf_d_files_and_nested_directories(wd: Path) -> None:
+    write(wd / "mkosi.conf", "[Distribution]\nDistribution=fedora\n[Content]\nPackages=a\n")
+    write(wd / "mkosi.conf.d/10-b.conf", "[Content]\nPackages=b\n")
+    write(wd / "mkosi.conf.d/15-not-conf.txt", "[Content]\nPackages=never\n")
+    write(wd / "mkosi.conf.d/20-dir/mkosi.conf", "[Content]\nPackages=c\n")
+    write(wd / "mkosi.conf.d/20-dir/mkosi.conf.d/x.conf", "[Content]\nPackages=d\n")
+    write(wd / "mkosi.conf.d/30-skipped/mkosi.conf", "[Match]\nDistribution=debian\n[Content]\nPackages=e\n")
+    write(wd / "mkosi.conf.d/30-skipped/mkosi.conf.d/y.conf", "[Content]\nPackages=f\n")
+    config = main_image()
+    assert config.packages == ["a", "b", "c", "d"]
+    assert wd / "mkosi.conf.d/30-skipped/mkosi.conf.d/y.conf" not in config.config_files
+
+
+def test_local_conf_wins_over_files_but_not_over_the_command_line(wd: Path) -> None:
+    write(wd / "mkosi.conf", "[Output]\nImageId=project\nImageVersion=1\n[Content]\nPackages=a\n")
+    write(wd / "mkosi.local.conf", "[Output]\nImageId=mine\n[Content]\nPackages=local\n")
+    config = main_image()
+    assert (config.image_id, config.image_version) == ("mine", "1")
+    assert config.packages == ["a", "local"]
+    assert main_image("--image-id=cli").image_id == "cli"
+
+
+def test_mkosi_subdirectory_holds_the_configuration(wd: Path) -> None:
+    write(wd / "mkosi/mkosi.conf", "[Distribution]\nDistribution=arch\n")
+    assert main_image().distribution == Distribution.arch
+
+
+def test_include_files_directories_once_and_relative(wd: Path) -> None:
+    write(wd / "shared/common.conf", "[Content]\nPackages=common\n")
+    write(wd / "shared/dir/mkosi.conf", "[Content]\nPackages=fromdir\n")
+    write(wd / "mkosi.conf", "[Include]\nInclude=shared/common.conf\n        shared/dir\n        shared/common.conf\n"
+          "[Content]\nPackages=after\n")
+    assert main_image().packages == ["common", "fromdir", "after"]
+
+
+def test_include_on_the_command_line(wd: Path) -> None:
+    write(wd / "extra.conf", "[Content]\nPackages=extra\n")
+    write(wd / "mkosi.conf", "[Content]\nPackages=main\n")
+    assert main_image("--include=extra.conf").packages == ["extra", "main"]
+
+
+def test_builtin_vm_configuration(wd: Path) -> None:
+    write(wd / "mkosi.conf", "[Distribution]\nDistribution=debian\n[Include]\nInclude=mkosi-vm\n")
+    config = main_image()
+    assert config.bootable is True
+    assert "udev" in config.packages
+
+
+def test_unknown_builtin_configuration_is_an_error(wd: Path) -> None:
+    write(wd / "mkosi.conf", "[Include]\nInclude=mkosi-nonesuch\n")
+    with pytest.raises(ConfigError, match=r"mkosi.conf:2.*no built-in configuration 'mkosi-nonesuch'"):
+        images()
+
+
+# ---- profiles ----
+
+def test_profiles_files_and_directories_in_order(wd: Path) -> None:
+    write(wd / "mkosi.conf", "[Config]\nProfiles=base\n[Content]\nPackages=main\n")
+    write(wd / "mkosi.profiles/base.conf", "[Content]\nPackages=base\n")
+    write(wd / "mkosi.profiles/dev/mkosi.conf", "[Content]\nPackages=gdb\n")
+    write(wd / "mkosi.conf.d/50-dev.conf", "[Match]\nProfiles=dev\n[Content]\nPackages=dev-only\n")
+    assert main_image().packages == ["main", "base"]
+    config = main_image("--profile=dev")
+    assert config.profiles == ["base", "dev"]
+    assert config.packages == ["main", "dev-only", "base", "gdb"]
+
+
+def test_missing_profile_is_an_error(wd: Path) -> None:
+    write(wd / "mkosi.conf", "[Content]\nPackages=main\n")
+    with pytest.raises(ConfigError, match="profile 'nope' does not exist"):
+        images("--profile=nope")
+
+
+# ---- sub-images ----
+
+def test_subimages_inherit_universal_settings_only(wd: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(wd / "mkosi.conf", "[Distribution]\nDistribution=fedora\nRelease=40\n[Output]\nImageVersion=7\n"
+          "[Content]\nPackages=main-only\n")
+    write(wd / "mkosi.images/initrd.conf", "[Output]\nFormat=cpio\n[Content]\nPackages=systemd\n")
+    write(wd / "mkosi.images/app/mkosi.conf", "[Distribution]\nDistribution=debian\n[Output]\nFormat=directory\n")
+    _, configs = images()
+    by = {c.image: c for c in configs}
+    assert [c.image for c in configs][-1] == "main"
+    assert set(by) == {"main", "initrd", "app"}
+    assert by["initrd"].format == OutputFormat.cpio and by["initrd"].packages == ["systemd"]
+    assert by["initrd"].image_version == "7"  # inherited
+    assert (by["app"].distribution, by["app"].release) == (Distribution.fedora, "40")  # universal
+    assert "Distribution= is a universal setting" in capsys.readouterr().err
+    assert by["initrd"].output is not None and by["initrd"].output.name == "initrd_7.cpio.xz"
+
+
+def test_dependencies_order_the_images(wd: Path) -> None:
+    write(wd / "mkosi.conf", "[Content]\nPackages=x\n")
+    write(wd / "mkosi.images/a.conf", "[Config]\nDependencies=b\n")
+    write(wd / "mkosi.images/b.conf", "[Config]\nDependencies=c\n")
+    write(wd / "mkosi.images/c.conf", "[Output]\nFormat=tar\n")
+    assert [c.image for c in images()[1]] == ["c", "b", "a", "main"]
+
+
+def test_main_dependencies_select_the_images(wd: Path) -> None:
+    write(wd / "mkosi.conf", "[Config]\nDependencies=b\n")
+    write(wd / "mkosi.images/a.conf", "[Output]\nFormat=tar\n")
+    write(wd / "mkosi.images/b.conf", "[Output]\nFormat=tar\n")
+    assert [c.image for c in images()[1]] == ["b", "main"]
+
+
+def test_dependency_cycle_and_missing_image_are_errors(wd: Path) -> None:
+    write(wd / "mkosi.conf", "[Content]\nPackages=x\n")
+    write(wd / "mkosi.images/a.conf", "[Config]\nDependencies=b\n")
+    write(wd / "mkosi.images/b.conf", "[Config]\nDependencies=a\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        images()
+    write(wd / "mkosi.images/b.conf", "[Config]\nDependencies=nope\n")
+    with pytest.raises(ConfigError, match="'nope', which is not in mkosi.images"):
+        images()
+
+
+def test_image_match_in_a_shared_include(wd: Path) -> None:
+    write(wd / "shared.conf", "[Match]\nImage=main\n[Content]\nPackages=only-main\n")
+    write(wd / "mkosi.conf", "[Include]\nInclude=shared.conf\n")
+    write(wd / "mkosi.images/sub/mkosi.conf", "[Include]\nInclude=../../shared.conf\n[Content]\nPackages=sub\n")
+    by = {c.image: c for c in images()[1]}
+    assert by["main"].packages == ["only-main"]
+    assert by["sub"].packages == ["sub"]
+
+
+# ---- conditions ----
+
+def test_release_match_sees_the_default_release(wd: Path) -> None:
+    write(wd / "mkosi.conf", "[Distribution]\nDistribution=ubuntu\n")
+    write(wd / "mkosi.conf.d/10.conf", "[Match]\nRelease=bookworm\n[Content]\nPackages=bookworm-only\n")
+    write(wd / "mkosi.conf.d/20.conf", "[Match]\nRelease=noble\n[Content]\nPackages=noble-only\n")
+    config = main_image()
+    assert config.release == "noble"
+    assert config.packages == ["noble-only"]
+
+
+def test_triggering_conditions_and_negation(wd: Path) -> None:
+    write(wd / "mkosi.conf", "[Distribution]\nDistribution=debian\n[Output]\nFormat=directory\n")
+    write(wd / "mkosi.conf.d/10.conf", "[Match]\nDistribution=|fedora\nDistribution=|debian\nFormat=!tar\n"
+          "[Content]\nPackages=yes1\n")
+    write(wd / "mkosi.conf.d/20.conf", "[Match]\nDistribution=|fedora\nDistribution=|arch\n[Content]\nPackages=no1\n")
+    write(wd / "mkosi.conf.d/30.conf", "[Match]\nFormat=|!directory\nFormat=|tar\n[Content]\nPackages=no2\n")
+    assert main_image().packages == ["yes1"]
+
+
+def test_trigger_match_sections(wd: Path) -> None:
+    write(wd / "mkosi.conf", "[Distribution]\nDistribution=ubuntu\nRelease=noble\n")
+    write(wd / "mkosi.conf.d/10.conf", "[TriggerMatch]\nDistribution=debian\nRelease=bookworm\n"
+          "[TriggerMatch]\nDistribution=ubuntu\nRelease=noble\n[Content]\nPackages=matched\n")
+    write(wd / "mkosi.conf.d/20.conf", "[Match]\nFormat=gpt_ext4\n[TriggerMatch]\nDistribution=debian\n"
+          "[Content]\nPackages=not-matched\n")
+    assert main_image().packages == ["matched"]
+
+
+def test_assert_sections_fail_loudly(wd: Path) -> None:
+    write(wd / "mkosi.conf", "[Assert]\nDistribution=fedora\n[Content]\nPackages=x\n")
+    with pytest.raises(ConfigError, match=r"mkosi.conf.*\[Assert\]"):
+        images()
+
+
+def test_globs_versions_paths_environment(wd: Path) -> None:
+    (wd / "marker").write_text("")
+    write(wd / "mkosi.conf", "[Output]\nImageId=web-frontend\nImageVersion=1.10\n"
+          "[Content]\nEnvironment=MODE=fast\n")
+    write(wd / "mkosi.conf.d/1.conf", "[Match]\nImageId=web-*\n[Content]\nPackages=glob\n")
+    write(wd / "mkosi.conf.d/2.conf", "[Match]\nImageVersion=>=1.9\n[Content]\nPackages=newer\n")
+    write(wd / "mkosi.conf.d/3.conf", "[Match]\nImageVersion=<1.9\n[Content]\nPackages=older\n")
+    write(wd / "mkosi.conf.d/4.conf", "[Match]\nPathExists=../marker\n[Content]\nPackages=path\n")
+    write(wd / "mkosi.conf.d/5.conf", "[Match]\nEnvironment=MODE=fast\n[Content]\nPackages=env\n")
+    write(wd / "mkosi.conf.d/6.conf", "[Match]\nEnvironment=OTHER\n[Content]\nPackages=noenv\n")
+    write(wd / "mkosi.conf.d/7.conf", "[Match]\nArchitecture=uefi\nHostArchitecture=x86-64\n[Content]\nPackages=arch\n")
+    packages = main_image().packages
+    assert packages[:4] == ["glob", "newer", "path", "env"]
+    assert not {"older", "noenv"} & set(packages)
+    assert ("arch" in packages) == (main_image().architecture == "x86_64" and platform.machine() == "x86_64")
+
+
+def test_match_on_an_unknown_value_warns(wd: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(wd / "mkosi.conf", "[Content]\nPackages=x\n")
+    write(wd / "mkosi.conf.d/1.conf", "[Match]\nDistribution=plan9\n[Content]\nPackages=never\n")
+    assert main_image().packages == ["x"]
+    assert "Distribution=plan9 names no known value" in capsys.readouterr().err
+
+
+def test_match_on_an_untestable_setting_is_an_error(wd: Path) -> None:
+    write(wd / "mkosi.conf", "[Match]\nPackages=vim\n")
+    with pytest.raises(ConfigError, match=r"\[Match\] cannot test Packages="):
+        images()
+
+
+# ---- specifiers ----
+
+def test_specifiers(wd: Path) -> None:
+    write(wd / "mkosi.conf", "[Distribution]\nDistribution=debian\nRelease=trixie\n"
+          "[Output]\nImageId=%d-%r\n[Content]\nEnvironment=WHERE=%C ARCH=%a PCT=100%% IMG=%I FS=%F URL=a%20b\n")
+    config = main_image()
+    assert config.image_id == "debian-trixie"
+    assert config.environment == [f"WHERE={wd}", "ARCH=x86_64" if config.architecture == "x86_64" else
+                                  f"ARCH={config.architecture}", "PCT=100%", "IMG=main", "FS=ext4", "URL=a%20b"]
+
+
+def test_relative_paths_are_relative_to_the_configuration(wd: Path) -> None:
+    (wd / "sub/trees/t").mkdir(parents=True)
+    write(wd / "mkosi.conf.d/sub/mkosi.conf", "[Content]\nExtraTree=trees/t\n")
+    (wd / "mkosi.conf.d/sub/trees/t").mkdir(parents=True)
+    assert main_image().extra_trees == [wd / "mkosi.conf.d/sub/trees/t"]
+
+
+# ---- versions ----
+
+def test_minimum_version(wd: Path) -> None:
+    write(wd / "mkosi.conf", "[Config]\nMinimumVersion=25\n")
+    images()
+    write(wd / "mkosi.conf", "[Config]\nMinimumVersion=25\n")
+    write(wd / "mkosi.conf.d/later.conf", "[Config]\nMinimumVersion=99\n")
+    with pytest.raises(ConfigError, match=r"later.conf:2: MinimumVersion: .*needs mkosi 99 or newer"):
+        images()
+
+
+def test_minimum_version_commit_that_is_not_an_ancestor(wd: Path) -> None:
+    write(wd / "mkosi.conf", "[Config]\nMinimumVersion=commit:0123456789abcdef0123456789abcdef01234567\n")
+    with pytest.raises(ConfigError, match="commit 0123456789abcdef"):
+        images()
+
+
+@pytest.mark.parametrize(("a", "b", "expected"), [
+    ("1", "1", 0), ("1.10", "1.9", 1), ("252", "252.1", -1), ("1~rc1", "1", -1), ("1^1", "1", 1),
+    ("1a", "1b", -1), ("2", "10", -1), ("v26", "v26", 0),
+])
+def test_compare_versions(a: str, b: str, expected: int) -> None:
+    assert compare_versions(a, b) == expected
+    assert compare_versions(b, a) == -expected
+
+
+def test_version_conditions() -> None:
+    assert version_condition_holds(">=252", "252")
+    assert version_condition_holds("!=252", "253")
+    assert version_condition_holds("<253", "252.4")
+    assert version_condition_holds("252", "252")
+    assert not version_condition_holds(">252", "252")

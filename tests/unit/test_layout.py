@@ -143,7 +143,7 @@ def test_dependency_cycle_and_missing_image_are_errors(wd: Path) -> None:
     with pytest.raises(ConfigError, match="cycle"):
         images()
     write(wd / "mkosi.images/b.conf", "[Config]\nDependencies=nope\n")
-    with pytest.raises(ConfigError, match="'nope', which is not in mkosi.images"):
+    with pytest.raises(ConfigError, match=r"'nope', which is not in mkosi\.images"):
         images()
 
 

@@ -20,7 +20,7 @@ def _debug_requested(argv: Sequence[str]) -> bool:
 def run_main(argv: Sequence[str]) -> int:
     from mkosi.config import load_config
     from mkosi.config.parse import build_parser, format_help, parse_command_line, print_version
-    from mkosi.verbs import run_verb
+    from mkosi.verbs import run_verbs
 
     try:
         import argcomplete
@@ -38,10 +38,7 @@ def run_main(argv: Sequence[str]) -> int:
         return 0
     args, configs = load_config(cli)
     log.set_debug(bool(args.debug))
-    code = 0
-    for config in configs:
-        code = run_verb(args, config) or code
-    return code
+    return run_verbs(args, configs)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

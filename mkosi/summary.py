@@ -76,11 +76,31 @@ def summary_dict(args: Args, config: Config) -> dict[str, Any]:
     return data
 
 
-def summary_json(args: Args, config: Config) -> str:
-    return json.dumps(summary_dict(args, config), indent=2)
+def image_json(args: Args, config: Config) -> dict[str, Any]:
+    """One image as upstream mkosi's `summary --json` shows it: every setting under its key, flat."""
+    data: dict[str, Any] = {"Image": config.image}
+    for s in SETTINGS:
+        if s.key and s.summary and s.dest in CONFIG_FIELDS:
+            data[s.key] = _shown(args, config, s)
+    data["Repositories"] = repositories(config)
+    data["Outputs"] = outputs(config)
+    data["ConfigFiles"] = [str(p) for p in config.config_files]
+    data["NotImplemented"] = not_implemented(config)
+    return data
 
 
-def summary_text(args: Args, config: Config) -> str:
+def summary_json(args: Args, configs: list[Config]) -> str:
+    """{"Images": [...]}: one object per image, in build order (the main image last)."""
+    return json.dumps({"Images": [image_json(args, c) for c in configs]}, indent=2)
+
+
+def summary_text(args: Args, configs: list[Config]) -> str:
+    if len(configs) == 1:
+        return image_text(args, configs[0])
+    return "\n\n".join(f"IMAGE: {c.image}\n\n" + image_text(args, c) for c in configs)
+
+
+def image_text(args: Args, config: Config) -> str:
     data = summary_dict(args, config)
     width = max(len(s.key or "") for s in SETTINGS) + 2
     lines = [f"{'Verb':>{width}}: {data['Verb']}"]

@@ -14,22 +14,29 @@ from mkosi import log
 from mkosi.config.enums import Verb
 from mkosi.config.settings import Args, Config
 from mkosi.errors import MkosiError
+from mkosi.summary import summary_json, summary_text
 
 
-def verb_summary(args: Args, config: Config) -> None:
-    from mkosi.summary import summary_json, summary_text
-
-    print(summary_json(args, config) if args.json else summary_text(args, config))
+def verb_summary(args: Args, configs: list[Config]) -> None:
+    print(summary_json(args, configs) if args.json else summary_text(args, configs))
 
 
-def verb_cat_config(args: Args, config: Config) -> None:
-    if not config.config_files:
+def verb_cat_config(args: Args, configs: list[Config]) -> None:
+    """Every file that was read, in order, for every image."""
+    several = len(configs) > 1
+    printed = False
+    for config in configs:
+        if several:
+            print(f"{chr(10) if printed else ''}### image: {config.image}")
+        for path in config.config_files:
+            if printed or several:
+                print()
+            text = path.read_text(errors="replace")
+            print(f"# {path}")
+            print(text, end="" if text.endswith("\n") else "\n")
+            printed = True
+    if not printed:
         log.info("No settings files were loaded.")
-    for i, path in enumerate(config.config_files):
-        if i:
-            print()
-        print(f"# {path}")
-        print(path.read_text(), end="" if path.read_text().endswith("\n") else "\n")
 
 
 def bumped_version(version: str) -> str:
@@ -97,7 +104,8 @@ def verb_clean(args: Args, config: Config) -> None:
 def verb_build(args: Args, config: Config) -> None:
     from mkosi.build import build_command
 
-    if build_command(args, config) and args.auto_bump:
+    # With several images, the version is bumped once, after the main image (built last).
+    if build_command(args, config) and args.auto_bump and config.image == "main":
         verb_bump(args, config)
 
 
@@ -171,10 +179,16 @@ def verb_burn(args: Args, config: Config) -> None:
     log.info(f"Wrote {config.output} to {device}")
 
 
+# Verbs that see every image at once.
+ALL_IMAGES_VERBS: dict[Verb, Callable[[Args, list[Config]], None]] = {
+    Verb.summary: verb_summary,
+    Verb.cat_config: verb_cat_config,
+}
+
+# Verbs run for one image: build and clean for each image in build order, the others for the main image.
 VERBS: dict[Verb, Callable[[Args, Config], Optional[int]]] = {
     Verb.build: verb_build,
     Verb.clean: verb_clean,
-    Verb.summary: verb_summary,
     Verb.shell: verb_shell,
     Verb.boot: verb_boot,
     Verb.qemu: verb_qemu,
@@ -184,9 +198,27 @@ VERBS: dict[Verb, Callable[[Args, Config], Optional[int]]] = {
     Verb.bump: verb_bump,
     Verb.genkey: verb_genkey,
     Verb.help: verb_help,
-    Verb.cat_config: verb_cat_config,
     Verb.burn: verb_burn,
 }
+EACH_IMAGE_VERBS = (Verb.build, Verb.clean)
+
+
+def run_verbs(args: Args, configs: list[Config]) -> int:
+    """Run the verb over the images (sub-images first, the main image last); returns the exit status."""
+    if args.verb in ALL_IMAGES_VERBS:
+        ALL_IMAGES_VERBS[args.verb](args, configs)
+        sys.stdout.flush()
+        return 0
+    if args.verb in EACH_IMAGE_VERBS:
+        code = 0
+        for config in configs:
+            code = run_verb(args, config) or code
+        return code
+    if args.verb.needs_build():
+        # The main image may use what the sub-images make (an initrd, an extension): build those first.
+        for config in configs[:-1]:
+            ensure_built(args, config)
+    return run_verb(args, configs[-1])
 
 
 def run_verb(args: Args, config: Config) -> int:

@@ -739,8 +739,8 @@ def test_version_file(wd: Path) -> None:
 def test_summary_secret_is_hidden(wd: Path) -> None:
     write(wd / "mkosi.rootpw", "hunter2", 0o600)
     args = load()
-    assert "hunter2" not in summary_text(SUMMARY, args)
-    assert "hunter2" not in summary_json(SUMMARY, args)
+    assert "hunter2" not in summary_text(SUMMARY, [args])
+    assert "hunter2" not in summary_json(SUMMARY, [args])
     assert summary_dict(SUMMARY, args)["Content"]["Password"] == "(set)"
 
 
@@ -838,7 +838,7 @@ def _summary_line(text: str, key: str) -> str:
 def test_summary_of_the_automake_example(wd: Path) -> None:
     write(wd / "mkosi.default", AUTOMAKE_EXAMPLE)
     args = load()
-    text = summary_text(SUMMARY, args)
+    text = summary_text(SUMMARY, [args])
     assert _summary_line(text, "Distribution") == "fedora"
     assert _summary_line(text, "Release") == "24"
     assert _summary_line(text, "Format") == "gpt_btrfs"
@@ -847,22 +847,22 @@ def test_summary_of_the_automake_example(wd: Path) -> None:
     assert _summary_line(text, "BuildPackages") == "make, gcc, libcurl-devel"
     assert str(wd / "mkosi.default") in text
 
-    data = json.loads(summary_json(SUMMARY, args))
-    assert data["Verb"] == "summary"
-    assert data["Distribution"]["Distribution"] == "fedora"
-    assert data["Distribution"]["Release"] == "24"
-    assert data["Output"]["Format"] == "gpt_btrfs"
-    assert data["Output"]["Bootable"] is True
-    assert data["Content"]["Packages"] == ["openssh-clients", "httpd"]
-    assert data["Content"]["BuildPackages"] == ["make", "gcc", "libcurl-devel"]
-    assert data["Partitions"]["ESPSize"] == 256 * MiB
+    [data] = json.loads(summary_json(SUMMARY, [args]))["Images"]
+    assert data["Image"] == "main"
+    assert data["Distribution"] == "fedora"
+    assert data["Release"] == "24"
+    assert data["Format"] == "gpt_btrfs"
+    assert data["Bootable"] is True
+    assert data["Packages"] == ["openssh-clients", "httpd"]
+    assert data["BuildPackages"] == ["make", "gcc", "libcurl-devel"]
+    assert data["ESPSize"] == 256 * MiB
     assert data["Outputs"]["output"] == str(wd / "image.raw")
     assert data["ConfigFiles"] == [str(wd / "mkosi.default")]
 
 
 def test_summary_shows_every_setting(wd: Path) -> None:
     args = load()
-    text = summary_text(SUMMARY, args)
+    text = summary_text(SUMMARY, [args])
     data = summary_dict(SUMMARY, args)
     for s in SETTINGS:
         if s.key and s.summary:
@@ -879,7 +879,7 @@ def test_summary_marks_settings_not_implemented(wd: Path) -> None:
     value = {Kind.BOOL: "yes", Kind.LIST: "x"}.get(s.kind, "/")
     args = load(f"{s.long_flag}={value}")
     assert summary_dict(SUMMARY, args)["NotImplemented"].get(s.key) == s.status
-    assert s.status in _summary_line(summary_text(SUMMARY, args), s.key)
+    assert s.status in _summary_line(summary_text(SUMMARY, [args]), s.key)
 
 
 def _json_types(value: Any) -> bool:

@@ -142,7 +142,7 @@ def test_every_verb_is_documented() -> None:
     for verb in Verb:
         found = [e for e in entries if verb.value in e.tokens]
         assert len(found) == 1, f"mkosi.md: the verb `{verb.value}` needs exactly one entry under VERBS"
-        if VERBS[verb] is verb_not_yet:
+        if VERBS.get(verb) is verb_not_yet:
             assert "not implemented yet" in flat(found[0].text), f"the verb `{verb.value}` is not written yet: say so"
 
 

@@ -115,12 +115,12 @@ def test_summary_creates_nothing(wd: Path, capsys: pytest.CaptureFixture[str]) -
 def test_summary_json_parses(wd: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write(wd / "mkosi.default", "[Content]\nPackages=vim,httpd\n")
     assert run("summary", "--json", "-d", "fedora") == 0
-    data = json.loads(capsys.readouterr().out)
-    assert data["Verb"] == "summary"
-    assert data["Distribution"]["Distribution"] == "fedora"
-    assert data["Content"]["Packages"] == ["vim", "httpd"]
+    [data] = json.loads(capsys.readouterr().out)["Images"]
+    assert data["Image"] == "main"
+    assert data["Distribution"] == "fedora"
+    assert data["Packages"] == ["vim", "httpd"]
     assert run("--json", "summary") == 0
-    assert json.loads(capsys.readouterr().out)["Distribution"]["Distribution"] == "debian"
+    assert json.loads(capsys.readouterr().out)["Images"][0]["Distribution"] == "debian"
 
 
 # ---- bump ----

@@ -124,14 +124,14 @@ class Loader:
             self.add(a)
         return True
 
-    def parse_directory(self, directory: Path, top: bool = False) -> None:
+    def parse_directory(self, directory: Path, with_conf: bool = True) -> None:
         """mkosi.conf, then mkosi.conf.d/ (files and directories); a [Match] of mkosi.conf applies to the
         whole directory."""
         saved = self.directory
         self.directory = directory
         try:
             conf = directory / "mkosi.conf"
-            if conf.exists() or conf.is_symlink():
+            if with_conf and (conf.exists() or conf.is_symlink()):
                 _check_regular_file(conf)
                 if not self.parse_file(conf, directory):
                     return
@@ -411,8 +411,8 @@ def load_image(cli: CommandLine, invoked: Path, top: Path, default_path: Optiona
         log.warn("both mkosi.default and mkosi.conf exist; reading mkosi.default, then mkosi.conf")
     for f in classic:
         loader.parse_file(f, directory)
-    if default_path is None:
-        loader.parse_directory(directory, top=True)
+    # With --default=FILE that file replaces mkosi.conf; the drop-ins are read all the same.
+    loader.parse_directory(directory, with_conf=default_path is None)
     loader.parse_classic_dropins()
     loader.parse_profiles()
     ordered = loader.ordered()

@@ -8,7 +8,12 @@ import sys
 import time
 from collections.abc import Iterator
 
-_state = {"debug": False, "depth": 0}
+_state: dict[str, object] = {"debug": False, "depth": 0, "prefix": ""}
+
+
+def set_prefix(prefix: str) -> None:
+    """Lines logged from now on start with this (the image's name, when several build at once)."""
+    _state["prefix"] = prefix
 
 
 def set_debug(enabled: bool) -> None:
@@ -25,22 +30,28 @@ def _color(code: str, text: str) -> str:
     return text
 
 
+def _depth() -> int:
+    depth = _state["depth"]
+    assert isinstance(depth, int)
+    return depth
+
+
 def info(msg: str) -> None:
-    indent = "  " * int(_state["depth"])
-    print(f"{indent}{msg}", file=sys.stderr, flush=True)
+    indent = "  " * _depth()
+    print(f"{_state['prefix']}{indent}{msg}", file=sys.stderr, flush=True)
 
 
 def warn(msg: str) -> None:
-    print(_color("33;1", f"Warning: {msg}"), file=sys.stderr, flush=True)
+    print(f"{_state['prefix']}" + _color("33;1", f"Warning: {msg}"), file=sys.stderr, flush=True)
 
 
 def error(msg: str) -> None:
-    print(_color("31;1", f"Error: {msg}"), file=sys.stderr, flush=True)
+    print(f"{_state['prefix']}" + _color("31;1", f"Error: {msg}"), file=sys.stderr, flush=True)
 
 
 def debug(msg: str) -> None:
     if _state["debug"]:
-        print(_color("2", msg), file=sys.stderr, flush=True)
+        print(f"{_state['prefix']}" + _color("2", msg), file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -48,9 +59,9 @@ def step(name: str) -> Iterator[None]:
     """Log a named step with its duration; nested steps are indented."""
     info(_color("1", f"‣ {name}…"))
     start = time.monotonic()
-    _state["depth"] = int(_state["depth"]) + 1
+    _state["depth"] = _depth() + 1
     try:
         yield
     finally:
-        _state["depth"] = int(_state["depth"]) - 1
+        _state["depth"] = _depth() - 1
     info(f"  {name} done in {time.monotonic() - start:.1f}s")

@@ -209,6 +209,8 @@ def run_verbs(args: Args, configs: list[Config]) -> int:
         ALL_IMAGES_VERBS[args.verb](args, configs)
         sys.stdout.flush()
         return 0
+    if args.verb == Verb.build and len(configs) > 1:
+        return build_in_parallel(args, configs)
     if args.verb in EACH_IMAGE_VERBS:
         code = 0
         for config in configs:
@@ -229,3 +231,57 @@ def run_verb(args: Args, config: Config) -> int:
     code = VERBS[args.verb](args, config)
     sys.stdout.flush()
     return code or 0
+
+
+def _build_one(args: Args, config: Config) -> int:
+    """The body of a build process of one image: its messages carry the image's name."""
+    log.set_prefix(f"[{config.image}] ")
+    try:
+        return run_verb(args, config)
+    except MkosiError as e:
+        log.error(str(e))
+        return 1
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+    except Exception as e:  # a bug: reported like the main process does, in one line
+        log.error(f"internal error: {type(e).__name__}: {e}")
+        return 70
+
+
+def build_in_parallel(args: Args, configs: list[Config]) -> int:
+    """Build several images, each in a process of its own, each as soon as the images it depends on are
+    built (the main image after all the others), as many at a time as there are CPUs. After a failure no
+    new build starts; the running ones finish."""
+    deps = {c.image: set(c.dependencies) if c.image != "main" else {d.image for d in configs if d.image != "main"}
+            for c in configs}
+    pending = {c.image: c for c in configs}
+    running: dict[int, str] = {}
+    done: set[str] = set()
+    failed: Optional[int] = None
+    slots = max(1, os.cpu_count() or 1)
+    while pending or running:
+        ready = [n for n in pending if deps[n] <= done] if failed is None else []
+        while ready and len(running) < slots:
+            name = ready.pop(0)
+            config = pending.pop(name)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                os._exit(_build_one(args, config))
+            running[pid] = name
+        if not running:
+            break
+        try:
+            pid, status = os.wait()
+        except KeyboardInterrupt:
+            continue  # the builds got the signal too and clean up; wait for them
+        name = running.pop(pid)
+        code = os.waitstatus_to_exitcode(status)
+        if code == 0:
+            done.add(name)
+        elif failed is None:
+            failed = code if code > 0 else 130
+            log.error(f"building image '{name}' failed; not starting further images")
+    return failed or 0

@@ -3,11 +3,14 @@ specifiers. Each test writes a tree and checks what it resolves to."""
 
 from __future__ import annotations
 
+import os
 import platform
+import time
 from pathlib import Path
 
 import pytest
 
+import mkosi.verbs
 from mkosi.config import load_args
 from mkosi.config.enums import Distribution, OutputFormat
 from mkosi.config.settings import Args, Config
@@ -271,3 +274,35 @@ def test_version_conditions() -> None:
     assert version_condition_holds("<253", "252.4")
     assert version_condition_holds("252", "252")
     assert not version_condition_holds(">252", "252")
+
+
+# ---- building several images ----
+
+def test_independent_images_build_at_the_same_time(wd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(wd / "mkosi.conf", "[Content]\nPackages=x\n")
+    write(wd / "mkosi.images/a.conf", "[Output]\nFormat=tar\n")
+    write(wd / "mkosi.images/b.conf", "[Output]\nFormat=tar\n")
+    write(wd / "mkosi.images/c.conf", "[Config]\nDependencies=a\n[Output]\nFormat=tar\n")
+    log = wd / "log"
+
+    def fake(args: Args, config: Config) -> int:
+        with log.open("a") as f:
+            f.write(f"start {config.image} {time.monotonic()}\n")
+        time.sleep(0.3)
+        with log.open("a") as f:
+            f.write(f"end {config.image} {time.monotonic()}\n")
+        return 1 if config.image == "b" and (wd / "fail-b").exists() else 0
+
+    monkeypatch.setattr(mkosi.verbs, "run_verb", fake)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    args, configs = load_args(["build"])
+    assert mkosi.verbs.build_in_parallel(args, configs) == 0
+    events = {(kind, image): float(at) for kind, image, at in (line.split() for line in log.read_text().splitlines())}
+    assert events[("start", "c")] >= events[("end", "a")]          # after its dependency
+    assert events[("start", "main")] >= max(events[("end", n)] for n in "abc")  # the main image last
+    assert events[("start", "b")] < events[("end", "a")]           # a and b at the same time
+
+    log.unlink()
+    (wd / "fail-b").touch()
+    assert mkosi.verbs.build_in_parallel(args, configs) == 1
+    assert "start main" not in log.read_text()

@@ -25,8 +25,8 @@ from mkosi.config.settings import Args, Config
 from mkosi.context import Context, Phase
 from mkosi.distributions import plugin
 from mkosi.errors import MkosiError
+from mkosi.mounts import umount_all_below
 from mkosi.outputs import existing_outputs, incremental_cache_paths, output_key_path
-from mkosi.sandbox import umount_all_below
 from mkosi.trees import chown_to_invoking_user, install_tree
 
 # ---------------------------------------------------------------- workspace

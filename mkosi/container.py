@@ -16,9 +16,10 @@ from pathlib import Path
 from mkosi import log
 from mkosi.config.settings import Args, Config
 from mkosi.errors import MkosiError
+from mkosi.mounts import umount_all_below
 from mkosi.outputs import output_stem
-from mkosi.run import run
-from mkosi.sandbox import nspawn_command, umount_all_below
+from mkosi.run import current_sandbox, run
+from mkosi.sandbox import Container
 
 ROOT_TYPES = {
     "4f68bce3-e8cd-4db1-96e7-fbcaf984b709",  # x86-64 root
@@ -96,6 +97,7 @@ def run_container(args: Args, config: Config, boot: bool) -> int:
         if config.format.is_disk() and not use_image:
             log.debug("no udev on this host: mounting the root partition for systemd-nspawn --directory")
             target = stack.enter_context(mounted_image(target, writable=True))
-        argv = nspawn_command(target, cmd, keep_unit=config.nspawn_keep_unit, network=True, image=use_image,
-                              boot=boot, ephemeral=ephemeral_by_nspawn, extra=extra, machine=output_stem(config))
-        return run(argv, check=False).returncode
+        container = Container(keep_unit=config.nspawn_keep_unit, machine=output_stem(config), image=use_image,
+                              boot=boot, ephemeral=ephemeral_by_nspawn, extra=tuple(extra))
+        sandbox = current_sandbox().nspawn(target, network=True, container=container)
+        return run(cmd, sandbox=sandbox, check=False).returncode

@@ -9,6 +9,7 @@ from typing import Optional
 
 from mkosi.config.enums import WithNetwork
 from mkosi.config.settings import Args, Config
+from mkosi.sandbox import Sandbox
 
 
 class Phase(enum.Enum):
@@ -30,6 +31,12 @@ class Context:
     cleanup: list[Path] = dataclasses.field(default_factory=list)
     # Artifacts made on the side (e.g. kernel/initrd/cmdline for direct kernel boot).
     extra_artifacts: list[Path] = dataclasses.field(default_factory=list)
+    # Where and how the build's commands run (ExtraSearchPaths=, later a tools tree); made once from
+    # the configuration. Package managers, scripts and containers derive theirs from it.
+    sandbox: Sandbox = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sandbox = Sandbox.for_config(self.config)
 
     @property
     def network(self) -> bool:

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
-import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any, Optional, Union
 
 from mkosi import log
-from mkosi.errors import CommandError, ToolMissingError
+from mkosi.errors import CommandError, MkosiError, ToolMissingError
+from mkosi.sandbox import Mode, PathString, Sandbox
 
-PathString = Union[str, "os.PathLike[str]"]
+__all__ = ["PathString", "Sandbox", "current_sandbox", "find_tool", "output", "require_tool", "run",
+           "using_sandbox"]
 
 # Which Debian package provides a host tool, for the error shown when it is missing.
 HOST_PACKAGES: dict[str, str] = {
@@ -61,29 +62,48 @@ HOST_PACKAGES: dict[str, str] = {
     "losetup": "mount",
     "systemd-dissect": "systemd",
     "bmaptool": "bmap-tools",
+    "bwrap": "bubblewrap",
+    "chroot": "coreutils",
 }
 
-_extra_search_paths: list[str] = []
+# The sandbox of commands run without an explicit one: plain host by default; during a verb the
+# host sandbox of its image (ExtraSearchPaths=), installed by using_sandbox(). Commands that work on
+# an image root (package managers, scripts, containers) pass their sandbox explicitly.
+_current: list[Sandbox] = [Sandbox()]
 
 
-def set_extra_search_paths(paths: Sequence[str]) -> None:
-    _extra_search_paths[:] = [str(p) for p in paths]
+def current_sandbox() -> Sandbox:
+    return _current[-1]
 
 
-def find_tool(name: str) -> Optional[str]:
-    for d in _extra_search_paths:
-        candidate = Path(d) / name
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin:/usr/bin:/bin"
-    return shutil.which(name, path=path)
+@contextlib.contextmanager
+def using_sandbox(sandbox: Sandbox) -> Iterator[Sandbox]:
+    """Make `sandbox` the default for run() calls that give none, until the block ends."""
+    _current.append(sandbox)
+    try:
+        yield sandbox
+    finally:
+        _current.pop()
 
 
-def require_tool(name: str) -> str:
-    found = find_tool(name)
+def find_tool(name: str, sandbox: Optional[Sandbox] = None) -> Optional[str]:
+    """Where the command `name` is, as seen by a command in `sandbox` (default: current_sandbox())."""
+    return (sandbox or current_sandbox()).find(name)
+
+
+def require_tool(name: str, sandbox: Optional[Sandbox] = None) -> str:
+    found = find_tool(name, sandbox)
     if found is None:
-        raise ToolMissingError(name, HOST_PACKAGES.get(name))
+        raise missing_tool(name, sandbox or current_sandbox())
     return found
+
+
+def missing_tool(name: str, sandbox: Sandbox) -> MkosiError:
+    if sandbox.mode != Mode.host and sandbox.root is not None:
+        return MkosiError(f"required tool '{name}' was not found in {sandbox.root}")
+    if sandbox.tools is not None:
+        return MkosiError(f"required tool '{name}' was not found in the tools tree {sandbox.tools}")
+    return ToolMissingError(name, HOST_PACKAGES.get(name))
 
 
 def format_cmdline(argv: Sequence[PathString]) -> str:
@@ -93,6 +113,7 @@ def format_cmdline(argv: Sequence[PathString]) -> str:
 def run(
     argv: Sequence[PathString],
     *,
+    sandbox: Optional[Sandbox] = None,
     check: bool = True,
     env: Optional[Mapping[str, str]] = None,
     cwd: Optional[PathString] = None,
@@ -104,23 +125,38 @@ def run(
     text: bool = True,
     log_argv: Optional[Sequence[str]] = None,
 ) -> subprocess.CompletedProcess[Any]:
-    """Run a command. Raises CommandError naming the command on failure.
+    """Run a command in a sandbox (default: current_sandbox()). Raises CommandError naming the command
+    on failure.
 
-    `log_argv` replaces the logged command line when argv carries something that must not be
-    shown (it never should; secrets go through files or stdin).
+    argv[0] is looked up as the sandbox sees it (ExtraSearchPaths= and $PATH on the host, the tools
+    tree's /usr, or the image root). The sandbox's variables and `env` are added to the environment of
+    the process (not put on its command line). `log_argv` replaces the logged command when argv itself
+    carries something that must not be shown (it never should; secrets go through files or stdin).
     """
+    sb = sandbox if sandbox is not None else current_sandbox()
     cmd = [os.fspath(a) for a in argv]
-    if not cmd:
+    if not cmd and sb.mode != Mode.nspawn:   # nspawn without a command: a shell, or init with boot
         raise ValueError("empty command")
-    exe = cmd[0]
-    if "/" not in exe:
-        found = find_tool(exe)
-        if found is None:
-            raise ToolMissingError(exe, HOST_PACKAGES.get(exe))
-        cmd[0] = found
-    log.debug("+ " + format_cmdline(log_argv if log_argv is not None else [exe, *cmd[1:]]))
+    exe = cmd[0] if cmd else ""
+    found = sb.find(exe) if cmd else exe
+    if found is None:
+        raise missing_tool(exe, sb)
+    full_argv = [found, *cmd[1:]] if cmd else []
+    shown = cmd if log_argv is None else list(log_argv)
+    wrapper = sb.wrapper_name()
+    if wrapper is not None:
+        host = Sandbox(search_paths=sb.search_paths)
+        wrapper_path = host.find(wrapper)
+        if wrapper_path is None:
+            raise ToolMissingError(wrapper, HOST_PACKAGES.get(wrapper))
+        full_argv = sb.argv(full_argv, wrapper_path)
+        shown = sb.argv(shown, wrapper)
+        for point in sb.mount_points():
+            point.mkdir(parents=True, exist_ok=True)
+    log.debug("+ " + format_cmdline(shown))
 
-    full_env = dict(os.environ)
+    full_env = {} if sb.clear_env else dict(os.environ)
+    full_env.update(sb.environment)
     if env:
         full_env.update(env)
     if capture:
@@ -128,7 +164,7 @@ def run(
         stderr = subprocess.PIPE if stderr is None else stderr
     try:
         proc = subprocess.run(
-            cmd,
+            full_argv,
             env=full_env,
             cwd=os.fspath(cwd) if cwd is not None else None,
             stdin=stdin if input is None else None,
@@ -144,7 +180,7 @@ def run(
         err = proc.stderr if isinstance(proc.stderr, str) else ""
         if isinstance(proc.stderr, bytes):
             err = proc.stderr.decode(errors="replace")
-        raise CommandError(list(log_argv) if log_argv is not None else [exe, *cmd[1:]], proc.returncode, err)
+        raise CommandError(shown, proc.returncode, err)
     return proc
 
 

@@ -1,18 +1,275 @@
-"""Running commands inside the image: systemd-nspawn for scripts, chroot for package managers,
-and the API file systems they need. Every mount made here is undone in a finally block."""
+"""Where and how a command runs: one frozen description, translated into an argument list.
+
+A `Sandbox` says which root supplies the tools (the host, or a tools tree), which directories are
+bind-mounted where, whether /proc, /sys and /dev are provided, whether the network is reachable, and
+the mode:
+
+* `Mode.host`: the command runs on the host's file system. With nothing to set up it runs as it is;
+  with mounts, API file systems, a tools tree or no network it runs under bubblewrap, which sees the
+  whole host file system (`--dev-bind / /`) plus the requested mounts. The mounts exist only in the
+  command's mount namespace, so nothing is left mounted whatever happens to the command.
+* `Mode.chroot`: the command runs with the image root as `/` (bubblewrap), for package managers and
+  maintainer scripts that must run the image's own binaries.
+* `Mode.nspawn`: the command runs in a systemd-nspawn container of the image root (scripts,
+  dracut, the shell and boot verbs).
+
+This module only describes and translates; mkosi.run.run() executes. Environment values are never put
+into an argument list (so they never show in a logged command line or in /proc/PID/cmdline): they
+travel in the process environment, and nspawn is told only the names to pass on.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
+import enum
 import os
 import re
+import shutil
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
-from typing import Optional
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any, Optional, Union
 
-from mkosi import log
-from mkosi.run import PathString, run
+from mkosi.config.settings import Config
+
+PathString = Union[str, "os.PathLike[str]"]
+
+# Where binaries are looked up, after ExtraSearchPaths= and $PATH, on the host and in other roots.
+SYSTEM_BIN_DIRS = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
+ROOT_BIN_DIRS = ("usr/local/sbin", "usr/local/bin", "usr/sbin", "usr/bin", "sbin", "bin")
+
+
+class Mode(enum.Enum):
+    host = "host"
+    chroot = "chroot"
+    nspawn = "nspawn"
+
+
+@dataclasses.dataclass(frozen=True)
+class Mount:
+    """A bind mount. `target` is a path inside the image root in chroot and nspawn mode and a host
+    path in host mode."""
+
+    source: Path
+    target: str
+    readonly: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Container:
+    """What only a systemd-nspawn run has."""
+
+    keep_unit: Optional[bool] = None   # None: when the host has no systemd with a system bus
+    machine: Optional[str] = None
+    image: bool = False                # root is a disk image (--image=) rather than a directory
+    boot: bool = False                 # run the image's init instead of a command
+    ephemeral: bool = False
+    extra: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Sandbox:
+    mode: Mode = Mode.host
+    # The image root: `/` of the command in chroot/nspawn mode; in host mode where API file systems go.
+    root: Optional[Path] = None
+    # A tree whose /usr supplies binaries and libraries for host-mode commands (a tools tree).
+    tools: Optional[Path] = None
+    # Searched before $PATH (ExtraSearchPaths=), in host mode.
+    search_paths: tuple[Path, ...] = ()
+    mounts: tuple[Mount, ...] = ()
+    # /proc, /sys (read-only) and /dev in `root` (always provided by nspawn).
+    api_filesystems: bool = False
+    network: bool = True
+    # Variables set for the command; with clear_env they are its whole environment.
+    env: tuple[tuple[str, str], ...] = ()
+    clear_env: bool = False
+    chdir: Optional[str] = None
+    # A private PID namespace: whatever the command leaves running is killed when it exits.
+    private_pids: bool = False
+    container: Container = Container()
+
+    @classmethod
+    def for_config(cls, config: Config) -> Sandbox:
+        """The host sandbox of one image: its ExtraSearchPaths= (and, later, its tools tree)."""
+        return cls(search_paths=tuple(Path(p) for p in config.extra_search_paths))
+
+    def but(self, **changes: Any) -> Sandbox:
+        """A copy with some fields replaced; `env` may be a mapping, `mounts` any sequence."""
+        if isinstance(changes.get("env"), Mapping):
+            changes["env"] = tuple((str(k), str(v)) for k, v in changes["env"].items())
+        if "mounts" in changes:
+            changes["mounts"] = tuple(changes["mounts"])
+        return dataclasses.replace(self, **changes)
+
+    def with_mounts(self, *mounts: Mount) -> Sandbox:
+        return dataclasses.replace(self, mounts=(*self.mounts, *mounts))
+
+    def in_root(self, root: Path, *, api_filesystems: bool = True) -> Sandbox:
+        """Host tools working on `root` (e.g. dnf --installroot), with /proc, /sys, /dev there."""
+        return dataclasses.replace(self, mode=Mode.host, root=root, api_filesystems=api_filesystems)
+
+    def chroot(self, root: Path, **changes: Any) -> Sandbox:
+        """The image's own binaries with root as /, and /proc, /sys, /dev in it."""
+        changes.setdefault("api_filesystems", True)
+        return self.but(mode=Mode.chroot, root=root, **changes)
+
+    def nspawn(self, root: Path, **changes: Any) -> Sandbox:
+        """A systemd-nspawn container of root (no network unless network=True is given)."""
+        changes.setdefault("container", Container())
+        changes.setdefault("network", False)
+        return self.but(mode=Mode.nspawn, root=root, **changes)
+
+    @property
+    def environment(self) -> dict[str, str]:
+        return dict(self.env)
+
+    def needs_wrapper(self) -> bool:
+        if self.mode != Mode.host:
+            return True
+        return bool(self.tools or self.mounts or self.api_filesystems or not self.network or self.private_pids)
+
+    # -------------------------------------------------------------------------------------------
+    # Finding binaries
+
+    def find(self, name: str) -> Optional[str]:
+        """Where `name` is, as the command will see it: in chroot mode a path inside the root,
+        with a tools tree a path below the tree's /usr (which appears as /usr), otherwise a host path."""
+        if "/" in name or self.mode == Mode.nspawn:
+            return name   # nspawn looks commands up inside the container itself
+        if self.mode == Mode.chroot:
+            assert self.root is not None
+            return find_in_root(self.root, name)
+        for d in self.search_paths:
+            if _executable(Path(d) / name):
+                return os.fspath(Path(d) / name)
+        if self.tools is not None:
+            found = find_in_root(self.tools, name)
+            return found if found is not None and found.startswith("/usr/") else None
+        path = os.environ.get("PATH", "") + ":" + ":".join(SYSTEM_BIN_DIRS)
+        return shutil.which(name, path=path)
+
+    # -------------------------------------------------------------------------------------------
+    # Translation
+
+    def argv(self, cmd: Sequence[PathString], wrapper: str = "bwrap") -> list[str]:
+        """The full argument list: the sandbox tool's options, then the command (argv[0] as given;
+        resolve it with find() first). `wrapper` is the bubblewrap or systemd-nspawn executable."""
+        command = [os.fspath(c) for c in cmd]
+        if self.mode == Mode.nspawn:
+            return self._nspawn_argv(command, wrapper)
+        if not self.needs_wrapper():
+            return command
+        return [wrapper, *self._bwrap_options(), "--", *command]
+
+    def wrapper_name(self) -> Optional[str]:
+        if self.mode == Mode.nspawn:
+            return nspawn_executable()
+        return "bwrap" if self.needs_wrapper() else None
+
+    def _bwrap_options(self) -> list[str]:
+        opts: list[str] = []
+        if self.mode == Mode.chroot:
+            assert self.root is not None
+            opts += ["--bind", os.fspath(self.root), "/"]
+            base: Optional[Path] = Path("/")
+        else:
+            opts += ["--dev-bind", "/", "/"]
+            if self.tools is not None:
+                opts += ["--ro-bind", os.fspath(self.tools / "usr"), "/usr"]
+                if (self.tools / "etc/ld.so.cache").exists():
+                    opts += ["--ro-bind", os.fspath(self.tools / "etc/ld.so.cache"), "/etc/ld.so.cache"]
+            base = self.root
+        if self.api_filesystems:
+            assert base is not None, "API file systems need a root to mount them in"
+            opts += ["--proc", os.fspath(base / "proc"),
+                     "--ro-bind", "/sys", os.fspath(base / "sys"),
+                     "--dev-bind", "/dev", os.fspath(base / "dev")]
+        for m in self.mounts:
+            opts += ["--ro-bind" if m.readonly else "--bind", os.fspath(m.source), m.target]
+        if not self.network:
+            opts.append("--unshare-net")
+        if self.private_pids:
+            opts.append("--unshare-pid")
+        if self.chdir is not None:
+            opts += ["--chdir", self.chdir]
+        elif self.mode == Mode.chroot:
+            opts += ["--chdir", "/"]
+        opts.append("--die-with-parent")
+        return opts
+
+    def _nspawn_argv(self, command: list[str], executable: str) -> list[str]:
+        assert self.root is not None
+        c = self.container
+        return nspawn_command(
+            self.root, command, keep_unit=c.keep_unit, network=self.network,
+            env={name: None for name, _ in self.env},
+            binds=[(m.source, m.target) for m in self.mounts if not m.readonly],
+            ro_binds=[(m.source, m.target) for m in self.mounts if m.readonly],
+            chdir=self.chdir, ephemeral=c.ephemeral, image=c.image, boot=c.boot, extra=c.extra,
+            machine=c.machine, executable=executable)
+
+    def mount_points(self) -> list[Path]:
+        """Host directories to create before the command starts: the API file system mount points and
+        the targets of directory binds (made by us, so that they are plain 0755 root directories)."""
+        if self.mode == Mode.nspawn:
+            return []
+        points = []
+        if self.api_filesystems:
+            assert self.root is not None, "API file systems need a root to mount them in"
+            points += [self.root / "proc", self.root / "sys", self.root / "dev"]
+        for m in self.mounts:
+            if not m.source.is_dir():
+                continue
+            if self.mode == Mode.chroot:
+                assert self.root is not None
+                points.append(self.root / m.target.lstrip("/"))
+            else:
+                points.append(Path(m.target))
+        return points
+
+
+def _executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def find_in_root(root: Path, name: str) -> Optional[str]:
+    """`name` among the binary directories of another root, as a path inside that root. Symlinks
+    (merged /usr, alternatives) are followed inside the root, as a chroot would, never out to the host."""
+    for d in ROOT_BIN_DIRS:
+        resolved = resolve_in_root(root, f"{d}/{name}")
+        if resolved is not None and _executable(resolved):
+            return f"/{d}/{name}"
+    return None
+
+
+def resolve_in_root(root: Path, path: str) -> Optional[Path]:
+    """The host path of `path` inside `root`, with every symlink taken relative to root."""
+    parts = [p for p in PurePosixPath(path).parts if p != "/"]
+    current = PurePosixPath("/")
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            current = current.parent
+            continue
+        host = root / (current / part).relative_to("/")
+        if host.is_symlink():
+            hops += 1
+            if hops > 40:
+                return None
+            target = PurePosixPath(os.readlink(host))
+            if target.is_absolute():
+                current = PurePosixPath("/")
+            parts = [p for p in target.parts if p != "/"] + parts
+            continue
+        current = current / part
+    return root / current.relative_to("/")
+
+
+# -----------------------------------------------------------------------------------------------
+# systemd-nspawn
 
 
 def host_has_systemd() -> bool:
@@ -24,9 +281,9 @@ def nspawn_executable() -> str:
     return os.environ.get("MKOSI_NSPAWN_EXECUTABLE") or "systemd-nspawn"
 
 
-def nspawn_base_args(keep_unit: Optional[bool]) -> list[str]:
+def nspawn_base_args(keep_unit: Optional[bool], executable: Optional[str] = None) -> list[str]:
     """Flags every nspawn call needs on this host. Without systemd/bus: --register=no --keep-unit."""
-    argv = [nspawn_executable()]
+    argv = [executable or nspawn_executable()]
     systemd = host_has_systemd()
     if not systemd:
         argv.append("--register=no")
@@ -51,7 +308,7 @@ def nspawn_command(
     *,
     keep_unit: Optional[bool] = None,
     network: bool = False,
-    env: Optional[Mapping[str, str]] = None,
+    env: Optional[Mapping[str, Optional[str]]] = None,
     binds: Sequence[tuple[PathString, str]] = (),
     ro_binds: Sequence[tuple[PathString, str]] = (),
     chdir: Optional[str] = None,
@@ -60,8 +317,11 @@ def nspawn_command(
     boot: bool = False,
     extra: Sequence[str] = (),
     machine: Optional[str] = None,
+    executable: Optional[str] = None,
 ) -> list[str]:
-    argv = nspawn_base_args(keep_unit)
+    """The systemd-nspawn argument list. An env value of None passes the name only: nspawn then takes
+    the value from its own environment (how Sandbox keeps values out of command lines)."""
+    argv = nspawn_base_args(keep_unit, executable)
     argv += ["--quiet", f"--machine={valid_machine_name(machine) or 'mkosi-' + uuid.uuid4().hex[:12]}"]
     argv += [f"--image={root}"] if image else [f"--directory={root}"]
     if not boot:
@@ -71,7 +331,7 @@ def nspawn_command(
     if ephemeral:
         argv.append("--ephemeral")
     for name, value in (env or {}).items():
-        argv.append(f"--setenv={name}={value}")
+        argv.append(f"--setenv={name}" if value is None else f"--setenv={name}={value}")
     for src, dst in binds:
         argv.append(f"--bind={os.fspath(src)}:{dst}")
     for src, dst in ro_binds:
@@ -84,42 +344,3 @@ def nspawn_command(
     if cmd:
         argv += ["--", *[os.fspath(c) for c in cmd]]
     return argv
-
-
-def mounts_below(path: Path) -> list[str]:
-    """Mount points at or below path, deepest first."""
-    prefix = str(path.resolve())
-    points = []
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                mp = line.split()[4].encode().decode("unicode_escape")
-                if mp == prefix or mp.startswith(prefix + "/"):
-                    points.append(mp)
-    except OSError:
-        return []
-    return sorted(points, key=lambda p: p.count("/"), reverse=True)
-
-
-def umount_all_below(path: Path) -> None:
-    for mp in mounts_below(path):
-        proc = run(["umount", mp], check=False, capture=True)
-        if proc.returncode != 0:
-            run(["umount", "--lazy", mp], check=False, capture=True)
-
-
-@contextlib.contextmanager
-def api_mounts(root: Path) -> Iterator[None]:
-    """/proc, /sys and /dev in root for chrooted package managers and maintainer scripts."""
-    try:
-        for fs, target, opts in (("proc", "proc", []), ("sysfs", "sys", ["-o", "ro"])):
-            (root / target).mkdir(parents=True, exist_ok=True)
-            run(["mount", "-t", fs, *opts, fs, root / target])
-        (root / "dev").mkdir(parents=True, exist_ok=True)
-        run(["mount", "--rbind", "/dev", root / "dev"])
-        run(["mount", "--make-rslave", root / "dev"])
-        yield
-    finally:
-        for target in ("dev", "sys", "proc"):
-            umount_all_below(root / target)
-        log.debug(f"unmounted API file systems of {root}")

@@ -11,7 +11,7 @@ from mkosi import log
 from mkosi.config.enums import SourceFileTransfer, WithNetwork
 from mkosi.context import Context, Phase
 from mkosi.run import run
-from mkosi.sandbox import nspawn_command
+from mkosi.sandbox import Container, Mount, Sandbox
 from mkosi.sources import copy_sources, default_transfer, source_excludes
 
 # Never copied into the build image with the sources.
@@ -38,6 +38,15 @@ def script_environment(ctx: Context) -> dict[str, str]:
     return env
 
 
+def script_sandbox(ctx: Context, *, network: bool, chdir: str | None = None,
+                   binds: list[tuple[Path, str]] | None = None, env: dict[str, str] | None = None) -> Sandbox:
+    """A systemd-nspawn container of the image root with the script environment and these binds."""
+    return ctx.sandbox.nspawn(
+        ctx.root, network=network, chdir=chdir, env={**script_environment(ctx), **(env or {})},
+        mounts=[Mount(src, dst) for src, dst in binds or []],
+        container=Container(keep_unit=ctx.config.nspawn_keep_unit))
+
+
 def _run_in_image(ctx: Context, script: Path, argv: list[str], *, network: bool, chdir: str | None = None,
                   binds: list[tuple[Path, str]] | None = None, env: dict[str, str] | None = None) -> None:
     inside = f"/root/{script.name}"
@@ -47,8 +56,7 @@ def _run_in_image(ctx: Context, script: Path, argv: list[str], *, network: bool,
     # nspawn creates missing mount points for binds; they must not stay behind in the image.
     created = [ctx.root / dst.lstrip("/") for _, dst in binds or [] if not (ctx.root / dst.lstrip("/")).exists()]
     try:
-        run(nspawn_command(ctx.root, [inside, *argv], keep_unit=ctx.config.nspawn_keep_unit, network=network,
-                           env={**script_environment(ctx), **(env or {})}, binds=binds or [], chdir=chdir))
+        run([inside, *argv], sandbox=script_sandbox(ctx, network=network, chdir=chdir, binds=binds, env=env))
     finally:
         target.unlink(missing_ok=True)
         for mountpoint in created:
@@ -80,7 +88,8 @@ def run_finalize_script(ctx: Context) -> None:
     if script is None:
         return
     with log.step(f"Running finalize script {script.name} {ctx.phase.value}"):
-        run([script, ctx.phase.value], env={**script_environment(ctx), "BUILDROOT": str(ctx.root)})
+        run([script, ctx.phase.value],
+            sandbox=ctx.sandbox.but(env={**script_environment(ctx), "BUILDROOT": str(ctx.root)}))
 
 
 def run_build_script(ctx: Context) -> None:
@@ -112,7 +121,7 @@ def run_build_script(ctx: Context) -> None:
     results = ctx.workspace / "build-results"
     if results.exists():
         shutil.rmtree(results)
-    run(["cp", "--archive", "--reflink=auto", "--no-target-directory", dest, results])
+    run(["cp", "--archive", "--reflink=auto", "--no-target-directory", dest, results], sandbox=ctx.sandbox)
 
 
 def copy_build_results(ctx: Context) -> None:
@@ -120,7 +129,8 @@ def copy_build_results(ctx: Context) -> None:
     results = ctx.workspace / "build-results"
     if results.is_dir():
         with log.step("Copying build results"):
-            run(["cp", "--archive", "--reflink=auto", "--no-target-directory", f"{results}/.", f"{ctx.root}/."])
+            run(["cp", "--archive", "--reflink=auto", "--no-target-directory", f"{results}/.", f"{ctx.root}/."],
+                sandbox=ctx.sandbox)
     config = ctx.config
     transfer = config.source_file_transfer_final
     if transfer is not None and config.build_sources is not None:

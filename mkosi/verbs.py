@@ -14,6 +14,8 @@ from mkosi import log
 from mkosi.config.enums import Verb
 from mkosi.config.settings import Args, Config
 from mkosi.errors import MkosiError
+from mkosi.run import using_sandbox
+from mkosi.sandbox import Sandbox
 from mkosi.summary import summary_json, summary_text
 
 
@@ -219,16 +221,15 @@ def run_verbs(args: Args, configs: list[Config]) -> int:
     if args.verb.needs_build():
         # The main image may use what the sub-images make (an initrd, an extension): build those first.
         for config in configs[:-1]:
-            ensure_built(args, config)
+            with using_sandbox(Sandbox.for_config(config)):
+                ensure_built(args, config)
     return run_verb(args, configs[-1])
 
 
 def run_verb(args: Args, config: Config) -> int:
     """Run the verb; returns the exit status (non-zero when a container command failed)."""
-    from mkosi.run import set_extra_search_paths
-
-    set_extra_search_paths([str(p) for p in config.extra_search_paths])
-    code = VERBS[args.verb](args, config)
+    with using_sandbox(Sandbox.for_config(config)):
+        code = VERBS[args.verb](args, config)
     sys.stdout.flush()
     return code or 0
 

@@ -127,6 +127,7 @@ class RpmDistribution(DistributionPlugin):
             cache_dir=ctx.package_cache.absolute() if ctx.package_cache else None,
             with_docs=config.with_docs,
             network=ctx.network,
+            sandbox=ctx.sandbox,
             use_host_repositories=config.use_host_repositories,
             enable_repos=tuple(r for r in config.repositories if not is_url(r)),
             repository_directory=config.repository_directory,
@@ -407,12 +408,12 @@ class Clear(RpmDistribution):
 
         if not ctx.network:
             raise MkosiError("swupd cannot install Clear Linux without the network (WithNetwork=never)")
-        run(self.swupd_argv(ctx, packages))
+        run(self.swupd_argv(ctx, packages), sandbox=ctx.sandbox)
 
     def remove_packages(self, ctx: Context, packages: list[str]) -> None:
         from mkosi.run import run
 
-        run([self.swupd(), "bundle-remove", f"--path={ctx.root}", "--no-progress", *packages])
+        run([self.swupd(), "bundle-remove", f"--path={ctx.root}", "--no-progress", *packages], sandbox=ctx.sandbox)
 
     def installed_packages(self, ctx: Context) -> list[PackageInfo]:
         from mkosi.manifest import PackageInfo

@@ -59,6 +59,7 @@ class Gentoo(DistributionPlugin):
             cache_dir=ctx.package_cache.absolute() if ctx.package_cache else None,
             with_docs=config.with_docs,
             network=ctx.network,
+            sandbox=ctx.sandbox,
         )
 
     def install(self, ctx: Context, packages: list[str]) -> None:

@@ -24,6 +24,7 @@ from mkosi import log
 from mkosi.errors import MkosiError
 from mkosi.installers import rpm
 from mkosi.run import require_tool, run
+from mkosi.sandbox import Mount, Sandbox
 
 HOST_REPOSDIRS = ("/etc/yum.repos.d", "/etc/distro.repos.d")
 
@@ -101,6 +102,8 @@ class DnfConfig:
     host_architecture: str = ""
     executable: str = "dnf"
     distribution: str = "fedora"
+    # How commands run (ExtraSearchPaths=, a tools tree); the installer adds the root and its mounts.
+    sandbox: Sandbox = Sandbox()
 
     @property
     def conf_dir(self) -> Path:
@@ -184,14 +187,19 @@ def setup(cfg: DnfConfig) -> None:
     rpm.write_macros_home(cfg.home, cfg.rpmdb, cfg.with_docs)
 
 
-def _run(cfg: DnfConfig, command: str, packages: Sequence[str], *, offline: bool = False) -> None:
-    from mkosi.sandbox import api_mounts
+def dnf_sandbox(cfg: DnfConfig) -> Sandbox:
+    """dnf on the host working on the root: /proc, /sys, /dev there for the scriptlets, the package
+    cache on ROOT/var/cache/dnf."""
+    return cfg.sandbox.in_root(cfg.root).with_mounts(Mount(cfg.cache, str(cfg.root / "var/cache/dnf")))
 
-    require_tool(cfg.executable)
+
+def _run(cfg: DnfConfig, command: str, packages: Sequence[str], *, offline: bool = False) -> None:
+    sandbox = dnf_sandbox(cfg)
+    require_tool(cfg.executable, sandbox)
     setup(cfg)
     rpm.prepare_rpmdb(cfg.root, cfg.rpmdb)
-    with rpm.bind_mount(cfg.cache, cfg.root / "var/cache/dnf"), api_mounts(cfg.root):
-        run(dnf_argv(cfg, command, packages, offline=offline), env=dnf_env(cfg))
+    cfg.cache.mkdir(parents=True, exist_ok=True)
+    run(dnf_argv(cfg, command, packages, offline=offline), sandbox=sandbox, env=dnf_env(cfg))
 
 
 def install(cfg: DnfConfig, packages: Sequence[str]) -> None:

@@ -38,6 +38,7 @@ from typing import Optional
 from mkosi import log
 from mkosi.errors import MkosiError
 from mkosi.run import find_tool, run
+from mkosi.sandbox import Mount, Sandbox
 
 # Kernel architecture -> (directory under releases/, name in the stage3 file names).
 GENTOO_ARCH: dict[str, tuple[str, str]] = {
@@ -174,6 +175,8 @@ class EmergeConfig:
     cache_dir: Optional[Path] = None
     with_docs: bool = False
     network: bool = True
+    # How commands run (ExtraSearchPaths=, a tools tree); the installer adds the root and its mounts.
+    sandbox: Sandbox = Sandbox()
 
     @property
     def cache(self) -> Path:
@@ -292,11 +295,22 @@ def emerge_argv(cfg: EmergeConfig, packages: Sequence[str]) -> list[str]:
     return argv + list(packages)
 
 
-@contextlib.contextmanager
-def _chroot_env(cfg: EmergeConfig) -> Iterator[None]:
-    from mkosi.installers.rpm import bind_mount
-    from mkosi.sandbox import api_mounts
+# The whole environment of commands in the stage3 chroot.
+CHROOT_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LC_ALL": "C.UTF-8"}
 
+
+def chroot_sandbox(cfg: EmergeConfig) -> Sandbox:
+    """The stage3 as /, with /proc, /sys, /dev, distfiles and binary packages from the package cache,
+    and nothing of the host's environment."""
+    return cfg.sandbox.chroot(
+        cfg.root, env=CHROOT_ENV, clear_env=True, network=cfg.network,
+        mounts=[Mount(cfg.cache / "distfiles", "/var/cache/distfiles"),
+                Mount(cfg.cache / "binpkgs", "/var/cache/binpkgs")])
+
+
+@contextlib.contextmanager
+def _resolv_conf(cfg: EmergeConfig) -> Iterator[None]:
+    """The host's resolv.conf in the root while emerge may download."""
     resolv = cfg.root / "etc/resolv.conf"
     backup = None
     if cfg.network and Path("/etc/resolv.conf").exists():
@@ -305,9 +319,7 @@ def _chroot_env(cfg: EmergeConfig) -> Iterator[None]:
             shutil.move(str(resolv), backup)
         shutil.copyfile("/etc/resolv.conf", resolv)
     try:
-        with bind_mount(cfg.cache / "distfiles", cfg.root / "var/cache/distfiles"), \
-                bind_mount(cfg.cache / "binpkgs", cfg.root / "var/cache/binpkgs"), api_mounts(cfg.root):
-            yield
+        yield
     finally:
         if backup is not None:
             resolv.unlink(missing_ok=True)
@@ -315,8 +327,10 @@ def _chroot_env(cfg: EmergeConfig) -> Iterator[None]:
 
 
 def chroot_run(cfg: EmergeConfig, argv: Sequence[str]) -> None:
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LC_ALL": "C.UTF-8"}
-    run(["chroot", cfg.root, "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()), *argv])
+    for d in ("distfiles", "binpkgs"):
+        (cfg.cache / d).mkdir(parents=True, exist_ok=True)
+    with _resolv_conf(cfg):
+        run(argv, sandbox=chroot_sandbox(cfg))
 
 
 def bootstrap(cfg: EmergeConfig) -> None:
@@ -342,8 +356,7 @@ def emerge(cfg: EmergeConfig, packages: Sequence[str]) -> None:
     if not (cfg.root / "usr/bin/emerge").exists():
         raise MkosiError(f"{cfg.root} has no emerge: the stage3 was not unpacked")
     if packages:
-        with _chroot_env(cfg):
-            chroot_run(cfg, emerge_argv(cfg, packages))
+        chroot_run(cfg, emerge_argv(cfg, packages))
 
 
 def install(cfg: EmergeConfig, packages: Sequence[str]) -> None:
@@ -355,8 +368,7 @@ def remove(cfg: EmergeConfig, packages: Sequence[str]) -> None:
     installed = {p.atom for p in installed_packages(cfg.root)} | {p.name for p in installed_packages(cfg.root)}
     wanted = [p for p in packages if p in installed]
     if wanted:
-        with _chroot_env(cfg):
-            chroot_run(cfg, ["emerge", "--quiet", "--unmerge", *wanted])
+        chroot_run(cfg, ["emerge", "--quiet", "--unmerge", *wanted])
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from typing import Optional
 from mkosi import log
 from mkosi.errors import MkosiError
 from mkosi.run import find_tool, require_tool, run
+from mkosi.sandbox import Sandbox
 
 ARCH_KEYRING = Path("/usr/share/keyrings/archlinux.gpg")
 DOCS_NOEXTRACT = ("usr/share/doc/*", "usr/share/man/*", "usr/share/info/*", "usr/share/gtk-doc/*",
@@ -70,6 +71,8 @@ class PacmanConfig:
     with_docs: bool = False
     network: bool = True
     repository_directory: Optional[Path] = None
+    # How commands run (ExtraSearchPaths=, a tools tree); the installer adds the root and its mounts.
+    sandbox: Sandbox = Sandbox()
 
     @property
     def conf_dir(self) -> Path:
@@ -178,15 +181,18 @@ def setup_keyring(cfg: PacmanConfig) -> None:
     if not ARCH_KEYRING.exists():
         raise MkosiError(f"the Arch Linux keyring {ARCH_KEYRING} is missing on this host",
                          hint="install it with: apt-get install archlinux-keyring")
-    require_tool("pacman-key")
+    require_tool("pacman-key", cfg.sandbox)
     cfg.gpgdir.mkdir(parents=True, exist_ok=True)
     try:
-        run(["pacman-key", "--config", cfg.conf, "--gpgdir", cfg.gpgdir, "--init"], capture=True)
-        run(["pacman-key", "--config", cfg.conf, "--gpgdir", cfg.gpgdir, "--populate", "archlinux"], capture=True)
+        run(["pacman-key", "--config", cfg.conf, "--gpgdir", cfg.gpgdir, "--init"], sandbox=cfg.sandbox,
+            capture=True)
+        run(["pacman-key", "--config", cfg.conf, "--gpgdir", cfg.gpgdir, "--populate", "archlinux"],
+            sandbox=cfg.sandbox, capture=True)
     finally:
         # pacman-key leaves a gpg-agent running for its home directory.
-        if find_tool("gpgconf"):
-            run(["gpgconf", "--homedir", cfg.gpgdir, "--kill", "gpg-agent"], check=False, capture=True)
+        if find_tool("gpgconf", cfg.sandbox):
+            run(["gpgconf", "--homedir", cfg.gpgdir, "--kill", "gpg-agent"], sandbox=cfg.sandbox, check=False,
+                capture=True)
 
 
 def _sync_cache(cfg: PacmanConfig) -> Path:
@@ -220,12 +226,15 @@ def _save_sync_dbs(cfg: PacmanConfig) -> None:
         shutil.copy2(db, dest / db.name)
 
 
-def _run(cfg: PacmanConfig, argv: list[str]) -> None:
-    from mkosi.sandbox import api_mounts
+def pacman_sandbox(cfg: PacmanConfig) -> Sandbox:
+    """pacman on the host working on the root (--root), with /proc, /sys and /dev there for the hooks."""
+    return cfg.sandbox.in_root(cfg.root)
 
-    require_tool("pacman")
-    with api_mounts(cfg.root):
-        run(argv)
+
+def _run(cfg: PacmanConfig, argv: list[str]) -> None:
+    sandbox = pacman_sandbox(cfg)
+    require_tool("pacman", sandbox)
+    run(argv, sandbox=sandbox)
 
 
 def install(cfg: PacmanConfig, packages: Sequence[str]) -> None:

@@ -14,18 +14,16 @@ The manifest is read back with `rpm --root ROOT --dbpath DB -qa --queryformat ..
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from mkosi import log
-from mkosi.run import output, run
+from mkosi.run import output
 
 if TYPE_CHECKING:
     from mkosi.manifest import PackageInfo
@@ -189,19 +187,6 @@ def clean_rpmdb(root: Path, force: bool) -> None:
     """Drop the rpm database when the image has no rpm to use it (or when asked to)."""
     if force or not rpm_in_root(root):
         remove_paths(root, [SYSIMAGE_RPMDB, LEGACY_RPMDB])
-
-
-@contextlib.contextmanager
-def bind_mount(source: Path, target: Path) -> Iterator[None]:
-    """Bind-mount a host directory (e.g. the package cache) into the root for the duration."""
-    source.mkdir(parents=True, exist_ok=True)
-    target.mkdir(parents=True, exist_ok=True)
-    run(["mount", "--bind", source, target])
-    try:
-        yield
-    finally:
-        if run(["umount", target], check=False, capture=True).returncode != 0:
-            run(["umount", "--lazy", target], check=False, capture=True)
 
 
 def is_local_url(url: str) -> bool:

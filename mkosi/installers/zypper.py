@@ -26,6 +26,7 @@ from mkosi.errors import CommandError, MkosiError
 from mkosi.installers import rpm
 from mkosi.installers.dnf import RpmRepo, repo_file_text
 from mkosi.run import require_tool, run
+from mkosi.sandbox import Mount, Sandbox
 
 # zypper exits with 107 when a package's scriptlet failed but the packages were installed.
 ZYPPER_EXIT_INF_RPM_SCRIPT_FAILED = 107
@@ -41,6 +42,8 @@ class ZypperConfig:
     network: bool = True
     repository_directory: Optional[Path] = None
     rpmdb: str = rpm.SYSIMAGE_RPMDB
+    # How commands run (ExtraSearchPaths=, a tools tree); the installer adds the root and its mounts.
+    sandbox: Sandbox = Sandbox()
 
     @property
     def conf_dir(self) -> Path:
@@ -109,15 +112,19 @@ def zypper_argv(cfg: ZypperConfig, command: str, packages: Sequence[str], *, off
     return argv
 
 
-def _run(cfg: ZypperConfig, command: str, packages: Sequence[str], *, offline: bool = False) -> None:
-    from mkosi.sandbox import api_mounts
+def zypper_sandbox(cfg: ZypperConfig) -> Sandbox:
+    """zypper on the host working on the root, with the package cache on ROOT/var/cache/zypp."""
+    return cfg.sandbox.in_root(cfg.root).with_mounts(Mount(cfg.cache, str(cfg.root / "var/cache/zypp")))
 
-    require_tool("zypper")
+
+def _run(cfg: ZypperConfig, command: str, packages: Sequence[str], *, offline: bool = False) -> None:
+    sandbox = zypper_sandbox(cfg)
+    require_tool("zypper", sandbox)
     setup(cfg)
     rpm.prepare_rpmdb(cfg.root, cfg.rpmdb)
+    cfg.cache.mkdir(parents=True, exist_ok=True)
     try:
-        with rpm.bind_mount(cfg.cache, cfg.root / "var/cache/zypp"), api_mounts(cfg.root):
-            run(zypper_argv(cfg, command, packages, offline=offline), env=zypper_env(cfg))
+        run(zypper_argv(cfg, command, packages, offline=offline), sandbox=sandbox, env=zypper_env(cfg))
     except CommandError as e:
         if e.returncode != ZYPPER_EXIT_INF_RPM_SCRIPT_FAILED:
             raise

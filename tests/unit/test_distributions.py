@@ -264,7 +264,7 @@ def test_dnf_setup_writes_config(tmp_path: Path) -> None:
 
 
 def test_missing_tools_name_debian_packages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mkosi.run, "find_tool", lambda name: None)
+    monkeypatch.setattr(mkosi.run, "find_tool", lambda name, sandbox=None: None)
     for tool, package in (("dnf", "dnf"), ("zypper", "zypper"), ("pacman", "pacman-package-manager"),
                           ("rpm", "rpm"), ("createrepo_c", "createrepo-c")):
         with pytest.raises(ToolMissingError) as e:
@@ -279,7 +279,7 @@ def test_missing_tools_name_debian_packages(tmp_path: Path, monkeypatch: pytest.
 def test_clear_needs_swupd(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from mkosi.context import Context, Phase
 
-    monkeypatch.setattr(mkosi.run, "find_tool", lambda name: None)
+    monkeypatch.setattr(mkosi.run, "find_tool", lambda name, sandbox=None: None)
     args = load("-d", "clear")
     ctx = Context(Args(), args, tmp_path, Phase.final, tmp_path / "root", None, tmp_path)
     with pytest.raises(MkosiError, match=r"not available on this host.*swupd") as e:
@@ -291,7 +291,7 @@ def test_clear_swupd_argv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     from mkosi.context import Context, Phase
     from mkosi.distributions.fedora import Clear
 
-    monkeypatch.setattr(mkosi.run, "find_tool", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(mkosi.run, "find_tool", lambda name, sandbox=None: f"/usr/bin/{name}")
     ctx = Context(Args(), load("-d", "clear", "-r", "41000"), tmp_path, Phase.final, tmp_path / "root",
                   tmp_path / "cache", tmp_path)
     argv = Clear().swupd_argv(ctx, ["os-core", "kernel-native"])

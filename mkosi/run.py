@@ -153,6 +153,8 @@ def run(
         shown = sb.argv(shown, wrapper)
         for point in sb.mount_points():
             point.mkdir(parents=True, exist_ok=True)
+    elif sb.chdir is not None and cwd is None:
+        cwd = sb.chdir
     log.debug("+ " + format_cmdline(shown))
 
     full_env = {} if sb.clear_env else dict(os.environ)

@@ -141,6 +141,12 @@ def test_host_tools_on_a_root_get_api_filesystems_and_binds_there(tmp_path: Path
     assert set(sb.mount_points()) == {root / "proc", root / "sys", root / "dev", root / "var/cache/dnf"}
 
 
+def test_chdir_without_a_wrapper_is_the_working_directory(tmp_path: Path) -> None:
+    assert run(["pwd"], sandbox=Sandbox(chdir=str(tmp_path)), capture=True).stdout.strip() == str(tmp_path)
+    assert Sandbox(chdir="/srv").argv(["/bin/true"]) == ["/bin/true"]
+    assert Sandbox(chdir="/srv", network=False).argv(["/bin/true"])[-5:-3] == ["--chdir", "/srv"]
+
+
 def test_readonly_binds_and_network_off(tmp_path: Path) -> None:
     sb = Sandbox(network=False, mounts=(Mount(tmp_path, "/srv/x", readonly=True),))
     argv = sb.argv(["/bin/true"])

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 import mkosi.run
+import mkosi.verbs
 from mkosi import log
 from mkosi.build import hash_password
-from mkosi.config.settings import Args
+from mkosi.config.enums import Verb
+from mkosi.config.settings import Args, Config
 from mkosi.context import Context, Phase
 from mkosi.errors import CommandError, MkosiError, ToolMissingError
 from mkosi.installers import emerge, pacman, zypper
@@ -23,7 +25,7 @@ from mkosi.mounts import mounts_below
 from mkosi.run import current_sandbox, find_tool, run, using_sandbox
 from mkosi.sandbox import Container, Mode, Mount, Sandbox, find_in_root, resolve_in_root
 from mkosi.scripts import script_sandbox
-from tests.unit.test_config import load
+from tests.unit.test_config import load, load_both
 
 SECRET = "hunter2-not-for-logs"
 
@@ -122,6 +124,20 @@ def test_using_sandbox_is_the_default_only_inside_the_block(tmp_path: Path) -> N
         assert find_tool("frobnicate") == str(mine)
         assert run(["frobnicate"]).returncode == 0
     assert current_sandbox() == Sandbox() and find_tool("frobnicate") is None
+
+
+def test_a_verb_runs_with_its_images_search_paths(wd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    executable(wd / "tools/frobnicate")
+    seen: list[object] = []
+
+    def verb(args: Args, config: Config) -> None:
+        seen.append(find_tool("frobnicate"))
+
+    monkeypatch.setitem(mkosi.verbs.VERBS, Verb.summary, verb)
+    assert mkosi.verbs.run_verb(*load_both(f"--extra-search-paths={wd / 'tools'}")) == 0
+    assert mkosi.verbs.run_verb(*load_both()) == 0
+    assert seen == [str(wd / "tools/frobnicate"), None]
+    assert current_sandbox() == Sandbox()
 
 
 # ---------------------------------------------------------------- what gets mounted

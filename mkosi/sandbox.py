@@ -35,7 +35,9 @@ from mkosi.config.settings import Config
 PathString = Union[str, "os.PathLike[str]"]
 
 # Where binaries are looked up, after ExtraSearchPaths= and $PATH, on the host and in other roots.
-SYSTEM_BIN_DIRS = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
+SYSTEM_BIN_DIRS = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
+# What of a tools tree's /etc its binaries need, besides its /usr.
+TOOLS_ETC = ("ld.so.cache", "alternatives")
 ROOT_BIN_DIRS = ("usr/local/sbin", "usr/local/bin", "usr/sbin", "usr/bin", "sbin", "bin")
 
 
@@ -176,8 +178,10 @@ class Sandbox:
             opts += ["--dev-bind", "/", "/"]
             if self.tools is not None:
                 opts += ["--ro-bind", os.fspath(self.tools / "usr"), "/usr"]
-                if (self.tools / "etc/ld.so.cache").exists():
-                    opts += ["--ro-bind", os.fspath(self.tools / "etc/ld.so.cache"), "/etc/ld.so.cache"]
+                # The library cache and the alternatives that the tree's /usr/bin symlinks point into.
+                for name in TOOLS_ETC:
+                    if (self.tools / "etc" / name).exists():
+                        opts += ["--ro-bind", os.fspath(self.tools / "etc" / name), f"/etc/{name}"]
             base = self.root
         if self.api_filesystems:
             assert base is not None, "API file systems need a root to mount them in"

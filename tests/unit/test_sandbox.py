@@ -85,9 +85,14 @@ def test_tools_tree_supplies_binaries_as_usr(tmp_path: Path) -> None:
     argv = sb.argv(["/usr/bin/mkfs.frob", "img"])
     assert argv[:3] == ["bwrap", "--dev-bind", "/"] and argv[-3:] == ["--", "/usr/bin/mkfs.frob", "img"]
     assert pairs(argv, "--ro-bind") == [(str(tools / "usr"), "/usr")]
-    (tools / "etc").mkdir()
+    (tools / "etc/alternatives").mkdir(parents=True)
     (tools / "etc/ld.so.cache").write_text("")
-    assert (str(tools / "etc/ld.so.cache"), "/etc/ld.so.cache") in pairs(Sandbox(tools=tools).argv(["x"]), "--ro-bind")
+    (tools / "etc/alternatives/awk").symlink_to("/usr/bin/mkfs.frob")
+    (tools / "usr/bin/awk").symlink_to("/etc/alternatives/awk")
+    assert sb.find("awk") == "/usr/bin/awk"
+    assert pairs(Sandbox(tools=tools).argv(["x"]), "--ro-bind") == [
+        (str(tools / "usr"), "/usr"), (str(tools / "etc/ld.so.cache"), "/etc/ld.so.cache"),
+        (str(tools / "etc/alternatives"), "/etc/alternatives")]
 
 
 def test_binaries_in_a_root_are_found_inside_it(tmp_path: Path) -> None:

@@ -145,6 +145,21 @@ def test_a_verb_runs_with_its_images_search_paths(wd: Path, monkeypatch: pytest.
     assert current_sandbox() == Sandbox()
 
 
+def test_sub_images_are_built_with_their_own_search_paths(wd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    executable(wd / "sub/frobnicate")
+    seen: list[tuple[str, object]] = []
+
+    def record(what: str) -> object:
+        return lambda args, config: seen.append((what, find_tool("frobnicate")))
+
+    monkeypatch.setattr(mkosi.verbs, "ensure_built", record("built"))
+    monkeypatch.setitem(mkosi.verbs.VERBS, Verb.shell, record("shell"))
+    args, sub = load_both(f"--extra-search-paths={wd / 'sub'}", verb="shell")
+    _, main = load_both(verb="shell")
+    assert mkosi.verbs.run_verbs(args, [sub, main]) == 0
+    assert seen == [("built", str(wd / "sub/frobnicate")), ("shell", None)]
+
+
 # ---------------------------------------------------------------- what gets mounted
 
 

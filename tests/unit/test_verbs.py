@@ -259,6 +259,18 @@ def test_cat_config(wd: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert re.search(rf"^#.*{re.escape(str(second))}$", out, re.MULTILINE)
 
 
+def test_cat_config_of_several_images(wd: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(wd / "mkosi.conf", "[Content]\nPackages=main-pkg\n")
+    write(wd / "mkosi.conf.d/10.conf", "[Content]\nPackages=dropin-pkg\n")
+    write(wd / "mkosi.images/initrd.conf", "[Output]\nFormat=cpio\n")
+    assert run("cat-config") == 0
+    out = capsys.readouterr().out
+    order = [out.index(s) for s in ("### image: initrd", "mkosi.images/initrd.conf", "Format=cpio",
+                                    "### image: main", f"# {wd / 'mkosi.conf'}\n", "Packages=main-pkg",
+                                    "mkosi.conf.d/10.conf", "Packages=dropin-pkg")]
+    assert order == sorted(order)
+
+
 def test_cat_config_without_files(wd: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run("cat-config") == 0
     assert capsys.readouterr().out.strip() == ""

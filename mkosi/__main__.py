@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -41,9 +42,17 @@ def run_main(argv: Sequence[str]) -> int:
     return run_verbs(args, configs)
 
 
+def _terminated(signum: int, frame: object) -> None:
+    # SIGTERM takes the path of Ctrl-C: every step cleans up what it made.
+    raise KeyboardInterrupt
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     if argv is None:
         argv = sys.argv[1:]
+    signal.signal(signal.SIGTERM, _terminated)
+    # The modes of what mkosi creates (outputs, the image's directories) must not depend on the caller's umask.
+    os.umask(0o022)
     debug = _debug_requested(argv)
     log.set_debug(debug)
     try:

@@ -27,6 +27,15 @@ from mkosi.distributions import plugin
 from mkosi.errors import MkosiError
 from mkosi.mounts import umount_all_below
 from mkosi.outputs import existing_outputs, incremental_cache_paths, output_key_path
+from mkosi.preflight import (
+    WORKSPACE_PREFIX,
+    check_writable,
+    mark_workspace,
+    output_lock,
+    private_mount_namespace,
+    recover_interrupted_move,
+    remove_stale_workspaces,
+)
 from mkosi.trees import chown_to_invoking_user, install_tree
 
 # ---------------------------------------------------------------- workspace
@@ -41,7 +50,8 @@ def workspace_parent(config: Config) -> Path:
 def workspace(config: Config) -> Iterator[Path]:
     parent = workspace_parent(config)
     parent.mkdir(parents=True, exist_ok=True)
-    ws = Path(tempfile.mkdtemp(prefix="mkosi-", dir=parent))
+    ws = Path(tempfile.mkdtemp(prefix=WORKSPACE_PREFIX, dir=parent))
+    mark_workspace(ws)
     log.debug(f"workspace {ws}")
     try:
         yield ws
@@ -531,6 +541,14 @@ def build_command(args: Args, config: Config) -> bool:
     """Build the image; False when -i found the output up to date and nothing was built."""
     if os.getuid() != 0:
         raise MkosiError("'mkosi build' must be run as root", hint="run it with sudo")
+    assert config.output_dir is not None
+    with output_lock(config.output_dir):
+        return _build_locked(args, config)
+
+
+def _build_locked(args: Args, config: Config) -> bool:
+    assert config.output_dir is not None
+    recover_interrupted_move(config.output_dir)
     drop_caches(args, config)
     key = up_to_date_key(args, config)
     if key is None:
@@ -539,6 +557,10 @@ def build_command(args: Args, config: Config) -> bool:
     from mkosi.output.make import check_subvolume_target
 
     check_subvolume_target(config)
+    check_writable(config.output_dir, "output directory")
+    check_writable(workspace_parent(config), "workspace directory")
+    remove_stale_workspaces(workspace_parent(config))
+    private_mount_namespace()
     cleanup: list[Path] = []
     try:
         with log.step(f"Building {config.output}"), workspace(config) as ws:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +16,7 @@ from mkosi import log
 from mkosi.config.enums import Verb
 from mkosi.config.settings import Args, Config
 from mkosi.errors import MkosiError
+from mkosi.preflight import recover_interrupted_move
 from mkosi.run import using_sandbox
 from mkosi.sandbox import Sandbox
 from mkosi.summary import summary_json, summary_text
@@ -88,6 +91,8 @@ def _remove(path: Path) -> None:
 
 
 def verb_clean(args: Args, config: Config) -> None:
+    if config.output_dir is not None:
+        recover_interrupted_move(config.output_dir)
     from mkosi.cache import package_cache_dir
     from mkosi.outputs import incremental_cache_paths, output_paths
 
@@ -277,7 +282,12 @@ def build_in_parallel(args: Args, configs: list[Config]) -> int:
         try:
             pid, status = os.wait()
         except KeyboardInterrupt:
-            continue  # the builds got the signal too and clean up; wait for them
+            # Ask the running builds to stop and clean up (Ctrl-C reached them already, SIGTERM did not).
+            for child in running:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGTERM)
+            failed = failed or 130
+            continue
         name = running.pop(pid)
         code = os.waitstatus_to_exitcode(status)
         if code == 0:

@@ -1,0 +1,139 @@
+"""What a build makes sure of before it starts, so that failures come early and nothing is lost:
+
+* it holds a lock on the output directory, so two builds of one configuration take turns instead of
+  breaking each other's outputs and caches;
+* it finishes or rolls back a move of results that an earlier, interrupted build left half done;
+* it removes the workspaces of builds that died (after unmounting what they left, never recursing
+  through a mount);
+* it checks that the output directory and the workspace can be written to;
+* it runs in a mount namespace of its own, so that even a killed build leaves no mount on the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from mkosi import log
+from mkosi.errors import MkosiError
+from mkosi.mounts import mounts_below, umount_all_below
+from mkosi.run import run
+
+LOCK_NAME = ".mkosi-lock"
+WORKSPACE_PREFIX = "mkosi-"
+PID_FILE = ".mkosi-pid"
+OLD_PREFIX = ".mkosi-old-"
+TMP_PREFIX = ".mkosi-tmp-"
+CLONE_NEWNS = 0x00020000
+
+
+@contextlib.contextmanager
+def output_lock(outdir: Path) -> Iterator[None]:
+    """Hold the output directory's lock; a second build of the same outputs waits with a message."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(outdir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info(f"Waiting for another build that writes to {outdir}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def recover_interrupted_move(outdir: Path) -> None:
+    """An interrupted "moving the results into place" leaves NAME's previous version as .mkosi-old-NAME
+    and the new one as .mkosi-tmp-NAME: keep NAME if it is there, else put the previous version back."""
+    if not outdir.is_dir():
+        return
+    for entry in sorted(outdir.iterdir()):
+        if entry.name.startswith(OLD_PREFIX):
+            target = outdir / entry.name.removeprefix(OLD_PREFIX)
+            if target.exists() or target.is_symlink():
+                log.info(f"Removing {entry.name}, left behind by an interrupted build")
+                remove_tree(entry)
+            else:
+                log.info(f"Restoring {target.name} from an interrupted build")
+                os.rename(entry, target)
+    for entry in sorted(outdir.iterdir()):
+        if entry.name.startswith(TMP_PREFIX):
+            log.info(f"Removing {entry.name}, left behind by an interrupted build")
+            remove_tree(entry)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a file or a directory tree, unmounting whatever is mounted below it first; refuses to
+    recurse while anything is still mounted there."""
+    if path.is_dir() and not path.is_symlink():
+        umount_all_below(path)
+        if mounts_below(path):
+            raise MkosiError(f"cannot remove '{path}': something is still mounted below it")
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def mark_workspace(ws: Path) -> None:
+    (ws / PID_FILE).write_text(f"{os.getpid()}\n")
+
+
+def remove_stale_workspaces(parent: Path) -> None:
+    """Workspaces whose build process is gone (killed, or its machine rebooted) are removed."""
+    if not parent.is_dir():
+        return
+    for ws in parent.iterdir():
+        pid_file = ws / PID_FILE
+        if not ws.name.startswith(WORKSPACE_PREFIX) or ws.is_symlink() or not pid_file.is_file():
+            continue
+        try:
+            pid = int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if _pid_alive(pid):
+            continue
+        log.info(f"Removing the workspace {ws} of a build that no longer runs")
+        try:
+            remove_tree(ws)
+        except MkosiError as e:
+            log.warn(str(e))
+
+
+def check_writable(directory: Path, what: str) -> None:
+    """Fail now, not after the package installation, when a directory cannot take files."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(prefix=".mkosi-probe-", dir=directory):
+            pass
+    except OSError as e:
+        reason = "the file system is read-only" if e.errno == errno.EROFS else (e.strerror or str(e))
+        raise MkosiError(f"cannot write to the {what} '{directory}': {reason}")
+
+
+def private_mount_namespace() -> None:
+    """Move this process into a mount namespace of its own whose mounts do not propagate to the host:
+    when the process ends, however it ends, its mounts are gone with it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS) != 0:
+        err = ctypes.get_errno()
+        log.warn(f"cannot make a private mount namespace ({os.strerror(err)}); a killed build may leave mounts")
+        return
+    run(["mount", "--make-rslave", "/"])

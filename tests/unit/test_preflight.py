@@ -1,0 +1,85 @@
+"""Before a build: the output lock, recovery of an interrupted move, stale workspaces, writability."""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.synchronize
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mkosi.errors import MkosiError
+from mkosi.preflight import (
+    PID_FILE,
+    check_writable,
+    output_lock,
+    recover_interrupted_move,
+    remove_stale_workspaces,
+)
+
+
+def test_interrupted_move_is_rolled_back_when_the_new_output_is_missing(tmp_path: Path) -> None:
+    old = tmp_path / ".mkosi-old-image"
+    old.mkdir()
+    (old / "etc").mkdir()
+    (tmp_path / ".mkosi-tmp-image").mkdir()
+    recover_interrupted_move(tmp_path)
+    assert (tmp_path / "image/etc").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image"]
+
+
+def test_interrupted_move_is_finished_when_the_new_output_is_there(tmp_path: Path) -> None:
+    (tmp_path / ".mkosi-old-image.raw").write_text("old")
+    (tmp_path / "image.raw").write_text("new")
+    recover_interrupted_move(tmp_path)
+    assert (tmp_path / "image.raw").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.raw"]
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_workspaces_of_dead_builds_are_removed(tmp_path: Path) -> None:
+    dead, alive, foreign = tmp_path / "mkosi-dead", tmp_path / "mkosi-alive", tmp_path / "mkosi-foreign"
+    for ws in (dead, alive, foreign):
+        (ws / "root/etc").mkdir(parents=True)
+    (dead / PID_FILE).write_text(f"{_dead_pid()}\n")
+    (alive / PID_FILE).write_text(f"{os.getpid()}\n")
+    remove_stale_workspaces(tmp_path)
+    assert not dead.exists()
+    assert alive.exists()
+    assert foreign.exists()  # not marked by mkosi: never touched
+
+
+def test_check_writable_names_the_directory(tmp_path: Path) -> None:
+    check_writable(tmp_path / "new", "output directory")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(MkosiError, match=rf"cannot write to the output directory '{blocker}/sub'"):
+        check_writable(blocker / "sub", "output directory")
+
+
+def _hold(outdir: str, started: multiprocessing.synchronize.Event, seconds: float) -> None:
+    with output_lock(Path(outdir)):
+        started.set()
+        time.sleep(seconds)
+
+
+def test_a_second_build_waits_for_the_output_lock(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    started = multiprocessing.Event()
+    holder = multiprocessing.Process(target=_hold, args=(str(tmp_path), started, 1.0))
+    holder.start()
+    assert started.wait(10)
+    begin = time.monotonic()
+    with output_lock(tmp_path):
+        waited = time.monotonic() - begin
+    holder.join()
+    assert waited > 0.3
+    assert "Waiting for another build" in capsys.readouterr().err

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -208,15 +210,11 @@ def test_plain_squashfs_output(project: Path, directory_image: Path) -> None:
     assert "Compression xz" in stats
 
 
-def test_interrupted_build_leaves_nothing_behind(project: Path, directory_image: Path, tmp_path: Path) -> None:
-    import signal
+def _start_build_and_wait_for_install(project: Path, ws: Path) -> subprocess.Popen[str]:
     import sys
-    import time
 
     from tests.integration.conftest import REPO
 
-    ws = tmp_path / "ws"
-    ws.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "mkosi", "-C", str(project), "-f", "-t", "directory",
                              f"--workspace-dir={ws}", "build"], env=env, stdout=subprocess.PIPE,
@@ -227,14 +225,43 @@ def test_interrupted_build_leaves_nothing_behind(project: Path, directory_image:
         if "Installing" in line and "essential" in line:
             break
     time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    return proc
+
+
+def _host_mounts_below(path: Path) -> list[str]:
+    return [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(path) in line]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_build_leaves_nothing_behind(project: Path, directory_image: Path, tmp_path: Path,
+                                                 signum: int) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    proc = _start_build_and_wait_for_install(project, ws)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert "Traceback" not in err
     assert list(ws.iterdir()) == [], "the workspace is removed"
-    mounts = Path("/proc/self/mountinfo").read_text()
-    assert str(ws) not in mounts
+    assert _host_mounts_below(ws) == []
     assert (directory_image / "etc/os-release").exists(), "the previous output survives"
+
+
+def test_killed_build_leaks_no_mount_and_its_workspace_is_removed_later(project: Path, directory_image: Path,
+                                                                       tmp_path: Path) -> None:
+    from mkosi.preflight import remove_stale_workspaces
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    proc = _start_build_and_wait_for_install(project, ws)
+    proc.kill()
+    proc.communicate(timeout=60)
+    time.sleep(1)  # let the kernel tear down the build's mount namespace
+    assert _host_mounts_below(ws) == [], "mounts lived only in the build's own namespace"
+    assert (directory_image / "etc/os-release").exists(), "the previous output survives"
+    assert list(ws.iterdir()), "a killed build cannot remove its workspace itself"
+    remove_stale_workspaces(ws)  # what the next build does first
+    assert list(ws.iterdir()) == []
 
 
 def test_signed_checksums(project: Path, directory_image: Path, tmp_path: Path) -> None:

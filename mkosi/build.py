@@ -83,7 +83,7 @@ def packages_for(ctx: Context) -> list[str]:
 def copy_skeleton_trees(ctx: Context) -> None:
     for tree in ctx.config.skeleton_trees:
         with log.step(f"Copying skeleton tree {tree}"):
-            install_tree(tree, ctx.root)
+            install_tree(tree.source, ctx.root, str(tree.target or "/"))
 
 
 def install_distribution(ctx: Context) -> None:
@@ -105,7 +105,7 @@ def verify_architecture(ctx: Context) -> None:
 def copy_extra_trees(ctx: Context) -> None:
     for tree in ctx.config.extra_trees:
         with log.step(f"Copying extra tree {tree}"):
-            install_tree(tree, ctx.root)
+            install_tree(tree.source, ctx.root, str(tree.target or "/"))
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:

@@ -104,7 +104,7 @@ def image_cache_key(ctx: Context, packages: list[str]) -> str:
     inputs.update(phase=ctx.phase.value, packages=packages, version=__version__)
     h.update(json.dumps(inputs, sort_keys=True).encode())
     for tree in config.skeleton_trees:
-        digest_path(h, tree)
+        digest_path(h, tree.source)
     digest_path(h, config.prepare_script)
     digest_path(h, config.repository_directory)
     return h.hexdigest()
@@ -156,7 +156,7 @@ def build_key(args: Args, config: Config) -> str:
     inputs.update(cmdline=args.cmdline, version=__version__)
     h.update(json.dumps(inputs, sort_keys=True).encode())
     for tree in [*config.skeleton_trees, *config.extra_trees]:
-        digest_path(h, tree)
+        digest_path(h, tree.source)
     for script in (config.build_script, config.prepare_script, config.postinst_script, config.finalize_script,
                    config.nspawn_settings, config.repository_directory):
         digest_path(h, script)

@@ -25,13 +25,19 @@ def _shown(args: Args, config: Config, s: Setting) -> Any:
     return plain_value(value)
 
 
+def _item_text(value: Any) -> str:
+    if isinstance(value, dict) and set(value) == {"Source", "Target"}:  # a SRC[:TARGET] tree
+        return f"{value['Source']}:{value['Target']}" if value["Target"] else str(value["Source"])
+    return str(value)
+
+
 def _text(value: Any) -> str:
     if value is None:
         return "(none)"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list):
-        return ", ".join(str(v) for v in value) if value else "(none)"
+        return ", ".join(_item_text(v) for v in value) if value else "(none)"
     return str(value)
 
 
@@ -67,7 +73,8 @@ def not_implemented(config: Config) -> dict[str, str]:
 def summary_dict(args: Args, config: Config) -> dict[str, Any]:
     data: dict[str, Any] = {"Verb": args.verb.value}
     for section in SECTIONS:
-        data[section] = {s.key: _shown(args, config, s) for s in SETTINGS if s.section == section and s.summary}
+        if any(s.section == section for s in SETTINGS):  # [Host] is only an older name of [Runtime]
+            data[section] = {s.key: _shown(args, config, s) for s in SETTINGS if s.section == section and s.summary}
     data["Repositories"] = repositories(config)
     data["Outputs"] = outputs(config)
     data["ConfigFiles"] = [str(p) for p in config.config_files]
@@ -105,7 +112,7 @@ def image_text(args: Args, config: Config) -> str:
     width = max(len(s.key or "") for s in SETTINGS) + 2
     lines = [f"{'Verb':>{width}}: {data['Verb']}"]
     notes = data["NotImplemented"]
-    for section in SECTIONS:
+    for section in (s for s in SECTIONS if s in data):
         lines += ["", f"{section.upper()}:"]
         for key, value in data[section].items():
             note = f"  ({notes[key]})" if key in notes else ""

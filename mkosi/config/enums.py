@@ -182,3 +182,109 @@ class QemuKvm(StrEnum):
     auto = "auto"
     yes = "yes"
     no = "no"
+
+
+# ---- closed choices of the modern settings ----
+
+class Feature(StrEnum):
+    """A boolean or 'auto' (enabled/disabled are the boolean values, as the modern JSON summary shows them)."""
+
+    auto = "auto"
+    enabled = "enabled"
+    disabled = "disabled"
+
+
+class SplitArtifact(StrEnum):
+    uki = "uki"
+    kernel = "kernel"
+    initrd = "initrd"
+    os_release = "os-release"
+    pcrs = "pcrs"
+    partitions = "partitions"
+    roothash = "roothash"
+    kernel_modules_initrd = "kernel-modules-initrd"
+    repart_definitions = "repart-definitions"
+    tar = "tar"
+
+
+class Bootloader(StrEnum):
+    none = "none"
+    systemd_boot = "systemd-boot"
+    uki = "uki"
+    grub = "grub"
+    systemd_boot_signed = "systemd-boot-signed"
+    uki_signed = "uki-signed"
+    grub_signed = "grub-signed"
+
+
+class BiosBootloader(StrEnum):
+    none = "none"
+    grub = "grub"
+
+
+class ShimBootloader(StrEnum):
+    none = "none"
+    unsigned = "unsigned"
+    signed = "signed"
+
+
+class InitrdProfile(StrEnum):
+    lvm = "lvm"
+    network = "network"
+    nfs = "nfs"
+    pkcs11 = "pkcs11"
+    plymouth = "plymouth"
+    raid = "raid"
+
+
+class SecureBootSignTool(StrEnum):
+    auto = "auto"
+    sbsign = "sbsign"
+    systemd_sbsign = "systemd-sbsign"
+
+
+class ToolsTreeProfile(StrEnum):
+    devel = "devel"
+    misc = "misc"
+    package_manager = "package-manager"
+    runtime = "runtime"
+
+
+class CacheOnly(StrEnum):
+    auto = "auto"
+    metadata = "metadata"
+    always = "always"
+    never = "never"
+
+
+class BuildSourcesEphemeral(StrEnum):
+    no = "no"
+    yes = "yes"
+    buildcache = "buildcache"
+
+
+class Vmm(StrEnum):
+    qemu = "qemu"
+    vmspawn = "vmspawn"
+
+
+class ConsoleMode(StrEnum):
+    interactive = "interactive"
+    read_only = "read-only"
+    native = "native"
+    gui = "gui"
+
+
+class Firmware(StrEnum):
+    auto = "auto"
+    uefi = "uefi"
+    uefi_secure_boot = "uefi-secure-boot"
+    bios = "bios"
+    linux = "linux"
+    linux_noinitrd = "linux-noinitrd"
+
+
+class RuntimeNetwork(StrEnum):
+    user = "user"
+    interface = "interface"
+    none = "none"

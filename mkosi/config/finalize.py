@@ -130,14 +130,25 @@ def resolve_one(v: Merged, dest: str, directory: Path, found: dict[str, Path]) -
 
 # ---- derived values that are not settings ----
 
+def _hashed_root_password(values: dict[str, Any]) -> None:
+    """RootPassword=hashed:HASH is an already hashed password (the modern form of PasswordIsHashed=yes)."""
+    password = values["password"]
+    if password is not None and password.startswith("hashed:"):
+        values["password"] = password.removeprefix("hashed:")
+        values["password_is_hashed"] = True
+
+
 def _derived(values: dict[str, Any], found: dict[str, Path], directory: Path, config_files: list[Path]) -> None:
     values["config_files"] = [p.absolute() for p in config_files]
     values["detected"] = found
     values["mksquashfs_tool"] = values["mksquashfs"]
     values["version_file"] = directory.absolute() / "mkosi.version"
-    if "mkosi.passphrase" in found:
-        check_secret_file_mode(found["mkosi.passphrase"], "mkosi.passphrase")
-        values["passphrase_file"] = found["mkosi.passphrase"]
+    if values["passphrase"] is not None:
+        # Passphrase= (default: mkosi.passphrase) names the file with the LUKS passphrase.
+        if not values["passphrase"].is_file():
+            raise ConfigError(f"'{values['passphrase']}' does not exist", setting="Passphrase")
+        check_secret_file_mode(values["passphrase"], values["passphrase"].name)
+        values["passphrase_file"] = values["passphrase"]
 
 
 def output_suffix(fmt: OutputFormat, compression: Optional[str], qcow2: bool) -> str:
@@ -230,8 +241,8 @@ def check_scripts_executable(cli: CommandLine, v: Merged, values: dict[str, Any]
 def check_inputs_exist(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
     for dest in ("skeleton_trees", "extra_trees"):
         for tree in values[dest]:
-            if not tree.exists():
-                raise _fail(v, dest, f"'{tree}' does not exist")
+            if not tree.source.exists():
+                raise _fail(v, dest, f"'{tree.source}' does not exist")
     for dest in ("nspawn_settings", "repository_directory", "base_image", "build_sources"):
         if values[dest] is not None and not values[dest].exists():
             raise _fail(v, dest, f"'{values[dest]}' does not exist")
@@ -315,6 +326,7 @@ def finalize(cli: CommandLine, v: Merged, config_files: list[Path], directory: P
     values["cmdline"] = cli.cmdline
     if values["format"] == OutputFormat.disk:
         values["format"] = OutputFormat.gpt_ext4
+    _hashed_root_password(values)
     for check in CHECKS:
         check(cli, v, values)
     _derived(values, found, directory, config_files)

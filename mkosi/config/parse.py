@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     general = parser.add_argument_group("Command-line-only options")
     general.add_argument("-h", "--help", action="store_true", help="show this help and exit")
     general.add_argument("--version", action="store_true", help="show the version and exit")
-    groups = {sec: parser.add_argument_group(f"[{sec}] settings") for sec in SECTIONS}
+    groups = {sec: parser.add_argument_group(f"[{sec}] settings") for sec in SECTIONS
+              if any(s.section == sec for s in SETTINGS)}
 
     for s in SETTINGS:
         group = groups[s.section] if s.section else general

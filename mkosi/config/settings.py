@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import stat
+import uuid
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,11 +25,14 @@ from mkosi.config.enums import (
     OutputFormat,
     QemuKvm,
     SourceFileTransfer,
+    SplitArtifact,
     Verb,
     Verity,
     WithNetwork,
 )
+from mkosi.config.modern import ModernSettings
 from mkosi.config.types import (
+    ConfigTree,
     Kind,
     MatchKind,
     PathRule,
@@ -36,6 +40,7 @@ from mkosi.config.types import (
     Scope,
     Setting,
     parse_bool,
+    parse_bool_or_auto,
     parse_bool_or_enum,
     parse_compression,
     parse_debug,
@@ -49,7 +54,9 @@ from mkosi.config.types import (
     parse_path,
     parse_port,
     parse_size,
+    parse_tree,
     setting,
+    try_bool,
 )
 from mkosi.distributions import facts
 from mkosi.errors import ConfigError
@@ -175,6 +182,106 @@ def _choices(cls: Any) -> tuple[str, ...]:
     return tuple(str(m.value) for m in cls)
 
 
+# ---- parsers of settings both languages have, accepting the modern values too ----
+
+def parse_incremental(value: str) -> bool:
+    """A boolean, or the modern 'strict' and 'relaxed' (both enable incremental mode here)."""
+    if value.strip().lower() in ("strict", "relaxed"):
+        return True
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise ValueError(f"invalid value '{value}', expected a boolean, 'strict' or 'relaxed'")
+
+
+def _resolve_bootable(value: Any, v: Resolving) -> bool:
+    # Bootable=auto: bootable where the format can boot (the GPT disk formats), not otherwise.
+    if value == "auto":
+        return bool(v["format"].is_disk())
+    return bool(value)
+
+
+def _parse_verity(value: str) -> Verity:
+    """A boolean or 'signed'; the modern 'hash' (a verity partition without a signature) is 'yes'."""
+    if value.strip().lower() == "hash":
+        return Verity.yes
+    try:
+        return parse_bool_or_enum(Verity, Verity.yes, Verity.no)(value)
+    except ValueError:
+        raise ValueError(f"invalid value '{value}', expected a boolean, 'signed' or 'hash' "
+                         "('defer' and 'auto' are not implemented yet)")
+
+
+def _parse_machine_id_or_random(value: str) -> str:
+    return "random" if value.strip().lower() == "random" else parse_machine_id(value)
+
+
+def _resolve_machine_id(value: Optional[str], v: Resolving) -> Optional[str]:
+    return uuid.uuid4().hex if value == "random" else value
+
+
+def _parse_ukis(value: str) -> bool:
+    """A boolean, or the modern none (no), auto, signed and unsigned (yes)."""
+    v = value.strip().lower()
+    if v == "none":
+        return False
+    if v in ("auto", "signed", "unsigned"):
+        return True
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise ValueError(f"invalid value '{value}', expected a boolean or one of: none, auto, signed, unsigned")
+
+
+_split_artifact = parse_enum(SplitArtifact)
+
+
+def _parse_split_artifact(value: str) -> Any:
+    """One item of SplitArtifacts=: an artifact kind, or a boolean (the classic form): yes stands for the
+    root, verity and kernel images (partitions and uki), no for none. Booleans are expanded by
+    _resolve_split_artifacts."""
+    b = try_bool(value)
+    if b is not None:
+        return (SplitArtifact.partitions, SplitArtifact.uki) if b else ()
+    return _split_artifact(value)
+
+
+def _resolve_split_artifacts(value: list[Any], v: Resolving) -> list[SplitArtifact]:
+    result: list[SplitArtifact] = []
+    for item in value:
+        if isinstance(item, tuple):
+            result = list(item) if item else []  # a boolean replaces what came before it
+        elif item not in result:
+            result.append(item)
+    return result
+
+
+def _resolve_trees(value: list[Any], v: Resolving) -> list[ConfigTree]:
+    # mkosi.extra/, mkosi.skeleton/ (and their .tar) found next to the configuration go to the root.
+    return [t if isinstance(t, ConfigTree) else ConfigTree(Path(t), None) for t in value]
+
+
+def _parse_one_script(value: str) -> Path:
+    """One script; the modern lists of several scripts are not implemented yet."""
+    items = [i for i in value.split(",") if i.strip()]
+    if len(items) > 1:
+        raise ValueError(f"'{value}': several scripts of one kind are not implemented yet; give one")
+    return parse_path(items[0] if items else value)
+
+
+def _parse_ssh(value: str) -> bool:
+    """A boolean, or the modern always (yes), never, auto and runtime (no sshd is installed)."""
+    v = value.strip().lower()
+    if v == "always":
+        return True
+    if v in ("never", "auto", "runtime"):
+        return False
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise ValueError(f"invalid value '{value}', expected a boolean or one of: always, never, auto, runtime")
+
+
 @dataclasses.dataclass(frozen=True)
 class Args:
     """What one invocation of mkosi does: the verb, its arguments and the options that apply to the
@@ -200,7 +307,7 @@ class Args:
         help="Where --all looks for settings files (default: mkosi.files/).")
     incremental: bool = setting(
         scope=Scope.invocation,
-        section=None, key=None, flags=("--incremental", "-i"), kind=Kind.BOOL, parse=parse_bool,
+        section=B, key="Incremental", flags=("--incremental", "-i"), kind=Kind.BOOL, parse=parse_incremental,
         default=False, const="yes",
         help="Keep cached copies of the development and final images and reuse them on later runs.")
     debug: list[str] = setting(
@@ -223,7 +330,7 @@ class Args:
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(ModernSettings):
     """Everything that describes one image: the settings of the files and the command line, resolved
     by finalize. Frozen; one per image."""
 
@@ -315,19 +422,20 @@ class Config:
     output_dir: Optional[Path] = setting(
         scope=Scope.universal, default_fn=_default_output_dir, depends=("output",), specifier="O",
         path_rule=PathRule.path,
-        section=O, key="OutputDirectory", flags=("--output-dir", "-O"), parse=parse_path, metavar="PATH",
+        section=O, key="OutputDirectory", flags=("--output-directory", "-O"), flag_aliases=("--output-dir",), parse=parse_path, metavar="PATH",
         help="Directory for all artifacts (default: mkosi.output/ if it exists).")
     workspace_dir: Optional[Path] = setting(
         scope=Scope.universal, path_default=("mkosi.workspace/",), path_rule=PathRule.path,
-        section=O, key="WorkspaceDirectory", flags=("--workspace-dir",), parse=parse_path, metavar="PATH",
+        section=B, key="WorkspaceDirectory", flags=("--workspace-directory",), flag_aliases=("--workspace-dir",),
+        other_sections=(O,), parse=parse_path, metavar="PATH",
         help="Directory for temporary build data (default: mkosi.workspace/, else $TMPDIR or /var/tmp).")
     gpt_first_lba: Optional[int] = setting(
         default_fn=lambda v: 2048,
         section=O, key="GPTFirstLBA", flags=("--gpt-first-lba",), parse=parse_int, metavar="LBA",
         help="First usable LBA of the GPT (default 2048).")
     bootable: bool = setting(
-        match=MatchKind.equal,
-        section=O, key="Bootable", flags=("--bootable", "-b"), kind=Kind.BOOL, parse=parse_bool, default=False,
+        match=MatchKind.equal, resolve_fn=_resolve_bootable, depends=("format",), other_sections=(O,),
+        section=C, key="Bootable", flags=("--bootable", "-b"), kind=Kind.BOOL, parse=parse_bool_or_auto, default=False,
         const="yes", cache=True, help="Make a bootable image (kernel, initrd, boot loader).")
     boot_protocols: list[BootProtocol] = setting(
         default_fn=_default_boot_protocols, depends=("bootable",),
@@ -335,19 +443,23 @@ class Config:
         choices=_choices(BootProtocol), default_factory=list, cache=True,
         help="Boot protocols to support: uefi, bios, linux (default: uefi).")
     kernel_command_line: list[str] = setting(
-        section=O, key="KernelCommandLine", flags=("--kernel-command-line",), kind=Kind.LIST, separator=r"\s+",
+        other_sections=(O,),
+        section=C, key="KernelCommandLine", flags=("--kernel-command-line",), kind=Kind.LIST, separator=r"\s+",
         remove_by_key=True, default_factory=list, metavar="OPTIONS",
         help="Kernel command line of bootable images; '!*' clears, '!opt' removes an option.")
     secure_boot: bool = setting(
-        section=O, key="SecureBoot", flags=("--secure-boot",), kind=Kind.BOOL, parse=parse_bool, default=False,
+        other_sections=(O,),
+        section=V, key="SecureBoot", flags=("--secure-boot",), kind=Kind.BOOL, parse=parse_bool, default=False,
         const="yes", help="Sign the EFI binaries for UEFI Secure Boot.")
     secure_boot_key: Optional[Path] = setting(
         scope=Scope.universal, path_default=("mkosi.secure-boot.key",), path_rule=PathRule.path,
-        section=O, key="SecureBootKey", flags=("--secure-boot-key",), parse=parse_path, metavar="PATH",
+        other_sections=(O,),
+        section=V, key="SecureBootKey", flags=("--secure-boot-key",), parse=parse_path, metavar="PATH",
         help="PEM private key for Secure Boot and verity signing (default: mkosi.secure-boot.key).")
     secure_boot_certificate: Optional[Path] = setting(
         scope=Scope.universal, path_default=("mkosi.secure-boot.crt",), path_rule=PathRule.path,
-        section=O, key="SecureBootCertificate", flags=("--secure-boot-certificate",), parse=parse_path,
+        other_sections=(O,),
+        section=V, key="SecureBootCertificate", flags=("--secure-boot-certificate",), parse=parse_path,
         metavar="PATH", help="X.509 certificate for Secure Boot (default: mkosi.secure-boot.crt).")
     secure_boot_common_name: str = setting(
         section=O, key="SecureBootCommonName", flags=("--secure-boot-common-name",), default="mkosi of %u",
@@ -365,7 +477,8 @@ class Config:
         section=O, key="Encrypt", flags=("--encrypt",), parse=parse_enum(Encrypt), choices=_choices(Encrypt),
         help="Encrypt with LUKS: 'all' (root, /home, /srv) or 'data' (/home, /srv).")
     verity: Verity = setting(
-        section=O, key="Verity", flags=("--verity",), parse=parse_bool_or_enum(Verity, Verity.yes, Verity.no),
+        other_sections=(O,),
+        section=V, key="Verity", flags=("--verity",), parse=_parse_verity,
         choices=_choices(Verity), const="yes", default=Verity.no,
         help="Add a dm-verity partition for the root (or /usr); 'signed' also signs the root hash.")
     compress_fs: str = setting(
@@ -387,7 +500,8 @@ class Config:
         section=O, key="QCow2", flags=("--qcow2",), kind=Kind.BOOL, parse=parse_bool, default=False, const="yes",
         help="Convert disk images to QCOW2.")
     hostname: Optional[str] = setting(
-        section=O, key="Hostname", flags=("--hostname",), parse=parse_hostname, cache=True,
+        other_sections=(O,),
+        section=C, key="Hostname", flags=("--hostname",), parse=parse_hostname, cache=True,
         help="Host name of the image.")
     image_version: Optional[str] = setting(
         scope=Scope.inherited, default_fn=_default_image_version, match=MatchKind.version, specifier="v",
@@ -398,8 +512,8 @@ class Config:
         section=O, key="ImageId", flags=("--image-id",),
         help="Identifier of the image; names the output and the partitions, written to os-release.")
     with_unified_kernel_images: bool = setting(
-        section=O, key="WithUnifiedKernelImages", flags=("--with-unified-kernel-images",), kind=Kind.BOOL,
-        parse=parse_bool, default=True, const="yes", negative_flags=("--without-unified-kernel-images",),
+        section=O, key="UnifiedKernelImages", flags=("--unified-kernel-images",), kind=Kind.BOOL,
+        aliases=("WithUnifiedKernelImages",), flag_aliases=("--with-unified-kernel-images",), parse=_parse_ukis, default=True, const="yes", negative_flags=("--without-unified-kernel-images",),
         cache=True, help="Boot through unified kernel images (default) instead of separate kernel and initrd.")
     hostonly_initrd: bool = setting(
         section=O, key="HostonlyInitrd", flags=("--hostonly-initrd",), kind=Kind.BOOL, parse=parse_bool,
@@ -410,9 +524,10 @@ class Config:
     usr_only: bool = setting(
         section=O, key="UsrOnly", flags=("--usr-only",), kind=Kind.BOOL, parse=parse_bool, default=False,
         const="yes", help="Put only /usr in the image, in a /usr partition.")
-    split_artifacts: bool = setting(
-        section=O, key="SplitArtifacts", flags=("--split-artifacts",), kind=Kind.BOOL, parse=parse_bool,
-        default=False, const="yes", help="Also write the root, verity and kernel images as separate files.")
+    split_artifacts: list[SplitArtifact] = setting(
+        section=O, key="SplitArtifacts", flags=("--split-artifacts",), kind=Kind.LIST, parse=_parse_split_artifact,
+        resolve_fn=_resolve_split_artifacts, default_factory=list, const="yes", choices=_choices(SplitArtifact),
+        metavar="ARTIFACTS", help="Also write the root, verity and kernel images as separate files.")
     no_chown: bool = setting(
         section=O, key="NoChown", flags=("--no-chown",), kind=Kind.BOOL, parse=parse_bool, default=False,
         const="yes", help="Leave outputs owned by root instead of the user who ran sudo.")
@@ -420,7 +535,8 @@ class Config:
         section=O, key="TarStripSELinuxContext", flags=("--tar-strip-selinux-context",), kind=Kind.BOOL,
         parse=parse_bool, default=False, const="yes", help="Drop security.selinux xattrs from tar outputs.")
     machine_id: Optional[str] = setting(
-        section=O, key="MachineID", flags=("--machine-id",), parse=parse_machine_id,
+        other_sections=(O,), resolve_fn=_resolve_machine_id,
+        section=C, key="MachineId", flags=("--machine-id",), parse=_parse_machine_id_or_random,
         help="Machine ID to ship in the image (default: none is shipped).")
 
     # ---- [Content] ----
@@ -436,22 +552,24 @@ class Config:
         section=C, key="WithDocs", flags=("--with-docs",), kind=Kind.BOOL, parse=parse_bool, default=False,
         const="yes", cache=True, help="Install documentation.")
     with_tests: bool = setting(
-        section=C, key="WithTests", flags=("--with-tests",), kind=Kind.BOOL, parse=parse_bool, default=True,
+        other_sections=(C,),
+        section=B, key="WithTests", flags=("--with-tests",), kind=Kind.BOOL, parse=parse_bool, default=True,
         const="yes", negative_flags=("--without-tests", "-T"),
         help="Tell the build script to run tests ($WITH_TESTS).")
     cache_path: Optional[Path] = setting(
-        scope=Scope.universal, path_default=("mkosi.cache/",), path_rule=PathRule.path,
-        section=C, key="Cache", flags=("--cache",), parse=parse_path, metavar="PATH",
+        scope=Scope.universal, path_default=("mkosi.pkgcache/", "mkosi.cache/"), path_rule=PathRule.path,
+        other_sections=(C,), aliases=("Cache",), flag_aliases=("--cache",),
+        section=B, key="PackageCacheDirectory", flags=("--package-cache-dir",), parse=parse_path, metavar="PATH",
         help="Package cache directory shared between builds (default: mkosi.cache/).")
-    skeleton_trees: list[Path] = setting(
-        path_default=("mkosi.skeleton/", "mkosi.skeleton.tar"), path_rule=PathRule.path,
-        section=C, key="SkeletonTree", flags=("--skeleton-tree",), kind=Kind.LIST, parse=parse_path,
-        separator=r",", default_factory=list, metavar="PATH", cache=True,
+    skeleton_trees: list[ConfigTree] = setting(
+        path_default=("mkosi.skeleton/", "mkosi.skeleton.tar"), path_rule=PathRule.pair, resolve_fn=_resolve_trees,
+        section=C, key="SkeletonTrees", flags=("--skeleton-tree",), kind=Kind.LIST, parse=parse_tree,
+        aliases=("SkeletonTree",), separator=r",", default_factory=list, metavar="SRC[:TARGET]", cache=True,
         help="Directory or tar archive copied into the image before packages (default: mkosi.skeleton/).")
-    extra_trees: list[Path] = setting(
-        path_default=("mkosi.extra/", "mkosi.extra.tar"), path_rule=PathRule.path,
-        section=C, key="ExtraTree", flags=("--extra-tree",), kind=Kind.LIST, parse=parse_path, separator=r",",
-        default_factory=list, metavar="PATH",
+    extra_trees: list[ConfigTree] = setting(
+        path_default=("mkosi.extra/", "mkosi.extra.tar"), path_rule=PathRule.pair, resolve_fn=_resolve_trees,
+        section=C, key="ExtraTrees", flags=("--extra-tree",), kind=Kind.LIST, parse=parse_tree, separator=r",",
+        aliases=("ExtraTree",), default_factory=list, metavar="SRC[:TARGET]",
         help="Directory or tar archive copied into the image after packages (default: mkosi.extra/).")
     clean_package_metadata: CleanPackageMetadata = setting(
         section=C, key="CleanPackageMetadata", flags=("--clean-package-metadata",),
@@ -465,17 +583,19 @@ class Config:
         section=C, key="RemovePackages", flags=("--remove-package",), kind=Kind.LIST, default_factory=list,
         metavar="PACKAGES", help="Packages to remove from the image at the end.")
     environment: list[str] = setting(
-        match=MatchKind.equal,
-        section=C, key="Environment", flags=("--environment",), kind=Kind.LIST, parse=parse_environment_item,
+        match=MatchKind.equal, other_sections=(C,),
+        section=B, key="Environment", flags=("--environment",), kind=Kind.LIST, parse=parse_environment_item,
         separator=r"\s+", default_factory=list, metavar="NAME[=VALUE]",
         help="Variables for the scripts; a bare name passes the value from mkosi's environment.")
     build_sources: Optional[Path] = setting(
         scope=Scope.universal, default_fn=lambda v: v.directory, path_rule=PathRule.path,
-        section=C, key="BuildSources", flags=("--build-sources",), parse=parse_path, metavar="PATH",
+        other_sections=(C,),
+        section=B, key="BuildSources", flags=("--build-sources",), parse=parse_path, metavar="PATH",
         help="Source tree copied into the build image (default: the current directory).")
     build_dir: Optional[Path] = setting(
         scope=Scope.universal, path_default=("mkosi.builddir/",), path_rule=PathRule.path,
-        section=C, key="BuildDirectory", flags=("--build-dir",), parse=parse_path, metavar="PATH",
+        other_sections=(C,), flag_aliases=("--build-dir",),
+        section=B, key="BuildDirectory", flags=("--build-directory",), parse=parse_path, metavar="PATH",
         help="Out-of-tree build directory shared between builds (default: mkosi.builddir/).")
     include_dir: Optional[Path] = setting(
         path_default=("mkosi.includedir/",), path_rule=PathRule.path,
@@ -490,7 +610,8 @@ class Config:
         metavar="PACKAGES", cache=True, help="Packages installed only in the build image.")
     password: Optional[str] = setting(
         default_fn=_default_password,
-        section=C, key="Password", flags=("--password",), secret=True, cache=True,
+        section=C, key="RootPassword", flags=("--root-password",), secret=True, cache=True, aliases=("Password",),
+        flag_aliases=("--password",),
         help="Root password (default: mkosi.rootpw, else root is locked).")
     password_is_hashed: bool = setting(
         section=C, key="PasswordIsHashed", flags=("--password-is-hashed",), kind=Kind.BOOL, parse=parse_bool,
@@ -503,19 +624,19 @@ class Config:
         default=False, const="yes", help="Stop after the build phase; make no final image.")
     build_script: Optional[Path] = setting(
         path_default=("mkosi.build",), path_rule=PathRule.path,
-        section=C, key="BuildScript", flags=("--build-script",), parse=parse_path, metavar="PATH",
+        section=C, key="BuildScripts", aliases=("BuildScript",), flags=("--build-script",), parse=_parse_one_script, metavar="PATH",
         help="Build script; makes the build two-phased (default: mkosi.build; empty disables).")
     prepare_script: Optional[Path] = setting(
         path_default=("mkosi.prepare",), path_rule=PathRule.path,
-        section=C, key="PrepareScript", flags=("--prepare-script",), parse=parse_path, metavar="PATH",
+        section=C, key="PrepareScripts", aliases=("PrepareScript",), flags=("--prepare-script",), parse=_parse_one_script, metavar="PATH",
         cache=True, help="Script run in the image after packages are installed (default: mkosi.prepare).")
     postinst_script: Optional[Path] = setting(
         path_default=("mkosi.postinst",), path_rule=PathRule.path,
-        section=C, key="PostInstallationScript", flags=("--postinst-script",), parse=parse_path, metavar="PATH",
+        section=C, key="PostInstallationScripts", aliases=("PostInstallationScript",), flags=("--postinst-script",), parse=_parse_one_script, metavar="PATH",
         help="Script run in the image at the end of each phase (default: mkosi.postinst).")
     finalize_script: Optional[Path] = setting(
         path_default=("mkosi.finalize",), path_rule=PathRule.path,
-        section=C, key="FinalizeScript", flags=("--finalize-script",), parse=parse_path, metavar="PATH",
+        section=C, key="FinalizeScripts", aliases=("FinalizeScript",), flags=("--finalize-script",), parse=_parse_one_script, metavar="PATH",
         help="Script run on the host with $BUILDROOT at the end of each phase (default: mkosi.finalize).")
     source_file_transfer: Optional[SourceFileTransfer] = setting(
         section=C, key="SourceFileTransfer", flags=("--source-file-transfer",), parse=parse_enum(SourceFileTransfer),
@@ -533,13 +654,15 @@ class Config:
         parse=parse_bool, default=False, const="yes", help="Same as SourceResolveSymlinks=, for the final image.")
     with_network: WithNetwork = setting(
         scope=Scope.universal,
-        section=C, key="WithNetwork", flags=("--with-network",),
+        other_sections=(C,),
+        section=B, key="WithNetwork", flags=("--with-network",),
         parse=parse_bool_or_enum(WithNetwork, WithNetwork.yes, WithNetwork.no), choices=_choices(WithNetwork),
         const="yes", default=WithNetwork.no,
         help="Network for the build script; 'never' also keeps the package manager offline.")
     nspawn_settings: Optional[Path] = setting(
         path_default=("mkosi.nspawn",), path_rule=PathRule.path,
-        section=C, key="Settings", flags=("--settings",), parse=parse_path, aliases=("NSpawnSettings",),
+        other_sections=(C,),
+        section=R, key="NSpawnSettings", flags=("--settings",), parse=parse_path, aliases=("Settings",),
         flag_aliases=("--nspawn-settings",), metavar="PATH",
         help=".nspawn file used by shell/boot and placed next to the output (default: mkosi.nspawn).")
 
@@ -582,50 +705,55 @@ class Config:
     # ---- [Host] ----
     extra_search_paths: list[Path] = setting(
         scope=Scope.universal,
-        section=H, key="ExtraSearchPaths", flags=("--extra-search-paths",), kind=Kind.LIST, parse=parse_path,
+        other_sections=(H,), flag_aliases=("--extra-search-paths",),
+        section=B, key="ExtraSearchPaths", flags=("--extra-search-path",), kind=Kind.LIST, parse=parse_path,
         separator=r"[:,]", default_factory=list, metavar="PATHS",
         help="Directories searched for tools before $PATH (colon separated).")
     qemu_headless: bool = setting(
-        section=H, key="QemuHeadless", flags=("--qemu-headless",), kind=Kind.BOOL, parse=parse_bool, default=False,
+        other_sections=(H,), section=R, key="QemuHeadless", flags=("--qemu-headless",), kind=Kind.BOOL, parse=parse_bool, default=False,
         const="yes", cache=True, help="Serial console in the image; qemu without a window.")
     qemu_smp: str = setting(
-        section=H, key="QemuSmp", flags=("--qemu-smp",), default="2", help="Number of VM CPUs (qemu -smp).")
+        section=R, key="CPUs", flags=("--cpus",), aliases=("QemuSmp",), flag_aliases=("--qemu-smp",),
+        other_sections=(H,), default="2", help="Number of VM CPUs (qemu -smp).")
     qemu_mem: str = setting(
-        section=H, key="QemuMem", flags=("--qemu-mem",), default="1G", help="VM memory (qemu -m).")
+        section=R, key="RAM", flags=("--ram",), aliases=("QemuMem",), flag_aliases=("--qemu-mem",),
+        other_sections=(H,), default="1G", help="VM memory (qemu -m).")
     qemu_kvm: QemuKvm = setting(
-        section=H, key="QemuKvm", flags=("--qemu-kvm",),
+        section=R, key="KVM", flags=("--kvm",), aliases=("QemuKvm",), flag_aliases=("--qemu-kvm",),
+        other_sections=(H,),
         parse=parse_bool_or_enum(QemuKvm, QemuKvm.yes, QemuKvm.no), choices=_choices(QemuKvm),
         const="yes", default=QemuKvm.auto, help="Use KVM: yes, no or auto (auto probes that KVM really works).")
     qemu_args: list[str] = setting(
-        section=H, key="QemuArgs", flags=("--qemu-args",), kind=Kind.LIST, separator=r"\s+", default_factory=list,
+        other_sections=(H,), section=R, key="QemuArgs", flags=("--qemu-args",), kind=Kind.LIST, separator=r"\s+", default_factory=list,
         metavar="ARGS", help="Extra arguments for qemu.")
     nspawn_keep_unit: Optional[bool] = setting(
-        section=H, key="NspawnKeepUnit", flags=("--nspawn-keep-unit",), kind=Kind.BOOL, parse=parse_bool,
+        other_sections=(H,), section=R, key="NspawnKeepUnit", flags=("--nspawn-keep-unit",), kind=Kind.BOOL, parse=parse_bool,
         const="yes", help="Run systemd-nspawn with --keep-unit (default: when there is no systemd/system bus).")
     qemu_boot: Optional[BootProtocol] = setting(
         scope=Scope.main, default_fn=_default_qemu_boot, depends=("boot_protocols",),
-        section=H, key="QemuBoot", flags=("--qemu-boot",), parse=parse_enum(BootProtocol),
+        other_sections=(H,), section=R, key="QemuBoot", flags=("--qemu-boot",), parse=parse_enum(BootProtocol),
         choices=_choices(BootProtocol), help="How qemu boots the image: uefi, bios or linux.")
     netdev: bool = setting(
-        section=H, key="Netdev", flags=("--netdev",), kind=Kind.BOOL, parse=parse_bool, default=False,
+        other_sections=(H,), section=R, key="Netdev", flags=("--netdev",), kind=Kind.BOOL, parse=parse_bool, default=False,
         const="yes", help="Virtual network link between host and container/VM.")
     ephemeral: bool = setting(
-        section=H, key="Ephemeral", flags=("--ephemeral",), kind=Kind.BOOL, parse=parse_bool, default=False,
+        other_sections=(H,), section=R, key="Ephemeral", flags=("--ephemeral",), kind=Kind.BOOL, parse=parse_bool, default=False,
         const="yes", help="shell/boot/qemu run on a snapshot that is removed afterwards.")
     ssh: bool = setting(
-        section=H, key="Ssh", flags=("--ssh",), kind=Kind.BOOL, parse=parse_bool, default=False, const="yes",
+        other_sections=(H,),
+        section=C, key="Ssh", flags=("--ssh",), kind=Kind.BOOL, parse=_parse_ssh, default=False, const="yes",
         cache=True, help="Install and enable sshd, with a generated key for mkosi ssh.")
     ssh_key: Optional[Path] = setting(
-        section=H, key="SshKey", flags=("--ssh-key",), parse=parse_path, metavar="PATH",
+        other_sections=(H,), section=R, key="SshKey", flags=("--ssh-key",), parse=parse_path, metavar="PATH",
         help="Private key for mkosi ssh (its .pub is installed in the image).")
     ssh_agent: Optional[str] = setting(
-        section=H, key="SshAgent", flags=("--ssh-agent",), metavar="PATH|true",
+        other_sections=(H,), section=R, key="SshAgent", flags=("--ssh-agent",), metavar="PATH|true",
         help="ssh-agent socket whose keys are authorized in the image; 'true' uses $SSH_AUTH_SOCK.")
     ssh_port: int = setting(
-        section=H, key="SshPort", flags=("--ssh-port",), parse=parse_port, default=22,
+        other_sections=(H,), section=R, key="SshPort", flags=("--ssh-port",), parse=parse_port, default=22,
         help="Port sshd listens on in the image.")
     ssh_timeout: int = setting(
-        section=H, key="SshTimeout", flags=("--ssh-timeout",), parse=parse_int, default=0,
+        other_sections=(H,), section=R, key="SshTimeout", flags=("--ssh-timeout",), parse=parse_int, default=0,
         help="Seconds mkosi ssh keeps retrying to connect.")
 
     # ---- derived by finalize (not settings) ----
@@ -669,7 +797,7 @@ def _collect() -> tuple[Setting, ...]:
         if meta is None:
             continue
         row = Setting(dest=f.name, **meta)
-        if row.section == H and row.scope == Scope.image:
+        if row.section == R and row.scope == Scope.image:
             row = dataclasses.replace(row, scope=Scope.main)  # [Runtime] settings are the main image's
         rows.append(row)
     return tuple(rows)
@@ -709,6 +837,8 @@ def plain_value(value: Any) -> Any:
         return str(value.value)
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, ConfigTree):
+        return value.plain()
     if isinstance(value, (list, tuple)):
         return [plain_value(v) for v in value]
     if isinstance(value, dict):

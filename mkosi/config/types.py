@@ -271,3 +271,71 @@ def parse_force(value: str) -> int:
 
 def parse_debug(value: str) -> str:
     return value.strip()
+
+
+# ---- the value types of the modern settings ----
+
+@dataclasses.dataclass(frozen=True)
+class ConfigTree:
+    """A SRC[:TARGET] pair: a tree on the host and where it goes (None: the root of the target)."""
+
+    source: Path
+    target: Optional[Path] = None
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.target}" if self.target is not None else str(self.source)
+
+    def plain(self) -> dict[str, Optional[str]]:
+        return {"Source": str(self.source), "Target": None if self.target is None else str(self.target)}
+
+
+def parse_tree(value: str) -> ConfigTree:
+    """SRC[:TARGET]; SRC is made absolute, TARGET is always absolute (a relative one is taken from /)."""
+    v = value.strip()
+    src, sep, target = v.partition(":")
+    if not src.strip():
+        raise ValueError(f"invalid tree '{value}': the source path is empty (expected SRC[:TARGET])")
+    if sep and not target.strip():
+        raise ValueError(f"invalid tree '{value}': the target after ':' is empty (expected SRC[:TARGET])")
+    return ConfigTree(parse_path(src), Path("/") / target.strip() if sep else None)
+
+
+def parse_relative_tree(value: str) -> ConfigTree:
+    """RuntimeTrees=: like parse_tree, but a relative TARGET stays relative (to /root/src in the machine)."""
+    v = value.strip()
+    src, sep, target = v.partition(":")
+    if not src.strip() or (sep and not target.strip()):
+        raise ValueError(f"invalid tree '{value}', expected SRC[:TARGET]")
+    return ConfigTree(parse_path(src), Path(target.strip()) if sep else None)
+
+
+def parse_octal_mode(value: str) -> int:
+    v = value.strip()
+    if not re.fullmatch(r"0?[0-7]{3,4}", v):
+        raise ValueError(f"invalid access mode '{value}', expected an octal mode such as 0644")
+    return int(v, 8)
+
+
+def parse_uuid_or_random(value: str) -> str:
+    """A UUID (with or without dashes, kept in the canonical dashed form) or 'random'."""
+    v = value.strip().lower()
+    if v == "random":
+        return v
+    hexdigits = v.replace("-", "")
+    if not re.fullmatch(r"[0-9a-f]{32}", hexdigits):
+        raise ValueError(f"invalid value '{value}', expected a UUID or 'random'")
+    return "-".join((hexdigits[:8], hexdigits[8:12], hexdigits[12:16], hexdigits[16:20], hexdigits[20:]))
+
+
+def parse_bool_or_auto(value: str) -> Any:
+    """A boolean or 'auto' (kept as the string "auto" until the row's resolve function decides)."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise ValueError(f"invalid value '{value}', expected a boolean or 'auto'")
+
+
+def parse_size_or_auto(value: str) -> Optional[int]:
+    return None if value.strip().lower() == "auto" else parse_size(value)

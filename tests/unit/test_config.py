@@ -24,7 +24,7 @@ from mkosi.config.enums import (
 from mkosi.config.ini import lookup_key, normalize_key, parse_ini
 from mkosi.config.parse import build_parser, parse_command_line
 from mkosi.config.settings import SECTIONS, SETTINGS, Args, Config, default_value
-from mkosi.config.types import Kind, parse_bool, parse_size
+from mkosi.config.types import ConfigTree, Kind, parse_bool, parse_size
 from mkosi.distributions import plugin
 from mkosi.errors import ConfigError
 from mkosi.summary import summary_dict, summary_json, summary_text
@@ -236,13 +236,13 @@ def test_ini_xz_legacy_key(wd: Path, capsys: pytest.CaptureFixture[str], value: 
     assert "XZ=" in capsys.readouterr().err
 
 
-def test_ini_nspawn_settings_legacy_key(wd: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ini_nspawn_settings_classic_key(wd: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write(wd / "test.nspawn", "[Exec]\n")
-    write(wd / "mkosi.default", "[Content]\nNSpawnSettings=test.nspawn\n")
+    write(wd / "mkosi.default", "[Content]\nSettings=test.nspawn\n")
     args = load()
     assert args.nspawn_settings == wd / "test.nspawn"
     assert args.output_nspawn_settings == wd / "image.nspawn"
-    assert re.search(r"mkosi.default:2: NSpawnSettings=.*Settings=", capsys.readouterr().err)
+    assert re.search(r"mkosi.default:2: Settings=.*NSpawnSettings=", capsys.readouterr().err)
 
 
 def test_ini_output_split_verify_alias(wd: Path) -> None:
@@ -654,13 +654,13 @@ def test_detects_extra_and_skeleton(wd: Path) -> None:
     (wd / "mkosi.extra").mkdir()
     (wd / "mkosi.skeleton.tar").write_bytes(b"")
     args = load()
-    assert args.extra_trees == [wd / "mkosi.extra"]
-    assert args.skeleton_trees == [wd / "mkosi.skeleton.tar"]
+    assert args.extra_trees == [ConfigTree(wd / "mkosi.extra")]
+    assert args.skeleton_trees == [ConfigTree(wd / "mkosi.skeleton.tar")]
     (wd / "mkosi.skeleton").mkdir()
-    assert load().skeleton_trees == [wd / "mkosi.skeleton", wd / "mkosi.skeleton.tar"]
+    assert load().skeleton_trees == [ConfigTree(wd / "mkosi.skeleton"), ConfigTree(wd / "mkosi.skeleton.tar")]
     # an explicit setting replaces detection
     (wd / "other").mkdir()
-    assert load("--extra-tree=other").extra_trees == [wd / "other"]
+    assert load("--extra-tree=other").extra_trees == [ConfigTree(wd / "other")]
 
 
 def test_missing_tree_is_an_error(wd: Path) -> None:
@@ -741,7 +741,7 @@ def test_summary_secret_is_hidden(wd: Path) -> None:
     args = load()
     assert "hunter2" not in summary_text(SUMMARY, [args])
     assert "hunter2" not in summary_json(SUMMARY, [args])
-    assert summary_dict(SUMMARY, args)["Content"]["Password"] == "(set)"
+    assert summary_dict(SUMMARY, args)["Content"]["RootPassword"] == "(set)"
 
 
 # ---- contradictions ----
@@ -897,5 +897,5 @@ def test_summary_dict_is_plain_data(wd: Path) -> None:
     assert _json_types(data)
     assert data["Output"]["Encrypt"] == Encrypt.data.value
     assert data["Output"]["BootProtocols"] == ["uefi", "bios"]
-    assert data["Content"]["ExtraTree"] == [str(wd / "mkosi.extra")]
+    assert data["Content"]["ExtraTrees"] == [{"Source": str(wd / "mkosi.extra"), "Target": None}]
 

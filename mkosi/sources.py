@@ -11,8 +11,8 @@ from mkosi.config.settings import Config
 from mkosi.outputs import incremental_cache_paths, output_paths
 from mkosi.run import run
 
-SOURCE_EXCLUDES = ("mkosi.builddir", "mkosi.cache", "mkosi.output", "mkosi.workspace", "mkosi.installdir",
-                   "mkosi.includedir")
+SOURCE_EXCLUDES = ("mkosi.builddir", "mkosi.cache", "mkosi.pkgcache", "mkosi.output", "mkosi.workspace",
+                   "mkosi.installdir", "mkosi.includedir")
 
 
 def default_transfer(src: Path) -> SourceFileTransfer:

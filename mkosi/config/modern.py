@@ -415,7 +415,8 @@ class ModernSettings:
         default_factory=list, scope=Scope.main, status=NOT_YET, metavar="REPOS",
         help="Repositories= of the default tools tree.")
     tools_tree_sandbox_trees: list[ConfigTree] = _tree_list(
-        section=B, key="ToolsTreeSandboxTrees", flags=("--tools-tree-sandbox-tree",), scope=Scope.main,
+        section=B, key="ToolsTreeSandboxTrees", aliases=("ToolsTreePackageManagerTrees",),
+        flags=("--tools-tree-sandbox-tree",), scope=Scope.main,
         status=NOT_YET, help="SandboxTrees= of the default tools tree.")
     tools_tree_packages: list[str] = setting(
         section=B, key="ToolsTreePackages", flags=("--tools-tree-package",), kind=Kind.LIST, default_factory=list,
@@ -431,7 +432,8 @@ class ModernSettings:
         choices=choices(CacheOnly), default=CacheOnly.auto, scope=Scope.universal, status=NOT_YET,
         help="Whether the package manager may use the network: auto, metadata, always or never.")
     sandbox_trees: list[ConfigTree] = _tree_list(
-        section=B, key="SandboxTrees", flags=("--sandbox-tree",), path_default=("mkosi.sandbox/",),
+        section=B, key="SandboxTrees", aliases=("PackageManagerTrees",), flags=("--sandbox-tree",),
+        path_default=("mkosi.sandbox/",),
         scope=Scope.universal, status=NOT_YET,
         help="Trees copied into the sandbox the tools run in (default: mkosi.sandbox/).")
     cache_dir: Optional[Path] = setting(
@@ -457,7 +459,8 @@ class ModernSettings:
         section=B, key="BuildSourcesEphemeral", flags=("--build-sources-ephemeral",),
         parse=parse_bool_or_enum(BuildSourcesEphemeral, BuildSourcesEphemeral.yes, BuildSourcesEphemeral.no),
         choices=choices(BuildSourcesEphemeral), const="yes", default=BuildSourcesEphemeral.no,
-        scope=Scope.universal, status=NOT_YET, help="Discard the scripts' changes to the sources: yes, no or buildcache.")
+        scope=Scope.universal, status=NOT_YET,
+        help="Discard the scripts' changes to the sources: yes, no or buildcache.")
     environment_files: list[Path] = _path_list(
         section=B, key="EnvironmentFiles", flags=("--env-file",), path_default=("mkosi.env",), status=NOT_YET,
         help="Files of variable assignments for the scripts (default: mkosi.env).")
@@ -493,29 +496,35 @@ class ModernSettings:
         section=R, key="CXL", flags=("--cxl",), default=False, scope=Scope.main, status=NOT_YET,
         help="Enable CXL devices in the virtual machine.")
     vsock: Feature = _feature(
-        section=R, key="VSock", flags=("--vsock",), scope=Scope.main, status=NOT_YET,
+        section=R, key="VSock", aliases=("QemuVsock",), flags=("--vsock",), scope=Scope.main, status=NOT_YET,
         help="Give the virtual machine a vsock: yes, no or auto.")
     vsock_cid: str = setting(
-        section=R, key="VSockCID", flags=("--vsock-cid",), parse=parse_vsock_cid, default="auto", scope=Scope.main,
+        section=R, key="VSockCID", aliases=("QemuVsockConnectionId",), flags=("--vsock-cid",), parse=parse_vsock_cid,
+        default="auto", scope=Scope.main,
         status=NOT_YET, metavar="CID", help="vsock connection ID: a number, 'hash' or 'auto'.")
     tpm: Feature = _feature(
-        section=R, key="TPM", flags=("--tpm",), scope=Scope.main, status=NOT_YET,
+        section=R, key="TPM", aliases=("QemuSwtpm",), flags=("--tpm",), scope=Scope.main, status=NOT_YET,
         help="Give the virtual machine a software TPM: yes, no or auto.")
     removable: bool = _flag(
-        section=R, key="Removable", flags=("--removable",), default=False, scope=Scope.main, status=NOT_YET,
+        section=R, key="Removable", aliases=("QemuRemovable",), flags=("--removable",), default=False,
+        scope=Scope.main, status=NOT_YET,
         help="Attach the image as a removable device.")
     firmware: Firmware = setting(
-        section=R, key="Firmware", flags=("--firmware",), parse=parse_enum(Firmware), choices=choices(Firmware),
+        section=R, key="Firmware", aliases=("QemuFirmware",), flags=("--firmware",), parse=parse_enum(Firmware),
+        choices=choices(Firmware),
         default=Firmware.auto, scope=Scope.main, status=NOT_YET, help="Firmware of the virtual machine.")
     firmware_variables: Optional[str] = setting(
-        section=R, key="FirmwareVariables", flags=("--firmware-variables",), parse=parse_firmware_variables,
+        section=R, key="FirmwareVariables", aliases=("QemuFirmwareVariables",), flags=("--firmware-variables",),
+        parse=parse_firmware_variables,
         path_rule=PathRule.path, scope=Scope.main, status=NOT_YET, metavar="PATH",
         help="UEFI variables file (or microsoft, microsoft-mok, custom).")
     linux: Optional[str] = setting(
-        section=R, key="Linux", flags=("--linux",), scope=Scope.main, status=NOT_YET, metavar="PATH",
+        section=R, key="Linux", aliases=("QemuKernel",), flags=("--linux",), scope=Scope.main, status=NOT_YET,
+        metavar="PATH",
         help="Kernel for direct kernel boot.")
     drives: list[str] = setting(
-        section=R, key="Drives", flags=("--drive",), kind=Kind.LIST, parse=parse_drive, separator=r"\s+",
+        section=R, key="Drives", aliases=("QemuDrives",), flags=("--drive",), kind=Kind.LIST, parse=parse_drive,
+        separator=r"\s+",
         default_factory=list, scope=Scope.main, status=NOT_YET, metavar="ID:SIZE[:...]",
         help="Extra drives of the virtual machine.")
     credentials: list[str] = setting(

@@ -341,7 +341,8 @@ class Config(ModernSettings):
         help="Read more configuration from this file or directory (or a built-in one: mkosi-vm, mkosi-initrd, "
         "mkosi-tools, mkosi-addon).")
     profiles: list[str] = setting(
-        section=CFG, key="Profiles", flags=("--profile",), kind=Kind.LIST, default_factory=list, parse=_parse_name,
+        section=CFG, key="Profiles", flags=("--profile",), aliases=("Profile",), kind=Kind.LIST, default_factory=list,
+        parse=_parse_name,
         scope=Scope.inherited, match=MatchKind.equal, metavar="NAME",
         help="Profiles to select: mkosi.profiles/NAME.conf or mkosi.profiles/NAME/ are read after mkosi.conf.d/.")
     dependencies: list[str] = setting(
@@ -422,7 +423,8 @@ class Config(ModernSettings):
     output_dir: Optional[Path] = setting(
         scope=Scope.universal, default_fn=_default_output_dir, depends=("output",), specifier="O",
         path_rule=PathRule.path,
-        section=O, key="OutputDirectory", flags=("--output-directory", "-O"), flag_aliases=("--output-dir",), parse=parse_path, metavar="PATH",
+        section=O, key="OutputDirectory", flags=("--output-directory", "-O"), flag_aliases=("--output-dir",),
+        parse=parse_path, metavar="PATH",
         help="Directory for all artifacts (default: mkosi.output/ if it exists).")
     workspace_dir: Optional[Path] = setting(
         scope=Scope.universal, path_default=("mkosi.workspace/",), path_rule=PathRule.path,
@@ -513,7 +515,8 @@ class Config(ModernSettings):
         help="Identifier of the image; names the output and the partitions, written to os-release.")
     with_unified_kernel_images: bool = setting(
         section=O, key="UnifiedKernelImages", flags=("--unified-kernel-images",), kind=Kind.BOOL,
-        aliases=("WithUnifiedKernelImages",), flag_aliases=("--with-unified-kernel-images",), parse=_parse_ukis, default=True, const="yes", negative_flags=("--without-unified-kernel-images",),
+        aliases=("WithUnifiedKernelImages",), flag_aliases=("--with-unified-kernel-images",), parse=_parse_ukis,
+        default=True, const="yes", negative_flags=("--without-unified-kernel-images",),
         cache=True, help="Boot through unified kernel images (default) instead of separate kernel and initrd.")
     hostonly_initrd: bool = setting(
         section=O, key="HostonlyInitrd", flags=("--hostonly-initrd",), kind=Kind.BOOL, parse=parse_bool,
@@ -624,19 +627,23 @@ class Config(ModernSettings):
         default=False, const="yes", help="Stop after the build phase; make no final image.")
     build_script: Optional[Path] = setting(
         path_default=("mkosi.build",), path_rule=PathRule.path,
-        section=C, key="BuildScripts", aliases=("BuildScript",), flags=("--build-script",), parse=_parse_one_script, metavar="PATH",
+        section=C, key="BuildScripts", aliases=("BuildScript",), flags=("--build-script",), parse=_parse_one_script,
+        metavar="PATH",
         help="Build script; makes the build two-phased (default: mkosi.build; empty disables).")
     prepare_script: Optional[Path] = setting(
         path_default=("mkosi.prepare",), path_rule=PathRule.path,
-        section=C, key="PrepareScripts", aliases=("PrepareScript",), flags=("--prepare-script",), parse=_parse_one_script, metavar="PATH",
+        section=C, key="PrepareScripts", aliases=("PrepareScript",), flags=("--prepare-script",),
+        parse=_parse_one_script, metavar="PATH",
         cache=True, help="Script run in the image after packages are installed (default: mkosi.prepare).")
     postinst_script: Optional[Path] = setting(
         path_default=("mkosi.postinst",), path_rule=PathRule.path,
-        section=C, key="PostInstallationScripts", aliases=("PostInstallationScript",), flags=("--postinst-script",), parse=_parse_one_script, metavar="PATH",
+        section=C, key="PostInstallationScripts", aliases=("PostInstallationScript",), flags=("--postinst-script",),
+        parse=_parse_one_script, metavar="PATH",
         help="Script run in the image at the end of each phase (default: mkosi.postinst).")
     finalize_script: Optional[Path] = setting(
         path_default=("mkosi.finalize",), path_rule=PathRule.path,
-        section=C, key="FinalizeScripts", aliases=("FinalizeScript",), flags=("--finalize-script",), parse=_parse_one_script, metavar="PATH",
+        section=C, key="FinalizeScripts", aliases=("FinalizeScript",), flags=("--finalize-script",),
+        parse=_parse_one_script, metavar="PATH",
         help="Script run on the host with $BUILDROOT at the end of each phase (default: mkosi.finalize).")
     source_file_transfer: Optional[SourceFileTransfer] = setting(
         section=C, key="SourceFileTransfer", flags=("--source-file-transfer",), parse=parse_enum(SourceFileTransfer),
@@ -710,7 +717,8 @@ class Config(ModernSettings):
         separator=r"[:,]", default_factory=list, metavar="PATHS",
         help="Directories searched for tools before $PATH (colon separated).")
     qemu_headless: bool = setting(
-        other_sections=(H,), section=R, key="QemuHeadless", flags=("--qemu-headless",), kind=Kind.BOOL, parse=parse_bool, default=False,
+        other_sections=(H,), section=R, key="QemuHeadless", flags=("--qemu-headless",), kind=Kind.BOOL,
+        parse=parse_bool, default=False,
         const="yes", cache=True, help="Serial console in the image; qemu without a window.")
     qemu_smp: str = setting(
         section=R, key="CPUs", flags=("--cpus",), aliases=("QemuSmp",), flag_aliases=("--qemu-smp",),
@@ -724,20 +732,24 @@ class Config(ModernSettings):
         parse=parse_bool_or_enum(QemuKvm, QemuKvm.yes, QemuKvm.no), choices=_choices(QemuKvm),
         const="yes", default=QemuKvm.auto, help="Use KVM: yes, no or auto (auto probes that KVM really works).")
     qemu_args: list[str] = setting(
-        other_sections=(H,), section=R, key="QemuArgs", flags=("--qemu-args",), kind=Kind.LIST, separator=r"\s+", default_factory=list,
+        other_sections=(H,), section=R, key="QemuArgs", flags=("--qemu-args",), kind=Kind.LIST, separator=r"\s+",
+        default_factory=list,
         metavar="ARGS", help="Extra arguments for qemu.")
     nspawn_keep_unit: Optional[bool] = setting(
-        other_sections=(H,), section=R, key="NspawnKeepUnit", flags=("--nspawn-keep-unit",), kind=Kind.BOOL, parse=parse_bool,
+        other_sections=(H,), section=R, key="NspawnKeepUnit", flags=("--nspawn-keep-unit",), kind=Kind.BOOL,
+        parse=parse_bool,
         const="yes", help="Run systemd-nspawn with --keep-unit (default: when there is no systemd/system bus).")
     qemu_boot: Optional[BootProtocol] = setting(
         scope=Scope.main, default_fn=_default_qemu_boot, depends=("boot_protocols",),
         other_sections=(H,), section=R, key="QemuBoot", flags=("--qemu-boot",), parse=parse_enum(BootProtocol),
         choices=_choices(BootProtocol), help="How qemu boots the image: uefi, bios or linux.")
     netdev: bool = setting(
-        other_sections=(H,), section=R, key="Netdev", flags=("--netdev",), kind=Kind.BOOL, parse=parse_bool, default=False,
+        other_sections=(H,), section=R, key="Netdev", flags=("--netdev",), kind=Kind.BOOL, parse=parse_bool,
+        default=False,
         const="yes", help="Virtual network link between host and container/VM.")
     ephemeral: bool = setting(
-        other_sections=(H,), section=R, key="Ephemeral", flags=("--ephemeral",), kind=Kind.BOOL, parse=parse_bool, default=False,
+        other_sections=(H,), section=R, key="Ephemeral", flags=("--ephemeral",), kind=Kind.BOOL, parse=parse_bool,
+        default=False,
         const="yes", help="shell/boot/qemu run on a snapshot that is removed afterwards.")
     ssh: bool = setting(
         other_sections=(H,),

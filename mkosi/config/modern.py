@@ -47,6 +47,7 @@ from mkosi.config.types import (
     parse_size,
     parse_tree,
     parse_uuid_or_random,
+    resolve_trees,
     setting,
 )
 
@@ -169,7 +170,7 @@ def parse_epoch(value: str) -> int:
 
 
 def _tree_list(**extra: Any) -> Any:
-    return setting(kind=Kind.LIST, parse=parse_tree, separator=r",", path_rule=PathRule.pair,
+    return setting(kind=Kind.LIST, parse=parse_tree, separator=r",", path_rule=PathRule.pair, resolve_fn=resolve_trees,
                    default_factory=list, metavar="SRC[:TARGET]", **extra)
 
 
@@ -392,7 +393,7 @@ class ModernSettings:
 
     # ---- [Build] ----
     tools_tree: Optional[str] = setting(
-        section=B, key="ToolsTree", flags=("--tools-tree",), parse=parse_tools_tree, path_rule=PathRule.path,
+        section=B, key="ToolsTree", flags=("--tools-tree",), parse=parse_tools_tree,
         scope=Scope.universal, status=NOT_YET, metavar="PATH|yes",
         help="Tree whose programs build and boot the image ('yes': a default one is built).")
     tools_tree_distribution: Optional[Distribution] = setting(
@@ -516,7 +517,7 @@ class ModernSettings:
     firmware_variables: Optional[str] = setting(
         section=R, key="FirmwareVariables", aliases=("QemuFirmwareVariables",), flags=("--firmware-variables",),
         parse=parse_firmware_variables,
-        path_rule=PathRule.path, scope=Scope.main, status=NOT_YET, metavar="PATH",
+        scope=Scope.main, status=NOT_YET, metavar="PATH",
         help="UEFI variables file (or microsoft, microsoft-mok, custom).")
     linux: Optional[str] = setting(
         section=R, key="Linux", aliases=("QemuKernel",), flags=("--linux",), scope=Scope.main, status=NOT_YET,

@@ -55,6 +55,7 @@ from mkosi.config.types import (
     parse_port,
     parse_size,
     parse_tree,
+    resolve_trees,
     setting,
     try_bool,
 )
@@ -254,11 +255,6 @@ def _resolve_split_artifacts(value: list[Any], v: Resolving) -> list[SplitArtifa
         elif item not in result:
             result.append(item)
     return result
-
-
-def _resolve_trees(value: list[Any], v: Resolving) -> list[ConfigTree]:
-    # mkosi.extra/, mkosi.skeleton/ (and their .tar) found next to the configuration go to the root.
-    return [t if isinstance(t, ConfigTree) else ConfigTree(Path(t), None) for t in value]
 
 
 def _parse_one_script(value: str) -> Path:
@@ -514,7 +510,8 @@ class Config(ModernSettings):
         section=O, key="ImageId", flags=("--image-id",),
         help="Identifier of the image; names the output and the partitions, written to os-release.")
     with_unified_kernel_images: bool = setting(
-        section=O, key="UnifiedKernelImages", flags=("--unified-kernel-images",), kind=Kind.BOOL,
+        other_sections=(O,),
+        section=C, key="UnifiedKernelImages", flags=("--unified-kernel-images",), kind=Kind.BOOL,
         aliases=("WithUnifiedKernelImages",), flag_aliases=("--with-unified-kernel-images",), parse=_parse_ukis,
         default=True, const="yes", negative_flags=("--without-unified-kernel-images",),
         cache=True, help="Boot through unified kernel images (default) instead of separate kernel and initrd.")
@@ -565,12 +562,12 @@ class Config(ModernSettings):
         section=B, key="PackageCacheDirectory", flags=("--package-cache-dir",), parse=parse_path, metavar="PATH",
         help="Package cache directory shared between builds (default: mkosi.cache/).")
     skeleton_trees: list[ConfigTree] = setting(
-        path_default=("mkosi.skeleton/", "mkosi.skeleton.tar"), path_rule=PathRule.pair, resolve_fn=_resolve_trees,
+        path_default=("mkosi.skeleton/", "mkosi.skeleton.tar"), path_rule=PathRule.pair, resolve_fn=resolve_trees,
         section=C, key="SkeletonTrees", flags=("--skeleton-tree",), kind=Kind.LIST, parse=parse_tree,
         aliases=("SkeletonTree",), separator=r",", default_factory=list, metavar="SRC[:TARGET]", cache=True,
         help="Directory or tar archive copied into the image before packages (default: mkosi.skeleton/).")
     extra_trees: list[ConfigTree] = setting(
-        path_default=("mkosi.extra/", "mkosi.extra.tar"), path_rule=PathRule.pair, resolve_fn=_resolve_trees,
+        path_default=("mkosi.extra/", "mkosi.extra.tar"), path_rule=PathRule.pair, resolve_fn=resolve_trees,
         section=C, key="ExtraTrees", flags=("--extra-tree",), kind=Kind.LIST, parse=parse_tree, separator=r",",
         aliases=("ExtraTree",), default_factory=list, metavar="SRC[:TARGET]",
         help="Directory or tar archive copied into the image after packages (default: mkosi.extra/).")

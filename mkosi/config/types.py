@@ -289,6 +289,11 @@ class ConfigTree:
         return {"Source": str(self.source), "Target": None if self.target is None else str(self.target)}
 
 
+def resolve_trees(value: list[Any], v: Resolving) -> list[ConfigTree]:
+    """Trees found by a row's path_default (mkosi.extra/, mkosi.sandbox/, ...) go to the root."""
+    return [t if isinstance(t, ConfigTree) else ConfigTree(Path(t), None) for t in value]
+
+
 def parse_tree(value: str) -> ConfigTree:
     """SRC[:TARGET]; SRC is made absolute, TARGET is always absolute (a relative one is taken from /)."""
     v = value.strip()

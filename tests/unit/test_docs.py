@@ -22,7 +22,9 @@ from mkosi.config.types import Kind, Setting
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "mkosi.md"
-SEEDS = (REPO / "../shared/seeds").resolve()
+# ../shared/seeds beside the repository (or beside a directory holding it, for a worktree).
+SEEDS = next((p / "shared/seeds" for p in REPO.parents if (p / "shared/seeds").is_dir()),
+             (REPO / "../shared/seeds").resolve())
 
 # A definition header: only back-quoted items separated by commas, e.g. "`Format=`, `--format=`, `-t`".
 HEADER = re.compile(r"^`[^`]+`(?:, `[^`]+`)*\s*$")

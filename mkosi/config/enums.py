@@ -56,6 +56,12 @@ class Distribution(StrEnum):
     alma = "alma"
     alma_epel = "alma_epel"
     gentoo = "gentoo"
+    # Distributions of the modern manual without an installer here: recognised, not built.
+    kali = "kali"
+    rhel = "rhel"
+    rhel_ubi = "rhel-ubi"
+    azure = "azure"
+    custom = "custom"
 
 
 class OutputFormat(StrEnum):

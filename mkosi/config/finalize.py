@@ -218,6 +218,17 @@ def check_format_implemented(cli: CommandLine, v: Merged, values: dict[str, Any]
         raise _fail(v, "format", f"format '{values['format'].value}' is not implemented yet")
 
 
+def check_distribution_implemented(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
+    from mkosi.distributions import plugin
+
+    if not cli.verb.needs_build():
+        return
+    try:
+        plugin(values["distribution"])
+    except KeyError:
+        raise _fail(v, "distribution", f"distribution '{values['distribution'].value}' is not implemented yet")
+
+
 def check_compression_fits_format(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
     fmt: OutputFormat = values["format"]
     # What mkosi.output.compress can write: archives also take gzip, other outputs only xz and zstd.
@@ -311,7 +322,8 @@ def check_verb_can_use_image(cli: CommandLine, v: Merged, values: dict[str, Any]
 
 
 CHECKS: tuple[Check, ...] = (
-    check_format_implemented, check_compression_fits_format, check_scripts_executable, check_inputs_exist,
+    check_format_implemented, check_distribution_implemented, check_compression_fits_format,
+    check_scripts_executable, check_inputs_exist,
     check_disk_only_settings, check_verity_combinations, check_secure_boot, check_sources_and_keys,
     check_verb_can_use_image,
 )

@@ -358,3 +358,17 @@ def test_one_row_per_meaning() -> None:
         found = lookup_key(classic)
         assert found is not None and found[1] and found[0].key == modern
     assert by_dest("qemu_mem").key == "RAM"
+
+
+def test_modern_distributions_are_recognised_but_not_built(wd: Path) -> None:
+    assert str(load("--distribution=custom").distribution) == "custom"
+    assert str(load("--distribution=rhel-ubi").distribution) == "rhel-ubi"
+    with pytest.raises(ConfigError, match="not implemented yet"):
+        load_args(["--distribution=kali", "build"])
+    load_args(["--distribution=debian", "--format=directory", "build"])  # a distribution with an installer
+
+
+def test_modern_formats_are_recognised_but_refused(wd: Path) -> None:
+    for fmt in ("esp", "sysext", "confext", "portable", "addon", "none"):
+        with pytest.raises(ConfigError, match="not implemented yet"):
+            load(f"--format={fmt}")

@@ -83,11 +83,15 @@ def summary_dict(args: Args, config: Config) -> dict[str, Any]:
     return data
 
 
+# Options of the invocation that upstream's summary shows with each image (they are settings there).
+IMAGE_ARGS = ("incremental",)
+
+
 def image_json(args: Args, config: Config) -> dict[str, Any]:
     """One image as upstream mkosi's `summary --json` shows it: every setting under its key, flat."""
     data: dict[str, Any] = {"Image": config.image}
     for s in SETTINGS:
-        if s.key and s.summary and s.dest in CONFIG_FIELDS:
+        if s.key and s.summary and (s.dest in CONFIG_FIELDS or s.dest in IMAGE_ARGS):
             data[s.key] = _shown(args, config, s)
     data["Repositories"] = repositories(config)
     data["Outputs"] = outputs(config)

@@ -14,6 +14,7 @@ import mkosi.verbs
 from mkosi.config import load_args
 from mkosi.config.enums import Distribution, OutputFormat
 from mkosi.config.settings import Args, Config
+from mkosi.config.types import ConfigTree
 from mkosi.config.version import compare_versions, version_condition_holds
 from mkosi.errors import ConfigError
 from tests.unit.conftest import write
@@ -239,7 +240,7 @@ def test_relative_paths_are_relative_to_the_configuration(wd: Path) -> None:
     (wd / "sub/trees/t").mkdir(parents=True)
     write(wd / "mkosi.conf.d/sub/mkosi.conf", "[Content]\nExtraTree=trees/t\n")
     (wd / "mkosi.conf.d/sub/trees/t").mkdir(parents=True)
-    assert main_image().extra_trees == [wd / "mkosi.conf.d/sub/trees/t"]
+    assert main_image().extra_trees == [ConfigTree(wd / "mkosi.conf.d/sub/trees/t")]
 
 
 # ---- versions ----

@@ -17,7 +17,7 @@ from typing import Any, NoReturn, Optional
 from mkosi import __version__, log
 from mkosi.config.enums import LEGACY_FORMATS, Verb
 from mkosi.config.ini import Assignment, Origin
-from mkosi.config.settings import SECTIONS, SETTINGS, default_value
+from mkosi.config.settings import SECTIONS, SETTINGS, all_defaults, default_value
 from mkosi.config.types import Kind, PathRule, Setting, parse_path, try_bool
 from mkosi.errors import ConfigError
 
@@ -268,7 +268,7 @@ def setting_label(s: Setting, origin: Origin) -> str:
 
 
 def merge(assignments: Sequence[Assignment]) -> Merged:
-    values = {s.dest: default_value(s) for s in SETTINGS}
+    values = all_defaults()
     origins: dict[str, Origin] = {}
     empty: set[str] = set()
     for a in assignments:

@@ -11,8 +11,9 @@ import dataclasses
 import enum
 import stat
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from mkosi.config.enums import (
     LEGACY_FORMATS,
@@ -833,6 +834,21 @@ def default_value(s: Setting) -> Any:
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
     return None if f.default is dataclasses.MISSING else f.default
+
+
+# The defaults of every row, for a fresh merge: the static ones copied at once, the factories called.
+_STATIC_DEFAULTS = {s.dest: default_value(s) for s in SETTINGS
+                    if _FIELDS[s.dest].default_factory is dataclasses.MISSING}
+_FACTORY_DEFAULTS = tuple((s.dest, cast(Callable[[], Any], _FIELDS[s.dest].default_factory)) for s in SETTINGS
+                          if _FIELDS[s.dest].default_factory is not dataclasses.MISSING)
+
+
+def all_defaults() -> dict[str, Any]:
+    """{dest: default} for every row (new lists each time)."""
+    values = dict(_STATIC_DEFAULTS)
+    for dest, factory in _FACTORY_DEFAULTS:
+        values[dest] = factory()
+    return values
 
 
 def setting_value(args: Args, config: Config, s: Setting) -> Any:

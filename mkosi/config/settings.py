@@ -809,6 +809,8 @@ def _collect() -> tuple[Setting, ...]:
         row = Setting(dest=f.name, **meta)
         if row.section == R and row.scope == Scope.image:
             row = dataclasses.replace(row, scope=Scope.main)  # [Runtime] settings are the main image's
+        if row.section == R and H not in row.other_sections:
+            row = dataclasses.replace(row, other_sections=(*row.other_sections, H))  # [Host] is its older name
         rows.append(row)
     return tuple(rows)
 

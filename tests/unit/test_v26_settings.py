@@ -375,3 +375,18 @@ def test_modern_formats_are_recognised_but_refused(wd: Path) -> None:
     for fmt in ("esp", "sysext", "confext", "portable", "addon", "none"):
         with pytest.raises(ConfigError, match="not implemented yet"):
             load(f"--format={fmt}")
+
+
+def test_host_is_the_older_name_of_runtime(wd: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(wd / "mkosi.conf", "[Host]\nVSock=no\nRAM=2G\n")
+    c = load()
+    assert (c.vsock, c.qemu_mem) == (Feature.disabled, "2G")
+    assert "belongs in" not in capsys.readouterr().err
+
+
+def test_incremental_in_a_settings_file(wd: Path) -> None:
+    write(wd / "mkosi.conf", "[Build]\nIncremental=yes\n")
+    args, _ = load_args(["summary"])
+    assert args.incremental is True
+    [image] = json.loads(summary_json(SUMMARY, [load()]))["Images"]
+    assert "Incremental" in image

@@ -30,6 +30,7 @@ from mkosi.config.parse import build_parser, parse_command_line
 from mkosi.config.settings import SETTINGS, Args, Config, by_dest
 from mkosi.config.types import (
     ConfigTree,
+    Scope,
     parse_octal_mode,
     parse_relative_tree,
     parse_size,
@@ -38,7 +39,7 @@ from mkosi.config.types import (
 )
 from mkosi.errors import ConfigError
 from mkosi.summary import summary_dict, summary_json
-from mkosi.trees import tree_target
+from mkosi.trees import install_tree, tree_target
 from tests.unit.conftest import write
 
 REPO = Path(__file__).resolve().parents[2]
@@ -127,8 +128,6 @@ def test_every_manual_setting_is_in_the_json_summary(wd: Path) -> None:
 
 
 def test_runtime_settings_are_the_main_images() -> None:
-    from mkosi.config.types import Scope
-
     for s in SETTINGS:
         if s.section == "Runtime":
             assert s.scope == Scope.main, s.key
@@ -390,3 +389,13 @@ def test_incremental_in_a_settings_file(wd: Path) -> None:
     assert args.incremental is True
     [image] = json.loads(summary_json(SUMMARY, [load()]))["Images"]
     assert "Incremental" in image
+
+
+def test_extra_tree_is_copied_to_its_target(tmp_path: Path) -> None:
+    src = tmp_path / "tree"
+    write(src / "a/file", "x")
+    root = tmp_path / "root"
+    tree = parse_tree(f"{src}:/usr/share/foo")
+    install_tree(tree.source, tree_target(root, tree))
+    assert (root / "usr/share/foo/a/file").read_text() == "x"
+    assert not (root / "a").exists()

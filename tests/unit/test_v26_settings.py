@@ -39,7 +39,7 @@ from mkosi.config.types import (
 )
 from mkosi.errors import ConfigError
 from mkosi.summary import summary_dict, summary_json
-from mkosi.trees import install_tree, tree_target
+from mkosi.trees import install_tree
 from tests.unit.conftest import write
 
 REPO = Path(__file__).resolve().parents[2]
@@ -153,11 +153,6 @@ def test_parse_tree_rejects(raw: str) -> None:
 
 def test_runtime_tree_target_may_stay_relative() -> None:
     assert parse_relative_tree("/a:dst") == ConfigTree(Path("/a"), Path("dst"))
-
-
-def test_tree_target_in_image(tmp_path: Path) -> None:
-    assert tree_target(tmp_path, ConfigTree(Path("/x"))) == tmp_path
-    assert tree_target(tmp_path, ConfigTree(Path("/x"), Path("/usr/share/x"))) == tmp_path / "usr/share/x"
 
 
 @pytest.mark.parametrize("raw,expected", [("2G", 2 * 1024**3), ("512M", 512 * 1024**2), ("4K", 4096), ("1024", 1024)])
@@ -395,7 +390,8 @@ def test_extra_tree_is_copied_to_its_target(tmp_path: Path) -> None:
     src = tmp_path / "tree"
     write(src / "a/file", "x")
     root = tmp_path / "root"
+    root.mkdir()
     tree = parse_tree(f"{src}:/usr/share/foo")
-    install_tree(tree.source, tree_target(root, tree))
+    install_tree(tree.source, root, str(tree.target or "/"))  # as copy_extra_trees does
     assert (root / "usr/share/foo/a/file").read_text() == "x"
     assert not (root / "a").exists()

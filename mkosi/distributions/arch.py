@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING, Optional
 
 from mkosi.config.enums import Distribution
 from mkosi.distributions import DistributionPlugin
+from mkosi.installers import pacman
+from mkosi.installers.pacman import PACMAN_ARCH, PacmanConfig, PacmanRepo, parse_repository
+from mkosi.manifest import PackageInfo
 
 if TYPE_CHECKING:
     from mkosi.config.settings import Config
@@ -31,7 +34,6 @@ class Arch(DistributionPlugin):
         return "https://geo.mirror.pkgbuild.com" if arch == "x86_64" else "http://mirror.archlinuxarm.org"
 
     def server(self, config: Config, repo: str, arch: Optional[str] = None) -> str:
-        from mkosi.installers.pacman import PACMAN_ARCH
 
         mirror = (config.mirror or self.default_mirror(config.architecture) or "").rstrip("/")
         arch = arch or PACMAN_ARCH.get(config.architecture, config.architecture)
@@ -40,7 +42,6 @@ class Arch(DistributionPlugin):
         return f"{mirror}/{arch}/{repo}"
 
     def repos(self, config: Config) -> list[PacmanRepo]:
-        from mkosi.installers.pacman import PacmanRepo, parse_repository
 
         main = [PacmanRepo(name=r, servers=(self.server(config, r),)) for r in REPOS]
         return main + [parse_repository(e) for e in config.repositories]
@@ -58,7 +59,6 @@ class Arch(DistributionPlugin):
         return pkgs
 
     def pacman_config(self, ctx: Context) -> PacmanConfig:
-        from mkosi.installers.pacman import PacmanConfig
 
         config = ctx.config
         return PacmanConfig(
@@ -74,7 +74,6 @@ class Arch(DistributionPlugin):
         )
 
     def install(self, ctx: Context, packages: list[str]) -> None:
-        from mkosi.installers import pacman
 
         pacman.install(self.pacman_config(ctx), packages)
         server = self.server(ctx.config, "$repo", "$arch")
@@ -82,25 +81,20 @@ class Arch(DistributionPlugin):
             pacman.write_mirrorlist(ctx.root, server)
 
     def remove_packages(self, ctx: Context, packages: list[str]) -> None:
-        from mkosi.installers import pacman
 
         pacman.remove(self.pacman_config(ctx), packages)
 
     def installed_packages(self, ctx: Context) -> list[PackageInfo]:
-        from mkosi.installers import pacman
-        from mkosi.manifest import PackageInfo
 
         return [PackageInfo(type="pacman", name=p.name, version=p.version, architecture=p.architecture,
                             size=p.size, source=p.base, source_version=p.version if p.base else None)
                 for p in pacman.manifest_packages(ctx.root, ctx.workspace)]
 
     def clean_package_metadata(self, ctx: Context, force: bool) -> None:
-        from mkosi.installers import pacman
 
         pacman.save_package_list(ctx.root, ctx.workspace)
         pacman.clean_metadata(ctx.root, force)
 
     def package_manager_present(self, ctx: Context) -> bool:
-        from mkosi.installers import pacman
 
         return pacman.pacman_in_root(ctx.root)

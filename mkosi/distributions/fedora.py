@@ -29,6 +29,11 @@ from mkosi.config.enums import Distribution
 from mkosi.distributions import DistributionPlugin
 from mkosi.distributions.facts import host_architecture
 from mkosi.errors import MkosiError
+from mkosi.installers import dnf, rpm
+from mkosi.installers.dnf import HOST_REPOSDIRS, DnfConfig, RpmRepo, is_url, url_repos
+from mkosi.installers.rpm import LEGACY_RPMDB, SYSIMAGE_RPMDB, dnf_arch, remove_paths
+from mkosi.manifest import PackageInfo
+from mkosi.run import find_tool, run
 
 if TYPE_CHECKING:
     from mkosi.config.settings import Config
@@ -42,7 +47,6 @@ EPEL_MIRROR = "https://dl.fedoraproject.org/pub/epel"
 
 
 def _rpm_arch(arch: str) -> str:
-    from mkosi.installers.rpm import dnf_arch
 
     return dnf_arch(arch)
 
@@ -78,7 +82,6 @@ class RpmDistribution(DistributionPlugin):
         return []
 
     def epel_repos(self, config: Config) -> list[RpmRepo]:
-        from mkosi.installers.dnf import RpmRepo
 
         major = _major(config.release)
         return [RpmRepo(id="epel", name=f"EPEL {major}",
@@ -88,7 +91,6 @@ class RpmDistribution(DistributionPlugin):
     def repos(self, config: Config) -> list[RpmRepo]:
         """Every repository a build defines: the distribution's (unless the host's are used) and
         Repositories= URLs."""
-        from mkosi.installers.dnf import is_url, url_repos
 
         repos = [] if config.use_host_repositories else self.main_repos(config)
         if self.epel and not config.use_host_repositories:
@@ -96,7 +98,6 @@ class RpmDistribution(DistributionPlugin):
         return repos + url_repos([r for r in config.repositories if is_url(r)])
 
     def repositories(self, config: Config) -> list[str]:
-        from mkosi.installers.dnf import HOST_REPOSDIRS, is_url
 
         lines = []
         if config.use_host_repositories:
@@ -110,12 +111,10 @@ class RpmDistribution(DistributionPlugin):
     # ---- installation
 
     def rpmdb(self, config: Config) -> str:
-        from mkosi.installers.rpm import LEGACY_RPMDB
 
         return LEGACY_RPMDB
 
     def dnf_config(self, ctx: Context) -> DnfConfig:
-        from mkosi.installers.dnf import DnfConfig, is_url
 
         config = ctx.config
         return DnfConfig(
@@ -143,28 +142,23 @@ class RpmDistribution(DistributionPlugin):
         return pkgs
 
     def install(self, ctx: Context, packages: list[str]) -> None:
-        from mkosi.installers import dnf
 
         dnf.install(self.dnf_config(ctx), packages)
 
     def remove_packages(self, ctx: Context, packages: list[str]) -> None:
-        from mkosi.installers import dnf
 
         dnf.remove(self.dnf_config(ctx), packages)
 
     def installed_packages(self, ctx: Context) -> list[PackageInfo]:
-        from mkosi.installers import rpm
 
         return rpm.manifest_packages(ctx.root, ctx.workspace)
 
     def clean_package_metadata(self, ctx: Context, force: bool) -> None:
-        from mkosi.installers import dnf, rpm
 
         rpm.save_package_list(ctx.root, ctx.workspace)  # the manifest is written after the database is gone
         dnf.clean_metadata(ctx.root, force)
 
     def package_manager_present(self, ctx: Context) -> bool:
-        from mkosi.installers import dnf
 
         return dnf.dnf_in_root(ctx.root)
 
@@ -184,7 +178,6 @@ class Fedora(RpmDistribution):
         return self._host_gpgkeys(config) or ("https://fedoraproject.org/fedora.gpg",)
 
     def main_repos(self, config: Config) -> list[RpmRepo]:
-        from mkosi.installers.dnf import RpmRepo
 
         m, rel, arch = self.mirror(config), config.release, _rpm_arch(config.architecture)
         keys = self.gpgkeys(config)
@@ -197,7 +190,6 @@ class Fedora(RpmDistribution):
                         baseurl=(f"{m}/updates/{rel}/Everything/{arch}/",), gpgkeys=keys)]
 
     def rpmdb(self, config: Config) -> str:
-        from mkosi.installers.rpm import LEGACY_RPMDB, SYSIMAGE_RPMDB
 
         # Fedora 36 moved the database to /usr.
         if config.release.isdigit() and int(config.release) < 36:
@@ -219,7 +211,6 @@ class EnterpriseLinux(RpmDistribution):
         return repos
 
     def main_repos(self, config: Config) -> list[RpmRepo]:
-        from mkosi.installers.dnf import RpmRepo
 
         m, arch = self.mirror(config), _rpm_arch(config.architecture)
         d = self.release_dir(config)
@@ -229,7 +220,6 @@ class EnterpriseLinux(RpmDistribution):
                 for repo in self.repo_ids(config)]
 
     def rpmdb(self, config: Config) -> str:
-        from mkosi.installers.rpm import LEGACY_RPMDB, SYSIMAGE_RPMDB
 
         major = _major(config.release)
         return SYSIMAGE_RPMDB if major.isdigit() and int(major) >= 10 else LEGACY_RPMDB
@@ -305,7 +295,6 @@ class Mageia(RpmDistribution):
         return "https://mirrors.kernel.org/mageia/distrib"
 
     def main_repos(self, config: Config) -> list[RpmRepo]:
-        from mkosi.installers.dnf import RpmRepo
 
         base = f"{self.mirror(config)}/{config.release}/{_rpm_arch(config.architecture)}/media/core"
         # Each medium publishes the key it is signed with next to its metadata.
@@ -323,7 +312,6 @@ class OpenMandriva(RpmDistribution):
         return "http://abf-downloads.openmandriva.org"
 
     def main_repos(self, config: Config) -> list[RpmRepo]:
-        from mkosi.installers.dnf import RpmRepo
 
         base = f"{self.mirror(config)}/{config.release}/repository/{_rpm_arch(config.architecture)}/main"
         keys = self._host_gpgkeys(config)
@@ -342,7 +330,6 @@ class Photon(RpmDistribution):
         return "https://packages.vmware.com/photon"
 
     def main_repos(self, config: Config) -> list[RpmRepo]:
-        from mkosi.installers.dnf import RpmRepo
 
         m, rel, arch = self.mirror(config), config.release, _rpm_arch(config.architecture)
         keys = self._host_gpgkeys(config)
@@ -381,7 +368,6 @@ class Clear(RpmDistribution):
         return pkgs
 
     def swupd(self) -> str:
-        from mkosi.run import find_tool
 
         exe = find_tool("swupd")
         if exe is None:
@@ -404,19 +390,16 @@ class Clear(RpmDistribution):
         return argv
 
     def install(self, ctx: Context, packages: list[str]) -> None:
-        from mkosi.run import run
 
         if not ctx.network:
             raise MkosiError("swupd cannot install Clear Linux without the network (WithNetwork=never)")
         run(self.swupd_argv(ctx, packages), sandbox=ctx.sandbox)
 
     def remove_packages(self, ctx: Context, packages: list[str]) -> None:
-        from mkosi.run import run
 
         run([self.swupd(), "bundle-remove", f"--path={ctx.root}", "--no-progress", *packages], sandbox=ctx.sandbox)
 
     def installed_packages(self, ctx: Context) -> list[PackageInfo]:
-        from mkosi.manifest import PackageInfo
 
         bundles = ctx.root / "usr/share/clear/bundles"
         if not bundles.is_dir():
@@ -431,7 +414,6 @@ class Clear(RpmDistribution):
                             size=0) for p in sorted(bundles.iterdir()) if p.is_file()]
 
     def clean_package_metadata(self, ctx: Context, force: bool) -> None:
-        from mkosi.installers.rpm import remove_paths
 
         if force or not self.package_manager_present(ctx):
             remove_paths(ctx.root, ["/var/lib/swupd"])

@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, Optional
 from mkosi.config.enums import Distribution
 from mkosi.distributions import DistributionPlugin
 from mkosi.errors import MkosiError
+from mkosi.installers import emerge
+from mkosi.installers.emerge import EmergeConfig, latest_url, snapshot_url
+from mkosi.manifest import PackageInfo
 
 if TYPE_CHECKING:
     from mkosi.config.settings import Config
@@ -33,7 +36,6 @@ class Gentoo(DistributionPlugin):
         return (config.mirror or self.default_mirror(config.architecture) or "").rstrip("/")
 
     def repositories(self, config: Config) -> list[str]:
-        from mkosi.installers.emerge import latest_url, snapshot_url
 
         return [latest_url(self.mirror(config), config.architecture), snapshot_url(self.mirror(config)),
                 *config.repositories]
@@ -45,7 +47,6 @@ class Gentoo(DistributionPlugin):
         return pkgs
 
     def emerge_config(self, ctx: Context) -> EmergeConfig:
-        from mkosi.installers.emerge import EmergeConfig
 
         config = ctx.config
         if config.repositories:
@@ -63,24 +64,19 @@ class Gentoo(DistributionPlugin):
         )
 
     def install(self, ctx: Context, packages: list[str]) -> None:
-        from mkosi.installers import emerge
 
         emerge.install(self.emerge_config(ctx), packages)
 
     def remove_packages(self, ctx: Context, packages: list[str]) -> None:
-        from mkosi.installers import emerge
 
         emerge.remove(self.emerge_config(ctx), packages)
 
     def installed_packages(self, ctx: Context) -> list[PackageInfo]:
-        from mkosi.installers import emerge
-        from mkosi.manifest import PackageInfo
 
         return [PackageInfo(type="ebuild", name=p.atom, version=p.version, architecture=ctx.config.architecture,
                             size=p.size) for p in emerge.manifest_packages(ctx.root, ctx.workspace)]
 
     def clean_package_metadata(self, ctx: Context, force: bool) -> None:
-        from mkosi.installers import emerge
 
         emerge.clean_metadata(ctx.root, force, ctx.workspace)
 

@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING, Optional
 from mkosi.config.enums import Distribution
 from mkosi.distributions import DistributionPlugin
 from mkosi.errors import MkosiError
+from mkosi.installers import rpm, zypper
+from mkosi.installers.dnf import RpmRepo, is_url, url_repos
+from mkosi.installers.zypper import ZypperConfig
 
 if TYPE_CHECKING:
     from mkosi.config.settings import Config
@@ -46,7 +49,6 @@ class OpenSUSE(DistributionPlugin):
                          hint="use 'tumbleweed', 'leap' or a Leap version such as 15.6")
 
     def main_repos(self, config: Config) -> list[RpmRepo]:
-        from mkosi.installers.dnf import RpmRepo
 
         m = (config.mirror or self.default_mirror(config.architecture) or "").rstrip("/")
         rel = self.release(config)
@@ -69,7 +71,6 @@ class OpenSUSE(DistributionPlugin):
                 for rid, url in urls]
 
     def repos(self, config: Config) -> list[RpmRepo]:
-        from mkosi.installers.dnf import is_url, url_repos
 
         extra = [r for r in config.repositories if is_url(r)]
         bad = [r for r in config.repositories if not is_url(r)]
@@ -92,7 +93,6 @@ class OpenSUSE(DistributionPlugin):
         return pkgs
 
     def zypper_config(self, ctx: Context) -> ZypperConfig:
-        from mkosi.installers.zypper import ZypperConfig
 
         config = ctx.config
         return ZypperConfig(
@@ -107,27 +107,22 @@ class OpenSUSE(DistributionPlugin):
         )
 
     def install(self, ctx: Context, packages: list[str]) -> None:
-        from mkosi.installers import zypper
 
         zypper.install(self.zypper_config(ctx), packages)
 
     def remove_packages(self, ctx: Context, packages: list[str]) -> None:
-        from mkosi.installers import zypper
 
         zypper.remove(self.zypper_config(ctx), packages)
 
     def installed_packages(self, ctx: Context) -> list[PackageInfo]:
-        from mkosi.installers import rpm
 
         return rpm.manifest_packages(ctx.root, ctx.workspace)
 
     def clean_package_metadata(self, ctx: Context, force: bool) -> None:
-        from mkosi.installers import rpm, zypper
 
         rpm.save_package_list(ctx.root, ctx.workspace)
         zypper.clean_metadata(ctx.root, force)
 
     def package_manager_present(self, ctx: Context) -> bool:
-        from mkosi.installers import zypper
 
         return zypper.zypper_in_root(ctx.root)

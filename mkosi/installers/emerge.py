@@ -26,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
+import os
 import re
 import shutil
 import tempfile
@@ -37,6 +39,7 @@ from typing import Optional
 
 from mkosi import log
 from mkosi.errors import MkosiError
+from mkosi.installers.rpm import remove_paths
 from mkosi.run import find_tool, run
 from mkosi.sandbox import Mount, Sandbox
 
@@ -157,7 +160,6 @@ def verify_signature(path: Path, signature: Path, key: Path) -> None:
 
 
 def release_key() -> Optional[Path]:
-    import os
 
     env = os.environ.get("MKOSI_GENTOO_KEY")
     for p in ([Path(env)] if env else []) + [GENTOO_KEY]:
@@ -422,7 +424,6 @@ def _saved_list(workspace: Path) -> Path:
 
 def manifest_packages(root: Path, workspace: Path) -> list[EbuildPackage]:
     """The root's packages, or the list saved before CleanPackageMetadata= removed the database."""
-    import json
 
     if not (root / "var/db/pkg").is_dir() and _saved_list(workspace).exists():
         return [EbuildPackage(**d) for d in json.loads(_saved_list(workspace).read_text())]
@@ -430,9 +431,7 @@ def manifest_packages(root: Path, workspace: Path) -> list[EbuildPackage]:
 
 
 def clean_metadata(root: Path, force: bool, workspace: Optional[Path] = None) -> None:
-    import json
 
-    from mkosi.installers.rpm import remove_paths
 
     if workspace is not None:
         _saved_list(workspace).write_text(json.dumps([dataclasses.asdict(p) for p in installed_packages(root)]))

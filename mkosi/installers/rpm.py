@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from mkosi import log
+from mkosi.manifest import PackageInfo
 from mkosi.run import output
 
 if TYPE_CHECKING:
@@ -150,7 +151,6 @@ def save_package_list(root: Path, workspace: Path) -> None:
 
 
 def to_package_info(p: RpmPackage) -> PackageInfo:
-    from mkosi.manifest import PackageInfo
 
     return PackageInfo(type="rpm", name=p.name, version=p.evr, architecture=p.architecture, size=p.size,
                        source=p.source, source_version=p.source_version)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import mkosi.distributions.facts
+import mkosi.distributions.fedora
 import mkosi.run
 from mkosi.config import load_args
 from mkosi.config.enums import Distribution
@@ -265,6 +266,7 @@ def test_dnf_setup_writes_config(tmp_path: Path) -> None:
 
 def test_missing_tools_name_debian_packages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mkosi.run, "find_tool", lambda name, sandbox=None: None)
+    monkeypatch.setattr(mkosi.distributions.fedora, "find_tool", lambda name, sandbox=None: None)
     for tool, package in (("dnf", "dnf"), ("zypper", "zypper"), ("pacman", "pacman-package-manager"),
                           ("rpm", "rpm"), ("createrepo_c", "createrepo-c")):
         with pytest.raises(ToolMissingError) as e:
@@ -280,6 +282,8 @@ def test_clear_needs_swupd(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     from mkosi.context import Context, Phase
 
     monkeypatch.setattr(mkosi.run, "find_tool", lambda name, sandbox=None: None)
+
+    monkeypatch.setattr(mkosi.distributions.fedora, "find_tool", lambda name, sandbox=None: None)
     args = load("-d", "clear")
     ctx = Context(Args(), args, tmp_path, Phase.final, tmp_path / "root", None, tmp_path)
     with pytest.raises(MkosiError, match=r"not available on this host.*swupd") as e:
@@ -292,6 +296,8 @@ def test_clear_swupd_argv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     from mkosi.distributions.fedora import Clear
 
     monkeypatch.setattr(mkosi.run, "find_tool", lambda name, sandbox=None: f"/usr/bin/{name}")
+
+    monkeypatch.setattr(mkosi.distributions.fedora, "find_tool", lambda name, sandbox=None: f"/usr/bin/{name}")
     ctx = Context(Args(), load("-d", "clear", "-r", "41000"), tmp_path, Phase.final, tmp_path / "root",
                   tmp_path / "cache", tmp_path)
     argv = Clear().swupd_argv(ctx, ["os-core", "kernel-native"])

@@ -875,6 +875,7 @@ def test_summary_marks_settings_not_implemented(wd: Path) -> None:
     if not pending:
         pytest.skip("every setting is implemented")
     s = pending[0]
+    assert s.key is not None and s.status is not None
     assert s.key not in summary_dict(SUMMARY, load())["NotImplemented"]
     value = {Kind.BOOL: "yes", Kind.LIST: "x"}.get(s.kind, "/")
     args = load(f"{s.long_flag}={value}")

@@ -14,6 +14,11 @@ import pytest
 from mkosi.errors import MkosiError
 from mkosi.installers import apt
 from mkosi.installers.apt import AptConfig, DpkgOp
+from mkosi.installers.apt.debs import Archives, data_member, read_control_archive
+from mkosi.installers.apt.plan import essential_unpack_order, format_op, plan_without
+from mkosi.installers.apt.repositories import _uri_to_filename, list_prefixes
+from mkosi.installers.apt.root import prepare_root, strip_package_spec, write_extended_states
+from mkosi.installers.apt.unpack import _prune_uncompressed, uncompressed_copies
 
 
 def config(tmp_path: Path, **kwargs: Any) -> AptConfig:
@@ -160,10 +165,10 @@ def test_missing_ubuntu_keyring_names_package(tmp_path: Path, monkeypatch: pytes
 
 
 def test_list_file_names() -> None:
-    assert apt._list_prefixes(["deb http://deb.debian.org/debian bookworm main"]) == [
+    assert list_prefixes(["deb http://deb.debian.org/debian bookworm main"]) == [
         "deb.debian.org_debian_dists_bookworm_",
     ]
-    assert apt._uri_to_filename("http://user:pw@host.example:8080/a_b~c/") == "host.example:8080_a%5fb%7ec_"
+    assert _uri_to_filename("http://user:pw@host.example:8080/a_b~c/") == "host.example:8080_a%5fb%7ec_"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -414,7 +419,7 @@ def test_docs_config() -> None:
 
 def test_prepare_root_writes_docs_config_first(tmp_path: Path) -> None:
     cfg = config(tmp_path)
-    apt._prepare_root(cfg)
+    prepare_root(cfg)
     root = cfg.root
     assert (root / "etc/dpkg/dpkg.cfg.d/mkosi-no-docs").read_text() == apt.docs_dpkg_config()
     for d in ("bin", "sbin", "lib", "lib64"):
@@ -422,7 +427,7 @@ def test_prepare_root_writes_docs_config_first(tmp_path: Path) -> None:
     assert (root / "var/lib/dpkg/status").read_text() == ""
 
     with_docs = config(tmp_path, root=tmp_path / "root2", with_docs=True, architecture="arm64")
-    apt._prepare_root(with_docs)
+    prepare_root(with_docs)
     assert not (with_docs.root / "etc/dpkg/dpkg.cfg.d/mkosi-no-docs").exists()
     assert not (with_docs.root / "lib64").exists()
 
@@ -431,7 +436,7 @@ def test_merged_usr_moves_skeleton_content(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     (cfg.root / "bin").mkdir(parents=True)
     (cfg.root / "bin/hello").write_text("hi")
-    apt._prepare_root(cfg)
+    prepare_root(cfg)
     assert (cfg.root / "bin").is_symlink()
     assert (cfg.root / "usr/bin/hello").read_text() == "hi"
 
@@ -471,16 +476,16 @@ def test_read_control_and_repack(tmp_path: Path) -> None:
     deb = tmp_path / "hello_1.0_amd64.deb"
     data_tar = make_deb(deb, "Package: hello\nVersion: 1.0\nEssential: yes\n",
                         {"./usr/bin/hello": b"#!/bin/sh\necho hello\n"}, {"./preinst": b"#!/bin/sh\n"})
-    control, members = apt._read_control_archive(deb)
+    control, members = read_control_archive(deb)
     assert control["Package"] == "hello" and control["Essential"] == "yes"
     assert {"control", "preinst"} <= members
     assert apt.read_control(deb) == control
 
     store = tmp_path / "store"
-    mapping = apt._uncompressed([deb], store)
+    mapping = uncompressed_copies([deb], store)
     copy = mapping[deb]
     assert copy.parent == store and copy != deb
-    assert apt._data_member(copy) == "data.tar"
+    assert data_member(copy) == "data.tar"
     assert apt.read_control(copy) == control
     # The copy carries the same file system tarball, uncompressed.
     raw = copy.read_bytes()
@@ -488,12 +493,12 @@ def test_read_control_and_repack(tmp_path: Path) -> None:
     assert copy.stat().st_mtime_ns == deb.stat().st_mtime_ns
     # Made once: a second call reuses it.
     before = copy.stat().st_ino
-    assert apt._uncompressed([deb], store)[deb].stat().st_ino == before
+    assert uncompressed_copies([deb], store)[deb].stat().st_ino == before
     # Dropped once apt's copy is gone.
-    apt._prune_uncompressed(store, tmp_path)
+    _prune_uncompressed(store, tmp_path)
     assert copy.exists()
     deb.unlink()
-    apt._prune_uncompressed(store, tmp_path)
+    _prune_uncompressed(store, tmp_path)
     assert not copy.exists()
 
 
@@ -519,14 +524,14 @@ def test_parse_dpkg_plan() -> None:
     assert ops[-1] == DpkgOp("configure", (), ("--pending",))
     assert len(ops) == 7
     # What is saved in the cache reads back the same.
-    assert apt.parse_dpkg_plan("\n".join(apt._format_op(op) for op in ops)) == ops
+    assert apt.parse_dpkg_plan("\n".join(format_op(op) for op in ops)) == ops
 
 
 def test_plan_without_installed_packages() -> None:
     ops = apt.parse_dpkg_plan(PLAN)
     debs = [a for op in ops if op.action == "unpack" for a in op.args]
     controls = {a: {"Package": Path(a).name.split("_")[0]} for a in debs}
-    rest = apt._without(ops, {"libc6", "dash"}, controls)
+    rest = plan_without(ops, {"libc6", "dash"}, controls)
     assert rest == [
         DpkgOp("unpack", ("--no-triggers", "--auto-deconfigure"),
                ("/c/archives/libssl3_3_amd64.deb", "/c/archives/mount_2_amd64.deb")),
@@ -564,22 +569,22 @@ def test_essential_closure() -> None:
 
 def test_essential_unpack_order(tmp_path: Path) -> None:
     debs = [tmp_path / f"{n}.deb" for n in ("libpam", "libc6", "coreutils", "perl-base", "sed")]
-    archives: apt._Archives = {
+    archives: Archives = {
         str(debs[0]): ({"Package": "libpam"}, {"control", "preinst"}),
         str(debs[1]): ({"Package": "libc6"}, {"control", "preinst"}),
         str(debs[2]): ({"Package": "coreutils", "Essential": "yes"}, {"control"}),
         str(debs[3]): ({"Package": "perl-base", "Essential": "yes"}, {"control", "preinst"}),
         str(debs[4]): ({"Package": "sed", "Essential": "yes"}, {"control", "postinst"}),
     }
-    order = [p.name for p in apt._essential_unpack_order(debs, archives)]
+    order = [p.name for p in essential_unpack_order(debs, archives)]
     assert order == ["coreutils.deb", "sed.deb", "perl-base.deb", "libpam.deb", "libc6.deb"]
 
 
 def test_package_spec_names() -> None:
-    assert apt._strip_package_spec("systemd") == "systemd"
-    assert apt._strip_package_spec("systemd=252-1") == "systemd"
-    assert apt._strip_package_spec("systemd/bookworm-backports") == "systemd"
-    assert apt._strip_package_spec("libc6:amd64") == "libc6"
+    assert strip_package_spec("systemd") == "systemd"
+    assert strip_package_spec("systemd=252-1") == "systemd"
+    assert strip_package_spec("systemd/bookworm-backports") == "systemd"
+    assert strip_package_spec("libc6:amd64") == "libc6"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -622,7 +627,7 @@ def test_clean_metadata_keeps_extended_states_with_apt(tmp_path: Path) -> None:
 def test_extended_states(tmp_path: Path) -> None:
     (tmp_path / "var/lib/dpkg").mkdir(parents=True)
     (tmp_path / "var/lib/dpkg/status").write_text(STATUS)
-    apt._write_extended_states(tmp_path, "amd64", manual={"systemd"}, before=set())
+    write_extended_states(tmp_path, "amd64", manual={"systemd"}, before=set())
     stanzas = apt.parse_deb822((tmp_path / "var/lib/apt/extended_states").read_text())
     assert {s["Package"] for s in stanzas} == {"libsystemd0", "libgcc-s1", "halfway"}
     assert all(s["Auto-Installed"] == "1" for s in stanzas)

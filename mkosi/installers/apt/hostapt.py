@@ -1,0 +1,238 @@
+"""The host's apt-get with all of its state redirected: lists update, resolution and download, the plan cache."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+from mkosi import log
+from mkosi.errors import MkosiError
+from mkosi.installers.apt.config import AptConfig
+from mkosi.installers.apt.errors import apt_error_message
+from mkosi.installers.apt.plan import DpkgOp, format_op, parse_dpkg_plan
+from mkosi.installers.apt.repositories import extra_lines, list_prefixes, main_lines, repository_directory_files
+from mkosi.run import run
+
+
+@dataclass
+class HostApt:
+    cfg: AptConfig
+    conf: Path
+    lists: Path
+    archives: Path
+    uncompressed: Path
+    status: Path
+    env: dict[str, str] = field(default_factory=dict)
+    lock_file: Optional[Path] = None
+
+
+def setup_apt(cfg: AptConfig, status: Path, keyring: Path) -> HostApt:
+    ws = cfg.workspace.absolute() / "apt"
+    etc = ws / "etc"
+    for d in ("apt.conf.d", "preferences.d", "sources.list.d", "trusted.gpg.d"):
+        (etc / d).mkdir(parents=True, exist_ok=True)
+    for d in ("state", "cache", "log"):
+        (ws / d).mkdir(parents=True, exist_ok=True)
+
+    lock_file = None
+    if cfg.cache_dir is not None:
+        base = cfg.cache_dir.absolute() / "apt"
+        lock_file = base / "lock"
+    else:
+        base = ws
+    lists, archives = base / "lists", base / "archives"
+    (lists / "partial").mkdir(parents=True, exist_ok=True)
+    (archives / "partial").mkdir(parents=True, exist_ok=True)
+
+    shutil.copyfile(keyring, etc / "trusted.gpg.d" / keyring.name)
+    for p in repository_directory_files(cfg, (".gpg", ".asc")):
+        shutil.copyfile(p, etc / "trusted.gpg.d" / p.name)
+    for p in repository_directory_files(cfg, (".list", ".sources")):
+        shutil.copyfile(p, etc / "sources.list.d" / p.name)
+    (etc / "sources.list").write_text("\n".join(main_lines(cfg) + extra_lines(cfg)) + "\n")
+
+    def q(p: Union[Path, str]) -> str:
+        return '"' + str(p).replace('"', '\\"') + '"'
+
+    settings: dict[str, Union[str, Path]] = {
+        "Dir": "/",
+        "Dir::Etc": etc,
+        "Dir::Etc::Main": etc / "apt.conf",
+        "Dir::Etc::Parts": etc / "apt.conf.d",
+        "Dir::Etc::SourceList": etc / "sources.list",
+        "Dir::Etc::SourceParts": etc / "sources.list.d",
+        "Dir::Etc::Trusted": etc / "trusted.gpg",
+        "Dir::Etc::TrustedParts": etc / "trusted.gpg.d",
+        "Dir::Etc::Preferences": etc / "preferences",
+        "Dir::Etc::PreferencesParts": etc / "preferences.d",
+        "Dir::State": ws / "state",
+        "Dir::State::Lists": lists,
+        "Dir::State::Status": status,
+        "Dir::State::extended_states": ws / "state/extended_states",
+        "Dir::Cache": ws / "cache",
+        "Dir::Cache::Archives": archives,
+        # The source cache only depends on the lists: keep it with them so warm builds reuse it.
+        "Dir::Cache::srcpkgcache": base / "srcpkgcache.bin",
+        "Dir::Cache::pkgcache": ws / "cache/pkgcache.bin",
+        "Dir::Log": ws / "log",
+        "Dir::Log::Planner": "/dev/null",
+        "APT::Architecture": cfg.architecture,
+        "APT::Install-Recommends": "false",
+        "APT::Install-Suggests": "false",
+        "APT::Get::Assume-Yes": "true",
+        # Lists of other releases sharing the cache must survive an update of this one.
+        "APT::Get::List-Cleanup": "false",
+        # apt would mark itself essential; it is only installed when asked for.
+        "pkgCacheGen::ForceEssential": ",",
+        # The caller already runs as root and the cache may not be reachable for _apt.
+        "APT::Sandbox::User": "root",
+        "Acquire::Languages": "none",
+        "Acquire::Retries": "3",
+        "Dpkg::Use-Pty": "false",
+        # Name every package in the plan rather than a temporary directory of symlinks.
+        "Dpkg::Install::Recursive::Minimum": "1000000",
+        "quiet": "1",
+    }
+    text = "".join(f"{k} {q(v)};\n" for k, v in settings.items())
+    text += f"APT::Architectures {{ {q(cfg.architecture)}; }};\n"
+    conf = ws / "apt.conf"
+    conf.write_text(text)
+
+    env = {
+        "APT_CONFIG": str(conf),
+        "LC_ALL": "C.UTF-8",
+        "DEBIAN_FRONTEND": "noninteractive",
+    }
+    return HostApt(cfg=cfg, conf=conf, lists=lists, archives=archives, uncompressed=base / "uncompressed",
+                status=status, env=env, lock_file=lock_file)
+
+
+@contextlib.contextmanager
+def cache_locked(apt: HostApt) -> Iterator[None]:
+    """Serialize builds that share a package cache (apt would fail on its own locks instead of waiting)."""
+    if apt.lock_file is None:
+        yield
+        return
+    with apt.lock_file.open("a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info(f"Waiting for the package cache {apt.lock_file.parent} used by another build")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _apt_get(apt: HostApt, args: Sequence[str], what: str) -> str:
+    """Run apt-get; return stdout and stderr together (Debug::pkgDPkgPM writes its plan to stderr)."""
+    proc = run(["apt-get", *args], env=apt.env, check=False, capture=True)
+    text = f"{proc.stdout}\n{proc.stderr}"
+    if log.debug_enabled():
+        log.debug(text.strip())
+    if proc.returncode != 0:
+        msg = (apt_error_message(text, apt.cfg.release) or
+               f"apt-get {args[0]} failed with exit status {proc.returncode}")
+        tail = "\n".join(text.strip().splitlines()[-8:])
+        raise MkosiError(f"{what}: {msg}", hint=f"apt-get said:\n{tail}")
+    for line in proc.stderr.splitlines():
+        if line.startswith("W: "):
+            log.warn(f"apt-get: {line[3:]}")
+    return text
+
+
+# When this process last refreshed a lists directory for a set of sources: install_more() right after
+# install() in the same build does not need to ask the mirrors again.
+_refreshed: dict[tuple[str, str], float] = {}
+
+
+_REFRESH_INTERVAL = 600.0
+
+
+def update(apt: HostApt) -> None:
+    cfg = apt.cfg
+    if cfg.network:
+        etc = apt.conf.parent / "etc"
+        sources = [etc / "sources.list", *sorted((etc / "sources.list.d").iterdir())]
+        key = (str(apt.lists), "\0".join(p.read_text() for p in sources))
+        last = _refreshed.get(key)
+        if last is not None and time.monotonic() - last < _REFRESH_INTERVAL:
+            log.debug("package lists were refreshed by this build already")
+            return
+        with log.step("Refreshing package lists"):
+            # The caches are built by the next apt run anyway; doing it here too would cost ~0.5s.
+            _apt_get(apt, ["update", "--error-on=any", "-o", "pkgCacheFile::Generate=false"],
+                     "refreshing package lists")
+        _refreshed[key] = time.monotonic()
+        return
+    prefix = list_prefixes(main_lines(cfg))[0]
+    if not any(p.name.startswith(prefix) and "_Packages" in p.name for p in apt.lists.iterdir()):
+        raise MkosiError(f"no cached package lists for {cfg.distribution} {cfg.release} in {apt.lists}",
+                         hint="build once with network access to fill the package cache")
+    log.info("Using cached package lists (network access disabled)")
+
+
+def _plan_key(apt: HostApt, command: str, packages: Sequence[str]) -> str:
+    """What apt's resolution depends on: its configuration, the sources, keys and lists, the dpkg status."""
+    h = hashlib.sha256()
+    h.update(repr((command, list(packages))).encode())
+    # The workspace differs from build to build; the cache and the root do not matter either.
+    h.update(apt.conf.read_text().replace(str(apt.conf.parent), "@WORKSPACE@").encode())
+    etc = apt.conf.parent / "etc"
+    for p in sorted(etc.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(etc)).encode() + b"\0" + p.read_bytes())
+    for p in sorted(apt.lists.iterdir()):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.name} {st.st_size} {st.st_mtime_ns}\n".encode())
+    h.update(apt.status.read_bytes())
+    return h.hexdigest()
+
+
+def resolve(apt: HostApt, command: str, packages: Sequence[str], what: str,
+          downloads: bool = True) -> list[DpkgOp]:
+    """Resolve and download in one apt run; return the dpkg runs apt would do.
+
+    apt's resolution only depends on what _plan_key() hashes; with a package cache, its result is kept
+    next to the cached packages, and used again while all of that stays the same and the planned
+    packages are all still cached (the next `apt-get update` that brings a change invalidates it).
+    """
+    saved: Optional[Path] = None
+    if apt.lock_file is not None:
+        saved = apt.lock_file.parent / "plans" / f"{_plan_key(apt, command, packages)}.txt"
+        if saved.exists():
+            plan = parse_dpkg_plan(saved.read_text())
+            debs = [Path(a) for op in plan if op.action in ("unpack", "install") for a in op.args]
+            if all(p.exists() for p in debs):
+                if downloads:
+                    log.info("Need to get 0 B of archives (the packages and their resolution are cached)")
+                saved.touch()
+                return plan
+
+    out = _apt_get(apt, [command, "-o", "Debug::pkgDPkgPM=1", "--", *packages], what)
+    m = re.search(r"^Need to get (.*) of archives", out, re.M)
+    if downloads:
+        log.info(f"Need to get {m.group(1) if m else '0 B'} of archives")
+    plan = parse_dpkg_plan(out)
+
+    if saved is not None:
+        saved.parent.mkdir(exist_ok=True)
+        tmp = saved.with_name(f".{saved.name}.{os.getpid()}")
+        tmp.write_text("".join(format_op(op) + "\n" for op in plan))
+        os.replace(tmp, saved)
+        # Keep the most recently used resolutions only.
+        old = sorted(saved.parent.glob("*.txt"), key=lambda p: p.stat().st_mtime, reverse=True)[32:]
+        for p in old:
+            with contextlib.suppress(OSError):
+                p.unlink()
+    return plan

@@ -1,0 +1,173 @@
+"""Which repositories a build uses: sources.list lines, mirrors, keyrings, list file names."""
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+from mkosi.errors import MkosiError
+from mkosi.installers.apt.config import KEYRINGS, AptConfig, check_distribution
+from mkosi.installers.apt.debs import parse_deb822
+
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+
+
+DEBIAN_SECURITY_MIRROR = "http://security.debian.org/debian-security"
+
+
+UBUNTU_MIRROR = "http://archive.ubuntu.com/ubuntu"
+
+
+UBUNTU_PORTS_MIRROR = "http://ports.ubuntu.com/ubuntu-ports"
+
+
+UBUNTU_SECURITY_MIRROR = "http://security.ubuntu.com/ubuntu"
+
+
+# Debian suites that have no -updates/-security companions.
+_DEBIAN_ROLLING = frozenset({"sid", "unstable", "experimental", "rc-buggy"})
+
+
+# Debian releases whose security suite is still called RELEASE/updates.
+_DEBIAN_OLD_SECURITY = frozenset({"wheezy", "jessie", "stretch", "buster"})
+
+
+# Ubuntu's main archive only carries these ports; the others are on ports.ubuntu.com.
+_UBUNTU_PRIMARY_ARCHITECTURES = frozenset({"amd64", "i386"})
+
+
+def default_mirror(distribution: str, architecture: str) -> str:
+    if distribution == "ubuntu":
+        return UBUNTU_MIRROR if architecture in _UBUNTU_PRIMARY_ARCHITECTURES else UBUNTU_PORTS_MIRROR
+    return DEBIAN_MIRROR
+
+
+def components_field(cfg: AptConfig) -> str:
+    # Defaults to "main" for Ubuntu as well: systemd, udev, the kernel and sshd are all in main; add
+    # "universe" through Repositories= when needed.
+    seen: list[str] = []
+    for c in cfg.components or ["main"]:
+        for part in c.split():
+            if part not in seen:
+                seen.append(part)
+    return " ".join(seen)
+
+
+def main_lines(cfg: AptConfig) -> list[str]:
+    mirror = (cfg.mirror or default_mirror(cfg.distribution, cfg.architecture)).rstrip("/")
+    comps = components_field(cfg)
+    release = cfg.release
+    lines = [f"deb {mirror} {release} {comps}"]
+
+    if cfg.distribution == "debian":
+        if release in _DEBIAN_ROLLING or release.endswith("-backports"):
+            return lines
+        lines.append(f"deb {mirror} {release}-updates {comps}")
+        suite = f"{release}/updates" if release in _DEBIAN_OLD_SECURITY else f"{release}-security"
+        lines.append(f"deb {DEBIAN_SECURITY_MIRROR} {suite} {comps}")
+        return lines
+
+    # Ubuntu: the official archive publishes security fixes from security.ubuntu.com (ports carry
+    # their own -security pocket); a custom mirror is expected to mirror all pockets.
+    lines.append(f"deb {mirror} {release}-updates {comps}")
+    security = UBUNTU_SECURITY_MIRROR if mirror == UBUNTU_MIRROR else mirror
+    lines.append(f"deb {security} {release}-security {comps}")
+    return lines
+
+
+def extra_lines(cfg: AptConfig) -> list[str]:
+    lines = []
+    for entry in cfg.extra_repositories:
+        e = " ".join(entry.split())
+        if not e:
+            continue
+        if re.match(r"deb(-src)?\s", e):
+            lines.append(e)
+        elif re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/", e):
+            lines.append(f"deb {e} {cfg.release} main")
+        else:
+            raise MkosiError(f"invalid repository '{entry}': expected a 'deb URL SUITE COMPONENT…' line "
+                             "or a URL")
+    return lines
+
+
+def _deb822_to_lines(text: str) -> list[str]:
+    lines = []
+    for stanza in parse_deb822(text):
+        if stanza.get("Enabled", "yes").strip().lower() == "no":
+            continue
+        options = []
+        if "Signed-By" in stanza and "\n" not in stanza["Signed-By"].strip():
+            options.append(f"signed-by={stanza['Signed-By'].strip()}")
+        opts = f" [{' '.join(options)}]" if options else ""
+        comps = " ".join(stanza.get("Components", "").split())
+        for typ in stanza.get("Types", "deb").split():
+            for uri in stanza.get("URIs", "").split():
+                for suite in stanza.get("Suites", "").split():
+                    lines.append(" ".join(p for p in (f"{typ}{opts}", uri, suite, comps) if p))
+    return lines
+
+
+def repository_directory_files(cfg: AptConfig, suffixes: tuple[str, ...]) -> list[Path]:
+    d = cfg.repository_directory
+    if d is None:
+        return []
+    if not d.is_dir():
+        raise MkosiError(f"repository directory {d} does not exist")
+    return sorted(p for p in d.iterdir() if p.is_file() and p.name.endswith(suffixes))
+
+
+def repository_lines(cfg: AptConfig) -> list[str]:
+    """The sources.list lines a build uses (in one-line format, also for *.sources files)."""
+    check_distribution(cfg)
+    lines = main_lines(cfg) + extra_lines(cfg)
+    for p in repository_directory_files(cfg, (".list", ".sources")):
+        text = p.read_text()
+        if p.name.endswith(".sources"):
+            lines += _deb822_to_lines(text)
+        else:
+            lines += [" ".join(ln.split()) for ln in text.splitlines()
+                      if ln.strip() and not ln.lstrip().startswith("#")]
+    return lines
+
+
+def archive_keyring(cfg: AptConfig) -> Path:
+    path, package = KEYRINGS[cfg.distribution]
+    if not Path(path).is_file():
+        raise MkosiError(f"the {cfg.distribution} archive keyring {path} is missing on this host",
+                         hint=f"install it with: apt-get install {package}")
+    return Path(path)
+
+
+def _uri_to_filename(uri: str) -> str:
+    """How apt names the list files it stores for a URI."""
+    uri = re.sub(r"^[A-Za-z][A-Za-z0-9+.-]*://", "", uri)
+    uri = re.sub(r"^[^/@]*@", "", uri)
+    quoted = "".join(f"%{ord(c):02x}" if c in "\\|{}[]<>\"^~_=!@#$%&*" else c for c in uri)
+    return quoted.replace("/", "_")
+
+
+def list_prefixes(lines: Iterable[str]) -> list[str]:
+    prefixes = []
+    for line in lines:
+        parts = re.sub(r"\[[^\]]*\]", " ", line).split()
+        if len(parts) >= 3 and parts[0] == "deb" and not parts[2].endswith("/"):
+            prefixes.append(_uri_to_filename(f"{parts[1].rstrip('/')}/dists/{parts[2]}/"))
+    return prefixes
+
+
+def write_sources(cfg: AptConfig) -> None:
+    etc = cfg.root / "etc/apt"
+    (etc / "sources.list.d").mkdir(parents=True, exist_ok=True)
+    lines = main_lines(cfg) + extra_lines(cfg)
+    (etc / "sources.list").write_text("# Written by mkosi.\n" + "\n".join(lines) + "\n")
+    for p in repository_directory_files(cfg, (".list", ".sources")):
+        dest = etc / "sources.list.d" / p.name
+        if not dest.exists():
+            shutil.copyfile(p, dest)
+    for p in repository_directory_files(cfg, (".gpg", ".asc")):
+        (etc / "trusted.gpg.d").mkdir(exist_ok=True)
+        dest = etc / "trusted.gpg.d" / p.name
+        if not dest.exists():
+            shutil.copyfile(p, dest)

@@ -18,7 +18,7 @@ from mkosi.installers.apt.debs import Archives, data_member, read_control_archiv
 from mkosi.installers.apt.plan import essential_unpack_order, format_op, plan_without
 from mkosi.installers.apt.repositories import _uri_to_filename, list_prefixes
 from mkosi.installers.apt.root import prepare_root, strip_package_spec, write_extended_states
-from mkosi.installers.apt.unpack import _prune_uncompressed, uncompressed_copies
+from mkosi.installers.apt.unpack import prune_uncompressed, uncompressed_copies
 
 
 def config(tmp_path: Path, **kwargs: Any) -> AptConfig:
@@ -495,10 +495,10 @@ def test_read_control_and_repack(tmp_path: Path) -> None:
     before = copy.stat().st_ino
     assert uncompressed_copies([deb], store)[deb].stat().st_ino == before
     # Dropped once apt's copy is gone.
-    _prune_uncompressed(store, tmp_path)
+    prune_uncompressed(store, tmp_path)
     assert copy.exists()
     deb.unlink()
-    _prune_uncompressed(store, tmp_path)
+    prune_uncompressed(store, tmp_path)
     assert not copy.exists()
 
 

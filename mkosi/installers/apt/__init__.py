@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from mkosi import log
@@ -77,7 +78,7 @@ from mkosi.installers.apt.root import (
     strip_package_spec,
     write_extended_states,
 )
-from mkosi.installers.apt.unpack import decompress_plan, extract
+from mkosi.installers.apt.unpack import Decompressor, extract, prune_uncompressed
 
 __all__ = [
     "DOCS_CONFIG_NAME",
@@ -114,76 +115,110 @@ def install(cfg: AptConfig, packages: Sequence[str]) -> None:
         install_more(cfg, packages)
         return
     keyring = archive_keyring(cfg)
-    root = cfg.root
-    had_sources = (root / "etc/apt/sources.list").exists()
-
+    had_sources = (cfg.root / "etc/apt/sources.list").exists()
     with log.step(f"Installing {cfg.distribution} {cfg.release} ({cfg.architecture})"):
         prepare_root(cfg)
-        empty_status = cfg.workspace.absolute() / "apt/empty-status"
-        empty_status.parent.mkdir(parents=True, exist_ok=True)
-        empty_status.write_text("")
-        apt = setup_apt(cfg, empty_status, keyring)
+        apt = setup_apt(cfg, _empty_status(cfg), keyring)
+        with Decompressor(apt.uncompressed) as decompressor:
+            plan = _resolve(apt, _request(cfg, packages), decompressor)
+            boot = _Bootstrap.of(plan)
+            for deb in [*boot.base, *plan_debs(plan)]:
+                decompressor.submit(deb)
+            _extract_scaffold(cfg.root, decompressor.currents(boot.scaffold))
+            _bootstrap(cfg, apt, boot, decompressor)
+        prune_uncompressed(apt.uncompressed, apt.archives)
+        finish(apt, packages, set(), add_sources=not had_sources)
 
-        request = ["?essential", *packages]
-        if cfg.release not in UNMERGED_RELEASES and "usrmerge" not in packages:
-            # Matches nothing (and is no error) on releases that predate the package.
-            request.append("?exact-name(usr-is-merged)")
-        with cache_locked(apt):
-            update(apt)
-            with log.step("Resolving and downloading packages"):
-                plan = resolve(apt, "install", request, "resolving packages")
-            plan = decompress_plan(apt, plan)
 
+def _empty_status(cfg: AptConfig) -> Path:
+    """A dpkg status file with nothing installed: apt resolves the whole set against it."""
+    path = cfg.workspace.absolute() / "apt/empty-status"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+    return path
+
+
+def _request(cfg: AptConfig, packages: Sequence[str]) -> list[str]:
+    request = ["?essential", *packages]
+    if cfg.release not in UNMERGED_RELEASES and "usrmerge" not in packages:
+        # Matches nothing (and is no error) on releases that predate the package.
+        request.append("?exact-name(usr-is-merged)")
+    return request
+
+
+def _resolve(apt: HostApt, request: Sequence[str], decompressor: Decompressor) -> list[DpkgOp]:
+    """Refresh the lists, resolve and download; packages are decompressed as their download completes."""
+    with cache_locked(apt):
+        update(apt)
+        with log.step("Resolving and downloading packages"), decompressor.watching(apt.archives):
+            return resolve(apt, "install", request, "resolving packages")
+
+
+@dataclass(frozen=True)
+class _Bootstrap:
+    """apt's plan for a new root, split the way it is installed (paths are those of apt's cache)."""
+    plan: list[DpkgOp]
+    controls: dict[str, dict[str, str]]     # .deb path -> its control stanza
+    base: list[Path]                        # the essential closure, in unpack order
+    scaffold: list[Path]                    # what dpkg-deb extracts so that dpkg can run
+    rest: list[DpkgOp]                      # the plan without the essential closure
+    count: int                              # packages in the plan
+
+    @classmethod
+    def of(cls, plan: list[DpkgOp]) -> _Bootstrap:
         debs = plan_debs(plan)
         if not debs:
             raise MkosiError("apt planned no packages to install")
         archives = {str(d): read_control_archive(d) for d in debs}
         controls = {k: v[0] for k, v in archives.items()}
         essential = essential_closure(controls)
-        base = [d for d in debs if controls[str(d)]["Package"] in essential]
-        base = essential_unpack_order(base, archives)
-        scaffold = scaffold_debs(base, controls)
-
-        with log.step(f"Extracting {len(scaffold)} packages to run dpkg in the image"):
-            extract(scaffold, root)
-            if not (root / "bin/sh").exists() and not (root / "bin/sh").is_symlink():
-                raise MkosiError("the essential packages provide no /bin/sh")
-
-        with open_chroot(cfg, apt) as chroot:
-            with log.step(f"Installing {len(base)} essential packages"):
-                _unpack_essential(chroot, base, controls)
-                chroot.dpkg(DpkgOp("configure", (), ("--pending",)), extra=["--force-depends"])
-            rest = plan_without(plan, essential, controls)
-            if rest:
-                with log.step(f"Installing {len(debs) - len(base)} more packages"):
-                    for op in rest:
-                        chroot.dpkg(op)
-
-        finish(apt, packages, set(), add_sources=not had_sources)
+        base = essential_unpack_order([d for d in debs if controls[str(d)]["Package"] in essential], archives)
+        return cls(plan=plan, controls=controls, base=base, scaffold=scaffold_debs(base, controls),
+                   rest=plan_without(plan, essential, controls), count=len(debs))
 
 
-def _unpack_essential(chroot: Chroot, base: Sequence[Path], controls: dict[str, dict[str, str]]) -> None:
+def _extract_scaffold(root: Path, scaffold: Sequence[Path]) -> None:
+    with log.step(f"Extracting {len(scaffold)} packages to run dpkg in the image"):
+        extract(scaffold, root)
+        if not (root / "bin/sh").exists() and not (root / "bin/sh").is_symlink():
+            raise MkosiError("the essential packages provide no /bin/sh")
+
+
+def _bootstrap(cfg: AptConfig, apt: HostApt, boot: _Bootstrap, decompressor: Decompressor) -> None:
+    """The image's dpkg installs the essential set, then replays the rest of apt's plan."""
+    with open_chroot(cfg, apt) as chroot:
+        with log.step(f"Installing {len(boot.base)} essential packages"):
+            _unpack_essential(chroot, boot, decompressor)
+            chroot.dpkg(DpkgOp("configure", (), ("--pending",)), extra=["--force-depends"])
+        if boot.rest:
+            with log.step(f"Installing {boot.count - len(boot.base)} more packages"):
+                for op in boot.rest:
+                    chroot.dpkg(decompressor.map_op(op))
+
+
+def _unpack_essential(chroot: Chroot, boot: _Bootstrap, decompressor: Decompressor) -> None:
     """Unpack the essential set with the image's dpkg, forcing their mutual dependencies (they are not
     configured yet). Should a preinst fail because an essential package it uses (without declaring it,
     as it may) was not unpacked yet, fall back to the traditional bootstrap: extract all of the remaining
     essential packages with dpkg-deb, then let dpkg unpack them over that."""
     try:
-        chroot.dpkg(DpkgOp("unpack", (), tuple(str(d) for d in base)), extra=["--force-depends"])
+        chroot.dpkg(DpkgOp("unpack", (), tuple(map(str, decompressor.currents(boot.base)))),
+                    extra=["--force-depends"])
         return
     except MkosiError as e:
         first_error = e
     done = {p.name for p in installed_packages(chroot.root) if p.status in ("unpacked", "installed")}
-    remaining = [d for d in base if controls[str(d)]["Package"] not in done]
+    remaining = decompressor.currents(d for d in boot.base if boot.controls[str(d)]["Package"] not in done)
     log.info(f"Unpacking the essential set failed ({first_error}); "
              f"extracting the {len(remaining)} remaining packages first and trying again")
     extract(remaining, chroot.root, mounted=True)
-    chroot.dpkg(DpkgOp("unpack", (), tuple(str(d) for d in remaining)), extra=["--force-depends"])
+    chroot.dpkg(DpkgOp("unpack", (), tuple(map(str, remaining))), extra=["--force-depends"])
 
 
-def _replay(cfg: AptConfig, apt: HostApt, plan: Sequence[DpkgOp]) -> None:
+def _replay(cfg: AptConfig, apt: HostApt, plan: Sequence[DpkgOp], decompressor: Decompressor) -> None:
     with open_chroot(cfg, apt) as chroot:
         for op in plan:
-            chroot.dpkg(op)
+            chroot.dpkg(decompressor.map_op(op))
 
 
 def install_more(cfg: AptConfig, packages: Sequence[str]) -> None:
@@ -198,11 +233,16 @@ def install_more(cfg: AptConfig, packages: Sequence[str]) -> None:
     before = {p.name for p in installed_packages(cfg.root)}
     with log.step(f"Installing {', '.join(packages)}"):
         apt = setup_apt(cfg, cfg.root / "var/lib/dpkg/status", keyring)
-        with cache_locked(apt):
-            update(apt)
-            plan = decompress_plan(apt, resolve(apt, "install", packages, "resolving packages"))
-        if plan:
-            _replay(cfg, apt, plan)
+        with Decompressor(apt.uncompressed) as decompressor:
+            with cache_locked(apt):
+                update(apt)
+                with decompressor.watching(apt.archives):
+                    plan = resolve(apt, "install", packages, "resolving packages")
+            for deb in plan_debs(plan):
+                decompressor.submit(deb)
+            if plan:
+                _replay(cfg, apt, plan, decompressor)
+        prune_uncompressed(apt.uncompressed, apt.archives)
         finish(apt, packages, before, add_sources=False)
 
 
@@ -221,6 +261,7 @@ def remove(cfg: AptConfig, packages: Sequence[str]) -> None:
         apt = setup_apt(cfg, cfg.root / "var/lib/dpkg/status", archive_keyring(cfg))
         plan = resolve(apt, "purge", wanted, "removing packages", downloads=False)
         if plan:
-            _replay(cfg, apt, plan)
+            with Decompressor(apt.uncompressed) as decompressor:
+                _replay(cfg, apt, plan, decompressor)
         if (cfg.root / "var/lib/apt/extended_states").exists():
             write_extended_states(cfg.root, cfg.architecture, set(), installed)

@@ -34,35 +34,10 @@ class HostApt:
     lock_file: Optional[Path] = None
 
 
-def setup_apt(cfg: AptConfig, status: Path, keyring: Path) -> HostApt:
-    ws = cfg.workspace.absolute() / "apt"
-    etc = ws / "etc"
-    for d in ("apt.conf.d", "preferences.d", "sources.list.d", "trusted.gpg.d"):
-        (etc / d).mkdir(parents=True, exist_ok=True)
-    for d in ("state", "cache", "log"):
-        (ws / d).mkdir(parents=True, exist_ok=True)
-
-    lock_file = None
-    if cfg.cache_dir is not None:
-        base = cfg.cache_dir.absolute() / "apt"
-        lock_file = base / "lock"
-    else:
-        base = ws
-    lists, archives = base / "lists", base / "archives"
-    (lists / "partial").mkdir(parents=True, exist_ok=True)
-    (archives / "partial").mkdir(parents=True, exist_ok=True)
-
-    shutil.copyfile(keyring, etc / "trusted.gpg.d" / keyring.name)
-    for p in repository_directory_files(cfg, (".gpg", ".asc")):
-        shutil.copyfile(p, etc / "trusted.gpg.d" / p.name)
-    for p in repository_directory_files(cfg, (".list", ".sources")):
-        shutil.copyfile(p, etc / "sources.list.d" / p.name)
-    (etc / "sources.list").write_text("\n".join(main_lines(cfg) + extra_lines(cfg)) + "\n")
-
-    def q(p: Union[Path, str]) -> str:
-        return '"' + str(p).replace('"', '\\"') + '"'
-
-    settings: dict[str, Union[str, Path]] = {
+def _apt_settings(cfg: AptConfig, ws: Path, base: Path, status: Path) -> dict[str, Union[str, Path]]:
+    """apt's configuration: every directory it reads or writes is the workspace's or the cache's."""
+    etc, lists, archives = ws / "etc", base / "lists", base / "archives"
+    return {
         "Dir": "/",
         "Dir::Etc": etc,
         "Dir::Etc::Main": etc / "apt.conf",
@@ -101,18 +76,43 @@ def setup_apt(cfg: AptConfig, status: Path, keyring: Path) -> HostApt:
         "Dpkg::Install::Recursive::Minimum": "1000000",
         "quiet": "1",
     }
-    text = "".join(f"{k} {q(v)};\n" for k, v in settings.items())
-    text += f"APT::Architectures {{ {q(cfg.architecture)}; }};\n"
-    conf = ws / "apt.conf"
-    conf.write_text(text)
 
-    env = {
-        "APT_CONFIG": str(conf),
-        "LC_ALL": "C.UTF-8",
-        "DEBIAN_FRONTEND": "noninteractive",
-    }
-    return HostApt(cfg=cfg, conf=conf, lists=lists, archives=archives, uncompressed=base / "uncompressed",
-                status=status, env=env, lock_file=lock_file)
+
+def _apt_conf_text(settings: dict[str, Union[str, Path]], architecture: str) -> str:
+    def q(p: Union[Path, str]) -> str:
+        return '"' + str(p).replace('"', '\\"') + '"'
+
+    text = "".join(f"{k} {q(v)};\n" for k, v in settings.items())
+    return text + f"APT::Architectures {{ {q(architecture)}; }};\n"
+
+
+def _write_sources_and_keys(cfg: AptConfig, etc: Path, keyring: Path) -> None:
+    shutil.copyfile(keyring, etc / "trusted.gpg.d" / keyring.name)
+    for p in repository_directory_files(cfg, (".gpg", ".asc")):
+        shutil.copyfile(p, etc / "trusted.gpg.d" / p.name)
+    for p in repository_directory_files(cfg, (".list", ".sources")):
+        shutil.copyfile(p, etc / "sources.list.d" / p.name)
+    (etc / "sources.list").write_text("\n".join(main_lines(cfg) + extra_lines(cfg)) + "\n")
+
+
+def setup_apt(cfg: AptConfig, status: Path, keyring: Path) -> HostApt:
+    ws = cfg.workspace.absolute() / "apt"
+    etc = ws / "etc"
+    for d in ("apt.conf.d", "preferences.d", "sources.list.d", "trusted.gpg.d"):
+        (etc / d).mkdir(parents=True, exist_ok=True)
+    for d in ("state", "cache", "log"):
+        (ws / d).mkdir(parents=True, exist_ok=True)
+    # With a cache, lists and packages live there (shared by builds, serialized by its lock).
+    base = cfg.cache_dir.absolute() / "apt" if cfg.cache_dir is not None else ws
+    lock_file = base / "lock" if cfg.cache_dir is not None else None
+    for d in ("lists", "archives"):
+        (base / d / "partial").mkdir(parents=True, exist_ok=True)
+    _write_sources_and_keys(cfg, etc, keyring)
+    conf = ws / "apt.conf"
+    conf.write_text(_apt_conf_text(_apt_settings(cfg, ws, base, status), cfg.architecture))
+    env = {"APT_CONFIG": str(conf), "LC_ALL": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"}
+    return HostApt(cfg=cfg, conf=conf, lists=base / "lists", archives=base / "archives",
+                   uncompressed=base / "uncompressed", status=status, env=env, lock_file=lock_file)
 
 
 @contextlib.contextmanager

@@ -6,15 +6,15 @@ import contextlib
 import lzma
 import os
 import shlex
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from mkosi import log
 from mkosi.errors import MkosiError
 from mkosi.installers.apt.chroot import HELPER_DIR
 from mkosi.installers.apt.debs import data_member
-from mkosi.installers.apt.hostapt import HostApt
-from mkosi.installers.apt.plan import DpkgOp, plan_debs
+from mkosi.installers.apt.plan import DpkgOp
 from mkosi.run import require_tool, run
 
 # Never part of the scaffold: dpkg writes what belongs in the image itself.
@@ -69,41 +69,123 @@ def _repack(src: Path, dst: Path) -> None:
             tmp.unlink()
 
 
+def _copy_path(deb: Path, store: Path) -> Path:
+    return store / f"{deb.stem}_{deb.stat().st_size}.deb"
+
+
+def _make_copy(deb: Path, dst: Path) -> Path:
+    try:
+        _repack(deb, dst)
+    except OSError as e:
+        log.warn(f"could not store an uncompressed copy of {deb.name} ({e}), using it as it is")
+        return deb
+    return dst
+
+
+def _lower_priority() -> None:
+    """Make a worker thread yield to dpkg: the copies it makes only pay off in later builds."""
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
+def _done(path: Path) -> concurrent.futures.Future[Path]:
+    fut: concurrent.futures.Future[Path] = concurrent.futures.Future()
+    fut.set_result(path)
+    return fut
+
+
+class Decompressor:
+    """Keeps a copy of each xz-compressed package with its file system tarball stored uncompressed.
+
+    The image needs every essential package decompressed twice (the dpkg-deb scaffold, then dpkg) and
+    all others once; with these copies xz runs once per package and cache, and never again on warm
+    builds. Packages that are not xz-compressed (zstd is fast already) are used as they are.
+
+    Copies are made in the background, at a lower priority, as soon as a package is known (while apt is
+    still downloading, see watching()). dpkg never waits for them: current() gives the copy when it is
+    there and the package itself otherwise (dpkg-deb then decompresses it alongside dpkg, as usual), so
+    a cold build spends no time on them and the next build finds them."""
+
+    def __init__(self, store: Path) -> None:
+        store.mkdir(parents=True, exist_ok=True)
+        self.store = store
+        self.pool = concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1), initializer=_lower_priority)
+        self.jobs: dict[Path, concurrent.futures.Future[Path]] = {}
+
+    def __enter__(self) -> Decompressor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Copies not started yet are left for the next build rather than delaying this one.
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, deb: Path) -> None:
+        if deb in self.jobs:
+            return
+        dst = _copy_path(deb, self.store)
+        if dst.exists() and dst.stat().st_mtime_ns == deb.stat().st_mtime_ns:
+            self.jobs[deb] = _done(dst)
+        elif data_member(deb) != "data.tar.xz":
+            self.jobs[deb] = _done(deb)
+        else:
+            self.jobs[deb] = self.pool.submit(_make_copy, deb, dst)
+
+    def current(self, deb: Path) -> Path:
+        """The copy if it is ready, else the package itself (never waits)."""
+        self.submit(deb)
+        job = self.jobs[deb]
+        return job.result() if job.done() and not job.cancelled() else deb
+
+    def currents(self, debs: Iterable[Path]) -> list[Path]:
+        return [self.current(deb) for deb in debs]
+
+    def copies(self, debs: Iterable[Path]) -> list[Path]:
+        """The copies, waiting for them to be made."""
+        debs = list(debs)
+        for deb in debs:
+            self.submit(deb)
+        return [self.jobs[deb].result() for deb in debs]
+
+    def map_op(self, op: DpkgOp) -> DpkgOp:
+        """The dpkg run with each .deb replaced by its copy where that is ready."""
+        if op.action not in ("unpack", "install"):
+            return op
+        return DpkgOp(op.action, op.options, tuple(str(self.current(Path(a))) for a in op.args))
+
+    @contextlib.contextmanager
+    def watching(self, archives: Path, interval: float = 0.05) -> Iterator[None]:
+        """While the body runs (apt downloading), decompress each package apt completes (apt renames a
+        download into `archives` once it is complete and verified)."""
+        known = {p.name for p in archives.glob("*.deb")}
+        stop = threading.Event()
+
+        def poll() -> None:
+            while True:
+                last = stop.is_set()
+                for p in sorted(archives.glob("*.deb")):
+                    if p.name not in known:
+                        known.add(p.name)
+                        self.submit(p)
+                if last:
+                    return
+                stop.wait(interval)
+
+        watcher = threading.Thread(target=poll, name="apt-download-watcher", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            watcher.join()
+
+
 def uncompressed_copies(debs: Sequence[Path], store: Path) -> dict[Path, Path]:
-    """Map each .deb to a copy whose file system tarball is stored uncompressed, made once per package.
-
-    The image needs every essential package decompressed twice (the dpkg-deb scaffold, then dpkg) and all
-    others once; with these copies xz runs once per package and cache, in parallel, and never again on
-    warm builds. Packages that are not xz-compressed (zstd is fast already) are used as they are.
-    """
-    store.mkdir(parents=True, exist_ok=True)
-    result: dict[Path, Path] = {}
-    todo: list[tuple[Path, Path]] = []
-    for deb in debs:
-        st = deb.stat()
-        dst = store / f"{deb.stem}_{st.st_size}.deb"
-        result[deb] = dst
-        if dst.exists() and dst.stat().st_mtime_ns == st.st_mtime_ns:
-            continue
-        if data_member(deb) != "data.tar.xz":
-            result[deb] = deb
-            continue
-        todo.append((deb, dst))
-    if todo:
-        workers = max(1, min(len(todo), os.cpu_count() or 1))
-        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            futures = {pool.submit(_repack, src, dst): src for src, dst in todo}
-            for fut in concurrent.futures.as_completed(futures):
-                try:
-                    fut.result()
-                except OSError as e:
-                    log.warn(f"could not store an uncompressed copy of {futures[fut].name} ({e}), "
-                             "using it as it is")
-                    result[futures[fut]] = futures[fut]
-    return result
+    """Map each .deb to its copy with an uncompressed file system tarball (see Decompressor)."""
+    with Decompressor(store) as decompressor:
+        return dict(zip(debs, decompressor.copies(debs)))
 
 
-def _prune_uncompressed(store: Path, archives: Path) -> None:
+def prune_uncompressed(store: Path, archives: Path) -> None:
     """Drop uncompressed copies whose package is no longer in apt's cache."""
     for p in store.glob("*.deb"):
         if not (archives / (p.name.rsplit("_", 1)[0] + ".deb")).exists():
@@ -139,14 +221,3 @@ def extract(debs: Sequence[Path], root: Path, mounted: bool = False) -> None:
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         for fut in [pool.submit(one, b) for b in buckets if b]:
             fut.result()
-
-
-def decompress_plan(apt: HostApt, plan: Sequence[DpkgOp]) -> list[DpkgOp]:
-    """The plan with each .deb replaced by its copy with an uncompressed file system tarball."""
-    debs = plan_debs(plan)
-    if not debs:
-        return list(plan)
-    with log.step("Decompressing packages"):
-        mapping = {str(k): str(v) for k, v in uncompressed_copies(debs, apt.uncompressed).items()}
-        _prune_uncompressed(apt.uncompressed, apt.archives)
-    return [DpkgOp(op.action, op.options, tuple(mapping.get(a, a) for a in op.args)) for op in plan]

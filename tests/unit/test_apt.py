@@ -6,6 +6,7 @@ import fnmatch
 import io
 import lzma
 import tarfile
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
@@ -13,12 +14,12 @@ import pytest
 
 from mkosi.errors import MkosiError
 from mkosi.installers import apt
-from mkosi.installers.apt import AptConfig, DpkgOp
+from mkosi.installers.apt import AptConfig, DpkgOp, unpack
 from mkosi.installers.apt.debs import Archives, data_member, read_control_archive
 from mkosi.installers.apt.plan import essential_unpack_order, format_op, plan_without
 from mkosi.installers.apt.repositories import _uri_to_filename, list_prefixes
 from mkosi.installers.apt.root import prepare_root, strip_package_spec, write_extended_states
-from mkosi.installers.apt.unpack import prune_uncompressed, uncompressed_copies
+from mkosi.installers.apt.unpack import Decompressor, prune_uncompressed, uncompressed_copies
 
 
 def config(tmp_path: Path, **kwargs: Any) -> AptConfig:
@@ -500,6 +501,56 @@ def test_read_control_and_repack(tmp_path: Path) -> None:
     deb.unlink()
     prune_uncompressed(store, tmp_path)
     assert not copy.exists()
+
+
+
+def test_decompressor_never_makes_dpkg_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Until its copy is made, dpkg gets the package itself; afterwards the copy."""
+    deb = tmp_path / "hello_1.0_amd64.deb"
+    make_deb(deb, "Package: hello\nVersion: 1.0\n", {"./usr/bin/hello": b"hi\n"})
+    release = threading.Event()
+    real_repack = unpack._repack
+
+    def slow_repack(src: Path, dst: Path) -> None:
+        release.wait(10)
+        real_repack(src, dst)
+
+    monkeypatch.setattr(unpack, "_repack", slow_repack)
+    with Decompressor(tmp_path / "store") as decompressor:
+        op = DpkgOp("unpack", ("--no-triggers",), (str(deb),))
+        assert decompressor.map_op(op) == op
+        release.set()
+        copy = decompressor.copies([deb])[0]
+        assert copy != deb and data_member(copy) == "data.tar"
+        assert decompressor.map_op(op) == DpkgOp("unpack", ("--no-triggers",), (str(copy),))
+        configure = DpkgOp("configure", (), ("--pending",))
+        assert decompressor.map_op(configure) == configure
+    # A later build finds the copy at once.
+    with Decompressor(tmp_path / "store") as decompressor:
+        assert decompressor.current(deb) == copy
+
+
+def test_decompressor_uses_packages_without_xz_as_they_are(tmp_path: Path) -> None:
+    deb = tmp_path / "plain_1.0_all.deb"
+    deb.write_bytes(b"!<arch>\n" + ar_member("debian-binary", b"2.0\n") + ar_member("data.tar", tar_bytes({})))
+    with Decompressor(tmp_path / "store") as decompressor:
+        assert decompressor.current(deb) == deb
+    assert not list((tmp_path / "store").iterdir())
+
+
+def test_decompressor_watches_downloads(tmp_path: Path) -> None:
+    """Packages apt completes while the body runs are decompressed; those already cached are not."""
+    archives = tmp_path / "archives"
+    (archives / "partial").mkdir(parents=True)
+    old = archives / "old_1.0_amd64.deb"
+    make_deb(old, "Package: old\nVersion: 1.0\n", {"./old": b"x"})
+    new = archives / "new_1.0_amd64.deb"
+    with Decompressor(tmp_path / "store") as decompressor:
+        with decompressor.watching(archives, interval=0.01):
+            make_deb(archives / "partial" / new.name, "Package: new\nVersion: 1.0\n", {"./new": b"y"})
+            (archives / "partial" / new.name).rename(new)
+        assert set(decompressor.jobs) == {new}
+        assert decompressor.copies([new])[0].parent == tmp_path / "store"
 
 
 PLAN = """\

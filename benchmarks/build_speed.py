@@ -10,6 +10,13 @@ Cases (pick with --cases, default all):
               from dist-packages; its /usr/bin/mkosi wrapper is diverted out of PATH
               (dpkg-divert) so that `mkosi` never means the old one. Both use the same mirror
               and an empty package cache; our build's main steps are printed with their times.
+  sizes       cold and warm directory builds for three package-set sizes (small, medium, large), each
+              next to mmdebstrap and to the floor the script measures itself: downloading the same
+              .debs (index plus 8 parallel fetches) and extracting them all in parallel (one
+              dpkg-deb | tar pipeline per core); warm floor = revalidating the index plus that
+              extraction. --rounds interleaved rounds (fresh caches each), medians printed with the
+              1-minute load average seen during the runs. --baseline DIR also times another mkosi
+              source tree (e.g. an export of main) in the same rounds, for --baseline-sizes.
   incremental a two-phase build with mkosi.build: warm rebuild after touching one source file,
               and a rebuild with nothing changed (both with -i and a filled cache)
 
@@ -19,9 +26,12 @@ Run as root. Prints one line per measurement and the ratios the project's target
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
+import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,8 +74,8 @@ def run_timed(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] |
     return elapsed
 
 
-def mkosi(directory: Path, *argv: str) -> float:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def mkosi(directory: Path, *argv: str, repo: Path = REPO) -> float:
+    env = {**os.environ, "PYTHONPATH": str(repo)}
     return run_timed([sys.executable, "-m", "mkosi", "-C", str(directory), *argv], env=env)
 
 
@@ -184,14 +194,204 @@ def case_incremental(base: Path) -> None:
     print(f"targets: one-file change <= 10 s ({touched:.1f}), nothing changed <= 2 s ({unchanged:.1f})")
 
 
-CASES = {"directory": case_directory, "gpt_ext4": case_gpt, "incremental": case_incremental}
+SMALL = "systemd,udev"
+MEDIUM = SMALL + ",dbus,kmod,iproute2,iputils-ping,procps,less,vim-tiny,openssh-server,sudo"
+LARGE = MEDIUM + ",python3,curl,gnupg,man-db,locales,rsync,strace,git"
+SIZES = {"small": SMALL, "medium": MEDIUM, "large": LARGE}
+OPTIONS: dict[str, object] = {"rounds": 3, "sizes": list(SIZES), "baseline": None, "baseline_sizes": ["small"]}
+
+
+def load() -> float:
+    return os.getloadavg()[0]
+
+
+def list_mirror(list_file: str) -> str:
+    """The mirror URL an apt list file name stands for (deb.debian.org_debian_dists_... -> http://...)."""
+    return "http://" + list_file.partition("_dists_")[0].replace("_", "/")
+
+
+def packages_index(lists: Path) -> dict[tuple[str, str, str], str]:
+    """(package, version, architecture) -> download URL, from the lists of a build's package cache."""
+    urls = {}
+    for f in lists.glob("*_Packages"):
+        mirror = list_mirror(f.name)
+        for stanza in f.read_text(errors="replace").split("\n\n"):
+            fields = dict(re.findall(r"^(Package|Version|Architecture|Filename): (\S+)", stanza, re.M))
+            if len(fields) == 4:
+                urls[(fields["Package"], fields["Version"], fields["Architecture"])] = f"{mirror}/{fields['Filename']}"
+    return urls
+
+
+def cached_debs(cache: Path) -> tuple[Path, list[Path]]:
+    """The lists directory and the .debs of a mkosi package cache filled by one cold build."""
+    apt_dir = next(cache.glob("*/apt"))
+    return apt_dir / "lists", sorted((apt_dir / "archives").glob("*.deb"))
+
+
+def deb_urls(cache: Path) -> list[str]:
+    lists, debs = cached_debs(cache)
+    index = packages_index(lists)
+    urls = []
+    for deb in debs:
+        name, version, arch = deb.stem.split("_")
+        urls.append(index[(name, version.replace("%3a", ":"), arch)])
+    return urls
+
+
+def index_urls(lists: Path) -> list[str]:
+    """What `apt-get update` fetches for these lists: each suite's InRelease and its Packages.xz."""
+    urls = []
+    for f in lists.glob("*_InRelease"):
+        base = list_mirror(f.name) + "/dists/" + f.name.partition("_dists_")[2].removesuffix("_InRelease")
+        urls.append(f"{base}/InRelease")
+        urls += [f"{list_mirror(p.name)}/dists/{p.name.partition('_dists_')[2].replace('_', '/')}.xz"
+                 for p in lists.glob(f.name.removesuffix("InRelease") + "*_Packages")]
+    return urls
+
+
+def curl_parallel(urls: list[str], dest: Path, extra: tuple[str, ...] = ()) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    # Named after the whole URL: every suite has its own InRelease and Packages.xz.
+    config = "".join(f'url = "{u}"\noutput = "{dest / u.partition("://")[2].replace("/", "_")}"\n' for u in urls)
+    subprocess.run(["curl", "--silent", "--show-error", "--no-progress-meter", "--fail", "--parallel",
+                    "--parallel-max", "8", *extra, "--config", "-"], input=config, text=True, check=True)
+
+
+def extract_parallel(debs: list[Path], root: Path) -> None:
+    """Every package's file system tarball extracted to root, one dpkg-deb | tar pipeline per core."""
+    workers = os.cpu_count() or 1
+    buckets: list[list[Path]] = [[] for _ in range(workers)]
+    sizes = [0] * workers
+    for deb in sorted(debs, key=lambda p: p.stat().st_size, reverse=True):
+        i = sizes.index(min(sizes))
+        buckets[i].append(deb)
+        sizes[i] += deb.stat().st_size
+    root.mkdir(parents=True)
+    script = 'for d; do dpkg-deb --fsys-tarfile "$d"; done | tar -x --ignore-zeros -C "$0" -f -'
+    def one(bucket: list[Path]) -> None:
+        subprocess.run(["sh", "-c", script, str(root), *map(str, bucket)], check=True)
+
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for fut in [pool.submit(one, b) for b in buckets if b]:
+            fut.result()
+
+
+def floor_cold(cache: Path, work: Path) -> float:
+    """Fetch the index and the same .debs as the cold build did, then extract them all (in parallel)."""
+    lists, _ = cached_debs(cache)
+    urls = deb_urls(cache)
+    start = time.monotonic()
+    curl_parallel(index_urls(lists), work / "index")
+    subprocess.run(["xz", "-d", "-T0", *map(str, (work / "index").glob("*.xz"))], check=True)
+    curl_parallel(urls, work / "debs")
+    extract_parallel(sorted((work / "debs").glob("*.deb")), work / "root")
+    return time.monotonic() - start
+
+
+def floor_warm(cache: Path, work: Path) -> float:
+    """Revalidate the index (conditional requests, as apt does) and extract the downloaded .debs again."""
+    lists, _ = cached_debs(cache)
+    shutil.rmtree(work / "root", ignore_errors=True)
+    start = time.monotonic()
+    inrelease = [u for u in index_urls(lists) if u.endswith("/InRelease")]
+    stamp = str(next(lists.glob("*_InRelease")))
+    curl_parallel(inrelease, work / "revalidated", ("-z", stamp))
+    extract_parallel(sorted((work / "debs").glob("*.deb")), work / "root")
+    return time.monotonic() - start
+
+
+def sized_project(base: Path, name: str, packages: str) -> Path:
+    d = project(base, name, "directory", cache=True)
+    text = (d / "mkosi.default").read_text().replace("Packages=systemd,udev", f"Packages={packages}")
+    (d / "mkosi.default").write_text(text)
+    return d
+
+
+def reset_cache(d: Path) -> None:
+    shutil.rmtree(d / "mkosi.cache")
+    (d / "mkosi.cache").mkdir()
+
+
+def one_round(base: Path, size: str, results: dict[str, list[tuple[float, float]]]) -> None:
+    """One interleaved round for one package set: every tool once, each cold from an empty cache."""
+    packages = SIZES[size]
+    trees = {"mkosi": REPO}
+    if OPTIONS["baseline"] and size in list(OPTIONS["baseline_sizes"]):  # type: ignore[call-overload]
+        trees["baseline"] = Path(str(OPTIONS["baseline"]))
+    for label, tree in trees.items():
+        d = base / f"{label}-{size}"
+        if not d.exists():
+            sized_project(base, f"{label}-{size}", packages)
+        reset_cache(d)
+        before = load()
+        results.setdefault(f"{label} cold", []).append((mkosi(d, "-f", "build", repo=tree), before))
+        first = len(results[f"{label} cold"]) == 1
+        if label == "mkosi" and first:
+            print_steps()
+        before = load()
+        results.setdefault(f"{label} warm", []).append((mkosi(d, "-f", "build", repo=tree), before))
+        if label == "mkosi" and first:
+            print_steps()
+    cache = base / f"mkosi-{size}" / "mkosi.cache"
+    work = base / f"floor-{size}"
+    shutil.rmtree(work, ignore_errors=True)
+    before = load()
+    results.setdefault("floor cold", []).append((floor_cold(cache, work), before))
+    before = load()
+    results.setdefault("floor warm", []).append((floor_warm(cache, work), before))
+    shutil.rmtree(work, ignore_errors=True)
+    target = base / f"mmdebstrap-{size}"
+    shutil.rmtree(target, ignore_errors=True)
+    before = load()
+    results.setdefault("mmdebstrap", []).append((timed(["mmdebstrap", "--quiet", "--variant=minbase",
+                                                        f"--include={packages}", "bookworm", str(target), MIRROR]),
+                                                  before))
+    shutil.rmtree(target, ignore_errors=True)
+    results.setdefault("packages", []).append((float(len(cached_debs(cache)[1])), 0.0))
+
+
+def median(results: dict[str, list[tuple[float, float]]], key: str) -> tuple[float, float]:
+    return (statistics.median(s for s, _ in results[key]), statistics.median(lo for _, lo in results[key]))
+
+
+def print_size(size: str, results: dict[str, list[tuple[float, float]]]) -> None:
+    n = int(median(results, "packages")[0])
+    runs = len(results["mkosi cold"])
+    print(f"\n{size}: {SIZES[size]} ({n} packages in our image, medians of {runs} rounds, [1-min load])")
+    for key in results:
+        if key != "packages":
+            secs, lo = median(results, key)
+            print(f"  {key:<16} {secs:6.1f} s  [{lo:.1f}]")
+    cold, warm = median(results, "mkosi cold")[0], median(results, "mkosi warm")[0]
+    fcold, fwarm, mm = (median(results, k)[0] for k in ("floor cold", "floor warm", "mmdebstrap"))
+    print(f"  cold/floor = {cold / fcold:.2f} (target <= 2)   warm/warm floor = {warm / fwarm:.2f} (target <= 2)   "
+          f"cold/mmdebstrap = {cold / mm:.2f} (target <= 0.5)")
+
+
+def case_sizes(base: Path) -> None:
+    results: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for r in range(int(str(OPTIONS["rounds"]))):
+        for size in list(OPTIONS["sizes"]):  # type: ignore[call-overload]
+            print(f"round {r + 1}, {size} (load {load():.1f})", flush=True)
+            one_round(base, size, results.setdefault(size, {}))
+    for size, res in results.items():
+        print_size(size, res)
+
+
+CASES = {"directory": case_directory, "gpt_ext4": case_gpt, "incremental": case_incremental, "sizes": case_sizes}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated: " + ", ".join(CASES))
     parser.add_argument("--workdir", default="/var/tmp", help="where to build (default /var/tmp)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds for 'sizes' (default 3)")
+    parser.add_argument("--sizes", default=",".join(SIZES), help="package sets for 'sizes': " + ", ".join(SIZES))
+    parser.add_argument("--baseline", type=Path, help="another mkosi source tree to time in the 'sizes' rounds")
+    parser.add_argument("--baseline-sizes", default="small", help="sets to time --baseline with (default small)")
     opts = parser.parse_args()
+    OPTIONS.update(rounds=opts.rounds, sizes=opts.sizes.split(","), baseline=opts.baseline,
+                   baseline_sizes=opts.baseline_sizes.split(","))
     if os.getuid() != 0:
         sys.exit("run this benchmark as root")
     base = Path(tempfile.mkdtemp(prefix="mkosi-bench-", dir=opts.workdir))

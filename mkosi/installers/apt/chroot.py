@@ -157,29 +157,50 @@ class Chroot:
             raise MkosiError(msg, hint=f"dpkg said:\n{tail}")
 
 
+def _api_mounts(root: Path, package_dirs: dict[Path, str]) -> list[tuple[list[str], Path]]:
+    """What maintainer scripts need mounted (/proc, /sys, /dev) and the package directories, read-only."""
+    mounts: list[tuple[list[str], Path]] = [
+        (["-t", "proc", "-o", "nosuid,nodev,noexec", "proc"], root / "proc"),
+        (["-o", "bind,ro", "/sys"], root / "sys"),
+        (["--bind", "/dev"], root / "dev"),
+    ]
+    mounts += [(["-o", "bind,ro", str(d)], root / inner.lstrip("/")) for d, inner in package_dirs.items()
+               if d.is_dir()]
+    return mounts
+
+
+def _cleanup(root: Path, mounted: Sequence[Path], policy: Optional[Path]) -> None:
+    """Stop what was left running, unmount, drop the policy-rc.d we wrote and the helper directory."""
+    helper = root / HELPER_DIR
+    try:
+        _kill_processes_in(root)
+    finally:
+        for dest in reversed(mounted):
+            _umount(dest)
+        if policy is not None:
+            with contextlib.suppress(FileNotFoundError):
+                policy.unlink()
+        # Never recurse into something still mounted there (the package cache).
+        if _mounts_below(helper):
+            log.warn(f"{helper} is still mounted, leaving it in place")
+        else:
+            shutil.rmtree(helper, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def open_chroot(cfg: AptConfig, apt: HostApt) -> Iterator[Chroot]:
     """Mount what maintainer scripts need, forbid service starts; undo all of it whatever happens."""
     root = cfg.root.absolute()
-    helper = root / HELPER_DIR
-    policy = root / "usr/sbin/policy-rc.d"
-    own_policy = not (policy.exists() or policy.is_symlink())
+    path = root / "usr/sbin/policy-rc.d"
+    policy = None if path.exists() or path.is_symlink() else path  # else the tree brought its own
     mounted: list[Path] = []
-    package_dirs = {apt.archives: f"/{HELPER_DIR}/archives",
-                    apt.uncompressed: f"/{HELPER_DIR}/uncompressed"}
+    package_dirs = {apt.archives: f"/{HELPER_DIR}/archives", apt.uncompressed: f"/{HELPER_DIR}/uncompressed"}
     try:
-        if own_policy:
+        if policy is not None:
             policy.parent.mkdir(parents=True, exist_ok=True)
             policy.write_text(_POLICY_RC_D)
             policy.chmod(0o755)
-        mounts: list[tuple[list[str], Path]] = [
-            (["-t", "proc", "-o", "nosuid,nodev,noexec", "proc"], root / "proc"),
-            (["-o", "bind,ro", "/sys"], root / "sys"),
-            (["--bind", "/dev"], root / "dev"),
-        ]
-        mounts += [(["-o", "bind,ro", str(d)], root / inner.lstrip("/")) for d, inner in package_dirs.items()
-                   if d.is_dir()]
-        for args, dest in mounts:
+        for args, dest in _api_mounts(root, package_dirs):
             dest.mkdir(parents=True, exist_ok=True)
             run(["mount", *args, dest], capture=True)
             mounted.append(dest)
@@ -187,16 +208,4 @@ def open_chroot(cfg: AptConfig, apt: HostApt) -> Iterator[Chroot]:
         chroot.enable_eatmydata(cfg.architecture)
         yield chroot
     finally:
-        try:
-            _kill_processes_in(root)
-        finally:
-            for dest in reversed(mounted):
-                _umount(dest)
-            if own_policy:
-                with contextlib.suppress(FileNotFoundError):
-                    policy.unlink()
-            # Never recurse into something still mounted there (the package cache).
-            if _mounts_below(helper):
-                log.warn(f"{helper} is still mounted, leaving it in place")
-            else:
-                shutil.rmtree(helper, ignore_errors=True)
+        _cleanup(root, mounted, policy)

@@ -207,32 +207,46 @@ def resolve(apt: HostApt, command: str, packages: Sequence[str], what: str,
     next to the cached packages, and used again while all of that stays the same and the planned
     packages are all still cached (the next `apt-get update` that brings a change invalidates it).
     """
-    saved: Optional[Path] = None
-    if apt.lock_file is not None:
-        saved = apt.lock_file.parent / "plans" / f"{_plan_key(apt, command, packages)}.txt"
-        if saved.exists():
-            plan = parse_dpkg_plan(saved.read_text())
-            debs = [Path(a) for op in plan if op.action in ("unpack", "install") for a in op.args]
-            if all(p.exists() for p in debs):
-                if downloads:
-                    log.info("Need to get 0 B of archives (the packages and their resolution are cached)")
-                saved.touch()
-                return plan
-
+    saved = _saved_plan_path(apt, command, packages)
+    plan = _saved_plan(saved) if saved is not None else None
+    if plan is not None:
+        if downloads:
+            log.info("Need to get 0 B of archives (the packages and their resolution are cached)")
+        return plan
     out = _apt_get(apt, [command, "-o", "Debug::pkgDPkgPM=1", "--", *packages], what)
     m = re.search(r"^Need to get (.*) of archives", out, re.M)
     if downloads:
         log.info(f"Need to get {m.group(1) if m else '0 B'} of archives")
     plan = parse_dpkg_plan(out)
-
     if saved is not None:
-        saved.parent.mkdir(exist_ok=True)
-        tmp = saved.with_name(f".{saved.name}.{os.getpid()}")
-        tmp.write_text("".join(format_op(op) + "\n" for op in plan))
-        os.replace(tmp, saved)
-        # Keep the most recently used resolutions only.
-        old = sorted(saved.parent.glob("*.txt"), key=lambda p: p.stat().st_mtime, reverse=True)[32:]
-        for p in old:
-            with contextlib.suppress(OSError):
-                p.unlink()
+        _save_plan(saved, plan)
     return plan
+
+
+def _saved_plan_path(apt: HostApt, command: str, packages: Sequence[str]) -> Optional[Path]:
+    if apt.lock_file is None:
+        return None
+    return apt.lock_file.parent / "plans" / f"{_plan_key(apt, command, packages)}.txt"
+
+
+def _saved_plan(saved: Path) -> Optional[list[DpkgOp]]:
+    """A kept resolution, if there is one and all of its packages are still in the cache."""
+    if not saved.exists():
+        return None
+    plan = parse_dpkg_plan(saved.read_text())
+    if not all(Path(a).exists() for op in plan if op.action in ("unpack", "install") for a in op.args):
+        return None
+    saved.touch()
+    return plan
+
+
+def _save_plan(saved: Path, plan: Sequence[DpkgOp]) -> None:
+    saved.parent.mkdir(exist_ok=True)
+    tmp = saved.with_name(f".{saved.name}.{os.getpid()}")
+    tmp.write_text("".join(format_op(op) + "\n" for op in plan))
+    os.replace(tmp, saved)
+    # Keep the most recently used resolutions only.
+    old = sorted(saved.parent.glob("*.txt"), key=lambda p: p.stat().st_mtime, reverse=True)[32:]
+    for p in old:
+        with contextlib.suppress(OSError):
+            p.unlink()

@@ -9,6 +9,7 @@ import shlex
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from mkosi import log
 from mkosi.errors import MkosiError
@@ -22,6 +23,30 @@ _SCAFFOLD_EXCLUDES = ("./usr/share/doc", "./usr/share/man", "./usr/share/info", 
                       "./usr/lib/*/gconv")
 
 
+def _decompress_member(src: Path, f: BinaryIO, out: BinaryIO, header: bytes, size: int) -> None:
+    """Write the xz-compressed ar member at f's position to out, decompressed, with a corrected header."""
+    start = out.tell()
+    out.write(header)  # placeholder, the size is only known afterwards
+    decompressor = lzma.LZMADecompressor()
+    left, written = size, 0
+    while left:
+        chunk = f.read(min(left, 1 << 20))
+        if not chunk:
+            raise MkosiError(f"{src} is truncated")
+        left -= len(chunk)
+        data = decompressor.decompress(chunk)
+        out.write(data)
+        written += len(data)
+    if written & 1:
+        out.write(b"\n")
+    if size & 1:
+        f.read(1)
+    end = out.tell()
+    out.seek(start)
+    out.write(b"data.tar".ljust(16) + header[16:48] + str(written).encode().ljust(10) + header[58:60])
+    out.seek(end)
+
+
 def _repack(src: Path, dst: Path) -> None:
     """Copy a .deb with its data.tar.xz member stored uncompressed (control and everything else as is)."""
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
@@ -30,37 +55,13 @@ def _repack(src: Path, dst: Path) -> None:
             if f.read(8) != b"!<arch>\n":
                 raise MkosiError(f"{src} is not a Debian package")
             out.write(b"!<arch>\n")
-            while True:
-                header = f.read(60)
-                if len(header) < 60:
-                    break
-                name = header[:16].rstrip()
+            while len(header := f.read(60)) == 60:
                 size = int(header[48:58].decode("ascii").strip())
-                if name.rstrip(b"/") != b"data.tar.xz":
+                if header[:16].rstrip().rstrip(b"/") == b"data.tar.xz":
+                    _decompress_member(src, f, out, header, size)
+                else:
                     out.write(header)
                     out.write(f.read(size + (size & 1)))
-                    continue
-                start = out.tell()
-                out.write(header)  # placeholder, the size is only known afterwards
-                decompressor = lzma.LZMADecompressor()
-                left, written = size, 0
-                while left:
-                    chunk = f.read(min(left, 1 << 20))
-                    if not chunk:
-                        raise MkosiError(f"{src} is truncated")
-                    left -= len(chunk)
-                    data = decompressor.decompress(chunk)
-                    out.write(data)
-                    written += len(data)
-                if written & 1:
-                    out.write(b"\n")
-                if size & 1:
-                    f.read(1)
-                end = out.tell()
-                out.seek(start)
-                size_field = str(written).encode().ljust(10)
-                out.write(b"data.tar".ljust(16) + header[16:48] + size_field + header[58:60])
-                out.seek(end)
         st = src.stat()
         os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
         os.replace(tmp, dst)

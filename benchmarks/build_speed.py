@@ -196,7 +196,7 @@ def case_incremental(base: Path) -> None:
 
 SMALL = "systemd,udev"
 MEDIUM = SMALL + ",dbus,kmod,iproute2,iputils-ping,procps,less,vim-tiny,openssh-server,sudo"
-LARGE = MEDIUM + ",python3,curl,gnupg,man-db,locales,rsync,strace,git"
+LARGE = MEDIUM + ",python3,curl,man-db,rsync"
 SIZES = {"small": SMALL, "medium": MEDIUM, "large": LARGE}
 OPTIONS: dict[str, object] = {"rounds": 3, "sizes": list(SIZES), "baseline": None, "baseline_sizes": ["small"]}
 
@@ -312,7 +312,16 @@ def reset_cache(d: Path) -> None:
     (d / "mkosi.cache").mkdir()
 
 
-def one_round(base: Path, size: str, results: dict[str, list[tuple[float, float]]]) -> None:
+class Results(dict[str, list[tuple[float, float]]]):
+    """Measurement name -> (seconds, 1-minute load before the run) per round; printed as they come."""
+
+    def add(self, key: str, seconds: float, load_before: float) -> None:
+        self.setdefault(key, []).append((seconds, load_before))
+        if key != "packages":
+            print(f"    {key:<16} {seconds:6.1f} s  [load {load_before:.1f}]", flush=True)
+
+
+def one_round(base: Path, size: str, results: Results) -> None:
     """One interleaved round for one package set: every tool once, each cold from an empty cache."""
     packages = SIZES[size]
     trees = {"mkosi": REPO}
@@ -324,30 +333,29 @@ def one_round(base: Path, size: str, results: dict[str, list[tuple[float, float]
             sized_project(base, f"{label}-{size}", packages)
         reset_cache(d)
         before = load()
-        results.setdefault(f"{label} cold", []).append((mkosi(d, "-f", "build", repo=tree), before))
+        results.add(f"{label} cold", mkosi(d, "-f", "build", repo=tree), before)
         first = len(results[f"{label} cold"]) == 1
         if label == "mkosi" and first:
             print_steps()
         before = load()
-        results.setdefault(f"{label} warm", []).append((mkosi(d, "-f", "build", repo=tree), before))
+        results.add(f"{label} warm", mkosi(d, "-f", "build", repo=tree), before)
         if label == "mkosi" and first:
             print_steps()
     cache = base / f"mkosi-{size}" / "mkosi.cache"
     work = base / f"floor-{size}"
     shutil.rmtree(work, ignore_errors=True)
     before = load()
-    results.setdefault("floor cold", []).append((floor_cold(cache, work), before))
+    results.add("floor cold", floor_cold(cache, work), before)
     before = load()
-    results.setdefault("floor warm", []).append((floor_warm(cache, work), before))
+    results.add("floor warm", floor_warm(cache, work), before)
     shutil.rmtree(work, ignore_errors=True)
     target = base / f"mmdebstrap-{size}"
     shutil.rmtree(target, ignore_errors=True)
     before = load()
-    results.setdefault("mmdebstrap", []).append((timed(["mmdebstrap", "--quiet", "--variant=minbase",
-                                                        f"--include={packages}", "bookworm", str(target), MIRROR]),
-                                                  before))
+    argv = ["mmdebstrap", "--quiet", "--variant=minbase", f"--include={packages}", "bookworm", str(target), MIRROR]
+    results.add("mmdebstrap", timed(argv), before)
     shutil.rmtree(target, ignore_errors=True)
-    results.setdefault("packages", []).append((float(len(cached_debs(cache)[1])), 0.0))
+    results.add("packages", float(len(cached_debs(cache)[1])), 0.0)
 
 
 def median(results: dict[str, list[tuple[float, float]]], key: str) -> tuple[float, float]:
@@ -369,11 +377,11 @@ def print_size(size: str, results: dict[str, list[tuple[float, float]]]) -> None
 
 
 def case_sizes(base: Path) -> None:
-    results: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    results: dict[str, Results] = {}
     for r in range(int(str(OPTIONS["rounds"]))):
         for size in list(OPTIONS["sizes"]):  # type: ignore[call-overload]
             print(f"round {r + 1}, {size} (load {load():.1f})", flush=True)
-            one_round(base, size, results.setdefault(size, {}))
+            one_round(base, size, results.setdefault(size, Results()))
     for size, res in results.items():
         print_size(size, res)
 

@@ -530,6 +530,33 @@ def test_decompressor_never_makes_dpkg_wait(tmp_path: Path, monkeypatch: pytest.
         assert decompressor.current(deb) == copy
 
 
+def test_decompressor_makes_the_essential_copies_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    debs = []
+    for name in ("a", "b", "c", "d"):
+        debs.append(tmp_path / f"{name}_1.0_amd64.deb")
+        make_deb(debs[-1], f"Package: {name}\nVersion: 1.0\n", {f"./{name}": b"x"})
+    order: list[str] = []
+    started, release = threading.Event(), threading.Event()
+
+    def recording(deb: Path, dst: Path) -> Path:
+        started.set()
+        release.wait(10)
+        order.append(deb.name[0])
+        return deb
+
+    monkeypatch.setattr(unpack, "_make_copy", recording)
+    monkeypatch.setattr(unpack.os, "cpu_count", lambda: 1)
+    with Decompressor(tmp_path / "store") as decompressor:
+        for deb in debs:
+            decompressor.submit(deb)
+        started.wait(10)
+        decompressor.first([debs[3], debs[2]])
+        release.set()
+        assert decompressor.copies(debs) == debs
+    # "a" was being made already; the others in the order asked for, then the rest.
+    assert order == ["a", "d", "c", "b"]
+
+
 def test_decompressor_uses_packages_without_xz_as_they_are(tmp_path: Path) -> None:
     deb = tmp_path / "plain_1.0_all.deb"
     deb.write_bytes(b"!<arch>\n" + ar_member("debian-binary", b"2.0\n") + ar_member("data.tar", tar_bytes({})))

@@ -122,9 +122,8 @@ def install(cfg: AptConfig, packages: Sequence[str]) -> None:
         with Decompressor(apt.uncompressed) as decompressor:
             plan = _resolve(apt, _request(cfg, packages), decompressor)
             boot = _Bootstrap.of(plan)
-            for deb in [*boot.base, *plan_debs(plan)]:
-                decompressor.submit(deb)
-            _extract_scaffold(cfg.root, decompressor.currents(boot.scaffold))
+            decompressor.first([*boot.scaffold, *boot.base, *plan_debs(plan)])
+            _extract_scaffold(cfg.root, decompressor.copies(boot.scaffold))
             _bootstrap(cfg, apt, boot, decompressor)
         prune_uncompressed(apt.uncompressed, apt.archives)
         finish(apt, packages, set(), add_sources=not had_sources)
@@ -202,13 +201,13 @@ def _unpack_essential(chroot: Chroot, boot: _Bootstrap, decompressor: Decompress
     as it may) was not unpacked yet, fall back to the traditional bootstrap: extract all of the remaining
     essential packages with dpkg-deb, then let dpkg unpack them over that."""
     try:
-        chroot.dpkg(DpkgOp("unpack", (), tuple(map(str, decompressor.currents(boot.base)))),
+        chroot.dpkg(DpkgOp("unpack", (), tuple(map(str, decompressor.copies(boot.base)))),
                     extra=["--force-depends"])
         return
     except MkosiError as e:
         first_error = e
     done = {p.name for p in installed_packages(chroot.root) if p.status in ("unpacked", "installed")}
-    remaining = decompressor.currents(d for d in boot.base if boot.controls[str(d)]["Package"] not in done)
+    remaining = decompressor.copies(d for d in boot.base if boot.controls[str(d)]["Package"] not in done)
     log.info(f"Unpacking the essential set failed ({first_error}); "
              f"extracting the {len(remaining)} remaining packages first and trying again")
     extract(remaining, chroot.root, mounted=True)

@@ -83,12 +83,6 @@ def _make_copy(deb: Path, dst: Path) -> Path:
     return dst
 
 
-def _lower_priority() -> None:
-    """Make a worker thread yield to dpkg: the copies it makes only pay off in later builds."""
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-
-
 def _done(path: Path) -> concurrent.futures.Future[Path]:
     fut: concurrent.futures.Future[Path] = concurrent.futures.Future()
     fut.set_result(path)
@@ -102,15 +96,17 @@ class Decompressor:
     all others once; with these copies xz runs once per package and cache, and never again on warm
     builds. Packages that are not xz-compressed (zstd is fast already) are used as they are.
 
-    Copies are made in the background, at a lower priority, as soon as a package is known (while apt is
-    still downloading, see watching()). dpkg never waits for them: current() gives the copy when it is
-    there and the package itself otherwise (dpkg-deb then decompresses it alongside dpkg, as usual), so
-    a cold build spends no time on them and the next build finds them."""
+    Copies are made in the background, on all cores, as soon as a package is known (while apt is still
+    downloading, see watching()). The essential set is needed first and twice, so its copies come
+    first (first()) and are waited for (copies()); for the packages installed after it, dpkg never
+    waits: current() gives the copy when it is ready and the package itself otherwise (dpkg-deb then
+    decompresses it alongside dpkg, as usual). Their copies are made while dpkg works on the essential
+    set, and the next build finds them all."""
 
     def __init__(self, store: Path) -> None:
         store.mkdir(parents=True, exist_ok=True)
         self.store = store
-        self.pool = concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1), initializer=_lower_priority)
+        self.pool = concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1))
         self.jobs: dict[Path, concurrent.futures.Future[Path]] = {}
 
     def __enter__(self) -> Decompressor:
@@ -130,6 +126,15 @@ class Decompressor:
             self.jobs[deb] = _done(deb)
         else:
             self.jobs[deb] = self.pool.submit(_make_copy, deb, dst)
+
+    def first(self, debs: Sequence[Path]) -> None:
+        """Move these packages to the front of the queue (those whose copy is not being made yet)."""
+        waiting = [deb for deb, job in self.jobs.items() if job.cancel()]
+        wanted = set(debs)
+        for deb in waiting:
+            del self.jobs[deb]
+        for deb in [*(d for d in debs if d in waiting or d not in self.jobs), *(d for d in waiting if d not in wanted)]:
+            self.submit(deb)
 
     def current(self, deb: Path) -> Path:
         """The copy if it is ready, else the package itself (never waits)."""

@@ -98,10 +98,9 @@ class Decompressor:
 
     Copies are made in the background, on all cores, as soon as a package is known (while apt is still
     downloading, see watching()). The essential set is needed first and twice, so its copies come
-    first (first()) and are waited for (copies()); for the packages installed after it, dpkg never
-    waits: current() gives the copy when it is ready and the package itself otherwise (dpkg-deb then
-    decompresses it alongside dpkg, as usual). Their copies are made while dpkg works on the essential
-    set, and the next build finds them all."""
+    first (first()); each dpkg run waits only for the copies of the packages it installs (copies()),
+    so the copies of the packages installed later are made while dpkg works on the essential set.
+    Every package is decompressed once per cache, never twice in one build."""
 
     def __init__(self, store: Path) -> None:
         store.mkdir(parents=True, exist_ok=True)
@@ -113,7 +112,7 @@ class Decompressor:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        # Copies not started yet are left for the next build rather than delaying this one.
+        # On success every copy was used; after a failure, those not started yet are not needed.
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, deb: Path) -> None:
@@ -136,15 +135,6 @@ class Decompressor:
         for deb in [*(d for d in debs if d in waiting or d not in self.jobs), *(d for d in waiting if d not in wanted)]:
             self.submit(deb)
 
-    def current(self, deb: Path) -> Path:
-        """The copy if it is ready, else the package itself (never waits)."""
-        self.submit(deb)
-        job = self.jobs[deb]
-        return job.result() if job.done() and not job.cancelled() else deb
-
-    def currents(self, debs: Iterable[Path]) -> list[Path]:
-        return [self.current(deb) for deb in debs]
-
     def copies(self, debs: Iterable[Path]) -> list[Path]:
         """The copies, waiting for them to be made."""
         debs = list(debs)
@@ -153,10 +143,10 @@ class Decompressor:
         return [self.jobs[deb].result() for deb in debs]
 
     def map_op(self, op: DpkgOp) -> DpkgOp:
-        """The dpkg run with each .deb replaced by its copy where that is ready."""
+        """The dpkg run with each .deb replaced by its copy (waiting for those not made yet)."""
         if op.action not in ("unpack", "install"):
             return op
-        return DpkgOp(op.action, op.options, tuple(str(self.current(Path(a))) for a in op.args))
+        return DpkgOp(op.action, op.options, tuple(map(str, self.copies(Path(a) for a in op.args))))
 
     @contextlib.contextmanager
     def watching(self, archives: Path, interval: float = 0.05) -> Iterator[None]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import graphlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -64,11 +64,11 @@ def _fail(v: Merged, dest: str, message: str, hint: Optional[str] = None) -> Con
                        line=origin.line, setting=setting_label(s, origin), hint=hint)
 
 
-def row_order() -> list[Setting]:
+def row_order(rows: Sequence[Setting] = SETTINGS) -> list[Setting]:
     """The rows, each after the rows its default depends on."""
-    by = {s.dest: s for s in SETTINGS}
+    by = {s.dest: s for s in rows}
     sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
-    for s in SETTINGS:
+    for s in rows:
         sorter.add(s.dest, *s.depends)
     return [by[d] for d in sorter.static_order()]
 
@@ -105,9 +105,10 @@ def resolve_value(v: Merged, s: Setting, r: Resolving) -> Any:
     return s.resolve_fn(value, r) if s.resolve_fn is not None else value
 
 
-def resolve_all(v: Merged, directory: Path, found: dict[str, Path]) -> dict[str, Any]:
+def resolve_all(v: Merged, directory: Path, found: dict[str, Path],
+                rows: Sequence[Setting] = ROW_ORDER) -> dict[str, Any]:
     r = Resolving({}, directory, found)
-    for s in ROW_ORDER:
+    for s in rows:
         r.values[s.dest] = resolve_value(v, s, r)
     return r.values
 

@@ -21,7 +21,7 @@ from mkosi.config.enums import (
     Verity,
     WithNetwork,
 )
-from mkosi.config.ini import lookup_key, normalize_key, parse_ini
+from mkosi.config.ini import Origin, lookup_key, normalize_key, parse_ini
 from mkosi.config.parse import build_parser, parse_command_line
 from mkosi.config.settings import SECTIONS, SETTINGS, Args, Config, default_value
 from mkosi.config.types import ConfigTree, Kind, parse_bool, parse_size
@@ -900,3 +900,22 @@ def test_summary_dict_is_plain_data(wd: Path) -> None:
     assert data["Output"]["BootProtocols"] == ["uefi", "bios"]
     assert data["Content"]["ExtraTrees"] == [{"Source": str(wd / "mkosi.extra"), "Target": None}]
 
+
+
+def test_a_made_up_setting_with_a_computed_default_is_one_row(wd: Path) -> None:
+    """The generic finalize pass needs nothing but the row: its default is computed from the settings it
+    names, after them, and an assignment wins over it."""
+    from mkosi.config.finalize import resolve_all, row_order
+    from mkosi.config.parse import Merged
+    from mkosi.config.types import Setting
+
+    row = Setting(dest="greeting", section="Content", key="Greeting", flags=("--greeting",), kind=Kind.SCALAR,
+                  parse=str, help="made up", default_fn=lambda v: f"hello {v['distribution'].value} {v['release']}",
+                  depends=("release", "distribution"))
+    rows = row_order([row, *SETTINGS])
+    assert rows.index(row) > rows.index(next(s for s in SETTINGS if s.dest == "release"))
+    defaults = {s.dest: default_value(s) for s in SETTINGS}
+    values = resolve_all(Merged({**defaults, "greeting": None}, {}, set()), wd, {}, rows)
+    assert values["greeting"] == "hello debian bookworm"
+    assigned = Merged({**defaults, "greeting": "hi"}, {"greeting": Origin("mkosi.conf", 3)}, set())
+    assert resolve_all(assigned, wd, {}, rows)["greeting"] == "hi"

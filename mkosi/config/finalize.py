@@ -214,6 +214,9 @@ Check = Callable[[CommandLine, Merged, dict[str, Any]], None]
 
 
 def check_format_implemented(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
+    # summary, cat-config and the other verbs that build nothing show such a format as it is written.
+    if not cli.verb.needs_build():
+        return
     if values["format"] in (OutputFormat.oci, OutputFormat.uki, OutputFormat.esp, OutputFormat.sysext,
                             OutputFormat.confext, OutputFormat.portable, OutputFormat.addon, OutputFormat.none):
         raise _fail(v, "format", f"format '{values['format'].value}' is not implemented yet")

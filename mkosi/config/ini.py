@@ -74,7 +74,10 @@ _LEGACY_SECTIONS = {"packages": "Content"}
 _CONDITION_SECTIONS = {s.lower(): s for s in CONDITION_SECTIONS}
 
 # Conditions that test the host or the file system rather than a setting.
-SPECIAL_CONDITIONS = ("PathExists", "SystemdVersion", "HostArchitecture", "Image")
+# BuildSources= compares with the targets of the build sources assigned so far; the tools tree conditions compare
+# with the tools tree settings when they are known, else with the tools tree mkosi would fall back to.
+SPECIAL_CONDITIONS = ("PathExists", "SystemdVersion", "HostArchitecture", "Image", "BuildSources",
+                      "ToolsTreeDistribution", "ToolsTreeRelease")
 
 
 def _rewrite_legacy_value(alias: str, raw: str) -> str:
@@ -173,6 +176,12 @@ def parse_ini(path: Path, text: Optional[str] = None, base: Optional[Path] = Non
         if section in CONDITION_SECTIONS:
             result.conditions.append(_condition(key, maybe_value, origin, section, groups[section]))
             continue
+        if key.startswith("@"):
+            # Older mkosi versions marked a value that later files may override with '@'; every value may be
+            # overridden now, so the prefix changes nothing.
+            log.warn(f"{origin}: the '@' prefix of {key}= is from older mkosi versions and has no effect; "
+                     f"write {key[1:]}=")
+            key = key[1:]
         found = lookup_key(key)
         if found is None:
             near = nearest_key(key)

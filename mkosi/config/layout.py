@@ -23,7 +23,7 @@ from typing import Any, Optional
 from mkosi import log
 from mkosi.config.enums import Distribution
 from mkosi.config.finalize import detect_files, resolve_one
-from mkosi.config.ini import Assignment, Condition, Origin, ParsedFile, parse_ini
+from mkosi.config.ini import Assignment, Condition, Origin, ParsedFile, lookup_key, parse_ini
 from mkosi.config.parse import CommandLine, Merged, merge
 from mkosi.config.settings import SETTINGS
 from mkosi.config.types import Kind, MatchKind, Scope, Setting, try_bool
@@ -304,9 +304,71 @@ def _image(loader: Loader, c: Condition, item: str) -> bool:
     return item == loader.image
 
 
+def _build_source_targets(loader: Loader) -> list[str]:
+    """The targets of BuildSources= as assigned so far (SRC:TARGET, or SRC alone); an empty assignment
+    clears the ones before it."""
+    targets: list[str] = []
+    for a in loader.ordered():
+        if a.setting.key != "BuildSources":
+            continue
+        if not a.raw.strip():
+            targets = []
+        for pair in re.split(r"[,\s]+", a.raw.strip()):
+            if pair:
+                source, _, target = pair.partition(":")
+                targets.append(target or source)
+    return targets
+
+
+def _normalized_target(path: str) -> str:
+    return str(Path("/") / path.strip().strip("/")) if path.strip() else ""
+
+
+def _build_sources(loader: Loader, c: Condition, item: str) -> bool:
+    wanted = _normalized_target(item)
+    return any(_normalized_target(t) == wanted for t in _build_source_targets(loader))
+
+
+def _known_value(loader: Loader, key: str) -> Any:
+    """The current value of the setting named `key`, or None when this mkosi has no such setting."""
+    found = lookup_key(key)
+    return None if found is None else loader.current(found[0].dest)
+
+
+def fallback_tools_tree_distribution() -> Optional[Distribution]:
+    """The tools tree distribution when none is set: the host's, with Ubuntu's being Debian and the RHEL family's
+    Fedora."""
+    host = facts.host_distribution()[0]
+    if host == Distribution.ubuntu:
+        return Distribution.debian
+    if host is not None and host.value.split("_")[0] in ("rhel", "rhel-ubi", "centos", "alma", "rocky"):
+        return Distribution.fedora
+    return host
+
+
+def _tools_tree_distribution(loader: Loader) -> Optional[str]:
+    value = _known_value(loader, "ToolsTreeDistribution")
+    if value is None:
+        value = fallback_tools_tree_distribution()
+    return None if value is None else _plain(value)
+
+
+def _tools_tree_distribution_matches(loader: Loader, c: Condition, item: str) -> bool:
+    return _tools_tree_distribution(loader) == item
+
+
+def _tools_tree_release_matches(loader: Loader, c: Condition, item: str) -> bool:
+    value = _known_value(loader, "ToolsTreeRelease")
+    if value is None:
+        dist = _tools_tree_distribution(loader)
+        value = facts.default_release(Distribution(dist)) if dist in Distribution.values() else None
+    return value is not None and _plain(value) == item
+
+
 SPECIAL_TESTS: dict[str, Callable[[Loader, Condition, str], bool]] = {
     "PathExists": _path_exists, "SystemdVersion": _systemd_version, "HostArchitecture": _host_architecture,
-    "Image": _image,
+    "Image": _image, "BuildSources": _build_sources, "ToolsTreeDistribution": _tools_tree_distribution_matches,
+    "ToolsTreeRelease": _tools_tree_release_matches,
 }
 
 

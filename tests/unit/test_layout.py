@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import mkosi.distributions.facts
 import mkosi.verbs
 from mkosi.config import load_args
 from mkosi.config.enums import Distribution, OutputFormat
@@ -307,3 +308,58 @@ def test_independent_images_build_at_the_same_time(wd: Path, monkeypatch: pytest
     (wd / "fail-b").touch()
     assert mkosi.verbs.build_in_parallel(args, configs) == 1
     assert "start main" not in log.read_text()
+
+
+# ---- cases met in public configuration trees ----
+
+def test_summary_shows_a_format_that_cannot_be_built_yet(wd: Path) -> None:
+    # A sysext sub-image next to a directory base image: summary lists it; only building would stop.
+    write(wd / "mkosi.conf", "[Distribution]\nDistribution=fedora\n")
+    write(wd / "mkosi.images/base/mkosi.conf", "[Output]\nFormat=directory\n")
+    write(wd / "mkosi.images/tools/mkosi.conf", "[Config]\nDependencies=base\n[Output]\nFormat=sysext\n")
+    configs = images()[1]
+    assert [(c.image, c.format) for c in configs] == [
+        ("base", OutputFormat.directory), ("tools", OutputFormat.sysext), ("main", OutputFormat.gpt_ext4)]
+    with pytest.raises(ConfigError, match="'sysext' is not implemented yet"):
+        load_args(["build"])
+
+
+def test_at_prefix_of_older_versions_is_accepted_with_a_warning(wd: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(wd / "mkosi.conf", "[Distribution]\nDistribution=fedora\nRelease=40\n[Output]\nFormat=tar\n")
+    write(wd / "mkosi.conf.d/10-defaults.conf", "[Output]\n@Format=directory\n[Distribution]\n@Release=rawhide\n")
+    config = main_image()
+    # Every value may be overridden now: the prefixed assignment is an ordinary one, read in its turn.
+    assert (config.format, config.release) == (OutputFormat.directory, "rawhide")
+    err = capsys.readouterr().err
+    assert "mkosi.conf.d/10-defaults.conf:2: the '@' prefix of @Format=" in err
+    assert "unknown setting" not in err
+
+
+def test_match_build_sources_by_target(wd: Path) -> None:
+    # "linux:kernel" exists as a directory too, so the test holds whether BuildSources= takes SRC:TARGET pairs
+    # or a single path.
+    (wd / "linux").mkdir()
+    (wd / "linux:kernel").mkdir()
+    write(wd / "mkosi.conf", "[Build]\nBuildSources=linux:kernel\n")
+    write(wd / "mkosi.conf.d/10-kernel.conf", "[Match]\nBuildSources=kernel\n[Content]\nPackages=kernel-tools\n")
+    write(wd / "mkosi.conf.d/11-slash.conf", "[Match]\nBuildSources=/kernel/\n[Content]\nPackages=slash\n")
+    write(wd / "mkosi.conf.d/20-other.conf", "[Match]\nBuildSources=systemd\n[Content]\nPackages=never\n")
+    assert main_image().packages == ["kernel-tools", "slash"]
+
+
+def test_match_build_sources_fails_when_none_are_configured(wd: Path) -> None:
+    write(wd / "mkosi.conf.d/10-kernel.conf", "[Match]\nBuildSources=kernel\n[Content]\nPackages=never\n")
+    write(wd / "mkosi.conf.d/20-not.conf", "[Match]\nBuildSources=!kernel\n[Content]\nPackages=yes\n")
+    assert main_image().packages == ["yes"]
+
+
+def test_match_tools_tree_distribution_falls_back_to_the_host(wd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(wd / "mkosi.conf.d/10-debian-tools.conf", "[Match]\nToolsTreeDistribution=debian\n"
+          "[Content]\nPackages=debian-tools\n")
+    write(wd / "mkosi.conf.d/11-release.conf", "[Match]\nToolsTreeRelease=trixie\n[Content]\nPackages=trixie-tools\n")
+    write(wd / "mkosi.conf.d/20-fedora-tools.conf", "[Match]\nToolsTreeDistribution=fedora\n"
+          "[Content]\nPackages=fedora-tools\n")
+    assert main_image().packages == ["debian-tools", "trixie-tools"]
+    # An Ubuntu host's tools tree is Debian's, a CentOS host's Fedora's.
+    monkeypatch.setattr(mkosi.distributions.facts, "host_distribution", lambda: (Distribution.centos, "9"))
+    assert main_image().packages == ["fedora-tools"]

@@ -253,9 +253,19 @@ def check_scripts_executable(cli: CommandLine, v: Merged, values: dict[str, Any]
             raise _fail(v, dest, f"script '{path}' is not executable", hint=f"chmod +x {path}")
 
 
+def _output_of_another_image(path: Path, values: dict[str, Any]) -> bool:
+    """A tree below the output directory is what an image this one depends on builds (%O/base): it exists
+    only once that image is built, so it is looked for when this one is built, not when the configuration
+    is read."""
+    outdir = values["output_dir"]
+    return outdir is not None and Path(os.path.abspath(path)).is_relative_to(os.path.abspath(outdir))
+
+
 def check_inputs_exist(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
     for dest in ("skeleton_trees", "extra_trees"):
         for tree in values[dest]:
+            if _output_of_another_image(tree.source, values):
+                continue
             if not tree.source.exists():
                 raise _fail(v, dest, f"'{tree.source}' does not exist")
     for dest in ("nspawn_settings", "repository_directory", "base_image", "build_sources"):

@@ -215,7 +215,10 @@ def print_version() -> None:
 # ---- merging ----
 
 def _split_items(s: Setting, raw: str) -> list[str]:
-    return [item for item in re.split(s.separator, raw.strip()) if item]
+    """A list value's items: split at the setting's separator and at the line breaks of continuation lines
+    (every list takes one item a line), each item without the spaces around it."""
+    items = (item.strip() for item in re.split(f"(?:{s.separator})|\n", raw.strip()))
+    return [item for item in items if item]
 
 
 def _takes_paths(s: Setting) -> bool:

@@ -363,3 +363,27 @@ def test_match_tools_tree_distribution_falls_back_to_the_host(wd: Path, monkeypa
     # An Ubuntu host's tools tree is Debian's, a CentOS host's Fedora's.
     monkeypatch.setattr(mkosi.distributions.facts, "host_distribution", lambda: (Distribution.centos, "9"))
     assert main_image().packages == ["fedora-tools"]
+
+
+def test_comma_separated_lists_take_one_item_a_line(wd: Path) -> None:
+    # Lists split at commas only (trees, search paths) still take an item from every continuation line,
+    # with a comment after it, as the tree lists of large projects are written.
+    for name in ("extra", "crt", "a", "b", "c"):
+        (wd / name).mkdir()
+    write(wd / "mkosi.conf", "[Content]\nExtraTree=\n        extra\n        crt # verification key\n"
+          "[Host]\nExtraSearchPaths=a\n        b , c\n")
+    config = main_image()
+    assert [str(getattr(t, "source", t)) for t in config.extra_trees] == [str(wd / "extra"), str(wd / "crt")]
+    assert config.extra_search_paths == [wd / "a", wd / "b", wd / "c"]
+
+
+def test_trees_from_the_outputs_of_other_images_are_not_looked_for_yet(wd: Path) -> None:
+    # The main image copies in what a sub-image builds (%O/base); it does not exist until that is built.
+    (wd / "out").mkdir()
+    write(wd / "mkosi.conf", "[Output]\nOutputDirectory=out\n[Content]\nExtraTree=%O/base\n")
+    write(wd / "mkosi.images/base/mkosi.conf", "[Output]\nFormat=directory\n")
+    config = main_image()
+    assert [str(getattr(t, "source", t)) for t in config.extra_trees] == [str(wd / "out/base")]
+    write(wd / "mkosi.conf", "[Output]\nOutputDirectory=out\n[Content]\nExtraTree=missing\n")
+    with pytest.raises(ConfigError, match="missing' does not exist"):
+        main_image()

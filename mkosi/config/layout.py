@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from mkosi import log
-from mkosi.config.enums import Distribution
+from mkosi.config.enums import Distribution, OutputFormat
 from mkosi.config.finalize import detect_files, resolve_one
 from mkosi.config.ini import Assignment, Condition, Origin, ParsedFile, lookup_key, parse_ini
 from mkosi.config.parse import CommandLine, Merged, merge
@@ -378,10 +378,22 @@ def _architecture_matches(item: str, value: str) -> bool:
     return facts.normalize_architecture(item) == value
 
 
+def _same_format(name: str) -> str:
+    return OutputFormat.gpt_ext4.value if name == OutputFormat.disk.value else name
+
+
 def setting_condition_holds(c: Condition, s: Setting, item: str, value: Any) -> bool:
     """One item of a condition on a setting, against the value the image would be built with."""
     if s.dest == "architecture":
         return _architecture_matches(item, str(value))
+    if s.dest == "format":
+        # Format=disk, the modern default, is built as gpt_ext4: a condition on either name holds for both.
+        try:
+            wanted_format = _plain(s.parse(item))
+        except ValueError:
+            log.warn(f"{c.origin}: [Match] {c.key}={item} names no known value; the condition never holds")
+            return False
+        return _same_format(wanted_format) == _same_format(_plain(value))
     if s.dest == "environment":
         return any(e == item or (("=" not in item) and e.split("=", 1)[0] == item) for e in value)
     if value is None:

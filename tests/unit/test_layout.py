@@ -387,3 +387,16 @@ def test_trees_from_the_outputs_of_other_images_are_not_looked_for_yet(wd: Path)
     write(wd / "mkosi.conf", "[Output]\nOutputDirectory=out\n[Content]\nExtraTree=missing\n")
     with pytest.raises(ConfigError, match="missing' does not exist"):
         main_image()
+
+
+def test_match_format_disk_holds_for_the_default_format(wd: Path) -> None:
+    # A drop-in for disk images ([Match] Format=disk) applies when no format is set (the default is disk)
+    # and for gpt_ext4, which is how disk is built; not for other formats.
+    write(wd / "mkosi.conf", "[Content]\nPackages=base\n")
+    write(wd / "mkosi.conf.d/vm/mkosi.conf", "[Match]\nFormat=|disk\nFormat=|cpio\n[Content]\nPackages=kernel\n")
+    write(wd / "mkosi.conf.d/ext4.conf", "[Match]\nFormat=gpt_ext4\n[Content]\nPackages=e2fsprogs\n")
+    assert main_image().packages == ["base", "e2fsprogs", "kernel"]
+    assert main_image("--format=disk").packages == ["base", "e2fsprogs", "kernel"]
+    assert main_image("--format=gpt_ext4").packages == ["base", "e2fsprogs", "kernel"]
+    assert main_image("--format=directory").packages == ["base"]
+    assert main_image("--format=gpt_btrfs").packages == ["base"]

@@ -367,8 +367,9 @@ def test_modern_distributions_are_recognised_but_not_built(wd: Path) -> None:
 
 def test_modern_formats_are_recognised_but_refused(wd: Path) -> None:
     for fmt in ("esp", "sysext", "confext", "portable", "addon", "none"):
+        assert str(load(f"--format={fmt}").format) == fmt  # summary shows it
         with pytest.raises(ConfigError, match="not implemented yet"):
-            load(f"--format={fmt}")
+            load_args([f"--format={fmt}", "build"])
 
 
 def test_host_is_the_older_name_of_runtime(wd: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -176,7 +176,18 @@ def _namespace() -> argparse.Namespace:
     return argparse.Namespace(assignments=[], help=False, version=False)
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """The assignments are merged again for every condition and every image: say it once."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warn(message)
+
+
 def parse_command_line(argv: Sequence[str]) -> CommandLine:
+    _WARNED.clear()  # a new run: its warnings are shown afresh
     parser = build_parser()
     opts, verb_raw, rest = split_argv(parser, argv)
     ns = parser.parse_args(opts, namespace=_namespace())
@@ -289,7 +300,7 @@ def merge(assignments: Sequence[Assignment]) -> Merged:
                 values[s.dest] = s.parse(rebase(s, a.raw.strip(), a.base))
                 empty.discard(s.dest)
                 if s.dest == "format" and a.raw.strip() in LEGACY_FORMATS:
-                    log.warn(f"{a.origin}: Format={a.raw.strip()} is an older name, use Format={values[s.dest]}")
+                    _warn_once(f"{a.origin}: Format={a.raw.strip()} is an older name, use Format={values[s.dest]}")
         except ValueError as e:
             raise ConfigError(str(e), path=a.origin.path or "command line", line=a.origin.line,
                               setting=setting_label(s, a.origin))

@@ -400,3 +400,12 @@ def test_match_format_disk_holds_for_the_default_format(wd: Path) -> None:
     assert main_image("--format=gpt_ext4").packages == ["base", "e2fsprogs", "kernel"]
     assert main_image("--format=directory").packages == ["base"]
     assert main_image("--format=gpt_btrfs").packages == ["base"]
+
+
+def test_an_older_format_name_is_warned_about_once(wd: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(wd / "mkosi.conf", "[Output]\nFormat=raw_btrfs\n")
+    write(wd / "mkosi.conf.d/10-match.conf", "[Match]\nFormat=gpt_btrfs\n[Content]\nPackages=btrfs-progs\n")
+    write(wd / "mkosi.images/one.conf", "[Content]\nPackages=a\n")
+    write(wd / "mkosi.images/two.conf", "[Content]\nPackages=b\n")
+    assert main_image().packages == ["btrfs-progs"]
+    assert capsys.readouterr().err.count("Format=raw_btrfs is an older name") == 1

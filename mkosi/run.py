@@ -63,6 +63,11 @@ HOST_PACKAGES: dict[str, str] = {
     "systemd-dissect": "systemd",
     "bmaptool": "bmap-tools",
     "bwrap": "bubblewrap",
+    "cp": "coreutils",
+    "gzip": "gzip",
+    "lz4": "lz4",
+    "journalctl": "systemd",
+    "coredumpctl": "systemd-coredump",
     "chroot": "coreutils",
 }
 

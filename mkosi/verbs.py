@@ -15,9 +15,11 @@ from typing import Optional
 from mkosi import log
 from mkosi.config.enums import Verb
 from mkosi.config.settings import Args, Config
+from mkosi.container import mounted_image
+from mkosi.dependencies import host_packages
 from mkosi.errors import MkosiError
 from mkosi.preflight import recover_interrupted_move
-from mkosi.run import using_sandbox
+from mkosi.run import run, using_sandbox
 from mkosi.sandbox import Sandbox
 from mkosi.summary import summary_json, summary_text
 
@@ -186,10 +188,90 @@ def verb_burn(args: Args, config: Config) -> None:
     log.info(f"Wrote {config.output} to {device}")
 
 
+def _image_root(config: Config, stack: contextlib.ExitStack) -> Path:
+    """The root directory of the built image: the output itself, or its root partition mounted."""
+    if config.output is None or not (config.output.exists() or config.output.is_symlink()):
+        raise MkosiError(f"image '{config.output}' does not exist; build it first")
+    if config.format.is_tree():
+        return config.output
+    if config.format.is_disk() and not (config.output_compression or config.qcow2):
+        return stack.enter_context(mounted_image(config.output, writable=False))
+    raise MkosiError(f"the '{config.format.value}' format cannot be read this way; use a directory or an "
+                     "uncompressed disk image")
+
+
+def _run_on_image(tool: str, args: Args, config: Config) -> int:
+    with contextlib.ExitStack() as stack:
+        root = _image_root(config, stack)
+        return run([tool, f"--root={root}", *args.cmdline], check=False).returncode
+
+
+def verb_journalctl(args: Args, config: Config) -> int:
+    return _run_on_image("journalctl", args, config)
+
+
+def verb_coredumpctl(args: Args, config: Config) -> int:
+    return _run_on_image("coredumpctl", args, config)
+
+
+def verb_sandbox(args: Args, config: Config) -> int:
+    """Run a command with what mkosi runs its tools with (ExtraSearchPaths=, later the tools tree)."""
+    if not args.cmdline:
+        raise MkosiError(f"usage: mkosi {args.verb.value} COMMAND [ARGUMENTS...]")
+    return run(list(args.cmdline), check=False, sandbox=Sandbox.for_config(config)).returncode
+
+
+def verb_dependencies(args: Args, configs: list[Config]) -> None:
+    missing = []
+    for tool, package, installed in host_packages(configs):
+        print(f"{package:<24} {tool}{'' if installed else '  (missing)'}")
+        if not installed:
+            missing.append(package)
+    if missing:
+        log.info("Install the missing ones with: apt-get install " + " ".join(dict.fromkeys(missing)))
+
+
+INIT_CONF = """\
+[Distribution]
+Distribution={distribution}
+Release={release}
+
+[Output]
+Format=directory
+ImageId={image_id}
+
+[Content]
+Packages=systemd
+"""
+
+INIT_GITIGNORE = ("mkosi.output/", "mkosi.cache/", "mkosi.builddir/", "mkosi.local.conf", "mkosi.local/",
+                  "mkosi.rootpw", "mkosi.passphrase", "mkosi.key", "mkosi.crt")
+
+
+def verb_init(args: Args, config: Config) -> None:
+    """A starting mkosi.conf for the host's distribution, and .gitignore entries for what builds leave."""
+    conf = Path("mkosi.conf")
+    if conf.exists() and args.force == 0:
+        raise MkosiError("'mkosi.conf' already exists", hint="use -f to replace it")
+    conf.write_text(INIT_CONF.format(distribution=config.distribution.value, release=config.release,
+                                     image_id=Path.cwd().name or "image"))
+    gitignore = Path(".gitignore")
+    present = gitignore.read_text().split("\n") if gitignore.exists() else []
+    added = [line for line in INIT_GITIGNORE if line not in present]
+    if added:
+        with gitignore.open("a") as f:
+            if present and present[-1] != "":
+                f.write("\n")
+            f.write("\n".join(added) + "\n")
+    Path("mkosi.output").mkdir(exist_ok=True)
+    log.info(f"Wrote {conf} and {len(added)} .gitignore entries; build with 'mkosi build'")
+
+
 # Verbs that see every image at once.
 ALL_IMAGES_VERBS: dict[Verb, Callable[[Args, list[Config]], None]] = {
     Verb.summary: verb_summary,
     Verb.cat_config: verb_cat_config,
+    Verb.dependencies: verb_dependencies,
 }
 
 # Verbs run for one image: build and clean for each image in build order, the others for the main image.
@@ -206,6 +288,11 @@ VERBS: dict[Verb, Callable[[Args, Config], Optional[int]]] = {
     Verb.genkey: verb_genkey,
     Verb.help: verb_help,
     Verb.burn: verb_burn,
+    Verb.journalctl: verb_journalctl,
+    Verb.coredumpctl: verb_coredumpctl,
+    Verb.sandbox: verb_sandbox,
+    Verb.box: verb_sandbox,
+    Verb.init: verb_init,
 }
 EACH_IMAGE_VERBS = (Verb.build, Verb.clean)
 

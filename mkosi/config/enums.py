@@ -29,6 +29,12 @@ class Verb(StrEnum):
     help = "help"
     cat_config = "cat-config"
     burn = "burn"
+    journalctl = "journalctl"
+    coredumpctl = "coredumpctl"
+    sandbox = "sandbox"
+    box = "box"
+    dependencies = "dependencies"
+    init = "init"
 
     def needs_build(self) -> bool:
         """Verbs that build the image first when it is missing (or when -f is given)."""
@@ -36,7 +42,8 @@ class Verb(StrEnum):
 
     def takes_cmdline(self) -> bool:
         """Verbs whose trailing arguments are passed on (to the build script, shell, kernel, ssh...)."""
-        return self in (Verb.build, Verb.shell, Verb.boot, Verb.qemu, Verb.vm, Verb.ssh, Verb.burn)
+        return self in (Verb.build, Verb.shell, Verb.boot, Verb.qemu, Verb.vm, Verb.ssh, Verb.burn, Verb.journalctl,
+                        Verb.coredumpctl, Verb.sandbox, Verb.box)
 
 
 class Distribution(StrEnum):

@@ -71,6 +71,12 @@ VERB_HELP = {
     Verb.help: "show this help",
     Verb.cat_config: "print every settings file that was loaded, with its path",
     Verb.burn: "write the image to a block device (mkosi burn /dev/sdX)",
+    Verb.journalctl: "read the journal stored in the image (arguments go to journalctl)",
+    Verb.coredumpctl: "list or show the core dumps stored in the image (arguments go to coredumpctl)",
+    Verb.sandbox: "run a command with the tools and search paths mkosi builds with",
+    Verb.box: "same as sandbox",
+    Verb.dependencies: "list the host packages this configuration needs",
+    Verb.init: "set up a new project: a starting mkosi.conf and .gitignore entries",
 }
 
 

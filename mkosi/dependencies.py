@@ -1,0 +1,54 @@
+"""Which host programs (and the Debian packages providing them) a configuration needs: what
+`mkosi dependencies` prints, so a fresh machine can be prepared before the first build."""
+
+from __future__ import annotations
+
+from mkosi.config.enums import OutputFormat, Verity
+from mkosi.config.settings import Config
+from mkosi.distributions import plugin
+from mkosi.run import HOST_PACKAGES, find_tool
+
+# Every build: the sandbox, containers for scripts and archives of trees.
+COMMON_TOOLS = ("bwrap", "systemd-nspawn", "tar", "cp")
+
+FILESYSTEM_TOOLS = {"ext4": "mkfs.ext4", "xfs": "mkfs.xfs", "btrfs": "mkfs.btrfs", "squashfs": "mksquashfs"}
+COMPRESSION_TOOLS = {"xz": "xz", "zstd": "zstd", "gzip": "gzip", "zlib": "gzip", "lz4": "lz4"}
+
+
+def host_tools(config: Config) -> list[str]:
+    tools = [*COMMON_TOOLS, plugin(config.distribution).package_manager]
+    fmt = config.format
+    fs = fmt.root_filesystem()
+    if fs in FILESYSTEM_TOOLS:
+        tools.append(FILESYSTEM_TOOLS[fs])
+    if fmt == OutputFormat.plain_squashfs:
+        tools.append("mksquashfs")
+    if fmt == OutputFormat.cpio:
+        tools.append("cpio")
+    if fmt.is_disk():
+        tools.append("sfdisk")
+        if config.verity != Verity.no:
+            tools.append("veritysetup")
+        if config.encrypt is not None:
+            tools.append("cryptsetup")
+        if config.qcow2:
+            tools.append("qemu-img")
+        if config.bmap:
+            tools.append("bmaptool")
+    if config.bootable:
+        tools += ["mkfs.vfat", "mcopy", "objcopy", f"qemu-system-{config.architecture}"]
+        if config.secure_boot:
+            tools.append("sbsign")
+    if config.compress_output in COMPRESSION_TOOLS:
+        tools.append(COMPRESSION_TOOLS[config.compress_output])
+    if config.sign:
+        tools.append("gpg")
+    if config.ssh:
+        tools += ["ssh", "ssh-keygen"]
+    return list(dict.fromkeys(tools))
+
+
+def host_packages(configs: list[Config]) -> list[tuple[str, str, bool]]:
+    """(tool, Debian package, whether the tool is installed) for every image of a build."""
+    tools = list(dict.fromkeys(t for c in configs for t in host_tools(c)))
+    return [(t, HOST_PACKAGES.get(t, t), find_tool(t) is not None) for t in tools]

@@ -449,8 +449,8 @@ def build_phase(ctx: Context) -> None:
         run_prepare_script(ctx)
         if ctx.args.incremental:
             if ctx.config.cache_initrd and ctx.config.bootable and ctx.phase == Phase.final:
-                from mkosi.boot import find_kernel
-                from mkosi.bootable import build_initrd
+                from mkosi.boot.initrd import build_initrd
+                from mkosi.boot.kernel import find_kernel
 
                 build_initrd(ctx, find_kernel(ctx.root)[1])
             save_cached_image(ctx, key)

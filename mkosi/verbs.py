@@ -70,7 +70,7 @@ def secure_boot_common_name(template: str) -> str:
 
 
 def verb_genkey(args: Args, config: Config) -> None:
-    from mkosi.boot import generate_secure_boot_keys
+    from mkosi.boot.signing import generate_secure_boot_keys
 
     key = Path("mkosi.secure-boot.key")
     crt = Path("mkosi.secure-boot.crt")

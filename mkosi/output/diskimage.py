@@ -80,7 +80,7 @@ def make_disk_image(ctx: Context) -> list[Path]:
         # the unified kernel image carries the root hash.
         fill_esp(ctx, result, main_partition_label(spec))
     if config.bootable and BootProtocol.bios in config.boot_protocols:
-        from mkosi.bootable import install_bios_boot
+        from mkosi.boot.bootable import install_bios_boot
 
         install_bios_boot(ctx, result.output)
 
@@ -121,7 +121,7 @@ def make_disk_image(ctx: Context) -> list[Path]:
 
 
 def fill_esp(ctx: Context, result: DiskResult, root_label: str) -> None:
-    from mkosi.bootable import VerityInfo, prepare_esp
+    from mkosi.boot.bootable import VerityInfo, prepare_esp
     from mkosi.output.filesystems import populate_vfat
     from mkosi.output.gpt import copy_sparse
     from mkosi.output.verity import roothash_uuids

@@ -22,7 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from mkosi import boot, qemu
+from mkosi import qemu
+from mkosi.boot.grub import install_grub_bios, write_grub_config
+from mkosi.boot.kernel import find_kernel
+from mkosi.boot.pe import read_pe
+from mkosi.boot.signing import generate_secure_boot_keys, sign_efi, verify_efi
+from mkosi.boot.systemd_boot import install_bls_entry, install_systemd_boot
+from mkosi.boot.uki import DEFAULT_UKI_STUB, build_uki
 from mkosi.run import run
 
 pytestmark = [
@@ -134,7 +140,7 @@ def kernel(cache: Path) -> tuple[Path, str]:
         run(["tar", "-C", staging, "-xf", staging / "data.tar", "./boot"])
         (staging / "data.tar").unlink()
         staging.rename(root)
-    return boot.find_kernel(root)
+    return find_kernel(root)
 
 
 @pytest.fixture(scope="module")
@@ -163,11 +169,11 @@ def os_release(workdir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def uki(workdir: Path, kernel: tuple[Path, str], initrd: Path, os_release: Path) -> Path:
-    if not boot.DEFAULT_UKI_STUB.exists():
+    if not DEFAULT_UKI_STUB.exists():
         pytest.skip("systemd-boot-efi is not installed")
     out = workdir / "test.efi"
     cmdline = f"{CMDLINE} mkosi.route=uki"
-    boot.build_uki(boot.DEFAULT_UKI_STUB, kernel[0], initrd, cmdline, os_release, out, uname=kernel[1])
+    build_uki(DEFAULT_UKI_STUB, kernel[0], initrd, cmdline, os_release, out, uname=kernel[1])
     return out
 
 
@@ -261,7 +267,7 @@ def test_probe_firmware_runs_under_tcg() -> None:
 
 
 def test_uki_sections(uki: Path, kernel: tuple[Path, str], initrd: Path) -> None:
-    pe = boot.read_pe(uki)
+    pe = read_pe(uki)
     names = [s.name for s in pe.sections]
     assert names[-5:] == [".osrel", ".cmdline", ".uname", ".initrd", ".linux"]
     linux = pe.section(".linux")
@@ -277,7 +283,7 @@ def test_uki_sections(uki: Path, kernel: tuple[Path, str], initrd: Path) -> None
 def test_uefi_uki_systemd_boot(workdir: Path, uki: Path) -> None:
     esp = workdir / "esp-uki"
     shutil.rmtree(esp, ignore_errors=True)
-    boot.install_systemd_boot(esp)
+    install_systemd_boot(esp)
     (esp / "EFI/Linux").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(uki, esp / "EFI/Linux/test.efi")
     esp_img = workdir / "esp-uki.img"
@@ -296,8 +302,8 @@ def test_uefi_uki_systemd_boot(workdir: Path, uki: Path) -> None:
 def test_uefi_type1_entry(workdir: Path, kernel: tuple[Path, str], initrd: Path) -> None:
     esp = workdir / "esp-bls"
     shutil.rmtree(esp, ignore_errors=True)
-    boot.install_systemd_boot(esp, default="test-*")
-    entry = boot.install_bls_entry(
+    install_systemd_boot(esp, default="test-*")
+    entry = install_bls_entry(
         esp, "test", "Test entry", kernel[0], initrd, f"{CMDLINE} mkosi.route=bls", version=kernel[1]
     )
     assert entry == esp / "loader/entries/test.conf"
@@ -318,7 +324,7 @@ def test_bios_grub_vfat(workdir: Path, kernel: tuple[Path, str], initrd: Path) -
     (tree / "boot").mkdir(parents=True)
     shutil.copyfile(kernel[0], tree / "boot/vmlinuz")
     shutil.copyfile(initrd, tree / "boot/initrd")
-    boot.write_grub_config(
+    write_grub_config(
         tree / "boot/grub", title="Test 'vfat'", kernel="/boot/vmlinuz", initrd="/boot/initrd",
         cmdline=f"{CMDLINE} mkosi.route=grub-vfat {QUOTED}",
     )  # fmt: skip
@@ -326,7 +332,7 @@ def test_bios_grub_vfat(workdir: Path, kernel: tuple[Path, str], initrd: Path) -
     make_vfat(tree, fs, 64)
     image = workdir / "bios-vfat.raw"
     make_gpt_image(image, [(BIOS_BOOT_TYPE, 1, None), (LINUX_TYPE, 64, fs)])
-    boot.install_grub_bios(image)  # finds the BIOS boot partition itself, finds grub.cfg by file
+    install_grub_bios(image)  # finds the BIOS boot partition itself, finds grub.cfg by file
     argv = qemu.qemu_command(
         image=image, fmt="raw", boot="bios", smp="2", mem="1G", kvm=False, headless=True,
         extra_args=["-no-reboot"], netdev=False, ovmf_vars_copy=None,
@@ -344,7 +350,7 @@ def test_bios_grub_ext4_by_uuid(workdir: Path, kernel: tuple[Path, str], initrd:
     (tree / "boot").mkdir(parents=True)
     shutil.copyfile(kernel[0], tree / "boot/vmlinuz")
     shutil.copyfile(initrd, tree / "boot/initrd")
-    boot.write_grub_config(
+    write_grub_config(
         tree / "boot/grub", title="Test ext4", kernel="/boot/vmlinuz", initrd="/boot/initrd",
         cmdline=f"{CMDLINE} mkosi.route=grub-ext4", copy_modules=False,
     )  # fmt: skip
@@ -354,7 +360,7 @@ def test_bios_grub_ext4_by_uuid(workdir: Path, kernel: tuple[Path, str], initrd:
     run(["mkfs.ext4", "-q", "-U", fs_uuid, "-d", tree, fs, "64M"], capture=True)
     image = workdir / "bios-ext4.raw"
     offsets = make_gpt_image(image, [(LINUX_TYPE, 64, fs), (BIOS_BOOT_TYPE, 2, None)])
-    boot.install_grub_bios(
+    install_grub_bios(
         image, filesystem_uuid=fs_uuid, bios_boot_offset=offsets[1], bios_boot_size=2 * 1024 * 1024
     )
     argv = qemu.qemu_command(
@@ -378,15 +384,15 @@ def test_direct_kernel_boot(workdir: Path, kernel: tuple[Path, str], initrd: Pat
 
 def test_sign_uki(workdir: Path, uki: Path) -> None:
     key, cert = workdir / "sb.key", workdir / "sb.crt"
-    boot.generate_secure_boot_keys("mkosi boot test", 30, key, cert)
+    generate_secure_boot_keys("mkosi boot test", 30, key, cert)
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     signed = workdir / "signed.efi"
     shutil.copyfile(uki, signed)
-    assert not boot.verify_efi(signed, cert)
-    boot.sign_efi(signed, key, cert)
-    assert boot.verify_efi(signed, cert)
+    assert not verify_efi(signed, cert)
+    sign_efi(signed, key, cert)
+    assert verify_efi(signed, cert)
     other_key, other_cert = workdir / "other.key", workdir / "other.crt"
-    boot.generate_secure_boot_keys("someone else", 30, other_key, other_cert)
-    assert not boot.verify_efi(signed, other_cert)
+    generate_secure_boot_keys("someone else", 30, other_key, other_cert)
+    assert not verify_efi(signed, other_cert)
     # Signing appends a certificate table; the sections stay where they were.
-    assert [s.name for s in boot.read_pe(signed).sections] == [s.name for s in boot.read_pe(uki).sections]
+    assert [s.name for s in read_pe(signed).sections] == [s.name for s in read_pe(uki).sections]

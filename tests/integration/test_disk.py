@@ -109,7 +109,7 @@ def esp_tree(base_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def signing(base_dir: Path) -> tuple[Path, Path]:
-    from mkosi.boot import generate_secure_boot_keys
+    from mkosi.boot.signing import generate_secure_boot_keys
 
     key_path, cert_path = base_dir / "verity.key", base_dir / "verity.crt"
     generate_secure_boot_keys("mkosi integration test", 3650, key_path, cert_path)

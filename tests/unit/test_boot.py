@@ -10,10 +10,23 @@ from pathlib import Path
 
 import pytest
 
-from mkosi import boot
+from mkosi.boot.cmdline import kernel_cmdline, kernel_cmdline_words
+from mkosi.boot.grub import (
+    BIOS_BOOT_PARTITION_TYPE,
+    GRUB_I386_PC_DIR,
+    find_gpt_partition,
+    grub_config_text,
+    install_grub_bios,
+    write_grub_config,
+)
+from mkosi.boot.kernel import find_kernel
+from mkosi.boot.pe import PE32PLUS_MAGIC, parse_pe, read_pe
+from mkosi.boot.signing import generate_secure_boot_keys, sign_efi, verify_efi
+from mkosi.boot.systemd_boot import bls_entry_text, install_bls_entry, install_systemd_boot
+from mkosi.boot.uki import DEFAULT_UKI_STUB, build_uki, uki_layout
 from mkosi.errors import MkosiError
 
-STUB = boot.DEFAULT_UKI_STUB
+STUB = DEFAULT_UKI_STUB
 needs_stub = pytest.mark.skipif(not STUB.is_file(), reason="systemd EFI stub not installed")
 needs_objcopy = pytest.mark.skipif(shutil.which("objcopy") is None, reason="objcopy not installed")
 
@@ -40,7 +53,7 @@ def fake_pe(sections: list[tuple[str, int, int]], *, section_alignment: int = 0x
 
 
 def test_parse_fake_pe() -> None:
-    pe = boot.parse_pe(fake_pe([(".text", 0x1000, 0x2345), (".data", 0x4000, 0x10)], image_base=0x140000000))
+    pe = parse_pe(fake_pe([(".text", 0x1000, 0x2345), (".data", 0x4000, 0x10)], image_base=0x140000000))
     assert pe.image_base == 0x140000000
     assert pe.section_alignment == 0x1000
     assert [s.name for s in pe.sections] == [".text", ".data"]
@@ -51,35 +64,35 @@ def test_parse_fake_pe() -> None:
 
 def test_parse_pe_rejects_garbage() -> None:
     with pytest.raises(MkosiError):
-        boot.parse_pe(b"\x7fELF" + bytes(100))
+        parse_pe(b"\x7fELF" + bytes(100))
     bad = bytearray(fake_pe([]))
     bad[0x80:0x84] = b"NE\0\0"
     with pytest.raises(MkosiError):
-        boot.parse_pe(bytes(bad))
+        parse_pe(bytes(bad))
 
 
 def test_uki_layout_alignment_and_order() -> None:
-    pe = boot.parse_pe(fake_pe([(".text", 0x1000, 0x2345), (".sdmagic", 0x3400, 0x34)], section_alignment=0x200))
-    layout = boot.uki_layout(pe, [(".osrel", 10), (".cmdline", 0x1001), (".initrd", 5000), (".linux", 99)])
+    pe = parse_pe(fake_pe([(".text", 0x1000, 0x2345), (".sdmagic", 0x3400, 0x34)], section_alignment=0x200))
+    layout = uki_layout(pe, [(".osrel", 10), (".cmdline", 0x1001), (".initrd", 5000), (".linux", 99)])
     assert [n for n, _ in layout] == [".osrel", ".cmdline", ".initrd", ".linux"]
     rvas = [rva for _, rva in layout]
     assert rvas == [0x4000, 0x5000, 0x7000, 0x9000]
     for rva in rvas:
         assert rva % 0x200 == 0 and rva % 4096 == 0
     with pytest.raises(MkosiError):
-        boot.uki_layout(pe, [(".initrd", 0)])
+        uki_layout(pe, [(".initrd", 0)])
 
 
 def test_uki_layout_large_section_alignment() -> None:
-    pe = boot.parse_pe(fake_pe([(".text", 0x10000, 0x100)], section_alignment=0x10000))
-    layout = boot.uki_layout(pe, [(".osrel", 1), (".linux", 1)])
+    pe = parse_pe(fake_pe([(".text", 0x10000, 0x100)], section_alignment=0x10000))
+    layout = uki_layout(pe, [(".osrel", 1), (".linux", 1)])
     assert [rva for _, rva in layout] == [0x20000, 0x30000]
 
 
 @needs_stub
 def test_parse_real_stub() -> None:
-    pe = boot.read_pe(STUB)
-    assert pe.magic == boot.PE32PLUS_MAGIC
+    pe = read_pe(STUB)
+    assert pe.magic == PE32PLUS_MAGIC
     names = {s.name for s in pe.sections}
     assert ".text" in names and ".sdmagic" in names
     assert ".linux" not in names
@@ -95,10 +108,10 @@ def test_build_uki(tmp_path: Path) -> None:
     osrel = tmp_path / "os-release"
     osrel.write_text("ID=test\n")
     out = tmp_path / "uki.efi"
-    boot.build_uki(STUB, kernel, initrd, "root=/dev/vda2 quiet\n", osrel, out, uname="6.1.0-test")
+    build_uki(STUB, kernel, initrd, "root=/dev/vda2 quiet\n", osrel, out, uname="6.1.0-test")
 
-    stub = boot.read_pe(STUB)
-    pe = boot.read_pe(out)
+    stub = read_pe(STUB)
+    pe = read_pe(out)
     names = [s.name for s in pe.sections]
     assert names[: len(stub.sections)] == [s.name for s in stub.sections]
     assert names[len(stub.sections) :] == [".osrel", ".cmdline", ".uname", ".initrd", ".linux"]
@@ -131,17 +144,17 @@ def test_build_uki_rejects_non_pe_kernel(tmp_path: Path) -> None:
     osrel = tmp_path / "os-release"
     osrel.write_text("ID=test\n")
     with pytest.raises(MkosiError, match="EFI"):
-        boot.build_uki(STUB, kernel, None, "", osrel, tmp_path / "uki.efi")
+        build_uki(STUB, kernel, None, "", osrel, tmp_path / "uki.efi")
 
 
 def test_build_uki_missing_stub(tmp_path: Path) -> None:
     with pytest.raises(MkosiError) as e:
-        boot.build_uki(tmp_path / "nope.stub", tmp_path / "k", None, "", tmp_path / "o", tmp_path / "u")
+        build_uki(tmp_path / "nope.stub", tmp_path / "k", None, "", tmp_path / "o", tmp_path / "u")
     assert e.value.hint and "systemd-boot-efi" in e.value.hint
 
 
 def test_bls_entry_text() -> None:
-    text = boot.bls_entry_text(
+    text = bls_entry_text(
         "Debian GNU/Linux 12", "/abc/6.1.0/linux", ["/abc/6.1.0/initrd"], "root=UUID=1234  rw\n quiet",
         version="6.1.0", machine_id="abc",
     )  # fmt: skip
@@ -153,7 +166,7 @@ def test_bls_entry_text() -> None:
         "initrd /abc/6.1.0/initrd\n"
         "options root=UUID=1234 rw quiet\n"
     )
-    assert "options" not in boot.bls_entry_text("T", "/l", [], "")
+    assert "options" not in bls_entry_text("T", "/l", [], "")
 
 
 def test_install_bls_entry(tmp_path: Path) -> None:
@@ -162,7 +175,7 @@ def test_install_bls_entry(tmp_path: Path) -> None:
     initrd = tmp_path / "initrd.img"
     initrd.write_bytes(b"initrd")
     esp = tmp_path / "esp"
-    entry = boot.install_bls_entry(esp, "debian-6.1", "Debian", kernel, initrd, "console=ttyS0")
+    entry = install_bls_entry(esp, "debian-6.1", "Debian", kernel, initrd, "console=ttyS0")
     assert entry == esp / "loader/entries/debian-6.1.conf"
     assert (esp / "debian-6.1/linux").read_bytes() == b"kernel"
     assert (esp / "debian-6.1/initrd").read_bytes() == b"initrd"
@@ -170,10 +183,10 @@ def test_install_bls_entry(tmp_path: Path) -> None:
     assert "linux /debian-6.1/linux\n" in text
     assert "initrd /debian-6.1/initrd\n" in text
     assert "options console=ttyS0\n" in text
-    no_initrd = boot.install_bls_entry(esp, "other", "Other", kernel, None, "")
+    no_initrd = install_bls_entry(esp, "other", "Other", kernel, None, "")
     assert "initrd" not in no_initrd.read_text()
     with pytest.raises(MkosiError):
-        boot.install_bls_entry(esp, "../evil", "x", kernel, None, "")
+        install_bls_entry(esp, "../evil", "x", kernel, None, "")
 
 
 def test_install_systemd_boot(tmp_path: Path) -> None:
@@ -181,25 +194,25 @@ def test_install_systemd_boot(tmp_path: Path) -> None:
     src.mkdir()
     (src / "systemd-bootx64.efi").write_bytes(b"MZ sd-boot")
     esp = tmp_path / "esp"
-    boot.install_systemd_boot(esp, source_dir=src, timeout=3, default="debian-*")
+    install_systemd_boot(esp, source_dir=src, timeout=3, default="debian-*")
     assert (esp / "EFI/systemd/systemd-bootx64.efi").read_bytes() == b"MZ sd-boot"
     assert (esp / "EFI/BOOT/BOOTX64.EFI").read_bytes() == b"MZ sd-boot"
     conf = (esp / "loader/loader.conf").read_text().splitlines()
     assert "timeout 3" in conf and "default debian-*" in conf
-    boot.install_systemd_boot(tmp_path / "esp2", source_dir=src)
+    install_systemd_boot(tmp_path / "esp2", source_dir=src)
     assert "timeout 0" in (tmp_path / "esp2/loader/loader.conf").read_text().splitlines()
     with pytest.raises(MkosiError) as e:
-        boot.install_systemd_boot(esp, "aa64", source_dir=src)
+        install_systemd_boot(esp, "aa64", source_dir=src)
     assert e.value.hint and "systemd-boot-efi" in e.value.hint
 
 
 def test_kernel_cmdline_words() -> None:
-    assert boot._kernel_cmdline_words('a  b="c d" "e f"  g=') == ["a", "b=c d", "e f", "g="]
-    assert boot._kernel_cmdline_words("") == []
+    assert kernel_cmdline_words('a  b="c d" "e f"  g=') == ["a", "b=c d", "e f", "g="]
+    assert kernel_cmdline_words("") == []
 
 
 def test_grub_config_text() -> None:
-    text = boot.grub_config_text(
+    text = grub_config_text(
         title="Debian's image", kernel="/boot/vmlinuz", initrd="/boot/initrd.img",
         cmdline='root=LABEL=root console=ttyS0 x="a b" $y', timeout=0,
     )  # fmt: skip
@@ -208,7 +221,7 @@ def test_grub_config_text() -> None:
     assert "    initrd /boot/initrd.img\n" in text
     assert "set timeout=0" in text
     assert "serial --unit=0" in text
-    assert "serial" not in boot.grub_config_text(title="t", kernel="/k", initrd=None, cmdline="", serial=False)
+    assert "serial" not in grub_config_text(title="t", kernel="/k", initrd=None, cmdline="", serial=False)
 
 
 def test_write_grub_config_copies_modules(tmp_path: Path) -> None:
@@ -217,7 +230,7 @@ def test_write_grub_config_copies_modules(tmp_path: Path) -> None:
     (lib / "linux.mod").write_bytes(b"m")
     (lib / "command.lst").write_text("x")
     (lib / "boot.img").write_bytes(b"b")
-    cfg = boot.write_grub_config(
+    cfg = write_grub_config(
         tmp_path / "tree/boot/grub", title="t", kernel="/k", initrd=None, cmdline="", grub_lib=lib
     )
     assert cfg == tmp_path / "tree/boot/grub/grub.cfg"
@@ -245,33 +258,33 @@ def write_gpt(path: Path, partitions: list[tuple[uuid.UUID, int, int]]) -> None:
 def test_find_gpt_partition(tmp_path: Path) -> None:
     image = tmp_path / "disk.raw"
     esp = uuid.UUID("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")
-    write_gpt(image, [(esp, 2048, 4095), (boot.BIOS_BOOT_PARTITION_TYPE, 4096, 6143)])
-    assert boot.find_gpt_partition(image, boot.BIOS_BOOT_PARTITION_TYPE) == (4096 * 512, 2048 * 512)
-    assert boot.find_gpt_partition(image, esp) == (2048 * 512, 2048 * 512)
+    write_gpt(image, [(esp, 2048, 4095), (BIOS_BOOT_PARTITION_TYPE, 4096, 6143)])
+    assert find_gpt_partition(image, BIOS_BOOT_PARTITION_TYPE) == (4096 * 512, 2048 * 512)
+    assert find_gpt_partition(image, esp) == (2048 * 512, 2048 * 512)
     with pytest.raises(MkosiError):
-        boot.find_gpt_partition(image, uuid.uuid4())
+        find_gpt_partition(image, uuid.uuid4())
     blank = tmp_path / "blank.raw"
     blank.write_bytes(bytes(4096))
     with pytest.raises(MkosiError, match="GPT"):
-        boot.find_gpt_partition(blank, esp)
+        find_gpt_partition(blank, esp)
 
 
 @pytest.mark.skipif(
-    shutil.which("grub-mkimage") is None or not (boot.GRUB_I386_PC_DIR / "boot.img").exists(),
+    shutil.which("grub-mkimage") is None or not (GRUB_I386_PC_DIR / "boot.img").exists(),
     reason="grub-pc-bin not installed",
 )
 def test_install_grub_bios_patches_image(tmp_path: Path) -> None:
     image = tmp_path / "disk.raw"
-    write_gpt(image, [(boot.BIOS_BOOT_PARTITION_TYPE, 2048, 4095)])
+    write_gpt(image, [(BIOS_BOOT_PARTITION_TYPE, 2048, 4095)])
     with image.open("r+b") as f:  # a protective MBR partition entry that must survive
         f.seek(446)
         f.write(bytes([0, 0, 2, 0, 0xEE, 0xFF, 0xFF, 0xFF, 1, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]))
     before = image.read_bytes()[440:510]
-    boot.install_grub_bios(image)
+    install_grub_bios(image)
     data = image.read_bytes()
     assert data[440:510] == before
     assert data[510:512] == b"\x55\xaa"
-    bootimg = (boot.GRUB_I386_PC_DIR / "boot.img").read_bytes()
+    bootimg = (GRUB_I386_PC_DIR / "boot.img").read_bytes()
     assert struct.unpack_from("<Q", data, 0x5C)[0] == 2048
     assert data[0x66:0x68] == b"\x90\x90"
     assert data[:0x5C] == bootimg[:0x5C]
@@ -281,19 +294,19 @@ def test_install_grub_bios_patches_image(tmp_path: Path) -> None:
     assert data[2049 * 512 : 2049 * 512 + length * 512].strip(b"\0")
 
     small = tmp_path / "small.raw"
-    write_gpt(small, [(boot.BIOS_BOOT_PARTITION_TYPE, 2048, 2050)])
+    write_gpt(small, [(BIOS_BOOT_PARTITION_TYPE, 2048, 2050)])
     with pytest.raises(MkosiError, match="does not fit"):
-        boot.install_grub_bios(small)
+        install_grub_bios(small)
 
 
 def test_find_kernel(tmp_path: Path) -> None:
     with pytest.raises(MkosiError):
-        boot.find_kernel(tmp_path)
+        find_kernel(tmp_path)
     (tmp_path / "boot").mkdir()
     for v in ("6.1.0-9-amd64", "6.1.0-10-amd64", "5.10.0-23-amd64"):
         (tmp_path / f"boot/vmlinuz-{v}").write_bytes(b"k")
     (tmp_path / "boot/vmlinuz-7.0-broken").mkdir()
-    path, version = boot.find_kernel(tmp_path)
+    path, version = find_kernel(tmp_path)
     assert version == "6.1.0-10-amd64"
     assert path == tmp_path / "boot/vmlinuz-6.1.0-10-amd64"
 
@@ -301,18 +314,18 @@ def test_find_kernel(tmp_path: Path) -> None:
     (other / "usr/lib/modules/6.5.6-300.fc39.x86_64").mkdir(parents=True)
     (other / "usr/lib/modules/6.5.6-300.fc39.x86_64/vmlinuz").write_bytes(b"k")
     (other / "usr/lib/modules/6.5.12-300.fc39.x86_64").mkdir(parents=True)  # modules only
-    assert boot.find_kernel(other) == (
+    assert find_kernel(other) == (
         other / "usr/lib/modules/6.5.6-300.fc39.x86_64/vmlinuz",
         "6.5.6-300.fc39.x86_64",
     )
 
 
 def test_kernel_cmdline() -> None:
-    assert boot.kernel_cmdline(["quiet"]) == "quiet rw"
-    assert boot.kernel_cmdline(["quiet"], "PARTUUID=abc") == "root=PARTUUID=abc quiet rw"
-    assert boot.kernel_cmdline(["root=/dev/sda1", "ro"], "PARTUUID=abc") == "root=/dev/sda1 ro"
-    assert boot.kernel_cmdline(["a b", "a"], read_only=True, serial_console=True) == "a b ro console=ttyS0,115200"
-    assert boot.kernel_cmdline(["console=tty0"], "root=LABEL=r", serial_console=True) == "root=LABEL=r console=tty0 rw"
+    assert kernel_cmdline(["quiet"]) == "quiet rw"
+    assert kernel_cmdline(["quiet"], "PARTUUID=abc") == "root=PARTUUID=abc quiet rw"
+    assert kernel_cmdline(["root=/dev/sda1", "ro"], "PARTUUID=abc") == "root=/dev/sda1 ro"
+    assert kernel_cmdline(["a b", "a"], read_only=True, serial_console=True) == "a b ro console=ttyS0,115200"
+    assert kernel_cmdline(["console=tty0"], "root=LABEL=r", serial_console=True) == "root=LABEL=r console=tty0 rw"
 
 
 def test_generate_secure_boot_keys(tmp_path: Path) -> None:
@@ -322,7 +335,7 @@ def test_generate_secure_boot_keys(tmp_path: Path) -> None:
     from cryptography.x509.oid import NameOID
 
     key_path, cert_path = tmp_path / "keys/mkosi.key", tmp_path / "keys/mkosi.crt"
-    boot.generate_secure_boot_keys("mkosi of test", 365, key_path, cert_path)
+    generate_secure_boot_keys("mkosi of test", 365, key_path, cert_path)
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
@@ -338,25 +351,25 @@ def test_generate_secure_boot_keys(tmp_path: Path) -> None:
 
     # Overwriting an existing, more permissive file still leaves it private.
     key_path.chmod(0o644)
-    boot.generate_secure_boot_keys("again", 1, key_path, cert_path)
+    generate_secure_boot_keys("again", 1, key_path, cert_path)
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
     with pytest.raises(MkosiError):
-        boot.generate_secure_boot_keys("x", 0, key_path, cert_path)
+        generate_secure_boot_keys("x", 0, key_path, cert_path)
 
 
 @needs_stub
 @pytest.mark.skipif(shutil.which("sbsign") is None, reason="sbsigntool not installed")
 def test_sign_and_verify(tmp_path: Path) -> None:
     key, cert = tmp_path / "db.key", tmp_path / "db.crt"
-    boot.generate_secure_boot_keys("signer", 10, key, cert)
+    generate_secure_boot_keys("signer", 10, key, cert)
     binary = tmp_path / "stub.efi"
     shutil.copyfile(STUB, binary)
-    assert not boot.verify_efi(binary, cert)
-    boot.sign_efi(binary, key, cert)
-    assert boot.verify_efi(binary, cert)
+    assert not verify_efi(binary, cert)
+    sign_efi(binary, key, cert)
+    assert verify_efi(binary, cert)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def test_bios_boot_partition_type_is_the_spec_value() -> None:
     # "Hah!IdontNeedEFI": the GUID GRUB and the partitioning tools use for BIOS boot partitions.
-    assert str(boot.BIOS_BOOT_PARTITION_TYPE) == "21686148-6449-6e6f-744e-656564454649"
+    assert str(BIOS_BOOT_PARTITION_TYPE) == "21686148-6449-6e6f-744e-656564454649"

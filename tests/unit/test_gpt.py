@@ -347,7 +347,7 @@ ROOTHASH = "4f" * 16 + "a1" * 16
 
 
 def _key_and_cert(tmp_path: Path) -> tuple[Path, Path]:
-    from mkosi.boot import generate_secure_boot_keys
+    from mkosi.boot.signing import generate_secure_boot_keys
 
     key_path, cert_path = tmp_path / "key.pem", tmp_path / "cert.pem"
     generate_secure_boot_keys("mkosi test", 3650, key_path, cert_path)

@@ -153,9 +153,6 @@ def _load_cert(path: Path):  # type: ignore[no-untyped-def]
 
 
 def test_genkey(wd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    boot = pytest.importorskip("mkosi.boot")
-    if not hasattr(boot, "generate_secure_boot_keys"):
-        pytest.skip("mkosi.boot.generate_secure_boot_keys is not written yet")
     from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
     from cryptography.x509.oid import NameOID
@@ -190,9 +187,6 @@ def test_genkey(wd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_genkey_default_common_name(wd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    boot = pytest.importorskip("mkosi.boot")
-    if not hasattr(boot, "generate_secure_boot_keys"):
-        pytest.skip("mkosi.boot.generate_secure_boot_keys is not written yet")
     from cryptography.x509.oid import NameOID
 
     monkeypatch.setenv("SUDO_USER", "bob")

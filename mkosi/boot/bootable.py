@@ -1,0 +1,59 @@
+"""Bootable=yes for a disk image: gathers the image's kernel, initrd and command line, fills the ESP
+directory, writes the direct-kernel-boot files and installs GRUB into the finished disk."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from mkosi import log
+from mkosi.boot.cmdline import VerityInfo, image_cmdline
+from mkosi.boot.esp import EspOptions, populate_esp
+from mkosi.boot.grub import install_grub_bios
+from mkosi.boot.initrd import build_initrd
+from mkosi.boot.kernel import BootFiles, boot_files, find_kernel
+from mkosi.config.enums import BootProtocol, Verity
+from mkosi.context import Context
+from mkosi.errors import MkosiError
+from mkosi.outputs import output_stem
+
+__all__ = ["VerityInfo", "install_bios_boot", "prepare_esp"]
+
+
+def image_initrd(ctx: Context, version: str) -> Path:
+    """The initrd for the image's kernel: kept from the cached image (CacheInitrd=yes) or built now."""
+    initrd = ctx.root / f"boot/initrd.img-{version}"
+    if ctx.config.cache_initrd and ctx.cached_image_reused and initrd.exists():
+        return initrd
+    return build_initrd(ctx, version)
+
+
+def write_linux_boot_files(files: BootFiles, directory: Path, stem: str) -> list[Path]:
+    """STEM.vmlinuz, STEM.initrd and STEM.cmdline, for booting the kernel directly (QemuBoot=linux)."""
+    shutil.copyfile(files.kernel, directory / f"{stem}.vmlinuz")
+    shutil.copyfile(files.initrd, directory / f"{stem}.initrd")
+    (directory / f"{stem}.cmdline").write_text(files.cmdline + "\n")
+    return [directory / f"{stem}{s}" for s in (".vmlinuz", ".initrd", ".cmdline")]
+
+
+def prepare_esp(ctx: Context, root_label: str, verity: Optional[VerityInfo] = None) -> Path:
+    """Fill a directory with what goes on the ESP; also writes the linux boot files to staging."""
+    config = ctx.config
+    if verity is None and config.verity != Verity.no:
+        raise MkosiError("Bootable=yes with Verity= needs the root hash of the root partition")
+    _, version = find_kernel(ctx.root)
+    initrd = image_initrd(ctx, version)
+    files = boot_files(ctx.root, initrd, image_cmdline(config, root_label, verity), config.architecture)
+    esp = ctx.dir("esp")
+    uki = populate_esp(esp, files, EspOptions.from_config(config))
+    if uki is not None:
+        shutil.copyfile(uki, ctx.workspace / "uki.efi")
+    if BootProtocol.linux in config.boot_protocols:
+        ctx.extra_artifacts += write_linux_boot_files(files, ctx.staging, output_stem(config))
+    return esp
+
+
+def install_bios_boot(ctx: Context, image: Path) -> None:
+    with log.step("Installing GRUB for BIOS boot"):
+        install_grub_bios(image, grub_dir="/grub")

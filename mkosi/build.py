@@ -448,11 +448,6 @@ def build_phase(ctx: Context) -> None:
         verify_architecture(ctx)
         run_prepare_script(ctx)
         if ctx.args.incremental:
-            if ctx.config.cache_initrd and ctx.config.bootable and ctx.phase == Phase.final:
-                from mkosi.boot.initrd import build_initrd
-                from mkosi.boot.kernel import find_kernel
-
-                build_initrd(ctx, find_kernel(ctx.root)[1])
             save_cached_image(ctx, key)
     configure_hostname(ctx)
     configure_machine_id(ctx)

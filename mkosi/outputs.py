@@ -56,6 +56,11 @@ def cached_image_path(config: Config, phase: Phase) -> Path:
     return Path(f"{_cache_base(config)}.cache-{phase.value}")
 
 
+def cached_initrd_path(config: Config) -> Path:
+    """The initrd of the last bootable build with -i; its key is next to it (`.key`)."""
+    return Path(f"{_cache_base(config)}.cache-initrd")
+
+
 def output_key_path(config: Config) -> Path:
     return Path(f"{_cache_base(config)}.cache-output.key")
 
@@ -66,7 +71,8 @@ def incremental_cache_paths(config: Config) -> list[Path]:
     for phase in Phase:
         image = cached_image_path(config, phase)
         paths += [image, Path(f"{image}.key")]
-    return [*paths, output_key_path(config), salt_path(config)]
+    initrd = cached_initrd_path(config)
+    return [*paths, initrd, Path(f"{initrd}.key"), output_key_path(config), salt_path(config)]
 
 
 def salt_path(config: Config) -> Path:

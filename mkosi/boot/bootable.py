@@ -11,22 +11,47 @@ from mkosi import log
 from mkosi.boot.cmdline import VerityInfo, image_cmdline
 from mkosi.boot.esp import EspOptions, populate_esp
 from mkosi.boot.grub import install_grub_bios
-from mkosi.boot.initrd import build_initrd
+from mkosi.boot.initrd import dracut_flags, initrd_key, load_cached_initrd, run_dracut, save_cached_initrd
 from mkosi.boot.kernel import BootFiles, boot_files, find_kernel
 from mkosi.config.enums import BootProtocol, Verity
 from mkosi.context import Context
+from mkosi.distributions import plugin
 from mkosi.errors import MkosiError
 from mkosi.outputs import output_stem
 
 __all__ = ["VerityInfo", "install_bios_boot", "prepare_esp"]
 
 
-def image_initrd(ctx: Context, version: str) -> Path:
-    """The initrd for the image's kernel: kept from the cached image (CacheInitrd=yes) or built now."""
-    initrd = ctx.root / f"boot/initrd.img-{version}"
-    if ctx.config.cache_initrd and ctx.cached_image_reused and initrd.exists():
-        return initrd
-    return build_initrd(ctx, version)
+def build_initrd(ctx: Context, version: str) -> Path:
+    """dracut inside the image, for its kernel; the initrd lands in the workspace, not in the image."""
+    return run_dracut(ctx.root, version, ctx.workspace / f"initrd-{version}", dracut_flags(ctx.config),
+                      ctx.config.nspawn_keep_unit)
+
+
+def initrd_cache_key(ctx: Context, kernel: Path, version: str) -> Optional[str]:
+    """The key of the image's initrd; None when the package database lists nothing to key it on."""
+    installed = plugin(ctx.config.distribution).installed_packages(ctx)
+    packages = [f"{p.name}={p.version}:{p.architecture}" for p in installed]
+    if not packages:
+        log.info("The package database lists no packages: the initrd is built again and not cached")
+        return None
+    return initrd_key(ctx.config, ctx.root, kernel, version, packages)
+
+
+def image_initrd(ctx: Context, kernel: Path, version: str) -> Path:
+    """The initrd for the image's kernel. With -i, the one of an earlier build is reused when nothing that
+    shapes it changed, and a newly built one is kept for the next build."""
+    if not ctx.args.incremental:
+        return build_initrd(ctx, version)
+    key = initrd_cache_key(ctx, kernel, version)
+    cached = load_cached_initrd(ctx.config, key) if key is not None else None
+    if cached is not None:
+        log.info(f"Reusing the cached initrd for kernel {version} (nothing that shapes it changed)")
+        return cached
+    initrd = build_initrd(ctx, version)
+    if key is not None:
+        save_cached_initrd(ctx.config, initrd, key)
+    return initrd
 
 
 def write_linux_boot_files(files: BootFiles, directory: Path, stem: str) -> list[Path]:
@@ -42,8 +67,8 @@ def prepare_esp(ctx: Context, root_label: str, verity: Optional[VerityInfo] = No
     config = ctx.config
     if verity is None and config.verity != Verity.no:
         raise MkosiError("Bootable=yes with Verity= needs the root hash of the root partition")
-    _, version = find_kernel(ctx.root)
-    initrd = image_initrd(ctx, version)
+    kernel, version = find_kernel(ctx.root)
+    initrd = image_initrd(ctx, kernel, version)
     files = boot_files(ctx.root, initrd, image_cmdline(config, root_label, verity), config.architecture)
     esp = ctx.dir("esp")
     uki = populate_esp(esp, files, EspOptions.from_config(config))

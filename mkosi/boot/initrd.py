@@ -1,20 +1,39 @@
-"""The initrd: dracut running inside the image (in a container), for the image's kernel."""
+"""The initrd: dracut running inside the image (in a container), for the image's kernel, and the
+cache that keeps it between builds with -i as long as nothing that shapes it changed."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-from mkosi import log
+from mkosi import __version__, log
+from mkosi.cache import digest_path, write_private
 from mkosi.config.enums import Verity
-from mkosi.config.settings import Config
-from mkosi.context import Context
+from mkosi.config.settings import Config, plain_value
 from mkosi.errors import MkosiError
+from mkosi.outputs import cached_initrd_path
 from mkosi.run import run
 from mkosi.sandbox import nspawn_command
 
 # zstd: the kernel unpacks it, and it is much faster than dracut's default gzip -9.
 DRACUT_COMPRESS = "--compress=zstd -q -T0 -10"
+
+# Where dracut writes inside the image; the initrd is moved out at once, so the image does not ship it.
+INITRD_IN_ROOT = "var/tmp/mkosi-initrd.img"
+
+# The settings that shape the initrd (KernelCommandLine= and the like do not: they go elsewhere).
+INITRD_SETTINGS = ("distribution", "release", "architecture", "format", "hostonly_initrd", "verity", "encrypt",
+                   "usr_only")
+
+# Files of the image, beyond its packages, that dracut reads for a generic initrd.
+INITRD_CONFIG_PATHS = ("etc/dracut.conf", "etc/dracut.conf.d", "usr/lib/dracut/dracut.conf.d",
+                       "etc/modprobe.d", "usr/lib/modprobe.d", "etc/modules-load.d", "etc/udev/rules.d",
+                       "etc/crypttab", "etc/vconsole.conf", "etc/locale.conf")
 
 
 def dracut_flags(config: Config) -> list[str]:
@@ -25,17 +44,67 @@ def dracut_flags(config: Config) -> list[str]:
     return flags
 
 
-def run_dracut(root: Path, version: str, target: str, flags: list[str], keep_unit: Optional[bool]) -> Path:
-    """Run the image's dracut in a container of `root`; `target` is the initrd's path inside the root."""
+def run_dracut(root: Path, version: str, output: Path, flags: Sequence[str], keep_unit: Optional[bool]) -> Path:
+    """Run the image's dracut in a container of `root` and move the initrd it makes to `output`."""
     if not (root / "usr/bin/dracut").exists():
         raise MkosiError("Bootable=yes needs dracut in the image", hint="add dracut to Packages=")
+    inside = root / INITRD_IN_ROOT
+    inside.parent.mkdir(parents=True, exist_ok=True)
     with log.step(f"Building the initrd for kernel {version} with dracut"):
-        run(nspawn_command(root, ["dracut", "--quiet", "--force", *flags, DRACUT_COMPRESS, "--kver", version, target],
+        run(nspawn_command(root, ["dracut", "--quiet", "--force", *flags, DRACUT_COMPRESS, "--kver", version,
+                                  f"/{INITRD_IN_ROOT}"],
                            keep_unit=keep_unit, network=False))
-    return root / target.lstrip("/")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(inside, output)
+    return output
 
 
-def build_initrd(ctx: Context, version: str) -> Path:
-    """dracut inside the image, for the image's kernel, as /boot/initrd.img-VERSION."""
-    return run_dracut(ctx.root, version, f"/boot/initrd.img-{version}", dracut_flags(ctx.config),
-                      ctx.config.nspawn_keep_unit)
+def _digest_listing(h: hashlib._Hash, directory: Path) -> None:
+    """Names and sizes of the files below `directory` (kernel modules: their package is keyed already,
+    this catches modules added by other means)."""
+    for d, dirs, files in sorted(os.walk(directory)):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(d, name)
+            h.update(f"{os.path.relpath(path, directory)}\0{os.lstat(path).st_size}\0".encode())
+
+
+def initrd_key(config: Config, root: Path, kernel: Path, version: str, packages: Sequence[str]) -> str:
+    """A hash of everything that shapes the initrd: the settings of INITRD_SETTINGS, the dracut options, the
+    installed packages with their versions, the kernel and its modules, and (unless CacheInitrd=yes) the
+    configuration files of INITRD_CONFIG_PATHS."""
+    h = hashlib.sha256()
+    inputs = {name: plain_value(getattr(config, name)) for name in INITRD_SETTINGS}
+    inputs.update(dracut=[*dracut_flags(config), DRACUT_COMPRESS], kernel=version, packages=sorted(packages),
+                  mkosi=__version__)
+    h.update(json.dumps(inputs, sort_keys=True).encode())
+    digest_path(h, kernel)
+    _digest_listing(h, root / "usr/lib/modules" / version)
+    if not config.cache_initrd:
+        for rel in INITRD_CONFIG_PATHS:
+            h.update(f"\0{rel}\0".encode())
+            if (root / rel).exists():
+                digest_path(h, root / rel)
+    return h.hexdigest()
+
+
+def load_cached_initrd(config: Config, key: str) -> Optional[Path]:
+    """The cached initrd, when it was built from inputs with this key."""
+    path = cached_initrd_path(config)
+    keyfile = Path(f"{path}.key")
+    if not path.is_file() or not keyfile.exists():
+        return None
+    if keyfile.read_text().strip() != key:
+        log.info("The cached initrd is out of date (its inputs changed); rebuilding it")
+        return None
+    return path
+
+
+def save_cached_initrd(config: Config, initrd: Path, key: str) -> None:
+    path = cached_initrd_path(config)
+    keyfile = Path(f"{path}.key")
+    keyfile.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.copyfile(initrd, tmp)
+    os.rename(tmp, path)
+    write_private(keyfile, key + "\n")

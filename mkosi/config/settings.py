@@ -521,7 +521,7 @@ class Config(ModernSettings):
         default=False, const="yes", cache=True, help="Build a host-only initrd (dracut --hostonly).")
     cache_initrd: bool = setting(
         section=O, key="CacheInitrd", flags=("--cache-initrd",), kind=Kind.BOOL, parse=parse_bool, default=False,
-        const="yes", cache=True, help="In incremental mode, build the initrd into the cached image and reuse it.")
+        const="yes", cache=True, help="Leave the image's dracut configuration files out of the cached initrd's key.")
     usr_only: bool = setting(
         section=O, key="UsrOnly", flags=("--usr-only",), kind=Kind.BOOL, parse=parse_bool, default=False,
         const="yes", help="Put only /usr in the image, in a /usr partition.")

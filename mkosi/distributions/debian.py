@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Optional
 
 from mkosi.config.enums import Distribution
@@ -17,6 +20,101 @@ DPKG_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "x86": "i386", "arm": "armhf
              "riscv64": "riscv64", "s390x": "s390x"}
 
 
+# Scripts that build an initrd (or hand the kernel to kernel-install, which builds one) while a kernel
+# package, an initrd generator or a trigger of theirs is configured. mkosi builds the one initrd the
+# image boots itself, so during package installation these are replaced by no-ops: each is diverted
+# (a local dpkg diversion, so the package's file lands next to it with a suffix run-parts ignores) and
+# a stub takes its place. Afterwards the stubs go and the packages' files are put back.
+KERNEL_HOOKS = (
+    "etc/kernel/postinst.d/dracut",
+    "etc/kernel/postinst.d/initramfs-tools",
+    "etc/kernel/postinst.d/zz-systemd-boot",
+    "etc/kernel/postinst.d/zz-kernel-install",
+    "usr/sbin/update-initramfs",
+)
+DIVERTED_SUFFIX = ".mkosi-disabled"
+HOOK_STUB = "#!/bin/sh\n# Disabled by mkosi while it installs packages: mkosi builds the initrd itself.\nexit 0\n"
+
+
+def _read_diversions(path: Path) -> list[tuple[str, str, str]]:
+    """dpkg's diversions file: groups of three lines (the file, where it is diverted to, the package
+    or ':' for a local diversion)."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [(lines[i], lines[i + 1], lines[i + 2]) for i in range(0, len(lines) - 2, 3)]
+
+
+def _write_diversions(path: Path, entries: list[tuple[str, str, str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{a}\n{b}\n{c}\n" for a, b, c in entries))
+
+
+def _is_ours(entry: tuple[str, str, str]) -> bool:
+    return entry[2] == ":" and entry[1] == entry[0] + DIVERTED_SUFFIX and entry[0].lstrip("/") in KERNEL_HOOKS
+
+
+def _missing_parents(root: Path, path: Path) -> list[Path]:
+    missing = []
+    while path != root and not (path.exists() or path.is_symlink()):
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def disable_kernel_hooks(root: Path) -> list[Path]:
+    """Divert the hooks and put stubs in their place; returns the files and directories this created
+    (for restore_kernel_hooks() to remove again)."""
+    diversions = root / "var/lib/dpkg/diversions"
+    created = _missing_parents(root, diversions)
+    entries = _read_diversions(diversions)
+    diverted = {e[0] for e in entries}
+    for hook in KERNEL_HOOKS:
+        name = f"/{hook}"
+        if name in diverted:
+            continue
+        target = root / hook
+        if target.exists() or target.is_symlink():
+            target.rename(root / f"{hook}{DIVERTED_SUFFIX}")   # installed already: move the real one aside
+        entries.append((name, name + DIVERTED_SUFFIX, ":"))
+        created += [p for p in _missing_parents(root, target.parent) if p not in created]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(HOOK_STUB)
+        target.chmod(0o755)
+    _write_diversions(diversions, entries)
+    return created
+
+
+def restore_kernel_hooks(root: Path, created: Sequence[Path] = ()) -> None:
+    """Remove the stubs and diversions of disable_kernel_hooks(), putting the packages' hooks back."""
+    diversions = root / "var/lib/dpkg/diversions"
+    entries = _read_diversions(diversions)
+    for name, diverted, _ in filter(_is_ours, entries):
+        hook = root / name.lstrip("/")
+        if hook.is_file() and not hook.is_symlink() and hook.read_text(errors="replace") == HOOK_STUB:
+            hook.unlink()
+        real = root / diverted.lstrip("/")
+        if real.exists() or real.is_symlink():
+            real.rename(hook)
+    remaining = [e for e in entries if not _is_ours(e)]
+    if remaining or diversions not in created:
+        _write_diversions(diversions, remaining)
+    else:
+        diversions.unlink(missing_ok=True)
+    # What was made only to hold a stub goes again (deepest first), so images without a kernel are as before.
+    for path in sorted(created, key=lambda p: len(p.parts), reverse=True):
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+
+
+@contextlib.contextmanager
+def kernel_hooks_disabled(root: Path) -> Iterator[None]:
+    """No initrd is built by the distribution's hooks while packages are installed."""
+    created = disable_kernel_hooks(root)
+    try:
+        yield
+    finally:
+        restore_kernel_hooks(root, created)
+
+
 class Debian(DistributionPlugin):
     distribution = Distribution.debian
     package_manager = "apt-get"
@@ -29,8 +127,6 @@ class Debian(DistributionPlugin):
         return default_mirror(self.distribution.value, DPKG_ARCH.get(arch, arch))
 
     def apt_config(self, config: Config, ctx: Optional[Context] = None) -> AptConfig:
-        from pathlib import Path
-
         from mkosi.installers.apt import AptConfig
 
         known = {"main", "contrib", "non-free", "non-free-firmware", "restricted", "universe", "multiverse"}
@@ -67,7 +163,8 @@ class Debian(DistributionPlugin):
     def install(self, ctx: Context, packages: list[str]) -> None:
         from mkosi.installers import apt
 
-        apt.install(self.apt_config(ctx.config, ctx), packages)
+        with kernel_hooks_disabled(ctx.root):
+            apt.install(self.apt_config(ctx.config, ctx), packages)
 
     def remove_packages(self, ctx: Context, packages: list[str]) -> None:
         from mkosi.installers import apt

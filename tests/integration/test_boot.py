@@ -66,9 +66,16 @@ SshTimeout=240
     (d / "mkosi.output").mkdir()
     run_mkosi(d, "genkey")
     start = time.monotonic()
-    run_mkosi(d, "build", timeout=3000)
+    # -i: test_rebuild_reuses_the_initrd builds again and expects the initrd of this build to be reused.
+    proc = run_mkosi(d, "-i", "build", timeout=3000)
+    (d / "first-build.log").write_text(proc.stdout + proc.stderr)
     print(f"bootable build took {time.monotonic() - start:.0f}s", file=sys.stderr)
     return d
+
+
+def debugfs(partition: Path, command: str) -> str:
+    proc = subprocess.run(["debugfs", "-R", command, str(partition)], capture_output=True, text=True, check=True)
+    return proc.stdout
 
 
 def boot(project: Path, protocol: str, *extra: str, timeout: int = 420) -> tuple[str, float]:
@@ -98,6 +105,31 @@ def test_secure_boot_signature(boot_project: Path) -> None:
     sections = subprocess.run(["objdump", "-h", str(uki)], capture_output=True, text=True, check=True).stdout
     for name in (".osrel", ".cmdline", ".linux", ".initrd"):
         assert name in sections
+
+
+def test_rebuild_reuses_the_initrd(boot_project: Path) -> None:
+    """A change that does not shape the initrd rebuilds the image with -i without running dracut, and
+    the distribution's kernel hooks never put an initrd of their own into the image. (The boot tests
+    after this one boot the rebuilt image.)"""
+    first_log = (boot_project / "first-build.log").read_text()
+    assert first_log.count("Building the initrd for kernel") == 1, first_log[-3000:]
+    initrd = (boot_project / "mkosi.output/bootimg.initrd").read_bytes()
+    (boot_project / "mkosi.extra/etc/motd").write_text("rebuilt\n")
+    start = time.monotonic()
+    proc = run_mkosi(boot_project, "-i", "-f", "build", timeout=3000)
+    print(f"incremental bootable rebuild took {time.monotonic() - start:.0f}s", file=sys.stderr)
+    log = proc.stdout + proc.stderr
+    assert "Reusing the cached initrd for kernel" in log, log[-3000:]
+    assert "Building the initrd" not in log
+    assert (boot_project / "mkosi.output/bootimg.initrd").read_bytes() == initrd
+    root = boot_project / "mkosi.output/bootimg.root"
+    assert "rebuilt" in debugfs(root, "cat /etc/motd")
+    boot_dir = debugfs(root, "ls /boot")
+    assert "vmlinuz-" in boot_dir and "initrd.img" not in boot_dir, boot_dir
+    # The hooks are the packages' own again, for the image's later kernel updates.
+    hook = debugfs(root, "cat /etc/kernel/postinst.d/dracut")
+    assert "dracut" in hook and "mkosi" not in hook, hook
+    assert "mkosi" not in debugfs(root, "cat /var/lib/dpkg/diversions")
 
 
 @pytest.mark.parametrize("protocol", ["uefi", "bios", "linux"])

@@ -45,6 +45,20 @@ class PEImage:
         return None
 
 
+def _parse_sections(data: bytes, table: int, count: int) -> tuple[PESection, ...]:
+    """The section table: `count` entries of 40 bytes from offset `table`."""
+    if table + count * 40 > len(data):
+        raise MkosiError("truncated PE section table")
+    sections = []
+    for i in range(count):
+        raw_name, vsize, vaddr, rsize, roff, _relocs, _lines, _nrelocs, _nlines, chars = struct.unpack_from(
+            "<8sIIIIIIHHI", data, table + i * 40
+        )
+        name = raw_name.rstrip(b"\0").decode("ascii", errors="replace")
+        sections.append(PESection(name, vsize, vaddr, rsize, roff, chars))
+    return tuple(sections)
+
+
 def parse_pe(data: bytes) -> PEImage:
     """Parse the DOS stub, COFF file header, optional header and section table of a PE image."""
     if len(data) < 0x40 or data[:2] != b"MZ":
@@ -70,17 +84,7 @@ def parse_pe(data: bytes) -> PEImage:
     section_alignment, file_alignment = struct.unpack_from("<II", data, opt + 32)
     size_of_image, size_of_headers = struct.unpack_from("<II", data, opt + 56)
 
-    sections = []
-    table = opt + opt_size
-    if table + nsections * 40 > len(data):
-        raise MkosiError("truncated PE section table")
-    for i in range(nsections):
-        raw_name, vsize, vaddr, rsize, roff, _relocs, _lines, _nrelocs, _nlines, chars = struct.unpack_from(
-            "<8sIIIIIIHHI", data, table + i * 40
-        )
-        name = raw_name.rstrip(b"\0").decode("ascii", errors="replace")
-        sections.append(PESection(name, vsize, vaddr, rsize, roff, chars))
-
+    sections = _parse_sections(data, opt + opt_size, nsections)
     return PEImage(
         machine=machine,
         magic=magic,
@@ -89,7 +93,7 @@ def parse_pe(data: bytes) -> PEImage:
         file_alignment=file_alignment,
         size_of_image=size_of_image,
         size_of_headers=size_of_headers,
-        sections=tuple(sections),
+        sections=sections,
     )
 
 

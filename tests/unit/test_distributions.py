@@ -180,6 +180,9 @@ def test_base_packages() -> None:
     assert plugin(Distribution.opensuse).base_packages(load("-d", "opensuse")) == ["systemd", "udev"]
     assert "kernel-default" in plugin(Distribution.opensuse).base_packages(load("-d", "opensuse", "--bootable"))
     assert plugin(Distribution.gentoo).base_packages(load("-d", "gentoo")) == ["sys-apps/systemd"]
+    # dracut compresses with zstd only when the image has it (gzip otherwise, much slower).
+    assert "zstd" in plugin(Distribution.debian).base_packages(load("-d", "debian", "--bootable"))
+    assert "zstd" not in plugin(Distribution.debian).base_packages(load("-d", "debian"))
 
 
 def test_rpmdb_locations() -> None:

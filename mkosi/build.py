@@ -34,6 +34,7 @@ from mkosi.preflight import (
     output_lock,
     private_mount_namespace,
     recover_interrupted_move,
+    remove_in_background,
     remove_stale_workspaces,
 )
 from mkosi.trees import chown_to_invoking_user, install_tree
@@ -55,11 +56,16 @@ def workspace(config: Config) -> Iterator[Path]:
     log.debug(f"workspace {ws}")
     try:
         yield ws
-    finally:
+    except BaseException:
         umount_all_below(ws)
         shutil.rmtree(ws, ignore_errors=True)
         if ws.exists():
             log.warn(f"could not remove the workspace {ws} completely")
+        raise
+    else:
+        # After a successful build the results are in place already: the (possibly large) workspace
+        # is deleted in the background instead of keeping the user waiting.
+        remove_in_background(ws)
 
 
 # ---------------------------------------------------------------- steps of one phase

@@ -17,6 +17,7 @@ import errno
 import fcntl
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,6 +95,20 @@ def _pid_alive(pid: int) -> bool:
 
 def mark_workspace(ws: Path) -> None:
     (ws / PID_FILE).write_text(f"{os.getpid()}\n")
+
+
+def remove_in_background(ws: Path) -> None:
+    """Unmount what is below the workspace, then remove it with a detached `rm` that stays on the
+    workspace's file system. The workspace records the remover's PID, so a later build takes over when
+    the remover was killed (or the machine rebooted) before it finished."""
+    umount_all_below(ws)
+    if mounts_below(ws):
+        log.warn(f"the workspace {ws} still has mounts below it; leaving it")
+        return
+    proc = subprocess.Popen(["rm", "-rf", "--one-file-system", "--", os.fspath(ws)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    with contextlib.suppress(OSError):
+        (ws / PID_FILE).write_text(f"{proc.pid}\n")
 
 
 def remove_stale_workspaces(parent: Path) -> None:

@@ -83,3 +83,17 @@ def test_a_second_build_waits_for_the_output_lock(tmp_path: Path, capsys: pytest
     holder.join()
     assert waited > 0.3
     assert "Waiting for another build" in capsys.readouterr().err
+
+
+def test_a_finished_workspace_is_removed_in_the_background(tmp_path: Path) -> None:
+    from mkosi.preflight import remove_in_background
+
+    ws = tmp_path / "mkosi-done"
+    (ws / "root/usr/share").mkdir(parents=True)
+    for i in range(200):
+        (ws / f"root/usr/share/f{i}").write_text("x")
+    remove_in_background(ws)
+    deadline = time.monotonic() + 30
+    while ws.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not ws.exists()

@@ -11,11 +11,17 @@ from collections.abc import Sequence
 from typing import Optional
 
 from mkosi import log
+from mkosi.config.types import DEBUG_AREAS
 from mkosi.errors import MkosiError
 
 
 def _debug_requested(argv: Sequence[str]) -> bool:
-    return any(a == "--debug" or a.startswith("--debug=") for a in argv)
+    """Whether tracebacks are wanted, before the command line is parsed: only for valid --debug= values."""
+    def valid(value: str) -> bool:
+        areas = value.replace(",", " ").split()
+        return bool(areas) and all(a in DEBUG_AREAS for a in areas)
+
+    return any(a == "--debug" or (a.startswith("--debug=") and valid(a[len("--debug="):])) for a in argv)
 
 
 def run_main(argv: Sequence[str]) -> int:

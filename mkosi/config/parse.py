@@ -263,6 +263,8 @@ def _matches(s: Setting, existing: Any, removal: str) -> bool:
 
 def merge_list(s: Setting, current: list[Any], raw: str, base: Optional[Path] = None) -> list[Any]:
     result = list(current)
+    if s.reject_empty and not _split_items(s, raw):
+        s.parse("")  # raises, naming the accepted values
     for item in _split_items(s, raw):
         if item == "!*":
             result = []

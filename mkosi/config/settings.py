@@ -34,6 +34,7 @@ from mkosi.config.enums import (
 from mkosi.config.modern import ModernSettings
 from mkosi.config.types import (
     ConfigTree,
+    DEBUG_AREAS,
     Kind,
     MatchKind,
     PathRule,
@@ -310,8 +311,9 @@ class Args:
     debug: list[str] = setting(
         scope=Scope.invocation,
         section=None, key=None, flags=("--debug",), kind=Kind.LIST, parse=parse_debug,
-        default_factory=list, const="run", metavar="SELECTOR",
-        help="Show debugging output: every command that runs, and tracebacks. Optional areas: run, all.")
+        default_factory=list, const="run", metavar="AREA[,AREA...]", choices=DEBUG_AREAS, reject_empty=True,
+        help="Show debugging output: every command that runs, and tracebacks. "
+             f"Areas: {', '.join(DEBUG_AREAS)}.")
     auto_bump: bool = setting(
         scope=Scope.invocation,
         section=None, key=None, flags=("--auto-bump", "-B"), kind=Kind.BOOL, parse=parse_bool,

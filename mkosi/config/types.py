@@ -96,6 +96,7 @@ class Setting:
     path_rule: PathRule = PathRule.none
     # Other sections it may stand in without a warning (its classic one, when the modern manual moved it).
     other_sections: tuple[str, ...] = ()
+    reject_empty: bool = False        # lists: an empty value is an error (parse("") says why)
 
     @property
     def long_flag(self) -> Optional[str]:
@@ -269,8 +270,16 @@ def parse_force(value: str) -> int:
     return 1 if parse_bool(v) else 0
 
 
+# The areas --debug accepts: mkosi 14's names, and "all". Every one turns on the same output today.
+DEBUG_AREAS = ("run", "build-script", "workspace-command", "disk", "all")
+
+
 def parse_debug(value: str) -> str:
-    return value.strip()
+    v = value.strip()
+    if v not in DEBUG_AREAS:
+        problem = f"unknown debug area '{v}'" if v else "an empty value is not a debug area"
+        raise ValueError(f"{problem}; accepted values: {', '.join(DEBUG_AREAS)}")
+    return v
 
 
 # ---- the value types of the modern settings ----

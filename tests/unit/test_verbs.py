@@ -301,6 +301,23 @@ def test_debug_shows_traceback(wd: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "mkosi.default:2" in err
 
 
+@pytest.mark.parametrize("value", ["bogus", "", "run,nonsense"])
+def test_invalid_debug_value_lists_accepted_values(wd: Path, capsys: pytest.CaptureFixture[str], value: str) -> None:
+    assert run(f"--debug={value}", "summary") == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = error_lines(err)
+    assert len(lines) == 1, err
+    assert "--debug" in lines[0]
+    assert "accepted values: run, build-script, workspace-command, disk, all" in lines[0]
+
+
+def test_valid_debug_values(wd: Path) -> None:
+    assert resolve("--debug=run,disk").debug == ["run", "disk"]
+    assert resolve("--debug", "all").debug == ["all"]
+    assert resolve("--debug").debug == ["run"]
+
+
 def test_unknown_verb(wd: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run("frobnicate") == 1
     err = capsys.readouterr().err

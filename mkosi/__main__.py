@@ -26,13 +26,13 @@ def _debug_requested(argv: Sequence[str]) -> bool:
 
 def run_main(argv: Sequence[str]) -> int:
     from mkosi.config import load_config
-    from mkosi.config.parse import build_parser, format_help, parse_command_line, print_version
+    from mkosi.config.parse import build_completion_parser, format_help, parse_command_line, print_version
     from mkosi.verbs import run_verbs
 
     try:
         import argcomplete
 
-        argcomplete.autocomplete(build_parser())
+        argcomplete.autocomplete(build_completion_parser())
     except ImportError:
         pass
 

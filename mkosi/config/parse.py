@@ -121,6 +121,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_completion_parser() -> argparse.ArgumentParser:
+    """The parser shell completion (argcomplete) walks: the real options, plus the verb as a positional
+    argument so that `mkosi su<Tab>` completes to `summary`, and the verb's own arguments after it."""
+    parser = build_parser()
+    verb = parser.add_argument("verb", nargs="?", choices=Verb.values(), metavar="VERB", help=argparse.SUPPRESS)
+    # zsh shows the descriptions next to the verbs; bash uses the names only.
+    verb.completer = lambda **_: {v.value: VERB_HELP[v] for v in Verb}  # type: ignore[attr-defined]
+    try:
+        from argcomplete.completers import SuppressCompleter
+
+        rest = parser.add_argument("arguments", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        rest.completer = SuppressCompleter()  # type: ignore[attr-defined]
+    except ImportError:
+        pass
+    return parser
+
+
 def _option_index(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     index: dict[str, argparse.Action] = {}
     for action in parser._actions:

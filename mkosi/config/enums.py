@@ -301,3 +301,9 @@ class RuntimeNetwork(StrEnum):
     user = "user"
     interface = "interface"
     none = "none"
+
+
+class SignExpectedPcr(StrEnum):
+    auto = "auto"
+    yes = "yes"
+    no = "no"

@@ -68,6 +68,16 @@ for _s in SETTINGS:
     for _a in _s.aliases:
         _KEYS[normalize_key(_a)] = (_s, True)
 
+# mkosi 14 turned every key into a flag (BuildDir= into --build-dir, Package= into --package), so keys
+# spelled after a setting's flags are accepted too, as older names.
+_FLAG_KEYS: dict[str, tuple[Setting, bool]] = {}
+for _s in SETTINGS:
+    if _s.key is None:
+        continue
+    for _f in (*_s.flags, *_s.flag_aliases):
+        if _f.startswith("--"):
+            _FLAG_KEYS.setdefault(normalize_key(_f), (_s, True))
+
 _SECTIONS = {s.lower(): s for s in SECTIONS}
 # Older section names: the [Packages] section became [Content], [Host] became [Runtime].
 _LEGACY_SECTIONS = {"packages": "Content"}
@@ -98,7 +108,8 @@ def matchable() -> list[Setting]:
 
 
 def lookup_key(key: str) -> Optional[tuple[Setting, bool]]:
-    return _KEYS.get(normalize_key(key))
+    norm = normalize_key(key)
+    return _KEYS.get(norm) or _FLAG_KEYS.get(norm)
 
 
 def nearest_key(key: str) -> Optional[str]:

@@ -49,6 +49,11 @@ class _Record(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace, values: Any,
                  option_string: Optional[str] = None) -> None:
         raw = self.fixed if self.fixed is not None else str(values)
+        s = self.setting
+        if option_string is not None and (option_string in s.flag_aliases
+                                          or option_string in [f for f, _ in s.value_flags]):
+            new = s.long_flag if self.fixed is None or option_string in s.flag_aliases else f"{s.long_flag}={raw}"
+            log.warn(f"command line: {option_string} is an older name, use {new}")
         ns.assignments.append(Assignment(self.setting, raw, Origin(None, None)))
 
 
@@ -118,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                     pass
         for neg in s.negative_flags:
             group.add_argument(neg, action=_Record, setting=s, fixed="no", nargs=0, help=f"same as {s.name}no")
+        for flag, value in s.value_flags:
+            group.add_argument(flag, action=_Record, setting=s, fixed=value, nargs=0, help=argparse.SUPPRESS)
     return parser
 
 
@@ -182,7 +189,7 @@ def split_argv(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[li
             i += 2
             continue
         # A flag with an optional value: take the next token only if it is clearly a value for it.
-        long = s.long_flag or name
+        long = name if name.startswith("--") else (s.long_flag or name)
         takes_next = nxt is not None and nxt not in verbs and (
             try_bool(nxt) is not None or (s.choices is not None and nxt in s.choices))
         if takes_next:

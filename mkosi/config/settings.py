@@ -25,6 +25,7 @@ from mkosi.config.enums import (
     ManifestFormat,
     OutputFormat,
     QemuKvm,
+    SignExpectedPcr,
     SourceFileTransfer,
     SplitArtifact,
     Verb,
@@ -293,7 +294,7 @@ class Args:
         help="Change to this directory before doing anything; mkosi.* files are looked up there.")
     default_path: Optional[Path] = setting(
         scope=Scope.invocation,
-        section=None, key=None, flags=("--default",), parse=parse_path, metavar="PATH",
+        section=None, key=None, flags=("--default",), flag_aliases=("--config",), parse=parse_path, metavar="PATH",
         help="Read settings from this file instead of mkosi.default / mkosi.conf.")
     all: bool = setting(
         scope=Scope.invocation,
@@ -419,11 +420,16 @@ class Config(ModernSettings):
     output_split_kernel: Optional[Path] = setting(
         section=O, key="OutputSplitKernel", flags=("--output-split-kernel",), parse=parse_path, metavar="PATH",
         help="Path of the split-out unified kernel image (with SplitArtifacts=).")
+    output_split_verity_sig: Optional[Path] = setting(
+        section=O, key="OutputSplitVeritySig", flags=("--output-split-verity-sig",), parse=parse_path,
+        metavar="PATH", status=NOT_YET,
+        help="Path of the split-out verity signature partition (with SplitArtifacts= and Verity=signed).")
     output_dir: Optional[Path] = setting(
         scope=Scope.universal, default_fn=_default_output_dir, depends=("output",), specifier="O",
         path_rule=PathRule.path,
         section=O, key="OutputDirectory", flags=("--output-directory", "-O"), flag_aliases=("--output-dir",),
         parse=parse_path, metavar="PATH",
+        aliases=("OutputDir",),
         help="Directory for all artifacts (default: mkosi.output/ if it exists).")
     workspace_dir: Optional[Path] = setting(
         scope=Scope.universal, path_default=("mkosi.workspace/",), path_rule=PathRule.path,
@@ -446,6 +452,7 @@ class Config(ModernSettings):
     kernel_command_line: list[str] = setting(
         other_sections=(O,),
         section=C, key="KernelCommandLine", flags=("--kernel-command-line",), kind=Kind.LIST, separator=r"\s+",
+        flag_aliases=("--kernel-commandline",),
         remove_by_key=True, default_factory=list, metavar="OPTIONS",
         help="Kernel command line of bootable images; '!*' clears, '!opt' removes an option.")
     secure_boot: bool = setting(
@@ -468,11 +475,16 @@ class Config(ModernSettings):
     secure_boot_valid_days: int = setting(
         section=O, key="SecureBootValidDays", flags=("--secure-boot-valid-days",), parse=parse_int, default=730,
         help="Validity in days of the certificate made by genkey.")
+    sign_expected_pcr: SignExpectedPcr = setting(
+        section=O, key="SignExpectedPCR", flags=("--sign-expected-pcr",),
+        parse=parse_bool_or_enum(SignExpectedPcr, SignExpectedPcr.yes, SignExpectedPcr.no),
+        choices=_choices(SignExpectedPcr), const="yes", default=SignExpectedPcr.auto, status=NOT_YET,
+        help="Sign the expected TPM PCR values of the unified kernel image (systemd-measure): yes, no or auto.")
     read_only: bool = setting(
         section=O, key="ReadOnly", flags=("--read-only",), kind=Kind.BOOL, parse=parse_bool, default=False,
         const="yes", help="Mark the root partition read-only (implied by squashfs and verity).")
     minimize: bool = setting(
-        section=O, key="Minimize", flags=("--minimize",), kind=Kind.BOOL, parse=parse_bool, default=False,
+        section=O, key="Minimize", flags=("--minimize", "-M"), kind=Kind.BOOL, parse=parse_bool, default=False,
         const="yes", help="Shrink the root file system to its content (gpt_ext4, gpt_btrfs).")
     encrypt: Optional[Encrypt] = setting(
         section=O, key="Encrypt", flags=("--encrypt",), parse=parse_enum(Encrypt), choices=_choices(Encrypt),
@@ -489,7 +501,8 @@ class Config(ModernSettings):
     compress_output: str = setting(
         default_fn=_default_compress_output, resolve_fn=_resolve_compress_output, depends=("format", "compress"),
         section=O, key="CompressOutput", flags=("--compress-output",), parse=parse_compression, const="yes",
-        aliases=("XZ",), help="Compress the output: a boolean, xz or zstd (implied for tar and cpio).")
+        aliases=("XZ",), value_flags=(("--xz", "xz"),),
+        help="Compress the output: a boolean, xz or zstd (implied for tar and cpio).")
     compress: Optional[str] = setting(
         section=O, key="Compress", flags=("--compress",), parse=parse_compression, const="yes",
         help="Compress the file system or the output, whichever suits the format.")
@@ -587,7 +600,8 @@ class Config(ModernSettings):
         metavar="PACKAGES", help="Packages to remove from the image at the end.")
     environment: list[str] = setting(
         match=MatchKind.equal, other_sections=(C,),
-        section=B, key="Environment", flags=("--environment",), kind=Kind.LIST, parse=parse_environment_item,
+        section=B, key="Environment", flags=("--environment", "-E"), kind=Kind.LIST, parse=parse_environment_item,
+        aliases=("BuildEnvironment",), flag_aliases=("--build-environment",),
         separator=r"\s+", default_factory=list, metavar="NAME[=VALUE]",
         help="Variables for the scripts; a bare name passes the value from mkosi's environment.")
     build_sources: Optional[Path] = setting(
@@ -599,6 +613,7 @@ class Config(ModernSettings):
         scope=Scope.universal, path_default=("mkosi.builddir/",), path_rule=PathRule.path,
         other_sections=(C,), flag_aliases=("--build-dir",),
         section=B, key="BuildDirectory", flags=("--build-directory",), parse=parse_path, metavar="PATH",
+        aliases=("BuildDir",),
         help="Out-of-tree build directory shared between builds (default: mkosi.builddir/).")
     include_dir: Optional[Path] = setting(
         path_default=("mkosi.includedir/",), path_rule=PathRule.path,
@@ -694,6 +709,18 @@ class Config(ModernSettings):
     srv_size: Optional[int] = setting(
         section=P, key="SrvSize", flags=("--srv-size",), parse=parse_size, metavar="BYTES",
         help="Size of a separate /srv partition (default: none).")
+    var_size: Optional[int] = setting(
+        section=P, key="VarSize", flags=("--var-size",), parse=parse_size, metavar="BYTES", status=NOT_YET,
+        help="Size of a separate /var partition (default: none).")
+    tmp_size: Optional[int] = setting(
+        section=P, key="TmpSize", flags=("--tmp-size",), parse=parse_size, metavar="BYTES", status=NOT_YET,
+        help="Size of a separate /var/tmp partition (default: none).")
+    xbootldr_size: Optional[int] = setting(
+        section=P, key="XBootLDRSize", flags=("--xbootldr-size",), parse=parse_size, metavar="BYTES",
+        status=NOT_YET, help="Size of an extended boot loader partition (XBOOTLDR) for /boot (default: none).")
+    bios_size: Optional[int] = setting(
+        section=P, key="BIOSSize", flags=("--bios-size",), parse=parse_size, metavar="BYTES",
+        help="Size of the BIOS boot partition of images booted by BIOS (default 1M).")
 
     # ---- [Validation] ----
     checksum: bool = setting(
@@ -714,6 +741,7 @@ class Config(ModernSettings):
         scope=Scope.universal,
         other_sections=(H,), flag_aliases=("--extra-search-paths",),
         section=B, key="ExtraSearchPaths", flags=("--extra-search-path",), kind=Kind.LIST, parse=parse_path,
+        aliases=("ExtraSearchPath",),
         separator=r"[:,]", default_factory=list, metavar="PATHS",
         help="Directories searched for tools before $PATH (colon separated).")
     qemu_headless: bool = setting(
@@ -746,6 +774,7 @@ class Config(ModernSettings):
     netdev: bool = setting(
         other_sections=(H,), section=R, key="Netdev", flags=("--netdev",), kind=Kind.BOOL, parse=parse_bool,
         default=False,
+        aliases=("NetworkVeth",), flag_aliases=("--network-veth",),
         const="yes", help="Virtual network link between host and container/VM.")
     ephemeral: bool = setting(
         other_sections=(H,), section=R, key="Ephemeral", flags=("--ephemeral",), kind=Kind.BOOL, parse=parse_bool,

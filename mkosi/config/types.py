@@ -74,7 +74,8 @@ class Setting:
     const: Optional[str] = None       # value when the flag is given without an argument
     negative_flags: tuple[str, ...] = ()  # flags that set the value "no"
     aliases: tuple[str, ...] = ()     # older INI key names, accepted with a warning
-    flag_aliases: tuple[str, ...] = ()  # older flags, accepted silently
+    flag_aliases: tuple[str, ...] = ()  # older flags, accepted with a warning
+    value_flags: tuple[tuple[str, str], ...] = ()  # older flags that set a fixed value: (flag, value)
     separator: str = r"[,\s]+"        # how a list value splits into items
     remove_by_key: bool = False       # lists: "!name" also removes "name=..." items
     cache: bool = False               # whether it shapes the cached images (incremental mode)

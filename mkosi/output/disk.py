@@ -66,6 +66,7 @@ class DiskSpec:
     esp_size: int | None = None
     esp_tree: Path | None = None
     bios_boot: bool = False
+    bios_size: int | None = None      # size of the BIOS boot partition (default BIOS_BOOT_SIZE)
     image_id: str | None = None
     image_version: str | None = None
     first_lba: int = 2048
@@ -316,7 +317,7 @@ def build_disk(spec: DiskSpec) -> DiskResult:
     signature: bytes | None = None
 
     if spec.bios_boot:
-        partitions.append(Partition("bios-boot", "BIOS boot", size=BIOS_BOOT_SIZE))
+        partitions.append(Partition("bios-boot", "BIOS boot", size=spec.bios_size or BIOS_BOOT_SIZE))
 
     if spec.esp_size is not None or spec.esp_tree is not None:
         esp = spec.workspace / "esp.raw"

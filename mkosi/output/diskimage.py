@@ -66,6 +66,7 @@ def make_disk_image(ctx: Context) -> list[Path]:
         swap_size=config.swap_size,
         esp_size=config.esp_size if config.bootable else None,
         bios_boot=config.bootable and BootProtocol.bios in config.boot_protocols,
+        bios_size=config.bios_size,
         image_id=config.image_id,
         image_version=config.image_version,
         first_lba=config.gpt_first_lba or 2048,

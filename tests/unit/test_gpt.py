@@ -11,6 +11,7 @@ import stat
 import subprocess
 import uuid
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -573,3 +574,15 @@ def test_disk_spec_validation(tmp_path: Path) -> None:
     ):
         with pytest.raises(MkosiError):
             disk.build_disk(bad)
+
+
+@pytest.mark.skipif(not shutil.which("mksquashfs") or not shutil.which("sfdisk"), reason="needs squashfs-tools, fdisk")
+@pytest.mark.parametrize("bios_size, expected", [(None, 1024**2), (4 * 1024**2, 4 * 1024**2)])
+def test_bios_boot_partition_size(tmp_path: Path, bios_size: Optional[int], expected: int) -> None:
+    from mkosi.output import disk
+
+    spec = disk.DiskSpec(tree=_small_tree(tmp_path), output=tmp_path / "o.raw", workspace=tmp_path / "ws",
+                         root_fs="squashfs", bios_boot=True, bios_size=bios_size)
+    result = disk.build_disk(spec)
+    part = result.partition("bios-boot")
+    assert part is not None and part.size == expected

@@ -72,11 +72,13 @@ def secure_boot_common_name(template: str) -> str:
 def verb_genkey(args: Args, config: Config) -> None:
     from mkosi.boot.signing import generate_secure_boot_keys
 
-    key = Path("mkosi.secure-boot.key")
-    crt = Path("mkosi.secure-boot.crt")
+    key = config.secure_boot_key or Path("mkosi.secure-boot.key")
+    crt = config.secure_boot_certificate or Path("mkosi.secure-boot.crt")
     for p in (key, crt):
         if p.exists() and args.force == 0:
             raise MkosiError(f"'{p}' already exists", hint="use -f to replace it")
+        if not p.parent.is_dir():
+            raise MkosiError(f"cannot write '{p}': directory '{p.parent}' does not exist")
     cn = secure_boot_common_name(config.secure_boot_common_name)
     generate_secure_boot_keys(cn, config.secure_boot_valid_days, key, crt)
     log.info(f"Wrote {key} and {crt} for CN={cn!r}, valid {config.secure_boot_valid_days} days")

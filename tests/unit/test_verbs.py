@@ -195,6 +195,29 @@ def test_genkey_default_common_name(wd: Path, monkeypatch: pytest.MonkeyPatch) -
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "mkosi of bob"
 
 
+def test_genkey_writes_where_the_settings_say(wd: Path) -> None:
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    (wd / "keys").mkdir()
+    write(wd / "mkosi.default", "[Output]\nSecureBootKey=keys/db.key\nSecureBootCertificate=keys/db.crt\n")
+    assert run("genkey") == 0
+    assert not (wd / "mkosi.secure-boot.key").exists() and not (wd / "mkosi.secure-boot.crt").exists()
+    key = load_pem_private_key((wd / "keys/db.key").read_bytes(), password=None)
+    assert key.public_key().public_numbers() == _load_cert(wd / "keys/db.crt").public_key().public_numbers()
+    assert stat.S_IMODE((wd / "keys/db.key").stat().st_mode) == 0o600
+    # The same files are what a Secure Boot build then uses.
+    args = resolve("--bootable", "--secure-boot")
+    assert args.secure_boot_key == wd / "keys/db.key" and args.secure_boot_certificate == wd / "keys/db.crt"
+    assert run("genkey") == 1  # not overwritten without -f
+    assert run("--secure-boot-key=elsewhere/k.key", "--secure-boot-certificate=c.crt", "genkey") == 1
+
+
+def test_genkey_command_line_paths(wd: Path) -> None:
+    assert run("--secure-boot-key=a.key", "--secure-boot-certificate=a.crt", "genkey") == 0
+    assert (wd / "a.key").is_file() and (wd / "a.crt").is_file()
+    assert not (wd / "mkosi.secure-boot.key").exists()
+
+
 # ---- clean ----
 
 def _touch(paths: Sequence[Path]) -> None:

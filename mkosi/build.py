@@ -367,9 +367,11 @@ def write_checksums(ctx: Context, artifacts: list[Path]) -> Optional[Path]:
         return None
     assert config.output_checksum is not None
     out = ctx.staging / config.output_checksum.name
+    # The generated private ssh key is a secret handed to the user, not an artifact to publish.
+    secret = {config.output_sshkey.name} if config.output_sshkey is not None else set()
     lines = []
     for a in sorted(artifacts, key=lambda p: p.name):
-        if a.is_file():
+        if a.is_file() and a.name not in secret:
             h = hashlib.sha256()
             with open(a, "rb") as f:
                 for chunk in iter(lambda: f.read(4 * 1024 * 1024), b""):

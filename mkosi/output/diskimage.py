@@ -41,7 +41,7 @@ def passphrase_file(ctx: Context) -> Optional[Path]:
 
 
 def make_disk_image(ctx: Context) -> list[Path]:
-    from mkosi.output.disk import DiskSpec, build_disk, main_partition_label, qcow2_convert
+    from mkosi.output.disk import DiskSpec, build_disk, main_partition_label
 
     config = ctx.config
     assert config.output is not None
@@ -101,24 +101,37 @@ def make_disk_image(ctx: Context) -> list[Path]:
     if config.split_artifacts:
         artifacts += split_artifacts(ctx, result.images, compression)
 
-    image = result.output
-    if config.qcow2:
-        qcow = ctx.workspace / "disk.qcow2"
-        with log.step("Converting to QCOW2"):
-            qcow2_convert(image, qcow)
-        image.unlink()
-        image = qcow
-    if config.bmap and config.output_bmap is not None and not compression:
-        from mkosi.output.bmap import write_bmap
-
-        out = ctx.staging / config.output_bmap.name
-        write_bmap(image, out)
-        artifacts.append(out)
-    elif config.bmap:
-        log.warn("BMap= is skipped for a compressed image (bmaptool reads the bmap of the uncompressed image)")
+    image, more = bmap_and_convert(ctx, result.output)
+    artifacts += more
     with log.step("Compressing" if compression else "Staging the image"):
         artifacts.insert(0, maybe_compress(image, compression, ctx.staging / config.output.name))
     return artifacts
+
+
+def bmap_and_convert(ctx: Context, raw: Path) -> tuple[Path, list[Path]]:
+    """Write the block map of the raw disk (BMap=), then convert it to QCOW2 (QCow2=).
+
+    The bmap always describes the raw disk: that is what bmaptool writes to a device, also when it
+    reads the image compressed (bmaptool decompresses on the fly and checks the uncompressed blocks).
+    Returns the image to stage and the bmap written, if any."""
+    from mkosi.output.disk import qcow2_convert
+
+    config = ctx.config
+    made: list[Path] = []
+    if config.bmap and config.output_bmap is not None:
+        from mkosi.output.bmap import write_bmap
+
+        out = ctx.staging / config.output_bmap.name
+        write_bmap(raw, out)
+        made.append(out)
+    image = raw
+    if config.qcow2:
+        qcow = ctx.workspace / "disk.qcow2"
+        with log.step("Converting to QCOW2"):
+            qcow2_convert(raw, qcow)
+        raw.unlink()
+        image = qcow
+    return image, made
 
 
 def fill_esp(ctx: Context, result: DiskResult, root_label: str) -> None:

@@ -133,3 +133,35 @@ def test_bmaptool_accepts_it(tmp_path: Path) -> None:
     copy = tmp_path / "copy.raw"
     subprocess.run(["bmaptool", "copy", "--bmap", str(out), str(img), str(copy)], check=True, capture_output=True)
     assert copy.read_bytes() == img.read_bytes()
+
+
+@pytest.mark.skipif(not shutil.which("qemu-img"), reason="needs qemu-img")
+def test_bmap_describes_the_raw_disk_not_the_qcow2(tmp_path: Path) -> None:
+    import dataclasses
+
+    from mkosi.config.settings import MkosiArgs
+    from mkosi.context import Context, Phase
+    from mkosi.output.diskimage import bmap_and_convert
+
+    args = dataclasses.replace(MkosiArgs(), bmap=True, qcow2=True, output_bmap=tmp_path / "out/image.bmap")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    ctx = Context(args, tmp_path, Phase.final, tmp_path / "root", None, staging)
+    raw = tmp_path / "disk.raw"
+    _make_image(raw)
+    raw_size = raw.stat().st_size
+    raw_sha = hashlib.sha256(raw.read_bytes()).hexdigest()
+    image, made = bmap_and_convert(ctx, raw)
+    assert image.read_bytes()[:4] == b"QFI\xfb"
+    assert made == [staging / "image.bmap"]
+    root = _parse(made[0].read_text())
+    assert root.findtext("ImageSize", "").strip() == str(raw_size)
+    # The ranges' checksums are those of the raw disk's blocks.
+    first = _ranges(root)[0]
+    block = int(root.findtext("BlockSize", "4096").strip())
+    assert first[0] == 0
+    assert raw_sha != hashlib.sha256(image.read_bytes()).hexdigest()
+    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(image), str(tmp_path / "back.raw")],
+                   check=True)
+    data = (tmp_path / "back.raw").read_bytes()
+    assert hashlib.sha256(data[first[0] * block:(first[1] + 1) * block]).hexdigest() == first[2]

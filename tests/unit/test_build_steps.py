@@ -110,3 +110,17 @@ def test_clamp_mtimes(tmp_path: Path) -> None:
     os.utime(f, (2_000_000_000, 2_000_000_000))
     build.clamp_mtimes(tmp_path, 1_700_000_000)
     assert f.stat().st_mtime == 1_700_000_000
+
+
+def test_checksums_leave_out_the_private_ssh_key(tmp_path: Path) -> None:
+    ctx = ctx_for(tmp_path / "root", checksum=True, output_checksum=tmp_path / "out/SHA256SUMS",
+                  output_sshkey=tmp_path / "out/id_ed25519")
+    ctx.staging.mkdir()
+    files = []
+    for name in ("image.raw", "id_ed25519", "id_ed25519.pub", "image.manifest"):
+        (ctx.staging / name).write_text(name)
+        files.append(ctx.staging / name)
+    sums = build.write_checksums(ctx, files)
+    assert sums is not None
+    listed = [line.split(" *", 1)[1] for line in sums.read_text().splitlines()]
+    assert listed == ["id_ed25519.pub", "image.manifest", "image.raw"]

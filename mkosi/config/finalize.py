@@ -201,9 +201,12 @@ def _resolve_outputs(values: dict[str, Any], fmt: OutputFormat) -> None:
         values["output_changelog"] = outdir / f"{stem}.changelog"
     if values["split_artifacts"]:
         csuffix = compression_suffix(compression)
-        values["output_split_root"] = values["output_split_root"] or outdir / f"{stem}.root{csuffix}"
+        # mkosi 14's names: STEM.root.raw and STEM.root.verity (STEM.usr.* for UsrOnly=).
+        part = "usr" if values["usr_only"] else "root"
+        values["output_split_root"] = values["output_split_root"] or outdir / f"{stem}.{part}.raw{csuffix}"
         if values["verity"] != Verity.no:
-            values["output_split_verity"] = values["output_split_verity"] or outdir / f"{stem}.verity{csuffix}"
+            values["output_split_verity"] = (values["output_split_verity"]
+                                             or outdir / f"{stem}.{part}.verity{csuffix}")
         if values["bootable"]:
             values["output_split_kernel"] = values["output_split_kernel"] or outdir / f"{stem}.efi"
 

@@ -93,7 +93,7 @@ def test_layout(boot_project: Path) -> None:
     assert "21686148-6449-6e6f-744e-656564454649" in types  # BIOS boot
     assert "c12a7328-f81f-11d2-ba4b-00a0c93ec93b" in types  # ESP
     assert "4f68bce3-e8cd-4db1-96e7-fbcaf984b709" in types  # x86-64 root
-    for suffix in (".vmlinuz", ".initrd", ".cmdline", ".efi", ".root"):
+    for suffix in (".vmlinuz", ".initrd", ".cmdline", ".efi", ".root.raw"):
         assert (boot_project / f"mkosi.output/bootimg{suffix}").exists(), suffix
     assert (boot_project / "mkosi.output/id_ed25519").exists()
 

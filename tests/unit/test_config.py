@@ -639,8 +639,12 @@ def test_split_artifacts_names(wd: Path) -> None:
     write(wd / "mkosi.secure-boot.key", "k")
     write(wd / "mkosi.secure-boot.crt", "c")
     args = load("--split-artifacts", "--verity=signed", "--compress-output=xz")
-    assert args.output_split_root == wd / "image.root.xz"
-    assert args.output_split_verity == wd / "image.verity.xz"
+    assert args.output_split_root == wd / "image.root.raw.xz"
+    assert args.output_split_verity == wd / "image.root.verity.xz"
+    plain = load("--split-artifacts", "--verity")
+    assert (plain.output_split_root, plain.output_split_verity) == (wd / "image.root.raw", wd / "image.root.verity")
+    usr = load("--split-artifacts", "--verity", "--usr-only", "--image-version=2")
+    assert (usr.output_split_root, usr.output_split_verity) == (wd / "image_2.usr.raw", wd / "image_2.usr.verity")
     assert args.output_split_kernel is None
     assert load("--split-artifacts", "--bootable").output_split_kernel == wd / "image.efi"
     assert args.output_root_hash == wd / "image.roothash"

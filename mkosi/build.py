@@ -74,7 +74,9 @@ def packages_for(ctx: Context) -> list[str]:
     config = ctx.config
     dist = plugin(config.distribution)
     pkgs: list[str] = []
-    if config.base_packages != BasePackages.no:
+    if config.base_packages == BasePackages.conditional:
+        pkgs += dist.conditional_packages(config)
+    elif config.base_packages != BasePackages.no:
         pkgs += dist.base_packages(config)
         if config.ssh and ctx.phase == Phase.final:
             pkgs += dist.ssh_packages

@@ -35,6 +35,11 @@ class DistributionPlugin:
     def base_packages(self, config: Config) -> list[str]:
         return ["systemd"]
 
+    def conditional_packages(self, config: Config) -> list[str]:
+        """BasePackages=conditional: the packages that extend others, as rich dependencies "(A if B)" that
+        the package manager resolves (empty where it cannot: only packages of Packages= are installed)."""
+        return []
+
     def install(self, ctx: Context, packages: list[str]) -> None:
         raise MkosiError(f"building {self.distribution.value} images is not implemented yet")
 

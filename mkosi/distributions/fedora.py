@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Optional
 
 from mkosi import log
-from mkosi.config.enums import Distribution
+from mkosi.config.enums import BootProtocol, Distribution
 from mkosi.distributions import DistributionPlugin
 from mkosi.distributions.facts import host_architecture
 from mkosi.errors import MkosiError
@@ -140,6 +140,19 @@ class RpmDistribution(DistributionPlugin):
         if config.bootable:
             pkgs += list(self.kernel_packages)
         return pkgs
+
+    def conditional_packages(self, config: Config) -> list[str]:
+        # dnf resolves RPM boolean dependencies: each package comes only if the other one is installed.
+        pairs: list[tuple[str, str]] = []
+        if config.bootable:
+            pairs.append(("systemd-udev", "systemd"))
+            if BootProtocol.uefi in config.boot_protocols:
+                pairs += [(p, "systemd") for p in self.uefi_packages]
+            if config.encrypt is not None:
+                pairs.append(("cryptsetup", "dracut"))
+        if config.netdev or config.ssh:
+            pairs.append(("systemd-networkd", "systemd"))
+        return [f"({p} if {condition})" for p, condition in pairs]
 
     def install(self, ctx: Context, packages: list[str]) -> None:
 

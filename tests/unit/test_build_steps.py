@@ -124,3 +124,30 @@ def test_checksums_leave_out_the_private_ssh_key(tmp_path: Path) -> None:
     assert sums is not None
     listed = [line.split(" *", 1)[1] for line in sums.read_text().splitlines()]
     assert listed == ["id_ed25519.pub", "image.manifest", "image.raw"]
+
+
+def test_base_packages_conditional_uses_rich_dependencies_on_rpm(tmp_path: Path) -> None:
+    from mkosi.config.enums import BasePackages, BootProtocol, Distribution
+
+    ctx = ctx_for(tmp_path / "root", distribution=Distribution.fedora, release="40", bootable=True,
+                  boot_protocols=[BootProtocol.uefi], ssh=True, packages=["systemd", "vim"],
+                  base_packages=BasePackages.conditional)
+    pkgs = build.packages_for(ctx)
+    # Nothing is added unconditionally: no kernel, no dracut, no sshd; only extensions of what is listed.
+    assert "kernel-core" not in pkgs and "dracut" not in pkgs and "openssh-server" not in pkgs
+    assert "(systemd-udev if systemd)" in pkgs
+    assert "(systemd-boot-unsigned if systemd)" in pkgs
+    assert "(systemd-networkd if systemd)" in pkgs
+    assert pkgs[-2:] == ["systemd", "vim"]
+    yes = build.packages_for(ctx_for(tmp_path / "yes", distribution=Distribution.fedora, release="40",
+                                     bootable=True, boot_protocols=[BootProtocol.uefi]))
+    assert "kernel-core" in yes and not any(p.startswith("(") for p in yes)
+
+
+def test_base_packages_conditional_without_rich_dependencies(tmp_path: Path) -> None:
+    from mkosi.config.enums import BasePackages, Distribution
+
+    ctx = ctx_for(tmp_path / "root", distribution=Distribution.debian, release="bookworm", bootable=True,
+                  packages=["vim"], base_packages=BasePackages.conditional)
+    # apt has no boolean dependencies: only the listed packages, like BasePackages=no.
+    assert build.packages_for(ctx) == ["vim"]

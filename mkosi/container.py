@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,10 @@ from mkosi.errors import MkosiError
 from mkosi.mounts import umount_all_below
 from mkosi.outputs import output_stem
 from mkosi.run import current_sandbox, run
-from mkosi.sandbox import Container
+from mkosi.sandbox import Container, valid_machine_name
+
+# nspawn looks for MACHINE.nspawn here first (and trusts what it finds), then next to the image.
+NSPAWN_RUNTIME_DIR = Path("/run/systemd/nspawn")
 
 ROOT_TYPES = {
     "4f68bce3-e8cd-4db1-96e7-fbcaf984b709",  # x86-64 root
@@ -72,6 +76,30 @@ def ephemeral_copy(path: Path) -> Iterator[Path]:
         shutil.rmtree(holder, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def nspawn_settings_for(machine: str, settings: Path) -> Iterator[None]:
+    """Make nspawn find `settings` for `machine`.
+
+    nspawn reads MACHINE.nspawn, named after the machine, not after the image: an image called
+    image_1.2.raw runs as the machine image-1.2 (no '_' in machine names), and a disk image mounted
+    by mkosi is run from a directory elsewhere, so STEM.nspawn next to the image would not be found.
+    The file is put in nspawn's runtime directory under the machine's name while the container runs.
+    """
+    target = NSPAWN_RUNTIME_DIR / f"{machine}.nspawn"
+    if target.exists():
+        log.warn(f"{target} exists already; nspawn uses it instead of {settings}")
+        yield
+        return
+    NSPAWN_RUNTIME_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.mkosi-tmp")
+    shutil.copyfile(settings, tmp)
+    os.replace(tmp, target)
+    try:
+        yield
+    finally:
+        target.unlink(missing_ok=True)
+
+
 def run_container(args: Args, config: Config, boot: bool) -> int:
     cmd = list(args.cmdline)
     assert config.output is not None
@@ -83,11 +111,15 @@ def run_container(args: Args, config: Config, boot: bool) -> int:
         raise MkosiError(f"the '{args.verb.value}' verb needs a directory, subvolume or disk image, "
                          f"not '{config.format.value}'")
     extra = []
-    if config.output_nspawn_settings is not None and config.output_nspawn_settings.exists():
+    machine = valid_machine_name(output_stem(config)) or f"mkosi-{uuid.uuid4().hex[:12]}"
+    settings = config.output_nspawn_settings
+    if settings is not None and settings.exists():
         extra.append("--settings=trusted")
     if config.netdev:
         extra.append("--network-veth")
     with contextlib.ExitStack() as stack:
+        if settings is not None and settings.exists():
+            stack.enter_context(nspawn_settings_for(machine, settings))
         target = config.output
         # nspawn snapshots directories itself; image files are copied here when it cannot use them.
         use_image = config.format.is_disk() and host_has_udev()
@@ -97,7 +129,7 @@ def run_container(args: Args, config: Config, boot: bool) -> int:
         if config.format.is_disk() and not use_image:
             log.debug("no udev on this host: mounting the root partition for systemd-nspawn --directory")
             target = stack.enter_context(mounted_image(target, writable=True))
-        container = Container(keep_unit=config.nspawn_keep_unit, machine=output_stem(config), image=use_image,
+        container = Container(keep_unit=config.nspawn_keep_unit, machine=machine, image=use_image,
                               boot=boot, ephemeral=ephemeral_by_nspawn, extra=tuple(extra))
         sandbox = current_sandbox().nspawn(target, network=True, container=container)
         return run(cmd, sandbox=sandbox, check=False).returncode

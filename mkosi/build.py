@@ -447,7 +447,13 @@ def _rmtree_any(path: Path) -> None:
 # ---------------------------------------------------------------- the pipeline
 
 def build_phase(ctx: Context) -> None:
-    from mkosi.scripts import copy_build_results, run_finalize_script, run_postinst_script, run_prepare_script
+    from mkosi.scripts import (
+        copy_build_results,
+        copy_build_sources,
+        run_finalize_script,
+        run_postinst_script,
+        run_prepare_script,
+    )
 
     ctx.root.mkdir(parents=True, exist_ok=True)
     # Everything up to the prepare script is what incremental mode caches.
@@ -469,6 +475,8 @@ def build_phase(ctx: Context) -> None:
     configure_ssh(ctx)
     if ctx.phase == Phase.final:
         copy_build_results(ctx)
+    else:
+        copy_build_sources(ctx)
     copy_extra_trees(ctx)
     run_postinst_script(ctx)
     if ctx.phase == Phase.final:

@@ -2,19 +2,66 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from mkosi import log
 from mkosi.config.enums import SourceFileTransfer, WithNetwork
 from mkosi.context import Context, Phase
-from mkosi.run import run
+from mkosi.errors import MkosiError
+from mkosi.run import PathString, run
 from mkosi.sandbox import Container, Mount, Sandbox
 from mkosi.sources import copy_sources, default_transfer, source_excludes
 
-# Never copied into the build image with the sources.
+# How many of its last lines of output the error of a failing script shows.
+SCRIPT_TAIL_LINES = 15
+
+
+class ScriptError(MkosiError):
+    """A user's script failed: says which script, its exit status and its last lines of output."""
+
+    def __init__(self, what: str, script: Path, returncode: int, tail: Sequence[str]) -> None:
+        self.returncode = returncode
+        msg = f"{what} {script} failed with exit status {returncode}"
+        if tail:
+            msg += "; its last lines of output:\n" + "\n".join("    " + line for line in tail)
+        else:
+            msg += " (it printed nothing)"
+        super().__init__(msg)
+
+
+def run_script_command(what: str, script: Path, argv: Sequence[PathString], sandbox: Sandbox) -> None:
+    """Run a script's command line in `sandbox`, passing its output through as it comes and keeping its
+    last lines for the error message if it fails (the sandbox's command line is only shown with --debug)."""
+    tail: collections.deque[str] = collections.deque(maxlen=SCRIPT_TAIL_LINES)
+    read_fd, write_fd = os.pipe()
+
+    def pump() -> None:
+        with open(read_fd, "rb") as f:
+            for raw in f:
+                sys.stdout.buffer.write(raw)
+                sys.stdout.flush()
+                tail.append(raw.decode(errors="replace").rstrip("\r\n"))
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        with open(write_fd, "wb") as out:
+            proc = run(argv, sandbox=sandbox, check=False, stdin=subprocess.DEVNULL, stdout=out,
+                       stderr=subprocess.STDOUT)
+    finally:
+        # Whatever the script left running in the background may keep the pipe open: do not wait for it.
+        reader.join(timeout=10)
+    if proc.returncode != 0:
+        raise ScriptError(what, script, proc.returncode, list(tail))
+
 
 def script_environment(ctx: Context) -> dict[str, str]:
     config = ctx.config
@@ -47,8 +94,9 @@ def script_sandbox(ctx: Context, *, network: bool, chdir: str | None = None,
         container=Container(keep_unit=ctx.config.nspawn_keep_unit))
 
 
-def _run_in_image(ctx: Context, script: Path, argv: list[str], *, network: bool, chdir: str | None = None,
-                  binds: list[tuple[Path, str]] | None = None, env: dict[str, str] | None = None) -> None:
+def _run_in_image(ctx: Context, what: str, script: Path, argv: list[str], *, network: bool,
+                  chdir: str | None = None, binds: list[tuple[Path, str]] | None = None,
+                  env: dict[str, str] | None = None) -> None:
     inside = f"/root/{script.name}"
     target = ctx.root / inside.lstrip("/")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +104,8 @@ def _run_in_image(ctx: Context, script: Path, argv: list[str], *, network: bool,
     # nspawn creates missing mount points for binds; they must not stay behind in the image.
     created = [ctx.root / dst.lstrip("/") for _, dst in binds or [] if not (ctx.root / dst.lstrip("/")).exists()]
     try:
-        run([inside, *argv], sandbox=script_sandbox(ctx, network=network, chdir=chdir, binds=binds, env=env))
+        run_script_command(what, script, [inside, *argv],
+                           script_sandbox(ctx, network=network, chdir=chdir, binds=binds, env=env))
     finally:
         target.unlink(missing_ok=True)
         for mountpoint in created:
@@ -71,7 +120,8 @@ def run_prepare_script(ctx: Context) -> None:
     with log.step(f"Running prepare script {script.name} {ctx.phase.value}"):
         src = ctx.config.build_sources
         binds = [(src, "/root/src")] if src else []
-        _run_in_image(ctx, script, [ctx.phase.value], network=True, chdir="/root/src" if src else None,
+        _run_in_image(ctx, "prepare script", script, [ctx.phase.value], network=True,
+                      chdir="/root/src" if src else None,
                       binds=binds, env={"SRCDIR": "/root/src"} if src else None)
 
 
@@ -80,7 +130,8 @@ def run_postinst_script(ctx: Context) -> None:
     if script is None:
         return
     with log.step(f"Running postinstall script {script.name} {ctx.phase.value}"):
-        _run_in_image(ctx, script, [ctx.phase.value], network=ctx.config.with_network == WithNetwork.yes)
+        _run_in_image(ctx, "postinstall script", script, [ctx.phase.value],
+                      network=ctx.config.with_network == WithNetwork.yes)
 
 
 def run_finalize_script(ctx: Context) -> None:
@@ -88,8 +139,31 @@ def run_finalize_script(ctx: Context) -> None:
     if script is None:
         return
     with log.step(f"Running finalize script {script.name} {ctx.phase.value}"):
-        run([script, ctx.phase.value],
-            sandbox=ctx.sandbox.but(env={**script_environment(ctx), "BUILDROOT": str(ctx.root)}))
+        run_script_command("finalize script", script, [script, ctx.phase.value],
+                           ctx.sandbox.but(env={**script_environment(ctx), "BUILDROOT": str(ctx.root)}))
+
+
+def copy_build_sources(ctx: Context) -> None:
+    """Development image: the sources go to /root/src right after the prepare script (and the cached
+    image), before the extra trees, the postinstall and the finalize script (with mount they are
+    bind-mounted for the build script only)."""
+    config = ctx.config
+    if ctx.phase != Phase.build or config.build_script is None or config.build_sources is None:
+        return
+    src = config.build_sources
+    mode = config.source_file_transfer or default_transfer(src)
+    if mode == SourceFileTransfer.mount:
+        return
+    with log.step(f"Copying sources ({mode.value})"):
+        copy_sources(src, ctx.root / "root/src", mode, config.source_resolve_symlinks, source_excludes(config, src))
+
+
+def fill_include_dir(include_dir: Path, tree: Path) -> None:
+    """Copy the headers of tree/usr/include into IncludeDirectory= (replacing older copies)."""
+    headers = tree / "usr/include"
+    if headers.is_dir() and not headers.is_symlink():
+        run(["cp", "--recursive", "--no-dereference", "--preserve=mode,timestamps,links", "--reflink=auto",
+             "--no-target-directory", headers, include_dir])
 
 
 def run_build_script(ctx: Context) -> None:
@@ -101,10 +175,6 @@ def run_build_script(ctx: Context) -> None:
     binds: list[tuple[Path, str]] = []
     if mode == SourceFileTransfer.mount:
         binds.append((src, "/root/src"))
-    else:
-        with log.step(f"Copying sources ({mode.value})"):
-            copy_sources(src, ctx.root / "root/src", mode, config.source_resolve_symlinks,
-                         source_excludes(config, src))
     dest = config.install_dir or ctx.dir("dest")
     dest.mkdir(parents=True, exist_ok=True)
     binds.append((dest, "/root/dest"))
@@ -114,10 +184,17 @@ def run_build_script(ctx: Context) -> None:
         binds.append((config.build_dir, "/root/build"))
         env["BUILDDIR"] = "/root/build"
     if config.include_dir is not None:
+        # The image's own headers first, so that the script still sees them through the mount.
+        config.include_dir.mkdir(parents=True, exist_ok=True)
+        with log.step(f"Copying the development image's headers to {config.include_dir}"):
+            fill_include_dir(config.include_dir, ctx.root)
         binds.append((config.include_dir, "/usr/include"))
     with log.step(f"Running build script {script.name}"):
-        _run_in_image(ctx, script, list(ctx.args.cmdline), network=config.with_network == WithNetwork.yes,
-                      chdir="/root/src", binds=binds, env=env)
+        _run_in_image(ctx, "build script", script, list(ctx.args.cmdline),
+                      network=config.with_network == WithNetwork.yes, chdir="/root/src", binds=binds, env=env)
+    if config.include_dir is not None:
+        # And the headers the build installed into $DESTDIR.
+        fill_include_dir(config.include_dir, dest)
     results = ctx.workspace / "build-results"
     if results.exists():
         shutil.rmtree(results)

@@ -317,3 +317,16 @@ def test_seed_verbs_exist() -> None:
     if modern:
         for verb in ("vm", "burn", "cat-config"):
             assert verb in modern[0].read_text() and verb in verbs
+
+
+def test_c_build_examples_install_the_c_library_headers() -> None:
+    """Recommended packages are never installed, and Debian's gcc only recommends libc6-dev: an example
+    that compiles C with gcc must list the headers, or its build fails on a missing stdio.h."""
+    found = 0
+    for doc in (REPO / "README.md", DOC):
+        for value in re.findall(r"^BuildPackages=(.*)$", doc.read_text(), re.MULTILINE):
+            pkgs = set(value.split(","))
+            if "gcc" in pkgs:
+                found += 1
+                assert pkgs & {"libc6-dev", "build-essential"}, f"{doc.name}: BuildPackages={value}"
+    assert found >= 2

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -327,6 +329,7 @@ def qemu_command(
     headless: bool = True,
     extra_args: Sequence[str] = (),
     netdev: bool = False,
+    tap: str | None = None,
     ssh_port: int | None = None,
     guest_ssh_port: int = 22,
     ovmf_vars_copy: Path | None = None,
@@ -342,9 +345,10 @@ def qemu_command(
     kernel boot of `kernel`/`initrd` with `cmdline`; console=ttyS0 is added when headless and no
     console= is given). The disk is virtio-blk, entropy comes from virtio-rng. With `kvm` the
     accelerator is KVM and the CPU model "host", otherwise TCG with "max". `headless` means
-    -nographic (serial console and monitor on stdio). `netdev` adds user-mode networking with a
-    virtio NIC; `ssh_port` forwards 127.0.0.1:ssh_port to the guest's port guest_ssh_port. `extra_args` go
-    last.
+    -nographic (serial console and monitor on stdio). `tap` gives the VM a virtio NIC on a tap device of
+    that name, which qemu creates on the host (Netdev=); `netdev` adds user-mode networking with a
+    virtio NIC; `ssh_port` forwards 127.0.0.1:ssh_port to the guest's port guest_ssh_port through it.
+    `extra_args` go last.
     """
     if boot not in _BOOT_MODES:
         raise MkosiError(f"unknown boot mode {boot!r}, expected one of {', '.join(_BOOT_MODES)}")
@@ -416,16 +420,30 @@ def qemu_command(
             "-device", "virtio-blk-pci,drive=disk0,bootindex=1",
         ]  # fmt: skip
 
+    if tap is not None:
+        argv += ["-nic", f"tap,ifname={tap},script=no,downscript=no,model=virtio-net-pci"]
     if netdev:
         nic = "user,model=virtio-net-pci"
         if ssh_port is not None:
             nic += f",hostfwd=tcp:127.0.0.1:{ssh_port}-:{guest_ssh_port}"
         argv += ["-nic", nic]
-    else:
+    elif tap is None:
         argv += ["-nic", "none"]
 
     argv += list(extra_args)
     return argv
+
+
+def tap_name(machine: str) -> str:
+    """The host's name of a VM's tap link: "vt-" and the machine name, which systemd-networkd's stock
+    80-vm-vt.network matches (DHCP server and masquerading on the host side). Interface names have at
+    most 15 characters; longer machine names are shortened and made unique with a hash."""
+    clean = re.sub(r"[^A-Za-z0-9.-]+", "-", machine).strip(".-") or "mkosi"
+    name = f"vt-{clean}"
+    if len(name) <= 15:
+        return name
+    digest = hashlib.sha256(machine.encode()).hexdigest()[:4]
+    return f"vt-{clean[:7]}-{digest}"
 
 
 def _qemu_escape(path: Path) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 from pathlib import Path
 
@@ -47,11 +48,21 @@ def qemu_argv(args: Args, config: Config, tmp: Path) -> list[str]:
         cmdline = Path(f"{stem}.cmdline").read_text().strip()
         if args.cmdline:
             cmdline += " " + " ".join(args.cmdline)
+    tap = None
+    if config.netdev:
+        from mkosi.qemu import tap_name
+        from mkosi.sandbox import valid_machine_name
+
+        # A link on the host that systemd-networkd configures (its 80-vm-vt.network), like nspawn's veth.
+        if os.getuid() != 0 or not os.access("/dev/net/tun", os.R_OK | os.W_OK):
+            raise MkosiError("Netdev=yes with qemu needs root and /dev/net/tun: qemu creates a tap device",
+                             hint="run as root, or build without Netdev=")
+        tap = tap_name(valid_machine_name(output_stem(config)) or "mkosi")
     vars_copy = copy_ovmf_vars(tmp / "OVMF_VARS.fd", arch=config.architecture) if boot == BootProtocol.uefi else None
     return qemu_command(
         image=config.output, fmt="qcow2" if config.qcow2 else "raw", boot=boot.value, kernel=kernel, initrd=initrd,
         cmdline=cmdline, smp=config.qemu_smp, mem=config.qemu_mem, kvm=use_kvm(config), headless=config.qemu_headless,
-        extra_args=config.qemu_args, netdev=config.netdev or config.ssh, ssh_port=QEMU_SSH_PORT if config.ssh else None,
+        extra_args=config.qemu_args, netdev=config.ssh, tap=tap, ssh_port=QEMU_SSH_PORT if config.ssh else None,
         guest_ssh_port=config.ssh_port,
         ovmf_vars_copy=vars_copy, arch=config.architecture,
     )

@@ -333,3 +333,47 @@ def test_run_qemu_reports_failure(tmp_path: Path) -> None:
     bad.chmod(0o755)
     with pytest.raises(CommandError):
         qemu.run_qemu([str(bad)])
+
+
+# ---- Netdev= ----------------------------------------------------------------------------------
+
+
+def test_qemu_command_tap_link(fw_root: Path, tmp_path: Path) -> None:
+    argv = qemu.qemu_command(image=tmp_path / "i.raw", fmt="raw", boot="bios", kvm=False, tap="vt-image-1.2",
+                             firmware_root=fw_root)
+    assert opt(argv, "-nic") == ["tap,ifname=vt-image-1.2,script=no,downscript=no,model=virtio-net-pci"]
+    both = qemu.qemu_command(image=tmp_path / "i.raw", fmt="raw", boot="bios", kvm=False, tap="vt-x",
+                             netdev=True, ssh_port=2222, firmware_root=fw_root)
+    assert opt(both, "-nic") == ["tap,ifname=vt-x,script=no,downscript=no,model=virtio-net-pci",
+                                 "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:2222-:22"]
+
+
+def test_tap_name_matches_networkd_and_fits() -> None:
+    assert qemu.tap_name("image-1.2") == "vt-image-1.2"
+    long = qemu.tap_name("a-rather-long-machine-name")
+    assert long.startswith("vt-a-rathe") and len(long) == 15
+    assert long != qemu.tap_name("a-rather-long-machine-other")
+    assert all(len(qemu.tap_name(n)) <= 15 for n in ("x" * 64, "y", "web_server.example"))
+
+
+def test_qemu_verb_netdev_uses_a_tap_link(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import dataclasses
+
+    from mkosi import vm
+    from mkosi.config.enums import BootProtocol, QemuKvm
+    from mkosi.config.settings import MkosiArgs
+
+    monkeypatch.setattr(vm.os, "getuid", lambda: 0)
+    monkeypatch.setattr(vm.os, "access", lambda path, mode: True)
+    monkeypatch.setattr(qemu, "find_seabios", lambda root=Path("/"): tmp_path / "bios.bin")
+    args = dataclasses.replace(MkosiArgs(), output=tmp_path / "image_1.2.raw", netdev=True, qemu_kvm=QemuKvm.no,
+                               qemu_boot=BootProtocol.bios, compress_output="no", architecture="x86_64")
+    argv = vm.qemu_argv(args, tmp_path)
+    assert opt(argv, "-nic") == ["tap,ifname=vt-image-1.2,script=no,downscript=no,model=virtio-net-pci"]
+    with_ssh = vm.qemu_argv(dataclasses.replace(args, ssh=True), tmp_path)
+    nics = opt(with_ssh, "-nic")
+    assert nics[0].startswith("tap,ifname=vt-image-1.2,") and nics[1].startswith("user,") and "hostfwd" in nics[1]
+
+    monkeypatch.setattr(vm.os, "getuid", lambda: 1000)
+    with pytest.raises(MkosiError, match="tap device"):
+        vm.qemu_argv(args, tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from mkosi.config.settings import (
@@ -15,7 +16,54 @@ from mkosi.config.settings import (
     plain_value,
     setting_value,
 )
-from mkosi.config.types import Setting
+from mkosi.config.types import Setting, parse_size
+
+# Readable labels of the text summary where splitting the key's words is not enough.
+LABELS = {
+    "Format": "Output format", "Output": "Output path", "ManifestFormat": "Manifest formats",
+    "OutputSplitRoot": "Split root partition", "OutputSplitVerity": "Split verity partition",
+    "OutputSplitKernel": "Split kernel image", "OutputSplitVeritySig": "Split verity signature",
+    "Force": "Force level", "KernelCommandLine": "Kernel command line", "SecureBoot": "UEFI Secure Boot",
+    "SecureBootKey": "Secure Boot key", "SecureBootCertificate": "Secure Boot certificate",
+    "SecureBootCommonName": "Certificate common name", "SecureBootValidDays": "Certificate validity (days)",
+    "SignExpectedPCR": "Sign expected PCRs",
+    "ReadOnly": "Read-only root", "CompressFs": "File system compression", "CompressOutput": "Output compression",
+    "QCow2": "QCOW2 conversion", "Hostname": "Host name", "ImageId": "Image ID",
+    "WithUnifiedKernelImages": "Unified kernel images", "HostonlyInitrd": "Host-only initrd",
+    "UsrOnly": "/usr partition only", "NoChown": "Leave outputs owned by root",
+    "TarStripSELinuxContext": "Strip SELinux labels from tar", "MachineID": "Machine ID",
+    "WithDocs": "With documentation", "Cache": "Package cache", "SkeletonTree": "Skeleton trees",
+    "ExtraTree": "Extra trees", "Environment": "Script environment", "BuildDirectory": "Build directory",
+    "PostInstallationScript": "Post-installation script", "WithNetwork": "Network for scripts",
+    "Settings": "nspawn settings file", "RootSize": "Root partition size", "ESPSize": "ESP size",
+    "SwapSize": "Swap partition size", "HomeSize": "/home partition size", "SrvSize": "/srv partition size",
+    "VarSize": "/var partition size", "TmpSize": "/var/tmp partition size",
+    "XBootLDRSize": "XBOOTLDR partition size", "BIOSSize": "BIOS boot partition size",
+    "Checksum": "Checksums", "Sign": "Sign checksums", "Key": "GPG key", "BMap": "Block map",
+    "QemuHeadless": "QEMU headless", "QemuSmp": "QEMU CPUs", "QemuMem": "QEMU memory", "QemuKvm": "QEMU KVM",
+    "QemuArgs": "QEMU arguments", "QemuBoot": "QEMU boot protocol", "NspawnKeepUnit": "nspawn keeps unit",
+    "Netdev": "Network link", "Ssh": "SSH", "SshKey": "SSH key", "SshAgent": "SSH agent", "SshPort": "SSH port",
+    "SshTimeout": "SSH timeout", "Password": "Root password", "RepositoryKeyCheck": "Check repository keys",
+    "GPTFirstLBA": "GPT first LBA", "Mksquashfs": "mksquashfs program", "LocalMirror": "Local mirror",
+}
+SIZE_UNITS = (("T", 1024**4), ("G", 1024**3), ("M", 1024**2), ("K", 1024))
+
+
+def label(key: str) -> str:
+    """The readable name of a setting: "RootSize" -> "Root partition size", "ImageVersion" -> "Image version"."""
+    if key in LABELS:
+        return LABELS[key]
+    words = re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+", key)
+    return " ".join(w if w.isupper() and len(w) > 1 else w.lower() for w in words).capitalize() \
+        if words and not words[0].isupper() else " ".join(words)
+
+
+def format_size(size: int) -> str:
+    """A size as the largest unit that divides it exactly, as written in settings: 3221225472 -> 3G."""
+    for suffix, factor in SIZE_UNITS:
+        if size and size % factor == 0:
+            return f"{size // factor}{suffix}"
+    return str(size)
 
 
 def _shown(args: Args, config: Config, s: Setting) -> Any:
@@ -31,13 +79,15 @@ def _item_text(value: Any) -> str:
     return str(value)
 
 
-def _text(value: Any) -> str:
+def _text(value: Any, size: bool = False) -> str:
+    if size and isinstance(value, int) and not isinstance(value, bool):
+        return format_size(value)
     if value is None:
-        return "(none)"
+        return ""
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list):
-        return ", ".join(_item_text(v) for v in value) if value else "(none)"
+        return ", ".join(_item_text(v) for v in value)
     return str(value)
 
 
@@ -111,19 +161,31 @@ def summary_text(args: Args, configs: list[Config]) -> str:
     return "\n\n".join(f"IMAGE: {c.image}\n\n" + image_text(args, c) for c in configs)
 
 
+def _output_label(name: str) -> str:
+    words = name.removeprefix("output_").replace("_", " ")
+    return {"output": "Image", "dir": "Output directory", "sshkey": "SSH key", "bmap": "Block map",
+            "nspawn settings": "nspawn settings", "manifest json": "Manifest", "root hash p7s": "Root hash signature",
+            "checksum": "Checksums", "signature": "Checksums signature"}.get(words, words.capitalize())
+
+
 def image_text(args: Args, config: Config) -> str:
+    """Readable labels on the left; on the right each setting as `Key=value`, ready to copy into a file
+    (sizes as 3G, lists comma-separated)."""
     data = summary_dict(args, config)
-    width = max(len(s.key or "") for s in SETTINGS) + 2
-    lines = [f"{'Verb':>{width}}: {data['Verb']}"]
+    keyed = [s for s in SETTINGS if s.key and s.summary]
+    width = max(len(label(s.key or "")) for s in keyed) + 2
+    sizes = {s.key for s in keyed if s.parse is parse_size}
+    lines = [f"{'Verb':>{width}}  {data['Verb']}"]
     notes = data["NotImplemented"]
     for section in (s for s in SECTIONS if s in data):
         lines += ["", f"{section.upper()}:"]
         for key, value in data[section].items():
             note = f"  ({notes[key]})" if key in notes else ""
-            lines.append(f"{key:>{width}}: {_text(value)}{note}")
+            lines.append(f"{label(key):>{width}}  {key}={_text(value, key in sizes)}{note}")
     lines += ["", "REPOSITORIES:"] + [f"{'':>{width}}  {r}" for r in data["Repositories"]]
-    lines += ["", "OUTPUTS:"] + [f"{k:>{width}}: {v}" for k, v in data["Outputs"].items()]
+    lines += ["", "OUTPUTS:"] + [f"{_output_label(k):>{width}}  {v}" for k, v in data["Outputs"].items()]
     lines += ["", "FILES:"]
-    lines += [f"{'config file':>{width}}: {f}" for f in data["ConfigFiles"]] or [f"{'config file':>{width}}: (none)"]
-    lines += [f"{k:>{width}}: {v}" for k, v in data["DetectedFiles"].items()]
+    lines += [f"{'Settings file':>{width}}  {f}" for f in data["ConfigFiles"]] \
+        or [f"{'Settings file':>{width}}  (none)"]
+    lines += [f"{k:>{width}}  {v}" for k, v in data["DetectedFiles"].items()]
     return "\n".join(lines)

@@ -834,7 +834,7 @@ BuildPackages=make,gcc,libcurl-devel
 
 
 def _summary_line(text: str, key: str) -> str:
-    m = re.search(rf"^\s*{key}: (.*)$", text, re.MULTILINE)
+    m = re.search(rf"^ *\S.*  {key}=(.*)$", text, re.MULTILINE)
     assert m, f"{key} missing from the summary"
     return m.group(1)
 
@@ -862,6 +862,40 @@ def test_summary_of_the_automake_example(wd: Path) -> None:
     assert data["ESPSize"] == 256 * MiB
     assert data["Outputs"]["output"] == str(wd / "image.raw")
     assert data["ConfigFiles"] == [str(wd / "mkosi.default")]
+
+
+def test_summary_labels_sizes_and_copyable_settings(wd: Path) -> None:
+    write(wd / "mkosi.default", """
+        [Distribution]
+        Distribution=debian
+        [Output]
+        Format=gpt_ext4
+        Bootable=yes
+        [Content]
+        Packages=vim,less
+        [Partitions]
+        RootSize=3G
+        SwapSize=1536M
+        HomeSize=1000000
+    """)
+    text = summary_text(load())
+    lines = text.splitlines()
+    assert re.fullmatch(r" +Root partition size  RootSize=3G", lines[lines.index("PARTITIONS:") + 2])
+    assert _summary_line(text, "RootSize") == "3G"
+    assert _summary_line(text, "SwapSize") == "1536M"
+    assert _summary_line(text, "HomeSize") == "1000000"
+    assert _summary_line(text, "ESPSize") == "256M"
+    assert re.search(r"^ +Output format  Format=gpt_ext4$", text, re.MULTILINE)
+    assert re.search(r"^ +Packages  Packages=vim, less$", text, re.MULTILINE)
+    # Each setting line, after its label, can be pasted into a settings file as it is.
+    for line in lines:
+        m = re.fullmatch(r" *(\S.*?)  ([A-Za-z0-9]+)=(.*)", line)
+        if m and m.group(2) in ("RootSize", "SwapSize", "Format", "Packages", "Bootable"):
+            assert lookup_key(m.group(2)) is not None
+            ini_text = f"[Partitions]\n{m.group(2)}={m.group(3)}\n"
+            assert parse_ini(wd / "x.conf", ini_text)
+    # JSON keeps exact numbers.
+    assert summary_dict(load())["Partitions"]["RootSize"] == 3 * GiB
 
 
 def test_summary_shows_every_setting(wd: Path) -> None:

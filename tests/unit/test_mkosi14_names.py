@@ -145,9 +145,9 @@ def test_new_settings_and_what_summary_says(wd: Path) -> None:
                                                                                     2 << 20)
     text = summary_text(args)
     for key in ("LocalMirror", "RepositoryKeyCheck", "SignExpectedPCR", "XBootLDRSize", "VarSize", "TmpSize"):
-        line = next(line for line in text.splitlines() if f"{key}:" in line)
+        line = next(line for line in text.splitlines() if f"  {key}=" in line)
         assert "not implemented yet" in line, line
-    bios = next(line for line in text.splitlines() if "BIOSSize:" in line)
+    bios = next(line for line in text.splitlines() if "  BIOSSize=" in line)
     assert "not implemented" not in bios
 
 

@@ -234,12 +234,12 @@ def ext4_parts(ext4: Path) -> dict[str, Path]:
 
 def test_ext4_outputs(ext4: Path) -> None:
     names = sorted(p.name for p in ext4.iterdir())
-    assert names == sorted(["dfimg_3.1.raw", "dfimg_3.1.root", "dfimg_3.1.bmap", "dfimg_3.1.manifest",
+    assert names == sorted(["dfimg_3.1.raw", "dfimg_3.1.root.raw", "dfimg_3.1.bmap", "dfimg_3.1.manifest",
                             "SHA256SUMS"]), names
     sums = dict(reversed(line.split(" *", 1)) for line in (ext4 / "SHA256SUMS").read_text().splitlines())
     h = hashlib.sha256((ext4 / "dfimg_3.1.bmap").read_bytes()).hexdigest()
     assert sums["dfimg_3.1.bmap"] == h
-    assert "dfimg_3.1.raw" in sums and "dfimg_3.1.root" in sums
+    assert "dfimg_3.1.raw" in sums and "dfimg_3.1.root.raw" in sums
 
 
 def test_ext4_partition_table(ext4: Path) -> None:
@@ -287,7 +287,7 @@ def test_ext4_swap(ext4_parts: dict[str, Path]) -> None:
 
 
 def test_ext4_split_root_is_the_partition(ext4: Path, ext4_parts: dict[str, Path]) -> None:
-    split = ext4 / "dfimg_3.1.root"
+    split = ext4 / "dfimg_3.1.root.raw"
     assert same_content(split, ext4_parts["root"])
     st = split.stat()
     assert st.st_blocks * 512 < st.st_size // 2, "the split root is sparse, like the image"
@@ -465,8 +465,8 @@ def squashfs_raw(squashfs: Path) -> Path:
 
 def test_squashfs_outputs(squashfs: Path) -> None:
     names = sorted(p.name for p in squashfs.iterdir())
-    assert names == sorted(["sq_7.raw.xz", "sq_7.root.xz", "sq_7.verity.xz", "sq_7.roothash", "sq_7.roothash.p7s",
-                            "sq_7.manifest"]), names
+    assert names == sorted(["sq_7.raw.xz", "sq_7.root.raw.xz", "sq_7.root.verity.xz", "sq_7.roothash",
+                            "sq_7.roothash.p7s", "sq_7.manifest"]), names
 
 
 def test_squashfs_partition_table(squashfs_raw: Path) -> None:
@@ -487,7 +487,7 @@ def test_squashfs_content(squashfs: Path, squashfs_raw: Path) -> None:
 
 def test_squashfs_split_artifacts(squashfs: Path, squashfs_raw: Path) -> None:
     parts = by_type(squashfs_raw)
-    for suffix, t in ((".root.xz", ROOT), (".verity.xz", ROOT_VERITY)):
+    for suffix, t in ((".root.raw.xz", ROOT), (".root.verity.xz", ROOT_VERITY)):
         part = extract(squashfs_raw, parts[t], squashfs.parent / f"part{suffix}.img")
         split = decompress(squashfs / f"sq_7{suffix}", squashfs.parent / f"split{suffix}.img")
         assert same_content(split, part), suffix

@@ -94,8 +94,16 @@ def copy_skeleton_trees(ctx: Context) -> None:
             install_tree(tree.source, ctx.root, str(tree.target or "/"))
 
 
+# The package managers that can install without checking signatures (RepositoryKeyCheck=no).
+KEY_CHECK_OPTIONAL = ("apt-get", "dnf")
+
+
 def install_distribution(ctx: Context) -> None:
     pkgs = packages_for(ctx)
+    dist = plugin(ctx.config.distribution)
+    if not ctx.config.repository_key_check and dist.package_manager not in KEY_CHECK_OPTIONAL:
+        log.warn(f"RepositoryKeyCheck=no is not implemented yet for {dist.package_manager}: "
+                 "signatures are checked as usual")
     with log.step(f"Installing {ctx.config.distribution.value} {ctx.config.release} ({len(pkgs)} packages requested)"):
         plugin(ctx.config.distribution).install(ctx, pkgs)
 

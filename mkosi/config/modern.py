@@ -200,7 +200,7 @@ class ModernSettings:
         status=NOT_YET, metavar="URL", help="A single local repository used for the build instead of the mirror.")
     repository_key_check: bool = _flag(
         section=D, key="RepositoryKeyCheck", flags=("--repository-key-check",), default=True,
-        scope=Scope.universal, status=NOT_YET, help="Check the signatures of the repositories.")
+        scope=Scope.universal, help="Check the signatures of the repositories ('no' is implemented for apt and dnf).")
     repository_key_fetch: bool = _flag(
         section=D, key="RepositoryKeyFetch", flags=("--repository-key-fetch",), default=False,
         default_fn=_default_repository_key_fetch, depends=("distribution",), scope=Scope.universal,

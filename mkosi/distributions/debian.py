@@ -145,6 +145,7 @@ class Debian(DistributionPlugin):
             with_docs=config.with_docs,
             network=ctx.network if ctx else True,
             repository_directory=config.repository_directory,
+            key_check=config.repository_key_check,
         )
 
     def repositories(self, config: Config) -> list[str]:

@@ -133,6 +133,7 @@ class RpmDistribution(DistributionPlugin):
             rpmdb=self.rpmdb(config),
             host_architecture=host_architecture(),
             distribution=self.distribution.value,
+            key_check=args.repository_key_check,
         )
 
     def base_packages(self, config: Config) -> list[str]:

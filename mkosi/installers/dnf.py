@@ -104,6 +104,7 @@ class DnfConfig:
     distribution: str = "fedora"
     # How commands run (ExtraSearchPaths=, a tools tree); the installer adds the root and its mounts.
     sandbox: Sandbox = Sandbox()
+    key_check: bool = True              # RepositoryKeyCheck=no: install without checking signatures
 
     @property
     def conf_dir(self) -> Path:
@@ -153,6 +154,8 @@ def dnf_argv(cfg: DnfConfig, command: str, packages: Sequence[str], *, offline: 
         argv.append(f"--forcearch={arch}")
     if not cfg.with_docs:
         argv.append("--setopt=tsflags=nodocs")
+    if not cfg.key_check:
+        argv.append("--nogpgcheck")
     ids = list(cfg.enable_repos)
     if cfg.use_host_repositories and ids:
         # Only the named host repositories, plus the ones mkosi defined (Repositories= URLs).

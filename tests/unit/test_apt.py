@@ -16,6 +16,7 @@ from mkosi.errors import MkosiError
 from mkosi.installers import apt
 from mkosi.installers.apt import AptConfig, DpkgOp, unpack
 from mkosi.installers.apt.debs import Archives, data_member, read_control_archive
+from mkosi.installers.apt.hostapt import setup_apt
 from mkosi.installers.apt.plan import essential_unpack_order, format_op, plan_without
 from mkosi.installers.apt.repositories import _uri_to_filename, list_prefixes
 from mkosi.installers.apt.root import prepare_root, strip_package_spec, write_extended_states
@@ -700,3 +701,15 @@ def test_extended_states(tmp_path: Path) -> None:
     stanzas = apt.parse_deb822((tmp_path / "var/lib/apt/extended_states").read_text())
     assert {s["Package"] for s in stanzas} == {"libsystemd0", "libgcc-s1", "halfway"}
     assert all(s["Auto-Installed"] == "1" for s in stanzas)
+
+
+def test_repository_key_check_off_for_apt(tmp_path: Path) -> None:
+    keyring = tmp_path / "keyring.gpg"
+    keyring.write_bytes(b"k")
+    status = tmp_path / "status"
+    status.write_text("")
+    checked = setup_apt(config(tmp_path / "a"), status, keyring).conf.read_text()
+    unchecked = setup_apt(config(tmp_path / "b", key_check=False), status, keyring).conf.read_text()
+    for option in ("Acquire::AllowInsecureRepositories", "APT::Get::AllowUnauthenticated"):
+        assert option not in checked
+        assert f'{option} "true";' in unchecked

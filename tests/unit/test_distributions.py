@@ -604,3 +604,8 @@ def test_gentoo_vdb(tmp_path: Path) -> None:
     pkgs = emerge.installed_packages(tmp_path)
     assert [(p.atom, p.version, p.size) for p in pkgs] == [("app-misc/hello", "1.0", 12),
                                                             ("sys-apps/systemd", "254.5-r1", 1000)]
+
+
+def test_repository_key_check_off_for_dnf(tmp_path: Path) -> None:
+    assert "--nogpgcheck" not in dnf.dnf_argv(dnf_config(tmp_path), "install", ["systemd"])
+    assert "--nogpgcheck" in dnf.dnf_argv(dnf_config(tmp_path, key_check=False), "install", ["systemd"])

@@ -37,6 +37,7 @@ class AptConfig:
     with_docs: bool
     network: bool = True
     repository_directory: Optional[Path] = None
+    key_check: bool = True                 # RepositoryKeyCheck=no: accept unsigned or unverifiable archives
 
 
 def check_distribution(cfg: AptConfig) -> None:

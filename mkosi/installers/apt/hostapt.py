@@ -37,7 +37,7 @@ class HostApt:
 def _apt_settings(cfg: AptConfig, ws: Path, base: Path, status: Path) -> dict[str, Union[str, Path]]:
     """apt's configuration: every directory it reads or writes is the workspace's or the cache's."""
     etc, lists, archives = ws / "etc", base / "lists", base / "archives"
-    return {
+    settings: dict[str, Union[str, Path]] = {
         "Dir": "/",
         "Dir::Etc": etc,
         "Dir::Etc::Main": etc / "apt.conf",
@@ -76,6 +76,13 @@ def _apt_settings(cfg: AptConfig, ws: Path, base: Path, status: Path) -> dict[st
         "Dpkg::Install::Recursive::Minimum": "1000000",
         "quiet": "1",
     }
+    if not cfg.key_check:
+        settings.update({
+            "Acquire::AllowInsecureRepositories": "true",
+            "Acquire::AllowDowngradeToInsecureRepositories": "true",
+            "APT::Get::AllowUnauthenticated": "true",
+        })
+    return settings
 
 
 def _apt_conf_text(settings: dict[str, Union[str, Path]], architecture: str) -> str:

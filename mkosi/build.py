@@ -94,8 +94,10 @@ def copy_skeleton_trees(ctx: Context) -> None:
             install_tree(tree.source, ctx.root, str(tree.target or "/"))
 
 
-# The package managers that can install without checking signatures (RepositoryKeyCheck=no).
+# The package managers that can install without checking signatures (RepositoryKeyCheck=no), and
+# the ones that can build from a LocalMirror= instead of the distribution's repositories.
 KEY_CHECK_OPTIONAL = ("apt-get", "dnf")
+LOCAL_MIRROR_SUPPORTED = ("dnf",)
 
 
 def install_distribution(ctx: Context) -> None:
@@ -104,6 +106,8 @@ def install_distribution(ctx: Context) -> None:
     if not ctx.config.repository_key_check and dist.package_manager not in KEY_CHECK_OPTIONAL:
         log.warn(f"RepositoryKeyCheck=no is not implemented yet for {dist.package_manager}: "
                  "signatures are checked as usual")
+    if ctx.config.local_mirror and dist.package_manager not in LOCAL_MIRROR_SUPPORTED:
+        log.warn(f"LocalMirror= is not implemented yet for {dist.package_manager}: the usual repositories are used")
     with log.step(f"Installing {ctx.config.distribution.value} {ctx.config.release} ({len(pkgs)} packages requested)"):
         plugin(ctx.config.distribution).install(ctx, pkgs)
 

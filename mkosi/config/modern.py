@@ -197,7 +197,8 @@ class ModernSettings:
         help="Install packages from this snapshot of the distribution's repositories.")
     local_mirror: Optional[str] = setting(
         section=D, key="LocalMirror", flags=("--local-mirror",), parse=parse_mirror_url, scope=Scope.universal,
-        status=NOT_YET, metavar="URL", help="A single local repository used for the build instead of the mirror.")
+        metavar="URL", help="RPM distributions (dnf): one flat local repository used for the build instead of "
+        "the distribution's repositories.")
     repository_key_check: bool = _flag(
         section=D, key="RepositoryKeyCheck", flags=("--repository-key-check",), default=True,
         scope=Scope.universal, help="Check the signatures of the repositories ('no' is implemented for apt and dnf).")

@@ -89,9 +89,14 @@ class RpmDistribution(DistributionPlugin):
                         gpgkeys=(f"{EPEL_MIRROR}/RPM-GPG-KEY-EPEL-{major}",))]
 
     def repos(self, config: Config) -> list[RpmRepo]:
-        """Every repository a build defines: the distribution's (unless the host's are used) and
-        Repositories= URLs."""
+        """Every repository a build defines: the distribution's (unless the host's are used, or
+        LocalMirror= replaces them) and Repositories= URLs."""
 
+        if config.local_mirror:
+            # mkosi 14's meaning: one flat mirror for the whole build; the image's own repository
+            # files come from its packages and are untouched.
+            local = RpmRepo(id="mkosi-local-mirror", name="Local mirror", baseurl=(config.local_mirror,))
+            return [local, *url_repos([r for r in config.repositories if is_url(r)])]
         repos = [] if config.use_host_repositories else self.main_repos(config)
         if self.epel and not config.use_host_repositories:
             repos += self.epel_repos(config)
@@ -133,7 +138,7 @@ class RpmDistribution(DistributionPlugin):
             rpmdb=self.rpmdb(config),
             host_architecture=host_architecture(),
             distribution=self.distribution.value,
-            key_check=args.repository_key_check,
+            key_check=config.repository_key_check,
         )
 
     def base_packages(self, config: Config) -> list[str]:

@@ -12,6 +12,7 @@ from mkosi.config.enums import Verb
 from mkosi.config.ini import lookup_key
 from mkosi.config.parse import build_parser
 from mkosi.config.settings import MkosiArgs, by_dest
+from mkosi.distributions import plugin
 from mkosi.summary import summary_text
 from tests.unit.conftest import write
 
@@ -144,14 +145,20 @@ def test_new_settings_and_what_summary_says(wd: Path) -> None:
     assert (args.xbootldr_size, args.var_size, args.tmp_size, args.bios_size) == (100 << 20, 1 << 30, 200 << 20,
                                                                                     2 << 20)
     text = summary_text(args)
-    for key in ("LocalMirror", "SignExpectedPCR", "XBootLDRSize", "VarSize", "TmpSize"):
+    for key in ("SignExpectedPCR", "XBootLDRSize", "VarSize", "TmpSize"):
         line = next(line for line in text.splitlines() if f"  {key}=" in line)
         assert "not implemented yet" in line, line
-    from mkosi.distributions import plugin
-
     assert plugin(args.distribution).apt_config(args).key_check is False  # type: ignore[attr-defined]
     bios = next(line for line in text.splitlines() if "  BIOSSize=" in line)
     assert "not implemented" not in bios
+
+
+def test_local_mirror_replaces_the_rpm_repositories(wd: Path) -> None:
+    args = load("-d", "fedora", "-r", "40", "--local-mirror=file:///srv/mirror", "--repositories=https://extra/x")
+    repos = plugin(args.distribution).repos(args)  # type: ignore[attr-defined]
+    assert [r.baseurl for r in repos] == [("file:///srv/mirror",), ("https://extra/x",)]
+    assert not repos[0].check_signatures()
+    assert "file:///srv/mirror" in " ".join(plugin(args.distribution).repositories(args))
 
 
 def test_verb_is_unchanged_by_aliases(wd: Path) -> None:

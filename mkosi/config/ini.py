@@ -70,9 +70,11 @@ for _s in SETTINGS:
 
 # mkosi 14 turned every key into a flag (BuildDir= into --build-dir, Package= into --package), so keys
 # spelled after a setting's flags are accepted too, as older names.
+# mkosi 14 read its command-line options from files too; these ones make sense there.
+FILE_COMMAND_LINE_OPTIONS = ("incremental", "auto_bump", "debug")
 _FLAG_KEYS: dict[str, tuple[Setting, bool]] = {}
 for _s in SETTINGS:
-    if _s.key is None:
+    if _s.key is None and _s.dest not in FILE_COMMAND_LINE_OPTIONS:
         continue
     for _f in (*_s.flags, *_s.flag_aliases):
         if _f.startswith("--"):
@@ -201,7 +203,12 @@ def parse_ini(path: Path, text: Optional[str] = None, base: Optional[Path] = Non
             continue
         value = maybe_value
         s, legacy = found
-        assert s.key is not None
+        if s.key is None:
+            # A command-line option written as a key, as mkosi 14 allowed (Incremental=yes).
+            log.warn(f"{origin}: {key}= stands for the command-line option {s.long_flag}, as in mkosi 14; "
+                     "prefer giving it on the command line")
+            result.assignments.append(Assignment(s, value, origin, base))
+            continue
         if legacy:
             log.warn(f"{origin}: {key}= is an older name, use {s.key}=")
             value = _rewrite_legacy_value(key, value)

@@ -43,9 +43,8 @@ MKOSI14_FLAGS = _FLAGS.split()
 _SHORT = "-B -C -E -M -O -T -a -b -d -f -h -i -m -o -p -r -t"
 MKOSI14_SHORT = _SHORT.split()
 # Flags that only exist on mkosi 14's command line (no key in its settings files).
-COMMAND_LINE_ONLY = {"--all", "--all-directory", "--auto-bump", "--config", "--debug", "--default", "--directory",
-                     "--incremental", "--help", "--version", "--without-tests", "--without-unified-kernel-images",
-                     "--xz"}
+COMMAND_LINE_ONLY = {"--all", "--all-directory", "--config", "--default", "--directory", "--help", "--version",
+                     "--without-tests", "--without-unified-kernel-images", "--xz"}
 # Keys mkosi 14 maps to flags by name, and the usual spellings real configurations use.
 _KEYS = """
 QCow2 OutputDirectory WorkspaceDirectory XZ NSpawnSettings ESPSize CheckSum BMap Packages RemovePackages ExtraTrees
@@ -159,6 +158,13 @@ def test_local_mirror_replaces_the_rpm_repositories(wd: Path) -> None:
     assert [r.baseurl for r in repos] == [("file:///srv/mirror",), ("https://extra/x",)]
     assert not repos[0].check_signatures()
     assert "file:///srv/mirror" in " ".join(plugin(args.distribution).repositories(args))
+
+
+def test_command_line_options_in_a_file(wd: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(wd / "mkosi.default", "[Distribution]\nDistribution=debian\n[Output]\nIncremental=yes\nAutoBump=yes\n")
+    args = load()
+    assert args.incremental is True and args.auto_bump is True
+    assert "Incremental= stands for the command-line option --incremental" in capsys.readouterr().err
 
 
 def test_verb_is_unchanged_by_aliases(wd: Path) -> None:

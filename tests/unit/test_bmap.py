@@ -139,14 +139,14 @@ def test_bmaptool_accepts_it(tmp_path: Path) -> None:
 def test_bmap_describes_the_raw_disk_not_the_qcow2(tmp_path: Path) -> None:
     import dataclasses
 
-    from mkosi.config.settings import MkosiArgs
+    from mkosi.config.settings import Args, Config
     from mkosi.context import Context, Phase
     from mkosi.output.diskimage import bmap_and_convert
 
-    args = dataclasses.replace(MkosiArgs(), bmap=True, qcow2=True, output_bmap=tmp_path / "out/image.bmap")
+    config = dataclasses.replace(Config(), bmap=True, qcow2=True, output_bmap=tmp_path / "out/image.bmap")
     staging = tmp_path / "staging"
     staging.mkdir()
-    ctx = Context(args, tmp_path, Phase.final, tmp_path / "root", None, staging)
+    ctx = Context(Args(), config, tmp_path, Phase.final, tmp_path / "root", None, staging)
     raw = tmp_path / "disk.raw"
     _make_image(raw)
     raw_size = raw.stat().st_size

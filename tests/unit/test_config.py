@@ -878,7 +878,7 @@ def test_summary_labels_sizes_and_copyable_settings(wd: Path) -> None:
         SwapSize=1536M
         HomeSize=1000000
     """)
-    text = summary_text(load())
+    text = summary_text(SUMMARY, [load()])
     lines = text.splitlines()
     assert re.fullmatch(r" +Root partition size  RootSize=3G", lines[lines.index("PARTITIONS:") + 2])
     assert _summary_line(text, "RootSize") == "3G"
@@ -895,7 +895,7 @@ def test_summary_labels_sizes_and_copyable_settings(wd: Path) -> None:
             ini_text = f"[Partitions]\n{m.group(2)}={m.group(3)}\n"
             assert parse_ini(wd / "x.conf", ini_text)
     # JSON keeps exact numbers.
-    assert summary_dict(load())["Partitions"]["RootSize"] == 3 * GiB
+    assert summary_dict(SUMMARY, load())["Partitions"]["RootSize"] == 3 * GiB
 
 
 def test_summary_shows_every_setting(wd: Path) -> None:

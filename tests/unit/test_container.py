@@ -11,7 +11,7 @@ import pytest
 
 from mkosi import container
 from mkosi.config.enums import OutputFormat, Verb
-from mkosi.config.settings import MkosiArgs
+from mkosi.config.settings import Args, Config
 
 
 def fake_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str, Any]]:
@@ -30,23 +30,25 @@ def fake_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str, 
     return calls
 
 
-def tree_args(tmp_path: Path, name: str, settings: bool) -> MkosiArgs:
+def tree_config(tmp_path: Path, name: str, settings: bool) -> Config:
     out = tmp_path / "out"
     (out / name).mkdir(parents=True)
     nspawn = None
     if settings:
         nspawn = out / f"{name}.nspawn"
         nspawn.write_text("[Exec]\nEnvironment=FROM_SETTINGS=1\n")
-    return dataclasses.replace(MkosiArgs(), verb=Verb.shell, format=OutputFormat.directory, output=out / name,
+    return dataclasses.replace(Config(), format=OutputFormat.directory, output=out / name,
                                output_nspawn_settings=nspawn)
+
+
+SHELL = Args(verb=Verb.shell)
 
 
 @pytest.mark.parametrize("name, machine", [("image", "image"), ("image_1.2", "image-1.2"), ("web_x_7", "web-x-7")])
 def test_settings_reach_nspawn_under_the_machine_name(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str,
                                                       machine: str) -> None:
     calls = fake_run(monkeypatch, tmp_path)
-    args = tree_args(tmp_path, name, settings=True)
-    assert container.run_container(args, [], boot=False) == 0
+    assert container.run_container(SHELL, tree_config(tmp_path, name, settings=True), boot=False) == 0
     (call,) = calls
     assert f"--machine={machine}" in call["argv"] and "--settings=trusted" in call["argv"]
     # What nspawn reads: MACHINE.nspawn, with the content of mkosi.nspawn.
@@ -56,7 +58,7 @@ def test_settings_reach_nspawn_under_the_machine_name(monkeypatch: pytest.Monkey
 
 def test_no_settings_nothing_written(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     calls = fake_run(monkeypatch, tmp_path)
-    assert container.run_container(tree_args(tmp_path, "image_2", settings=False), [], boot=False) == 0
+    assert container.run_container(SHELL, tree_config(tmp_path, "image_2", settings=False), boot=False) == 0
     assert "--settings=trusted" not in calls[0]["argv"] and calls[0]["files"] == {}
 
 
@@ -66,7 +68,7 @@ def test_existing_runtime_file_is_left_alone(monkeypatch: pytest.MonkeyPatch, tm
     runtime = tmp_path / "run-nspawn"
     runtime.mkdir()
     (runtime / "image-3.nspawn").write_text("admin's\n")
-    assert container.run_container(tree_args(tmp_path, "image_3", settings=True), [], boot=False) == 0
+    assert container.run_container(SHELL, tree_config(tmp_path, "image_3", settings=True), boot=False) == 0
     assert calls[0]["files"] == {"image-3.nspawn": "admin's\n"}
     assert (runtime / "image-3.nspawn").read_text() == "admin's\n"
     assert "exists already" in capsys.readouterr().err

@@ -27,12 +27,12 @@ def test_tree_summarises_like_mkosi14(tree: str, tmp_path: Path, monkeypatch: py
     shutil.copytree(DATA / tree, work, symlinks=True)
     monkeypatch.chdir(work)
     expected = json.loads((work / "mkosi14-summary.json").read_text())
-    _, configs = load_args(["summary"])
-    (args,) = configs
-    data = summary_dict(args)
+    args, configs = load_args(["summary"])
+    (config,) = configs
+    data = summary_dict(args, config)
     assert data["Distribution"]["Distribution"] == expected["distribution"]
     assert data["Distribution"]["Release"] == expected["release"]
     assert data["Output"]["Format"] == expected["format"]
     assert data["Content"]["Packages"] == expected["packages"]
     assert data["Content"]["BuildPackages"] == expected["build_packages"]
-    assert summary_text(args)
+    assert summary_text(args, configs)

@@ -11,7 +11,7 @@ from mkosi.config import load_args
 from mkosi.config.enums import Verb
 from mkosi.config.ini import lookup_key
 from mkosi.config.parse import build_parser
-from mkosi.config.settings import MkosiArgs, by_dest
+from mkosi.config.settings import Args, Config, by_dest
 from mkosi.distributions import plugin
 from mkosi.summary import summary_text
 from tests.unit.conftest import write
@@ -58,7 +58,7 @@ def camel(flag: str) -> str:
     return "".join(part.capitalize() for part in flag[2:].split("-"))
 
 
-def load(*argv: str) -> MkosiArgs:
+def load(*argv: str) -> Config:
     _, configs = load_args([*argv, "summary"])
     return configs[0]
 
@@ -143,7 +143,7 @@ def test_new_settings_and_what_summary_says(wd: Path) -> None:
     assert args.repository_key_check is False
     assert (args.xbootldr_size, args.var_size, args.tmp_size, args.bios_size) == (100 << 20, 1 << 30, 200 << 20,
                                                                                     2 << 20)
-    text = summary_text(args)
+    text = summary_text(Args(verb=Verb.summary), [args])
     for key in ("SignExpectedPCR", "XBootLDRSize", "VarSize", "TmpSize"):
         line = next(line for line in text.splitlines() if f"  {key}=" in line)
         assert "not implemented yet" in line, line
@@ -162,7 +162,7 @@ def test_local_mirror_replaces_the_rpm_repositories(wd: Path) -> None:
 
 def test_command_line_options_in_a_file(wd: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write(wd / "mkosi.default", "[Distribution]\nDistribution=debian\n[Output]\nIncremental=yes\nAutoBump=yes\n")
-    args = load()
+    args, _ = load_args(["summary"])
     assert args.incremental is True and args.auto_bump is True
     assert "Incremental= stands for the command-line option --incremental" in capsys.readouterr().err
 

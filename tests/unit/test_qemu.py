@@ -361,19 +361,19 @@ def test_qemu_verb_netdev_uses_a_tap_link(monkeypatch: pytest.MonkeyPatch, tmp_p
 
     from mkosi import vm
     from mkosi.config.enums import BootProtocol, QemuKvm
-    from mkosi.config.settings import MkosiArgs
+    from mkosi.config.settings import Args, Config
 
     monkeypatch.setattr(vm.os, "getuid", lambda: 0)
     monkeypatch.setattr(vm.os, "access", lambda path, mode: True)
     monkeypatch.setattr(qemu, "find_seabios", lambda root=Path("/"): tmp_path / "bios.bin")
-    args = dataclasses.replace(MkosiArgs(), output=tmp_path / "image_1.2.raw", netdev=True, qemu_kvm=QemuKvm.no,
+    config = dataclasses.replace(Config(), output=tmp_path / "image_1.2.raw", netdev=True, qemu_kvm=QemuKvm.no,
                                qemu_boot=BootProtocol.bios, compress_output="no", architecture="x86_64")
-    argv = vm.qemu_argv(args, tmp_path)
+    argv = vm.qemu_argv(Args(), config, tmp_path)
     assert opt(argv, "-nic") == ["tap,ifname=vt-image-1.2,script=no,downscript=no,model=virtio-net-pci"]
-    with_ssh = vm.qemu_argv(dataclasses.replace(args, ssh=True), tmp_path)
+    with_ssh = vm.qemu_argv(Args(), dataclasses.replace(config, ssh=True), tmp_path)
     nics = opt(with_ssh, "-nic")
     assert nics[0].startswith("tap,ifname=vt-image-1.2,") and nics[1].startswith("user,") and "hostfwd" in nics[1]
 
     monkeypatch.setattr(vm.os, "getuid", lambda: 1000)
     with pytest.raises(MkosiError, match="tap device"):
-        vm.qemu_argv(args, tmp_path)
+        vm.qemu_argv(Args(), config, tmp_path)

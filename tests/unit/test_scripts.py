@@ -11,17 +11,17 @@ import pytest
 
 from mkosi import build, scripts
 from mkosi.config.enums import SourceFileTransfer
-from mkosi.config.settings import MkosiArgs
+from mkosi.config.settings import Args, Config
 from mkosi.context import Context, Phase
 from mkosi.errors import MkosiError
 
 
 def ctx_for(tmp_path: Path, phase: Phase = Phase.build, **settings: Any) -> Context:
-    args = dataclasses.replace(MkosiArgs(), **settings)
+    config = dataclasses.replace(Config(), **settings)
     root = tmp_path / "root"
     root.mkdir(parents=True, exist_ok=True)
     (tmp_path / "staging").mkdir(exist_ok=True)
-    return Context(args, tmp_path, phase, root, None, tmp_path / "staging")
+    return Context(Args(), config, tmp_path, phase, root, None, tmp_path / "staging")
 
 
 def executable(path: Path, text: str) -> Path:

@@ -336,9 +336,12 @@ def test_invalid_debug_value_lists_accepted_values(wd: Path, capsys: pytest.Capt
 
 
 def test_valid_debug_values(wd: Path) -> None:
-    assert resolve("--debug=run,disk").debug == ["run", "disk"]
-    assert resolve("--debug", "all").debug == ["all"]
-    assert resolve("--debug").debug == ["run"]
+    def debug(*argv: str) -> list[str]:
+        return load_args([*argv, "summary"])[0].debug
+
+    assert debug("--debug=run,disk") == ["run", "disk"]
+    assert debug("--debug", "all") == ["all"]
+    assert debug("--debug") == ["run"]
 
 
 def test_unknown_verb(wd: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -23,7 +23,9 @@ def fake_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str, 
 
     def run(argv: list[Any], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         files = {p.name: p.read_text() for p in runtime.iterdir()} if runtime.exists() else {}
-        calls.append({"argv": [str(a) for a in argv], "files": files})
+        sandbox = kwargs.get("sandbox")
+        full = sandbox.argv(argv, "systemd-nspawn") if sandbox is not None else list(argv)
+        calls.append({"argv": [str(a) for a in full], "files": files})
         return subprocess.CompletedProcess(argv, 0)
 
     monkeypatch.setattr(container, "run", run)

@@ -53,9 +53,15 @@ def test_failing_build_script_message_has_no_nspawn_command_line(monkeypatch: py
     script = executable(tmp_path / "mkosi.build", "#!/bin/sh\necho 'cc: error: no stdio.h'\nexit 1\n")
     src = tmp_path / "src"
     src.mkdir()
-    # Run the script on the host instead of in a container: the command nspawn would run.
-    monkeypatch.setattr(scripts, "nspawn_command", lambda root, cmd, **kw: [str(script), *cmd[1:]])
     ctx = ctx_for(tmp_path, build_script=script, build_sources=src, source_file_transfer=SourceFileTransfer.copy_all)
+    real_run = scripts.run
+
+    def on_host(argv: list[Any], sandbox: Any = None, **kw: Any) -> Any:
+        # Run the copy of the script in the image root on the host instead of in a container.
+        assert sandbox is not None and "systemd-nspawn" in " ".join(sandbox.argv(argv, "systemd-nspawn"))
+        return real_run([str(ctx.root) + str(argv[0]), *argv[1:]], **kw)
+
+    monkeypatch.setattr(scripts, "run", on_host)
     with pytest.raises(MkosiError) as e:
         scripts.run_build_script(ctx)
     msg = str(e.value)

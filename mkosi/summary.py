@@ -177,7 +177,7 @@ def image_text(args: Args, config: Config) -> str:
     sizes = {s.key for s in keyed if s.parse is parse_size}
     lines = [f"{'Verb':>{width}}  {data['Verb']}"]
     notes = data["NotImplemented"]
-    for section in (s for s in SECTIONS if s in data):
+    for section in (s for s in SECTIONS if data.get(s)):
         lines += ["", f"{section.upper()}:"]
         for key, value in data[section].items():
             note = f"  ({notes[key]})" if key in notes else ""

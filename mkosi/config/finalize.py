@@ -207,6 +207,10 @@ def _resolve_outputs(values: dict[str, Any], fmt: OutputFormat) -> None:
         if values["verity"] != Verity.no:
             values["output_split_verity"] = (values["output_split_verity"]
                                              or outdir / f"{stem}.{part}.verity{csuffix}")
+        if values["verity"] == Verity.signed:
+            # mkosi 14: the signature partition as STEM.root.roothash.p7s (STEM.usr.usrhash.p7s).
+            values["output_split_verity_sig"] = (values["output_split_verity_sig"]
+                                                 or outdir / f"{stem}.{part}.{part}hash.p7s{csuffix}")
         if values["bootable"]:
             values["output_split_kernel"] = values["output_split_kernel"] or outdir / f"{stem}.efi"
 

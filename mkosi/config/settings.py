@@ -422,7 +422,7 @@ class Config(ModernSettings):
         help="Path of the split-out unified kernel image (with SplitArtifacts=).")
     output_split_verity_sig: Optional[Path] = setting(
         section=O, key="OutputSplitVeritySig", flags=("--output-split-verity-sig",), parse=parse_path,
-        metavar="PATH", status=NOT_YET,
+        metavar="PATH",
         help="Path of the split-out verity signature partition (with SplitArtifacts= and Verity=signed).")
     output_dir: Optional[Path] = setting(
         scope=Scope.universal, default_fn=_default_output_dir, depends=("output",), specifier="O",

@@ -165,7 +165,8 @@ def split_artifacts(ctx: Context, images: dict[str, Path], compression: Optional
     out: list[Path] = []
     root_role = "usr" if config.usr_only else "root"
     pairs = [(images.get(root_role), config.output_split_root),
-             (images.get(f"{root_role}-verity"), config.output_split_verity)]
+             (images.get(f"{root_role}-verity"), config.output_split_verity),
+             (images.get(f"{root_role}-verity-sig"), config.output_split_verity_sig)]
     for src, dst in pairs:
         if src is None or dst is None:
             continue

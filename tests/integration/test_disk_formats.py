@@ -465,8 +465,8 @@ def squashfs_raw(squashfs: Path) -> Path:
 
 def test_squashfs_outputs(squashfs: Path) -> None:
     names = sorted(p.name for p in squashfs.iterdir())
-    assert names == sorted(["sq_7.raw.xz", "sq_7.root.raw.xz", "sq_7.root.verity.xz", "sq_7.roothash",
-                            "sq_7.roothash.p7s", "sq_7.manifest"]), names
+    assert names == sorted(["sq_7.raw.xz", "sq_7.root.raw.xz", "sq_7.root.verity.xz", "sq_7.root.roothash.p7s.xz",
+                            "sq_7.roothash", "sq_7.roothash.p7s", "sq_7.manifest"]), names
 
 
 def test_squashfs_partition_table(squashfs_raw: Path) -> None:
@@ -487,7 +487,8 @@ def test_squashfs_content(squashfs: Path, squashfs_raw: Path) -> None:
 
 def test_squashfs_split_artifacts(squashfs: Path, squashfs_raw: Path) -> None:
     parts = by_type(squashfs_raw)
-    for suffix, t in ((".root.raw.xz", ROOT), (".root.verity.xz", ROOT_VERITY)):
+    for suffix, t in ((".root.raw.xz", ROOT), (".root.verity.xz", ROOT_VERITY),
+                      (".root.roothash.p7s.xz", ROOT_VERITY_SIG)):
         part = extract(squashfs_raw, parts[t], squashfs.parent / f"part{suffix}.img")
         split = decompress(squashfs / f"sq_7{suffix}", squashfs.parent / f"split{suffix}.img")
         assert same_content(split, part), suffix

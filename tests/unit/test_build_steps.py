@@ -151,3 +151,20 @@ def test_base_packages_conditional_without_rich_dependencies(tmp_path: Path) -> 
                   packages=["vim"], base_packages=BasePackages.conditional)
     # apt has no boolean dependencies: only the listed packages, like BasePackages=no.
     assert build.packages_for(ctx) == ["vim"]
+
+
+def test_split_artifacts_include_the_verity_signature(tmp_path: Path) -> None:
+    from mkosi.output.diskimage import split_artifacts
+
+    out = tmp_path / "out"
+    ctx = ctx_for(tmp_path / "root", output_split_root=out / "image.root.raw",
+                  output_split_verity=out / "image.root.verity",
+                  output_split_verity_sig=out / "image.root.roothash.p7s")
+    ctx.staging.mkdir()
+    images = {}
+    for role, content in (("root", b"root fs"), ("root-verity", b"hashes"), ("root-verity-sig", b'{"rootHash":1}')):
+        images[role] = tmp_path / f"{role}.img"
+        images[role].write_bytes(content)
+    made = split_artifacts(ctx, images, None)
+    assert sorted(p.name for p in made) == ["image.root.raw", "image.root.roothash.p7s", "image.root.verity"]
+    assert (ctx.staging / "image.root.roothash.p7s").read_bytes() == b'{"rootHash":1}'

@@ -641,6 +641,7 @@ def test_split_artifacts_names(wd: Path) -> None:
     args = load("--split-artifacts", "--verity=signed", "--compress-output=xz")
     assert args.output_split_root == wd / "image.root.raw.xz"
     assert args.output_split_verity == wd / "image.root.verity.xz"
+    assert args.output_split_verity_sig == wd / "image.root.roothash.p7s.xz"
     plain = load("--split-artifacts", "--verity")
     assert (plain.output_split_root, plain.output_split_verity) == (wd / "image.root.raw", wd / "image.root.verity")
     usr = load("--split-artifacts", "--verity", "--usr-only", "--image-version=2")

@@ -301,9 +301,3 @@ class RuntimeNetwork(StrEnum):
     user = "user"
     interface = "interface"
     none = "none"
-
-
-class SignExpectedPcr(StrEnum):
-    auto = "auto"
-    yes = "yes"
-    no = "no"

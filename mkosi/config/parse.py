@@ -50,10 +50,10 @@ class _Record(argparse.Action):
                  option_string: Optional[str] = None) -> None:
         raw = self.fixed if self.fixed is not None else str(values)
         s = self.setting
-        if option_string is not None and (option_string in s.flag_aliases
-                                          or option_string in [f for f, _ in s.value_flags]):
-            new = s.long_flag if self.fixed is None or option_string in s.flag_aliases else f"{s.long_flag}={raw}"
-            log.warn(f"command line: {option_string} is an older name, use {new}")
+        # Other spellings of a flag (flag_aliases: classic and mkosi 14 names) are accepted silently; the
+        # obsolete flags that stand for a value (--xz) say what to write instead.
+        if option_string is not None and option_string in [f for f, _ in s.value_flags]:
+            log.warn(f"command line: {option_string} is an older name, use {s.long_flag}={raw}")
         ns.assignments.append(Assignment(self.setting, raw, Origin(None, None)))
 
 

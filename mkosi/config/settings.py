@@ -25,7 +25,6 @@ from mkosi.config.enums import (
     ManifestFormat,
     OutputFormat,
     QemuKvm,
-    SignExpectedPcr,
     SourceFileTransfer,
     SplitArtifact,
     Verb,
@@ -34,8 +33,8 @@ from mkosi.config.enums import (
 )
 from mkosi.config.modern import ModernSettings
 from mkosi.config.types import (
-    ConfigTree,
     DEBUG_AREAS,
+    ConfigTree,
     Kind,
     MatchKind,
     PathRule,
@@ -475,11 +474,6 @@ class Config(ModernSettings):
     secure_boot_valid_days: int = setting(
         section=O, key="SecureBootValidDays", flags=("--secure-boot-valid-days",), parse=parse_int, default=730,
         help="Validity in days of the certificate made by genkey.")
-    sign_expected_pcr: SignExpectedPcr = setting(
-        section=O, key="SignExpectedPCR", flags=("--sign-expected-pcr",),
-        parse=parse_bool_or_enum(SignExpectedPcr, SignExpectedPcr.yes, SignExpectedPcr.no),
-        choices=_choices(SignExpectedPcr), const="yes", default=SignExpectedPcr.auto, status=NOT_YET,
-        help="Sign the expected TPM PCR values of the unified kernel image (systemd-measure): yes, no or auto.")
     read_only: bool = setting(
         section=O, key="ReadOnly", flags=("--read-only",), kind=Kind.BOOL, parse=parse_bool, default=False,
         const="yes", help="Mark the root partition read-only (implied by squashfs and verity).")

@@ -98,8 +98,10 @@ def test_older_keys_have_their_mkosi14_meaning(wd: Path, capsys: pytest.CaptureF
 
 @pytest.mark.parametrize("argv, dest, value, new", [
     (["--network-veth"], "netdev", True, "--netdev"),
-    (["--build-directory", "b"], "build_dir", "b", "--build-dir"),
-    (["--extra-search-path", "/opt/bin"], "extra_search_paths", [Path("/opt/bin")], "--extra-search-paths"),
+    (["--build-directory", "b"], "build_dir", "b", "--build-directory"),
+    (["--build-dir", "b"], "build_dir", "b", "--build-directory"),
+    (["--extra-search-path", "/opt/bin"], "extra_search_paths", [Path("/opt/bin")], "--extra-search-path"),
+    (["--extra-search-paths", "/opt/bin"], "extra_search_paths", [Path("/opt/bin")], "--extra-search-path"),
     (["--build-environment", "A=1"], "environment", ["A=1"], "--environment"),
     (["--kernel-commandline", "quiet"], "kernel_command_line", ["quiet"], "--kernel-command-line"),
     (["--xz"], "compress_output", "xz", "--compress-output=xz"),
@@ -111,7 +113,12 @@ def test_older_flags_have_their_mkosi14_meaning(wd: Path, capsys: pytest.Capture
         assert isinstance(got, Path) and got.name == value
     else:
         assert got == value
-    assert f"command line: {argv[0]} is an older name, use {new}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    if argv[0] == "--xz":
+        assert f"command line: {argv[0]} is an older name, use {new}" in err
+    else:
+        # Other spellings of a flag are accepted without a warning.
+        assert "older name" not in err
 
 
 def test_short_flags_of_mkosi14(wd: Path) -> None:
@@ -144,7 +151,7 @@ def test_new_settings_and_what_summary_says(wd: Path) -> None:
     assert (args.xbootldr_size, args.var_size, args.tmp_size, args.bios_size) == (100 << 20, 1 << 30, 200 << 20,
                                                                                     2 << 20)
     text = summary_text(Args(verb=Verb.summary), [args])
-    for key in ("SignExpectedPCR", "XBootLDRSize", "VarSize", "TmpSize"):
+    for key in ("XBootLDRSize", "VarSize", "TmpSize"):
         line = next(line for line in text.splitlines() if f"  {key}=" in line)
         assert "not implemented yet" in line, line
     assert plugin(args.distribution).apt_config(args).key_check is False  # type: ignore[attr-defined]
@@ -164,7 +171,7 @@ def test_command_line_options_in_a_file(wd: Path, capsys: pytest.CaptureFixture[
     write(wd / "mkosi.default", "[Distribution]\nDistribution=debian\n[Output]\nIncremental=yes\nAutoBump=yes\n")
     args, _ = load_args(["summary"])
     assert args.incremental is True and args.auto_bump is True
-    assert "Incremental= stands for the command-line option --incremental" in capsys.readouterr().err
+    assert "AutoBump= stands for the command-line option --auto-bump" in capsys.readouterr().err
 
 
 def test_verb_is_unchanged_by_aliases(wd: Path) -> None:

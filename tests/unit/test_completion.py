@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from mkosi.config.enums import Verb
+
 pytest.importorskip("argcomplete")
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,7 +31,7 @@ def complete(tmp_path: Path, line: str, shell: str = "bash") -> list[str]:
 
 def test_bash_completes_verbs(tmp_path: Path) -> None:
     assert complete(tmp_path, "mkosi su") == ["summary"]
-    assert set(complete(tmp_path, "mkosi s")) == {"summary", "shell", "ssh", "serve"}
+    assert set(complete(tmp_path, "mkosi s")) == {v.value for v in Verb if v.value.startswith("s")}
     assert "cat-config" in complete(tmp_path, "mkosi -d debian -r bookworm ")
     assert complete(tmp_path, "mkosi --format gpt_squashfs bu") == ["build", "bump", "burn"]
 

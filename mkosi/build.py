@@ -37,7 +37,7 @@ from mkosi.preflight import (
     remove_in_background,
     remove_stale_workspaces,
 )
-from mkosi.trees import chown_to_invoking_user, install_tree
+from mkosi.trees import chown_to_invoking_user, install_tree, resolve_in_root
 
 # ---------------------------------------------------------------- workspace
 
@@ -134,23 +134,32 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
     path.chmod(mode)
 
 
+def in_image(ctx: Context, path: str) -> Path:
+    """Where `path` of the image is on the host: links resolved inside the image, never onto the host."""
+    return resolve_in_root(ctx.root, path)
+
+
+def image_entry(ctx: Context, path: str) -> Path:
+    """The entry `path` itself (a link is not followed at the last component), its directory resolved
+    inside the image: what to unlink or replace."""
+    parent, _, name = path.rstrip("/").rpartition("/")
+    return resolve_in_root(ctx.root, parent) / name
+
+
 def configure_hostname(ctx: Context) -> None:
     if ctx.config.hostname:
-        _write(ctx.root / "etc/hostname", ctx.config.hostname + "\n")
+        _write(in_image(ctx, "etc/hostname"), ctx.config.hostname + "\n")
 
 
 def configure_os_release(ctx: Context) -> None:
     config = ctx.config
     if not config.image_id and not config.image_version:
         return
-    osr = ctx.root / "etc/os-release"
+    osr = in_image(ctx, "etc") / "os-release"
+    target = in_image(ctx, "etc/os-release")
+    text = target.read_text() if target.is_file() else ""
     if osr.is_symlink():
-        target = (ctx.root / "etc" / os.readlink(osr)) if not os.readlink(osr).startswith("/") else \
-            ctx.root / os.readlink(osr).lstrip("/")
-        text = target.read_text() if target.exists() else ""
         osr.unlink()
-    else:
-        text = osr.read_text() if osr.exists() else ""
     lines = [line for line in text.splitlines() if not line.startswith(("IMAGE_ID=", "IMAGE_VERSION="))]
     if config.image_id:
         lines.append(f"IMAGE_ID={config.image_id}")
@@ -169,7 +178,7 @@ def hash_password(password: str) -> str:
 
 def configure_root_password(ctx: Context) -> None:
     config = ctx.config
-    shadow = ctx.root / "etc/shadow"
+    shadow = in_image(ctx, "etc/shadow")
     if not shadow.exists():
         return
     if config.password is None:
@@ -195,7 +204,7 @@ def _set_shadow_password(shadow: Path, hashed: str, only_if_empty: bool = False)
 
 
 def configure_machine_id(ctx: Context) -> None:
-    mid = ctx.root / "etc/machine-id"
+    mid = image_entry(ctx, "etc/machine-id")
     if ctx.config.machine_id:
         _write(mid, ctx.config.machine_id + "\n", 0o444)
     elif ctx.phase == Phase.final:
@@ -203,7 +212,7 @@ def configure_machine_id(ctx: Context) -> None:
         if mid.exists() or mid.is_symlink():
             mid.unlink()
         _write(mid, "", 0o444)
-        dbus = ctx.root / "var/lib/dbus/machine-id"
+        dbus = image_entry(ctx, "var/lib/dbus/machine-id")
         if dbus.exists() and not dbus.is_symlink():
             dbus.unlink()
 
@@ -221,11 +230,11 @@ def configure_autologin(ctx: Context) -> None:
     """Autologin=: root is logged in on tty1, ttyS0 (qemu) and pts/0 (nspawn) without a password."""
     if not ctx.config.autologin:
         return
-    exe = "/sbin/agetty" if (ctx.root / "sbin/agetty").exists() else "/usr/sbin/agetty"
+    exe = "/sbin/agetty" if (in_image(ctx, "sbin/agetty")).exists() else "/usr/sbin/agetty"
     for unit, tail in AUTOLOGIN_GETTYS.items():
-        _write(ctx.root / "etc/systemd/system" / f"{unit}.d" / "autologin.conf",
+        _write(in_image(ctx, f"etc/systemd/system/{unit}.d/autologin.conf"),
                f"[Service]\nExecStart=\nExecStart=-{exe} -o '-p -f -- \\\\u' --autologin root {tail}\n")
-    pam = ctx.root / "etc/pam.d/login"
+    pam = in_image(ctx, "etc/pam.d/login")
     if pam.exists():
         text = pam.read_text()
         rule = "auth sufficient pam_succeed_if.so tty in tty1:ttyS0:pts/0:console user = root quiet\n"
@@ -237,7 +246,7 @@ def configure_qemu_headless(ctx: Context) -> None:
     if not ctx.config.qemu_headless:
         return
     term = os.environ.get("TERM", "vt220")
-    dropin = ctx.root / "etc/systemd/system/serial-getty@ttyS0.service.d/term.conf"
+    dropin = in_image(ctx, "etc/systemd/system/serial-getty@ttyS0.service.d/term.conf")
     _write(dropin, f"[Service]\nEnvironment=TERM={term}\n")
 
 
@@ -246,10 +255,10 @@ def configure_network(ctx: Context) -> None:
     config = ctx.config
     if ctx.phase != Phase.final or not (config.ssh or config.netdev):
         return
-    if not (ctx.root / "usr/lib/systemd/system/systemd-networkd.service").exists():
+    if not (in_image(ctx, "usr/lib/systemd/system/systemd-networkd.service")).exists():
         log.warn("systemd-networkd is not in the image; its network is left unconfigured")
         return
-    _write(ctx.root / "etc/systemd/network/80-mkosi-dhcp.network",
+    _write(in_image(ctx, "etc/systemd/network/80-mkosi-dhcp.network"),
            "[Match]\nName=en* eth*\nType=ether\n\n[Network]\nDHCP=yes\n")
     from mkosi.run import run
 
@@ -278,17 +287,17 @@ def configure_ssh(ctx: Context) -> None:
         private = ctx.staging / config.output_sshkey.name
         pub = generate_ssh_keypair(private, f"mkosi {config.image_id or 'image'}")
         keys.append(pub.read_text().strip())
-    auth = ctx.root / "root/.ssh/authorized_keys"
+    auth = in_image(ctx, "root/.ssh/authorized_keys")
     auth.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     auth.write_text("\n".join(keys) + "\n")
     auth.chmod(0o600)
     if config.ssh_port != 22:
-        _write(ctx.root / "etc/ssh/sshd_config.d/mkosi-port.conf", f"Port {config.ssh_port}\n")
-    for key in (ctx.root / "etc/ssh").glob("ssh_host_*"):
+        _write(in_image(ctx, "etc/ssh/sshd_config.d/mkosi-port.conf"), f"Port {config.ssh_port}\n")
+    for key in (in_image(ctx, "etc/ssh")).glob("ssh_host_*"):
         key.unlink()
     # Host keys are made on the first boot of each machine, before sshd checks its configuration.
-    unit = "ssh.service" if (ctx.root / "usr/lib/systemd/system/ssh.service").exists() else "sshd.service"
-    _write(ctx.root / f"etc/systemd/system/{unit}.d/mkosi-hostkeys.conf",
+    unit = "ssh.service" if (in_image(ctx, "usr/lib/systemd/system/ssh.service")).exists() else "sshd.service"
+    _write(in_image(ctx, f"etc/systemd/system/{unit}.d/mkosi-hostkeys.conf"),
            "[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n")
 
 

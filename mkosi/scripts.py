@@ -19,6 +19,7 @@ from mkosi.errors import MkosiError
 from mkosi.run import PathString, run
 from mkosi.sandbox import Container, Mount, Sandbox
 from mkosi.sources import copy_sources, default_transfer, source_excludes
+from mkosi.trees import copy_into_root, resolve_in_root
 
 # How many of its last lines of output the error of a failing script shows.
 SCRIPT_TAIL_LINES = 15
@@ -155,13 +156,14 @@ def copy_build_sources(ctx: Context) -> None:
     if mode == SourceFileTransfer.mount:
         return
     with log.step(f"Copying sources ({mode.value})"):
-        copy_sources(src, ctx.root / "root/src", mode, config.source_resolve_symlinks, source_excludes(config, src))
+        copy_sources(src, resolve_in_root(ctx.root, "root/src"), mode, config.source_resolve_symlinks,
+                     source_excludes(config, src))
 
 
 def fill_include_dir(include_dir: Path, tree: Path) -> None:
     """Copy the headers of tree/usr/include into IncludeDirectory= (replacing older copies)."""
-    headers = tree / "usr/include"
-    if headers.is_dir() and not headers.is_symlink():
+    headers = resolve_in_root(tree, "usr/include")
+    if headers.is_dir():
         run(["cp", "--recursive", "--no-dereference", "--preserve=mode,timestamps,links", "--reflink=auto",
              "--no-target-directory", headers, include_dir])
 
@@ -206,11 +208,11 @@ def copy_build_results(ctx: Context) -> None:
     results = ctx.workspace / "build-results"
     if results.is_dir():
         with log.step("Copying build results"):
-            run(["cp", "--archive", "--reflink=auto", "--no-target-directory", f"{results}/.", f"{ctx.root}/."],
-                sandbox=ctx.sandbox)
+            # Every path resolved inside the image: what the build installed never lands on the host.
+            copy_into_root(results, ctx.root, keep_owner=True)
     config = ctx.config
     transfer = config.source_file_transfer_final
     if transfer is not None and config.build_sources is not None:
         with log.step(f"Copying sources into the final image ({transfer.value})"):
-            copy_sources(config.build_sources, ctx.root / "root/src", transfer,
+            copy_sources(config.build_sources, resolve_in_root(ctx.root, "root/src"), transfer,
                          config.source_resolve_symlinks_final, source_excludes(config, config.build_sources))

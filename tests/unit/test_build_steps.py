@@ -168,3 +168,26 @@ def test_split_artifacts_include_the_verity_signature(tmp_path: Path) -> None:
     made = split_artifacts(ctx, images, None)
     assert sorted(p.name for p in made) == ["image.root.raw", "image.root.roothash.p7s", "image.root.verity"]
     assert (ctx.staging / "image.root.roothash.p7s").read_bytes() == b'{"rootHash":1}'
+
+
+def test_configuration_steps_never_write_through_links_onto_the_host(tmp_path: Path) -> None:
+    outside = tmp_path / "host"
+    (outside / "etc").mkdir(parents=True)
+    (outside / "etc/hostname").write_text("host\n")
+    (outside / "dbus").mkdir()
+    (outside / "dbus/machine-id").write_text("host-id\n")
+    ctx = ctx_for(tmp_path / "root", hostname="box", image_id="img")
+    (ctx.root / "etc").mkdir()
+    (ctx.root / "etc/hostname").symlink_to(f"{outside}/etc/hostname")
+    (ctx.root / "etc/os-release").symlink_to(f"{outside}/etc/os-release")
+    (ctx.root / "var/lib").mkdir(parents=True)
+    (ctx.root / "var/lib/dbus").symlink_to(f"{outside}/dbus")
+    build.configure_hostname(ctx)
+    build.configure_os_release(ctx)
+    build.configure_machine_id(ctx)
+    assert (outside / "etc/hostname").read_text() == "host\n"
+    assert not (outside / "etc/os-release").exists()
+    assert (outside / "dbus/machine-id").read_text() == "host-id\n"
+    inside = ctx.root.resolve() / str(outside).lstrip("/")
+    assert (inside / "etc/hostname").read_text() == "box\n"
+    assert "IMAGE_ID=img" in (ctx.root / "etc/os-release").read_text()

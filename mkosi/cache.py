@@ -160,8 +160,8 @@ def build_key(args: Args, config: Config) -> str:
     for script in (config.build_script, config.prepare_script, config.postinst_script, config.finalize_script,
                    config.nspawn_settings, config.repository_directory):
         digest_path(h, script)
-    if config.build_script is not None and config.build_sources is not None:
-        mode = config.source_file_transfer or default_transfer(config.build_sources)
-        digest_path(h, config.build_sources,
-                    source_files(config.build_sources, mode, source_excludes(config, config.build_sources)))
+    if config.build_script is not None and config.build_source is not None:
+        mode = config.source_file_transfer or default_transfer(config.build_source)
+        digest_path(h, config.build_source,
+                    source_files(config.build_source, mode, source_excludes(config, config.build_source)))
     return h.hexdigest()

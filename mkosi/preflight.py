@@ -105,10 +105,10 @@ def remove_in_background(ws: Path) -> None:
     if mounts_below(ws):
         log.warn(f"the workspace {ws} still has mounts below it; leaving it")
         return
-    proc = subprocess.Popen(["rm", "-rf", "--one-file-system", "--", os.fspath(ws)], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    with contextlib.suppress(OSError):
-        (ws / PID_FILE).write_text(f"{proc.pid}\n")
+    # The shell records its PID (rm keeps it through exec) before anything is removed.
+    script = 'echo $$ > "$1/.mkosi-pid" && exec rm -rf --one-file-system -- "$1"'
+    subprocess.Popen(["sh", "-c", script, "sh", os.fspath(ws)], stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def remove_stale_workspaces(parent: Path) -> None:

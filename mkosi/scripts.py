@@ -119,7 +119,7 @@ def run_prepare_script(ctx: Context) -> None:
     if script is None:
         return
     with log.step(f"Running prepare script {script.name} {ctx.phase.value}"):
-        src = ctx.config.build_sources
+        src = ctx.config.build_source
         binds = [(src, "/root/src")] if src else []
         _run_in_image(ctx, "prepare script", script, [ctx.phase.value], network=True,
                       chdir="/root/src" if src else None,
@@ -149,15 +149,20 @@ def copy_build_sources(ctx: Context) -> None:
     image), before the extra trees, the postinstall and the finalize script (with mount they are
     bind-mounted for the build script only)."""
     config = ctx.config
-    if ctx.phase != Phase.build or config.build_script is None or config.build_sources is None:
+    if ctx.phase != Phase.build or config.build_script is None or config.build_source is None:
         return
-    src = config.build_sources
+    src = config.build_source
     mode = config.source_file_transfer or default_transfer(src)
     if mode == SourceFileTransfer.mount:
         return
     with log.step(f"Copying sources ({mode.value})"):
         copy_sources(src, resolve_in_root(ctx.root, "root/src"), mode, config.source_resolve_symlinks,
                      source_excludes(config, src))
+        for tree in config.extra_build_sources:
+            assert tree.target is not None
+            extra_mode = config.source_file_transfer or default_transfer(tree.source)
+            copy_sources(tree.source, resolve_in_root(ctx.root, f"root/src/{str(tree.target).lstrip('/')}"), extra_mode,
+                         config.source_resolve_symlinks, source_excludes(config, tree.source))
 
 
 def fill_include_dir(include_dir: Path, tree: Path) -> None:
@@ -171,12 +176,13 @@ def fill_include_dir(include_dir: Path, tree: Path) -> None:
 def run_build_script(ctx: Context) -> None:
     config = ctx.config
     script = config.build_script
-    assert script is not None and config.build_sources is not None
-    src = config.build_sources
+    assert script is not None and config.build_source is not None
+    src = config.build_source
     mode = config.source_file_transfer or default_transfer(src)
     binds: list[tuple[Path, str]] = []
     if mode == SourceFileTransfer.mount:
         binds.append((src, "/root/src"))
+        binds += [(tree.source, f"/root/src/{str(tree.target).lstrip('/')}") for tree in config.extra_build_sources]
     dest = config.install_dir or ctx.dir("dest")
     dest.mkdir(parents=True, exist_ok=True)
     binds.append((dest, "/root/dest"))
@@ -212,7 +218,7 @@ def copy_build_results(ctx: Context) -> None:
             copy_into_root(results, ctx.root, keep_owner=True)
     config = ctx.config
     transfer = config.source_file_transfer_final
-    if transfer is not None and config.build_sources is not None:
+    if transfer is not None and config.build_source is not None:
         with log.step(f"Copying sources into the final image ({transfer.value})"):
-            copy_sources(config.build_sources, resolve_in_root(ctx.root, "root/src"), transfer,
-                         config.source_resolve_symlinks_final, source_excludes(config, config.build_sources))
+            copy_sources(config.build_source, resolve_in_root(ctx.root, "root/src"), transfer,
+                         config.source_resolve_symlinks_final, source_excludes(config, config.build_source))

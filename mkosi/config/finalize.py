@@ -275,7 +275,10 @@ def check_inputs_exist(cli: CommandLine, v: Merged, values: dict[str, Any]) -> N
                 continue
             if not tree.source.exists():
                 raise _fail(v, dest, f"'{tree.source}' does not exist")
-    for dest in ("nspawn_settings", "repository_directory", "base_image", "build_sources"):
+    for tree in values["build_sources"]:
+        if not tree.source.exists():
+            raise _fail(v, "build_sources", f"'{tree.source}' does not exist")
+    for dest in ("nspawn_settings", "repository_directory", "base_image"):
         if values[dest] is not None and not values[dest].exists():
             raise _fail(v, dest, f"'{values[dest]}' does not exist")
 

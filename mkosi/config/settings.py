@@ -598,11 +598,12 @@ class Config(ModernSettings):
         aliases=("BuildEnvironment",), flag_aliases=("--build-environment",),
         separator=r"\s+", default_factory=list, metavar="NAME[=VALUE]",
         help="Variables for the scripts; a bare name passes the value from mkosi's environment.")
-    build_sources: Optional[Path] = setting(
-        scope=Scope.universal, default_fn=lambda v: v.directory, path_rule=PathRule.path,
-        other_sections=(C,),
-        section=B, key="BuildSources", flags=("--build-sources",), parse=parse_path, metavar="PATH",
-        help="Source tree copied into the build image (default: the current directory).")
+    build_sources: list[ConfigTree] = setting(
+        scope=Scope.universal, default_fn=lambda v: [ConfigTree(v.directory)], path_rule=PathRule.pair,
+        other_sections=(C,), kind=Kind.LIST, parse=parse_tree, separator=r"[,\s]+", default_factory=list,
+        section=B, key="BuildSources", flags=("--build-sources",), metavar="SRC[:TARGET]",
+        help="Source trees for the build script: the first without a target (or at /) is $SRCDIR, the others go "
+        "below it at their targets (default: the directory of the configuration).")
     build_dir: Optional[Path] = setting(
         scope=Scope.universal, path_default=("mkosi.builddir/",), path_rule=PathRule.path,
         other_sections=(C,), flag_aliases=("--build-dir",),
@@ -816,6 +817,21 @@ class Config(ModernSettings):
     @property
     def root_readonly(self) -> bool:
         return self.read_only or self.format.is_squashfs() or self.verity != Verity.no
+
+    @property
+    def build_source(self) -> Optional[Path]:
+        """The source tree the build script runs in ($SRCDIR): the first BuildSources= tree without a target
+        below /, else the first one."""
+        for tree in self.build_sources:
+            if tree.target is None or tree.target == Path("/"):
+                return tree.source
+        return self.build_sources[0].source if self.build_sources else None
+
+    @property
+    def extra_build_sources(self) -> list[ConfigTree]:
+        """The other BuildSources= trees, each copied to its target below $SRCDIR."""
+        primary = self.build_source
+        return [t for t in self.build_sources if t.source != primary and t.target not in (None, Path("/"))]
 
     @property
     def has_build_script(self) -> bool:

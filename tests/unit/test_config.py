@@ -626,7 +626,7 @@ def test_other_defaults(wd: Path) -> None:
     assert (args.qemu_smp, args.qemu_mem, args.ssh_port) == ("2", "1G", 22)
     assert args.qemu_boot == BootProtocol.uefi
     assert args.with_tests is True and args.with_docs is False
-    assert args.build_sources == wd
+    assert args.build_source == wd
     assert args.version_file == wd / "mkosi.version"
 
 

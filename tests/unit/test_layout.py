@@ -409,3 +409,16 @@ def test_an_older_format_name_is_warned_about_once(wd: Path, capsys: pytest.Capt
     write(wd / "mkosi.images/two.conf", "[Content]\nPackages=b\n")
     assert main_image().packages == ["btrfs-progs"]
     assert capsys.readouterr().err.count("Format=raw_btrfs is an older name") == 1
+
+
+def test_build_sources_take_pairs(wd: Path) -> None:
+    (wd / "proj").mkdir()
+    (wd / "linux").mkdir()
+    write(wd / "mkosi.conf", "[Build]\nBuildSources=proj linux:kernel\n")
+    config = main_image()
+    assert config.build_source == wd / "proj"
+    assert [(t.source, t.target) for t in config.extra_build_sources] == [(wd / "linux", Path("/kernel"))]
+    write(wd / "mkosi.conf", "[Build]\nBuildSources=linux:kernel\n")
+    assert main_image().build_source == wd / "linux"  # the first one when none goes to the top
+    write(wd / "mkosi.conf", "[Content]\nPackages=x\n")
+    assert main_image().build_source == wd             # the default: the configuration's directory

@@ -12,6 +12,7 @@ import pytest
 from mkosi import build, scripts
 from mkosi.config.enums import SourceFileTransfer
 from mkosi.config.settings import Args, Config
+from mkosi.config.types import ConfigTree
 from mkosi.context import Context, Phase
 from mkosi.errors import MkosiError
 
@@ -53,7 +54,8 @@ def test_failing_build_script_message_has_no_nspawn_command_line(monkeypatch: py
     script = executable(tmp_path / "mkosi.build", "#!/bin/sh\necho 'cc: error: no stdio.h'\nexit 1\n")
     src = tmp_path / "src"
     src.mkdir()
-    ctx = ctx_for(tmp_path, build_script=script, build_sources=src, source_file_transfer=SourceFileTransfer.copy_all)
+    ctx = ctx_for(tmp_path, build_script=script, build_sources=[ConfigTree(src)],
+                  source_file_transfer=SourceFileTransfer.copy_all)
     real_run = scripts.run
 
     def on_host(argv: list[Any], sandbox: Any = None, **kw: Any) -> Any:
@@ -91,7 +93,7 @@ def test_sources_copied_before_extra_trees_postinst_and_finalize(monkeypatch: py
     src = tmp_path / "project"
     src.mkdir()
     (src / "hello.c").write_text("int main(void) { return 0; }\n")
-    ctx = ctx_for(tmp_path, build_script=src / "mkosi.build", build_sources=src,
+    ctx = ctx_for(tmp_path, build_script=src / "mkosi.build", build_sources=[ConfigTree(src)],
                   source_file_transfer=SourceFileTransfer.copy_all, output=tmp_path / "out/image.raw")
     real = scripts.copy_build_sources
 
@@ -112,11 +114,11 @@ def test_sources_not_copied_for_mount_or_final(tmp_path: Path) -> None:
     src = tmp_path / "project"
     src.mkdir()
     (src / "a").write_text("a")
-    mount = ctx_for(tmp_path / "m", build_script=src / "b", build_sources=src,
+    mount = ctx_for(tmp_path / "m", build_script=src / "b", build_sources=[ConfigTree(src)],
                     source_file_transfer=SourceFileTransfer.mount)
     scripts.copy_build_sources(mount)
     assert not (mount.root / "root/src").exists()
-    final = ctx_for(tmp_path / "f", Phase.final, build_script=src / "b", build_sources=src)
+    final = ctx_for(tmp_path / "f", Phase.final, build_script=src / "b", build_sources=[ConfigTree(src)])
     scripts.copy_build_sources(final)
     assert not (final.root / "root/src").exists()
 
@@ -129,8 +131,9 @@ def test_include_directory_collects_headers_and_keeps_system_headers_visible(mon
     install = tmp_path / "mkosi.installdir"
     src = tmp_path / "project"
     src.mkdir()
-    ctx = ctx_for(tmp_path, build_script=executable(tmp_path / "mkosi.build", "#!/bin/sh\n"), build_sources=src,
-                  source_file_transfer=SourceFileTransfer.mount, include_dir=include, install_dir=install)
+    ctx = ctx_for(tmp_path, build_script=executable(tmp_path / "mkosi.build", "#!/bin/sh\n"),
+                  build_sources=[ConfigTree(src)], source_file_transfer=SourceFileTransfer.mount, include_dir=include,
+                  install_dir=install)
     (ctx.root / "usr/include/sys").mkdir(parents=True)
     (ctx.root / "usr/include/stdio.h").write_text("/* libc */\n")
     (ctx.root / "usr/include/sys/types.h").write_text("/* libc */\n")

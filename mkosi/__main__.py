@@ -11,8 +11,11 @@ from collections.abc import Sequence
 from typing import Optional
 
 from mkosi import log
+from mkosi.config import load_config
+from mkosi.config.parse import build_completion_parser, format_help, parse_command_line, print_version
 from mkosi.config.types import DEBUG_AREAS
 from mkosi.errors import MkosiError
+from mkosi.verbs import run_verbs
 
 
 def _debug_requested(argv: Sequence[str]) -> bool:
@@ -25,12 +28,9 @@ def _debug_requested(argv: Sequence[str]) -> bool:
 
 
 def run_main(argv: Sequence[str]) -> int:
-    from mkosi.config import load_config
-    from mkosi.config.parse import build_completion_parser, format_help, parse_command_line, print_version
-    from mkosi.verbs import run_verbs
-
     try:
-        import argcomplete
+        # Optional: completion works when argcomplete is installed, and nothing else depends on it.
+        import argcomplete  # noqa: PLC0415
 
         argcomplete.autocomplete(build_completion_parser())
     except ImportError:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
 # pyelftools' e_machine names -> the architecture names mkosi uses (uname -m style).
 E_MACHINE = {
     "EM_X86_64": "x86_64", "EM_386": "x86", "EM_AARCH64": "aarch64", "EM_ARM": "arm",
@@ -17,8 +20,6 @@ PROBES = ("usr/lib/systemd/systemd", "usr/bin/sh", "bin/sh", "usr/bin/dash", "us
 
 def elf_architecture(path: Path) -> Optional[str]:
     """The architecture an ELF file is built for, or None if it is not an ELF file."""
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.elffile import ELFFile
 
     try:
         with open(path, "rb") as f:

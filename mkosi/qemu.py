@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import termios
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -456,8 +457,6 @@ def run_qemu(argv: Sequence[str]) -> None:
     afterwards even if qemu dies without doing so. Raises CommandError if qemu fails."""
     saved = None
     if sys.stdin.isatty():
-        import termios
-
         try:
             saved = termios.tcgetattr(sys.stdin.fileno())
         except termios.error:
@@ -466,8 +465,6 @@ def run_qemu(argv: Sequence[str]) -> None:
         run(argv, stdin=None, stdout=None, stderr=None)
     finally:
         if saved is not None:
-            import termios
-
             try:
                 termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
             except termios.error:

@@ -13,15 +13,21 @@ from pathlib import Path
 from typing import Optional
 
 from mkosi import log
+from mkosi.boot.signing import generate_secure_boot_keys
+from mkosi.build import build_command
+from mkosi.cache import package_cache_dir
 from mkosi.config.enums import Verb
+from mkosi.config.parse import format_help
 from mkosi.config.settings import Args, Config
-from mkosi.container import mounted_image
+from mkosi.container import mounted_image, run_container
 from mkosi.dependencies import host_packages
 from mkosi.errors import MkosiError
+from mkosi.outputs import incremental_cache_paths, output_paths
 from mkosi.preflight import recover_interrupted_move
 from mkosi.run import run, using_sandbox
 from mkosi.sandbox import Sandbox
 from mkosi.summary import summary_json, summary_text
+from mkosi.vm import run_serve, run_ssh, run_vm
 
 
 def verb_summary(args: Args, configs: list[Config]) -> None:
@@ -70,7 +76,6 @@ def secure_boot_common_name(template: str) -> str:
 
 
 def verb_genkey(args: Args, config: Config) -> None:
-    from mkosi.boot.signing import generate_secure_boot_keys
 
     key = config.secure_boot_key or Path("mkosi.secure-boot.key")
     crt = config.secure_boot_certificate or Path("mkosi.secure-boot.crt")
@@ -97,8 +102,6 @@ def _remove(path: Path) -> None:
 def verb_clean(args: Args, config: Config) -> None:
     if config.output_dir is not None:
         recover_interrupted_move(config.output_dir)
-    from mkosi.cache import package_cache_dir
-    from mkosi.outputs import incremental_cache_paths, output_paths
 
     for p in output_paths(config):
         _remove(p)
@@ -113,7 +116,6 @@ def verb_clean(args: Args, config: Config) -> None:
 
 
 def verb_build(args: Args, config: Config) -> None:
-    from mkosi.build import build_command
 
     # With several images, the version is bumped once, after the main image (built last).
     if build_command(args, config) and args.auto_bump and config.image == "main":
@@ -124,40 +126,34 @@ def ensure_built(args: Args, config: Config) -> None:
     """shell/boot/qemu/serve build the image first when it is missing, or again with -f."""
     assert config.output is not None
     if args.force > 0 or not (config.output.exists() or config.output.is_symlink()):
-        from mkosi.build import build_command
 
         build_command(args, config)
 
 
 def verb_shell(args: Args, config: Config) -> int:
-    from mkosi.container import run_container
 
     ensure_built(args, config)
     return run_container(args, config, boot=False)
 
 
 def verb_boot(args: Args, config: Config) -> int:
-    from mkosi.container import run_container
 
     ensure_built(args, config)
     return run_container(args, config, boot=True)
 
 
 def verb_qemu(args: Args, config: Config) -> int:
-    from mkosi.vm import run_vm
 
     ensure_built(args, config)
     return run_vm(args, config)
 
 
 def verb_ssh(args: Args, config: Config) -> int:
-    from mkosi.vm import run_ssh
 
     return run_ssh(args, config)
 
 
 def verb_serve(args: Args, config: Config) -> int:
-    from mkosi.vm import run_serve
 
     ensure_built(args, config)
     return run_serve(config)
@@ -168,7 +164,6 @@ def verb_not_yet(args: Args, config: Config) -> None:
 
 
 def verb_help(args: Args, config: Config) -> None:
-    from mkosi.config.parse import format_help
 
     print(format_help())
 

@@ -23,7 +23,7 @@ from mkosi.cache import (
 from mkosi.config.enums import BasePackages, BootProtocol, CleanPackageMetadata
 from mkosi.config.settings import Args, Config
 from mkosi.context import Context, Phase
-from mkosi.distributions import plugin
+from mkosi.distributions.registry import plugin
 from mkosi.errors import MkosiError
 from mkosi.mounts import umount_all_below
 from mkosi.outputs import existing_outputs, incremental_cache_paths, output_key_path

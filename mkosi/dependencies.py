@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from mkosi.config.enums import OutputFormat, Verity
 from mkosi.config.settings import Config
-from mkosi.distributions import plugin
+from mkosi.distributions.registry import plugin
 from mkosi.run import HOST_PACKAGES, find_tool
 
 # Every build: the sandbox, containers for scripts and archives of trees.

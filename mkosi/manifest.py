@@ -47,7 +47,7 @@ def changelog_text(ctx: Context, packages: list[PackageInfo]) -> str:
 
 
 def write_manifests(ctx: Context) -> None:
-    from mkosi.distributions import plugin
+    from mkosi.distributions.registry import plugin
 
     config = ctx.config
     if config.output_manifest_json is None and config.output_changelog is None:

@@ -92,7 +92,7 @@ def _text(value: Any, size: bool = False) -> str:
 
 
 def repositories(config: Config) -> list[str]:
-    from mkosi.distributions import plugin
+    from mkosi.distributions.registry import plugin
 
     try:
         return plugin(config.distribution).repositories(config)

@@ -15,7 +15,7 @@ from mkosi.boot.initrd import dracut_flags, initrd_key, load_cached_initrd, run_
 from mkosi.boot.kernel import BootFiles, boot_files, find_kernel
 from mkosi.config.enums import BootProtocol, Verity
 from mkosi.context import Context
-from mkosi.distributions import plugin
+from mkosi.distributions.registry import plugin
 from mkosi.errors import MkosiError
 from mkosi.outputs import output_stem
 

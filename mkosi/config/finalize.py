@@ -29,6 +29,7 @@ from mkosi.config.settings import (
     default_value,
 )
 from mkosi.config.types import Kind, Resolving, Setting
+from mkosi.distributions import facts
 from mkosi.errors import ConfigError
 
 # mkosi.* names looked up next to the configuration that no row's path_default covers.
@@ -230,13 +231,7 @@ def check_format_implemented(cli: CommandLine, v: Merged, values: dict[str, Any]
 
 
 def check_distribution_implemented(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
-    from mkosi.distributions import plugin
-
-    if not cli.verb.needs_build():
-        return
-    try:
-        plugin(values["distribution"])
-    except KeyError:
+    if cli.verb.needs_build() and not facts.has_installer(values["distribution"]):
         raise _fail(v, "distribution", f"distribution '{values['distribution'].value}' is not implemented yet")
 
 

@@ -1,4 +1,4 @@
-"""Distribution plugins: one module per family, registered in one place (PLUGINS below)."""
+"""Distribution plugins: the base class. One module per family; mkosi/distributions/registry.py lists them."""
 
 from __future__ import annotations
 
@@ -55,22 +55,3 @@ class DistributionPlugin:
 
     def package_manager_present(self, ctx: Context) -> bool:
         return False
-
-
-def _registry() -> dict[Distribution, DistributionPlugin]:
-    # The plugin modules import this one for DistributionPlugin: they are loaded on first use.
-    from mkosi.distributions import arch, debian, fedora, gentoo, opensuse
-
-    plugins: list[DistributionPlugin] = [
-        *debian.PLUGINS, *fedora.PLUGINS, arch.Arch(), opensuse.OpenSUSE(), gentoo.Gentoo(),
-    ]
-    return {p.distribution: p for p in plugins}
-
-
-_PLUGINS: dict[Distribution, DistributionPlugin] = {}
-
-
-def plugin(distribution: Distribution) -> DistributionPlugin:
-    if not _PLUGINS:
-        _PLUGINS.update(_registry())
-    return _PLUGINS[distribution]

@@ -58,6 +58,11 @@ DEFAULT_FILESYSTEMS: dict[Distribution, str] = {
 }
 
 
+def has_installer(distribution: Distribution) -> bool:
+    """Whether this mkosi can build the distribution (the others are known names only, for summary)."""
+    return distribution in DEFAULT_RELEASES
+
+
 def default_release(distribution: Distribution) -> str:
     return DEFAULT_RELEASES.get(distribution, "")
 

@@ -25,7 +25,7 @@ from mkosi.config.ini import Origin, lookup_key, normalize_key, parse_ini
 from mkosi.config.parse import build_parser, parse_command_line
 from mkosi.config.settings import SECTIONS, SETTINGS, Args, Config, default_value
 from mkosi.config.types import ConfigTree, Kind, parse_bool, parse_size
-from mkosi.distributions import plugin
+from mkosi.distributions.registry import plugin
 from mkosi.errors import ConfigError
 from mkosi.summary import summary_dict, summary_json, summary_text
 from tests.unit.conftest import write

@@ -15,7 +15,7 @@ import mkosi.run
 from mkosi.config import load_args
 from mkosi.config.enums import Distribution
 from mkosi.config.settings import Args, Config
-from mkosi.distributions import plugin
+from mkosi.distributions.registry import plugin
 from mkosi.errors import MkosiError, ToolMissingError
 from mkosi.installers import dnf, emerge, pacman, rpm, zypper
 from mkosi.installers.dnf import DnfConfig, RpmRepo

@@ -12,7 +12,7 @@ from mkosi.config.enums import Verb
 from mkosi.config.ini import lookup_key
 from mkosi.config.parse import build_parser
 from mkosi.config.settings import Args, Config, by_dest
-from mkosi.distributions import plugin
+from mkosi.distributions.registry import plugin
 from mkosi.summary import summary_text
 from tests.unit.conftest import write
 

@@ -103,9 +103,6 @@ def run_ssh(args: Args, config: Config) -> int:
 
 
 def run_serve(config: Config) -> int:
-    from mkosi.serve import serve
+    from mkosi.serve import run_serve
 
-    assert config.output_dir is not None
-    log.info(f"Serving {config.output_dir} on http://0.0.0.0:8081/ (Ctrl-C stops)")
-    serve(config.output_dir, 8081)
-    return 0
+    return run_serve(config)

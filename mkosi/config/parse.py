@@ -70,7 +70,7 @@ VERB_HELP = {
     Verb.qemu: "boot the image in a qemu virtual machine",
     Verb.vm: "same as qemu",
     Verb.ssh: "connect to a running container or VM built with Ssh=yes",
-    Verb.serve: "serve the output directory over HTTP on port 8081",
+    Verb.serve: "serve the build's artifacts over HTTP (127.0.0.1:8081 unless $MKOSI_SERVE_ADDRESS/_PORT)",
     Verb.bump: "increase the last component of the image version in mkosi.version",
     Verb.genkey: "generate a Secure Boot key and certificate (mkosi.secure-boot.key/.crt)",
     Verb.help: "show this help",

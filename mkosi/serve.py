@@ -16,6 +16,7 @@ from __future__ import annotations
 import email.utils
 import html
 import http.server
+import io
 import ipaddress
 import mimetypes
 import os
@@ -31,6 +32,7 @@ from typing import Any, BinaryIO, Optional
 from mkosi import log
 from mkosi.config.settings import Config
 from mkosi.errors import MkosiError
+from mkosi.outputs import incremental_cache_paths, output_paths
 
 _COPY_CHUNK = 1024 * 1024
 # A single byte range needs at most "bytes=" and two 20-digit numbers; anything much longer is abuse.
@@ -109,8 +111,6 @@ def is_secret(path: Path) -> bool:
 
 def secret_paths(config: Config) -> set[Path]:
     """The secrets of this configuration, wherever they live."""
-    from mkosi.outputs import incremental_cache_paths
-
     paths = [config.output_sshkey, config.ssh_key, config.passphrase_file, config.secure_boot_key,
              *config.config_files]
     if config.output is not None:
@@ -126,8 +126,6 @@ def secret_paths(config: Config) -> set[Path]:
 
 def artifact_paths(config: Config) -> list[Path]:
     """Which files are artifacts of this configuration: the one place `serve` asks."""
-    from mkosi.outputs import output_paths
-
     return output_paths(config)
 
 
@@ -182,8 +180,6 @@ class ArtifactRequestHandler(http.server.BaseHTTPRequestHandler):
         return path
 
     def _index(self, files: Files) -> BinaryIO | None:
-        import io
-
         items = "".join(f'<li><a href="{urllib.parse.quote(n)}">{html.escape(n)}</a></li>\n' for n in sorted(files))
         body = f"<!DOCTYPE html>\n<html><head><title>mkosi</title></head><body><ul>\n{items}</ul></body></html>\n"
         data = body.encode()

@@ -46,16 +46,17 @@ def load_config(cli: CommandLine) -> tuple[Args, list[Config]]:
         try:
             os.chdir(directory)
         except OSError as e:
-            raise ConfigError(f"cannot change to directory '{directory}': {e.strerror}", setting="--directory")
+            raise ConfigError(f"cannot change to directory '{directory}': {e.strerror}", path="command line",
+                              setting="--directory")
     cwd = Path.cwd()
     if not cli_value(cli, "all"):
         return _images(cli, cwd, cli_value(cli, "default_path"))
     all_dir = cli_value(cli, "all_directory") or cwd / "mkosi.files"
     if not all_dir.is_dir():
-        raise ConfigError(f"'{all_dir}' does not exist", setting="--all")
+        raise ConfigError(f"'{all_dir}' does not exist", path="command line", setting="--all")
     files = sorted(p for p in all_dir.iterdir() if p.name.startswith("mkosi.") and p.is_file())
     if not files:
-        raise ConfigError(f"no mkosi.* settings files in '{all_dir}'", setting="--all")
+        raise ConfigError(f"no mkosi.* settings files in '{all_dir}'", path="command line", setting="--all")
     results = [_images(cli, cwd, f) for f in files]
     # Options of the invocation are the same for every image; the first file's (and the command line's) win.
     return results[0][0], [config for _, configs in results for config in configs]

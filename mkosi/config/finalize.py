@@ -28,7 +28,7 @@ from mkosi.config.settings import (
     check_secret_file_mode,
     default_value,
 )
-from mkosi.config.types import Kind, Resolving, Setting
+from mkosi.config.types import Kind, Resolving, Setting, check_path_length, short_message
 from mkosi.distributions import facts
 from mkosi.errors import ConfigError
 
@@ -61,7 +61,7 @@ def detect_files(directory: Path) -> dict[str, Path]:
 def _fail(v: Merged, dest: str, message: str, hint: Optional[str] = None) -> ConfigError:
     s = by_dest(dest)
     origin = v.origins.get(dest, Origin(None, None))
-    return ConfigError(message, path=origin.path or ("command line" if dest in v.origins else None),
+    return ConfigError(short_message(message), path=origin.path or ("command line" if dest in v.origins else None),
                        line=origin.line, setting=setting_label(s, origin), hint=hint)
 
 
@@ -335,9 +335,18 @@ def check_verb_can_use_image(cli: CommandLine, v: Merged, values: dict[str, Any]
     if cli.verb in (Verb.shell, Verb.boot) and values["qcow2"]:
         raise _fail(v, "qcow2", f"the '{cli.verb.value}' verb cannot use a QCOW2 image; use 'qemu'")
     if cli.verb in (Verb.qemu, Verb.vm) and not values["bootable"] and values["qemu_boot"] != BootProtocol.linux:
-        raise ConfigError("the qemu verb needs a bootable image", hint="build with --bootable")
+        raise ConfigError("the qemu verb needs a bootable image", path="command line", hint="build with --bootable")
     if values["qemu_boot"] not in (values["boot_protocols"] or [values["qemu_boot"]]):
         raise _fail(v, "qemu_boot", f"'{values['qemu_boot'].value}' is not in BootProtocols=")
+
+
+def check_output_name(v: Merged, values: dict[str, Any]) -> None:
+    """The output's path must be one the kernel accepts (each part of it fits, together they may not)."""
+    try:
+        check_path_length(values["output"])
+    except ValueError as e:
+        blame = next((d for d in ("output", "output_dir", "image_version", "image_id") if d in v.origins), "output")
+        raise _fail(v, blame, f"the output {e}")
 
 
 CHECKS: tuple[Check, ...] = (
@@ -362,5 +371,6 @@ def finalize(cli: CommandLine, v: Merged, config_files: list[Path], directory: P
         check(cli, v, values)
     _derived(values, found, directory, config_files)
     _resolve_outputs(values, values["format"])
+    check_output_name(v, values)
     args = Args(**{k: val for k, val in values.items() if k in ARGS_FIELDS})
     return args, Config(**{k: val for k, val in values.items() if k in CONFIG_FIELDS})

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
+import functools
+import os
 import re
+import stat
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from mkosi import log
 from mkosi.config.settings import SECTIONS, SETTINGS
-from mkosi.config.types import Setting, try_bool
+from mkosi.config.types import Setting, excerpt, try_bool
 from mkosi.errors import ConfigError
 
 
-@dataclasses.dataclass(frozen=True)
-class Origin:
+# A named tuple rather than a frozen dataclass: a settings file of 100k lines makes 100k of them.
+class Origin(NamedTuple):
     path: Optional[str]   # None for the command line
     line: Optional[int]
 
@@ -56,6 +60,7 @@ class ParsedFile:
     conditions: list[Condition]
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_key(key: str) -> str:
     return key.strip().lower().replace("-", "").replace("_", "")
 
@@ -101,6 +106,8 @@ def _rewrite_legacy_value(alias: str, raw: str) -> str:
 
 def _strip_inline_comment(value: str) -> str:
     # A '#' starts a comment only when preceded by whitespace, so URLs with fragments survive.
+    if "#" not in value:
+        return value
     m = re.search(r"\s#", value)
     return value[: m.start()] if m else value
 
@@ -115,6 +122,8 @@ def lookup_key(key: str) -> Optional[tuple[Setting, bool]]:
 
 
 def nearest_key(key: str) -> Optional[str]:
+    if len(key) > 64:  # no setting's name is that long; spare difflib a huge string
+        return None
     names = [s.key for s in SETTINGS if s.key]
     close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
     if not close:
@@ -137,37 +146,85 @@ def _condition(key: str, value: str, origin: Origin, kind: str, group: int) -> C
     return Condition(s.key, s, value, origin, kind, group)
 
 
+def settings_file_problem(path: Path) -> Optional[str]:
+    """Why `path` cannot be read as a settings file (a dangling or looping symbolic link, a
+    directory, a FIFO that would block, ...), or None when it is a regular file."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "is a symbolic link loop"
+        if e.errno == errno.ENOENT and path.is_symlink():
+            return f"is a dangling symbolic link (to '{excerpt(os.readlink(path), 80)}')"
+        return f"cannot be read: {e.strerror or e}"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory, not a settings file"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    return None
+
+
+def check_settings_file(path: Path, setting: Optional[str] = None) -> None:
+    problem = settings_file_problem(path)
+    if problem is not None:
+        raise ConfigError(problem, path=str(path), setting=setting)
+
+
+def read_text(path: Path, what: str = "settings file", setting: Optional[str] = None) -> str:
+    """Read a UTF-8 text file; a missing, unreadable or undecodable file is a ConfigError naming it."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {what}: {e.strerror or e}", path=str(path), setting=setting)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{what} is not valid UTF-8 (byte {e.start + 1}: {data[e.start:e.start + 1]!r})",
+                          path=str(path), line=line, setting=setting)
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines end at '\n' (and '\r\n') only: form feeds, NEL and U+2028 in comments or values do not
+    split them the way str.splitlines() would."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 def parse_ini(path: Path, text: Optional[str] = None, base: Optional[Path] = None) -> ParsedFile:
     """Parse one settings file. Raises ConfigError naming the file, line and setting."""
     if text is None:
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise ConfigError(f"cannot read settings file: {e.strerror}", path=str(path))
+        check_settings_file(path)
+        text = read_text(path)
     name = str(path)
 
     # First pass: logical lines (continuations joined), with the line number of their start.
-    entries: list[tuple[int, str, Optional[str]]] = []  # (lineno, section header or key, value or None)
-    for lineno, raw_line in enumerate(text.splitlines(), start=1):
-        if not raw_line.strip() or raw_line.lstrip().startswith(("#", ";")):
-            continue
-        if raw_line[0].isspace():
-            if not entries or entries[-1][2] is None:
-                raise ConfigError("continuation line without a setting before it", path=name, line=lineno)
-            ln, k, v = entries[-1]
-            cont = _strip_inline_comment(raw_line).strip()
-            entries[-1] = (ln, k, f"{v}\n{cont}" if v else cont)
-            continue
+    # Continuation lines are collected in lists and joined once, so that loading stays linear.
+    entries: list[tuple[int, str, Optional[list[str]]]] = []  # (lineno, section header or key, value parts)
+    for lineno, raw_line in enumerate(split_lines(text), start=1):
         line = raw_line.strip()
-        if line.startswith("["):
+        if not line or line[0] in "#;":
+            continue
+        if raw_line[0] in " \t":
+            parts = entries[-1][2] if entries else None
+            if parts is None:
+                raise ConfigError("continuation line without a setting before it", path=name, line=lineno)
+            cont = _strip_inline_comment(raw_line).strip()
+            if cont:
+                parts.append(cont)
+            continue
+        if line[0] == "[":
             if not line.endswith("]"):
-                raise ConfigError(f"malformed section header '{line}'", path=name, line=lineno)
+                raise ConfigError(f"malformed section header '{excerpt(line)}'", path=name, line=lineno)
             entries.append((lineno, line[1:-1].strip(), None))
             continue
         if "=" not in line:
-            raise ConfigError(f"expected 'Setting=value', got '{line}'", path=name, line=lineno)
+            raise ConfigError(f"expected 'Setting=value', got '{excerpt(line)}'", path=name, line=lineno)
         key, value = line.split("=", 1)
-        entries.append((lineno, key.strip(), _strip_inline_comment(value).strip()))
+        first = _strip_inline_comment(value).strip()
+        entries.append((lineno, key.strip(), [first] if first else []))
 
     # Second pass: resolve sections and keys.
     base = base or path.absolute().parent
@@ -175,8 +232,8 @@ def parse_ini(path: Path, text: Optional[str] = None, base: Optional[Path] = Non
     section: Optional[str] = None
     section_raw = ""
     groups: dict[str, int] = {}
-    for lineno, key, maybe_value in entries:
-        if maybe_value is None:
+    for lineno, key, maybe_parts in entries:
+        if maybe_parts is None:
             section_raw = key
             section = _section(key, name, lineno)
             if section in CONDITION_SECTIONS:
@@ -184,10 +241,11 @@ def parse_ini(path: Path, text: Optional[str] = None, base: Optional[Path] = Non
             continue
         origin = Origin(name, lineno)
         if section is None:
-            raise ConfigError(f"setting '{key}' appears before any [Section] header", path=name, line=lineno,
+            raise ConfigError(f"setting '{excerpt(key)}' appears before any [Section] header", path=name, line=lineno,
                               hint="put it under the section it belongs to, e.g. [Output]")
+        value = "\n".join(maybe_parts)
         if section in CONDITION_SECTIONS:
-            result.conditions.append(_condition(key, maybe_value, origin, section, groups[section]))
+            result.conditions.append(_condition(key, value, origin, section, groups[section]))
             continue
         if key.startswith("@"):
             # Older mkosi versions marked a value that later files may override with '@'; every value may be
@@ -198,10 +256,9 @@ def parse_ini(path: Path, text: Optional[str] = None, base: Optional[Path] = Non
         found = lookup_key(key)
         if found is None:
             near = nearest_key(key)
-            log.warn(f"{origin}: unknown setting '{key}' in section [{section_raw}], ignored"
+            log.warn(f"{origin}: unknown setting '{excerpt(key)}' in section [{excerpt(section_raw)}], ignored"
                      + (f" (did you mean {near}=?)" if near else ""))
             continue
-        value = maybe_value
         s, legacy = found
         if s.key is None:
             # A command-line option written as a key, as mkosi 14 allowed (Incremental=yes).
@@ -210,12 +267,12 @@ def parse_ini(path: Path, text: Optional[str] = None, base: Optional[Path] = Non
             result.assignments.append(Assignment(s, value, origin, base))
             continue
         if legacy:
-            log.warn(f"{origin}: {key}= is an older name, use {s.key}=")
+            log.warn(f"{origin}: {excerpt(key)}= is an older name, use {s.key}=")
             value = _rewrite_legacy_value(key, value)
         elif key != s.key:
-            log.warn(f"{origin}: setting '{key}' should be written '{s.key}'")
+            log.warn(f"{origin}: setting '{excerpt(key)}' should be written '{s.key}'")
         if section.startswith("?"):
-            log.warn(f"{origin}: unknown section [{section[1:]}], applying {s.key}= from [{s.section}]")
+            log.warn(f"{origin}: unknown section [{excerpt(section[1:])}], applying {s.key}= from [{s.section}]")
         elif section not in (s.section, *s.other_sections):
             log.warn(f"{origin}: {s.key}= belongs in [{s.section}], not [{section}]; applying it anyway")
         result.assignments.append(Assignment(s, value, origin, base))
@@ -227,11 +284,11 @@ def _section(key: str, name: str, lineno: int) -> str:
     if low in _SECTIONS:
         section = _SECTIONS[low]
         if key != section:
-            log.warn(f"{name}:{lineno}: section [{key}] should be written [{section}]")
+            log.warn(f"{name}:{lineno}: section [{excerpt(key)}] should be written [{section}]")
         return section
     if low in _LEGACY_SECTIONS:
         section = _LEGACY_SECTIONS[low]
-        log.warn(f"{name}:{lineno}: section [{key}] is an older name, use [{section}]")
+        log.warn(f"{name}:{lineno}: section [{excerpt(key)}] is an older name, use [{section}]")
         return section
     if low in _CONDITION_SECTIONS:
         return _CONDITION_SECTIONS[low]

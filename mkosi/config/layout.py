@@ -23,7 +23,7 @@ from typing import Any, Optional
 from mkosi import log
 from mkosi.config.enums import Distribution, OutputFormat
 from mkosi.config.finalize import detect_files, resolve_one
-from mkosi.config.ini import Assignment, Condition, Origin, ParsedFile, lookup_key, parse_ini
+from mkosi.config.ini import Assignment, Condition, Origin, ParsedFile, check_settings_file, lookup_key, parse_ini
 from mkosi.config.parse import CommandLine, Merged, merge
 from mkosi.config.settings import SETTINGS
 from mkosi.config.types import Kind, MatchKind, Scope, Setting, try_bool
@@ -51,9 +51,11 @@ class ImageLayout:
 def _dropins(directory: Path, only_conf: bool) -> list[Path]:
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.iterdir()
-                  if not p.name.startswith(".") and not p.name.endswith("~")
-                  and (p.is_dir() or (p.is_file() and (not only_conf or p.suffix == ".conf"))))
+    entries = sorted(p for p in directory.iterdir() if not p.name.startswith(".") and not p.name.endswith("~"))
+    for p in entries:
+        if p.is_symlink() and not p.exists():  # dangling or looping: an error, not silently skipped
+            check_settings_file(p)
+    return [p for p in entries if p.is_dir() or (p.is_file() and (not only_conf or p.suffix == ".conf"))]
 
 
 def _is_distribution_dir(path: Path) -> bool:
@@ -280,10 +282,7 @@ def _plain(value: Any) -> str:
 
 
 def _check_regular_file(path: Path) -> None:
-    if path.is_symlink() and not path.exists():
-        raise ConfigError("is a dangling symbolic link", path=str(path))
-    if path.is_dir():
-        raise ConfigError("is a directory, not a settings file", path=str(path))
+    check_settings_file(path)
 
 
 def _path_exists(loader: Loader, c: Condition, item: str) -> bool:
@@ -451,7 +450,7 @@ def _check_commit(a: Assignment, commit: str) -> None:
 def main_config_files(top: Path, default_path: Optional[Path]) -> list[Path]:
     """The top-level files: --default=, else mkosi.default and mkosi.conf (or mkosi/mkosi.conf)."""
     if default_path is not None:
-        if not default_path.exists():
+        if not (default_path.exists() or default_path.is_symlink()):
             raise ConfigError("settings file does not exist", path=str(default_path), setting="--default")
         _check_regular_file(default_path)
         return [default_path]

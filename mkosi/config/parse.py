@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from mkosi import __version__, log
 from mkosi.config.enums import LEGACY_FORMATS, Verb
 from mkosi.config.ini import Assignment, Origin
 from mkosi.config.settings import SECTIONS, SETTINGS, all_defaults, default_value
-from mkosi.config.types import Kind, PathRule, Setting, parse_path, try_bool
+from mkosi.config.types import Kind, PathRule, Setting, check_text, excerpt, parse_path, short_message, try_bool
 from mkosi.errors import ConfigError
 
 CLI = Origin(None, None)
@@ -35,7 +36,7 @@ class CommandLine:
 
 class _ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise ConfigError(message, path="command line", hint="see 'mkosi --help'")
+        raise ConfigError(excerpt(message, 200), path="command line", hint="see 'mkosi --help'")
 
 
 class _Record(argparse.Action):
@@ -184,7 +185,7 @@ def split_argv(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[li
         nxt = argv[i + 1] if i + 1 < len(argv) else None
         if const is None:
             if nxt is None:
-                raise ConfigError(f"option {name} needs a value", path="command line")
+                raise ConfigError(f"option {excerpt(name)} needs a value", path="command line")
             opts += [tok, nxt]
             i += 2
             continue
@@ -226,14 +227,14 @@ def parse_command_line(argv: Sequence[str]) -> CommandLine:
         try:
             verb = Verb(verb_raw)
         except ValueError:
-            raise ConfigError(f"unknown verb '{verb_raw}', expected one of: {', '.join(Verb.values())}",
+            raise ConfigError(f"unknown verb '{excerpt(verb_raw)}', expected one of: {', '.join(Verb.values())}",
                               path="command line")
     cmdline = list(rest)
     if not verb.takes_cmdline() and rest:
         # Options may follow verbs that take no arguments of their own: "mkosi summary --json".
         opts2, extra, _rest2 = split_argv(parser, rest)
         if extra is not None:
-            raise ConfigError(f"verb '{verb.value}' takes no argument '{extra}'", path="command line")
+            raise ConfigError(f"verb '{verb.value}' takes no argument '{excerpt(extra)}'", path="command line")
         ns2 = parser.parse_args(opts2, namespace=_namespace())
         ns.assignments += ns2.assignments
         ns.help = ns.help or ns2.help
@@ -255,10 +256,15 @@ def print_version() -> None:
 
 # ---- merging ----
 
+@functools.lru_cache(maxsize=64)
+def _separator(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
 def _split_items(s: Setting, raw: str) -> list[str]:
     """A list value's items: split at the setting's separator and at the line breaks of continuation lines
     (every list takes one item a line), each item without the spaces around it."""
-    items = (item.strip() for item in re.split(f"(?:{s.separator})|\n", raw.strip()))
+    items = (item.strip() for item in _separator(f"(?:{s.separator})|\n").split(raw.strip()))
     return [item for item in items if item]
 
 
@@ -273,31 +279,79 @@ def rebase(s: Setting, item: str, base: Optional[Path]) -> str:
     return str(base / item)
 
 
-def _matches(s: Setting, existing: Any, removal: str) -> bool:
-    text = str(existing)
-    if text == removal:
-        return True
-    if s.remove_by_key and "=" not in removal and text.split("=", 1)[0] == removal:
-        return True
-    try:
-        return bool(existing == s.parse(removal))
-    except ValueError:
-        return False
+_GONE = object()
+
+
+class ListBuilder:
+    """The items of one list setting across its assignments, in linear time: "!item" removals
+    find what they remove through indexes instead of scanning the list."""
+
+    def __init__(self, s: Setting) -> None:
+        self.setting = s
+        self.clear()
+
+    def clear(self) -> None:
+        self.items: list[Any] = []
+        self.by_text: dict[str, list[int]] = {}
+        self.by_value: dict[Any, list[int]] = {}
+        self.by_key: dict[str, list[int]] = {}
+        self.unhashable: list[int] = []
+
+    def append(self, value: Any) -> None:
+        i = len(self.items)
+        self.items.append(value)
+        text = str(value)
+        self.by_text.setdefault(text, []).append(i)
+        if self.setting.remove_by_key:
+            self.by_key.setdefault(text.split("=", 1)[0], []).append(i)
+        try:
+            self.by_value.setdefault(value, []).append(i)
+        except TypeError:
+            self.unhashable.append(i)
+
+    def remove(self, removal: str) -> None:
+        """Remove every item equal to `removal`, as text or parsed (and "name=..." items for "!name"
+        where the setting removes by key)."""
+        hits = self.by_text.pop(removal, [])
+        if self.setting.remove_by_key and "=" not in removal:
+            hits += self.by_key.pop(removal, [])
+        try:
+            parsed = self.setting.parse(removal)
+        except ValueError:
+            pass
+        else:
+            try:
+                hits += self.by_value.pop(parsed, [])
+            except TypeError:
+                pass
+            hits += [i for i in self.unhashable if self.items[i] is not _GONE and self.items[i] == parsed]
+        for i in hits:
+            self.items[i] = _GONE
+
+    def add(self, raw: str, base: Optional[Path] = None) -> None:
+        s = self.setting
+        items = _split_items(s, raw)
+        if s.reject_empty and not items:
+            s.parse("")  # raises, naming the accepted values
+        for item in items:
+            check_text(item)
+            if item == "!*":
+                self.clear()
+            elif item.startswith("!") and len(item) > 1:
+                self.remove(rebase(s, item[1:], base))
+            else:
+                self.append(s.parse(rebase(s, item, base)))
+
+    def result(self) -> list[Any]:
+        return [x for x in self.items if x is not _GONE]
 
 
 def merge_list(s: Setting, current: list[Any], raw: str, base: Optional[Path] = None) -> list[Any]:
-    result = list(current)
-    if s.reject_empty and not _split_items(s, raw):
-        s.parse("")  # raises, naming the accepted values
-    for item in _split_items(s, raw):
-        if item == "!*":
-            result = []
-        elif item.startswith("!") and len(item) > 1:
-            removal = rebase(s, item[1:], base)
-            result = [x for x in result if not _matches(s, x, removal)]
-        else:
-            result.append(s.parse(rebase(s, item, base)))
-    return result
+    builder = ListBuilder(s)
+    for x in current:
+        builder.append(x)
+    builder.add(raw, base)
+    return builder.result()
 
 
 @dataclasses.dataclass
@@ -317,26 +371,33 @@ def merge(assignments: Sequence[Assignment]) -> Merged:
     values = all_defaults()
     origins: dict[str, Origin] = {}
     empty: set[str] = set()
+    lists: dict[str, ListBuilder] = {}
     for a in assignments:
         s = a.setting
         try:
             if s.kind == Kind.LIST:
                 # The first assignment replaces a non-empty default (ManifestFormat=changelog means only that).
-                values[s.dest] = merge_list(s, values[s.dest] if s.dest in origins else [], a.raw, a.base)
+                builder = lists.get(s.dest)
+                if builder is None:
+                    builder = lists[s.dest] = ListBuilder(s)
+                builder.add(a.raw, a.base)
             elif s.kind == Kind.COUNT and a.raw == "+1":
                 values[s.dest] = int(values[s.dest] or 0) + 1
             elif not a.raw.strip():
                 values[s.dest] = default_value(s)
                 empty.add(s.dest)
             else:
+                check_text(a.raw)
                 values[s.dest] = s.parse(rebase(s, a.raw.strip(), a.base))
                 empty.discard(s.dest)
                 if s.dest == "format" and a.raw.strip() in LEGACY_FORMATS:
                     _warn_once(f"{a.origin}: Format={a.raw.strip()} is an older name, use Format={values[s.dest]}")
         except ValueError as e:
-            raise ConfigError(str(e), path=a.origin.path or "command line", line=a.origin.line,
+            raise ConfigError(short_message(str(e)), path=a.origin.path or "command line", line=a.origin.line,
                               setting=setting_label(s, a.origin))
         origins[s.dest] = a.origin
+    for dest, builder in lists.items():
+        values[dest] = builder.result()
     return Merged(values, origins, empty)
 
 

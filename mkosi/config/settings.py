@@ -50,13 +50,15 @@ from mkosi.config.types import (
     parse_environment_item,
     parse_force,
     parse_hostname,
-    parse_int,
+    parse_image_name,
     parse_machine_id,
     parse_output_path,
     parse_path,
     parse_port,
+    parse_positive,
     parse_size,
     parse_tree,
+    parse_uint,
     resolve_trees,
     setting,
     try_bool,
@@ -146,7 +148,11 @@ def _resolve_compress_fs(value: str, v: Resolving) -> str:
 
 def _default_image_version(v: Resolving) -> Optional[str]:
     path = v.found.get("mkosi.version")
-    return read_text_file(path, "mkosi.version").strip() or None if path else None
+    version = read_text_file(path, "mkosi.version").strip() if path else ""
+    try:
+        return parse_image_name(version) if version else None
+    except ValueError as e:
+        raise ConfigError(str(e), path=str(path), setting="ImageVersion")
 
 
 def _default_password(v: Resolving) -> Optional[str]:
@@ -154,7 +160,10 @@ def _default_password(v: Resolving) -> Optional[str]:
     if path is None:
         return None
     check_secret_file_mode(path, "mkosi.rootpw")
-    return read_text_file(path, "mkosi.rootpw").rstrip("\n")
+    password = read_text_file(path, "mkosi.rootpw").rstrip("\r\n")
+    if "\0" in password or "\n" in password or "\r" in password:
+        raise ConfigError("must hold one line without NUL bytes", path=str(path), setting="mkosi.rootpw")
+    return password
 
 
 def _default_root_size(v: Resolving) -> Optional[int]:
@@ -175,7 +184,10 @@ def read_text_file(path: Path, setting: str) -> str:
 
 
 def check_secret_file_mode(path: Path, setting: str) -> None:
-    mode = path.stat().st_mode
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        raise ConfigError(f"cannot read it: {e.strerror or e}", path=str(path), setting=setting)
     if stat.S_IMODE(mode) & 0o177:
         raise ConfigError(f"file mode {oct(stat.S_IMODE(mode))} is too permissive, it must be 0600 or stricter",
                           path=str(path), setting=setting, hint=f"chmod 600 {path}")
@@ -437,7 +449,7 @@ class Config(ModernSettings):
         help="Directory for temporary build data (default: mkosi.workspace/, else $TMPDIR or /var/tmp).")
     gpt_first_lba: Optional[int] = setting(
         default_fn=lambda v: 2048,
-        section=O, key="GPTFirstLBA", flags=("--gpt-first-lba",), parse=parse_int, metavar="LBA",
+        section=O, key="GPTFirstLBA", flags=("--gpt-first-lba",), parse=parse_uint, metavar="LBA",
         help="First usable LBA of the GPT (default 2048).")
     bootable: bool = setting(
         match=MatchKind.equal, resolve_fn=_resolve_bootable, depends=("format",), other_sections=(O,),
@@ -472,7 +484,7 @@ class Config(ModernSettings):
         section=O, key="SecureBootCommonName", flags=("--secure-boot-common-name",), default="mkosi of %u",
         help="Common name of the certificate made by genkey; %%u is the user name.")
     secure_boot_valid_days: int = setting(
-        section=O, key="SecureBootValidDays", flags=("--secure-boot-valid-days",), parse=parse_int, default=730,
+        section=O, key="SecureBootValidDays", flags=("--secure-boot-valid-days",), parse=parse_positive, default=730,
         help="Validity in days of the certificate made by genkey.")
     read_only: bool = setting(
         section=O, key="ReadOnly", flags=("--read-only",), kind=Kind.BOOL, parse=parse_bool, default=False,
@@ -513,11 +525,11 @@ class Config(ModernSettings):
         help="Host name of the image.")
     image_version: Optional[str] = setting(
         scope=Scope.inherited, default_fn=_default_image_version, match=MatchKind.version, specifier="v",
-        section=O, key="ImageVersion", flags=("--image-version",),
+        section=O, key="ImageVersion", flags=("--image-version",), parse=parse_image_name,
         help="Version of the image (default: mkosi.version); part of the output name and os-release.")
     image_id: Optional[str] = setting(
         scope=Scope.inherited, match=MatchKind.glob, specifier="i",
-        section=O, key="ImageId", flags=("--image-id",),
+        section=O, key="ImageId", flags=("--image-id",), parse=parse_image_name,
         help="Identifier of the image; names the output and the partitions, written to os-release.")
     with_unified_kernel_images: bool = setting(
         other_sections=(O,),
@@ -789,7 +801,7 @@ class Config(ModernSettings):
         other_sections=(H,), section=R, key="SshPort", flags=("--ssh-port",), parse=parse_port, default=22,
         help="Port sshd listens on in the image.")
     ssh_timeout: int = setting(
-        other_sections=(H,), section=R, key="SshTimeout", flags=("--ssh-timeout",), parse=parse_int, default=0,
+        other_sections=(H,), section=R, key="SshTimeout", flags=("--ssh-timeout",), parse=parse_uint, default=0,
         help="Seconds mkosi ssh keeps retrying to connect.")
 
     # ---- derived by finalize (not settings) ----

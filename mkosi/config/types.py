@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -136,6 +137,41 @@ def setting(
 
 # ---- value parsers: each takes the raw text and returns the value or raises ValueError ----
 
+EXCERPT = 40
+
+
+def excerpt(value: str, limit: int = EXCERPT) -> str:
+    """A value as error messages quote it: control characters escaped, at most `limit` characters."""
+    shown = value if len(value) <= limit else value[:limit]
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in shown)
+    if len(value) > limit:
+        shown += f"… ({len(value)} characters)"
+    return shown
+
+
+_LONG_QUOTE = re.compile("'([^']{" + str(EXCERPT + 1) + ",})'")
+
+
+def short_message(message: str, limit: int = 240) -> str:
+    """An error message with every long quoted value cut to an excerpt (and, as a last resort, the
+    whole message cut), so that a hostile value never floods the terminal."""
+    if len(message) > limit:
+        message = _LONG_QUOTE.sub(lambda m: f"'{excerpt(m.group(1))}'", message)
+    message = message.replace("\n", "\\n")
+    return message if len(message) <= limit else message[:limit] + "…"
+
+
+def check_text(value: str) -> None:
+    """Reject what no value may contain: NUL bytes and line breaks (which continuation lines of
+    lists turn into separators before values are parsed)."""
+    if "\0" in value:
+        raise ValueError(f"contains a NUL byte: '{excerpt(value)}'")
+    if "\n" in value or "\r" in value:
+        raise ValueError(f"a value must be on one line: '{excerpt(value)}'")
+
+
+_ASCII_INT = re.compile(r"[+-]?[0-9]{1,20}")
+
 _TRUE = ("1", "yes", "true", "on", "y")
 _FALSE = ("0", "no", "false", "off", "n")
 
@@ -146,7 +182,7 @@ def parse_bool(value: str) -> bool:
         return True
     if v in _FALSE:
         return False
-    raise ValueError(f"expected a boolean (1/yes/true or 0/no/false), got '{value}'")
+    raise ValueError(f"expected a boolean (1/yes/true or 0/no/false), got '{excerpt(value)}'")
 
 
 def try_bool(value: str) -> Optional[bool]:
@@ -168,7 +204,7 @@ def parse_enum(cls: type[E], legacy: Optional[dict[str, E]] = None) -> Callable[
         if legacy and v in legacy:
             return legacy[v]
         valid = ", ".join(str(m.value) for m in cls)
-        raise ValueError(f"invalid value '{value}', expected one of: {valid}")
+        raise ValueError(f"invalid value '{excerpt(value)}', expected one of: {valid}")
 
     parser.__name__ = f"parse_{cls.__name__}"
     return parser
@@ -186,19 +222,48 @@ def parse_bool_or_enum(cls: type[E], true: E, false: E) -> Callable[[str], E]:
             return inner(value)
         except ValueError:
             valid = ", ".join(str(m.value) for m in cls)
-            raise ValueError(f"invalid value '{value}', expected a boolean or one of: {valid}")
+            raise ValueError(f"invalid value '{excerpt(value)}', expected a boolean or one of: {valid}")
 
     return parser
+
+
+PATH_MAX = 4095
+NAME_MAX = 255
+
+
+def check_path_length(path: Path) -> Path:
+    """Refuse paths the kernel refuses (ENAMETOOLONG), so that checking them later cannot fail."""
+    try:
+        encoded = os.fsencode(path)
+    except UnicodeEncodeError:
+        raise ValueError(f"'{excerpt(str(path))}' is not a valid file name")
+    if len(encoded) > PATH_MAX:
+        raise ValueError(f"path '{excerpt(str(path))}' is too long ({len(encoded)} bytes, at most {PATH_MAX})")
+    if any(len(part) > NAME_MAX for part in encoded.split(b"/")):
+        raise ValueError(f"path '{excerpt(str(path))}' has a file name longer than {NAME_MAX} bytes")
+    return path
+
+
+def _expand(v: str) -> Path:
+    check_text(v)
+    try:
+        return check_path_length(Path(v).expanduser())
+    except RuntimeError:
+        user = v[1:].split("/", 1)[0]
+        raise ValueError(f"cannot expand '~{excerpt(user)}': no such user" if user else
+                         "cannot expand '~': the home directory is unknown")
 
 
 def parse_path(value: str) -> Path:
     v = value.strip()
     if not v:
         raise ValueError("empty path")
-    return Path(v).expanduser().absolute()
+    return check_path_length(_expand(v).absolute())
 
 
 _SIZE_SUFFIXES = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_SIZE = re.compile(r"([0-9]{1,25}) *([KMGTkmgt]?)(?:i?[Bb])?")
+MAX_SIZE = 2**64 - 1
 
 
 def parse_output_path(value: str) -> Path:
@@ -206,34 +271,73 @@ def parse_output_path(value: str) -> Path:
     v = value.strip()
     if not v:
         raise ValueError("empty path")
-    return Path(v).expanduser().absolute() if "/" in v else Path(v)
+    if v in (".", ".."):
+        raise ValueError(f"'{v}' is a directory, not a file name")
+    return check_path_length(_expand(v).absolute()) if "/" in v or v.startswith("~") else _expand(v)
 
 
 def parse_size(value: str) -> int:
-    m = re.fullmatch(r"\s*(\d+)\s*([KMGTkmgt]?)(?:i?[Bb])?\s*", value)
+    m = _SIZE.fullmatch(value.strip(" \t")) if value.isascii() else None
     if not m:
-        raise ValueError(f"invalid size '{value}', expected a number of bytes optionally followed by K, M, G or T")
-    return int(m.group(1)) * _SIZE_SUFFIXES[m.group(2).upper()]
+        raise ValueError(f"invalid size '{excerpt(value)}', expected a number of bytes optionally followed by K, M, "
+                         "G or T")
+    size = int(m.group(1)) * _SIZE_SUFFIXES[m.group(2).upper()]
+    if size > MAX_SIZE:
+        raise ValueError(f"size '{excerpt(value)}' is too large (at most 2^64-1 bytes)")
+    return size
 
 
 def parse_int(value: str) -> int:
-    try:
-        return int(value.strip())
-    except ValueError:
-        raise ValueError(f"expected an integer, got '{value}'")
+    """A decimal integer in ASCII digits (Unicode digits, '_' and other spellings int() takes are refused)."""
+    v = value.strip(" \t")
+    if not _ASCII_INT.fullmatch(v):
+        raise ValueError(f"expected an integer, got '{excerpt(value)}'")
+    return int(v)
+
+
+def parse_uint(value: str) -> int:
+    n = parse_int(value)
+    if n < 0:
+        raise ValueError(f"expected a number that is not negative, got '{excerpt(value)}'")
+    return n
+
+
+def parse_positive(value: str) -> int:
+    n = parse_int(value)
+    if n <= 0:
+        raise ValueError(f"expected a number greater than zero, got '{excerpt(value)}'")
+    return n
+
+
+MAX_IMAGE_NAME = 100
+_BAD_NAME = re.compile(r"[/\\\x00-\x1f\x7f]|\.\.")
+
+
+def parse_image_name(value: str) -> str:
+    """ImageId= and ImageVersion= become parts of file names in the output directory: no '/', no
+    '..', no control characters."""
+    v = value.strip()
+    if not v:
+        raise ValueError("empty value")
+    if len(v) > MAX_IMAGE_NAME:
+        raise ValueError(f"'{excerpt(v)}' is too long (at most {MAX_IMAGE_NAME} characters)")
+    if _BAD_NAME.search(v) or v.startswith(("-", ".")):
+        raise ValueError(f"'{excerpt(v)}' cannot be part of a file name (no '/', '..', control characters, "
+                         "or leading '.' or '-')")
+    return v
 
 
 def parse_port(value: str) -> int:
     n = parse_int(value)
     if not 0 < n < 65536:
-        raise ValueError(f"port {n} out of range 1-65535")
+        raise ValueError(f"port {n} out of range 1-65535" if len(str(n)) < 10 else "port out of range 1-65535")
     return n
 
 
 def parse_machine_id(value: str) -> str:
     v = value.strip().lower().replace("-", "")
     if not re.fullmatch(r"[0-9a-f]{32}", v):
-        raise ValueError(f"invalid machine ID '{value}', expected 32 hexadecimal digits")
+        raise ValueError(f"invalid machine ID '{excerpt(value)}', expected 32 hexadecimal digits")
     return v
 
 
@@ -245,20 +349,21 @@ def parse_compression(value: str) -> str:
     v = value.strip().lower()
     if v in ("zlib", "gzip", "gz", "lzo", "lz4", "xz", "zstd"):
         return "gzip" if v == "gz" else v
-    raise ValueError(f"invalid compression '{value}', expected a boolean or one of: zlib, gzip, lzo, lz4, xz, zstd")
+    raise ValueError(f"invalid compression '{excerpt(value)}', expected a boolean or one of: zlib, gzip, lzo, lz4, "
+                     "xz, zstd")
 
 
 def parse_hostname(value: str) -> str:
     v = value.strip()
-    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*", v):
-        raise ValueError(f"invalid hostname '{value}'")
+    if len(v) > 253 or not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*", v):
+        raise ValueError(f"invalid hostname '{excerpt(value)}'")
     return v
 
 
 def parse_environment_item(value: str) -> str:
     name = value.split("=", 1)[0]
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-        raise ValueError(f"invalid environment variable assignment '{value}'")
+        raise ValueError(f"invalid environment variable assignment '{excerpt(value)}'")
     return value
 
 
@@ -266,7 +371,7 @@ def parse_force(value: str) -> int:
     v = value.strip()
     if v == "+1":
         return 1
-    if v.isdigit():
+    if v.isascii() and v.isdigit() and len(v) < 10:
         return int(v)
     return 1 if parse_bool(v) else 0
 

@@ -26,7 +26,7 @@ from mkosi.config.finalize import detect_files, resolve_one
 from mkosi.config.ini import Assignment, Condition, Origin, ParsedFile, check_settings_file, lookup_key, parse_ini
 from mkosi.config.parse import CommandLine, Merged, merge
 from mkosi.config.settings import SETTINGS
-from mkosi.config.types import Kind, MatchKind, Scope, Setting, try_bool
+from mkosi.config.types import Kind, MatchKind, Scope, Setting, check_path_length, excerpt, try_bool
 from mkosi.config.version import LANGUAGE_VERSION, compare_versions, version_condition_holds
 from mkosi.distributions import facts
 from mkosi.errors import ConfigError
@@ -155,7 +155,11 @@ class Loader:
                                       line=a.origin.line, setting="Include",
                                       hint="built-in: " + ", ".join(sorted(p.name for p in BUILTIN_DIR.iterdir())))
             else:
-                path = Path(item).expanduser()
+                try:
+                    path = check_path_length(Path(item).expanduser())
+                except (ValueError, RuntimeError) as e:
+                    why = str(e) if isinstance(e, ValueError) else f"cannot expand '{excerpt(item)}': no such user"
+                    raise ConfigError(why, path=a.origin.path or "command line", line=a.origin.line, setting="Include")
                 if not path.is_absolute():
                     path = (a.base or self.directory) / path
             path = path.resolve()
@@ -287,7 +291,12 @@ def _check_regular_file(path: Path) -> None:
 
 def _path_exists(loader: Loader, c: Condition, item: str) -> bool:
     base = Path(c.origin.path).absolute().parent if c.origin.path else loader.directory
-    return (base / item).exists()
+    try:
+        return check_path_length(base / item).exists()
+    except ValueError as e:
+        raise ConfigError(str(e), path=c.origin.path or "command line", line=c.origin.line, setting=c.key)
+    except OSError:
+        return False  # below a directory mkosi cannot search: not there as far as it can tell
 
 
 def _systemd_version(loader: Loader, c: Condition, item: str) -> bool:

@@ -395,3 +395,14 @@ def test_verb_that_needs_a_bootable_image_names_the_command_line(wd: Path) -> No
     with pytest.raises(ConfigError) as e:
         load_args(["qemu"])
     assert e.value.path == "command line"
+
+
+@pytest.mark.parametrize("text,setting", [
+    ("[Match]\nPathExists=" + "a" * 300 + "\n", "PathExists"),
+    ("[Include]\nInclude=" + "b" * 300 + "\n", "Include"),
+    ("[Include]\nInclude=~nosuchuser-mkosi-test/x\n", "Include"),
+])
+def test_condition_and_include_paths(wd: Path, text: str, setting: str) -> None:
+    write(wd / "mkosi.conf", text)
+    e = load_error()
+    assert e.path is not None and e.path.endswith("mkosi.conf") and e.line == 2 and e.setting == setting

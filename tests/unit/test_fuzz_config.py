@@ -149,6 +149,7 @@ def project(draw: st.DrawFn) -> Files:
 
 
 OUTCOMES: collections.Counter[str] = collections.Counter()
+EXAMPLES_OF: dict[str, str] = {}  # the first problem seen of each failure class
 
 
 def materialize(root: Path, files: Files) -> None:
@@ -180,6 +181,8 @@ def fuzz_one(files: Files, argv: list[str]) -> None:
         if COUNT_ONLY and time.monotonic() - start > SLOW:
             outcome, problem = "failure: slow", f"{time.monotonic() - start:.1f} s"
     OUTCOMES[outcome] += 1
+    if problem is not None:
+        EXAMPLES_OF.setdefault(outcome, f"{problem} (argv={argv!r}, files={sorted(files)})")
     if COUNT_ONLY:
         return
     assert problem is None, problem
@@ -211,6 +214,8 @@ def test_fuzz_configuration_layer() -> None:
     fuzz_one()
     if os.environ.get("MKOSI_FUZZ_REPORT") or COUNT_ONLY:
         print(f"\nfuzz outcomes: {dict(sorted(OUTCOMES.items()))}")
+        for outcome, example in sorted(EXAMPLES_OF.items()):
+            print(f"  {outcome}: {example[:600]}")
     if COUNT_ONLY:
         return
     # The generators reach both sides: configurations that load and ones rejected from each origin.

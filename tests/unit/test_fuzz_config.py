@@ -5,7 +5,7 @@ Whatever the input, loading either succeeds or raises ConfigError naming where t
 from (a file or "command line") in one short message; nothing else escapes and no example is slow.
 The budget is fixed (derandomized, 300 examples) so the test costs the same few seconds in every run;
 MKOSI_FUZZ_EXAMPLES=N raises it for a longer local run, MKOSI_FUZZ_REPORT=1 prints the outcomes and
-MKOSI_FUZZ_COUNT=1 counts failures per class instead of failing.
+MKOSI_FUZZ_COUNT=1 counts failures per class instead of failing, MKOSI_FUZZ_RANDOM=1 draws new examples.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ pytestmark = pytest.mark.usefixtures("fixed_host")
 EXAMPLES = int(os.environ.get("MKOSI_FUZZ_EXAMPLES", "300"))
 # MKOSI_FUZZ_COUNT=1: count the failures per class instead of stopping at the first (with the report).
 COUNT_ONLY = bool(os.environ.get("MKOSI_FUZZ_COUNT"))
+# MKOSI_FUZZ_RANDOM=1: other examples on every run (for long local runs; CI stays derandomized).
+RANDOM = bool(os.environ.get("MKOSI_FUZZ_RANDOM"))
 MAX_MESSAGE = 400
 SLOW = 1.0  # seconds; with MKOSI_FUZZ_COUNT (otherwise hypothesis' deadline applies)
 # Options that would make the loader leave the example's directory.
@@ -165,7 +167,8 @@ def materialize(root: Path, files: Files) -> None:
         path.chmod(mode)
 
 
-@settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None if COUNT_ONLY else timedelta(seconds=2),
+@settings(max_examples=EXAMPLES, derandomize=not RANDOM, database=None,
+          deadline=None if COUNT_ONLY else timedelta(seconds=2),
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(files=project(), argv=command_line())
 def fuzz_one(files: Files, argv: list[str]) -> None:

@@ -194,8 +194,10 @@ class Loader:
             elif conf.is_file():
                 self.parse_file(conf, self.top)
             else:
-                raise ConfigError(f"profile '{name}' does not exist (no mkosi.profiles/{name}.conf or "
-                                  f"mkosi.profiles/{name}/)", setting="Profiles")
+                origin = self.merged().origins.get("profiles", Origin(None, None))
+                raise ConfigError(f"profile '{excerpt(name)}' does not exist (no mkosi.profiles/{excerpt(name)}.conf "
+                                  f"or mkosi.profiles/{excerpt(name)}/)", path=origin.path or "command line",
+                                  line=origin.line, setting="Profiles")
 
     def parse_classic_dropins(self) -> None:
         """mkosi.default.d/ (every file), then the drop-ins named after the distribution being built."""

@@ -406,3 +406,10 @@ def test_condition_and_include_paths(wd: Path, text: str, setting: str) -> None:
     write(wd / "mkosi.conf", text)
     e = load_error()
     assert e.path is not None and e.path.endswith("mkosi.conf") and e.line == 2 and e.setting == setting
+
+
+def test_missing_profile_names_where_it_was_selected(wd: Path) -> None:
+    assert load_error("--profile=nope").path == "command line"
+    write(wd / "mkosi.conf", "[Config]\nProfiles=gone\n")
+    e = load_error()
+    assert e.path is not None and e.path.endswith("mkosi.conf") and e.line == 2 and "gone" in str(e)

@@ -58,11 +58,16 @@ def detect_files(directory: Path) -> dict[str, Path]:
     return found
 
 
-def _fail(v: Merged, dest: str, message: str, hint: Optional[str] = None) -> ConfigError:
+def _fail(v: Merged, dest: str, message: str, hint: Optional[str] = None,
+          fallback: Optional[str] = None) -> ConfigError:
+    """An error about `dest`, naming where it was set, else where a setting it derives from was set
+    (CompressOutput= from Compress=), else `fallback`."""
     s = by_dest(dest)
-    origin = v.origins.get(dest, Origin(None, None))
-    return ConfigError(short_message(message), path=origin.path or ("command line" if dest in v.origins else None),
-                       line=origin.line, setting=setting_label(s, origin), hint=hint)
+    source = next((d for d in (dest, *s.depends) if d in v.origins), None)
+    origin = v.origins[source] if source is not None else Origin(None, None)
+    path = origin.path or ("command line" if source is not None else fallback)
+    return ConfigError(short_message(message), path=path, line=origin.line, setting=setting_label(s, origin),
+                       hint=hint)
 
 
 def row_order(rows: Sequence[Setting] = SETTINGS) -> list[Setting]:
@@ -331,9 +336,10 @@ def check_verb_can_use_image(cli: CommandLine, v: Merged, values: dict[str, Any]
     compressed = values["compress_output"] != "no" and values["format"].is_disk()
     if cli.verb in (Verb.shell, Verb.boot, Verb.qemu, Verb.vm) and compressed:
         raise _fail(v, "compress_output", f"the '{cli.verb.value}' verb cannot use a compressed image",
-                    hint="build without CompressOutput= to run the image")
+                    hint="build without CompressOutput= to run the image", fallback="command line")
     if cli.verb in (Verb.shell, Verb.boot) and values["qcow2"]:
-        raise _fail(v, "qcow2", f"the '{cli.verb.value}' verb cannot use a QCOW2 image; use 'qemu'")
+        raise _fail(v, "qcow2", f"the '{cli.verb.value}' verb cannot use a QCOW2 image; use 'qemu'",
+                    fallback="command line")
     if cli.verb in (Verb.qemu, Verb.vm) and not values["bootable"] and values["qemu_boot"] != BootProtocol.linux:
         raise ConfigError("the qemu verb needs a bootable image", path="command line", hint="build with --bootable")
     if values["qemu_boot"] not in (values["boot_protocols"] or [values["qemu_boot"]]):

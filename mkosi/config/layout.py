@@ -413,8 +413,8 @@ def setting_condition_holds(c: Condition, s: Setting, item: str, value: Any) -> 
             return True
         wanted = try_bool(item)
         if wanted is None:
-            raise ConfigError(f"expected a boolean or 'auto', got '{item}'", path=c.origin.path, line=c.origin.line,
-                              setting=c.key)
+            raise ConfigError(f"expected a boolean or 'auto', got '{excerpt(item)}'", path=c.origin.path,
+                              line=c.origin.line, setting=c.key)
         return wanted == bool(value)
     if s.match == MatchKind.version:
         return version_condition_holds(item, str(value))

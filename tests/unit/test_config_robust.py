@@ -413,3 +413,19 @@ def test_missing_profile_names_where_it_was_selected(wd: Path) -> None:
     write(wd / "mkosi.conf", "[Config]\nProfiles=gone\n")
     e = load_error()
     assert e.path is not None and e.path.endswith("mkosi.conf") and e.line == 2 and "gone" in str(e)
+
+
+def test_long_match_boolean_is_quoted_briefly(wd: Path) -> None:
+    write(wd / "mkosi.conf.d/10.conf", "[Match]\nBootable=" + "9" * 5000 + "\n[Content]\nPackages=x\n")
+    e = load_error()
+    assert e.line == 2 and e.setting == "Bootable"
+
+
+def test_verb_check_names_the_setting_it_derives_from(wd: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_args(["--compress", "vm"])
+    assert e.value.path == "command line" and "compressed" in str(e.value)
+    write(wd / "mkosi.conf", "[Output]\nCompress=yes\n")
+    with pytest.raises(ConfigError) as e:
+        load_args(["shell"])
+    assert e.value.path is not None and e.value.path.endswith("mkosi.conf") and e.value.line == 2

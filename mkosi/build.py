@@ -23,6 +23,7 @@ from mkosi.cache import (
 from mkosi.config.enums import BasePackages, BootProtocol, CleanPackageMetadata
 from mkosi.config.settings import Args, Config
 from mkosi.context import Context, Phase
+from mkosi.dependencies import check_host_tools
 from mkosi.distributions.registry import plugin
 from mkosi.errors import MkosiError
 from mkosi.mounts import umount_all_below
@@ -591,6 +592,7 @@ def _build_locked(args: Args, config: Config) -> bool:
     from mkosi.output.make import check_subvolume_target
 
     check_subvolume_target(config)
+    check_host_tools(config)
     check_writable(config.output_dir, "output directory")
     check_writable(workspace_parent(config), "workspace directory")
     remove_stale_workspaces(workspace_parent(config))

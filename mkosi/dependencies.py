@@ -6,7 +6,7 @@ from __future__ import annotations
 from mkosi.config.enums import OutputFormat, Verity
 from mkosi.config.settings import Config
 from mkosi.distributions.registry import plugin
-from mkosi.run import HOST_PACKAGES, find_tool
+from mkosi.run import HOST_PACKAGES, find_tool, require_tool
 
 # Every build: the sandbox, containers for scripts and archives of trees.
 COMMON_TOOLS = ("bwrap", "systemd-nspawn", "tar", "cp")
@@ -15,7 +15,9 @@ FILESYSTEM_TOOLS = {"ext4": "mkfs.ext4", "xfs": "mkfs.xfs", "btrfs": "mkfs.btrfs
 COMPRESSION_TOOLS = {"xz": "xz", "zstd": "zstd", "gzip": "gzip", "zlib": "gzip", "lz4": "lz4"}
 
 
-def host_tools(config: Config) -> list[str]:
+def host_tools(config: Config, *, runtime: bool = True) -> list[str]:
+    """The programs a build of this image runs on the host; with runtime, also those that `vm` and `ssh`
+    need to use it."""
     tools = [*COMMON_TOOLS, plugin(config.distribution).package_manager]
     fmt = config.format
     fs = fmt.root_filesystem()
@@ -36,7 +38,9 @@ def host_tools(config: Config) -> list[str]:
         if config.bmap:
             tools.append("bmaptool")
     if config.bootable:
-        tools += ["mkfs.vfat", "mcopy", "objcopy", f"qemu-system-{config.architecture}"]
+        tools += ["mkfs.vfat", "mcopy", "objcopy"]
+        if runtime:
+            tools.append(f"qemu-system-{config.architecture}")
         if config.secure_boot:
             tools.append("sbsign")
     if config.compress_output in COMPRESSION_TOOLS:
@@ -44,7 +48,7 @@ def host_tools(config: Config) -> list[str]:
     if config.sign:
         tools.append("gpg")
     if config.ssh:
-        tools += ["ssh", "ssh-keygen"]
+        tools += ["ssh-keygen", *(["ssh"] if runtime else [])]
     return list(dict.fromkeys(tools))
 
 
@@ -52,3 +56,9 @@ def host_packages(configs: list[Config]) -> list[tuple[str, str, bool]]:
     """(tool, Debian package, whether the tool is installed) for every image of a build."""
     tools = list(dict.fromkeys(t for c in configs for t in host_tools(c)))
     return [(t, HOST_PACKAGES.get(t, t), find_tool(t) is not None) for t in tools]
+
+
+def check_host_tools(config: Config) -> None:
+    """Before the build starts, not after the package installation: every program it will run is there."""
+    for tool in host_tools(config, runtime=False):
+        require_tool(tool)

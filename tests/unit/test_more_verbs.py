@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,17 @@ def test_journalctl_needs_a_built_image(wd: Path, capsys: pytest.CaptureFixture[
     write(wd / "mkosi.conf", "[Output]\nFormat=directory\n")
     assert run("journalctl") == 1
     assert "does not exist; build it first" in capsys.readouterr().err
+
+
+def test_a_missing_host_tool_stops_the_build_before_it_starts(wd: Path) -> None:
+    from mkosi.config import load_args
+    from mkosi.dependencies import check_host_tools
+    from mkosi.errors import MkosiError
+
+    write(wd / "mkosi.conf", "[Distribution]\nDistribution=gentoo\n")
+    _, configs = load_args(["summary"])
+    if shutil.which("emerge"):
+        pytest.skip("emerge is installed here")
+    with pytest.raises(MkosiError, match="'emerge' was not found") as e:
+        check_host_tools(configs[-1])
+    assert e.value.hint is not None and "portage" in e.value.hint

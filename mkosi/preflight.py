@@ -27,7 +27,6 @@ from mkosi.errors import MkosiError
 from mkosi.mounts import mounts_below, umount_all_below
 from mkosi.run import run
 
-LOCK_NAME = ".mkosi-lock"
 WORKSPACE_PREFIX = "mkosi-"
 PID_FILE = ".mkosi-pid"
 OLD_PREFIX = ".mkosi-old-"
@@ -37,9 +36,10 @@ CLONE_NEWNS = 0x00020000
 
 @contextlib.contextmanager
 def output_lock(outdir: Path) -> Iterator[None]:
-    """Hold the output directory's lock; a second build of the same outputs waits with a message."""
+    """Hold the output directory's lock (an flock on the directory itself, so no file is left there); a
+    second build of the same outputs waits with a message."""
     outdir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(outdir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(outdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -26,6 +26,7 @@ from mkosi.context import Context, Phase
 from mkosi.dependencies import check_host_tools
 from mkosi.distributions.registry import plugin
 from mkosi.errors import MkosiError
+from mkosi.manifest import write_sboms
 from mkosi.mounts import umount_all_below
 from mkosi.outputs import existing_outputs, incremental_cache_paths, output_key_path
 from mkosi.preflight import (
@@ -533,6 +534,7 @@ def build_image(args: Args, config: Config, ws: Path, cleanup: list[Path]) -> li
     with log.step("Building the final image"):
         build_phase(ctx)
     made = make_output(ctx)
+    made += write_sboms(ctx, made)
     # Everything in the staging directory is an artifact (manifests, kernel files, root hashes...).
     artifacts = made + sorted(p for p in staging.iterdir() if p not in made and not p.name.startswith("."))
     sums = write_checksums(ctx, artifacts)

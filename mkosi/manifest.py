@@ -1,9 +1,13 @@
-"""Manifests of the installed packages: JSON for machines, a sorted text 'changelog' for diffing."""
+"""Manifests of the installed packages: JSON for machines, a sorted text 'changelog' for diffing, and
+software bills of materials (SPDX, CycloneDX; see mkosi.sbom)."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
+from pathlib import Path
 from typing import Optional
 
 from mkosi import log
@@ -19,6 +23,7 @@ class PackageInfo:
     size: int                  # installed size in bytes
     source: Optional[str] = None          # source package name
     source_version: Optional[str] = None
+    license: Optional[str] = None         # licence statement, when the package database records one
 
 
 def manifest_dict(ctx: Context, packages: list[PackageInfo]) -> dict[str, object]:
@@ -32,7 +37,8 @@ def manifest_dict(ctx: Context, packages: list[PackageInfo]) -> dict[str, object
             "distribution": config.distribution.value,
             "release": config.release,
         },
-        "packages": [dataclasses.asdict(p) for p in sorted(packages, key=lambda p: (p.name, p.architecture))],
+        "packages": [{k: v for k, v in dataclasses.asdict(p).items() if k != "license"}
+                     for p in sorted(packages, key=lambda p: (p.name, p.architecture))],
     }
 
 
@@ -46,11 +52,22 @@ def changelog_text(ctx: Context, packages: list[PackageInfo]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _sbom_packages_path(ctx: Context) -> Path:
+    return ctx.workspace / "sbom-packages.json"
+
+
+def wants_sbom(ctx: Context) -> bool:
+    return ctx.config.output_manifest_spdx is not None or ctx.config.output_manifest_cyclonedx is not None
+
+
 def write_manifests(ctx: Context) -> None:
+    """Runs before the package databases may be cleaned away: writes the JSON and changelog
+    manifests, and keeps the package list (with licences) for the SBOMs written after the output."""
     from mkosi.distributions.registry import plugin
+    from mkosi.sbom import with_licenses
 
     config = ctx.config
-    if config.output_manifest_json is None and config.output_changelog is None:
+    if config.output_manifest_json is None and config.output_changelog is None and not wants_sbom(ctx):
         return
     packages = plugin(config.distribution).installed_packages(ctx)
     if not packages:
@@ -60,3 +77,47 @@ def write_manifests(ctx: Context) -> None:
         out.write_text(json.dumps(manifest_dict(ctx, packages), indent=2) + "\n")
     if config.output_changelog is not None:
         (ctx.staging / config.output_changelog.name).write_text(changelog_text(ctx, packages))
+    if wants_sbom(ctx):
+        packages = with_licenses(ctx.root, packages)
+        _sbom_packages_path(ctx).write_text(json.dumps([dataclasses.asdict(p) for p in packages]))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(4 * 1024 * 1024), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def source_date_epoch() -> Optional[int]:
+    value = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    return int(value) if value.isdigit() else None
+
+
+def write_sboms(ctx: Context, made: list[Path]) -> list[Path]:
+    """After the output exists: the SPDX and CycloneDX documents, with the output's own checksum."""
+    from mkosi.sbom import ImageInfo, cyclonedx_document, dumps, spdx_document
+
+    config = ctx.config
+    saved = _sbom_packages_path(ctx)
+    if not wants_sbom(ctx) or not saved.exists():
+        return []
+    packages = [PackageInfo(**d) for d in json.loads(saved.read_text())]
+    assert config.output is not None
+    main = next((p for p in made if p.name == config.output.name), made[0] if made else None)
+    digest = sha256_file(main) if main is not None and main.is_file() and not main.is_symlink() else None
+    image = ImageInfo(name=config.image_id or "image", version=config.image_version,
+                      distribution=config.distribution.value, release=config.release,
+                      architecture=config.architecture, file_name=config.output.name, sha256=digest)
+    written = []
+    epoch = source_date_epoch()
+    if config.output_manifest_spdx is not None:
+        out = ctx.staging / config.output_manifest_spdx.name
+        out.write_text(dumps(spdx_document(image, packages, epoch)))
+        written.append(out)
+    if config.output_manifest_cyclonedx is not None:
+        out = ctx.staging / config.output_manifest_cyclonedx.name
+        out.write_text(dumps(cyclonedx_document(image, packages, epoch)))
+        written.append(out)
+    return written

@@ -28,6 +28,7 @@ def output_paths(config: Config) -> list[Path]:
     candidates = [
         config.output, config.output_bmap, config.output_nspawn_settings, config.output_sshkey,
         config.output_root_hash, config.output_root_hash_p7s, config.output_manifest_json, config.output_changelog,
+        config.output_manifest_spdx, config.output_manifest_cyclonedx,
         config.output_split_root, config.output_split_verity, config.output_split_kernel,
         config.output_split_verity_sig,
     ]

@@ -103,7 +103,8 @@ def repositories(config: Config) -> list[str]:
 def outputs(config: Config) -> dict[str, Any]:
     names = ("output", "output_dir", "output_checksum", "output_signature", "output_bmap",
              "output_nspawn_settings", "output_sshkey", "output_root_hash", "output_root_hash_p7s",
-             "output_manifest_json", "output_changelog", "output_split_root", "output_split_verity",
+             "output_manifest_json", "output_changelog", "output_manifest_spdx",
+             "output_manifest_cyclonedx", "output_split_root", "output_split_verity",
              "output_split_kernel", "output_split_verity_sig")
     result = {}
     for n in names:

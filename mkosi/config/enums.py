@@ -146,6 +146,8 @@ class Compression(StrEnum):
 class ManifestFormat(StrEnum):
     json = "json"
     changelog = "changelog"
+    spdx = "spdx"
+    cyclonedx = "cyclonedx"
 
 
 class BootProtocol(StrEnum):

@@ -205,6 +205,10 @@ def _resolve_outputs(values: dict[str, Any], fmt: OutputFormat) -> None:
         values["output_manifest_json"] = outdir / f"{stem}.manifest"
     if "changelog" in [str(m) for m in values["manifest_format"]]:
         values["output_changelog"] = outdir / f"{stem}.changelog"
+    if "spdx" in [str(m) for m in values["manifest_format"]]:
+        values["output_manifest_spdx"] = outdir / f"{stem}.spdx.json"
+    if "cyclonedx" in [str(m) for m in values["manifest_format"]]:
+        values["output_manifest_cyclonedx"] = outdir / f"{stem}.cdx.json"
     if values["split_artifacts"]:
         csuffix = compression_suffix(compression)
         # mkosi 14's names: STEM.root.raw and STEM.root.verity (STEM.usr.* for UsrOnly=).

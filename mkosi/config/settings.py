@@ -416,7 +416,8 @@ class Config(ModernSettings):
     manifest_format: list[ManifestFormat] = setting(
         section=O, key="ManifestFormat", flags=("--manifest-format",), kind=Kind.LIST,
         parse=parse_enum(ManifestFormat), choices=_choices(ManifestFormat),
-        default_factory=lambda: [ManifestFormat.json], help="Manifests to write: json, changelog.")
+        default_factory=lambda: [ManifestFormat.json],
+        help="Manifests to write: json, changelog, spdx (SPDX 2.3 JSON), cyclonedx (CycloneDX 1.5 JSON).")
     output: Optional[Path] = setting(
         specifier="o",
         section=O, key="Output", flags=("--output", "-o"), parse=parse_output_path, metavar="PATH",
@@ -815,6 +816,8 @@ class Config(ModernSettings):
     output_root_hash_p7s: Optional[Path] = None
     output_manifest_json: Optional[Path] = None
     output_changelog: Optional[Path] = None
+    output_manifest_spdx: Optional[Path] = None
+    output_manifest_cyclonedx: Optional[Path] = None
     passphrase_file: Optional[Path] = None
     version_file: Optional[Path] = None
     mksquashfs_tool: Optional[Path] = None

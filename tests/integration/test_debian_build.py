@@ -30,7 +30,7 @@ Release=bookworm
 Hostname=mkosi-test
 ImageId=testimg
 ImageVersion=1.2
-ManifestFormat=json,changelog
+ManifestFormat=json,changelog,spdx,cyclonedx
 
 [Content]
 Packages=systemd,udev
@@ -141,6 +141,29 @@ def test_directory_manifests(project: Path, directory_image: Path) -> None:
     assert f"systemd {installed['systemd']}" in changelog
 
 
+def test_directory_sboms(project: Path, directory_image: Path, tmp_path: Path) -> None:
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+    from spdx_tools.spdx.parser.parse_anything import parse_file
+    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+
+    installed = dpkg_packages(directory_image)
+    spdx_path = project / "mkosi.output/testimg_1.2.spdx.json"
+    assert validate_full_spdx_document(parse_file(str(spdx_path))) == []
+    spdx = json.loads(spdx_path.read_text())
+    by_name = {p["name"]: p for p in spdx["packages"][1:]}
+    assert set(by_name) == set(installed)
+    assert by_name["systemd"]["versionInfo"] == installed["systemd"]
+    assert "LGPL-2.1-or-later" in by_name["systemd"]["licenseDeclared"], "read from its DEP-5 copyright file"
+    assert "checksums" not in spdx["packages"][0], "a directory has no checksum"
+    cdx_text = (project / "mkosi.output/testimg_1.2.cdx.json").read_text()
+    assert JsonStrictValidator(SchemaVersion.V1_5).validate_str(cdx_text) is None
+    cdx = json.loads(cdx_text)
+    assert {c["name"] for c in cdx["components"]} == set(installed)
+    udev = next(c for c in cdx["components"] if c["name"] == "udev")
+    assert {"name": "mkosi:package:source", "value": "systemd"} in udev["properties"]
+
+
 def test_directory_checksums(project: Path, directory_image: Path) -> None:
     sums = (project / "mkosi.output/SHA256SUMS").read_text().splitlines()
     names = {line.split("*", 1)[1]: line.split()[0] for line in sums}
@@ -188,6 +211,9 @@ def test_tar_output_and_reproducibility(project: Path, directory_image: Path, tm
         assert owned.mtime <= int(EPOCH)
     second = _tar_build(project)
     assert hashlib.sha256(first).hexdigest() == hashlib.sha256(second).hexdigest()
+    spdx = json.loads((project / "mkosi.output/testimg_1.2.spdx.json").read_text())
+    assert spdx["packages"][0]["checksums"][0]["checksumValue"] == hashlib.sha256(second).hexdigest()
+    assert spdx["packages"][0]["packageFileName"] == "testimg_1.2.tar.xz"
 
 
 def test_cpio_output(project: Path, directory_image: Path, tmp_path: Path) -> None:

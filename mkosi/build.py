@@ -574,12 +574,51 @@ def up_to_date_key(args: Args, config: Config) -> Optional[str]:
     return key
 
 
+def remove_cleanup_paths(cleanup: list[Path]) -> None:
+    """Remove what a build made outside its workspace (e.g. a subvolume being made in place)."""
+    for path in cleanup:
+        if path.exists():
+            for child in path.iterdir():
+                _rmtree_any(child)
+            _rmtree_any(path)
+
+
+@contextlib.contextmanager
+def source_date_epoch_environment(config: Config) -> Iterator[None]:
+    """SourceDateEpoch= is exported as SOURCE_DATE_EPOCH for the build (the tools mkosi runs, the package
+    managers and the output writers read it there), and the previous value is put back afterwards."""
+    old = os.environ.get("SOURCE_DATE_EPOCH")
+    if config.source_date_epoch is not None:
+        os.environ["SOURCE_DATE_EPOCH"] = str(config.source_date_epoch)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("SOURCE_DATE_EPOCH", None)
+        else:
+            os.environ["SOURCE_DATE_EPOCH"] = old
+
+
+def prepare_to_build(config: Config) -> None:
+    """What every build does once its outputs may be written: check the target directories, remove
+    workspaces of killed builds, and make its mounts private."""
+    from mkosi.output.make import check_subvolume_target
+
+    assert config.output_dir is not None
+    check_subvolume_target(config)
+    check_host_tools(config)
+    check_writable(config.output_dir, "output directory")
+    check_writable(workspace_parent(config), "workspace directory")
+    remove_stale_workspaces(workspace_parent(config))
+    private_mount_namespace()
+
+
 def build_command(args: Args, config: Config) -> bool:
     """Build the image; False when -i found the output up to date and nothing was built."""
     if os.getuid() != 0:
         raise MkosiError("'mkosi build' must be run as root", hint="run it with sudo")
     assert config.output_dir is not None
-    with output_lock(config.output_dir):
+    with output_lock(config.output_dir), source_date_epoch_environment(config):
         return _build_locked(args, config)
 
 
@@ -591,14 +630,7 @@ def _build_locked(args: Args, config: Config) -> bool:
     if key is None:
         return False
     check_outputs(args, config)
-    from mkosi.output.make import check_subvolume_target
-
-    check_subvolume_target(config)
-    check_host_tools(config)
-    check_writable(config.output_dir, "output directory")
-    check_writable(workspace_parent(config), "workspace directory")
-    remove_stale_workspaces(workspace_parent(config))
-    private_mount_namespace()
+    prepare_to_build(config)
     cleanup: list[Path] = []
     try:
         with log.step(f"Building {config.output}"), workspace(config) as ws:
@@ -606,11 +638,7 @@ def _build_locked(args: Args, config: Config) -> bool:
             with log.step("Moving the results into place"):
                 move_into_place(config, artifacts)
     finally:
-        for path in cleanup:
-            if path.exists():
-                for child in path.iterdir():
-                    _rmtree_any(child)
-                _rmtree_any(path)
+        remove_cleanup_paths(cleanup)
     if key:
         write_private(output_key_path(config), key + "\n")
     return True

@@ -77,6 +77,8 @@ def script_environment(ctx: Context) -> dict[str, str]:
         env["IMAGE_VERSION"] = config.image_version
     if config.config_files:
         env["MKOSI_DEFAULT"] = str(config.config_files[0])
+    if config.source_date_epoch is not None:
+        env["SOURCE_DATE_EPOCH"] = str(config.source_date_epoch)
     for item in config.environment:
         name, eq, value = item.partition("=")
         if eq:

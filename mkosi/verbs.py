@@ -24,6 +24,7 @@ from mkosi.dependencies import host_packages
 from mkosi.errors import MkosiError
 from mkosi.outputs import incremental_cache_paths, output_paths
 from mkosi.preflight import recover_interrupted_move
+from mkosi.reproduce import check_reproducible
 from mkosi.run import run, using_sandbox
 from mkosi.sandbox import Sandbox
 from mkosi.summary import summary_json, summary_text
@@ -117,8 +118,9 @@ def verb_clean(args: Args, config: Config) -> None:
 
 def verb_build(args: Args, config: Config) -> None:
 
+    built = check_reproducible(args, config) if args.check_reproducible else build_command(args, config)
     # With several images, the version is bumped once, after the main image (built last).
-    if build_command(args, config) and args.auto_bump and config.image == "main":
+    if built and args.auto_bump and config.image == "main":
         verb_bump(args, config)
 
 

@@ -36,7 +36,7 @@ from mkosi.errors import ConfigError
 OTHER_FILES: dict[str, bool] = {
     "mkosi.default": False, "mkosi.conf": False, "mkosi.default.d": True, "mkosi.conf.d": True,
     "mkosi.output": True, "mkosi.rootpw": False, "mkosi.passphrase": False, "mkosi.version": False,
-    "mkosi.files": True,
+    "mkosi.files": True, "mkosi.seed": False,
 }
 
 

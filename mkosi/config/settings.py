@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 import stat
 import uuid
 from collections.abc import Callable
@@ -48,6 +49,7 @@ from mkosi.config.types import (
     parse_debug,
     parse_enum,
     parse_environment_item,
+    parse_epoch,
     parse_force,
     parse_hostname,
     parse_image_name,
@@ -56,6 +58,7 @@ from mkosi.config.types import (
     parse_path,
     parse_port,
     parse_positive,
+    parse_seed,
     parse_size,
     parse_tree,
     parse_uint,
@@ -172,6 +175,31 @@ def _default_root_size(v: Resolving) -> Optional[int]:
 
 def _default_esp_size(v: Resolving) -> Optional[int]:
     return 256 * 1024**2 if v["bootable"] else None
+
+
+def _default_seed(v: Resolving) -> Optional[str]:
+    """Seed= falls back to the UUID in mkosi.seed."""
+    path = v.found.get("mkosi.seed")
+    if path is None:
+        return None
+    try:
+        return parse_seed(read_text_file(path, "Seed").strip())
+    except ValueError as e:
+        raise ConfigError(str(e), path=str(path), setting="Seed")
+
+
+def _default_source_date_epoch(v: Resolving) -> Optional[int]:
+    """SourceDateEpoch= falls back to SOURCE_DATE_EPOCH from Environment=, then from mkosi's environment."""
+    given = [item.partition("=")[2] for item in v["environment"] if item.startswith("SOURCE_DATE_EPOCH=")]
+    where = "Environment=SOURCE_DATE_EPOCH"
+    if not given and os.environ.get("SOURCE_DATE_EPOCH", "").strip():
+        given, where = [os.environ["SOURCE_DATE_EPOCH"]], "$SOURCE_DATE_EPOCH"
+    if not given:
+        return None
+    try:
+        return parse_epoch(given[-1])
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}")
 
 
 def read_text_file(path: Path, setting: str) -> str:
@@ -330,6 +358,11 @@ class Args:
         scope=Scope.invocation,
         section=None, key=None, flags=("--auto-bump", "-B"), kind=Kind.BOOL, parse=parse_bool,
         default=False, const="yes", help="Bump the image version in mkosi.version after a successful build.")
+    check_reproducible: bool = setting(
+        scope=Scope.invocation,
+        section=None, key=None, flags=("--check-reproducible",), kind=Kind.BOOL, parse=parse_bool, default=False,
+        const="yes", help="With build: build twice in separate workspaces and report whether the results are "
+        "byte-identical.")
     json: bool = setting(
         scope=Scope.invocation,
         section=None, key=None, flags=("--json",), kind=Kind.BOOL, parse=parse_bool, default=False,
@@ -561,6 +594,11 @@ class Config(ModernSettings):
         other_sections=(O,), resolve_fn=_resolve_machine_id,
         section=C, key="MachineId", flags=("--machine-id",), parse=_parse_machine_id_or_random,
         help="Machine ID to ship in the image (default: none is shipped).")
+    seed: Optional[str] = setting(
+        default_fn=_default_seed,
+        section=O, key="Seed", flags=("--seed",), parse=parse_seed, metavar="UUID",
+        help="UUID the partition table's and file systems' UUIDs are derived from, or 'random' "
+        "(default: mkosi.seed if it exists, else derived from SourceDateEpoch= when set, else random).")
 
     # ---- [Content] ----
     base_packages: BasePackages = setting(
@@ -611,6 +649,12 @@ class Config(ModernSettings):
         aliases=("BuildEnvironment",), flag_aliases=("--build-environment",),
         separator=r"\s+", default_factory=list, metavar="NAME[=VALUE]",
         help="Variables for the scripts; a bare name passes the value from mkosi's environment.")
+    source_date_epoch: Optional[int] = setting(
+        default_fn=_default_source_date_epoch, depends=("environment",),
+        section=C, key="SourceDateEpoch", flags=("--source-date-epoch",), parse=parse_epoch, metavar="SECONDS",
+        cache=True,
+        help="Clamp file times to this time and build reproducibly (default: $SOURCE_DATE_EPOCH from "
+        "Environment=, then from mkosi's environment).")
     build_sources: list[ConfigTree] = setting(
         scope=Scope.universal, default_fn=lambda v: [ConfigTree(v.directory)], path_rule=PathRule.pair,
         other_sections=(C,), kind=Kind.LIST, parse=parse_tree, separator=r"[,\s]+", default_factory=list,

@@ -6,6 +6,7 @@ import dataclasses
 import enum
 import os
 import re
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional, TypeVar
@@ -339,6 +340,25 @@ def parse_machine_id(value: str) -> str:
     if not re.fullmatch(r"[0-9a-f]{32}", v):
         raise ValueError(f"invalid machine ID '{excerpt(value)}', expected 32 hexadecimal digits")
     return v
+
+
+def parse_seed(value: str) -> str:
+    """Seed=: a UUID (normalised to its canonical form) or 'random'."""
+    v = value.strip().lower()
+    if v == "random":
+        return v
+    try:
+        return str(uuid.UUID(v))
+    except ValueError:
+        raise ValueError(f"invalid seed '{value}', expected a UUID or 'random'")
+
+
+def parse_epoch(value: str) -> int:
+    """SourceDateEpoch=: seconds since the UNIX epoch, not negative."""
+    v = value.strip()
+    if not v.isdigit():
+        raise ValueError(f"invalid timestamp '{value}', expected seconds since the UNIX epoch")
+    return int(v)
 
 
 def parse_compression(value: str) -> str:

@@ -42,6 +42,7 @@ def passphrase_file(ctx: Context) -> Optional[Path]:
 
 def make_disk_image(ctx: Context) -> list[Path]:
     from mkosi.output.disk import DiskSpec, build_disk, main_partition_label
+    from mkosi.output.gpt import seed_from_setting
 
     config = ctx.config
     assert config.output is not None
@@ -73,6 +74,7 @@ def make_disk_image(ctx: Context) -> list[Path]:
         compress_fs=None if config.compress_fs in ("no", "none") else config.compress_fs,
         minimize=config.minimize,
         mksquashfs_tool=str(config.mksquashfs_tool) if config.mksquashfs_tool else "mksquashfs",
+        seed=seed_from_setting(config.seed),
     )
     with log.step(f"Assembling {fs} GPT disk image"):
         result = build_disk(spec)

@@ -220,6 +220,16 @@ def resolve_seed(seed: SeedLike | None = None) -> bytes | None:
     return None
 
 
+def seed_from_setting(value: str | None) -> SeedLike | None:
+    """Seed=: a UUID string is the seed; 'random' a fresh random seed for this build only (so nothing is
+    derived from SOURCE_DATE_EPOCH either); unset leaves resolve_seed() to fall back to the epoch."""
+    if value is None:
+        return None
+    if value == "random":
+        return uuid.uuid4()
+    return uuid.UUID(value)
+
+
 def derive_uuid(key: bytes, *parts: str) -> uuid.UUID:
     """A version 4 style UUID computed as HMAC-SHA256(key, parts), so equal inputs give equal UUIDs."""
     msg = "\x00".join(parts).encode()

@@ -12,6 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
+from spdx_tools.spdx.parser.parse_anything import parse_file
+from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
 from tests.integration.conftest import run_mkosi
 
@@ -142,11 +146,6 @@ def test_directory_manifests(project: Path, directory_image: Path) -> None:
 
 
 def test_directory_sboms(project: Path, directory_image: Path, tmp_path: Path) -> None:
-    from cyclonedx.schema import SchemaVersion
-    from cyclonedx.validation.json import JsonStrictValidator
-    from spdx_tools.spdx.parser.parse_anything import parse_file
-    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
-
     installed = dpkg_packages(directory_image)
     spdx_path = project / "mkosi.output/testimg_1.2.spdx.json"
     assert validate_full_spdx_document(parse_file(str(spdx_path))) == []

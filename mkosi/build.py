@@ -298,9 +298,7 @@ def configure_ssh(ctx: Context) -> None:
     for key in (in_image(ctx, "etc/ssh")).glob("ssh_host_*"):
         key.unlink()
     # Host keys are made on the first boot of each machine, before sshd checks its configuration.
-    unit = "ssh.service" if (in_image(ctx, "usr/lib/systemd/system/ssh.service")).exists() else "sshd.service"
-    _write(in_image(ctx, f"etc/systemd/system/{unit}.d/mkosi-hostkeys.conf"),
-           "[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n")
+    ssh_hostkeys_at_boot(ctx)
 
 
 def remove_packages(ctx: Context) -> None:
@@ -340,26 +338,90 @@ def clean_package_metadata(ctx: Context) -> None:
         dist.clean_package_metadata(ctx, force=mode == CleanPackageMetadata.yes)
 
 
+def build_epoch(ctx: Context) -> Optional[int]:
+    """SourceDateEpoch=, or SOURCE_DATE_EPOCH when the configuration did not resolve one."""
+    if ctx.args.source_date_epoch is not None:
+        return ctx.args.source_date_epoch
+    value = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    return int(value) if value.isdigit() else None
+
+
 def reproducibility_cleanup(ctx: Context) -> None:
-    """Drop files that only record when or on which machine the image was built."""
+    """Drop files that only record when or on which machine the image was built; with a source date
+    epoch also what would make two builds differ by itself (.pyc files, password change dates, mtimes)."""
     for rel in ("var/log/dpkg.log", "var/log/alternatives.log", "var/log/bootstrap.log",
                 "var/cache/ldconfig/aux-cache", "var/lib/systemd/random-seed", "etc/.pwd.lock",
                 "var/lib/dpkg/lock", "var/lib/dpkg/lock-frontend", "var/lib/dpkg/triggers/Lock",
                 "var/cache/debconf/config.dat-old", "var/cache/debconf/templates.dat-old",
+                "var/cache/debconf/passwords.dat-old",
                 "var/lib/dpkg/status-old", "var/lib/dpkg/diversions-old", "etc/passwd-", "etc/group-",
-                "etc/shadow-", "etc/gshadow-", "etc/subuid-", "etc/subgid-"):
-        p = ctx.root / rel
+                "etc/shadow-", "etc/gshadow-", "etc/subuid-", "etc/subgid-", "var/lib/systemd/credential.secret"):
+        p = image_entry(ctx, rel)
         if p.is_file() or p.is_symlink():
             p.unlink()
-    for d in ("var/log/apt",):
-        p = ctx.root / d
+    for d in ("var/log/apt", "var/log/journal"):
+        p = in_image(ctx, d)
         if p.is_dir():
             for child in p.iterdir():
-                if child.is_file():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
                     child.unlink()
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    if epoch and epoch.isdigit():
-        clamp_mtimes(ctx.root, int(epoch))
+    log_dir = in_image(ctx, "var/log")
+    if log_dir.is_dir():
+        for f in log_dir.rglob("*.log"):
+            if f.is_file() and not f.is_symlink():
+                f.unlink()
+    remove_ssh_host_keys(ctx)
+    epoch = build_epoch(ctx)
+    if epoch is not None:
+        remove_pyc_files(ctx.root)
+        clamp_password_dates(in_image(ctx, "etc/shadow"), epoch)
+        clamp_mtimes(ctx.root, epoch)
+
+
+def remove_ssh_host_keys(ctx: Context) -> None:
+    """Host keys made by the ssh package's scripts would be shared by every machine running the image
+    (and differ between builds): they are removed, and made on the first boot instead."""
+    keys = sorted(in_image(ctx, "etc/ssh").glob("ssh_host_*"))
+    for key in keys:
+        key.unlink()
+    if keys:
+        ssh_hostkeys_at_boot(ctx)
+
+
+def ssh_hostkeys_at_boot(ctx: Context) -> None:
+    unit = "ssh.service" if (in_image(ctx, "usr/lib/systemd/system/ssh.service")).exists() else "sshd.service"
+    _write(in_image(ctx, f"etc/systemd/system/{unit}.d/mkosi-hostkeys.conf"),
+           "[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n")
+
+
+def remove_pyc_files(root: Path) -> None:
+    """Byte-compiled Python files record details of the build; Python rewrites them when needed."""
+    for pattern in ("usr/lib/python3*", "usr/lib64/python3*", "usr/local/lib/python3*"):
+        for libdir in root.glob(pattern):
+            for cache in sorted(libdir.rglob("__pycache__"), reverse=True):
+                if cache.is_dir() and not cache.is_symlink():
+                    shutil.rmtree(cache)
+
+
+def clamp_password_dates(shadow: Path, epoch: int) -> None:
+    """The 'last password change' field of /etc/shadow (days since 1970) no later than the epoch."""
+    if not shadow.is_file():
+        return
+    day = epoch // 86400
+    lines = shadow.read_text().splitlines()
+    changed = False
+    for i, line in enumerate(lines):
+        fields = line.split(":")
+        if len(fields) > 2 and fields[2].isdigit() and int(fields[2]) > day:
+            fields[2] = str(day)
+            lines[i] = ":".join(fields)
+            changed = True
+    if changed:
+        mode = shadow.stat().st_mode
+        shadow.write_text("\n".join(lines) + "\n")
+        shadow.chmod(mode & 0o7777)
 
 
 def clamp_mtimes(root: Path, epoch: int) -> None:

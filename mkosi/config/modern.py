@@ -10,7 +10,6 @@ parsed, typed, defaulted and shown, but their effect is not built yet: `status=N
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from pathlib import Path
 from typing import Any, Optional
@@ -46,7 +45,6 @@ from mkosi.config.types import (
     parse_relative_tree,
     parse_size,
     parse_tree,
-    parse_uuid_or_random,
     resolve_trees,
     setting,
 )
@@ -153,22 +151,6 @@ def _default_repository_key_fetch(v: Resolving) -> bool:
     return bool(v["distribution"] == Distribution.ubuntu)
 
 
-def _default_source_date_epoch(v: Resolving) -> Optional[int]:
-    for item in reversed(v["environment"]):
-        name, sep, value = item.partition("=")
-        if name == "SOURCE_DATE_EPOCH" and sep and value.strip().isdigit():
-            return int(value)
-    env = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
-    return int(env) if env.isdigit() else None
-
-
-def parse_epoch(value: str) -> int:
-    n = parse_int(value)
-    if n < 0:
-        raise ValueError(f"invalid timestamp '{value}', expected seconds since the epoch")
-    return n
-
-
 def _tree_list(**extra: Any) -> Any:
     return setting(kind=Kind.LIST, parse=parse_tree, separator=r",", path_rule=PathRule.pair, resolve_fn=resolve_trees,
                    default_factory=list, metavar="SRC[:TARGET]", **extra)
@@ -226,9 +208,6 @@ class ModernSettings:
     overlay: bool = _flag(
         section=O, key="Overlay", flags=("--overlay",), default=False, status=NOT_YET,
         help="With BaseTrees=, the output holds only the changes to the base trees.")
-    seed: Optional[str] = setting(
-        section=O, key="Seed", flags=("--seed",), parse=parse_uuid_or_random, status=NOT_YET, metavar="UUID",
-        help="Seed for the partition UUIDs of disk images (a UUID or 'random').")
     clean_scripts: list[Path] = _path_list(
         section=O, key="CleanScripts", flags=("--clean-script",), path_default=("mkosi.clean",), status=NOT_YET,
         help="Scripts run by the clean verb (default: mkosi.clean).")
@@ -250,10 +229,6 @@ class ModernSettings:
     base_trees: list[Path] = _path_list(
         section=C, key="BaseTrees", flags=("--base-tree",), status=NOT_YET,
         help="Trees (directories, tar archives or images) the image starts from.")
-    source_date_epoch: Optional[int] = setting(
-        section=C, key="SourceDateEpoch", flags=("--source-date-epoch",), parse=parse_epoch,
-        default_fn=_default_source_date_epoch, depends=("environment",), scope=Scope.universal, status=NOT_YET,
-        metavar="SECONDS", help="Clamp file times to this timestamp (default: $SOURCE_DATE_EPOCH).")
     sync_scripts: list[Path] = _path_list(
         section=C, key="SyncScripts", flags=("--sync-script",), path_default=("mkosi.sync",), status=NOT_YET,
         help="Scripts run before the build to update the sources (default: mkosi.sync).")

@@ -340,8 +340,8 @@ def clean_package_metadata(ctx: Context) -> None:
 
 def build_epoch(ctx: Context) -> Optional[int]:
     """SourceDateEpoch=, or SOURCE_DATE_EPOCH when the configuration did not resolve one."""
-    if ctx.args.source_date_epoch is not None:
-        return ctx.args.source_date_epoch
+    if ctx.config.source_date_epoch is not None:
+        return ctx.config.source_date_epoch
     value = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
     return int(value) if value.isdigit() else None
 

@@ -12,7 +12,7 @@ import pytest
 
 from mkosi import build, reproduce
 from mkosi.config import load_args
-from mkosi.config.settings import MkosiArgs
+from mkosi.config.settings import Args, Config
 from mkosi.context import Context, Phase
 from mkosi.errors import ConfigError
 from mkosi.output.gpt import make_uuid, seed_from_setting
@@ -21,7 +21,7 @@ from mkosi.scripts import script_environment
 SEED = "0d3a6f3c-2b1e-4c8f-9a55-6c1f3e4b2a10"
 
 
-def load(*argv: str) -> MkosiArgs:
+def load(*argv: str) -> Config:
     return load_args([*argv, "summary"])[1][0]
 
 
@@ -67,19 +67,19 @@ def test_source_date_epoch_sources(wd: Path, fixed_host: None, monkeypatch: pyte
 
 def test_epoch_exported_for_the_build_and_restored(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "5")
-    args = dataclasses.replace(MkosiArgs(), source_date_epoch=1700000000)
-    with build.source_date_epoch_environment(args):
+    config = dataclasses.replace(Config(), source_date_epoch=1700000000)
+    with build.source_date_epoch_environment(config):
         assert os.environ["SOURCE_DATE_EPOCH"] == "1700000000"
     assert os.environ["SOURCE_DATE_EPOCH"] == "5"
     monkeypatch.delenv("SOURCE_DATE_EPOCH")
-    with build.source_date_epoch_environment(args):
+    with build.source_date_epoch_environment(config):
         assert os.environ["SOURCE_DATE_EPOCH"] == "1700000000"
     assert "SOURCE_DATE_EPOCH" not in os.environ
 
 
 def test_scripts_see_the_epoch(tmp_path: Path) -> None:
-    args = dataclasses.replace(MkosiArgs(), source_date_epoch=1700000000)
-    ctx = Context(args, tmp_path, Phase.final, tmp_path, None, tmp_path)
+    config = dataclasses.replace(Config(), source_date_epoch=1700000000)
+    ctx = Context(Args(), config, tmp_path, Phase.final, tmp_path, None, tmp_path)
     assert script_environment(ctx)["SOURCE_DATE_EPOCH"] == "1700000000"
 
 
@@ -100,9 +100,9 @@ def test_seed_derives_uuids(monkeypatch: pytest.MonkeyPatch) -> None:
 # ---------------------------------------------------------------- clean-up of build records
 
 def ctx_for(root: Path, **settings: object) -> Context:
-    args = dataclasses.replace(MkosiArgs(), **settings)  # type: ignore[arg-type]
+    config = dataclasses.replace(Config(), **settings)  # type: ignore[arg-type]
     root.mkdir(parents=True, exist_ok=True)
-    return Context(args, root.parent, Phase.final, root, None, root.parent / "staging")
+    return Context(Args(), config, root.parent, Phase.final, root, None, root.parent / "staging")
 
 
 def populate(root: Path) -> None:
@@ -214,15 +214,15 @@ def test_listing_is_limited() -> None:
 
 
 def test_fixed_inputs_pin_epoch_and_seed() -> None:
-    args = dataclasses.replace(MkosiArgs(), seed="random", incremental=True)
-    fixed = reproduce.fixed_inputs(args)
-    assert fixed.source_date_epoch is not None and not fixed.incremental
+    args, config = dataclasses.replace(Args(), incremental=True), dataclasses.replace(Config(), seed="random")
+    fixed_args, fixed = reproduce.fixed_inputs(args, config)
+    assert fixed.source_date_epoch is not None and not fixed_args.incremental
     assert fixed.seed is not None and uuid.UUID(fixed.seed)
-    kept = reproduce.fixed_inputs(dataclasses.replace(MkosiArgs(), seed=SEED, source_date_epoch=7))
+    _, kept = reproduce.fixed_inputs(Args(), dataclasses.replace(Config(), seed=SEED, source_date_epoch=7))
     assert (kept.seed, kept.source_date_epoch) == (SEED, 7)
 
 
 def test_check_needs_root(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "getuid", lambda: 1000)
     with pytest.raises(Exception, match="root"):
-        reproduce.check_reproducible(MkosiArgs())
+        reproduce.check_reproducible(Args(), Config())

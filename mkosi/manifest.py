@@ -24,6 +24,7 @@ class PackageInfo:
     source: Optional[str] = None          # source package name
     source_version: Optional[str] = None
     license: Optional[str] = None         # licence statement, when the package database records one
+                                          # (rpm's License tag, pacman's %LICENSE%)
 
 
 def manifest_dict(ctx: Context, packages: list[PackageInfo]) -> dict[str, object]:

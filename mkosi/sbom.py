@@ -55,7 +55,7 @@ DEP5_NAMES = {
     "mpl-1.1": "MPL-1.1", "cc0": "CC0-1.0", "lppl-1.3c": "LPPL-1.3c", "bsl-1": "BSL-1.0",
     "unicode": "Unicode-DFS-2016", "openssl": "OpenSSL", "ssleay": "OpenSSL",
 }
-_GNU = re.compile(r"(A?GPL|LGPL|GFDL)-?(\d(?:\.\d)?)(\+|-only|-or-later)?", re.IGNORECASE)
+_GNU = re.compile(r"(A?GPL|LGPL|GFDL)(?:-|v)?(\d(?:\.\d)?)(\+|-only|-or-later)?", re.IGNORECASE)
 
 
 def spdx_license_id(name: str) -> Optional[str]:

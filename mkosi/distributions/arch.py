@@ -87,7 +87,8 @@ class Arch(DistributionPlugin):
     def installed_packages(self, ctx: Context) -> list[PackageInfo]:
 
         return [PackageInfo(type="pacman", name=p.name, version=p.version, architecture=p.architecture,
-                            size=p.size, source=p.base, source_version=p.version if p.base else None)
+                            size=p.size, source=p.base, source_version=p.version if p.base else None,
+                            license=p.license)
                 for p in pacman.manifest_packages(ctx.root, ctx.workspace)]
 
     def clean_package_metadata(self, ctx: Context, force: bool) -> None:

@@ -271,6 +271,7 @@ class PacmanPackage:
     architecture: str
     size: int
     base: Optional[str]
+    license: Optional[str] = None   # the %LICENSE% lines, all of which apply
 
 
 def parse_desc(text: str) -> dict[str, list[str]]:
@@ -302,8 +303,11 @@ def installed_packages(root: Path) -> list[PacmanPackage]:
         if not one("NAME"):
             continue
         size = one("SIZE")
+        licenses = [v.strip() for v in f.get("LICENSE", []) if v.strip()]
         pkgs.append(PacmanPackage(name=one("NAME"), version=one("VERSION"), architecture=one("ARCH"),
-                                  size=int(size) if size.isdigit() else 0, base=one("BASE") or None))
+                                  size=int(size) if size.isdigit() else 0, base=one("BASE") or None,
+                                  license=" AND ".join(f"({x})" if " " in x and len(licenses) > 1 else x
+                                                       for x in licenses) or None))
     return sorted(pkgs, key=lambda p: p.name)
 
 

@@ -33,7 +33,7 @@ SYSIMAGE_RPMDB = "/usr/lib/sysimage/rpm"
 LEGACY_RPMDB = "/var/lib/rpm"
 
 # One line per package; tabs cannot occur in any of these fields.
-QUERYFORMAT = r"%{NAME}\t%{EPOCH}\t%{VERSION}\t%{RELEASE}\t%{ARCH}\t%{SIZE}\t%{SOURCERPM}\n"
+QUERYFORMAT = r"%{NAME}\t%{EPOCH}\t%{VERSION}\t%{RELEASE}\t%{ARCH}\t%{SIZE}\t%{SOURCERPM}\t%{LICENSE}\n"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +46,7 @@ class RpmPackage:
     size: int
     source: Optional[str]
     source_version: Optional[str]
+    license: Optional[str] = None
 
     @property
     def evr(self) -> str:
@@ -70,9 +71,10 @@ def parse_query(text: str) -> list[RpmPackage]:
     pkgs = []
     for line in text.splitlines():
         fields = line.split("\t")
-        if len(fields) != 7:
+        if len(fields) not in (7, 8):
             continue
-        name, epoch, version, release, arch, size, srpm = fields
+        name, epoch, version, release, arch, size, srpm = fields[:7]
+        license = fields[7].strip() if len(fields) == 8 and fields[7] not in ("", "(none)") else None
         if name == "gpg-pubkey":  # imported signing keys show up as pseudo packages
             continue
         source, source_version = split_source_rpm(srpm)
@@ -85,6 +87,7 @@ def parse_query(text: str) -> list[RpmPackage]:
             size=int(size) if size.isdigit() else 0,
             source=source,
             source_version=source_version,
+            license=license,
         ))
     return sorted(pkgs, key=lambda p: (p.name, p.architecture))
 
@@ -153,7 +156,7 @@ def save_package_list(root: Path, workspace: Path) -> None:
 def to_package_info(p: RpmPackage) -> PackageInfo:
 
     return PackageInfo(type="rpm", name=p.name, version=p.evr, architecture=p.architecture, size=p.size,
-                       source=p.source, source_version=p.source_version)
+                       source=p.source, source_version=p.source_version, license=p.license)
 
 
 def manifest_packages(root: Path, workspace: Path) -> list[PackageInfo]:

@@ -17,6 +17,7 @@ from mkosi.config import load_args
 from mkosi.config.enums import Distribution, ManifestFormat
 from mkosi.config.settings import Args, Config
 from mkosi.context import Context, Phase
+from mkosi.installers import pacman, rpm
 from mkosi.manifest import PackageInfo
 from mkosi.outputs import output_paths
 
@@ -77,7 +78,7 @@ def validate_cyclonedx(doc: dict[str, object]) -> object:
     ("GPL-2+", "GPL-2.0-or-later"), ("GPL-2", "GPL-2.0-only"), ("LGPL-2.1+", "LGPL-2.1-or-later"),
     ("LGPL-2", "LGPL-2.0-only"), ("GPL-3.0-or-later", "GPL-3.0-or-later"), ("Expat", "MIT"),
     ("BSD-3-clause", "BSD-3-Clause"), ("apache-2.0", "Apache-2.0"), ("public-domain", None),
-    ("GFDL-1.3+", "GFDL-1.3-or-later"),
+    ("GFDL-1.3+", "GFDL-1.3-or-later"), ("GPLv2+", "GPL-2.0-or-later"), ("LGPLv2", "LGPL-2.0-only"),
 ])
 def test_license_ids(name: str, expected: str | None) -> None:
     assert sbom.spdx_license_id(name) == expected
@@ -243,3 +244,22 @@ def test_setting_names_the_files(wd: Path, fixed_host: None) -> None:
     assert config.output_manifest_spdx == wd / "foo.spdx.json"
     assert config.output_manifest_cyclonedx == wd / "foo.cdx.json"
     assert wd / "foo.cdx.json" in output_paths(config), "mkosi clean removes them"
+
+
+def test_rpm_and_pacman_databases_give_licences() -> None:
+    text = ("bash\t(none)\t5.2.26\t1.fc40\tx86_64\t8000\tbash-5.2.26-1.fc40.src.rpm\tGPL-3.0-or-later\n"
+            "old\t(none)\t1\t1\tnoarch\t1\t(none)\t(none)\n"
+            "seven\t(none)\t1\t1\tnoarch\t1\t(none)\n")
+    pkgs = {p.name: rpm.to_package_info(p) for p in rpm.parse_query(text)}
+    assert pkgs["bash"].license == "GPL-3.0-or-later"
+    assert pkgs["old"].license is None and pkgs["seven"].license is None
+    assert "%{LICENSE}" in rpm.QUERYFORMAT
+
+
+def test_pacman_licence_lines(tmp_path: Path) -> None:
+    desc = tmp_path / "var/lib/pacman/local/zstd-1.5-1/desc"
+    desc.parent.mkdir(parents=True)
+    desc.write_text("%NAME%\nzstd\n\n%VERSION%\n1.5-1\n\n%ARCH%\nx86_64\n\n%LICENSE%\nBSD-3-Clause\n"
+                    "GPL-2.0-only OR MIT\n\n")
+    [pkg] = pacman.installed_packages(tmp_path)
+    assert pkg.license == "BSD-3-Clause AND (GPL-2.0-only OR MIT)"

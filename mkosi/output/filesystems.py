@@ -186,11 +186,12 @@ def ext4_clamp_commands(src_dir: Path, epoch: int) -> tuple[str, int]:
     cmds: list[str] = []
     skipped = 0
     for rel, st in _walk_entries(src_dir):
-        if any(c in rel for c in '"\\\n'):
+        if "\n" in rel:
             skipped += 1
             continue
         mtime = int(st.st_mtime)
-        target = f'"{rel}"'
+        # Inside debugfs's double quotes a backslash is an ordinary character and "" is a quote.
+        target = '"' + rel.replace('"', '""') + '"'
         if mtime > epoch:
             mtime = epoch
             cmds += [f"sif {target} mtime @{mtime}", f"sif {target} mtime_extra 0"]
@@ -202,11 +203,13 @@ def ext4_clamp_commands(src_dir: Path, epoch: int) -> tuple[str, int]:
 def _ext4_clamp_times(image: Path, src_dir: Path, epoch: int) -> None:
     script, skipped = ext4_clamp_commands(src_dir, epoch)
     if skipped:
-        log.warn(f"{skipped} paths with quotes, backslashes or newlines keep their build-time ctime/atime")
+        log.warn(f"{skipped} paths with newlines keep their build-time ctime/atime")
     with tempfile.NamedTemporaryFile("w", prefix=".debugfs-", dir=image.parent) as f:
         f.write(script)
         f.flush()
-        proc = run(["debugfs", "-w", "-f", f.name, os.fspath(image)], capture=True)
+        # Without the fake time, debugfs stamps the superblock's last write time with the clock.
+        proc = run(["debugfs", "-w", "-f", f.name, os.fspath(image)], capture=True,
+                   env={"E2FSPROGS_FAKE_TIME": str(epoch)})
     errors = [line for line in str(proc.stderr).splitlines() if line and not line.startswith("debugfs ")]
     if errors:
         raise MkosiError(f"setting reproducible timestamps in {image.name} failed: {errors[0]}")
@@ -224,10 +227,12 @@ def _ext4_geometry(image: Path) -> tuple[int, int]:
 def minimize_ext4(image: Path) -> int:
     """Shrink an ext4 image to its minimal size (resize2fs -M) and truncate the file. Returns the size."""
     with log.step(f"Minimizing ext4 file system {image.name}"):
-        proc = run(["e2fsck", "-f", "-y", os.fspath(image)], check=False, capture=True)
+        epoch = source_date_epoch()
+        env = {"E2FSPROGS_FAKE_TIME": str(epoch)} if epoch is not None else {}
+        proc = run(["e2fsck", "-f", "-y", os.fspath(image)], check=False, capture=True, env=env)
         if proc.returncode not in (0, 1):
             raise CommandError(["e2fsck", "-f", "-y", os.fspath(image)], proc.returncode, str(proc.stderr))
-        run(["resize2fs", "-M", os.fspath(image)], capture=True)
+        run(["resize2fs", "-M", os.fspath(image)], capture=True, env=env)
         count, bsize = _ext4_geometry(image)
         new_size = count * bsize
         os.truncate(image, new_size)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from mkosi.config import load_args
 from mkosi.config.settings import Args, Config
 from mkosi.context import Context, Phase
 from mkosi.errors import ConfigError
+from mkosi.output import filesystems as fs
 from mkosi.output.gpt import make_uuid, seed_from_setting
 from mkosi.scripts import script_environment
 
@@ -226,3 +229,35 @@ def test_check_needs_root(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "getuid", lambda: 1000)
     with pytest.raises(Exception, match="root"):
         reproduce.check_reproducible(Args(), Config())
+
+
+def test_ext4_clamp_commands_quote_odd_names(tmp_path: Path) -> None:
+    """systemd unit names contain backslashes (system-systemd\\x2dcryptsetup.slice): skipping them left
+    their build-time ctime in ext4 images."""
+    (tmp_path / "a\\x2db").write_text("")
+    (tmp_path / 'q"uote').write_text("")
+    (tmp_path / "new\nline").write_text("")
+    script, skipped = fs.ext4_clamp_commands(tmp_path, 1000)
+    lines = script.splitlines()
+    assert skipped == 1
+    assert 'sif "/a\\x2db" ctime @1000' in lines
+    assert 'sif "/q""uote" ctime @1000' in lines
+
+
+@pytest.mark.skipif(shutil.which("mkfs.ext4") is None or shutil.which("debugfs") is None,
+                    reason="needs e2fsprogs")
+def test_ext4_images_of_trees_made_at_different_times_are_equal(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    images = []
+    for n in (1, 2):
+        tree = tmp_path / f"tree{n}"
+        (tree / "usr/lib/systemd/system").mkdir(parents=True)
+        (tree / "usr/lib/systemd/system/system-systemd\\x2dcryptsetup.slice").write_text("[Unit]\n")
+        (tree / "etc").mkdir()
+        (tree / "etc/hostname").write_text("box\n")
+        image = tmp_path / f"{n}.img"
+        fs.make_ext4(tree, image, 16 * 1024 * 1024, "root", seed=SEED)
+        images.append(image.read_bytes())
+        time.sleep(1.1)  # the second tree's ctimes are a second later
+    assert images[0] == images[1]

@@ -650,7 +650,7 @@ class Config(ModernSettings):
         separator=r"\s+", default_factory=list, metavar="NAME[=VALUE]",
         help="Variables for the scripts; a bare name passes the value from mkosi's environment.")
     source_date_epoch: Optional[int] = setting(
-        default_fn=_default_source_date_epoch, depends=("environment",),
+        scope=Scope.universal, default_fn=_default_source_date_epoch, depends=("environment",),
         section=C, key="SourceDateEpoch", flags=("--source-date-epoch",), parse=parse_epoch, metavar="SECONDS",
         cache=True,
         help="Clamp file times to this time and build reproducibly (default: $SOURCE_DATE_EPOCH from "

@@ -12,19 +12,7 @@ from typing import Optional
 
 from mkosi import log
 from mkosi.context import Context
-
-
-@dataclasses.dataclass(frozen=True)
-class PackageInfo:
-    type: str                  # "deb", "rpm", "pacman"
-    name: str
-    version: str
-    architecture: str
-    size: int                  # installed size in bytes
-    source: Optional[str] = None          # source package name
-    source_version: Optional[str] = None
-    license: Optional[str] = None         # licence statement, when the package database records one
-                                          # (rpm's License tag, pacman's %LICENSE%)
+from mkosi.installers.base import PackageInfo
 
 
 def manifest_dict(ctx: Context, packages: list[PackageInfo]) -> dict[str, object]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from mkosi import __version__
-from mkosi.manifest import PackageInfo
+from mkosi.installers.base import PackageInfo
 
 # SPDX licence identifiers the documents may name as such (each is in the SPDX licence list, so
 # both validators accept it). Anything else is written as a LicenseRef (SPDX) or a name (CycloneDX).

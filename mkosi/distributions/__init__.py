@@ -11,7 +11,7 @@ from mkosi.errors import MkosiError
 if TYPE_CHECKING:
     from mkosi.config.settings import Config
     from mkosi.context import Context
-    from mkosi.manifest import PackageInfo
+    from mkosi.installers.base import PackageInfo
 
 
 class DistributionPlugin:

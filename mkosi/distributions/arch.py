@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Optional
 from mkosi.config.enums import Distribution
 from mkosi.distributions import DistributionPlugin
 from mkosi.installers import pacman
+from mkosi.installers.base import PackageInfo
 from mkosi.installers.pacman import PACMAN_ARCH, PacmanConfig, PacmanRepo, parse_repository
-from mkosi.manifest import PackageInfo
 
 if TYPE_CHECKING:
     from mkosi.config.settings import Config
     from mkosi.context import Context
+    from mkosi.installers.base import PackageInfo
     from mkosi.installers.pacman import PacmanConfig, PacmanRepo
-    from mkosi.manifest import PackageInfo
 
 REPOS = ("core", "extra")
 

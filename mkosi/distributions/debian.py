@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from mkosi.config.settings import Config
     from mkosi.context import Context
     from mkosi.installers.apt import AptConfig
-    from mkosi.manifest import PackageInfo
+    from mkosi.installers.base import PackageInfo
 
 DPKG_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "x86": "i386", "arm": "armhf", "ppc64le": "ppc64el",
              "riscv64": "riscv64", "s390x": "s390x"}
@@ -175,7 +175,7 @@ class Debian(DistributionPlugin):
 
     def installed_packages(self, ctx: Context) -> list[PackageInfo]:
         from mkosi.installers import apt
-        from mkosi.manifest import PackageInfo
+        from mkosi.installers.base import PackageInfo
 
         return [PackageInfo(type="deb", name=p.name, version=p.version, architecture=p.architecture,
                             size=p.installed_size, source=p.source, source_version=p.source_version)

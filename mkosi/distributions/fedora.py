@@ -30,16 +30,16 @@ from mkosi.distributions import DistributionPlugin
 from mkosi.distributions.facts import host_architecture
 from mkosi.errors import MkosiError
 from mkosi.installers import dnf, rpm
+from mkosi.installers.base import PackageInfo
 from mkosi.installers.dnf import HOST_REPOSDIRS, DnfConfig, RpmRepo, is_url, url_repos
 from mkosi.installers.rpm import LEGACY_RPMDB, SYSIMAGE_RPMDB, dnf_arch, remove_paths
-from mkosi.manifest import PackageInfo
 from mkosi.run import find_tool, run
 
 if TYPE_CHECKING:
     from mkosi.config.settings import Config
     from mkosi.context import Context
+    from mkosi.installers.base import PackageInfo
     from mkosi.installers.dnf import DnfConfig, RpmRepo
-    from mkosi.manifest import PackageInfo
 
 # Signing keys shipped by the distribution-gpg-keys package, where a host has it.
 HOST_KEY_DIR = Path("/usr/share/distribution-gpg-keys")

@@ -13,14 +13,14 @@ from mkosi.config.enums import Distribution
 from mkosi.distributions import DistributionPlugin
 from mkosi.errors import MkosiError
 from mkosi.installers import emerge
+from mkosi.installers.base import PackageInfo
 from mkosi.installers.emerge import EmergeConfig, latest_url, snapshot_url
-from mkosi.manifest import PackageInfo
 
 if TYPE_CHECKING:
     from mkosi.config.settings import Config
     from mkosi.context import Context
+    from mkosi.installers.base import PackageInfo
     from mkosi.installers.emerge import EmergeConfig
-    from mkosi.manifest import PackageInfo
 
 
 class Gentoo(DistributionPlugin):

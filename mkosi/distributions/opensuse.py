@@ -25,9 +25,9 @@ from mkosi.installers.zypper import ZypperConfig
 if TYPE_CHECKING:
     from mkosi.config.settings import Config
     from mkosi.context import Context
+    from mkosi.installers.base import PackageInfo
     from mkosi.installers.dnf import RpmRepo
     from mkosi.installers.zypper import ZypperConfig
-    from mkosi.manifest import PackageInfo
 
 LATEST_LEAP = "15.6"
 

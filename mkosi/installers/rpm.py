@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from mkosi import log
-from mkosi.manifest import PackageInfo
+from mkosi.installers.base import PackageInfo
 from mkosi.run import output
 
 if TYPE_CHECKING:
-    from mkosi.manifest import PackageInfo
+    from mkosi.installers.base import PackageInfo
 
 SYSIMAGE_RPMDB = "/usr/lib/sysimage/rpm"
 LEGACY_RPMDB = "/var/lib/rpm"

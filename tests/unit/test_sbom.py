@@ -18,7 +18,7 @@ from mkosi.config.enums import Distribution, ManifestFormat
 from mkosi.config.settings import Args, Config
 from mkosi.context import Context, Phase
 from mkosi.installers import pacman, rpm
-from mkosi.manifest import PackageInfo
+from mkosi.installers.base import PackageInfo
 from mkosi.outputs import output_paths
 
 DEP5 = """\

@@ -236,7 +236,8 @@ def test_ext4_outputs(ext4: Path) -> None:
     names = sorted(p.name for p in ext4.iterdir())
     assert names == sorted(["dfimg_3.1.raw", "dfimg_3.1.root.raw", "dfimg_3.1.bmap", "dfimg_3.1.manifest",
                             "SHA256SUMS"]), names
-    sums = dict(reversed(line.split(" *", 1)) for line in (ext4 / "SHA256SUMS").read_text().splitlines())
+    lines = (ext4 / "SHA256SUMS").read_text().splitlines()
+    sums = {name: digest for digest, name in (line.split(" *", 1) for line in lines)}
     h = hashlib.sha256((ext4 / "dfimg_3.1.bmap").read_bytes()).hexdigest()
     assert sums["dfimg_3.1.bmap"] == h
     assert "dfimg_3.1.raw" in sums and "dfimg_3.1.root.raw" in sums

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import io
 import lzma
+import os
 import tarfile
 import threading
 from pathlib import Path
@@ -537,7 +538,7 @@ def test_decompressor_makes_the_essential_copies_first(tmp_path: Path, monkeypat
         return deb
 
     monkeypatch.setattr(unpack, "_make_copy", recording)
-    monkeypatch.setattr(unpack.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
     with Decompressor(tmp_path / "store") as decompressor:
         for deb in debs:
             decompressor.submit(deb)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ def fake_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str, 
     """Replace running nspawn by recording its argv and what it would find in its runtime directory."""
     runtime = tmp_path / "run-nspawn"
     monkeypatch.setattr(container, "NSPAWN_RUNTIME_DIR", runtime)
-    monkeypatch.setattr(container.os, "getuid", lambda: 0)
+    monkeypatch.setattr(os, "getuid", lambda: 0)
     calls: list[dict[str, Any]] = []
 
     def run(argv: list[Any], **kwargs: Any) -> subprocess.CompletedProcess[str]:

@@ -363,8 +363,8 @@ def test_qemu_verb_netdev_uses_a_tap_link(monkeypatch: pytest.MonkeyPatch, tmp_p
     from mkosi.config.enums import BootProtocol, QemuKvm
     from mkosi.config.settings import Args, Config
 
-    monkeypatch.setattr(vm.os, "getuid", lambda: 0)
-    monkeypatch.setattr(vm.os, "access", lambda path, mode: True)
+    monkeypatch.setattr(os, "getuid", lambda: 0)
+    monkeypatch.setattr(os, "access", lambda path, mode: True)
     monkeypatch.setattr(qemu, "find_seabios", lambda root=Path("/"): tmp_path / "bios.bin")
     config = dataclasses.replace(Config(), output=tmp_path / "image_1.2.raw", netdev=True, qemu_kvm=QemuKvm.no,
                                qemu_boot=BootProtocol.bios, compress_output="no", architecture="x86_64")
@@ -374,6 +374,6 @@ def test_qemu_verb_netdev_uses_a_tap_link(monkeypatch: pytest.MonkeyPatch, tmp_p
     nics = opt(with_ssh, "-nic")
     assert nics[0].startswith("tap,ifname=vt-image-1.2,") and nics[1].startswith("user,") and "hostfwd" in nics[1]
 
-    monkeypatch.setattr(vm.os, "getuid", lambda: 1000)
+    monkeypatch.setattr(os, "getuid", lambda: 1000)
     with pytest.raises(MkosiError, match="tap device"):
         vm.qemu_argv(Args(), config, tmp_path)

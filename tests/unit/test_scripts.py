@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+import mkosi.run
 from mkosi import build, scripts
 from mkosi.config.enums import SourceFileTransfer
 from mkosi.config.settings import Args, Config
@@ -56,7 +57,7 @@ def test_failing_build_script_message_has_no_nspawn_command_line(monkeypatch: py
     src.mkdir()
     ctx = ctx_for(tmp_path, build_script=script, build_sources=[ConfigTree(src)],
                   source_file_transfer=SourceFileTransfer.copy_all)
-    real_run = scripts.run
+    real_run = mkosi.run.run
 
     def on_host(argv: list[Any], sandbox: Any = None, **kw: Any) -> Any:
         # Run the copy of the script in the image root on the host instead of in a container.

@@ -196,6 +196,7 @@ def test_genkey_default_common_name(wd: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_genkey_writes_where_the_settings_say(wd: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     (wd / "keys").mkdir()
@@ -203,7 +204,9 @@ def test_genkey_writes_where_the_settings_say(wd: Path) -> None:
     assert run("genkey") == 0
     assert not (wd / "mkosi.secure-boot.key").exists() and not (wd / "mkosi.secure-boot.crt").exists()
     key = load_pem_private_key((wd / "keys/db.key").read_bytes(), password=None)
-    assert key.public_key().public_numbers() == _load_cert(wd / "keys/db.crt").public_key().public_numbers()
+    public, certified = key.public_key(), _load_cert(wd / "keys/db.crt").public_key()
+    assert isinstance(public, rsa.RSAPublicKey) and isinstance(certified, rsa.RSAPublicKey)
+    assert public.public_numbers() == certified.public_numbers()
     assert stat.S_IMODE((wd / "keys/db.key").stat().st_mode) == 0o600
     # The same files are what a Secure Boot build then uses.
     args = resolve("--bootable", "--secure-boot")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, ClassVar, Optional
 
 from mkosi.config.enums import Distribution
 from mkosi.distributions import DistributionPlugin
+from mkosi.sandbox import Sandbox
 
 if TYPE_CHECKING:
     from mkosi.config.settings import Config
@@ -146,6 +147,7 @@ class Debian(DistributionPlugin):
             network=ctx.network if ctx else True,
             repository_directory=config.repository_directory,
             key_check=config.repository_key_check,
+            sandbox=ctx.sandbox if ctx else Sandbox(),
         )
 
     def repositories(self, config: Config) -> list[str]:

@@ -15,14 +15,15 @@ How `install()` builds a root, and where the time goes:
 3. A small scaffold is extracted with `dpkg-deb --fsys-tarfile | tar`: dpkg, sh and the tools dpkg
    insists on, with their libraries. Creating files is what costs most (each one is written again by
    dpkg later), so it is kept that small.
-4. In a chroot of the root (/proc, /sys and /dev mounted, the package directories bind-mounted
-   read-only, a policy-rc.d that forbids starting services, libeatmydata preloaded when the host has it
-   and the image's libc can load it) the image's own dpkg unpacks the essential closure (the
-   `Essential: yes` packages and what they depend on) in one run, forcing their mutual dependencies as
-   every bootstrapper does. Packages without a preinst come first, so all essential tools are on disk
-   by the time the first preinst runs; should one fail anyway, the traditional way (extract the rest
-   with dpkg-deb, unpack again) is the fallback. Then it configures them all, and installs the other
-   packages by replaying apt's plan. Maintainer scripts run as usual (systemd's postinst creates users).
+4. In a chroot sandbox of the root (bubblewrap with the root as /, /proc, /sys and /dev, the package
+   directories bind-mounted read-only, a clean environment, a PID namespace of its own so that nothing
+   a maintainer script starts outlives dpkg, a policy-rc.d that forbids starting services,
+   libeatmydata preloaded when the host has it and the image's libc can load it) the image's own dpkg
+   unpacks the essential closure (the `Essential: yes` packages and what they depend on) in one run,
+   forcing their mutual dependencies as every bootstrapper does. Packages without a preinst come first,
+   so all essential tools are on disk by the time the first preinst runs; should one fail anyway, the
+   traditional way (extract the rest with dpkg-deb, unpack again) is the fallback. Then it configures
+   them all, and installs the other packages by replaying apt's plan. Maintainer scripts run as usual (systemd's postinst creates users).
 
 What gets installed: the `Essential: yes` packages, the requested packages, and their Depends and
 Pre-Depends, without Recommends. That is `mmdebstrap --variant=essential --include=...` rather than its
@@ -123,7 +124,7 @@ def install(cfg: AptConfig, packages: Sequence[str]) -> None:
             plan = _resolve(apt, _request(cfg, packages), decompressor)
             boot = _Bootstrap.of(plan)
             decompressor.first([*boot.scaffold, *boot.base, *plan_debs(plan)])
-            _extract_scaffold(cfg.root, decompressor.copies(boot.scaffold))
+            _extract_scaffold(cfg, decompressor.copies(boot.scaffold))
             _bootstrap(cfg, apt, boot, decompressor)
         prune_uncompressed(apt.uncompressed, apt.archives)
         finish(apt, packages, set(), add_sources=not had_sources)
@@ -176,9 +177,10 @@ class _Bootstrap:
                    rest=plan_without(plan, essential, controls), count=len(debs))
 
 
-def _extract_scaffold(root: Path, scaffold: Sequence[Path]) -> None:
+def _extract_scaffold(cfg: AptConfig, scaffold: Sequence[Path]) -> None:
+    root = cfg.root
     with log.step(f"Extracting {len(scaffold)} packages to run dpkg in the image"):
-        extract(scaffold, root)
+        extract(scaffold, root, cfg.sandbox)
         if not (root / "bin/sh").exists() and not (root / "bin/sh").is_symlink():
             raise MkosiError("the essential packages provide no /bin/sh")
 
@@ -210,7 +212,7 @@ def _unpack_essential(chroot: Chroot, boot: _Bootstrap, decompressor: Decompress
     remaining = decompressor.copies(d for d in boot.base if boot.controls[str(d)]["Package"] not in done)
     log.info(f"Unpacking the essential set failed ({first_error}); "
              f"extracting the {len(remaining)} remaining packages first and trying again")
-    extract(remaining, chroot.root, mounted=True)
+    extract(remaining, chroot.root, chroot.host, mounted=True)
     chroot.dpkg(DpkgOp("unpack", (), tuple(map(str, remaining))), extra=["--force-depends"])
 
 

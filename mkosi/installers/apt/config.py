@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from mkosi.errors import MkosiError
+from mkosi.sandbox import Sandbox
 
 # Where the archive signing keys live on the host, and which package ships them.
 KEYRINGS: dict[str, tuple[str, str]] = {
@@ -38,6 +39,8 @@ class AptConfig:
     network: bool = True
     repository_directory: Optional[Path] = None
     key_check: bool = True                 # RepositoryKeyCheck=no: accept unsigned or unverifiable archives
+    # How host tools (apt-get, dpkg-deb, tar) run; dpkg runs in a chroot sandbox derived from it.
+    sandbox: Sandbox = Sandbox()
 
 
 def check_distribution(cfg: AptConfig) -> None:

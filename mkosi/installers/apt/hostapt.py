@@ -142,7 +142,7 @@ def cache_locked(apt: HostApt) -> Iterator[None]:
 
 def _apt_get(apt: HostApt, args: Sequence[str], what: str) -> str:
     """Run apt-get; return stdout and stderr together (Debug::pkgDPkgPM writes its plan to stderr)."""
-    proc = run(["apt-get", *args], env=apt.env, check=False, capture=True)
+    proc = run(["apt-get", *args], sandbox=apt.cfg.sandbox, env=apt.env, check=False, capture=True)
     text = f"{proc.stdout}\n{proc.stderr}"
     if log.debug_enabled():
         log.debug(text.strip())

@@ -17,6 +17,7 @@ from mkosi.installers.apt.chroot import HELPER_DIR
 from mkosi.installers.apt.debs import data_member
 from mkosi.installers.apt.plan import DpkgOp
 from mkosi.run import require_tool, run
+from mkosi.sandbox import Sandbox
 
 # Never part of the scaffold: dpkg writes what belongs in the image itself.
 _SCAFFOLD_EXCLUDES = ("./usr/share/doc", "./usr/share/man", "./usr/share/info", "./usr/share/locale",
@@ -189,10 +190,12 @@ def prune_uncompressed(store: Path, archives: Path) -> None:
                 p.unlink()
 
 
-def extract(debs: Sequence[Path], root: Path, mounted: bool = False) -> None:
-    """Unpack the scaffold: several dpkg-deb | tar pipelines in parallel, balanced by package size.
+def extract(debs: Sequence[Path], root: Path, sandbox: Sandbox, mounted: bool = False) -> None:
+    """Unpack the scaffold: several dpkg-deb | tar pipelines in parallel, balanced by package size, on
+    the host (in `sandbox`).
 
-    With `mounted`, the API file systems are mounted in the root and left alone."""
+    With `mounted`, the root is in use by dpkg: its API file system mount points and the helper
+    directory are left alone."""
     workers = max(1, min(4, os.cpu_count() or 1, len(debs)))
     buckets: list[list[Path]] = [[] for _ in range(workers)]
     sizes = [0] * workers
@@ -208,11 +211,11 @@ def extract(debs: Sequence[Path], root: Path, mounted: bool = False) -> None:
         'for deb; do dpkg-deb --fsys-tarfile "$deb"; done | '
         f'tar -x --ignore-zeros --keep-directory-symlink --skip-old-files {excludes} -C "$ROOT" -f -'
     )
-    require_tool("dpkg-deb")
-    require_tool("tar")
+    require_tool("dpkg-deb", sandbox)
+    require_tool("tar", sandbox)
 
     def one(bucket: list[Path]) -> None:
-        run(["bash", "-c", script, "extract", *bucket], env={"ROOT": str(root)}, capture=True)
+        run(["bash", "-c", script, "extract", *bucket], sandbox=sandbox, env={"ROOT": str(root)}, capture=True)
 
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         for fut in [pool.submit(one, b) for b in buckets if b]:

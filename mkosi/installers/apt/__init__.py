@@ -23,7 +23,8 @@ How `install()` builds a root, and where the time goes:
    forcing their mutual dependencies as every bootstrapper does. Packages without a preinst come first,
    so all essential tools are on disk by the time the first preinst runs; should one fail anyway, the
    traditional way (extract the rest with dpkg-deb, unpack again) is the fallback. Then it configures
-   them all, and installs the other packages by replaying apt's plan. Maintainer scripts run as usual (systemd's postinst creates users).
+   them all, and installs the other packages by replaying apt's plan. Maintainer scripts run as usual
+   (systemd's postinst creates users).
 
 What gets installed: the `Essential: yes` packages, the requested packages, and their Depends and
 Pre-Depends, without Recommends. That is `mmdebstrap --variant=essential --include=...` rather than its

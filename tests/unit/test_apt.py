@@ -6,6 +6,7 @@ import fnmatch
 import io
 import lzma
 import os
+import subprocess
 import tarfile
 import threading
 from pathlib import Path
@@ -16,12 +17,15 @@ import pytest
 from mkosi.errors import MkosiError
 from mkosi.installers import apt
 from mkosi.installers.apt import AptConfig, DpkgOp, unpack
+from mkosi.installers.apt import chroot as chroot_module
+from mkosi.installers.apt import hostapt as hostapt_module
 from mkosi.installers.apt.debs import Archives, data_member, read_control_archive
-from mkosi.installers.apt.hostapt import setup_apt
+from mkosi.installers.apt.hostapt import HostApt, setup_apt
 from mkosi.installers.apt.plan import essential_unpack_order, format_op, plan_without
 from mkosi.installers.apt.repositories import _uri_to_filename, list_prefixes
 from mkosi.installers.apt.root import prepare_root, strip_package_spec, write_extended_states
 from mkosi.installers.apt.unpack import Decompressor, prune_uncompressed, uncompressed_copies
+from mkosi.sandbox import Mode, Mount, Sandbox
 
 
 def config(tmp_path: Path, **kwargs: Any) -> AptConfig:
@@ -714,3 +718,123 @@ def test_repository_key_check_off_for_apt(tmp_path: Path) -> None:
     for option in ("Acquire::AllowInsecureRepositories", "APT::Get::AllowUnauthenticated"):
         assert option not in checked
         assert f'{option} "true";' in unchecked
+
+
+# ---------------------------------------------------------------------------------------------------
+# The chroot sandbox of dpkg and the sandbox of the host tools
+
+
+class Recorder:
+    """Stands in for mkosi.run.run: records each command with its sandbox."""
+
+    def __init__(self, stderr: str = "") -> None:
+        self.calls: list[tuple[list[str], Sandbox]] = []
+        self.stderr = stderr
+
+    def __call__(self, argv: Any, *, sandbox: Sandbox, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        self.calls.append(([str(a) for a in argv], sandbox))
+        return subprocess.CompletedProcess(argv, 0, "", self.stderr)
+
+
+def apt_dirs(tmp_path: Path) -> HostApt:
+    archives, uncompressed = tmp_path / "cache/archives", tmp_path / "cache/uncompressed"
+    archives.mkdir(parents=True)
+    uncompressed.mkdir(parents=True)
+    return HostApt(cfg=config(tmp_path), conf=tmp_path / "apt.conf", lists=tmp_path / "lists",
+                   archives=archives, uncompressed=uncompressed, status=tmp_path / "status")
+
+
+def test_dpkg_runs_in_a_chroot_sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    host = Sandbox(search_paths=(tmp_path / "bin",))
+    cfg = config(tmp_path, sandbox=host)
+    cfg.root.mkdir()
+    hostapt = apt_dirs(tmp_path)
+    recorder = Recorder()
+    monkeypatch.setattr(chroot_module, "run", recorder)
+    monkeypatch.setattr(chroot_module, "_host_eatmydata", lambda: None)
+    with chroot_module.open_chroot(cfg, hostapt) as chroot:
+        chroot.dpkg(DpkgOp("unpack", (), (str(hostapt.uncompressed / "a.deb"),)))
+        chroot.dpkg(DpkgOp("configure", (), ("--pending",)))
+    [(unpack_argv, sb), (configure_argv, _)] = recorder.calls
+    # The command line is dpkg's alone: no chroot, no env -i, no mounts.
+    assert unpack_argv[0] == "dpkg" and unpack_argv[-1] == "/.mkosi-apt/uncompressed/a.deb"
+    assert configure_argv[-2:] == ["--configure", "--pending"]
+    assert sb.mode == Mode.chroot and sb.root == cfg.root.absolute()
+    assert sb.api_filesystems and sb.private_pids and sb.clear_env
+    assert sb.search_paths == host.search_paths
+    env = sb.environment
+    assert env["PATH"].startswith("/usr/local/sbin") and env["DEBIAN_FRONTEND"] == "noninteractive"
+    assert "LD_PRELOAD" not in env
+    assert set(sb.mounts) == {Mount(hostapt.archives, "/.mkosi-apt/archives", readonly=True),
+                              Mount(hostapt.uncompressed, "/.mkosi-apt/uncompressed", readonly=True)}
+    argv = sb.argv(["dpkg"])
+    assert argv[:4] == ["bwrap", "--bind", str(cfg.root.absolute()), "/"]
+    assert "--unshare-pid" in argv and "--proc" in argv
+    assert ["--ro-bind", str(hostapt.archives), "/.mkosi-apt/archives"] == \
+        argv[argv.index(str(hostapt.archives)) - 1:argv.index(str(hostapt.archives)) + 2]
+
+
+def test_chroot_cleans_up_after_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = config(tmp_path)
+    cfg.root.mkdir()
+    recorder = Recorder()
+    monkeypatch.setattr(chroot_module, "run", recorder)
+    monkeypatch.setattr(chroot_module, "_host_eatmydata", lambda: None)
+    policy = cfg.root / "usr/sbin/policy-rc.d"
+    with pytest.raises(MkosiError), chroot_module.open_chroot(cfg, apt_dirs(tmp_path)) as chroot:
+        assert policy.read_text().endswith("exit 101\n") and policy.stat().st_mode & 0o111
+        assert (cfg.root / ".mkosi-apt").is_dir()
+        chroot.dpkg(DpkgOp("unpack", (), (str(tmp_path / "elsewhere/a.deb"),)))
+    assert not policy.exists() and not (cfg.root / ".mkosi-apt").exists()
+    assert recorder.calls == []
+
+
+def test_chroot_keeps_the_trees_own_policy_rc_d(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = config(tmp_path)
+    policy = cfg.root / "usr/sbin/policy-rc.d"
+    policy.parent.mkdir(parents=True)
+    policy.write_text("#!/bin/sh\nexit 0\n")
+    monkeypatch.setattr(chroot_module, "_host_eatmydata", lambda: None)
+    with chroot_module.open_chroot(cfg, apt_dirs(tmp_path)):
+        assert policy.read_text() == "#!/bin/sh\nexit 0\n"
+    assert policy.read_text() == "#!/bin/sh\nexit 0\n"
+
+
+@pytest.mark.parametrize("probe_stderr", ["", "ERROR: ld.so: object cannot be preloaded"])
+def test_eatmydata_through_the_sandbox_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   probe_stderr: str) -> None:
+    lib = tmp_path / "libeatmydata.so.1"
+    lib.write_bytes(b"\x7fELF")
+    cfg = config(tmp_path)
+    cfg.root.mkdir()
+    recorder = Recorder(stderr=probe_stderr)
+    monkeypatch.setattr(chroot_module, "run", recorder)
+    monkeypatch.setattr(chroot_module, "_host_eatmydata", lambda: lib)
+    monkeypatch.setattr(chroot_module, "_host_architecture", lambda sandbox: "amd64")
+    with chroot_module.open_chroot(cfg, apt_dirs(tmp_path)) as chroot:
+        assert (cfg.root / ".mkosi-apt/libeatmydata.so.1").read_bytes() == b"\x7fELF"
+        chroot.dpkg(DpkgOp("configure", (), ("--pending",)))
+    [(probe, probe_sb), (_, dpkg_sb)] = recorder.calls
+    assert probe == ["/bin/true"] and probe_sb.clear_env
+    assert probe_sb.environment["LD_PRELOAD"] == "libeatmydata.so.1"
+    assert probe_sb.environment["LD_LIBRARY_PATH"] == "/.mkosi-apt"
+    assert not any("LD_PRELOAD" in a for a in probe_sb.argv(probe))   # never on the command line
+    if probe_stderr:
+        assert "LD_PRELOAD" not in dpkg_sb.environment
+    else:
+        assert dpkg_sb == probe_sb
+
+
+def test_host_tools_run_in_the_configured_sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    host = Sandbox(search_paths=(tmp_path / "bin",))
+    hostapt = apt_dirs(tmp_path)
+    hostapt.cfg = config(tmp_path, sandbox=host)
+    recorder = Recorder()
+    monkeypatch.setattr(hostapt_module, "run", recorder)
+    hostapt_module._apt_get(hostapt, ["install", "x"], "installing")
+    monkeypatch.setattr(unpack, "run", recorder)
+    monkeypatch.setattr(unpack, "require_tool", lambda name, sandbox: name)
+    deb = tmp_path / "a.deb"
+    deb.write_bytes(b"x")
+    unpack.extract([deb], tmp_path / "root", host)
+    assert [(argv[0], sb) for argv, sb in recorder.calls] == [("apt-get", host), ("bash", host)]

@@ -7,6 +7,8 @@ The package cache persists in $MKOSI_TEST_CACHE (default /var/cache/mkosi-tests)
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,8 @@ import pytest
 
 from mkosi.errors import MkosiError
 from mkosi.installers import apt
+from mkosi.installers.apt.chroot import HELPER_DIR, Chroot
+from mkosi.sandbox import Sandbox
 
 pytestmark = [
     pytest.mark.integration,
@@ -142,6 +146,39 @@ def test_install_more_and_remove(built_root: Path, tmp_path: Path) -> None:
     assert not (built_root / "usr/bin/less").exists()
     assert "less" not in {p.name for p in apt.installed_packages(built_root)}
     assert mounts_below(built_root) == []
+
+
+def host_processes(argv: list[str]) -> list[int]:
+    wanted = "\0".join(argv).encode() + b"\0"
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes() == wanted:
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_chroot_sandbox_stops_leftovers_and_preloads_eatmydata(built_root: Path) -> None:
+    """What a maintainer script leaves running dies with dpkg; libeatmydata is loaded by the root's
+    programs when the host has it; nothing stays mounted in the root."""
+    (built_root / HELPER_DIR).mkdir()
+    try:
+        chroot = Chroot(built_root, {}, Sandbox())
+        chroot.enable_eatmydata("amd64")
+        proc = chroot.run(["sh", "-c", "sleep 4711 >/dev/null 2>&1 & grep -c libeatmydata /proc/self/maps || true"])
+        leftovers = host_processes(["sleep", "4711"])
+        for pid in leftovers:
+            os.kill(pid, signal.SIGKILL)
+        assert leftovers == []
+        assert mounts_below(built_root) == []
+        if Path("/usr/lib/x86_64-linux-gnu/libeatmydata.so.1").exists():
+            assert proc.stdout.strip() != "0", proc.stderr
+        assert proc.stderr == ""
+    finally:
+        shutil.rmtree(built_root / HELPER_DIR)
 
 
 def test_unknown_package(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -169,7 +170,11 @@ def test_chroot_sandbox_stops_leftovers_and_preloads_eatmydata(built_root: Path)
         chroot = Chroot(built_root, {}, Sandbox())
         chroot.enable_eatmydata("amd64")
         proc = chroot.run(["sh", "-c", "sleep 4711 >/dev/null 2>&1 & grep -c libeatmydata /proc/self/maps || true"])
-        leftovers = host_processes(["sleep", "4711"])
+        # bubblewrap returns as soon as the command exits; the rest of its PID namespace is killed
+        # right after that, asynchronously.
+        deadline = time.monotonic() + 5
+        while (leftovers := host_processes(["sleep", "4711"])) and time.monotonic() < deadline:
+            time.sleep(0.01)
         for pid in leftovers:
             os.kill(pid, signal.SIGKILL)
         assert leftovers == []

@@ -7,7 +7,6 @@ The package cache persists in $MKOSI_TEST_CACHE (default /var/cache/mkosi-tests)
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -18,8 +17,8 @@ import pytest
 
 from mkosi.errors import MkosiError
 from mkosi.installers import apt
-from mkosi.installers.apt.chroot import HELPER_DIR, Chroot
-from mkosi.sandbox import Sandbox
+from mkosi.installers.apt.chroot import HELPER_DIR, open_chroot
+from mkosi.installers.apt.hostapt import HostApt
 
 pytestmark = [
     pytest.mark.integration,
@@ -164,11 +163,14 @@ def host_processes(argv: list[str]) -> list[int]:
 
 def test_chroot_sandbox_stops_leftovers_and_preloads_eatmydata(built_root: Path) -> None:
     """What a maintainer script leaves running dies with dpkg; libeatmydata is loaded by the root's
-    programs when the host has it; nothing stays mounted in the root."""
-    (built_root / HELPER_DIR).mkdir()
-    try:
-        chroot = Chroot(built_root, {}, Sandbox())
-        chroot.enable_eatmydata("amd64")
+    programs when the host has it; ischroot says yes; nothing stays in or mounted on the root."""
+    cfg = bookworm(built_root, built_root.parent / "ws")
+    hostapt = HostApt(cfg=cfg, conf=Path("/nonexistent"), lists=Path("/nonexistent"),
+                      archives=cache_dir() / "apt/archives", uncompressed=cache_dir() / "apt/uncompressed",
+                      status=Path("/nonexistent"))
+    with open_chroot(cfg, hostapt) as chroot:
+        # The sandbox's PID namespace must not make maintainer scripts take it for a booted system.
+        assert chroot.run(["sh", "-c", "ischroot"], check=False).returncode == 0
         proc = chroot.run(["sh", "-c", "sleep 4711 >/dev/null 2>&1 & grep -c libeatmydata /proc/self/maps || true"])
         # bubblewrap returns as soon as the command exits; the rest of its PID namespace is killed
         # right after that, asynchronously.
@@ -178,12 +180,11 @@ def test_chroot_sandbox_stops_leftovers_and_preloads_eatmydata(built_root: Path)
         for pid in leftovers:
             os.kill(pid, signal.SIGKILL)
         assert leftovers == []
-        assert mounts_below(built_root) == []
         if Path("/usr/lib/x86_64-linux-gnu/libeatmydata.so.1").exists():
             assert proc.stdout.strip() != "0", proc.stderr
         assert proc.stderr == ""
-    finally:
-        shutil.rmtree(built_root / HELPER_DIR)
+    assert mounts_below(built_root) == []
+    assert not (built_root / HELPER_DIR).exists()
 
 
 def test_unknown_package(tmp_path: Path) -> None:

@@ -763,7 +763,8 @@ def test_dpkg_runs_in_a_chroot_sandbox(tmp_path: Path, monkeypatch: pytest.Monke
     assert sb.api_filesystems and sb.private_pids and sb.clear_env
     assert sb.search_paths == host.search_paths
     env = sb.environment
-    assert env["PATH"].startswith("/usr/local/sbin") and env["DEBIAN_FRONTEND"] == "noninteractive"
+    assert env["PATH"].startswith("/.mkosi-apt/bin:/usr/local/sbin")
+    assert env["DEBIAN_FRONTEND"] == "noninteractive"
     assert "LD_PRELOAD" not in env
     assert set(sb.mounts) == {Mount(hostapt.archives, "/.mkosi-apt/archives", readonly=True),
                               Mount(hostapt.uncompressed, "/.mkosi-apt/uncompressed", readonly=True)}
@@ -783,7 +784,9 @@ def test_chroot_cleans_up_after_itself(tmp_path: Path, monkeypatch: pytest.Monke
     policy = cfg.root / "usr/sbin/policy-rc.d"
     with pytest.raises(MkosiError), chroot_module.open_chroot(cfg, apt_dirs(tmp_path)) as chroot:
         assert policy.read_text().endswith("exit 101\n") and policy.stat().st_mode & 0o111
-        assert (cfg.root / ".mkosi-apt").is_dir()
+        # Maintainer scripts asking ischroot are told that this is a chroot.
+        ischroot = cfg.root / ".mkosi-apt/bin/ischroot"
+        assert ischroot.read_text().endswith("exit 0\n") and ischroot.stat().st_mode & 0o111
         chroot.dpkg(DpkgOp("unpack", (), (str(tmp_path / "elsewhere/a.deb"),)))
     assert not policy.exists() and not (cfg.root / ".mkosi-apt").exists()
     assert recorder.calls == []

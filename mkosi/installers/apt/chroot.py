@@ -23,7 +23,13 @@ from mkosi.sandbox import Mount, Sandbox
 HELPER_DIR = ".mkosi-apt"
 
 
-_CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The helper directory's bin comes first: it holds an `ischroot` that says yes. In dpkg's PID namespace
+# /proc/1 is the sandbox's own init, rooted in the image, so Debian's ischroot would take the sandbox
+# for a booted system, and e.g. libc6's postinst would then try to re-exec init and sleep a second.
+_CHROOT_PATH = f"/{HELPER_DIR}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+_ISCHROOT = "#!/bin/sh\n# Written by mkosi while packages are installed: this is a chroot.\nexit 0\n"
 
 
 # Options for every dpkg run: no fsync per file (the image is written out later anyway) and keep
@@ -137,7 +143,9 @@ def open_chroot(cfg: AptConfig, apt: HostApt) -> Iterator[Chroot]:
             policy.parent.mkdir(parents=True, exist_ok=True)
             policy.write_text(_POLICY_RC_D)
             policy.chmod(0o755)
-        helper.mkdir(exist_ok=True)
+        (helper / "bin").mkdir(parents=True, exist_ok=True)
+        (helper / "bin/ischroot").write_text(_ISCHROOT)
+        (helper / "bin/ischroot").chmod(0o755)
         chroot = Chroot(root, package_dirs, cfg.sandbox)
         chroot.enable_eatmydata(cfg.architecture)
         yield chroot

@@ -12,7 +12,9 @@ from typing import Optional
 
 from mkosi import log
 from mkosi.context import Context
+from mkosi.distributions.registry import plugin
 from mkosi.installers.base import PackageInfo
+from mkosi.sbom import ImageInfo, cyclonedx_document, dumps, spdx_document, with_licenses
 
 
 def manifest_dict(ctx: Context, packages: list[PackageInfo]) -> dict[str, object]:
@@ -52,8 +54,6 @@ def wants_sbom(ctx: Context) -> bool:
 def write_manifests(ctx: Context) -> None:
     """Runs before the package databases may be cleaned away: writes the JSON and changelog
     manifests, and keeps the package list (with licences) for the SBOMs written after the output."""
-    from mkosi.distributions.registry import plugin
-    from mkosi.sbom import with_licenses
 
     config = ctx.config
     if config.output_manifest_json is None and config.output_changelog is None and not wants_sbom(ctx):
@@ -86,7 +86,6 @@ def source_date_epoch() -> Optional[int]:
 
 def write_sboms(ctx: Context, made: list[Path]) -> list[Path]:
     """After the output exists: the SPDX and CycloneDX documents, with the output's own checksum."""
-    from mkosi.sbom import ImageInfo, cyclonedx_document, dumps, spdx_document
 
     config = ctx.config
     saved = _sbom_packages_path(ctx)

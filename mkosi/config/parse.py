@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         help=shown.replace("%", "%%"), **optional)
             if s.choices:
                 try:
-                    from argcomplete.completers import ChoicesCompleter
+                    # Optional: completion needs argcomplete; parsing does not.
+                    from argcomplete.completers import ChoicesCompleter  # noqa: PLC0415
 
                     action.completer = ChoicesCompleter(list(s.choices))  # type: ignore[attr-defined,arg-type]
                 except ImportError:
@@ -137,7 +138,8 @@ def build_completion_parser() -> argparse.ArgumentParser:
     # zsh shows the descriptions next to the verbs; bash uses the names only.
     verb.completer = lambda **_: {v.value: VERB_HELP[v] for v in Verb}  # type: ignore[attr-defined]
     try:
-        from argcomplete.completers import SuppressCompleter
+        # Optional, as above.
+        from argcomplete.completers import SuppressCompleter  # noqa: PLC0415
 
         rest = parser.add_argument("arguments", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
         rest.completer = SuppressCompleter()  # type: ignore[attr-defined]

@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, ClassVar, Optional
 
 from mkosi.config.enums import Distribution
 from mkosi.distributions import DistributionPlugin
+from mkosi.installers import apt
+from mkosi.installers.apt import AptConfig, default_mirror, repository_lines
+from mkosi.installers.base import PackageInfo
 from mkosi.sandbox import Sandbox
 
 if TYPE_CHECKING:
@@ -123,12 +126,10 @@ class Debian(DistributionPlugin):
     uefi_packages = ("systemd-boot-efi",)
 
     def default_mirror(self, arch: str) -> Optional[str]:
-        from mkosi.installers.apt import default_mirror
 
         return default_mirror(self.distribution.value, DPKG_ARCH.get(arch, arch))
 
     def apt_config(self, config: Config, ctx: Optional[Context] = None) -> AptConfig:
-        from mkosi.installers.apt import AptConfig
 
         known = {"main", "contrib", "non-free", "non-free-firmware", "restricted", "universe", "multiverse"}
         components = list(self.components) + [r for r in config.repositories if r in known and r not in self.components]
@@ -151,7 +152,6 @@ class Debian(DistributionPlugin):
         )
 
     def repositories(self, config: Config) -> list[str]:
-        from mkosi.installers.apt import repository_lines
 
         return repository_lines(self.apt_config(config))
 
@@ -165,26 +165,21 @@ class Debian(DistributionPlugin):
         return pkgs
 
     def install(self, ctx: Context, packages: list[str]) -> None:
-        from mkosi.installers import apt
 
         with kernel_hooks_disabled(ctx.root):
             apt.install(self.apt_config(ctx.config, ctx), packages)
 
     def remove_packages(self, ctx: Context, packages: list[str]) -> None:
-        from mkosi.installers import apt
 
         apt.remove(self.apt_config(ctx.config, ctx), packages)
 
     def installed_packages(self, ctx: Context) -> list[PackageInfo]:
-        from mkosi.installers import apt
-        from mkosi.installers.base import PackageInfo
 
         return [PackageInfo(type="deb", name=p.name, version=p.version, architecture=p.architecture,
                             size=p.installed_size, source=p.source, source_version=p.source_version)
                 for p in apt.installed_packages(ctx.root)]
 
     def clean_package_metadata(self, ctx: Context, force: bool) -> None:
-        from mkosi.installers import apt
 
         apt.clean_metadata(ctx.root)
 

@@ -199,7 +199,7 @@ class FakePlugin:
 
 def test_written_next_to_the_json_manifest_with_the_output_checksum(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("mkosi.distributions.registry.plugin", lambda d: FakePlugin())
+    monkeypatch.setattr("mkosi.manifest.plugin", lambda d: FakePlugin())
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     out = tmp_path / "out"
     config = dataclasses.replace(

@@ -351,6 +351,26 @@ def qemu_command(
     virtio NIC; `ssh_port` forwards 127.0.0.1:ssh_port to the guest's port guest_ssh_port through it.
     `extra_args` go last.
     """
+    _check_options(boot, fmt, arch, kernel, image, ssh_port, netdev)
+    argv = [f"qemu-system-{arch}", *_machine_args(arch, boot, secure_boot, kvm, smp, mem, headless)]
+    if boot == "uefi":
+        argv += _uefi_args(arch, secure_boot, ovmf_code, ovmf_vars_copy, firmware_root)
+    elif arch == "x86_64":
+        argv += ["-bios", os.fspath(find_seabios(firmware_root))]
+    if boot == "linux":
+        assert kernel is not None
+        argv += _kernel_args(kernel, initrd, cmdline, headless, arch)
+    if image is not None:
+        argv += [
+            "-drive", f"if=none,id=disk0,format={fmt},discard=unmap,file={_qemu_escape(image)}",
+            "-device", "virtio-blk-pci,drive=disk0,bootindex=1",
+        ]  # fmt: skip
+    argv += _network_args(tap, netdev, ssh_port, guest_ssh_port)
+    return [*argv, *extra_args]
+
+
+def _check_options(boot: str, fmt: str, arch: str, kernel: Path | None, image: Path | None, ssh_port: int | None,
+                   netdev: bool) -> None:
     if boot not in _BOOT_MODES:
         raise MkosiError(f"unknown boot mode {boot!r}, expected one of {', '.join(_BOOT_MODES)}")
     if fmt not in _FORMATS:
@@ -366,73 +386,57 @@ def qemu_command(
     if ssh_port is not None and not netdev:
         raise MkosiError("forwarding the SSH port needs networking")
 
-    argv: list[str] = [f"qemu-system-{arch}"]
-    if arch == "x86_64":
-        machine = "q35"
-        if boot == "uefi" and secure_boot:
-            machine += ",smm=on"
-    else:
-        machine = "virt"
-        if kvm:
-            machine += ",gic-version=max"
-    argv += ["-machine", machine]
-    argv += ["-accel", "kvm" if kvm else "tcg"]
-    argv += ["-cpu", "host" if kvm else "max"]
-    argv += ["-smp", smp, "-m", mem]
-    argv += ["-object", "rng-random,filename=/dev/urandom,id=rng0", "-device", "virtio-rng-pci,rng=rng0"]
 
+def _machine_args(arch: str, boot: str, secure_boot: bool, kvm: bool, smp: str, mem: str, headless: bool) -> list[str]:
+    if arch == "x86_64":
+        machine = "q35" + (",smm=on" if boot == "uefi" and secure_boot else "")
+    else:
+        machine = "virt" + (",gic-version=max" if kvm else "")
+    argv = ["-machine", machine, "-accel", "kvm" if kvm else "tcg", "-cpu", "host" if kvm else "max",
+            "-smp", smp, "-m", mem,
+            "-object", "rng-random,filename=/dev/urandom,id=rng0", "-device", "virtio-rng-pci,rng=rng0"]
     if headless:
         argv += ["-nographic"]
     elif arch == "aarch64":
         argv += ["-device", "virtio-gpu-pci"]
+    return argv
 
-    if boot == "uefi":
-        if ovmf_code is not None:
-            code = ovmf_code
-            template = None
-        else:
-            code, template = find_ovmf(arch, secure_boot=secure_boot, root=firmware_root)
-        if secure_boot and arch == "x86_64":
-            argv += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
-        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={_qemu_escape(code)}"]
-        if ovmf_vars_copy is not None:
-            argv += ["-drive", f"if=pflash,format=raw,unit=1,file={_qemu_escape(ovmf_vars_copy)}"]
-        else:
-            if template is None:
-                _, template = find_ovmf(arch, secure_boot=secure_boot, root=firmware_root)
-            argv += ["-drive", f"if=pflash,format=raw,unit=1,snapshot=on,file={_qemu_escape(template)}"]
-    elif arch == "x86_64":
-        argv += ["-bios", os.fspath(find_seabios(firmware_root))]
 
-    if boot == "linux":
-        assert kernel is not None
-        argv += ["-kernel", os.fspath(kernel)]
-        if initrd is not None:
-            argv += ["-initrd", os.fspath(initrd)]
-        append = (cmdline or "").split()
-        if headless and not any(w.startswith("console=") for w in append):
-            append.append("console=ttyS0" if arch == "x86_64" else "console=ttyAMA0")
-        if append:
-            argv += ["-append", " ".join(append)]
+def _uefi_args(arch: str, secure_boot: bool, ovmf_code: Path | None, ovmf_vars_copy: Path | None,
+               firmware_root: Path) -> list[str]:
+    """OVMF from pflash: the code read-only, the variables from the copy, or from the template opened with
+    snapshot=on so that it is never modified."""
+    if ovmf_code is not None:
+        code, template = ovmf_code, None
+    else:
+        code, template = find_ovmf(arch, secure_boot=secure_boot, root=firmware_root)
+    argv = ["-global", "driver=cfi.pflash01,property=secure,value=on"] if secure_boot and arch == "x86_64" else []
+    argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={_qemu_escape(code)}"]
+    if ovmf_vars_copy is not None:
+        return [*argv, "-drive", f"if=pflash,format=raw,unit=1,file={_qemu_escape(ovmf_vars_copy)}"]
+    if template is None:
+        _, template = find_ovmf(arch, secure_boot=secure_boot, root=firmware_root)
+    return [*argv, "-drive", f"if=pflash,format=raw,unit=1,snapshot=on,file={_qemu_escape(template)}"]
 
-    if image is not None:
-        argv += [
-            "-drive", f"if=none,id=disk0,format={fmt},discard=unmap,file={_qemu_escape(image)}",
-            "-device", "virtio-blk-pci,drive=disk0,bootindex=1",
-        ]  # fmt: skip
 
-    if tap is not None:
-        argv += ["-nic", f"tap,ifname={tap},script=no,downscript=no,model=virtio-net-pci"]
+def _kernel_args(kernel: Path, initrd: Path | None, cmdline: str | None, headless: bool, arch: str) -> list[str]:
+    argv = ["-kernel", os.fspath(kernel)]
+    if initrd is not None:
+        argv += ["-initrd", os.fspath(initrd)]
+    append = (cmdline or "").split()
+    if headless and not any(w.startswith("console=") for w in append):
+        append.append("console=ttyS0" if arch == "x86_64" else "console=ttyAMA0")
+    return [*argv, "-append", " ".join(append)] if append else argv
+
+
+def _network_args(tap: str | None, netdev: bool, ssh_port: int | None, guest_ssh_port: int) -> list[str]:
+    argv = ["-nic", f"tap,ifname={tap},script=no,downscript=no,model=virtio-net-pci"] if tap is not None else []
     if netdev:
         nic = "user,model=virtio-net-pci"
         if ssh_port is not None:
             nic += f",hostfwd=tcp:127.0.0.1:{ssh_port}-:{guest_ssh_port}"
-        argv += ["-nic", nic]
-    elif tap is None:
-        argv += ["-nic", "none"]
-
-    argv += list(extra_args)
-    return argv
+        return [*argv, "-nic", nic]
+    return argv if tap is not None else ["-nic", "none"]
 
 
 def tap_name(machine: str) -> str:

@@ -309,102 +309,31 @@ def build_disk(spec: DiskSpec) -> DiskResult:
     arch = gpt.normalize_arch(spec.arch) if spec.arch else gpt.host_arch()
     spec.workspace.mkdir(parents=True, exist_ok=True)
     b = _Builder(spec)
-    base = _label_base(spec)
     main = "usr" if spec.usr_only else "root"
 
     partitions: list[Partition] = []
-    roothash: str | None = None
-    signature: bytes | None = None
-
     if spec.bios_boot:
         partitions.append(Partition("bios-boot", "BIOS boot", size=spec.bios_size or BIOS_BOOT_SIZE))
-
     if spec.esp_size is not None or spec.esp_tree is not None:
-        esp = spec.workspace / "esp.raw"
-        fs.make_vfat(esp, spec.esp_size or DEFAULT_ESP_SIZE, "ESP", seed=spec.seed)
-        if spec.esp_tree is not None:
-            fs.populate_vfat(esp, spec.esp_tree)
-        b.images["esp"] = esp
-        b.filesystems["esp"] = "vfat"
-        partitions.append(Partition("esp", "ESP", source=esp))
-
-    split = [n for n, size in (("home", spec.home_size), ("srv", spec.srv_size)) if size is not None]
-    data_fs = spec.data_fs or (spec.root_fs if spec.root_fs in DATA_FILESYSTEMS else "ext4")
-    data_parts: list[Partition] = []
-
-    with split_out_dirs(spec.tree, [] if spec.usr_only else split, spec.workspace) as moved:
-        src = spec.tree / "usr" if spec.usr_only else spec.tree
-        main_image = b.make_fs(main, spec.root_fs, src, spec.root_size)
-
-        for name in split:
-            size = spec.home_size if name == "home" else spec.srv_size
-            dsrc = moved.get(name, spec.tree / name)
-            if not dsrc.exists():
-                dsrc = spec.workspace / f"empty-{name}"
-                dsrc.mkdir(exist_ok=True)
-            image = b.make_fs(name, data_fs, dsrc, size)
-            if spec.encrypt in ("all", "data"):
-                b.encrypt(name, image)
-            data_parts.append(Partition(name, name, source=image, growfs=spec.growfs))
-
-    read_only = spec.read_only or spec.verity != "none" or spec.root_fs == "squashfs"
-    growfs = spec.growfs and not read_only
-    main_label = main_partition_label(spec)
-
+        partitions.append(_esp_partition(spec, b))
+    main_image, data_parts = _file_systems(spec, b, main)
+    roothash: str | None = None
+    signature: bytes | None = None
     if spec.verity != "none":
-        hash_image = spec.workspace / f"{main}.verity"
-        roothash = verity.make_verity(main_image, hash_image, seed=spec.seed)
-        data_uuid, hash_uuid = verity.roothash_uuids(roothash)
-        b.images[f"{main}-verity"] = hash_image
-        partitions.append(Partition(main, main_label, source=main_image, uuid=uuid.UUID(data_uuid), read_only=True))
-        partitions.append(
-            Partition(
-                f"{main}-verity",
-                base or f"{main}-{arch}-verity",
-                source=hash_image,
-                uuid=uuid.UUID(hash_uuid),
-                read_only=True,
-            )
-        )
-        if spec.verity == "signed":
-            assert spec.verity_key is not None and spec.verity_cert is not None
-            with log.step(f"Signing the {main} verity root hash"):
-                signature = verity.sign_roothash(roothash, spec.verity_key, spec.verity_cert)
-                blob = verity.signature_partition_blob(roothash, signature, spec.verity_cert)
-            sig_image = spec.workspace / f"{main}.verity-sig"
-            sig_image.write_bytes(blob)
-            b.images[f"{main}-verity-sig"] = sig_image
-            partitions.append(
-                Partition(
-                    f"{main}-verity-sig",
-                    base or f"{main}-{arch}-verity-sig",
-                    source=sig_image,
-                    uuid=gpt.derive_uuid(bytes.fromhex(roothash), "verity-signature"),
-                    read_only=True,
-                )
-            )
+        verity_parts, roothash, signature = _verity_partitions(spec, b, main, main_image, arch)
+        partitions += verity_parts
     else:
+        read_only = spec.read_only or spec.root_fs == "squashfs"
         if spec.encrypt == "all":
             b.encrypt(main, main_image)
-        partitions.append(Partition(main, main_label, source=main_image, read_only=read_only, growfs=growfs))
-
+        partitions.append(Partition(main, main_partition_label(spec), source=main_image, read_only=read_only,
+                                    growfs=spec.growfs and not read_only))
     partitions.extend(data_parts)
-
     if spec.swap_size is not None:
-        swap = spec.workspace / "swap.raw"
-        fs.make_swap(swap, spec.swap_size, seed=spec.seed)
-        b.images["swap"] = swap
-        b.filesystems["swap"] = "swap"
-        partitions.append(Partition("swap", "swap", source=swap))
+        partitions.append(_swap_partition(spec, b))
 
-    placed = gpt.assemble(
-        spec.output,
-        partitions,
-        first_lba=spec.first_lba,
-        sector=spec.sector_size,
-        arch=arch,
-        seed=spec.seed,
-    )
+    placed = gpt.assemble(spec.output, partitions, first_lba=spec.first_lba, sector=spec.sector_size, arch=arch,
+                          seed=spec.seed)
     return DiskResult(
         output=spec.output,
         partitions=placed,
@@ -417,3 +346,70 @@ def build_disk(spec: DiskSpec) -> DiskResult:
         mount_options=b.mount_options,
         xfs_population=b.xfs_population,
     )
+
+
+def _esp_partition(spec: DiskSpec, b: _Builder) -> Partition:
+    esp = spec.workspace / "esp.raw"
+    fs.make_vfat(esp, spec.esp_size or DEFAULT_ESP_SIZE, "ESP", seed=spec.seed)
+    if spec.esp_tree is not None:
+        fs.populate_vfat(esp, spec.esp_tree)
+    b.images["esp"] = esp
+    b.filesystems["esp"] = "vfat"
+    return Partition("esp", "ESP", source=esp)
+
+
+def _file_systems(spec: DiskSpec, b: _Builder, main: str) -> tuple[Path, list[Partition]]:
+    """The root (or /usr) file system image, and the /home and /srv partitions split out of the tree."""
+    split = [n for n, size in (("home", spec.home_size), ("srv", spec.srv_size)) if size is not None]
+    data_fs = spec.data_fs or (spec.root_fs if spec.root_fs in DATA_FILESYSTEMS else "ext4")
+    data_parts: list[Partition] = []
+    with split_out_dirs(spec.tree, [] if spec.usr_only else split, spec.workspace) as moved:
+        src = spec.tree / "usr" if spec.usr_only else spec.tree
+        main_image = b.make_fs(main, spec.root_fs, src, spec.root_size)
+        for name in split:
+            size = spec.home_size if name == "home" else spec.srv_size
+            dsrc = moved.get(name, spec.tree / name)
+            if not dsrc.exists():
+                dsrc = spec.workspace / f"empty-{name}"
+                dsrc.mkdir(exist_ok=True)
+            image = b.make_fs(name, data_fs, dsrc, size)
+            if spec.encrypt in ("all", "data"):
+                b.encrypt(name, image)
+            data_parts.append(Partition(name, name, source=image, growfs=spec.growfs))
+    return main_image, data_parts
+
+
+def _verity_partitions(spec: DiskSpec, b: _Builder, main: str, main_image: Path,
+                       arch: str) -> tuple[list[Partition], str, bytes | None]:
+    """The data partition, its verity hash partition and, with signed verity, the signature partition."""
+    base = _label_base(spec)
+    hash_image = spec.workspace / f"{main}.verity"
+    roothash = verity.make_verity(main_image, hash_image, seed=spec.seed)
+    data_uuid, hash_uuid = verity.roothash_uuids(roothash)
+    b.images[f"{main}-verity"] = hash_image
+    parts = [
+        Partition(main, main_partition_label(spec), source=main_image, uuid=uuid.UUID(data_uuid), read_only=True),
+        Partition(f"{main}-verity", base or f"{main}-{arch}-verity", source=hash_image, uuid=uuid.UUID(hash_uuid),
+                  read_only=True),
+    ]
+    if spec.verity != "signed":
+        return parts, roothash, None
+    assert spec.verity_key is not None and spec.verity_cert is not None
+    with log.step(f"Signing the {main} verity root hash"):
+        signature = verity.sign_roothash(roothash, spec.verity_key, spec.verity_cert)
+        blob = verity.signature_partition_blob(roothash, signature, spec.verity_cert)
+    sig_image = spec.workspace / f"{main}.verity-sig"
+    sig_image.write_bytes(blob)
+    b.images[f"{main}-verity-sig"] = sig_image
+    parts.append(Partition(f"{main}-verity-sig", base or f"{main}-{arch}-verity-sig", source=sig_image,
+                           uuid=gpt.derive_uuid(bytes.fromhex(roothash), "verity-signature"), read_only=True))
+    return parts, roothash, signature
+
+
+def _swap_partition(spec: DiskSpec, b: _Builder) -> Partition:
+    assert spec.swap_size is not None
+    swap = spec.workspace / "swap.raw"
+    fs.make_swap(swap, spec.swap_size, seed=spec.seed)
+    b.images["swap"] = swap
+    b.filesystems["swap"] = "swap"
+    return Partition("swap", "swap", source=swap)

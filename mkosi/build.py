@@ -28,7 +28,8 @@ from mkosi.distributions.registry import plugin
 from mkosi.errors import MkosiError
 from mkosi.manifest import write_sboms
 from mkosi.mounts import umount_all_below
-from mkosi.outputs import existing_outputs, incremental_cache_paths, output_key_path
+from mkosi.output import artifacts
+from mkosi.output.artifacts import Artifact, incremental_cache_paths, output_key_path, staged
 from mkosi.preflight import (
     WORKSPACE_PREFIX,
     check_writable,
@@ -285,9 +286,7 @@ def configure_ssh(ctx: Context) -> None:
     elif config.ssh_key is not None:
         keys.append(Path(f"{config.ssh_key}.pub").read_text().strip())
     else:
-        assert config.output_sshkey is not None
-        private = ctx.staging / config.output_sshkey.name
-        pub = generate_ssh_keypair(private, f"mkosi {config.image_id or 'image'}")
+        pub = generate_ssh_keypair(staged(ctx, artifacts.SSH_KEY), f"mkosi {config.image_id or 'image'}")
         keys.append(pub.read_text().strip())
     auth = in_image(ctx, "root/.ssh/authorized_keys")
     auth.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -442,57 +441,54 @@ def write_manifest(ctx: Context) -> None:
         write_manifests(ctx)
 
 
-def make_output(ctx: Context) -> list[Path]:
+def make_output(ctx: Context) -> None:
     from mkosi.output.make import make_outputs
 
-    return make_outputs(ctx)
+    make_outputs(ctx)
 
 
-def write_checksums(ctx: Context, artifacts: list[Path]) -> Optional[Path]:
-    config = ctx.config
-    if not config.checksum:
-        return None
-    assert config.output_checksum is not None
-    out = ctx.staging / config.output_checksum.name
-    # The generated private ssh key is a secret handed to the user, not an artifact to publish.
-    secret = {config.output_sshkey.name} if config.output_sshkey is not None else set()
+Staged = list[tuple[Artifact, Path]]
+
+
+def write_checksums(ctx: Context, made: Staged) -> Staged:
+    """SHA256SUMS of the artifacts the table marks as checksummed (never the private ssh key)."""
+    if not artifacts.CHECKSUM.when(ctx.config):
+        return []
+    out = staged(ctx, artifacts.CHECKSUM)
     lines = []
-    for a in sorted(artifacts, key=lambda p: p.name):
-        if a.is_file() and a.name not in secret:
+    for a in sorted((p for art, p in made if art.checksummed), key=lambda p: p.name):
+        if a.is_file():
             h = hashlib.sha256()
             with open(a, "rb") as f:
                 for chunk in iter(lambda: f.read(4 * 1024 * 1024), b""):
                     h.update(chunk)
             lines.append(f"{h.hexdigest()} *{a.name}\n")
     out.write_text("".join(lines))
-    return out
+    return [(artifacts.CHECKSUM, out)]
 
 
-def sign_checksums(ctx: Context, checksums: Optional[Path]) -> Optional[Path]:
+def sign_checksums(ctx: Context, checksums: Staged) -> Staged:
     config = ctx.config
-    if not config.sign or checksums is None:
-        return None
+    if not artifacts.SIGNATURE.when(config) or not checksums:
+        return []
     import gnupg
 
-    assert config.output_signature is not None
-    out = ctx.staging / config.output_signature.name
+    out = staged(ctx, artifacts.SIGNATURE)
     gpg = gnupg.GPG(gnupghome=os.environ.get("GNUPGHOME"))
-    with open(checksums, "rb") as f:
+    with open(checksums[0][1], "rb") as f:
         result = gpg.sign_file(f, keyid=config.key, detach=True, binary=True, output=str(out))
     if not out.exists() or not result:
         raise MkosiError(f"signing SHA256SUMS with gpg failed: {getattr(result, 'stderr', '').strip()[-300:]}",
                          hint="check that the key given with Key= is in the gpg keyring")
-    return out
+    return [(artifacts.SIGNATURE, out)]
 
 
-def move_into_place(config: Config, artifacts: list[Path]) -> None:
+def move_into_place(config: Config, made: Staged) -> None:
     """Replace previous outputs only now that everything succeeded."""
-    outdir = config.output_dir
-    assert outdir is not None and config.output is not None
-    outdir.mkdir(parents=True, exist_ok=True)
-    for a in artifacts:
-        target = config.output if a.name == config.output.name else outdir / a.name
-        replace_path(a, target)
+    for artifact, staged_path in made:
+        target = artifacts.path(config, artifact)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        replace_path(staged_path, target)
         if not config.no_chown:
             chown_to_invoking_user(target)
 
@@ -575,7 +571,7 @@ def build_phase(ctx: Context) -> None:
     run_finalize_script(ctx)
 
 
-def build_image(args: Args, config: Config, ws: Path, cleanup: list[Path]) -> list[Path]:
+def build_image(args: Args, config: Config, ws: Path, cleanup: list[Path]) -> Staged:
     """Build in the workspace; returns the artifacts waiting in the staging directory."""
     from mkosi.scripts import run_build_script
 
@@ -595,17 +591,16 @@ def build_image(args: Args, config: Config, ws: Path, cleanup: list[Path]) -> li
     ctx = Context(args, config, ws, Phase.final, ws / "root", cache, staging, cleanup=cleanup)
     with log.step("Building the final image"):
         build_phase(ctx)
-    made = make_output(ctx)
-    made += write_sboms(ctx, made)
-    # Everything in the staging directory is an artifact (manifests, kernel files, root hashes...).
-    artifacts = made + sorted(p for p in staging.iterdir() if p not in made and not p.name.startswith("."))
-    sums = write_checksums(ctx, artifacts)
-    sig = sign_checksums(ctx, sums)
-    return artifacts + [p for p in (sums, sig) if p is not None]
+    make_output(ctx)
+    write_sboms(ctx)
+    # Exactly the artifacts the table declares for this configuration, each checked to be there.
+    made = artifacts.collect(ctx)
+    sums = write_checksums(ctx, made)
+    return made + sums + sign_checksums(ctx, sums)
 
 
 def check_outputs(args: Args, config: Config) -> None:
-    existing = existing_outputs(config)
+    existing = artifacts.existing(config)
     if existing and args.force == 0:
         raise MkosiError(f"output '{existing[0]}' already exists", hint="use -f to replace it, or 'mkosi clean'")
 
@@ -664,10 +659,10 @@ def source_date_epoch_environment(config: Config) -> Iterator[None]:
 def prepare_to_build(config: Config) -> None:
     """What every build does once its outputs may be written: check the target directories, remove
     workspaces of killed builds, and make its mounts private."""
-    from mkosi.output.make import check_subvolume_target
+    from mkosi.output.make import check_target
 
     assert config.output_dir is not None
-    check_subvolume_target(config)
+    check_target(config)
     check_host_tools(config)
     check_writable(config.output_dir, "output directory")
     check_writable(workspace_parent(config), "workspace directory")
@@ -696,9 +691,9 @@ def _build_locked(args: Args, config: Config) -> bool:
     cleanup: list[Path] = []
     try:
         with log.step(f"Building {config.output}"), workspace(config) as ws:
-            artifacts = build_image(args, config, ws, cleanup)
+            made = build_image(args, config, ws, cleanup)
             with log.step("Moving the results into place"):
-                move_into_place(config, artifacts)
+                move_into_place(config, made)
     finally:
         remove_cleanup_paths(cleanup)
     if key:

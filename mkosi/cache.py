@@ -20,7 +20,7 @@ from typing import Any, Optional
 from mkosi import __version__, log
 from mkosi.config.settings import CONFIG_FIELDS, SETTINGS, Args, Config, plain_value
 from mkosi.context import Context, Phase
-from mkosi.outputs import cached_image_path, salt_path
+from mkosi.output.artifacts import cached_image_path, salt_path
 from mkosi.run import run
 from mkosi.sources import default_transfer, source_excludes, source_files
 

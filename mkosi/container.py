@@ -17,8 +17,9 @@ from pathlib import Path
 from mkosi import log
 from mkosi.config.settings import Args, Config
 from mkosi.errors import MkosiError
+from mkosi.formats import FormatKind
 from mkosi.mounts import umount_all_below
-from mkosi.outputs import output_stem
+from mkosi.output.artifacts import NSPAWN_SETTINGS, output_stem, written
 from mkosi.run import current_sandbox, run
 from mkosi.sandbox import Container, valid_machine_name
 
@@ -105,14 +106,15 @@ def run_container(args: Args, config: Config, boot: bool) -> int:
     assert config.output is not None
     if os.getuid() != 0:
         raise MkosiError(f"'mkosi {args.verb.value}' must be run as root")
-    if config.format.is_disk() and (config.output_compression or config.qcow2):
+    kind = config.format.row.kind
+    if kind is FormatKind.disk and (config.output_compression or config.qcow2):
         raise MkosiError(f"the '{args.verb.value}' verb needs an uncompressed raw image")
-    if not (config.format.is_disk() or config.format.is_tree()):
+    if kind not in (FormatKind.disk, FormatKind.tree):
         raise MkosiError(f"the '{args.verb.value}' verb needs a directory, subvolume or disk image, "
-                         f"not '{config.format.value}'")
+                         f"not '{config.format}'")
     extra = []
     machine = valid_machine_name(output_stem(config)) or f"mkosi-{uuid.uuid4().hex[:12]}"
-    settings = config.output_nspawn_settings
+    settings = written(config, NSPAWN_SETTINGS)
     if settings is not None and settings.exists():
         extra.append("--settings=trusted")
     if config.netdev:
@@ -122,11 +124,11 @@ def run_container(args: Args, config: Config, boot: bool) -> int:
             stack.enter_context(nspawn_settings_for(machine, settings))
         target = config.output
         # nspawn snapshots directories itself; image files are copied here when it cannot use them.
-        use_image = config.format.is_disk() and host_has_udev()
-        ephemeral_by_nspawn = config.ephemeral and (use_image or config.format.is_tree())
+        use_image = kind is FormatKind.disk and host_has_udev()
+        ephemeral_by_nspawn = config.ephemeral and (use_image or kind is FormatKind.tree)
         if config.ephemeral and not ephemeral_by_nspawn:
             target = stack.enter_context(ephemeral_copy(target))
-        if config.format.is_disk() and not use_image:
+        if kind is FormatKind.disk and not use_image:
             log.debug("no udev on this host: mounting the root partition for systemd-nspawn --directory")
             target = stack.enter_context(mounted_image(target, writable=True))
         container = Container(keep_unit=config.nspawn_keep_unit, machine=machine, image=use_image,

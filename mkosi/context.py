@@ -29,8 +29,8 @@ class Context:
     cached_image_reused: bool = False
     # Paths outside the workspace to remove when the build ends (e.g. a subvolume being made in place).
     cleanup: list[Path] = dataclasses.field(default_factory=list)
-    # Artifacts made on the side (e.g. kernel/initrd/cmdline for direct kernel boot).
-    extra_artifacts: list[Path] = dataclasses.field(default_factory=list)
+    # Artifacts made outside the staging directory, by artifact key (see mkosi/output/artifacts.py).
+    placed: dict[str, Path] = dataclasses.field(default_factory=dict)
     # Where and how the build's commands run (ExtraSearchPaths=, later a tools tree); made once from
     # the configuration. Package managers, scripts and containers derive theirs from it.
     sandbox: Sandbox = dataclasses.field(init=False)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from mkosi.config.enums import OutputFormat, Verity
+from mkosi.config.enums import Verity
 from mkosi.config.settings import Config
 from mkosi.distributions.registry import plugin
 from mkosi.run import HOST_PACKAGES, find_tool, require_tool
@@ -19,15 +19,12 @@ def host_tools(config: Config, *, runtime: bool = True) -> list[str]:
     """The programs a build of this image runs on the host; with runtime, also those that `vm` and `ssh`
     need to use it."""
     tools = [*COMMON_TOOLS, plugin(config.distribution).package_manager]
-    fmt = config.format
-    fs = fmt.root_filesystem()
-    if fs in FILESYSTEM_TOOLS:
-        tools.append(FILESYSTEM_TOOLS[fs])
-    if fmt == OutputFormat.plain_squashfs:
-        tools.append("mksquashfs")
-    if fmt == OutputFormat.cpio:
+    fmt = config.format.row
+    if fmt.root_fs in FILESYSTEM_TOOLS:
+        tools.append(FILESYSTEM_TOOLS[fmt.root_fs])
+    if fmt.name == "cpio":
         tools.append("cpio")
-    if fmt.is_disk():
+    if fmt.is_disk:
         tools.append("sfdisk")
         if config.verity != Verity.no:
             tools.append("veritysetup")

@@ -14,6 +14,7 @@ from mkosi import log
 from mkosi.context import Context
 from mkosi.distributions.registry import plugin
 from mkosi.installers.base import PackageInfo
+from mkosi.output.artifacts import CHANGELOG, CYCLONEDX, IMAGE, MANIFEST, SPDX, staged
 from mkosi.sbom import ImageInfo, cyclonedx_document, dumps, spdx_document, with_licenses
 
 
@@ -48,7 +49,7 @@ def _sbom_packages_path(ctx: Context) -> Path:
 
 
 def wants_sbom(ctx: Context) -> bool:
-    return ctx.config.output_manifest_spdx is not None or ctx.config.output_manifest_cyclonedx is not None
+    return SPDX.when(ctx.config) or CYCLONEDX.when(ctx.config)
 
 
 def write_manifests(ctx: Context) -> None:
@@ -56,16 +57,15 @@ def write_manifests(ctx: Context) -> None:
     manifests, and keeps the package list (with licences) for the SBOMs written after the output."""
 
     config = ctx.config
-    if config.output_manifest_json is None and config.output_changelog is None and not wants_sbom(ctx):
+    if not (MANIFEST.when(config) or CHANGELOG.when(config) or wants_sbom(ctx)):
         return
     packages = plugin(config.distribution).installed_packages(ctx)
     if not packages:
         log.warn("the package database lists no packages; the manifest is empty")
-    if config.output_manifest_json is not None:
-        out = ctx.staging / config.output_manifest_json.name
-        out.write_text(json.dumps(manifest_dict(ctx, packages), indent=2) + "\n")
-    if config.output_changelog is not None:
-        (ctx.staging / config.output_changelog.name).write_text(changelog_text(ctx, packages))
+    if MANIFEST.when(config):
+        staged(ctx, MANIFEST).write_text(json.dumps(manifest_dict(ctx, packages), indent=2) + "\n")
+    if CHANGELOG.when(config):
+        staged(ctx, CHANGELOG).write_text(changelog_text(ctx, packages))
     if wants_sbom(ctx):
         packages = with_licenses(ctx.root, packages)
         _sbom_packages_path(ctx).write_text(json.dumps([dataclasses.asdict(p) for p in packages]))
@@ -84,28 +84,22 @@ def source_date_epoch() -> Optional[int]:
     return int(value) if value.isdigit() else None
 
 
-def write_sboms(ctx: Context, made: list[Path]) -> list[Path]:
+def write_sboms(ctx: Context) -> None:
     """After the output exists: the SPDX and CycloneDX documents, with the output's own checksum."""
 
     config = ctx.config
     saved = _sbom_packages_path(ctx)
     if not wants_sbom(ctx) or not saved.exists():
-        return []
+        return
     packages = [PackageInfo(**d) for d in json.loads(saved.read_text())]
     assert config.output is not None
-    main = next((p for p in made if p.name == config.output.name), made[0] if made else None)
-    digest = sha256_file(main) if main is not None and main.is_file() and not main.is_symlink() else None
+    main = staged(ctx, IMAGE)
+    digest = sha256_file(main) if main.is_file() and not main.is_symlink() else None
     image = ImageInfo(name=config.image_id or "image", version=config.image_version,
                       distribution=config.distribution.value, release=config.release,
                       architecture=config.architecture, file_name=config.output.name, sha256=digest)
-    written = []
     epoch = source_date_epoch()
-    if config.output_manifest_spdx is not None:
-        out = ctx.staging / config.output_manifest_spdx.name
-        out.write_text(dumps(spdx_document(image, packages, epoch)))
-        written.append(out)
-    if config.output_manifest_cyclonedx is not None:
-        out = ctx.staging / config.output_manifest_cyclonedx.name
-        out.write_text(dumps(cyclonedx_document(image, packages, epoch)))
-        written.append(out)
-    return written
+    if SPDX.when(config):
+        staged(ctx, SPDX).write_text(dumps(spdx_document(image, packages, epoch)))
+    if CYCLONEDX.when(config):
+        staged(ctx, CYCLONEDX).write_text(dumps(cyclonedx_document(image, packages, epoch)))

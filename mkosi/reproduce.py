@@ -278,10 +278,11 @@ def _check_locked(args: Args, config: Config) -> bool:
         with workspace(config) as ws1, workspace(config) as ws2:
             start = time.monotonic()
             with log.step("Reproducibility check: first build"):
-                first = build_image(args, config, ws1, cleanup)
+                first_made = build_image(args, config, ws1, cleanup)
+                first = [p for _, p in first_made]
             middle = time.monotonic()
             with log.step("Reproducibility check: second build"):
-                second = build_image(args, config, ws2, cleanup)
+                second = [p for _, p in build_image(args, config, ws2, cleanup)]
             end = time.monotonic()
             with log.step("Comparing the two builds"):
                 result = compare_artifacts(first, second)
@@ -318,7 +319,7 @@ def _check_locked(args: Args, config: Config) -> bool:
                 print(line)
             sys.stdout.flush()
             with log.step("Moving the results into place"):
-                move_into_place(config, first)
+                move_into_place(config, first_made)
     finally:
         remove_cleanup_paths(cleanup)
     return True

@@ -32,7 +32,7 @@ from typing import Any, BinaryIO, Optional
 from mkosi import log
 from mkosi.config.settings import Config
 from mkosi.errors import MkosiError
-from mkosi.outputs import incremental_cache_paths, output_paths
+from mkosi.output.artifacts import incremental_cache_paths, paths, secrets
 
 _COPY_CHUNK = 1024 * 1024
 # A single byte range needs at most "bytes=" and two 20-digit numbers; anything much longer is abuse.
@@ -111,22 +111,21 @@ def is_secret(path: Path) -> bool:
 
 def secret_paths(config: Config) -> set[Path]:
     """The secrets of this configuration, wherever they live."""
-    paths = [config.output_sshkey, config.ssh_key, config.passphrase_file, config.secure_boot_key,
-             *config.config_files]
+    found = [config.ssh_key, config.passphrase_file, config.secure_boot_key, *config.config_files]
     if config.output is not None:
-        paths += incremental_cache_paths(config)
+        found += [*secrets(config), *incremental_cache_paths(config)]
     cwd = Path.cwd()
-    paths += [cwd / "mkosi.rootpw", cwd / "mkosi.passphrase", cwd / "mkosi.secure-boot.key"]
+    found += [cwd / "mkosi.rootpw", cwd / "mkosi.passphrase", cwd / "mkosi.secure-boot.key"]
     result = set()
-    for p in paths:
+    for p in found:
         if p is not None:
             result |= {Path(os.path.abspath(p)), Path(os.path.realpath(p))}
     return result
 
 
 def artifact_paths(config: Config) -> list[Path]:
-    """Which files are artifacts of this configuration: the one place `serve` asks."""
-    return output_paths(config)
+    """Which files are artifacts of this configuration (the artifact table's): the one place `serve` asks."""
+    return paths(config)
 
 
 def servable(paths: Iterable[Path], secrets: Iterable[Path] = ()) -> dict[str, Path]:

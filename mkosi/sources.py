@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mkosi.config.enums import SourceFileTransfer
 from mkosi.config.settings import Config
-from mkosi.outputs import incremental_cache_paths, output_paths
+from mkosi.output.artifacts import incremental_cache_paths, paths
 from mkosi.run import run
 
 SOURCE_EXCLUDES = ("mkosi.builddir", "mkosi.cache", "mkosi.pkgcache", "mkosi.output", "mkosi.workspace",
@@ -29,7 +29,7 @@ def source_excludes(config: Config, src: Path) -> set[str]:
     """Top-level names of the source tree that never go into an image: mkosi's own directories, and
     this configuration's outputs and caches when they are written into the source tree itself."""
     names = set(SOURCE_EXCLUDES)
-    for p in [*output_paths(config), *incremental_cache_paths(config), config.workspace_dir]:
+    for p in [*paths(config), *incremental_cache_paths(config), config.workspace_dir]:
         if p is not None and p.parent.absolute() == src.absolute():
             names.add(p.name)
     if config.output is not None and config.output.parent.absolute() == src.absolute():

@@ -17,6 +17,7 @@ from mkosi.config.settings import (
     setting_value,
 )
 from mkosi.config.types import Setting, parse_size
+from mkosi.output.artifacts import IMAGE, shown
 
 # Readable labels of the text summary where splitting the key's words is not enough.
 LABELS = {
@@ -100,20 +101,11 @@ def repositories(config: Config) -> list[str]:
         return [f"(cannot list repositories: {e})"]
 
 
-def outputs(config: Config) -> dict[str, Any]:
-    names = ("output", "output_dir", "output_checksum", "output_signature", "output_bmap",
-             "output_nspawn_settings", "output_sshkey", "output_root_hash", "output_root_hash_p7s",
-             "output_manifest_json", "output_changelog", "output_manifest_spdx",
-             "output_manifest_cyclonedx", "output_split_root", "output_split_verity",
-             "output_split_kernel", "output_split_verity_sig")
-    result = {}
-    for n in names:
-        v = getattr(config, n)
-        skipped = (n == "output_checksum" and not config.checksum) or (n == "output_signature" and not config.sign)
-        if v is None or skipped:
-            continue
-        result[n] = str(v)
-    return result
+def outputs(config: Config) -> dict[str, str]:
+    """What a build of this configuration writes (the artifact table's rows that summary shows), after
+    the image its output directory."""
+    found = {key: str(p) for key, p in shown(config).items()}
+    return {IMAGE.key: found.pop(IMAGE.key), "output_dir": str(config.output_dir), **found}
 
 
 def not_implemented(config: Config) -> dict[str, str]:

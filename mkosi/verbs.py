@@ -22,7 +22,8 @@ from mkosi.config.settings import Args, Config
 from mkosi.container import mounted_image, run_container
 from mkosi.dependencies import host_packages
 from mkosi.errors import MkosiError
-from mkosi.outputs import incremental_cache_paths, output_paths
+from mkosi.formats import FormatKind
+from mkosi.output.artifacts import to_clean
 from mkosi.preflight import recover_interrupted_move
 from mkosi.reproduce import check_reproducible
 from mkosi.run import run, using_sandbox
@@ -104,11 +105,8 @@ def verb_clean(args: Args, config: Config) -> None:
     if config.output_dir is not None:
         recover_interrupted_move(config.output_dir)
 
-    for p in output_paths(config):
+    for p in to_clean(config, args.force):
         _remove(p)
-    if args.force >= 1:
-        for p in incremental_cache_paths(config):
-            _remove(p)
     if args.force >= 2:
         cache = package_cache_dir(config)
         if cache is not None and cache.is_dir():
@@ -171,7 +169,7 @@ def verb_help(args: Args, config: Config) -> None:
 
 
 def verb_burn(args: Args, config: Config) -> None:
-    if not config.format.is_disk() or config.output_compression or config.qcow2:
+    if not config.format.row.is_disk or config.output_compression or config.qcow2:
         raise MkosiError("burn needs an uncompressed raw GPT disk image")
     if len(args.cmdline) != 1:
         raise MkosiError("usage: mkosi burn DEVICE")
@@ -191,11 +189,12 @@ def _image_root(config: Config, stack: contextlib.ExitStack) -> Path:
     """The root directory of the built image: the output itself, or its root partition mounted."""
     if config.output is None or not (config.output.exists() or config.output.is_symlink()):
         raise MkosiError(f"image '{config.output}' does not exist; build it first")
-    if config.format.is_tree():
+    kind = config.format.row.kind
+    if kind is FormatKind.tree:
         return config.output
-    if config.format.is_disk() and not (config.output_compression or config.qcow2):
+    if kind is FormatKind.disk and not (config.output_compression or config.qcow2):
         return stack.enter_context(mounted_image(config.output, writable=False))
-    raise MkosiError(f"the '{config.format.value}' format cannot be read this way; use a directory or an "
+    raise MkosiError(f"the '{config.format}' format cannot be read this way; use a directory or an "
                      "uncompressed disk image")
 
 

@@ -11,7 +11,7 @@ from mkosi import log
 from mkosi.config.enums import BootProtocol, QemuKvm
 from mkosi.config.settings import Args, Config
 from mkosi.errors import MkosiError
-from mkosi.outputs import output_stem
+from mkosi.output import artifacts
 
 # The host port forwarded to the guest's sshd by `mkosi qemu` with Ssh=yes; `mkosi ssh` uses it.
 QEMU_SSH_PORT = 2222
@@ -41,11 +41,10 @@ def qemu_argv(args: Args, config: Config, tmp: Path) -> list[str]:
     kernel = initrd = None
     cmdline = None
     if boot == BootProtocol.linux:
-        stem = config.output.parent / output_stem(config)
-        kernel, initrd = Path(f"{stem}.vmlinuz"), Path(f"{stem}.initrd")
+        kernel, initrd = artifacts.path(config, artifacts.LINUX_KERNEL), artifacts.path(config, artifacts.LINUX_INITRD)
         if not kernel.exists():
             raise MkosiError(f"'{kernel}' is missing", hint="build with BootProtocols=linux")
-        cmdline = Path(f"{stem}.cmdline").read_text().strip()
+        cmdline = artifacts.path(config, artifacts.LINUX_CMDLINE).read_text().strip()
         if args.cmdline:
             cmdline += " " + " ".join(args.cmdline)
     tap = None
@@ -57,7 +56,7 @@ def qemu_argv(args: Args, config: Config, tmp: Path) -> list[str]:
         if os.getuid() != 0 or not os.access("/dev/net/tun", os.R_OK | os.W_OK):
             raise MkosiError("Netdev=yes with qemu needs root and /dev/net/tun: qemu creates a tap device",
                              hint="run as root, or build without Netdev=")
-        tap = tap_name(valid_machine_name(output_stem(config)) or "mkosi")
+        tap = tap_name(valid_machine_name(artifacts.output_stem(config)) or "mkosi")
     vars_copy = copy_ovmf_vars(tmp / "OVMF_VARS.fd", arch=config.architecture) if boot == BootProtocol.uefi else None
     return qemu_command(
         image=config.output, fmt="qcow2" if config.qcow2 else "raw", boot=boot.value, kernel=kernel, initrd=initrd,
@@ -89,7 +88,7 @@ def run_ssh(args: Args, config: Config) -> int:
 
     if not config.ssh:
         raise MkosiError("the image was not built with Ssh=yes", hint="build with --ssh")
-    key = config.ssh_key or config.output_sshkey
+    key = config.ssh_key or artifacts.written(config, artifacts.SSH_KEY)
     agent = None
     if config.ssh_agent:
         import os

@@ -13,11 +13,11 @@ from mkosi.boot.esp import EspOptions, populate_esp
 from mkosi.boot.grub import install_grub_bios
 from mkosi.boot.initrd import dracut_flags, initrd_key, load_cached_initrd, run_dracut, save_cached_initrd
 from mkosi.boot.kernel import BootFiles, boot_files, find_kernel
-from mkosi.config.enums import BootProtocol, Verity
+from mkosi.config.enums import Verity
 from mkosi.context import Context
 from mkosi.distributions.registry import plugin
 from mkosi.errors import MkosiError
-from mkosi.outputs import output_stem
+from mkosi.output.artifacts import LINUX_CMDLINE, LINUX_INITRD, LINUX_KERNEL, SPLIT_KERNEL, staged
 
 __all__ = ["VerityInfo", "install_bios_boot", "prepare_esp"]
 
@@ -54,12 +54,11 @@ def image_initrd(ctx: Context, kernel: Path, version: str) -> Path:
     return initrd
 
 
-def write_linux_boot_files(files: BootFiles, directory: Path, stem: str) -> list[Path]:
+def write_linux_boot_files(ctx: Context, files: BootFiles) -> None:
     """STEM.vmlinuz, STEM.initrd and STEM.cmdline, for booting the kernel directly (QemuBoot=linux)."""
-    shutil.copyfile(files.kernel, directory / f"{stem}.vmlinuz")
-    shutil.copyfile(files.initrd, directory / f"{stem}.initrd")
-    (directory / f"{stem}.cmdline").write_text(files.cmdline + "\n")
-    return [directory / f"{stem}{s}" for s in (".vmlinuz", ".initrd", ".cmdline")]
+    shutil.copyfile(files.kernel, staged(ctx, LINUX_KERNEL))
+    shutil.copyfile(files.initrd, staged(ctx, LINUX_INITRD))
+    staged(ctx, LINUX_CMDLINE).write_text(files.cmdline + "\n")
 
 
 def prepare_esp(ctx: Context, root_label: str, verity: Optional[VerityInfo] = None) -> Path:
@@ -72,10 +71,11 @@ def prepare_esp(ctx: Context, root_label: str, verity: Optional[VerityInfo] = No
     files = boot_files(ctx.root, initrd, image_cmdline(config, root_label, verity), config.architecture)
     esp = ctx.dir("esp")
     uki = populate_esp(esp, files, EspOptions.from_config(config))
-    if uki is not None:
-        shutil.copyfile(uki, ctx.workspace / "uki.efi")
-    if BootProtocol.linux in config.boot_protocols:
-        ctx.extra_artifacts += write_linux_boot_files(files, ctx.staging, output_stem(config))
+    if uki is not None and SPLIT_KERNEL.when(config):
+        # SplitArtifacts=: the (signed) unified kernel image also as a file of its own.
+        shutil.copyfile(uki, staged(ctx, SPLIT_KERNEL))
+    if LINUX_KERNEL.when(config):
+        write_linux_boot_files(ctx, files)
     return esp
 
 

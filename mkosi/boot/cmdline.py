@@ -83,7 +83,7 @@ def image_cmdline(config: Config, root_label: str, verity: Optional[VerityInfo] 
     if verity is not None:
         root = "/dev/mapper/root"
         extra += verity_words(verity)
-    if config.format.root_filesystem() == "btrfs" and config.compress_fs not in ("no", "none"):
+    if config.format.row.root_fs == "btrfs" and config.compress_fs not in ("no", "none"):
         # mkfs.btrfs cannot compress what it writes; the kernel compresses what is written later.
         extra.append(f"rootflags=compress={config.compress_fs}")
     return kernel_cmdline([*config.kernel_command_line, *extra], root=root,

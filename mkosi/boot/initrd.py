@@ -16,7 +16,7 @@ from mkosi.cache import digest_path, write_private
 from mkosi.config.enums import Verity
 from mkosi.config.settings import Config, plain_value
 from mkosi.errors import MkosiError
-from mkosi.outputs import cached_initrd_path
+from mkosi.output.artifacts import cached_initrd_path
 from mkosi.run import run
 from mkosi.sandbox import nspawn_command
 

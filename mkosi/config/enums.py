@@ -71,68 +71,6 @@ class Distribution(StrEnum):
     custom = "custom"
 
 
-class OutputFormat(StrEnum):
-    directory = "directory"
-    subvolume = "subvolume"
-    tar = "tar"
-    cpio = "cpio"
-    gpt_ext4 = "gpt_ext4"
-    gpt_xfs = "gpt_xfs"
-    gpt_btrfs = "gpt_btrfs"
-    gpt_squashfs = "gpt_squashfs"
-    plain_squashfs = "plain_squashfs"
-    # Later additions (see the modern summary of the spec); parsed, built in later steps.
-    disk = "disk"
-    uki = "uki"
-    oci = "oci"
-    esp = "esp"
-    sysext = "sysext"
-    confext = "confext"
-    portable = "portable"
-    addon = "addon"
-    none = "none"
-
-    def is_disk(self) -> bool:
-        return self in (
-            OutputFormat.gpt_ext4,
-            OutputFormat.gpt_xfs,
-            OutputFormat.gpt_btrfs,
-            OutputFormat.gpt_squashfs,
-            OutputFormat.disk,
-        )
-
-    def is_squashfs(self) -> bool:
-        return self in (OutputFormat.gpt_squashfs, OutputFormat.plain_squashfs)
-
-    def is_btrfs(self) -> bool:
-        return self in (OutputFormat.gpt_btrfs, OutputFormat.subvolume)
-
-    def is_tree(self) -> bool:
-        return self in (OutputFormat.directory, OutputFormat.subvolume)
-
-    def is_archive(self) -> bool:
-        return self in (OutputFormat.tar, OutputFormat.cpio)
-
-    def root_filesystem(self) -> str | None:
-        return {
-            OutputFormat.gpt_ext4: "ext4",
-            OutputFormat.disk: "ext4",
-            OutputFormat.gpt_xfs: "xfs",
-            OutputFormat.gpt_btrfs: "btrfs",
-            OutputFormat.gpt_squashfs: "squashfs",
-            OutputFormat.plain_squashfs: "squashfs",
-        }.get(self)
-
-
-# Older names accepted with a warning naming the current one.
-LEGACY_FORMATS: dict[str, OutputFormat] = {
-    "raw_gpt": OutputFormat.gpt_ext4,
-    "raw_btrfs": OutputFormat.gpt_btrfs,
-    "raw_squashfs": OutputFormat.gpt_squashfs,
-    "raw_xfs": OutputFormat.gpt_xfs,
-}
-
-
 class Compression(StrEnum):
     none = "none"
     zlib = "zlib"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from mkosi import log
-from mkosi.config.enums import BootProtocol, OutputFormat, SourceFileTransfer, Verb, Verity
+from mkosi.config.enums import BootProtocol, SourceFileTransfer, Verb, Verity
 from mkosi.config.ini import Origin
 from mkosi.config.parse import CommandLine, Merged, setting_label
 from mkosi.config.settings import (
@@ -31,6 +31,7 @@ from mkosi.config.settings import (
 from mkosi.config.types import Kind, Resolving, Setting, check_path_length, short_message
 from mkosi.distributions import facts
 from mkosi.errors import ConfigError
+from mkosi.formats import Format, OutputFormat
 
 # mkosi.* names looked up next to the configuration that no row's path_default covers.
 OTHER_FILES: dict[str, bool] = {
@@ -158,23 +159,10 @@ def _derived(values: dict[str, Any], found: dict[str, Path], directory: Path, co
         values["passphrase_file"] = values["passphrase"]
 
 
-def output_suffix(fmt: OutputFormat, compression: Optional[str], qcow2: bool) -> str:
-    base = {
-        OutputFormat.directory: "", OutputFormat.subvolume: "", OutputFormat.tar: ".tar",
-        OutputFormat.cpio: ".cpio", OutputFormat.plain_squashfs: ".raw", OutputFormat.uki: ".efi",
-        OutputFormat.oci: "",
-    }.get(fmt, ".raw")
-    if qcow2 and fmt.is_disk():
-        base = ".qcow2"
-    return base + compression_suffix(compression)
-
-
-def compression_suffix(compression: Optional[str]) -> str:
-    return {None: "", "xz": ".xz", "zstd": ".zst", "gzip": ".gz", "zlib": ".gz", "lz4": ".lz4",
-            "lzo": ".lzo"}.get(compression, "")
-
-
-def _resolve_outputs(values: dict[str, Any], fmt: OutputFormat) -> None:
+def _place_output(values: dict[str, Any]) -> None:
+    """Output= and OutputDirectory=: the image's path, by default named after ImageId=/ImageVersion= with the
+    format's suffix. The other artifacts' paths follow from it (mkosi/output/artifacts.py)."""
+    fmt: Format = values["format"].row
     compression = None if values["compress_output"] == "no" else values["compress_output"]
     name = values["image_id"] or ("image" if values["image"] == "main" else values["image"])
     if values["image_version"]:
@@ -182,47 +170,12 @@ def _resolve_outputs(values: dict[str, Any], fmt: OutputFormat) -> None:
     out: Optional[Path] = values["output"]
     outdir: Optional[Path] = values["output_dir"]
     if out is None:
-        out = (outdir or Path.cwd()) / (name + output_suffix(fmt, compression, values["qcow2"]))
+        out = (outdir or Path.cwd()) / (name + fmt.file_suffix(compression, values["qcow2"]))
     elif not out.is_absolute():
         out = (outdir or Path.cwd()) / out
     values["output"] = out
     if outdir is None:
-        outdir = values["output_dir"] = out.parent
-    stem = out.name
-    for suffix in (".xz", ".zst", ".gz", ".raw", ".qcow2", ".tar", ".cpio"):
-        stem = stem.removesuffix(suffix)
-    values["output_checksum"] = outdir / "SHA256SUMS"
-    values["output_signature"] = outdir / "SHA256SUMS.gpg"
-    values["output_bmap"] = outdir / f"{stem}.bmap" if values["bmap"] else None
-    values["output_nspawn_settings"] = outdir / f"{stem}.nspawn" if values["nspawn_settings"] else None
-    values["output_sshkey"] = outdir / "id_ed25519" if values["ssh"] and values["ssh_key"] is None else None
-    hash_suffix = ".usrhash" if values["usr_only"] else ".roothash"
-    if values["verity"] != Verity.no:
-        values["output_root_hash"] = outdir / f"{stem}{hash_suffix}"
-    if values["verity"] == Verity.signed:
-        values["output_root_hash_p7s"] = outdir / f"{stem}{hash_suffix}.p7s"
-    if "json" in [str(m) for m in values["manifest_format"]]:
-        values["output_manifest_json"] = outdir / f"{stem}.manifest"
-    if "changelog" in [str(m) for m in values["manifest_format"]]:
-        values["output_changelog"] = outdir / f"{stem}.changelog"
-    if "spdx" in [str(m) for m in values["manifest_format"]]:
-        values["output_manifest_spdx"] = outdir / f"{stem}.spdx.json"
-    if "cyclonedx" in [str(m) for m in values["manifest_format"]]:
-        values["output_manifest_cyclonedx"] = outdir / f"{stem}.cdx.json"
-    if values["split_artifacts"]:
-        csuffix = compression_suffix(compression)
-        # mkosi 14's names: STEM.root.raw and STEM.root.verity (STEM.usr.* for UsrOnly=).
-        part = "usr" if values["usr_only"] else "root"
-        values["output_split_root"] = values["output_split_root"] or outdir / f"{stem}.{part}.raw{csuffix}"
-        if values["verity"] != Verity.no:
-            values["output_split_verity"] = (values["output_split_verity"]
-                                             or outdir / f"{stem}.{part}.verity{csuffix}")
-        if values["verity"] == Verity.signed:
-            # mkosi 14: the signature partition as STEM.root.roothash.p7s (STEM.usr.usrhash.p7s).
-            values["output_split_verity_sig"] = (values["output_split_verity_sig"]
-                                                 or outdir / f"{stem}.{part}.{part}hash.p7s{csuffix}")
-        if values["bootable"]:
-            values["output_split_kernel"] = values["output_split_kernel"] or outdir / f"{stem}.efi"
+        values["output_dir"] = out.parent
 
 
 # ---- cross-setting checks: each takes the command line, the merged assignments and the values ----
@@ -234,9 +187,9 @@ def check_format_implemented(cli: CommandLine, v: Merged, values: dict[str, Any]
     # summary, cat-config and the other verbs that build nothing show such a format as it is written.
     if not cli.verb.needs_build():
         return
-    if values["format"] in (OutputFormat.oci, OutputFormat.uki, OutputFormat.esp, OutputFormat.sysext,
-                            OutputFormat.confext, OutputFormat.portable, OutputFormat.addon, OutputFormat.none):
-        raise _fail(v, "format", f"format '{values['format'].value}' is not implemented yet")
+    fmt: Format = values["format"].row
+    if fmt.status is not None:
+        raise _fail(v, "format", f"format '{fmt.name}' is {fmt.status}")
 
 
 def check_distribution_implemented(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
@@ -245,12 +198,16 @@ def check_distribution_implemented(cli: CommandLine, v: Merged, values: dict[str
 
 
 def check_compression_fits_format(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
-    fmt: OutputFormat = values["format"]
-    # What mkosi.output.compress can write: archives also take gzip, other outputs only xz and zstd.
-    usable = ("xz", "zstd", "gzip", "zlib") if fmt.is_archive() else ("xz", "zstd")
-    if values["compress_output"] != "no" and values["compress_output"] not in usable:
-        raise _fail(v, "compress_output", f"compression '{values['compress_output']}' is not supported for "
-                    f"{fmt.value} outputs, use {' or '.join(usable)}")
+    """CompressOutput= must be one the format's registry row can write."""
+    fmt: Format = values["format"].row
+    usable = fmt.compressions
+    if values["compress_output"] == "no" or values["compress_output"] in usable:
+        return
+    if not usable:
+        raise _fail(v, "compress_output", f"{fmt.name} outputs are not compressed",
+                    hint="leave CompressOutput= unset for this format")
+    raise _fail(v, "compress_output", f"compression '{values['compress_output']}' is not supported for "
+                f"{fmt.name} outputs, use {' or '.join(usable)}")
 
 
 def check_scripts_executable(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
@@ -287,16 +244,13 @@ def check_inputs_exist(cli: CommandLine, v: Merged, values: dict[str, Any]) -> N
             raise _fail(v, dest, f"'{values[dest]}' does not exist")
 
 
-def check_disk_only_settings(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
-    fmt: OutputFormat = values["format"]
-    for dest in ("bootable", "encrypt", "split_artifacts", "qcow2", "usr_only", "home_size", "srv_size", "swap_size"):
-        if values[dest] and not fmt.is_disk():
-            raise _fail(v, dest, f"only applies to GPT disk image formats, not '{fmt.value}'")
-    if values["verity"] != Verity.no and not fmt.is_disk():
-        raise _fail(v, "verity", f"only applies to GPT disk image formats, not '{fmt.value}'")
-    if values["minimize"] and fmt not in (OutputFormat.gpt_ext4, OutputFormat.gpt_btrfs, OutputFormat.gpt_squashfs,
-                                          OutputFormat.plain_squashfs):
-        raise _fail(v, "minimize", f"is only supported for gpt_ext4 and gpt_btrfs, not '{fmt.value}'")
+def check_format_settings(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
+    """What the format's registry row takes, needs and refuses (disk-only settings, Minimize=, ...)."""
+    fmt: Format = values["format"].row
+    for dest, message, fatal in fmt.check(values.__getitem__, lambda d: by_dest(d).name):
+        if fatal:
+            raise _fail(v, dest, message)
+        log.warn(f"{by_dest(dest).name} {message}; ignored")
 
 
 def check_verity_combinations(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
@@ -330,14 +284,12 @@ def check_sources_and_keys(cli: CommandLine, v: Merged, values: dict[str, Any]) 
             raise _fail(v, "ssh_key", f"needs both '{values['ssh_key']}' and '{pub}'")
     if values["password_is_hashed"] and values["password"] is None:
         raise _fail(v, "password_is_hashed", "is set but no password is given (Password= or mkosi.rootpw)")
-    if values["tar_strip_selinux_context"] and values["format"] != OutputFormat.tar:
-        log.warn("TarStripSELinuxContext= only applies to the tar format; ignored")
     if values["sign"] and not values["checksum"]:
         raise _fail(v, "checksum", "cannot be disabled with Sign=yes: the signature covers SHA256SUMS")
 
 
 def check_verb_can_use_image(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
-    compressed = values["compress_output"] != "no" and values["format"].is_disk()
+    compressed = values["compress_output"] != "no" and values["format"].row.is_disk
     if cli.verb in (Verb.shell, Verb.boot, Verb.qemu, Verb.vm) and compressed:
         raise _fail(v, "compress_output", f"the '{cli.verb.value}' verb cannot use a compressed image",
                     hint="build without CompressOutput= to run the image", fallback="command line")
@@ -362,7 +314,7 @@ def check_output_name(v: Merged, values: dict[str, Any]) -> None:
 CHECKS: tuple[Check, ...] = (
     check_format_implemented, check_distribution_implemented, check_compression_fits_format,
     check_scripts_executable, check_inputs_exist,
-    check_disk_only_settings, check_verity_combinations, check_secure_boot, check_sources_and_keys,
+    check_format_settings, check_verity_combinations, check_secure_boot, check_sources_and_keys,
     check_verb_can_use_image,
 )
 
@@ -374,13 +326,14 @@ def finalize(cli: CommandLine, v: Merged, config_files: list[Path], directory: P
     values["image"] = image
     values["verb"] = cli.verb
     values["cmdline"] = cli.cmdline
-    if values["format"] == OutputFormat.disk:
-        values["format"] = OutputFormat.gpt_ext4
+    same_as = values["format"].row.same_as
+    if same_as is not None:  # a format built exactly as another one (Format=disk is gpt_ext4 for now)
+        values["format"] = OutputFormat(same_as)
     _hashed_root_password(values)
     for check in CHECKS:
         check(cli, v, values)
     _derived(values, found, directory, config_files)
-    _resolve_outputs(values, values["format"])
+    _place_output(values)
     check_output_name(v, values)
     args = Args(**{k: val for k, val in values.items() if k in ARGS_FIELDS})
     return args, Config(**{k: val for k, val in values.items() if k in CONFIG_FIELDS})

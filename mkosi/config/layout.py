@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from mkosi import log
-from mkosi.config.enums import Distribution, OutputFormat
+from mkosi.config.enums import Distribution
 from mkosi.config.finalize import detect_files, resolve_one
 from mkosi.config.ini import Assignment, Condition, Origin, ParsedFile, check_settings_file, lookup_key, parse_ini
 from mkosi.config.parse import CommandLine, Merged, merge
@@ -30,6 +30,7 @@ from mkosi.config.types import Kind, MatchKind, Scope, Setting, check_path_lengt
 from mkosi.config.version import LANGUAGE_VERSION, compare_versions, version_condition_holds
 from mkosi.distributions import facts
 from mkosi.errors import ConfigError
+from mkosi.formats import FORMATS
 
 # The configurations shipped with mkosi that Include= names: mkosi-vm, mkosi-initrd, mkosi-tools, mkosi-addon.
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "resources" / "builtin"
@@ -389,7 +390,9 @@ def _architecture_matches(item: str, value: str) -> bool:
 
 
 def _same_format(name: str) -> str:
-    return OutputFormat.gpt_ext4.value if name == OutputFormat.disk.value else name
+    """A format built as another one (Format=disk is gpt_ext4) stands for that one."""
+    row = FORMATS.get(name)
+    return row.same_as if row is not None and row.same_as is not None else name
 
 
 def setting_condition_holds(c: Condition, s: Setting, item: str, value: Any) -> bool:

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any, NoReturn, Optional
 
 from mkosi import __version__, log
-from mkosi.config.enums import LEGACY_FORMATS, Verb
+from mkosi.config.enums import Verb
 from mkosi.config.ini import Assignment, Origin
 from mkosi.config.settings import SECTIONS, SETTINGS, all_defaults, default_value
 from mkosi.config.types import Kind, PathRule, Setting, check_text, excerpt, parse_path, short_message, try_bool
 from mkosi.errors import ConfigError
+from mkosi.formats import alias_of
 
 CLI = Origin(None, None)
 
@@ -392,7 +393,7 @@ def merge(assignments: Sequence[Assignment]) -> Merged:
                 check_text(a.raw)
                 values[s.dest] = s.parse(rebase(s, a.raw.strip(), a.base))
                 empty.discard(s.dest)
-                if s.dest == "format" and a.raw.strip() in LEGACY_FORMATS:
+                if s.dest == "format" and alias_of(a.raw.strip()) is not None:
                     _warn_once(f"{a.origin}: Format={a.raw.strip()} is an older name, use Format={values[s.dest]}")
         except ValueError as e:
             raise ConfigError(short_message(str(e)), path=a.origin.path or "command line", line=a.origin.line,

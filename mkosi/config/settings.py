@@ -17,14 +17,12 @@ from pathlib import Path
 from typing import Any, Optional, cast
 
 from mkosi.config.enums import (
-    LEGACY_FORMATS,
     BasePackages,
     BootProtocol,
     CleanPackageMetadata,
     Distribution,
     Encrypt,
     ManifestFormat,
-    OutputFormat,
     QemuKvm,
     SourceFileTransfer,
     SplitArtifact,
@@ -68,6 +66,7 @@ from mkosi.config.types import (
 )
 from mkosi.distributions import facts
 from mkosi.errors import ConfigError
+from mkosi.formats import OutputFormat, implemented_names, names, parse_format
 
 D, O, C, P, V, H = "Distribution", "Output", "Content", "Partitions", "Validation", "Host"  # noqa: E741
 CFG, INC, B, R = "Config", "Include", "Build", "Runtime"
@@ -124,17 +123,19 @@ def _default_qemu_boot(v: Resolving) -> BootProtocol:
 
 def _compress_target(fmt: OutputFormat) -> str:
     """Compress= compresses the file system of formats that can, otherwise the output file."""
-    return "compress_fs" if (fmt.is_squashfs() or fmt.is_btrfs()) else "compress_output"
+    return "compress_fs" if fmt.row.compresses_fs else "compress_output"
 
 
 def _default_compress_output(v: Resolving) -> str:
     if v["compress"] is not None and _compress_target(v["format"]) == "compress_output":
         return str(v["compress"])
-    return "xz" if v["format"].is_archive() else "no"
+    return v["format"].row.default_compression or "no"
 
 
 def _resolve_compress_output(value: str, v: Resolving) -> str:
-    return "xz" if value == "yes" else value
+    """`yes` is the format's own default compression (xz where it has none)."""
+    row = v["format"].row
+    return (row.default_compression or (row.compressions or ("xz",))[0]) if value == "yes" else value
 
 
 def _default_compress_fs(v: Resolving) -> str:
@@ -144,7 +145,7 @@ def _default_compress_fs(v: Resolving) -> str:
 
 
 def _resolve_compress_fs(value: str, v: Resolving) -> str:
-    if (v["format"].is_squashfs() and value in ("yes", "no")) or value == "yes":
+    if (v["format"].row.root_fs == "squashfs" and value in ("yes", "no")) or value == "yes":
         return "zstd"
     return value
 
@@ -170,7 +171,7 @@ def _default_password(v: Resolving) -> Optional[str]:
 
 
 def _default_root_size(v: Resolving) -> Optional[int]:
-    return 3 * 1024**3 if v["format"].is_disk() else None
+    return 3 * 1024**3 if v["format"].row.is_disk else None
 
 
 def _default_esp_size(v: Resolving) -> Optional[int]:
@@ -240,7 +241,7 @@ def parse_incremental(value: str) -> bool:
 def _resolve_bootable(value: Any, v: Resolving) -> bool:
     # Bootable=auto: bootable where the format can boot (the GPT disk formats), not otherwise.
     if value == "auto":
-        return bool(v["format"].is_disk())
+        return bool(v["format"].row.is_disk)
     return bool(value)
 
 
@@ -442,10 +443,9 @@ class Config(ModernSettings):
     # ---- [Output] ----
     format: OutputFormat = setting(
         match=MatchKind.equal, specifier="t",
-        section=O, key="Format", flags=("--format", "-t"), parse=parse_enum(OutputFormat, LEGACY_FORMATS),
-        choices=_choices(OutputFormat), default=OutputFormat.gpt_ext4,
-        help="Output format: directory, subvolume, tar, cpio, gpt_ext4, gpt_xfs, gpt_btrfs, gpt_squashfs, "
-        "plain_squashfs.")
+        section=O, key="Format", flags=("--format", "-t"), parse=parse_format,
+        choices=names(), default=OutputFormat("gpt_ext4"),
+        help=f"Output format: {', '.join(implemented_names())}.")
     manifest_format: list[ManifestFormat] = setting(
         section=O, key="ManifestFormat", flags=("--manifest-format",), kind=Kind.LIST,
         parse=parse_enum(ManifestFormat), choices=_choices(ManifestFormat),
@@ -851,17 +851,6 @@ class Config(ModernSettings):
 
     # ---- derived by finalize (not settings) ----
     image: str = "main"          # the name of the image: main, or its name in mkosi.images/
-    output_checksum: Optional[Path] = None
-    output_signature: Optional[Path] = None
-    output_bmap: Optional[Path] = None
-    output_nspawn_settings: Optional[Path] = None
-    output_sshkey: Optional[Path] = None
-    output_root_hash: Optional[Path] = None
-    output_root_hash_p7s: Optional[Path] = None
-    output_manifest_json: Optional[Path] = None
-    output_changelog: Optional[Path] = None
-    output_manifest_spdx: Optional[Path] = None
-    output_manifest_cyclonedx: Optional[Path] = None
     passphrase_file: Optional[Path] = None
     version_file: Optional[Path] = None
     mksquashfs_tool: Optional[Path] = None
@@ -875,7 +864,7 @@ class Config(ModernSettings):
 
     @property
     def root_readonly(self) -> bool:
-        return self.read_only or self.format.is_squashfs() or self.verity != Verity.no
+        return self.read_only or self.format.row.read_only_root or self.verity != Verity.no
 
     @property
     def build_source(self) -> Optional[Path]:

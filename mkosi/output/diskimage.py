@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -14,6 +13,16 @@ from mkosi import log
 from mkosi.config.enums import BootProtocol, Verity
 from mkosi.context import Context
 from mkosi.errors import MkosiError
+from mkosi.output.artifacts import (
+    BMAP,
+    IMAGE,
+    ROOT_HASH,
+    ROOT_HASH_P7S,
+    SPLIT_ROOT,
+    SPLIT_VERITY,
+    SPLIT_VERITY_SIG,
+    staged,
+)
 from mkosi.output.compress import maybe_compress
 
 if TYPE_CHECKING:
@@ -40,13 +49,13 @@ def passphrase_file(ctx: Context) -> Optional[Path]:
     return path
 
 
-def make_disk_image(ctx: Context) -> list[Path]:
+def make_disk_image(ctx: Context) -> None:
     from mkosi.output.disk import DiskSpec, build_disk, main_partition_label
     from mkosi.output.gpt import seed_from_setting
 
     config = ctx.config
     assert config.output is not None
-    fs = config.format.root_filesystem()
+    fs = config.format.row.root_fs
     assert fs is not None
     spec = DiskSpec(
         tree=ctx.root,
@@ -87,45 +96,35 @@ def make_disk_image(ctx: Context) -> list[Path]:
 
         install_bios_boot(ctx, result.output)
 
-    artifacts: list[Path] = list(ctx.extra_artifacts)
     compression = config.output_compression
 
     roothash = result.usrhash or result.roothash
-    if roothash and config.output_root_hash is not None:
-        out = ctx.staging / config.output_root_hash.name
-        out.write_text(roothash + "\n")
-        artifacts.append(out)
-    if result.signature and config.output_root_hash_p7s is not None:
-        out = ctx.staging / config.output_root_hash_p7s.name
-        out.write_bytes(result.signature)
-        artifacts.append(out)
+    if roothash and ROOT_HASH.when(config):
+        staged(ctx, ROOT_HASH).write_text(roothash + "\n")
+    if result.signature and ROOT_HASH_P7S.when(config):
+        staged(ctx, ROOT_HASH_P7S).write_bytes(result.signature)
 
     if config.split_artifacts:
-        artifacts += split_artifacts(ctx, result.images, compression)
+        split_artifacts(ctx, result.images, compression)
 
-    image, more = bmap_and_convert(ctx, result.output)
-    artifacts += more
+    image = bmap_and_convert(ctx, result.output)
     with log.step("Compressing" if compression else "Staging the image"):
-        artifacts.insert(0, maybe_compress(image, compression, ctx.staging / config.output.name))
-    return artifacts
+        maybe_compress(image, compression, staged(ctx, IMAGE))
 
 
-def bmap_and_convert(ctx: Context, raw: Path) -> tuple[Path, list[Path]]:
+def bmap_and_convert(ctx: Context, raw: Path) -> Path:
     """Write the block map of the raw disk (BMap=), then convert it to QCOW2 (QCow2=).
 
     The bmap always describes the raw disk: that is what bmaptool writes to a device, also when it
     reads the image compressed (bmaptool decompresses on the fly and checks the uncompressed blocks).
-    Returns the image to stage and the bmap written, if any."""
+    Returns the image to stage."""
     from mkosi.output.disk import qcow2_convert
 
     config = ctx.config
-    made: list[Path] = []
-    if config.bmap and config.output_bmap is not None:
+    if BMAP.when(config):
         from mkosi.output.bmap import write_bmap
 
-        out = ctx.staging / config.output_bmap.name
-        write_bmap(raw, out)
-        made.append(out)
+        write_bmap(raw, staged(ctx, BMAP))
     image = raw
     if config.qcow2:
         qcow = ctx.workspace / "disk.qcow2"
@@ -133,7 +132,7 @@ def bmap_and_convert(ctx: Context, raw: Path) -> tuple[Path, list[Path]]:
             qcow2_convert(raw, qcow)
         raw.unlink()
         image = qcow
-    return image, made
+    return image
 
 
 def fill_esp(ctx: Context, result: DiskResult, root_label: str) -> None:
@@ -162,24 +161,17 @@ def fill_esp(ctx: Context, result: DiskResult, root_label: str) -> None:
             os.close(fd)
 
 
-def split_artifacts(ctx: Context, images: dict[str, Path], compression: Optional[str]) -> list[Path]:
+def split_artifacts(ctx: Context, images: dict[str, Path], compression: Optional[str]) -> None:
+    """The root (or /usr) partition and its verity partition as files of their own; the unified kernel
+    image is split out by prepare_esp() (mkosi/boot/bootable.py)."""
     config = ctx.config
-    out: list[Path] = []
     root_role = "usr" if config.usr_only else "root"
-    pairs = [(images.get(root_role), config.output_split_root),
-             (images.get(f"{root_role}-verity"), config.output_split_verity),
-             (images.get(f"{root_role}-verity-sig"), config.output_split_verity_sig)]
-    for src, dst in pairs:
-        if src is None or dst is None:
+    for src, artifact in ((images.get(root_role), SPLIT_ROOT), (images.get(f"{root_role}-verity"), SPLIT_VERITY),
+                          (images.get(f"{root_role}-verity-sig"), SPLIT_VERITY_SIG)):
+        if src is None or not artifact.when(config):
             continue
+        dst = staged(ctx, artifact)
         tmp = ctx.workspace / f"split-{dst.name}"
         # Sparse like the partition image (a plain copy would write out every zero block).
         run(["cp", "--sparse=always", "--reflink=auto", src, tmp])
-        out.append(maybe_compress(tmp, compression, ctx.staging / dst.name))
-    if config.output_split_kernel is not None:
-        uki = ctx.workspace / "uki.efi"
-        if uki.exists():
-            dst = ctx.staging / config.output_split_kernel.name
-            shutil.copyfile(uki, dst)
-            out.append(dst)
-    return out
+        maybe_compress(tmp, compression, dst)

@@ -143,7 +143,8 @@ def test_bmap_describes_the_raw_disk_not_the_qcow2(tmp_path: Path) -> None:
     from mkosi.context import Context, Phase
     from mkosi.output.diskimage import bmap_and_convert
 
-    config = dataclasses.replace(Config(), bmap=True, qcow2=True, output_bmap=tmp_path / "out/image.bmap")
+    config = dataclasses.replace(Config(), bmap=True, qcow2=True, output=tmp_path / "out/image.qcow2",
+                                 output_dir=tmp_path / "out")
     staging = tmp_path / "staging"
     staging.mkdir()
     ctx = Context(Args(), config, tmp_path, Phase.final, tmp_path / "root", None, staging)
@@ -151,10 +152,10 @@ def test_bmap_describes_the_raw_disk_not_the_qcow2(tmp_path: Path) -> None:
     _make_image(raw)
     raw_size = raw.stat().st_size
     raw_sha = hashlib.sha256(raw.read_bytes()).hexdigest()
-    image, made = bmap_and_convert(ctx, raw)
+    image = bmap_and_convert(ctx, raw)
     assert image.read_bytes()[:4] == b"QFI\xfb"
-    assert made == [staging / "image.bmap"]
-    root = _parse(made[0].read_text())
+    assert [p.name for p in staging.iterdir()] == ["image.bmap"]
+    root = _parse((staging / "image.bmap").read_text())
     assert root.findtext("ImageSize", "").strip() == str(raw_size)
     # The ranges' checksums are those of the raw disk's blocks.
     first = _ranges(root)[0]

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from mkosi import build
+from mkosi.config.enums import SplitArtifact, Verity
 from mkosi.config.settings import Args, Config
 from mkosi.context import Context, Phase
+from mkosi.output import artifacts
 
 
 def ctx_for(root: Path, phase: Phase = Phase.final, **settings: object) -> Context:
@@ -113,15 +115,12 @@ def test_clamp_mtimes(tmp_path: Path) -> None:
 
 
 def test_checksums_leave_out_the_private_ssh_key(tmp_path: Path) -> None:
-    ctx = ctx_for(tmp_path / "root", checksum=True, output_checksum=tmp_path / "out/SHA256SUMS",
-                  output_sshkey=tmp_path / "out/id_ed25519")
+    ctx = ctx_for(tmp_path / "root", checksum=True, ssh=True, output=tmp_path / "out/image.raw",
+                  output_dir=tmp_path / "out")
     ctx.staging.mkdir()
-    files = []
     for name in ("image.raw", "id_ed25519", "id_ed25519.pub", "image.manifest"):
         (ctx.staging / name).write_text(name)
-        files.append(ctx.staging / name)
-    sums = build.write_checksums(ctx, files)
-    assert sums is not None
+    [(_, sums)] = build.write_checksums(ctx, artifacts.collect(ctx))
     listed = [line.split(" *", 1)[1] for line in sums.read_text().splitlines()]
     assert listed == ["id_ed25519.pub", "image.manifest", "image.raw"]
 
@@ -157,16 +156,16 @@ def test_split_artifacts_include_the_verity_signature(tmp_path: Path) -> None:
     from mkosi.output.diskimage import split_artifacts
 
     out = tmp_path / "out"
-    ctx = ctx_for(tmp_path / "root", output_split_root=out / "image.root.raw",
-                  output_split_verity=out / "image.root.verity",
-                  output_split_verity_sig=out / "image.root.roothash.p7s")
+    ctx = ctx_for(tmp_path / "root", split_artifacts=[SplitArtifact.partitions], verity=Verity.signed,
+                  output=out / "image.raw", output_dir=out)
     ctx.staging.mkdir()
     images = {}
     for role, content in (("root", b"root fs"), ("root-verity", b"hashes"), ("root-verity-sig", b'{"rootHash":1}')):
         images[role] = tmp_path / f"{role}.img"
         images[role].write_bytes(content)
-    made = split_artifacts(ctx, images, None)
-    assert sorted(p.name for p in made) == ["image.root.raw", "image.root.roothash.p7s", "image.root.verity"]
+    split_artifacts(ctx, images, None)
+    assert sorted(p.name for p in ctx.staging.iterdir()) == ["image.root.raw", "image.root.roothash.p7s",
+                                                             "image.root.verity"]
     assert (ctx.staging / "image.root.roothash.p7s").read_bytes() == b'{"rootHash":1}'
 
 

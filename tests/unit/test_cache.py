@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mkosi.cache import build_key, settings_inputs, write_private
 from mkosi.config.settings import Args, Config
-from mkosi.outputs import salt_path
+from mkosi.output.artifacts import salt_path
 
 
 def config_in(tmp_path: Path, **settings: object) -> Config:

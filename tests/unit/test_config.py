@@ -16,7 +16,6 @@ from mkosi.config.enums import (
     Distribution,
     Encrypt,
     ManifestFormat,
-    OutputFormat,
     Verb,
     Verity,
     WithNetwork,
@@ -27,6 +26,20 @@ from mkosi.config.settings import SECTIONS, SETTINGS, Args, Config, default_valu
 from mkosi.config.types import ConfigTree, Kind, parse_bool, parse_size
 from mkosi.distributions.registry import plugin
 from mkosi.errors import ConfigError
+from mkosi.output.artifacts import (
+    CHANGELOG,
+    CHECKSUM,
+    MANIFEST,
+    NSPAWN_SETTINGS,
+    ROOT_HASH,
+    ROOT_HASH_P7S,
+    SIGNATURE,
+    SPLIT_KERNEL,
+    SPLIT_ROOT,
+    SPLIT_VERITY,
+    SPLIT_VERITY_SIG,
+    written,
+)
 from mkosi.summary import summary_dict, summary_json, summary_text
 from tests.unit.conftest import write
 
@@ -215,7 +228,7 @@ def test_ini_lists_split_on_commas_and_whitespace(wd: Path) -> None:
 def test_ini_key_spelling_is_forgiving_but_warns(wd: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write(wd / "mkosi.default", "[output]\nimage-version=7.8\nimage_id=foo\nformat=tar\n")
     args = load()
-    assert (args.image_version, args.image_id, args.format) == ("7.8", "foo", OutputFormat.tar)
+    assert (args.image_version, args.image_id, args.format) == ("7.8", "foo", "tar")
     err = capsys.readouterr().err
     assert "mkosi.default:1:" in err and "[Output]" in err
     assert "mkosi.default:2:" in err and "ImageVersion" in err
@@ -241,7 +254,7 @@ def test_ini_nspawn_settings_classic_key(wd: Path, capsys: pytest.CaptureFixture
     write(wd / "mkosi.default", "[Content]\nSettings=test.nspawn\n")
     args = load()
     assert args.nspawn_settings == wd / "test.nspawn"
-    assert args.output_nspawn_settings == wd / "image.nspawn"
+    assert written(args, NSPAWN_SETTINGS) == wd / "image.nspawn"
     assert re.search(r"mkosi.default:2: Settings=.*NSpawnSettings=", capsys.readouterr().err)
 
 
@@ -252,24 +265,24 @@ def test_ini_output_split_verify_alias(wd: Path) -> None:
 
 
 @pytest.mark.parametrize("old,new", [
-    ("raw_gpt", OutputFormat.gpt_ext4), ("raw_btrfs", OutputFormat.gpt_btrfs),
-    ("raw_squashfs", OutputFormat.gpt_squashfs)])
-def test_ini_legacy_formats(wd: Path, capsys: pytest.CaptureFixture[str], old: str, new: OutputFormat) -> None:
+    ("raw_gpt", "gpt_ext4"), ("raw_btrfs", "gpt_btrfs"),
+    ("raw_squashfs", "gpt_squashfs")])
+def test_ini_legacy_formats(wd: Path, capsys: pytest.CaptureFixture[str], old: str, new: str) -> None:
     write(wd / "mkosi.default", f"[Output]\nFormat={old}\n")
     assert load().format == new
-    assert re.search(rf"mkosi.default:2: .*{old}.*{new.value}", capsys.readouterr().err)
+    assert re.search(rf"mkosi.default:2: .*{old}.*{new}", capsys.readouterr().err)
 
 
 def test_ini_wrong_section_applies_with_warning(wd: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write(wd / "mkosi.default", "[Content]\nFormat=tar\n")
-    assert load().format == OutputFormat.tar
+    assert load().format == "tar"
     assert re.search(r"mkosi.default:2: Format= belongs in \[Output\]", capsys.readouterr().err)
 
 
 def test_ini_misspelled_section_applies_with_warning(wd: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write(wd / "mkosi.default", "[Outptu]\nFormat=tar\n[Contnet]\nPackages=vim\n")
     args = load()
-    assert args.format == OutputFormat.tar and args.packages == ["vim"]
+    assert args.format == "tar" and args.packages == ["vim"]
     err = capsys.readouterr().err
     assert re.search(r"mkosi.default:2: .*\[Outptu\]", err)
     assert re.search(r"mkosi.default:4: .*\[Contnet\]", err)
@@ -331,7 +344,7 @@ def test_match_refuses_other_settings(wd: Path) -> None:
 def test_command_line_wins_for_scalars(wd: Path) -> None:
     write(wd / "mkosi.default", "[Distribution]\nDistribution=fedora\nRelease=24\n[Output]\nFormat=tar\n")
     args = load("-r", "25", "--format=directory")
-    assert (args.distribution, args.release, args.format) == (Distribution.fedora, "25", OutputFormat.directory)
+    assert (args.distribution, args.release, args.format) == (Distribution.fedora, "25", "directory")
 
 
 def test_lists_append_across_files_and_command_line(wd: Path) -> None:
@@ -368,7 +381,7 @@ def test_first_assignment_replaces_a_list_default(wd: Path) -> None:
     write(wd / "mkosi.default", "[Output]\nManifestFormat=changelog\n")
     args = load()
     assert args.manifest_format == [ManifestFormat.changelog]
-    assert args.output_manifest_json is None and args.output_changelog == wd / "image.changelog"
+    assert written(args, MANIFEST) is None and written(args, CHANGELOG) == wd / "image.changelog"
     assert load("--manifest-format=json").manifest_format == [ManifestFormat.changelog, ManifestFormat.json]
 
 
@@ -472,7 +485,7 @@ def test_conf_and_conf_d(wd: Path) -> None:
     write(wd / "mkosi.conf.d/10.conf", "[Output]\nImageVersion=3\n")
     write(wd / "mkosi.conf.d/fedora/10.conf", "[Content]\nPackages=dnf-only\n")
     args = load()
-    assert (args.image_id, args.image_version, args.format) == ("conf", "3", OutputFormat.tar)
+    assert (args.image_id, args.image_version, args.format) == ("conf", "3", "tar")
     assert args.packages == []
     assert load("-d", "fedora").packages == ["dnf-only"]
 
@@ -490,7 +503,7 @@ def test_default_option_replaces_mkosi_default(wd: Path) -> None:
     write(wd / "other/custom.conf", "[Output]\nImageId=custom\n")
     args = load("--default=other/custom.conf")
     assert args.image_id == "custom"
-    assert args.format == OutputFormat.gpt_ext4
+    assert args.format == "gpt_ext4"
     assert args.config_files == [wd / "other/custom.conf"]
 
 
@@ -527,7 +540,7 @@ def test_directory_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_default_output_name(wd: Path) -> None:
     args = load()
-    assert args.format == OutputFormat.gpt_ext4
+    assert args.format == "gpt_ext4"
     assert args.output == wd / "image.raw"
     assert args.output_dir == wd
     assert args.compress_output == "no"
@@ -566,14 +579,14 @@ def test_mkosi_output_directory_is_used(wd: Path) -> None:
     args = load()
     assert args.output_dir == wd / "mkosi.output"
     assert args.output == wd / "mkosi.output/image.raw"
-    assert args.output_checksum == wd / "mkosi.output/SHA256SUMS"
+    assert written(args, CHECKSUM) == wd / "mkosi.output/SHA256SUMS"
     # a bare file name goes into the output directory
     assert load("-o", "foo.raw").output == wd / "mkosi.output/foo.raw"
     # a path with a slash is used as it is, and mkosi.output/ is not used at all
     args = load("-o", "sub/foo.raw")
     assert args.output == wd / "sub/foo.raw"
     assert args.output_dir == wd / "sub"
-    assert args.output_checksum == wd / "sub/SHA256SUMS"
+    assert written(args, CHECKSUM) == wd / "sub/SHA256SUMS"
 
 
 def test_output_directory_setting(wd: Path) -> None:
@@ -621,7 +634,7 @@ def test_release_and_mirror_defaults(wd: Path) -> None:
 def test_other_defaults(wd: Path) -> None:
     args = load()
     assert args.manifest_format == [ManifestFormat.json]
-    assert args.output_manifest_json == wd / "image.manifest"
+    assert written(args, MANIFEST) == wd / "image.manifest"
     assert args.secure_boot_common_name == "mkosi of %u" and args.secure_boot_valid_days == 730
     assert (args.qemu_smp, args.qemu_mem, args.ssh_port) == ("2", "1G", 22)
     assert args.qemu_boot == BootProtocol.uefi
@@ -632,25 +645,29 @@ def test_other_defaults(wd: Path) -> None:
 
 def test_sign_implies_checksum(wd: Path) -> None:
     args = load("--sign")
-    assert args.checksum is True and args.output_signature == wd / "SHA256SUMS.gpg"
+    assert args.checksum is True and written(args, SIGNATURE) == wd / "SHA256SUMS.gpg"
 
 
 def test_split_artifacts_names(wd: Path) -> None:
     write(wd / "mkosi.secure-boot.key", "k")
     write(wd / "mkosi.secure-boot.crt", "c")
     args = load("--split-artifacts", "--verity=signed", "--compress-output=xz")
-    assert args.output_split_root == wd / "image.root.raw.xz"
-    assert args.output_split_verity == wd / "image.root.verity.xz"
-    assert args.output_split_verity_sig == wd / "image.root.roothash.p7s.xz"
+    assert written(args, SPLIT_ROOT) == wd / "image.root.raw.xz"
+    assert written(args, SPLIT_VERITY) == wd / "image.root.verity.xz"
+    assert written(args, SPLIT_VERITY_SIG) == wd / "image.root.roothash.p7s.xz"
     plain = load("--split-artifacts", "--verity")
-    assert (plain.output_split_root, plain.output_split_verity) == (wd / "image.root.raw", wd / "image.root.verity")
+    assert written(plain, SPLIT_ROOT) == wd / "image.root.raw"
+    assert written(plain, SPLIT_VERITY) == wd / "image.root.verity"
     usr = load("--split-artifacts", "--verity", "--usr-only", "--image-version=2")
-    assert (usr.output_split_root, usr.output_split_verity) == (wd / "image_2.usr.raw", wd / "image_2.usr.verity")
-    assert args.output_split_kernel is None
-    assert load("--split-artifacts", "--bootable").output_split_kernel == wd / "image.efi"
-    assert args.output_root_hash == wd / "image.roothash"
-    assert args.output_root_hash_p7s == wd / "image.roothash.p7s"
-    assert load("--verity", "--usr-only").output_root_hash == wd / "image.usrhash"
+    assert written(usr, SPLIT_ROOT) == wd / "image_2.usr.raw"
+    assert written(usr, SPLIT_VERITY) == wd / "image_2.usr.verity"
+    assert written(args, SPLIT_KERNEL) is None
+    assert written(load("--split-artifacts", "--bootable"), SPLIT_KERNEL) == wd / "image.efi"
+    # OutputSplitRoot= and friends replace the table's path.
+    assert written(load("--split-artifacts", "--output-split-root=/srv/r"), SPLIT_ROOT) == Path("/srv/r")
+    assert written(args, ROOT_HASH) == wd / "image.roothash"
+    assert written(args, ROOT_HASH_P7S) == wd / "image.roothash.p7s"
+    assert written(load("--verity", "--usr-only"), ROOT_HASH) == wd / "image.usrhash"
 
 
 # ---- mkosi.* files of the working directory ----

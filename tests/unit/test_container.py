@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from mkosi import container
-from mkosi.config.enums import OutputFormat, Verb
+from mkosi.config.enums import Verb
 from mkosi.config.settings import Args, Config
+from mkosi.formats import OutputFormat
 
 
 def fake_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str, Any]]:
@@ -40,8 +41,8 @@ def tree_config(tmp_path: Path, name: str, settings: bool) -> Config:
     if settings:
         nspawn = out / f"{name}.nspawn"
         nspawn.write_text("[Exec]\nEnvironment=FROM_SETTINGS=1\n")
-    return dataclasses.replace(Config(), format=OutputFormat.directory, output=out / name,
-                               output_nspawn_settings=nspawn)
+    return dataclasses.replace(Config(), format=OutputFormat("directory"), output=out / name, output_dir=out,
+                               nspawn_settings=nspawn)
 
 
 SHELL = Args(verb=Verb.shell)

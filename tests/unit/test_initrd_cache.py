@@ -13,7 +13,7 @@ from mkosi.boot.initrd import initrd_key
 from mkosi.config.enums import Distribution, Encrypt, Verity
 from mkosi.config.settings import Args, Config
 from mkosi.context import Context, Phase
-from mkosi.outputs import cached_initrd_path, incremental_cache_paths
+from mkosi.output.artifacts import cached_initrd_path, incremental_cache_paths
 
 VERSION = "6.1.0-10-amd64"
 STATUS = """\

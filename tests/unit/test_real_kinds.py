@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mkosi.config import load_args
-from mkosi.config.enums import Distribution, OutputFormat
+from mkosi.config.enums import Distribution
 from mkosi.config.settings import Config
 from tests.unit.conftest import write
 
@@ -95,12 +95,12 @@ def test_subimages_share_the_universal_settings_and_keep_their_own(wd: Path) -> 
         # ImageId= and ImageVersion= are passed down to the sub-images.
         assert (config.image_id, config.image_version) == ("acme", "7")
         assert "never-in-an-image" not in config.packages
-    assert images["base"].format == OutputFormat.directory
+    assert images["base"].format == "directory"
     assert images["base"].packages == ["bash", "coreutils"]
-    assert images["extension"].format == OutputFormat.sysext
+    assert images["extension"].format == "sysext"
     assert images["extension"].packages == ["strace"]
     # Format=disk, the default, is built as an ext4 GPT image.
-    assert images["main"].format == OutputFormat.gpt_ext4
+    assert images["main"].format == "gpt_ext4"
     assert images["main"].packages == ["kernel-core", "systemd-boot"]
     # %O is the output directory: the base image's output, looked for only when the main image is built.
     assert tree_sources(images["main"]) == [str(wd / "out/base")]
@@ -109,7 +109,7 @@ def test_subimages_share_the_universal_settings_and_keep_their_own(wd: Path) -> 
 def test_the_initrd_subimage_is_the_builtin_initrd_plus_its_own_packages(wd: Path) -> None:
     os_with_subimages(wd)
     initrd = load()["initrd"]
-    assert initrd.format == OutputFormat.cpio
+    assert initrd.format == "cpio"
     assert initrd.bootable is False
     # The built-in initrd's Fedora packages come first (the Include= stands before Packages=), then the
     # image's own.
@@ -164,7 +164,7 @@ def test_profiles_from_the_configuration(wd: Path) -> None:
     profile_tree(wd)
     main = load()["main"]
     assert main.profiles == ["base"]
-    assert (main.distribution, main.release, main.format) == (Distribution.debian, "trixie", OutputFormat.directory)
+    assert (main.distribution, main.release, main.format) == (Distribution.debian, "trixie", "directory")
     assert main.packages == ["systemd", "less"]
 
 
@@ -174,7 +174,7 @@ def test_profiles_from_the_command_line_in_their_order(wd: Path) -> None:
     # The command line's profiles come after the configured ones; each is read after mkosi.conf.d/, and
     # [Match] Profiles= in mkosi.conf.d/ already sees the command line's.
     assert main.profiles == ["base", "desktop", "server"]
-    assert main.format == OutputFormat.gpt_ext4
+    assert main.format == "gpt_ext4"
     assert main.packages == ["systemd", "flatpak", "less", "gnome-shell", "openssh-server"]
     assert "fedora-workstation-repositories" not in main.packages
 
@@ -234,7 +234,7 @@ def test_distribution_defaults_to_the_host_and_its_release(wd: Path, monkeypatch
     monkeypatch.setattr("mkosi.distributions.facts.host_architecture", lambda: "x86_64")
     family_tree(wd)
     main = load()["main"]
-    assert (main.distribution, main.release, main.format) == (Distribution.debian, "bookworm", OutputFormat.tar)
+    assert (main.distribution, main.release, main.format) == (Distribution.debian, "bookworm", "tar")
     assert main.packages == ["bash", "apt", "systemd-boot"]
 
 
@@ -267,7 +267,7 @@ def test_builtin_vm_configuration_makes_a_bootable_image(wd: Path) -> None:
         Packages=vim
     """)
     main = load()["main"]
-    assert (main.distribution, main.release, main.format) == (Distribution.debian, "bookworm", OutputFormat.gpt_ext4)
+    assert (main.distribution, main.release, main.format) == (Distribution.debian, "bookworm", "gpt_ext4")
     assert main.bootable is True
     assert main.packages[-1] == "vim"
     assert "systemd" in main.packages and "udev" in main.packages
@@ -279,9 +279,9 @@ def test_builtin_initrd_and_tools_configurations(wd: Path) -> None:
     write(wd / "mkosi.images/tools.conf", "[Include]\nInclude=mkosi-tools\n")
     images = load()
     assert list(images) == ["initrd", "tools", "main"]
-    assert (images["initrd"].format, images["initrd"].bootable) == (OutputFormat.cpio, False)
+    assert (images["initrd"].format, images["initrd"].bootable) == ("cpio", False)
     assert images["initrd"].packages[:2] == ["systemd", "kmod"]
-    assert images["tools"].format == OutputFormat.directory
+    assert images["tools"].format == "directory"
     assert all(c.distribution == Distribution.arch for c in images.values())
 
 
@@ -309,7 +309,7 @@ def test_nested_dropin_directories(wd: Path) -> None:
     write(top / "mkosi.conf.d/50-defaults.conf", "[Output]\n@Format=directory\n")
     main = load()["main"]
     # No distribution is set: the host's, Debian bookworm.
-    assert (main.distribution, main.release, main.format) == (Distribution.debian, "bookworm", OutputFormat.directory)
+    assert (main.distribution, main.release, main.format) == (Distribution.debian, "bookworm", "directory")
     assert main.packages == ["base", "shim-signed", "linux-image-amd64"]
     assert load("--image-id=tools")["main"].packages == ["base", "shim-signed", "linux-image-amd64", "gdb"]
     fedora = load("-d", "fedora")["main"]

@@ -19,7 +19,7 @@ from mkosi.config.settings import Args, Config
 from mkosi.context import Context, Phase
 from mkosi.installers import pacman, rpm
 from mkosi.installers.base import PackageInfo
-from mkosi.outputs import output_paths
+from mkosi.output.artifacts import CYCLONEDX, SPDX, to_clean, written
 
 DEP5 = """\
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
@@ -204,10 +204,8 @@ def test_written_next_to_the_json_manifest_with_the_output_checksum(tmp_path: Pa
     out = tmp_path / "out"
     config = dataclasses.replace(
         Config(), distribution=Distribution.debian, release="bookworm", architecture="x86-64",
-        image_id="testimg", image_version="1.2", output=out / "testimg_1.2.raw",
-        manifest_format=[ManifestFormat.json, ManifestFormat.spdx, ManifestFormat.cyclonedx],
-        output_manifest_json=out / "testimg_1.2.manifest", output_manifest_spdx=out / "testimg_1.2.spdx.json",
-        output_manifest_cyclonedx=out / "testimg_1.2.cdx.json")
+        image_id="testimg", image_version="1.2", output=out / "testimg_1.2.raw", output_dir=out,
+        manifest_format=[ManifestFormat.json, ManifestFormat.spdx, ManifestFormat.cyclonedx])
     root = image_root(tmp_path)
     staging = tmp_path / "staging"
     staging.mkdir()
@@ -219,21 +217,23 @@ def test_written_next_to_the_json_manifest_with_the_output_checksum(tmp_path: Pa
     (root / "usr/share/doc/demo/copyright").unlink()
     raw = staging / "testimg_1.2.raw"
     raw.write_bytes(b"disk image")
-    written = manifest.write_sboms(ctx, [raw])
-    assert [p.name for p in written] == ["testimg_1.2.spdx.json", "testimg_1.2.cdx.json"]
+    manifest.write_sboms(ctx)
+    documents = [staging / "testimg_1.2.spdx.json", staging / "testimg_1.2.cdx.json"]
+    assert all(p.exists() for p in documents)
     sha = manifest.sha256_file(raw)
-    spdx = json.loads(written[0].read_text())
+    spdx = json.loads(documents[0].read_text())
     assert spdx["packages"][0]["checksums"][0]["checksumValue"] == sha
     assert validate_spdx(spdx, tmp_path) == []
     assert "GPL-2.0-or-later" in next(p for p in spdx["packages"] if p["name"] == "demo")["licenseDeclared"]
-    cdx = written[1].read_text()
+    cdx = documents[1].read_text()
     assert json.loads(cdx)["metadata"]["component"]["hashes"][0]["content"] == sha
     assert validate_cyclonedx(json.loads(cdx)) is None
 
 
 def test_not_written_unless_asked(tmp_path: Path) -> None:
     ctx = Context(Args(), Config(), tmp_path, Phase.final, tmp_path / "root", None, tmp_path)
-    assert manifest.write_sboms(ctx, []) == []
+    manifest.write_sboms(ctx)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_setting_names_the_files(wd: Path, fixed_host: None) -> None:
@@ -241,9 +241,9 @@ def test_setting_names_the_files(wd: Path, fixed_host: None) -> None:
                                       "Format=tar\n")
     config = load_args(["summary"])[1][0]
     assert config.manifest_format == [ManifestFormat.json, ManifestFormat.spdx, ManifestFormat.cyclonedx]
-    assert config.output_manifest_spdx == wd / "foo.spdx.json"
-    assert config.output_manifest_cyclonedx == wd / "foo.cdx.json"
-    assert wd / "foo.cdx.json" in output_paths(config), "mkosi clean removes them"
+    assert written(config, SPDX) == wd / "foo.spdx.json"
+    assert written(config, CYCLONEDX) == wd / "foo.cdx.json"
+    assert wd / "foo.cdx.json" in to_clean(config, 0), "mkosi clean removes them"
 
 
 def test_rpm_and_pacman_databases_give_licences() -> None:

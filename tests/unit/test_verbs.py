@@ -19,7 +19,7 @@ from mkosi.__main__ import main
 from mkosi.config import load_args
 from mkosi.config.enums import Verb
 from mkosi.config.settings import Config
-from mkosi.outputs import output_paths
+from mkosi.output.artifacts import BMAP, CHECKSUM, MANIFEST, to_clean, written
 from tests.unit.conftest import write
 
 REPO = Path(__file__).resolve().parents[2]
@@ -234,9 +234,9 @@ def test_clean_removes_outputs(wd: Path) -> None:
     (wd / "mkosi.output").mkdir()
     args = resolve()
     assert args.output == wd / "mkosi.output/foo_3.raw"
-    outputs = [args.output, args.output_checksum, args.output_bmap, args.output_manifest_json]
+    outputs = [args.output, written(args, CHECKSUM), written(args, BMAP), written(args, MANIFEST)]
     assert all(p is not None for p in outputs)
-    assert set(outputs) <= set(output_paths(args))
+    assert set(outputs) <= set(to_clean(args, 0))
     _touch([p for p in outputs if p is not None])
     keep = write(wd / "mkosi.output/unrelated.txt", "keep me")
     assert run("clean") == 0
@@ -247,7 +247,7 @@ def test_clean_removes_outputs(wd: Path) -> None:
 
 def test_clean_force_levels(wd: Path) -> None:
     from mkosi.cache import package_cache_dir
-    from mkosi.outputs import incremental_cache_paths
+    from mkosi.output.artifacts import incremental_cache_paths
 
     (wd / "mkosi.cache").mkdir()
     args = resolve()

@@ -1,0 +1,243 @@
+"""The artifact table: every file a build can leave behind, declared once.
+
+A row gives the file's name template, when a build of a configuration writes it, whether `clean`
+removes it (and at which -f level), whether `summary` lists it, whether CompressOutput= applies to
+it and whether it goes into SHA256SUMS. The steps that write artifacts put them at `staged(ctx, row)`;
+`collect()` then gathers exactly the rows the configuration declares, and the overwrite check,
+checksums, the move into place, `clean`, `summary`, `serve` and the source-tree excludes all read
+the same rows. Nothing else knows an artifact's name.
+
+Templates are file names in the output directory (OutputDirectory=, or the image's directory):
+  {stem}         the image name without its format and compression suffixes (image_7.8.raw.xz -> image_7.8)
+  {compression}  the compression suffix (.xz, .zst, ...) of CompressOutput=
+  {hash}         .usrhash with UsrOnly=yes, else .roothash
+  {part}         usr with UsrOnly=yes, else root (the split partitions keep mkosi 14's names)
+The image itself is at Output= (IMAGE_TEMPLATE).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Optional
+
+from mkosi.config.enums import BootProtocol, ManifestFormat, Verity
+from mkosi.config.settings import Config
+from mkosi.context import Context, Phase
+from mkosi.errors import MkosiError
+from mkosi.formats import Format, compression_suffix, known_suffixes
+
+IMAGE_TEMPLATE = "{output}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Artifact:
+    key: str                                # how summary (and summary --json) names it
+    template: str
+    when: Callable[[Config], bool]          # whether a build of this configuration writes it
+    clean: Optional[int] = 0                # `clean` removes it from this -f level on; None: never
+    summary: bool = True
+    compressed: bool = False                # CompressOutput= applies to it
+    checksummed: bool = True                # listed in SHA256SUMS (when it is a file)
+    cache: bool = False                     # written in place by incremental mode, not by the build steps
+    setting: Optional[str] = None           # a Config field (a setting) that, when set, is its path
+    beside_image: bool = False              # kept next to the image rather than in the output directory
+    secret: bool = False                    # never published (serve) nor summed
+
+
+def _fmt(config: Config) -> Format:
+    return config.format.row
+
+
+def _bmap(config: Config) -> bool:
+    # The block map of the raw disk, also for a compressed or QCOW2 image (bmaptool decompresses itself).
+    return config.bmap and _fmt(config).is_disk
+
+
+def _ssh_key(config: Config) -> bool:
+    # With SshAgent= the agent's keys are authorized and no key is generated.
+    return config.ssh and config.ssh_key is None and not config.ssh_agent
+
+
+def _split_kernel(config: Config) -> bool:
+    return (bool(config.split_artifacts) and config.bootable and config.with_unified_kernel_images
+            and BootProtocol.uefi in config.boot_protocols)
+
+
+def _linux_boot(config: Config) -> bool:
+    return config.bootable and BootProtocol.linux in config.boot_protocols
+
+
+def _always(config: Config) -> bool:
+    return True
+
+
+IMAGE = Artifact("output", IMAGE_TEMPLATE, _always)
+CHECKSUM = Artifact("output_checksum", "SHA256SUMS", lambda c: c.checksum, checksummed=False)
+SIGNATURE = Artifact("output_signature", "SHA256SUMS.gpg", lambda c: c.sign, checksummed=False)
+BMAP = Artifact("output_bmap", "{stem}.bmap", _bmap)
+NSPAWN_SETTINGS = Artifact("output_nspawn_settings", "{stem}.nspawn", lambda c: c.nspawn_settings is not None)
+SSH_KEY = Artifact("output_sshkey", "id_ed25519", _ssh_key, checksummed=False, secret=True)
+ROOT_HASH = Artifact("output_root_hash", "{stem}{hash}", lambda c: c.verity != Verity.no)
+ROOT_HASH_P7S = Artifact("output_root_hash_p7s", "{stem}{hash}.p7s", lambda c: c.verity == Verity.signed)
+MANIFEST = Artifact("output_manifest_json", "{stem}.manifest", lambda c: ManifestFormat.json in c.manifest_format)
+SPDX = Artifact("output_manifest_spdx", "{stem}.spdx.json", lambda c: ManifestFormat.spdx in c.manifest_format)
+CYCLONEDX = Artifact("output_manifest_cyclonedx", "{stem}.cdx.json",
+                     lambda c: ManifestFormat.cyclonedx in c.manifest_format)
+CHANGELOG = Artifact("output_changelog", "{stem}.changelog", lambda c: ManifestFormat.changelog in c.manifest_format)
+SPLIT_ROOT = Artifact("output_split_root", "{stem}.{part}.raw{compression}", lambda c: bool(c.split_artifacts),
+                      compressed=True, setting="output_split_root")
+SPLIT_VERITY = Artifact("output_split_verity", "{stem}.{part}.verity{compression}",
+                        lambda c: bool(c.split_artifacts) and c.verity != Verity.no, compressed=True,
+                        setting="output_split_verity")
+SPLIT_VERITY_SIG = Artifact("output_split_verity_sig", "{stem}.{part}.{part}hash.p7s{compression}",
+                            lambda c: bool(c.split_artifacts) and c.verity == Verity.signed, compressed=True,
+                            setting="output_split_verity_sig")
+SPLIT_KERNEL = Artifact("output_split_kernel", "{stem}.efi", _split_kernel, setting="output_split_kernel")
+SSH_PUBLIC_KEY = Artifact("output_sshkey_public", "id_ed25519.pub", _ssh_key)
+LINUX_KERNEL = Artifact("output_linux_kernel", "{stem}.vmlinuz", _linux_boot)
+LINUX_INITRD = Artifact("output_linux_initrd", "{stem}.initrd", _linux_boot)
+LINUX_CMDLINE = Artifact("output_linux_cmdline", "{stem}.cmdline", _linux_boot)
+
+
+def _cache(key: str, template: str) -> Artifact:
+    return Artifact(key, template, _always, clean=1, summary=False, checksummed=False, cache=True, beside_image=True)
+
+
+CACHE_IMAGES = {phase: _cache(f"cache_{phase.value}", f"{{stem}}.cache-{phase.value}") for phase in Phase}
+CACHE_KEYS = {phase: _cache(f"cache_{phase.value}_key", f"{{stem}}.cache-{phase.value}.key") for phase in Phase}
+CACHE_INITRD = _cache("cache_initrd", "{stem}.cache-initrd")
+CACHE_INITRD_KEY = _cache("cache_initrd_key", "{stem}.cache-initrd.key")
+OUTPUT_KEY = _cache("cache_output_key", "{stem}.cache-output.key")
+SALT = _cache("cache_salt", "{stem}.cache-salt")
+
+ARTIFACTS: tuple[Artifact, ...] = (
+    IMAGE, CHECKSUM, SIGNATURE, BMAP, NSPAWN_SETTINGS, SSH_KEY, ROOT_HASH, ROOT_HASH_P7S, MANIFEST, CHANGELOG,
+    SPDX, CYCLONEDX,
+    SPLIT_ROOT, SPLIT_VERITY, SPLIT_KERNEL, SPLIT_VERITY_SIG, SSH_PUBLIC_KEY, LINUX_KERNEL, LINUX_INITRD,
+    LINUX_CMDLINE, *(a for phase in Phase for a in (CACHE_IMAGES[phase], CACHE_KEYS[phase])), CACHE_INITRD,
+    CACHE_INITRD_KEY, OUTPUT_KEY, SALT,
+)
+
+# SHA256SUMS and its signature are written over the other artifacts, after all of them.
+SUMS = (CHECKSUM, SIGNATURE)
+
+
+def output_stem(config: Config) -> str:
+    """The output's name without format and compression suffixes: image_7.8.raw.xz -> image_7.8."""
+    assert config.output is not None
+    stem = config.output.name
+    suffixes = known_suffixes()
+    while True:
+        for suffix in suffixes:
+            if stem.endswith(suffix):
+                stem = stem[: -len(suffix)]
+                break
+        else:
+            return stem
+
+
+def default_output(name: str, fmt: Format, compression: Optional[str], qcow2: bool) -> str:
+    """The image's file name when Output= is not given."""
+    return name + fmt.file_suffix(compression, qcow2)
+
+
+def path(config: Config, artifact: Artifact) -> Path:
+    """Where the artifact lives once built (whether or not this configuration writes it)."""
+    assert config.output is not None
+    if artifact.setting is not None and getattr(config, artifact.setting) is not None:
+        return Path(getattr(config, artifact.setting))
+    if artifact.template == IMAGE_TEMPLATE:
+        return config.output
+    name = artifact.template.format(
+        stem=output_stem(config), compression=compression_suffix(config.output_compression),
+        hash=".usrhash" if config.usr_only else ".roothash", part="usr" if config.usr_only else "root")
+    return (config.output.parent if artifact.beside_image else config.output_dir or config.output.parent) / name
+
+
+def written(config: Config, artifact: Artifact) -> Optional[Path]:
+    """The artifact's path when a build of this configuration writes it, else None."""
+    return path(config, artifact) if artifact.when(config) else None
+
+
+def declared(config: Config, *, cache: Optional[bool] = False) -> list[Artifact]:
+    """The rows this configuration writes: build outputs (cache=False), incremental caches (True), or both (None)."""
+    return [a for a in ARTIFACTS if (cache is None or a.cache == cache) and a.when(config)]
+
+
+def paths(config: Config, *, cache: Optional[bool] = False) -> list[Path]:
+    return [path(config, a) for a in declared(config, cache=cache)]
+
+
+def secrets(config: Config) -> list[Path]:
+    """The artifacts of this configuration that must never be published."""
+    return [path(config, a) for a in declared(config, cache=None) if a.secret]
+
+
+def existing(config: Config) -> list[Path]:
+    """Build outputs of this configuration that are already there (the overwrite check)."""
+    return [p for p in paths(config) if p.exists() or p.is_symlink()]
+
+
+def to_clean(config: Config, force: int) -> list[Path]:
+    """What `mkosi clean` removes with `force` times -f."""
+    return [path(config, a) for a in declared(config, cache=None) if a.clean is not None and a.clean <= force]
+
+
+def shown(config: Config) -> dict[str, Path]:
+    """What `summary` lists, by key."""
+    return {a.key: path(config, a) for a in declared(config) if a.summary}
+
+
+# ---- during a build ----
+
+def staged(ctx: Context, artifact: Artifact) -> Path:
+    """Where a build step writes the artifact; it is moved to path() once the build succeeded."""
+    if artifact.key in ctx.placed:
+        return ctx.placed[artifact.key]
+    return ctx.staging / path(ctx.config, artifact).name
+
+
+def place_elsewhere(ctx: Context, artifact: Artifact, where: Path) -> None:
+    """Record that an artifact is made outside the staging directory (e.g. a subvolume made on the output
+    directory's file system)."""
+    ctx.placed[artifact.key] = where
+
+
+def collect(ctx: Context) -> list[tuple[Artifact, Path]]:
+    """The staged build outputs, checking that every declared one was written (SHA256SUMS and its
+    signature are written afterwards and not included)."""
+    found = []
+    for a in declared(ctx.config):
+        if a in SUMS:
+            continue
+        p = staged(ctx, a)
+        if not (p.exists() or p.is_symlink()):
+            raise MkosiError(f"the build did not write {path(ctx.config, a).name} (internal error)")
+        found.append((a, p))
+    return found
+
+
+# ---- incremental mode ----
+
+def cached_image_path(config: Config, phase: Phase) -> Path:
+    return path(config, CACHE_IMAGES[phase])
+
+
+def cached_initrd_path(config: Config) -> Path:
+    """The initrd of the last bootable build with -i; its key is next to it (`.key`)."""
+    return path(config, CACHE_INITRD)
+
+
+def output_key_path(config: Config) -> Path:
+    return path(config, OUTPUT_KEY)
+
+
+def salt_path(config: Config) -> Path:
+    return path(config, SALT)
+
+
+def incremental_cache_paths(config: Config) -> list[Path]:
+    """Everything incremental mode keeps between builds (removed by -ff and clean -f)."""
+    return paths(config, cache=True)

@@ -16,7 +16,7 @@ from mkosi.errors import ConfigError, MkosiError
 from mkosi.formats import Format, FormatKind
 from mkosi.output import artifacts
 from mkosi.output.make import make_outputs, maker, resolve
-from mkosi.summary import summary_dict, summary_text
+from mkosi.summary import image_json, summary_dict, summary_text
 
 pytestmark = pytest.mark.usefixtures("fixed_host")
 
@@ -67,7 +67,8 @@ def test_a_registered_format_is_parsed_named_and_summarized(wd: Path, madeup: Fo
     data = summary_dict(Args(), config)
     assert data["Output"]["Format"] == "madeup"
     assert data["Outputs"]["output"] == str(wd / "image.lst.zst")
-    assert "image.lst.zst" in summary_text(Args(), config)
+    assert "image.lst.zst" in summary_text(Args(), [config])
+    assert image_json(Args(), config)["Outputs"]["output"] == str(wd / "image.lst.zst")
     # Only what the row says it can write.
     assert "use zstd" in str(load_error("--format=madeup", "--compress-output=xz"))
     # Settings of disk images are refused, as for every format that does not take them.

@@ -37,9 +37,12 @@ DISK_SETTINGS = ("bootable", "encrypt", "split_artifacts", "qcow2", "usr_only", 
                  "srv_size", "swap_size")
 
 # Settings a few formats take. Given with a format that does not take it, a setting is an error
-# (True) or ignored with a warning (False).
+# (True) or ignored with a warning (False). Bootable= and SplitArtifacts= only warn: upstream accepts them
+# with every format (a directory tree may be made bootable elsewhere), and configurations rely on that.
 FORMAT_SETTINGS: dict[str, bool] = {
     **dict.fromkeys(DISK_SETTINGS, True),
+    "bootable": False,
+    "split_artifacts": False,
     "minimize": True,
     "tar_strip_selinux_context": False,
 }

@@ -262,7 +262,9 @@ def check_verity_combinations(cli: CommandLine, v: Merged, values: dict[str, Any
 
 def check_secure_boot(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
     if values["secure_boot"] and not values["bootable"]:
-        raise _fail(v, "secure_boot", "requires Bootable=yes")
+        # Nothing to sign; upstream accepts it (its Bootable= defaults to auto), so configurations have it.
+        log.warn("SecureBoot= has no effect without Bootable=yes: the image has no boot loader to sign")
+        return
     # genkey makes the keys, summary only reports: only verbs that may build need them to exist.
     if not ((values["secure_boot"] or values["verity"] == Verity.signed) and cli.verb.needs_build()):
         return

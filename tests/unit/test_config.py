@@ -770,11 +770,9 @@ def test_summary_secret_is_hidden(wd: Path) -> None:
 
 @pytest.mark.parametrize("settings,setting,words", [
     ("[Output]\nFormat=directory\nVerity=yes\n", "Verity", "GPT"),
-    ("[Output]\nFormat=tar\nBootable=yes\n", "Bootable", "GPT"),
     ("[Output]\nFormat=directory\nEncrypt=all\n", "Encrypt", "GPT"),
     ("[Output]\nFormat=tar\nQCow2=yes\n", "QCow2", "GPT"),
     ("[Output]\nFormat=tar\n[Partitions]\nHomeSize=1G\n", "HomeSize", "GPT"),
-    ("[Output]\nSecureBoot=yes\n", "SecureBoot", "Bootable"),
     ("[Output]\nBootable=yes\nSecureBoot=yes\n", "SecureBoot", "key"),
     ("[Output]\nVerity=signed\n", "Verity", "key"),
     ("[Output]\nFormat=gpt_xfs\nMinimize=yes\n", "Minimize", "gpt_ext4"),
@@ -975,3 +973,16 @@ def test_a_made_up_setting_with_a_computed_default_is_one_row(wd: Path) -> None:
     assert values["greeting"] == "hello debian bookworm"
     assigned = Merged({**defaults, "greeting": "hi"}, {"greeting": Origin("mkosi.conf", 3)}, set())
     assert resolve_all(assigned, wd, {}, rows)["greeting"] == "hi"
+
+
+@pytest.mark.parametrize(("text", "warning"), [
+    ("[Output]\nFormat=tar\nBootable=yes\n", "Bootable= only applies to GPT disk image formats"),
+    ("[Output]\nFormat=directory\nSplitArtifacts=yes\n", "SplitArtifacts= only applies to GPT disk image formats"),
+    ("[Output]\nSecureBoot=yes\n", "SecureBoot= has no effect without Bootable=yes"),
+])
+def test_settings_without_effect_on_the_format_warn(wd: Path, text: str, warning: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Upstream accepts these, and real configurations use them: a warning, and the build goes on."""
+    write(wd / "mkosi.default", text)
+    load()
+    assert warning in capsys.readouterr().err

@@ -72,8 +72,8 @@ def test_a_registered_format_is_parsed_named_and_summarized(wd: Path, madeup: Fo
     # Only what the row says it can write.
     assert "use zstd" in str(load_error("--format=madeup", "--compress-output=xz"))
     # Settings of disk images are refused, as for every format that does not take them.
-    e = load_error("--format=madeup", "--bootable")
-    assert e.setting == "--bootable" and "not 'madeup'" in str(e)
+    e = load_error("--format=madeup", "--encrypt=all")
+    assert e.setting == "--encrypt" and "not 'madeup'" in str(e)
 
 
 def test_the_build_dispatches_to_the_registered_maker(wd: Path, madeup: Format) -> None:

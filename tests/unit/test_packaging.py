@@ -115,8 +115,9 @@ def test_wheel_and_sdist(tmp_path: Path) -> None:
     # Installing either puts mkosi(1) where man finds it.
     for artifact in (wheel, sdist):
         prefix = tmp_path / f"prefix-{artifact.suffix}"
+        # --ignore-installed: the same version may be installed in this environment already (CI installs it).
         proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
-                               "--no-index", "--prefix", str(prefix), str(artifact)],
+                               "--ignore-installed", "--no-index", "--prefix", str(prefix), str(artifact)],
                               capture_output=True, text=True, check=False)
         assert proc.returncode == 0, proc.stderr
         assert (prefix / "share/man/man1/mkosi.1").read_text() == expected

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
+import gnupg
+
 from mkosi import log
 from mkosi.cache import (
     build_key,
@@ -25,11 +27,13 @@ from mkosi.config.settings import Args, Config
 from mkosi.context import Context, Phase
 from mkosi.dependencies import check_host_tools
 from mkosi.distributions.registry import plugin
+from mkosi.elf import image_architecture
 from mkosi.errors import MkosiError
-from mkosi.manifest import write_sboms
+from mkosi.manifest import write_manifests, write_sboms
 from mkosi.mounts import umount_all_below
 from mkosi.output import artifacts
 from mkosi.output.artifacts import Artifact, incremental_cache_paths, output_key_path, staged
+from mkosi.output.make import check_target, make_outputs
 from mkosi.preflight import (
     WORKSPACE_PREFIX,
     check_writable,
@@ -40,6 +44,16 @@ from mkosi.preflight import (
     remove_in_background,
     remove_stale_workspaces,
 )
+from mkosi.run import find_tool, run
+from mkosi.scripts import (
+    copy_build_results,
+    copy_build_sources,
+    run_build_script,
+    run_finalize_script,
+    run_postinst_script,
+    run_prepare_script,
+)
+from mkosi.ssh import generate_ssh_keypair
 from mkosi.trees import chown_to_invoking_user, install_tree, resolve_in_root
 
 # ---------------------------------------------------------------- workspace
@@ -117,7 +131,6 @@ def install_distribution(ctx: Context) -> None:
 
 def verify_architecture(ctx: Context) -> None:
     """The installed binaries must be built for Architecture=; catches repositories of the wrong one."""
-    from mkosi.elf import image_architecture
 
     found = image_architecture(ctx.root)
     if found is not None and found != ctx.config.architecture:
@@ -173,7 +186,6 @@ def configure_os_release(ctx: Context) -> None:
 
 def hash_password(password: str) -> str:
     """SHA-512 crypt(3) hash; the password goes through stdin, never a command line."""
-    from mkosi.run import run
 
     return str(run(["openssl", "passwd", "-6", "-stdin"], input=password + "\n", capture=True,
                    log_argv=["openssl", "passwd", "-6", "-stdin"]).stdout).strip()
@@ -263,7 +275,6 @@ def configure_network(ctx: Context) -> None:
         return
     _write(in_image(ctx, "etc/systemd/network/80-mkosi-dhcp.network"),
            "[Match]\nName=en* eth*\nType=ether\n\n[Network]\nDHCP=yes\n")
-    from mkosi.run import run
 
     run(["systemctl", "--root", ctx.root, "enable", "systemd-networkd.service"], capture=True)
 
@@ -274,8 +285,6 @@ def configure_ssh(ctx: Context) -> None:
     config = ctx.config
     if not config.ssh or ctx.phase != Phase.final:
         return
-    from mkosi.run import run
-    from mkosi.ssh import generate_ssh_keypair
 
     keys: list[str] = []
     if config.ssh_agent:
@@ -435,14 +444,12 @@ def clamp_mtimes(root: Path, epoch: int) -> None:
 # ---------------------------------------------------------------- outputs
 
 def write_manifest(ctx: Context) -> None:
-    from mkosi.manifest import write_manifests
 
     with log.step("Writing manifests"):
         write_manifests(ctx)
 
 
 def make_output(ctx: Context) -> None:
-    from mkosi.output.make import make_outputs
 
     make_outputs(ctx)
 
@@ -471,7 +478,6 @@ def sign_checksums(ctx: Context, checksums: Staged) -> Staged:
     config = ctx.config
     if not artifacts.SIGNATURE.when(config) or not checksums:
         return []
-    import gnupg
 
     out = staged(ctx, artifacts.SIGNATURE)
     gpg = gnupg.GPG(gnupghome=os.environ.get("GNUPGHOME"))
@@ -517,7 +523,6 @@ def replace_path(src: Path, dst: Path) -> None:
 
 
 def _rmtree_any(path: Path) -> None:
-    from mkosi.run import find_tool, run
 
     # A btrfs subvolume output is deleted as a subvolume; anything else with rmtree.
     if find_tool("btrfs") and run(["btrfs", "subvolume", "delete", path], check=False, capture=True).returncode == 0:
@@ -528,13 +533,6 @@ def _rmtree_any(path: Path) -> None:
 # ---------------------------------------------------------------- the pipeline
 
 def build_phase(ctx: Context) -> None:
-    from mkosi.scripts import (
-        copy_build_results,
-        copy_build_sources,
-        run_finalize_script,
-        run_postinst_script,
-        run_prepare_script,
-    )
 
     ctx.root.mkdir(parents=True, exist_ok=True)
     # Everything up to the prepare script is what incremental mode caches.
@@ -573,7 +571,6 @@ def build_phase(ctx: Context) -> None:
 
 def build_image(args: Args, config: Config, ws: Path, cleanup: list[Path]) -> Staged:
     """Build in the workspace; returns the artifacts waiting in the staging directory."""
-    from mkosi.scripts import run_build_script
 
     staging = ws / "staging"
     staging.mkdir()
@@ -659,7 +656,6 @@ def source_date_epoch_environment(config: Config) -> Iterator[None]:
 def prepare_to_build(config: Config) -> None:
     """What every build does once its outputs may be written: check the target directories, remove
     workspaces of killed builds, and make its mounts private."""
-    from mkosi.output.make import check_target
 
     assert config.output_dir is not None
     check_target(config)

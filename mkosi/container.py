@@ -20,6 +20,7 @@ from mkosi.errors import MkosiError
 from mkosi.formats import FormatKind
 from mkosi.mounts import umount_all_below
 from mkosi.output.artifacts import NSPAWN_SETTINGS, output_stem, written
+from mkosi.output.gpt import role_of_type
 from mkosi.run import current_sandbox, run
 from mkosi.sandbox import Container, valid_machine_name
 
@@ -39,7 +40,6 @@ def host_has_udev() -> bool:
 
 def root_partition(image: Path) -> tuple[int, int, bool]:
     """Byte offset and size of the image's root partition, and whether it is marked read-only."""
-    from mkosi.output.gpt import role_of_type
 
     table = json.loads(run(["sfdisk", "--json", image], capture=True).stdout)["partitiontable"]
     sector = int(table.get("sectorsize", 512))

@@ -17,6 +17,7 @@ from mkosi.config.settings import (
     setting_value,
 )
 from mkosi.config.types import Setting, parse_size
+from mkosi.distributions.registry import plugin
 from mkosi.output.artifacts import IMAGE, shown
 
 # Readable labels of the text summary where splitting the key's words is not enough.
@@ -93,7 +94,6 @@ def _text(value: Any, size: bool = False) -> str:
 
 
 def repositories(config: Config) -> list[str]:
-    from mkosi.distributions.registry import plugin
 
     try:
         return plugin(config.distribution).repositories(config)

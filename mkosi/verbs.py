@@ -28,8 +28,9 @@ from mkosi.preflight import recover_interrupted_move
 from mkosi.reproduce import check_reproducible
 from mkosi.run import run, using_sandbox
 from mkosi.sandbox import Sandbox
+from mkosi.serve import run_serve
 from mkosi.summary import summary_json, summary_text
-from mkosi.vm import run_serve, run_ssh, run_vm
+from mkosi.vm import run_ssh, run_vm
 
 
 def verb_summary(args: Args, configs: list[Config]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -10,15 +11,18 @@ from pathlib import Path
 from mkosi import log
 from mkosi.config.enums import BootProtocol, QemuKvm
 from mkosi.config.settings import Args, Config
+from mkosi.container import ephemeral_copy
 from mkosi.errors import MkosiError
 from mkosi.output import artifacts
+from mkosi.qemu import copy_ovmf_vars, probe_kvm, qemu_command, run_qemu, tap_name
+from mkosi.sandbox import valid_machine_name
+from mkosi.ssh import connect_with_retry, ssh_command
 
 # The host port forwarded to the guest's sshd by `mkosi qemu` with Ssh=yes; `mkosi ssh` uses it.
 QEMU_SSH_PORT = 2222
 
 
 def use_kvm(config: Config) -> bool:
-    from mkosi.qemu import probe_kvm
 
     if config.qemu_kvm == QemuKvm.no:
         return False
@@ -32,7 +36,6 @@ def use_kvm(config: Config) -> bool:
 
 
 def qemu_argv(args: Args, config: Config, tmp: Path) -> list[str]:
-    from mkosi.qemu import copy_ovmf_vars, qemu_command
 
     assert config.output is not None
     if config.output_compression:
@@ -49,8 +52,6 @@ def qemu_argv(args: Args, config: Config, tmp: Path) -> list[str]:
             cmdline += " " + " ".join(args.cmdline)
     tap = None
     if config.netdev:
-        from mkosi.qemu import tap_name
-        from mkosi.sandbox import valid_machine_name
 
         # A link on the host that systemd-networkd configures (its 80-vm-vt.network), like nspawn's veth.
         if os.getuid() != 0 or not os.access("/dev/net/tun", os.R_OK | os.W_OK):
@@ -68,15 +69,12 @@ def qemu_argv(args: Args, config: Config, tmp: Path) -> list[str]:
 
 
 def run_vm(args: Args, config: Config) -> int:
-    from mkosi.container import ephemeral_copy
-    from mkosi.qemu import run_qemu
 
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mkosi-qemu-")))
         if config.ephemeral:
             assert config.output is not None
             copy = stack.enter_context(ephemeral_copy(config.output))
-            import dataclasses
 
             config = dataclasses.replace(config, output=copy)
         run_qemu(qemu_argv(args, config, tmp))
@@ -84,14 +82,12 @@ def run_vm(args: Args, config: Config) -> int:
 
 
 def run_ssh(args: Args, config: Config) -> int:
-    from mkosi.ssh import connect_with_retry, ssh_command
 
     if not config.ssh:
         raise MkosiError("the image was not built with Ssh=yes", hint="build with --ssh")
     key = config.ssh_key or artifacts.written(config, artifacts.SSH_KEY)
     agent = None
     if config.ssh_agent:
-        import os
 
         use_env = config.ssh_agent.lower() in ("yes", "true", "1")
         agent = os.environ.get("SSH_AUTH_SOCK") if use_env else config.ssh_agent
@@ -99,9 +95,3 @@ def run_ssh(args: Args, config: Config) -> int:
         raise MkosiError(f"ssh key '{key}' does not exist", hint="build the image with Ssh=yes first")
     argv = ssh_command("127.0.0.1", QEMU_SSH_PORT, key if agent is None else None, agent, list(args.cmdline))
     return connect_with_retry(argv, config.ssh_timeout)
-
-
-def run_serve(config: Config) -> int:
-    from mkosi.serve import run_serve
-
-    return run_serve(config)

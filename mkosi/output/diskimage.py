@@ -27,6 +27,12 @@ from mkosi.output.compress import maybe_compress
 
 if TYPE_CHECKING:
     from mkosi.output.disk import DiskResult
+from mkosi.boot.bootable import VerityInfo, install_bios_boot, prepare_esp
+from mkosi.output.bmap import write_bmap
+from mkosi.output.disk import DiskSpec, build_disk, main_partition_label, qcow2_convert
+from mkosi.output.filesystems import populate_vfat
+from mkosi.output.gpt import copy_sparse, seed_from_setting
+from mkosi.output.verity import roothash_uuids
 from mkosi.run import run
 
 
@@ -50,8 +56,6 @@ def passphrase_file(ctx: Context) -> Optional[Path]:
 
 
 def make_disk_image(ctx: Context) -> None:
-    from mkosi.output.disk import DiskSpec, build_disk, main_partition_label
-    from mkosi.output.gpt import seed_from_setting
 
     config = ctx.config
     assert config.output is not None
@@ -92,7 +96,6 @@ def make_disk_image(ctx: Context) -> None:
         # the unified kernel image carries the root hash.
         fill_esp(ctx, result, main_partition_label(spec))
     if config.bootable and BootProtocol.bios in config.boot_protocols:
-        from mkosi.boot.bootable import install_bios_boot
 
         install_bios_boot(ctx, result.output)
 
@@ -118,11 +121,9 @@ def bmap_and_convert(ctx: Context, raw: Path) -> Path:
     The bmap always describes the raw disk: that is what bmaptool writes to a device, also when it
     reads the image compressed (bmaptool decompresses on the fly and checks the uncompressed blocks).
     Returns the image to stage."""
-    from mkosi.output.disk import qcow2_convert
 
     config = ctx.config
     if BMAP.when(config):
-        from mkosi.output.bmap import write_bmap
 
         write_bmap(raw, staged(ctx, BMAP))
     image = raw
@@ -136,11 +137,6 @@ def bmap_and_convert(ctx: Context, raw: Path) -> Path:
 
 
 def fill_esp(ctx: Context, result: DiskResult, root_label: str) -> None:
-    from mkosi.boot.bootable import VerityInfo, prepare_esp
-    from mkosi.output.filesystems import populate_vfat
-    from mkosi.output.gpt import copy_sparse
-    from mkosi.output.verity import roothash_uuids
-    from mkosi.run import run
 
     verity = None
     if result.roothash:

@@ -19,6 +19,8 @@ from mkosi.formats import FORMATS, Format
 from mkosi.output.archive import make_cpio, make_tar
 from mkosi.output.artifacts import IMAGE, NSPAWN_SETTINGS, place_elsewhere, staged
 from mkosi.output.compress import maybe_compress
+from mkosi.output.diskimage import make_disk_image
+from mkosi.output.filesystems import make_squashfs
 from mkosi.run import run
 
 
@@ -89,7 +91,6 @@ def make_cpio_output(ctx: Context) -> None:
 
 
 def make_plain_squashfs(ctx: Context) -> None:
-    from mkosi.output.filesystems import make_squashfs
 
     tmp = _uncompressed_name(ctx, ".raw")
     tool = str(ctx.config.mksquashfs_tool) if ctx.config.mksquashfs_tool else "mksquashfs"
@@ -98,7 +99,6 @@ def make_plain_squashfs(ctx: Context) -> None:
 
 
 def make_disk(ctx: Context) -> None:
-    from mkosi.output.diskimage import make_disk_image
 
     make_disk_image(ctx)
 

@@ -90,7 +90,7 @@ def test_sources_copied_before_extra_trees_postinst_and_finalize(monkeypatch: py
                  "configure_qemu_headless", "configure_network", "configure_ssh", "copy_extra_trees"):
         monkeypatch.setattr(build, name, lambda ctx, name=name: order.append(name))
     for name in ("run_prepare_script", "run_postinst_script", "run_finalize_script", "copy_build_results"):
-        monkeypatch.setattr(scripts, name, lambda ctx, name=name: order.append(name))
+        monkeypatch.setattr(build, name, lambda ctx, name=name: order.append(name))
     src = tmp_path / "project"
     src.mkdir()
     (src / "hello.c").write_text("int main(void) { return 0; }\n")
@@ -102,7 +102,7 @@ def test_sources_copied_before_extra_trees_postinst_and_finalize(monkeypatch: py
         order.append("copy_build_sources")
         real(ctx)
 
-    monkeypatch.setattr(scripts, "copy_build_sources", copy)
+    monkeypatch.setattr(build, "copy_build_sources", copy)
     build.build_phase(ctx)
     assert (ctx.root / "root/src/hello.c").is_file()
     i = order.index

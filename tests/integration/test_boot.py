@@ -126,7 +126,7 @@ def test_rebuild_reuses_the_initrd(boot_project: Path) -> None:
     assert "Reusing the cached initrd for kernel" in log, log[-3000:]
     assert "Building the initrd" not in log
     assert (boot_project / "mkosi.output/bootimg.initrd").read_bytes() == initrd
-    root = boot_project / "mkosi.output/bootimg.root"
+    root = boot_project / "mkosi.output/bootimg.root.raw"
     assert "rebuilt" in debugfs(root, "cat /etc/motd")
     boot_dir = debugfs(root, "ls /boot")
     assert "vmlinuz-" in boot_dir and "initrd.img" not in boot_dir, boot_dir

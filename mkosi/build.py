@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -507,12 +508,7 @@ def replace_path(src: Path, dst: Path) -> None:
     try:
         os.rename(src, tmp)
     except OSError:
-        if src.is_dir() and not src.is_symlink():
-            shutil.copytree(src, tmp, symlinks=True)
-            shutil.rmtree(src)
-        else:
-            shutil.copy2(src, tmp)
-            src.unlink()
+        _copy_across(src, tmp, dst)
     if dst.is_dir() and not dst.is_symlink():
         old = dst.parent / f".mkosi-old-{dst.name}"
         os.rename(dst, old)
@@ -520,6 +516,40 @@ def replace_path(src: Path, dst: Path) -> None:
         _rmtree_any(old)
     else:
         os.replace(tmp, dst)
+
+
+def _copy_across(src: Path, tmp: Path, dst: Path) -> None:
+    """Copy src to tmp (another file system). When it fails, the partial copy goes: a full disk must not
+    stay full of half an output, and the error names the destination, in one line."""
+    try:
+        if src.is_dir() and not src.is_symlink():
+            shutil.copytree(src, tmp, symlinks=True)
+            shutil.rmtree(src)
+        else:
+            shutil.copy2(src, tmp)
+            src.unlink()
+    except OSError as e:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        if _no_space(e):
+            raise MkosiError(f"no space left on the file system of {dst.parent} for {dst.name}",
+                             hint="free some space there, or choose another OutputDirectory=")
+        raise MkosiError(f"cannot write {dst}: {_first_reason(e)}")
+
+
+def _no_space(e: OSError) -> bool:
+    # shutil.copytree raises one Error listing every file that failed: (src, dst, reason) triples.
+    if e.errno == errno.ENOSPC:
+        return True
+    return isinstance(e, shutil.Error) and any("No space left" in str(why) for *_, why in e.args[0])
+
+
+def _first_reason(e: OSError) -> str:
+    if isinstance(e, shutil.Error) and e.args and isinstance(e.args[0], list) and e.args[0]:
+        return str(e.args[0][0][-1])[:200]
+    return (e.strerror or str(e))[:200]
 
 
 def _rmtree_any(path: Path) -> None:

@@ -190,3 +190,45 @@ def test_configuration_steps_never_write_through_links_onto_the_host(tmp_path: P
     inside = ctx.root.resolve() / str(outside).lstrip("/")
     assert (inside / "etc/hostname").read_text() == "box\n"
     assert "IMAGE_ID=img" in (ctx.root / "etc/os-release").read_text()
+
+
+def test_a_full_disk_during_the_move_leaves_no_partial_output(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import shutil
+
+    from mkosi.errors import MkosiError
+
+    src, outdir = tmp_path / "staging/image", tmp_path / "out"
+    (src / "etc").mkdir(parents=True)
+    for i in range(50):
+        (src / f"etc/f{i}").write_text("x" * 100)
+    outdir.mkdir()
+    (outdir / "image").mkdir()
+    (outdir / "image/previous").write_text("good\n")
+
+    real_rename = os.rename
+
+    def cross_device(a: object, b: object) -> None:
+        if Path(str(a)) == src:  # the staging directory is on another file system
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real_rename(a, b)  # type: ignore[arg-type]
+
+    real_copyfile = shutil.copyfile
+    copied: list[object] = []
+
+    def filling_copyfile(a: str, b: str, *, follow_symlinks: bool = True) -> str:
+        if len(copied) >= 10:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        copied.append(b)
+        return real_copyfile(a, b, follow_symlinks=follow_symlinks)
+
+    monkeypatch.setattr(os, "rename", cross_device)
+    monkeypatch.setattr(shutil, "copyfile", filling_copyfile)
+    with pytest.raises(MkosiError) as e:
+        build.replace_path(src, outdir / "image")
+    message = str(e.value)
+    assert message == f"no space left on the file system of {outdir} for image"
+    assert "\n" not in message and len(message) < 200
+    assert sorted(p.name for p in outdir.iterdir()) == ["image"]          # no partial copy left
+    assert (outdir / "image/previous").read_text() == "good\n"            # the previous output stays

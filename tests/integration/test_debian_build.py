@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -312,3 +314,41 @@ def test_shell_ephemeral_leaves_image_untouched(project: Path, directory_image: 
     proc = run_mkosi(project, "-t", "directory", "shell", "sh", "-c", "touch /persistent-marker")
     assert (directory_image / "persistent-marker").exists()
     (directory_image / "persistent-marker").unlink()
+
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, options: str) -> Iterator[Path]:
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", path], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "--lazy", path], check=False)
+
+
+def test_read_only_output_directory_fails_before_installing(project: Path, directory_image: Path,
+                                                            tmp_path: Path) -> None:
+    with _tmpfs(tmp_path / "ro", "ro,size=1m") as out:
+        start = time.monotonic()
+        proc = run_mkosi(project, "-f", "-t", "tar", f"--output-dir={out}", "build", check=False)
+        took = time.monotonic() - start
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "read-only" in proc.stderr and str(out) in proc.stderr, proc.stderr
+    assert "Installing" not in proc.stderr, "the check comes before the package installation"
+    print(f"read-only output refused after {took:.1f}s")
+
+
+def test_full_output_disk_leaves_nothing_and_names_the_destination(project: Path, directory_image: Path,
+                                                                   tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    with _tmpfs(tmp_path / "small", "size=2m") as out:
+        proc = run_mkosi(project, "-f", "-t", "directory", f"--output-dir={out}", f"--workspace-dir={ws}", "build",
+                         check=False)
+        left = sorted(p.name for p in out.iterdir())
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert errors == [f"Error: no space left on the file system of {out} for testimg_1.2"], proc.stderr[-2000:]
+    assert left == [], "the partial copy is removed"
+    assert _host_mounts_below(ws) == []
+    assert (directory_image / "etc/os-release").exists(), "the previous output survives"

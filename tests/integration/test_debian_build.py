@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import tarfile
 import time
@@ -352,3 +353,43 @@ def test_full_output_disk_leaves_nothing_and_names_the_destination(project: Path
     assert left == [], "the partial copy is removed"
     assert _host_mounts_below(ws) == []
     assert (directory_image / "etc/os-release").exists(), "the previous output survives"
+
+
+def test_umask_000_makes_no_world_writable_files(project: Path, directory_image: Path, tmp_path: Path) -> None:
+    import sys
+
+    from tests.integration.conftest import REPO
+
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(["sh", "-c", 'umask 000 && exec "$@"', "sh", sys.executable, "-m", "mkosi", "-C",
+                           str(project), "-f", "-t", "directory", f"--output-dir={out}", "build"],
+                          env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    image = out / "testimg_1.2"
+    for rel in (".", "etc", "usr/bin", "var/lib/dpkg", "etc/os-release"):
+        mode = (image / rel).stat().st_mode
+        assert not mode & stat.S_IWOTH, f"{rel} is world-writable: {oct(mode)}"
+    assert not (image / "tmp").stat().st_mode & stat.S_IWOTH or (image / "tmp").stat().st_mode & stat.S_ISVTX
+
+
+def test_concurrent_builds_of_one_output_take_turns(project: Path, directory_image: Path, tmp_path: Path) -> None:
+    import sys
+
+    from tests.integration.conftest import REPO
+
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "mkosi", "-C", str(project), "-f", "-t", "tar", f"--output-dir={out}", "build"]
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2)
+    second = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err1 = first.communicate(timeout=1800)
+    _, err2 = second.communicate(timeout=1800)
+    assert first.returncode == 0, err1[-2000:]
+    assert second.returncode == 0, err2[-2000:]
+    assert "Waiting for another build" in err1 + err2
+    with tarfile.open(out / "testimg_1.2.tar.xz") as tf:
+        assert "./usr/bin/bash" in tf.getnames() or "usr/bin/bash" in tf.getnames()

@@ -58,6 +58,9 @@ Checksum=yes
     hello.write_text("#!/bin/sh\necho hello from extra\n")
     hello.chmod(0o755)
     os.chown(hello, 1000, 1000)  # a directory tree's files end up owned by root
+    # Debian's var/run is a link to /run: this file must land in the image's /run, never the host's.
+    (extra / "var/run").mkdir(parents=True, exist_ok=True)
+    (extra / "var/run/mkosi-escape-test").write_text("inside\n")
     # A tar archive keeps its owners and modes.
     src = d / "owned"
     (src / "srv/owned").mkdir(parents=True, exist_ok=True)
@@ -257,7 +260,11 @@ def _start_build_and_wait_for_install(project: Path, ws: Path) -> subprocess.Pop
 
 
 def _host_mounts_below(path: Path) -> list[str]:
-    return [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(path) in line]
+    """Mounts, and loop devices backed by files, below path that the host still has."""
+    mounts = [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(path) in line]
+    loops = subprocess.run(["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"], capture_output=True,
+                           text=True, check=False).stdout.splitlines()
+    return mounts + [line for line in loops if str(path) in line]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -393,3 +400,9 @@ def test_concurrent_builds_of_one_output_take_turns(project: Path, directory_ima
     assert "Waiting for another build" in err1 + err2
     with tarfile.open(out / "testimg_1.2.tar.xz") as tf:
         assert "./usr/bin/bash" in tf.getnames() or "usr/bin/bash" in tf.getnames()
+
+
+def test_extra_tree_through_an_absolute_link_stays_in_the_image(directory_image: Path) -> None:
+    assert os.readlink(directory_image / "var/run") == "/run"
+    assert (directory_image / "run/mkosi-escape-test").read_text() == "inside\n"
+    assert not Path("/run/mkosi-escape-test").exists(), "written onto the host"

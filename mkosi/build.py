@@ -355,6 +355,11 @@ def build_epoch(ctx: Context) -> Optional[int]:
     return int(value) if value.isdigit() else None
 
 
+PACKAGE_MANAGER_LOGS = ("var/log/dnf.log", "var/log/dnf.librepo.log", "var/log/dnf.rpm.log", "var/log/hawkey.log",
+                        "var/log/dnf5.log", "var/log/zypper.log", "var/log/zypp/history", "var/log/pacman.log",
+                        "var/log/emerge.log", "var/log/emerge-fetch.log", "var/log/portage/elog/summary.log")
+
+
 def reproducibility_cleanup(ctx: Context) -> None:
     """Drop files that only record when or on which machine the image was built; with a source date
     epoch also what would make two builds differ by itself (.pyc files, password change dates, mtimes)."""
@@ -376,11 +381,12 @@ def reproducibility_cleanup(ctx: Context) -> None:
                     shutil.rmtree(child)
                 else:
                     child.unlink()
-    log_dir = in_image(ctx, "var/log")
-    if log_dir.is_dir():
-        for f in log_dir.rglob("*.log"):
-            if f.is_file() and not f.is_symlink():
-                f.unlink()
+    # The logs the package managers write while the image is built (the image's own scripts may keep
+    # theirs in /var/log: those stay).
+    for rel in PACKAGE_MANAGER_LOGS:
+        p = image_entry(ctx, rel)
+        if p.is_file() and not p.is_symlink():
+            p.unlink()
     remove_ssh_host_keys(ctx)
     epoch = build_epoch(ctx)
     if epoch is not None:

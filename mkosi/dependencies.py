@@ -18,7 +18,8 @@ COMPRESSION_TOOLS = {"xz": "xz", "zstd": "zstd", "gzip": "gzip", "zlib": "gzip",
 def host_tools(config: Config, *, runtime: bool = True) -> list[str]:
     """The programs a build of this image runs on the host; with runtime, also those that `vm` and `ssh`
     need to use it."""
-    tools = [*COMMON_TOOLS, plugin(config.distribution).package_manager]
+    distribution = plugin(config.distribution)
+    tools = [*COMMON_TOOLS, *([distribution.package_manager] if distribution.package_manager_on_host else [])]
     fmt = config.format.row
     if fmt.root_fs in FILESYSTEM_TOOLS:
         tools.append(FILESYSTEM_TOOLS[fmt.root_fs])

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 class DistributionPlugin:
     distribution: ClassVar[Distribution]
-    package_manager: ClassVar[str]          # the host tool that installs packages
+    package_manager: ClassVar[str]          # the tool that installs packages
+    package_manager_on_host: ClassVar[bool] = True  # False: it runs inside the image (Gentoo's emerge)
     docs_paths: ClassVar[tuple[str, ...]] = ("/usr/share/doc", "/usr/share/man", "/usr/share/info")
     ssh_packages: ClassVar[tuple[str, ...]] = ("openssh-server",)     # added with Ssh=yes
     uefi_packages: ClassVar[tuple[str, ...]] = ("systemd-boot",)      # systemd-boot and the EFI stub

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 class Gentoo(DistributionPlugin):
     distribution = Distribution.gentoo
     package_manager = "emerge"
+    package_manager_on_host = False  # emerge runs in the stage3
     ssh_packages = ("net-misc/openssh",)
     uefi_packages = ()  # systemd ships systemd-boot here
 

@@ -130,7 +130,6 @@ def load_cached_image(ctx: Context, key: str) -> bool:
                  f"lowerdir={image},upperdir={upper},workdir={work}", ctx.root])
         else:
             run(["cp", "--archive", "--reflink=auto", "--no-target-directory", image, ctx.root])
-    ctx.cached_image_reused = True
     return True
 
 

@@ -26,7 +26,6 @@ class Context:
     root: Path
     package_cache: Optional[Path]
     staging: Path                      # finished artifacts wait here until the build succeeded
-    cached_image_reused: bool = False
     # Paths outside the workspace to remove when the build ends (e.g. a subvolume being made in place).
     cleanup: list[Path] = dataclasses.field(default_factory=list)
     # Artifacts made outside the staging directory, by artifact key (see mkosi/output/artifacts.py).

@@ -3,13 +3,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mkosi.config.enums import Verity
 from mkosi.config.settings import Config
 from mkosi.distributions.registry import plugin
 from mkosi.run import HOST_PACKAGES, find_tool, require_tool
+from mkosi.sandbox import Sandbox
 
 # Every build: the sandbox, containers for scripts and archives of trees.
 COMMON_TOOLS = ("bwrap", "systemd-nspawn", "tar", "cp")
+# The programs that set up a sandbox run on the host, whether or not a tools tree supplies the rest.
+WRAPPERS = ("bwrap", "systemd-nspawn")
 
 FILESYSTEM_TOOLS = {"ext4": "mkfs.ext4", "xfs": "mkfs.xfs", "btrfs": "mkfs.btrfs", "squashfs": "mksquashfs"}
 COMPRESSION_TOOLS = {"xz": "xz", "zstd": "zstd", "gzip": "gzip", "zlib": "gzip", "lz4": "lz4"}
@@ -58,5 +63,6 @@ def host_packages(configs: list[Config]) -> list[tuple[str, str, bool]]:
 
 def check_host_tools(config: Config) -> None:
     """Before the build starts, not after the package installation: every program it will run is there."""
+    host = Sandbox(search_paths=tuple(Path(p) for p in config.extra_search_paths))
     for tool in host_tools(config, runtime=False):
-        require_tool(tool)
+        require_tool(tool, host if tool in WRAPPERS else None)

@@ -111,6 +111,17 @@ def missing_tool(name: str, sandbox: Sandbox) -> MkosiError:
     return ToolMissingError(name, HOST_PACKAGES.get(name))
 
 
+# The caller's Python environment (a virtual environment, its module path) is not the tools tree's.
+TOOLS_TREE_DROPPED_ENV = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
+
+
+def tools_tree_environment(sandbox: Sandbox) -> dict[str, str]:
+    """With a tools tree, programs are looked up in ExtraSearchPaths= and the tree's /usr only: the
+    caller's $PATH may name a virtual environment or /usr/local programs built against the host's
+    libraries, and a script's `#!/usr/bin/env python3` must find the tree's interpreter."""
+    return {"PATH": ":".join([*(os.fspath(p) for p in sandbox.search_paths), "/usr/bin", "/usr/sbin"])}
+
+
 def format_cmdline(argv: Sequence[PathString]) -> str:
     return " ".join(shlex.quote(os.fspath(a)) for a in argv)
 
@@ -163,6 +174,10 @@ def run(
     log.debug("+ " + format_cmdline(shown))
 
     full_env = {} if sb.clear_env else dict(os.environ)
+    if sb.mode == Mode.host and sb.tools is not None:
+        full_env.update(tools_tree_environment(sb))
+        for name in TOOLS_TREE_DROPPED_ENV:
+            full_env.pop(name, None)
     full_env.update(sb.environment)
     if env:
         full_env.update(env)

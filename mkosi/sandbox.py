@@ -92,8 +92,10 @@ class Sandbox:
 
     @classmethod
     def for_config(cls, config: Config) -> Sandbox:
-        """The host sandbox of one image: its ExtraSearchPaths= (and, later, its tools tree)."""
-        return cls(search_paths=tuple(Path(p) for p in config.extra_search_paths))
+        """The host sandbox of one image: its ExtraSearchPaths= and its tools tree (ToolsTree=PATH)."""
+        tree = config.tools_tree
+        return cls(search_paths=tuple(Path(p) for p in config.extra_search_paths),
+                   tools=Path(tree) if tree is not None and tree != "default" else None)
 
     def but(self, **changes: Any) -> Sandbox:
         """A copy with some fields replaced; `env` may be a mapping, `mounts` any sequence."""

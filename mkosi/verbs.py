@@ -214,10 +214,13 @@ def verb_coredumpctl(args: Args, config: Config) -> int:
 
 
 def verb_sandbox(args: Args, config: Config) -> int:
-    """Run a command with what mkosi runs its tools with (ExtraSearchPaths=, later the tools tree)."""
-    if not args.cmdline:
+    """Run a command with what mkosi runs its tools with (ExtraSearchPaths=, the tools tree)."""
+    cmdline = list(args.cmdline)
+    if cmdline[:1] == ["--"]:  # `mkosi sandbox -- CMD` as the manual writes it
+        cmdline = cmdline[1:]
+    if not cmdline:
         raise MkosiError(f"usage: mkosi {args.verb.value} COMMAND [ARGUMENTS...]")
-    return run(list(args.cmdline), check=False, sandbox=Sandbox.for_config(config)).returncode
+    return run(cmdline, check=False, sandbox=Sandbox.for_config(config)).returncode
 
 
 def verb_dependencies(args: Args, configs: list[Config]) -> None:

@@ -244,6 +244,17 @@ def check_inputs_exist(cli: CommandLine, v: Merged, values: dict[str, Any]) -> N
             raise _fail(v, dest, f"'{values[dest]}' does not exist")
 
 
+def check_tools_tree(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
+    """ToolsTree=PATH must be a tree with a /usr; ToolsTree=default is built by a later step."""
+    tree = values.get("tools_tree")
+    if tree is None or not cli.verb.needs_build():
+        return
+    if tree == "default":
+        raise _fail(v, "tools_tree", "building the default tools tree is not implemented yet; give a PATH or 'no'")
+    if not (Path(tree) / "usr").is_dir():
+        raise _fail(v, "tools_tree", f"'{tree}' is not a tools tree (it has no usr/ directory)")
+
+
 def check_format_settings(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
     """What the format's registry row takes, needs and refuses (disk-only settings, Minimize=, ...)."""
     fmt: Format = values["format"].row
@@ -315,7 +326,7 @@ def check_output_name(v: Merged, values: dict[str, Any]) -> None:
 
 CHECKS: tuple[Check, ...] = (
     check_format_implemented, check_distribution_implemented, check_compression_fits_format,
-    check_scripts_executable, check_inputs_exist,
+    check_scripts_executable, check_inputs_exist, check_tools_tree,
     check_format_settings, check_verity_combinations, check_secure_boot, check_sources_and_keys,
     check_verb_can_use_image,
 )

@@ -370,8 +370,8 @@ class ModernSettings:
     # ---- [Build] ----
     tools_tree: Optional[str] = setting(
         section=B, key="ToolsTree", flags=("--tools-tree",), parse=parse_tools_tree,
-        scope=Scope.universal, status=NOT_YET, metavar="PATH|yes",
-        help="Tree whose programs build and boot the image ('yes': a default one is built).")
+        scope=Scope.universal, status="building the default tools tree is not implemented yet",
+        metavar="PATH|yes", help="Tree whose programs build and boot the image ('yes': a default one is built).")
     tools_tree_distribution: Optional[Distribution] = setting(
         section=B, key="ToolsTreeDistribution", flags=("--tools-tree-distribution",), parse=parse_enum(Distribution),
         choices=choices(Distribution), scope=Scope.main, status=NOT_YET,

@@ -602,6 +602,16 @@ def test_parse_dpkg_plan() -> None:
     assert apt.parse_dpkg_plan("\n".join(format_op(op) for op in ops)) == ops
 
 
+def test_parse_dpkg_plan_of_apt_3() -> None:
+    """apt 3 (Debian trixie, as in a tools tree) names its dpkg database; that is apt's side, not the plan."""
+    text = ("/usr/bin/dpkg --admindir /w/apt/apt/ --status-fd 13 --no-triggers --unpack --auto-deconfigure "
+            "/w/apt/apt/archives/libc6_2.36_amd64.deb\n"
+            "/usr/bin/dpkg --admindir=/w/apt/apt/ --status-fd 13 --no-triggers --configure libc6:amd64\n")
+    assert apt.parse_dpkg_plan(text) == [
+        DpkgOp("unpack", ("--no-triggers", "--auto-deconfigure"), ("/w/apt/apt/archives/libc6_2.36_amd64.deb",)),
+        DpkgOp("configure", ("--no-triggers",), ("libc6:amd64",))]
+
+
 def test_plan_without_installed_packages() -> None:
     ops = apt.parse_dpkg_plan(PLAN)
     debs = [a for op in ops if op.action == "unpack" for a in op.args]

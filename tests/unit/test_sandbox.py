@@ -15,9 +15,11 @@ import mkosi.run
 import mkosi.verbs
 from mkosi import log
 from mkosi.build import hash_password
+from mkosi.config import load_args
 from mkosi.config.enums import Verb
 from mkosi.config.settings import Args, Config
 from mkosi.context import Context, Phase
+from mkosi.dependencies import WRAPPERS, check_host_tools, host_tools
 from mkosi.errors import CommandError, MkosiError, ToolMissingError
 from mkosi.installers import emerge, pacman, zypper
 from mkosi.installers.dnf import DnfConfig, dnf_sandbox
@@ -358,3 +360,76 @@ def test_chroot_runs_the_roots_binaries(tmp_path: Path) -> None:
               capture=True).stdout
     assert out == "in-root\nproc\n"
     assert mounts_below(root) == []
+
+
+def test_tools_tree_path_is_the_sandbox_of_a_verb(wd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tools = wd / "tools-tree"
+    executable(tools / "usr/bin/systemd-repart")
+    seen: list[tuple[object, object]] = []
+
+    def verb(args: Args, config: Config) -> None:
+        seen.append((current_sandbox().tools, find_tool("systemd-repart")))
+
+    monkeypatch.setitem(mkosi.verbs.VERBS, Verb.summary, verb)
+    assert mkosi.verbs.run_verb(*load_both(f"--tools-tree={tools}")) == 0
+    assert mkosi.verbs.run_verb(*load_both("--tools-tree=no")) == 0
+    assert seen[0] == (tools, "/usr/bin/systemd-repart")
+    assert seen[1][0] is None
+
+
+def test_a_tools_tree_must_have_a_usr(wd: Path) -> None:
+    (wd / "not-a-tree").mkdir()
+    with pytest.raises(MkosiError, match=r"--tools-tree: '.*not-a-tree' is not a tools tree"):
+        load_both(f"--tools-tree={wd / 'not-a-tree'}", verb="build")
+    with pytest.raises(MkosiError, match=r"default tools tree is not implemented yet"):
+        load_both("--tools-tree=default", verb="build")
+
+
+def test_with_a_tools_tree_programs_are_found_in_it_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller's $PATH (a virtual environment) and Python variables do not reach the tree's programs."""
+    monkeypatch.setenv("PATH", f"/opt/venv/bin:{os.environ['PATH']}")
+    monkeypatch.setenv("PYTHONPATH", "/somewhere")
+    monkeypatch.setenv("VIRTUAL_ENV", "/opt/venv")
+    env = mkosi.run.tools_tree_environment(Sandbox(tools=tmp_path, search_paths=(Path("/extra"),)))
+    assert env == {"PATH": "/extra:/usr/bin:/usr/sbin"}
+    seen: dict[str, object] = {}
+
+    def fake_run(argv: list[str], env: dict[str, str], **kw: object) -> subprocess.CompletedProcess[str]:
+        seen.update(env)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    executable(tmp_path / "usr/bin/frob")
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    run(["frob"], sandbox=Sandbox(tools=tmp_path))
+    assert seen["PATH"] == "/usr/bin:/usr/sbin" and "PYTHONPATH" not in seen and "VIRTUAL_ENV" not in seen
+
+
+def test_sandbox_verb_takes_a_double_dash(wd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[str]] = []
+
+    def fake_run(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        seen.append(list(argv))
+        return subprocess.CompletedProcess(argv, 3, "", "")
+
+    monkeypatch.setattr(mkosi.verbs, "run", fake_run)
+    args, configs = load_args(["sandbox", "--", "true", "x"])
+    config = configs[0]
+    assert mkosi.verbs.VERBS[Verb.sandbox](args, config) == 3
+    assert seen == [["true", "x"]]
+
+
+def test_the_sandbox_programs_come_from_the_host_with_a_tools_tree(wd: Path) -> None:
+    """bwrap and systemd-nspawn set the sandbox up from outside; the tools tree needs only the rest."""
+    tools = wd / "tools-tree"
+    _, config = load_both(f"--tools-tree={tools}", "--distribution=debian", "--format=directory")
+    needed = host_tools(config, runtime=False)
+    assert "bwrap" in needed
+    for name in needed:
+        if name not in WRAPPERS:
+            executable(tools / "usr/bin" / name)
+    with using_sandbox(Sandbox.for_config(config)):
+        if shutil.which("bwrap") and shutil.which("systemd-nspawn"):
+            check_host_tools(config)
+        (tools / "usr/bin/tar").unlink()
+        with pytest.raises(MkosiError, match="'tar' was not found in the tools tree"):
+            check_host_tools(config)

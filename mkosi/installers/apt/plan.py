@@ -24,6 +24,11 @@ _DPKG_ACTIONS = {"--unpack": "unpack", "--configure": "configure", "--remove": "
                  "--triggers-only": "triggers-only", "--install": "install"}
 
 
+# Options of apt's dpkg runs that describe apt's side (its status pipe, its dpkg database and root),
+# not the operation: dropped, since the plan is replayed with the image's own dpkg.
+_DPKG_VALUE_OPTIONS = ("--status-fd", "--admindir", "--root", "--instdir")
+
+
 def parse_dpkg_plan(text: str) -> list[DpkgOp]:
     """The dpkg runs apt printed with Debug::pkgDPkgPM=1 (one command line per run)."""
     ops = []
@@ -36,8 +41,10 @@ def parse_dpkg_plan(text: str) -> list[DpkgOp]:
         args: list[str] = []
         it = iter(tokens[1:])
         for tok in it:
-            if tok == "--status-fd":
-                next(it, None)
+            if tok in _DPKG_VALUE_OPTIONS:
+                next(it, None)   # apt's own status pipe and database (apt 3 names its --admindir)
+            elif tok.split("=", 1)[0] in _DPKG_VALUE_OPTIONS:
+                pass
             elif tok in _DPKG_ACTIONS:
                 action = _DPKG_ACTIONS[tok]
             elif tok in ("--pending", "-a"):

@@ -7,7 +7,7 @@ import enum
 from pathlib import Path
 from typing import Optional
 
-from mkosi.config.enums import WithNetwork
+from mkosi.config.enums import CacheOnly, WithNetwork
 from mkosi.config.settings import Args, Config
 from mkosi.sandbox import Sandbox
 
@@ -39,7 +39,13 @@ class Context:
 
     @property
     def network(self) -> bool:
-        return self.config.with_network != WithNetwork.never
+        """Whether the package manager may use the network (WithNetwork=never, CacheOnly=always: not)."""
+        return self.config.with_network != WithNetwork.never and self.config.cache_only != CacheOnly.always
+
+    @property
+    def refresh_metadata(self) -> bool:
+        """Whether the repository metadata is synced (CacheOnly=metadata: the cached metadata is used)."""
+        return self.network and self.config.cache_only != CacheOnly.metadata
 
     def dir(self, name: str) -> Path:
         path = self.workspace / name

@@ -33,6 +33,8 @@ from mkosi.build import (
     source_date_epoch_environment,
     workspace,
 )
+from mkosi.cache import package_cache_dir
+from mkosi.config.enums import CacheOnly
 from mkosi.config.settings import Args, Config
 from mkosi.errors import MkosiError
 from mkosi.preflight import output_lock, recover_interrupted_move
@@ -250,6 +252,15 @@ def fixed_inputs(args: Args, config: Config) -> tuple[Args, Config]:
     return dataclasses.replace(args, incremental=False), dataclasses.replace(config, **changes)  # type: ignore[arg-type]
 
 
+def second_build_config(config: Config) -> Config:
+    """The second build uses the repository metadata the first one synced: a mirror that publishes
+    between the two builds must not make them differ. Without a package cache the metadata is not
+    kept, and the second build syncs again."""
+    if package_cache_dir(config) is None or config.cache_only in (CacheOnly.metadata, CacheOnly.always):
+        return config
+    return dataclasses.replace(config, cache_only=CacheOnly.metadata)
+
+
 def image_root(ws: Path, artifacts: list[Path], config: Config) -> Optional[Path]:
     """The image tree a build left behind: the workspace root, or a directory output itself."""
     if (ws / "root").is_dir():
@@ -282,7 +293,7 @@ def _check_locked(args: Args, config: Config) -> bool:
                 first = [p for _, p in first_made]
             middle = time.monotonic()
             with log.step("Reproducibility check: second build"):
-                second = [p for _, p in build_image(args, config, ws2, cleanup)]
+                second = [p for _, p in build_image(args, second_build_config(config), ws2, cleanup)]
             end = time.monotonic()
             with log.step("Comparing the two builds"):
                 result = compare_artifacts(first, second)

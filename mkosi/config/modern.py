@@ -406,7 +406,7 @@ class ModernSettings:
         scope=Scope.universal, status=NOT_YET, help="Use the certificates of the tools tree.")
     cache_only: CacheOnly = setting(
         section=B, key="CacheOnly", flags=("--cache-only",), parse=parse_enum(CacheOnly),
-        choices=choices(CacheOnly), default=CacheOnly.auto, scope=Scope.universal, status=NOT_YET,
+        choices=choices(CacheOnly), default=CacheOnly.auto, scope=Scope.universal,
         help="Whether the package manager may use the network: auto, metadata, always or never.")
     sandbox_trees: list[ConfigTree] = _tree_list(
         section=B, key="SandboxTrees", aliases=("PackageManagerTrees",), flags=("--sandbox-tree",),

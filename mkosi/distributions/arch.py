@@ -69,6 +69,7 @@ class Arch(DistributionPlugin):
             cache_dir=ctx.package_cache.absolute() if ctx.package_cache else None,
             with_docs=config.with_docs,
             network=ctx.network,
+            refresh=ctx.refresh_metadata,
             sandbox=ctx.sandbox,
             repository_directory=config.repository_directory,
         )

@@ -146,6 +146,7 @@ class Debian(DistributionPlugin):
             workspace=ctx.dir("apt") if ctx else Path("/nonexistent"),
             with_docs=config.with_docs,
             network=ctx.network if ctx else True,
+            refresh=ctx.refresh_metadata if ctx else True,
             repository_directory=config.repository_directory,
             key_check=config.repository_key_check,
             sandbox=ctx.sandbox if ctx else Sandbox(),

@@ -131,6 +131,7 @@ class RpmDistribution(DistributionPlugin):
             cache_dir=ctx.package_cache.absolute() if ctx.package_cache else None,
             with_docs=config.with_docs,
             network=ctx.network,
+            refresh=ctx.refresh_metadata,
             sandbox=ctx.sandbox,
             use_host_repositories=config.use_host_repositories,
             enable_repos=tuple(r for r in config.repositories if not is_url(r)),

@@ -102,6 +102,7 @@ class OpenSUSE(DistributionPlugin):
             cache_dir=ctx.package_cache.absolute() if ctx.package_cache else None,
             with_docs=config.with_docs,
             network=ctx.network,
+            refresh=ctx.refresh_metadata,
             sandbox=ctx.sandbox,
             repository_directory=config.repository_directory,
         )

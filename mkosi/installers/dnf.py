@@ -95,6 +95,7 @@ class DnfConfig:
     cache_dir: Optional[Path] = None    # persistent package cache, or None
     with_docs: bool = False
     network: bool = True
+    refresh: bool = True      # sync the repository metadata (CacheOnly=metadata: not)
     use_host_repositories: bool = False
     enable_repos: tuple[str, ...] = ()  # Repositories= entries that name repositories (IDs), not URLs
     repository_directory: Optional[Path] = None
@@ -166,6 +167,8 @@ def dnf_argv(cfg: DnfConfig, command: str, packages: Sequence[str], *, offline: 
         argv.append("--disablerepo=*")
     elif not cfg.network:
         argv.append("--cacheonly")
+    elif not cfg.refresh:
+        argv.append("--setopt=metadata_expire=never")  # cached metadata is used; packages may download
     argv += [command, *packages]
     return argv
 

@@ -70,6 +70,7 @@ class PacmanConfig:
     cache_dir: Optional[Path] = None
     with_docs: bool = False
     network: bool = True
+    refresh: bool = True      # sync the repository metadata (CacheOnly=metadata: not)
     repository_directory: Optional[Path] = None
     # How commands run (ExtraSearchPaths=, a tools tree); the installer adds the root and its mounts.
     sandbox: Sandbox = Sandbox()
@@ -172,7 +173,7 @@ def pacman_argv(cfg: PacmanConfig, operation: Sequence[str], packages: Sequence[
 
 
 def install_argv(cfg: PacmanConfig, packages: Sequence[str]) -> list[str]:
-    return pacman_argv(cfg, ["-Sy" if cfg.network else "-S", "--needed"], packages)
+    return pacman_argv(cfg, ["-Sy" if cfg.network and cfg.refresh else "-S", "--needed"], packages)
 
 
 def setup_keyring(cfg: PacmanConfig) -> None:
@@ -206,14 +207,15 @@ def setup(cfg: PacmanConfig) -> None:
     cfg.conf.write_text(pacman_conf_text(cfg))
     if needs_keyring(cfg):
         setup_keyring(cfg)
-    if not cfg.network:
+    if not cfg.network or not cfg.refresh:
         seeded = 0
         if _sync_cache(cfg).is_dir():
             for db in _sync_cache(cfg).glob("*.db"):
                 shutil.copy2(db, cfg.dbpath / "sync" / db.name)
                 seeded += 1
         if not seeded and not any((cfg.dbpath / "sync").glob("*.db")):
-            raise MkosiError("WithNetwork=never but no package databases are cached",
+            raise MkosiError(("WithNetwork=never" if not cfg.network else "CacheOnly=metadata") +
+                             " but no package databases are cached",
                              hint="build once with network access and a Cache= directory")
 
 
@@ -242,7 +244,7 @@ def install(cfg: PacmanConfig, packages: Sequence[str]) -> None:
         raise MkosiError("no packages to install", hint="add some with Packages= or enable BasePackages=")
     setup(cfg)
     _run(cfg, install_argv(cfg, packages))
-    if cfg.network:
+    if cfg.network and cfg.refresh:
         _save_sync_dbs(cfg)
 
 

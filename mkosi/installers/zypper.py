@@ -40,6 +40,7 @@ class ZypperConfig:
     cache_dir: Optional[Path] = None
     with_docs: bool = False
     network: bool = True
+    refresh: bool = True      # sync the repository metadata (CacheOnly=metadata: not)
     repository_directory: Optional[Path] = None
     rpmdb: str = rpm.SYSIMAGE_RPMDB
     # How commands run (ExtraSearchPaths=, a tools tree); the installer adds the root and its mounts.
@@ -103,7 +104,7 @@ def zypper_argv(cfg: ZypperConfig, command: str, packages: Sequence[str], *, off
         argv.append("--gpg-auto-import-keys")
     if offline:
         argv.append("--disable-repositories")
-    elif not cfg.network:
+    elif not cfg.network or not cfg.refresh:
         argv.append("--no-refresh")
     argv.append(command)
     if command == "install":

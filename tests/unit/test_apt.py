@@ -22,7 +22,7 @@ from mkosi.installers.apt import hostapt as hostapt_module
 from mkosi.installers.apt.debs import Archives, data_member, read_control_archive
 from mkosi.installers.apt.hostapt import HostApt, setup_apt
 from mkosi.installers.apt.plan import essential_unpack_order, format_op, plan_without
-from mkosi.installers.apt.repositories import _uri_to_filename, list_prefixes
+from mkosi.installers.apt.repositories import _uri_to_filename, list_prefixes, main_lines
 from mkosi.installers.apt.root import prepare_root, strip_package_spec, write_extended_states
 from mkosi.installers.apt.unpack import Decompressor, prune_uncompressed, uncompressed_copies
 from mkosi.sandbox import Mode, Mount, Sandbox
@@ -851,3 +851,23 @@ def test_host_tools_run_in_the_configured_sandbox(tmp_path: Path, monkeypatch: p
     deb.write_bytes(b"x")
     unpack.extract([deb], tmp_path / "root", host)
     assert [(argv[0], sb) for argv, sb in recorder.calls] == [("apt-get", host), ("bash", host)]
+
+
+def test_cache_only_metadata_uses_the_cached_lists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hostapt = apt_dirs(tmp_path)
+    hostapt.cfg = config(tmp_path, refresh=False)
+    hostapt.lists.mkdir()
+    recorder = Recorder()
+    monkeypatch.setattr(hostapt_module, "run", recorder)
+    with pytest.raises(MkosiError, match="no cached package lists for debian bookworm"):
+        hostapt_module.update(hostapt)
+    prefix = list_prefixes(main_lines(hostapt.cfg))[0]
+    (hostapt.lists / f"{prefix}_main_binary-amd64_Packages").write_text("")
+    hostapt_module.update(hostapt)
+    assert recorder.calls == []          # apt-get update never ran
+    hostapt.cfg = config(tmp_path)       # CacheOnly=auto/never: synced
+    hostapt_module._refreshed.clear()
+    (tmp_path / "etc/sources.list.d").mkdir(parents=True)
+    (tmp_path / "etc/sources.list").write_text("deb x y z\n")
+    hostapt_module.update(hostapt)
+    assert len(recorder.calls) == 1 and "update" in recorder.calls[0][0]

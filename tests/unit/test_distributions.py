@@ -609,3 +609,17 @@ def test_gentoo_vdb(tmp_path: Path) -> None:
 def test_repository_key_check_off_for_dnf(tmp_path: Path) -> None:
     assert "--nogpgcheck" not in dnf.dnf_argv(dnf_config(tmp_path), "install", ["systemd"])
     assert "--nogpgcheck" in dnf.dnf_argv(dnf_config(tmp_path, key_check=False), "install", ["systemd"])
+
+
+def test_cache_only_metadata_in_the_other_package_managers(tmp_path: Path) -> None:
+    """Packages may download, the metadata is not synced."""
+    argv = dnf.dnf_argv(dnf_config(tmp_path, refresh=False), "install", ["x"])
+    assert "--setopt=metadata_expire=never" in argv and "--cacheonly" not in argv
+    assert "--setopt=metadata_expire=never" not in dnf.dnf_argv(dnf_config(tmp_path), "install", ["x"])
+    local = RpmRepo(id="local", name="local", baseurl=("file:///srv/repo",))
+    cfg = ZypperConfig(root=tmp_path / "root", workspace=tmp_path / "ws", repos=(local,), refresh=False)
+    assert "--no-refresh" in zypper.zypper_argv(cfg, "install", ["x"])
+    cached = pacman_config(tmp_path, refresh=False, cache_dir=tmp_path / "cache")
+    assert pacman.install_argv(cached, ["systemd"])[-3:] == ["-S", "--needed", "systemd"]
+    with pytest.raises(MkosiError, match="CacheOnly=metadata but no package databases are cached"):
+        pacman.setup(cached)

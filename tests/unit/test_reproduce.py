@@ -14,6 +14,7 @@ import pytest
 
 from mkosi import build, reproduce
 from mkosi.config import load_args
+from mkosi.config.enums import CacheOnly, Distribution, WithNetwork
 from mkosi.config.settings import Args, Config
 from mkosi.context import Context, Phase
 from mkosi.errors import ConfigError
@@ -224,6 +225,27 @@ def test_fixed_inputs_pin_epoch_and_seed() -> None:
     assert fixed.seed is not None and uuid.UUID(fixed.seed)
     _, kept = reproduce.fixed_inputs(Args(), dataclasses.replace(Config(), seed=SEED, source_date_epoch=7))
     assert (kept.seed, kept.source_date_epoch) == (SEED, 7)
+
+
+def test_the_second_build_uses_the_metadata_of_the_first(tmp_path: Path) -> None:
+    cached = dataclasses.replace(Config(), cache_path=tmp_path, distribution=Distribution.debian, release="bookworm",
+                                 architecture="x86_64")
+    assert reproduce.second_build_config(cached).cache_only == CacheOnly.metadata
+    offline = dataclasses.replace(cached, cache_only=CacheOnly.always)
+    assert reproduce.second_build_config(offline) is offline
+    uncached = Config()   # no package cache: the metadata is not kept, so it is synced again
+    assert reproduce.second_build_config(uncached) is uncached
+
+
+@pytest.mark.parametrize(("cache_only", "with_network", "network", "refresh"), [
+    (CacheOnly.auto, WithNetwork.yes, True, True), (CacheOnly.never, WithNetwork.yes, True, True),
+    (CacheOnly.metadata, WithNetwork.yes, True, False), (CacheOnly.always, WithNetwork.yes, False, False),
+    (CacheOnly.auto, WithNetwork.never, False, False)])
+def test_cache_only_and_the_package_managers_network(tmp_path: Path, cache_only: CacheOnly,
+                                                     with_network: WithNetwork, network: bool, refresh: bool) -> None:
+    config = dataclasses.replace(Config(), cache_only=cache_only, with_network=with_network)
+    ctx = Context(Args(), config, tmp_path, Phase.final, tmp_path / "root", None, tmp_path / "staging")
+    assert (ctx.network, ctx.refresh_metadata) == (network, refresh)
 
 
 def test_check_needs_root(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -37,6 +37,7 @@ class AptConfig:
     workspace: Path
     with_docs: bool
     network: bool = True
+    refresh: bool = True                   # sync the repository metadata (CacheOnly=metadata: not)
     repository_directory: Optional[Path] = None
     key_check: bool = True                 # RepositoryKeyCheck=no: accept unsigned or unverifiable archives
     # How host tools (apt-get, dpkg-deb, tar) run; dpkg runs in a chroot sandbox derived from it.

@@ -167,7 +167,7 @@ _REFRESH_INTERVAL = 600.0
 
 def update(apt: HostApt) -> None:
     cfg = apt.cfg
-    if cfg.network:
+    if cfg.network and cfg.refresh:
         etc = apt.conf.parent / "etc"
         sources = [etc / "sources.list", *sorted((etc / "sources.list.d").iterdir())]
         key = (str(apt.lists), "\0".join(p.read_text() for p in sources))
@@ -184,8 +184,8 @@ def update(apt: HostApt) -> None:
     prefix = list_prefixes(main_lines(cfg))[0]
     if not any(p.name.startswith(prefix) and "_Packages" in p.name for p in apt.lists.iterdir()):
         raise MkosiError(f"no cached package lists for {cfg.distribution} {cfg.release} in {apt.lists}",
-                         hint="build once with network access to fill the package cache")
-    log.info("Using cached package lists (network access disabled)")
+                         hint="build once with network access (and CacheOnly=auto) to fill the package cache")
+    log.info("Using cached package lists " + ("(CacheOnly=metadata)" if cfg.network else "(network access disabled)"))
 
 
 def _plan_key(apt: HostApt, command: str, packages: Sequence[str]) -> str:

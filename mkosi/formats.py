@@ -25,6 +25,7 @@ class FormatKind(enum.Enum):
     disk = "disk"                       # a GPT disk image
     efi = "EFI binary"                  # a unified kernel image
     extension = "extension image"       # a system or configuration extension
+    container = "container image"       # an OCI image layout: a directory of content-addressed blobs
 
 
 # What CompressOutput= algorithms add to a file name.
@@ -86,9 +87,15 @@ class Format:
     def read_only_root(self) -> bool:
         return self.root_fs == "squashfs"
 
+    @property
+    def compresses_inside(self) -> bool:
+        """CompressOutput= compresses what the output holds (an OCI image's layers), not the output itself,
+        so the compression is no part of its name."""
+        return self.kind is FormatKind.container
+
     def file_suffix(self, compression: Optional[str], qcow2: bool = False) -> str:
         base = ".qcow2" if qcow2 and self.is_disk else self.suffix
-        return base + compression_suffix(compression)
+        return base if self.compresses_inside else base + compression_suffix(compression)
 
     def check(self, value: Callable[[str], Any], label: Callable[[str], str]) -> Iterator[tuple[str, str, bool]]:
         """The settings this format does not accept, as (setting, message, fatal); `value` reads a
@@ -185,7 +192,7 @@ def known_suffixes() -> tuple[str, ...]:
     for r in rows():
         if r.status is not None:
             continue
-        found += [r.suffix, *(compression_suffix(c) for c in r.compressions)]
+        found += [r.suffix, *(compression_suffix(c) for c in r.compressions if not r.compresses_inside)]
         if r.is_disk:
             found.append(".qcow2")
     return tuple(dict.fromkeys(s for s in found if s))
@@ -222,7 +229,10 @@ for _row in (
     _gpt("disk", "ext4", same_as="gpt_ext4"),
     Format("uki", FormatKind.efi, "a unified kernel image", suffix=".efi"),
     Format("esp", FormatKind.disk, "a GPT disk image with only an EFI system partition", suffix=".raw"),
-    Format("oci", FormatKind.tree, "an OCI image layout"),
+    # Layers are gzip-compressed unless CompressOutput= picks zstd or no; the directory's name has no
+    # compression suffix. Architecture= becomes the image's platform; ImageVersion= its tag.
+    Format("oci", FormatKind.container, "an OCI image layout directory", compressions=("gzip", "zstd"),
+           default_compression="gzip", maker="mkosi.output.oci:make_oci", precheck="mkosi.output.oci:check_oci"),
     Format("sysext", FormatKind.extension, "a system extension image", suffix=".raw"),
     Format("confext", FormatKind.extension, "a configuration extension image", suffix=".raw"),
     Format("portable", FormatKind.extension, "a portable service image", suffix=".raw"),

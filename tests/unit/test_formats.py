@@ -127,7 +127,7 @@ def test_built_in_rows(name: str, kind: FormatKind, suffix: str, root_fs: str | 
 
 
 def test_format_settings_follow_the_row(wd: Path) -> None:
-    # disk is built as gpt_ext4 for now; uki and oci are not implemented.
+    # disk is built as gpt_ext4 for now; uki is not implemented.
     assert load("--format=disk").format == "gpt_ext4"
     with pytest.raises(ConfigError, match="not implemented yet"):
         load_args(["--format=uki", "build"])

@@ -129,7 +129,7 @@ def test_podman_runs_a_command_from_the_image(layout: Path, tmp_path: Path) -> N
     # because raising them needs CAP_SYS_RESOURCE, which a build host in a container may not have.
     # podman wants a short run root (at most 50 characters).
     runroot = Path(tempfile.mkdtemp(prefix="mkosi-oci-", dir="/tmp"))
-    podman = ["podman", "--root", tmp_path / "storage", "--runroot", runroot, "--storage-driver=vfs",
+    podman: list[str | Path] = ["podman", "--root", tmp_path / "storage", "--runroot", runroot, "--storage-driver=vfs",
               "--cgroup-manager=cgroupfs", "--events-backend=none", "--runtime=runc"]
     try:
         proc = sh(*podman, "run", "--rm", "--network=none", "--ulimit=nofile=1024:1024", "--ulimit=nproc=4096:4096",

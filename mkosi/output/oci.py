@@ -219,6 +219,17 @@ def write_layout(layout: Path, spec: ImageSpec, layers: list[Layer]) -> Descript
     return described
 
 
+def settle(layout: Path, epoch: Optional[int]) -> None:
+    """Fixed modes (whatever the umask) and, with an epoch, fixed times for everything in the layout, so
+    that the directory itself compares equal between two builds, not only its files' bytes."""
+    paths = [layout, *sorted(layout.rglob("*"))]
+    for path in paths:
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    if epoch is not None:
+        for path in reversed(paths):
+            os.utime(path, (epoch, epoch))
+
+
 # ---- from the configuration ----
 
 def image_tag(config: Config) -> str:
@@ -264,3 +275,4 @@ def make_oci(ctx: Context) -> None:
     with log.step("Writing the OCI layer"):
         layer = make_layer(ctx.root, layout, workdir, config.output_compression, config.source_date_epoch)
     write_layout(layout, image_spec(config), [layer])
+    settle(layout, config.source_date_epoch)

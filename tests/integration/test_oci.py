@@ -81,9 +81,11 @@ def layout(project: Path) -> Path:
     return out
 
 
-def digest_tree(path: Path) -> dict[str, str]:
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file()}
+def digest_tree(path: Path) -> dict[str, tuple[str, int, int]]:
+    """Every file's digest, mode and modification time (the directories' too, without a digest)."""
+    return {str(p.relative_to(path)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "",
+                                       p.stat().st_mode, p.stat().st_mtime_ns)
+            for p in sorted(path.rglob("*"))}
 
 
 def test_the_output_is_the_layout_directory(project: Path, layout: Path) -> None:

@@ -32,8 +32,10 @@ from mkosi.output.oci import (
     image_spec,
     make_layer,
     rfc3339,
+    settle,
     write_layout,
 )
+from mkosi.reproduce import tree_digest, tree_entries
 from mkosi.summary import summary_dict
 from tests.unit.conftest import write
 
@@ -159,11 +161,24 @@ def test_a_compression_without_an_oci_media_type_is_refused(tmp_path: Path) -> N
 
 
 def test_two_layouts_of_one_tree_with_one_epoch_are_byte_identical(tmp_path: Path) -> None:
-    first = build(tmp_path, name="first")
-    for p in (tmp_path / "root").rglob("*"):
-        os.utime(p, (EPOCH + 5000, EPOCH + 5000), follow_symlinks=False)  # touched again after the epoch
-    second = build(tmp_path, name="second")
+    old = os.umask(0o000)
+    try:
+        first = build(tmp_path, name="first")
+        for p in (tmp_path / "root").rglob("*"):
+            os.utime(p, (EPOCH + 5000, EPOCH + 5000), follow_symlinks=False)  # touched again after the epoch
+        os.umask(0o077)
+        second = build(tmp_path, name="second")
+    finally:
+        os.umask(old)
     assert tree_bytes(first) == tree_bytes(second)
+    # Settled, the directories are also equal the way --check-reproducible compares them (paths, modes,
+    # owners, times), whatever the umask was.
+    assert tree_digest(tree_entries(first)) != tree_digest(tree_entries(second))
+    settle(first, EPOCH)
+    settle(second, EPOCH)
+    assert tree_digest(tree_entries(first)) == tree_digest(tree_entries(second))
+    assert {p.stat().st_mtime for p in first.rglob("*")} == {EPOCH}
+    assert (first / "blobs").stat().st_mode & 0o777 == 0o755
     # Another epoch is another image.
     third = build(tmp_path, epoch=EPOCH + 1, name="third")
     assert documents(third)[1]["layers"][0]["digest"] != documents(first)[1]["layers"][0]["digest"]
@@ -247,6 +262,7 @@ def test_the_build_writes_the_layout_at_the_staged_output(wd: Path) -> None:
     assert index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == "3"
     assert manifest["annotations"]["org.opencontainers.image.title"] == "demo"
     assert image["created"] == "2023-11-14T22:13:20Z"
+    assert {p.stat().st_mtime for p in (staging / "demo_3").rglob("*")} == {EPOCH}
     listing = subprocess.run(["tar", "tzf", "-"], input=layer_bytes(staging / "demo_3"), capture_output=True,
                              check=True).stdout.decode().split()
     assert "etc/os-release" in listing

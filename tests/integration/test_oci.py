@@ -126,23 +126,47 @@ def test_umoci_unpacks_debian_with_the_extra_tree(layout: Path, tmp_path: Path) 
     assert "GREETING=hello-from-mkosi" in runtime["process"]["env"]
 
 
-def test_podman_runs_a_command_from_the_image(layout: Path, tmp_path: Path) -> None:
-    # Private storage, no network; runc copes with hybrid cgroup hierarchies, and the rlimits are lowered
-    # because raising them needs CAP_SYS_RESOURCE, which a build host in a container may not have.
+def podman_run(layout: Path, scratch: Path, *command: str) -> str:
+    """Run a command in the image with podman: private storage, no network; runc copes with hybrid
+    cgroup hierarchies, and the rlimits are lowered because raising them needs CAP_SYS_RESOURCE, which
+    a build host in a container may not have."""
     # podman wants a short run root (at most 50 characters).
     runroot = Path(tempfile.mkdtemp(prefix="mkosi-oci-", dir="/tmp"))
-    podman: list[str | Path] = ["podman", "--root", tmp_path / "storage", "--runroot", runroot, "--storage-driver=vfs",
-              "--cgroup-manager=cgroupfs", "--events-backend=none", "--runtime=runc"]
+    podman: list[str | Path] = ["podman", "--root", scratch / "storage", "--runroot", runroot,
+                                "--storage-driver=vfs", "--cgroup-manager=cgroupfs", "--events-backend=none",
+                                "--runtime=runc"]
     try:
-        proc = sh(*podman, "run", "--rm", "--network=none", "--ulimit=nofile=1024:1024", "--ulimit=nproc=4096:4096",
-                  f"oci:{layout}:{TAG}", "sh", "-c", 'cat /usr/share/mkosi-oci-marker; echo "$GREETING"; /bin/true',
-                  timeout=300)
+        return sh(*podman, "run", "--rm", "--network=none", "--ulimit=nofile=1024:1024", "--ulimit=nproc=4096:4096",
+                  f"oci:{layout}:{TAG}", *command, timeout=300).stdout
     finally:
         # The vfs driver leaves read-only copies behind; podman removes its own storage.
         subprocess.run([*map(str, podman), "system", "reset", "--force"], capture_output=True)
-        shutil.rmtree(tmp_path / "storage", ignore_errors=True)
+        shutil.rmtree(scratch / "storage", ignore_errors=True)
         shutil.rmtree(runroot, ignore_errors=True)
-    assert proc.stdout == MARKER + "hello-from-mkosi\n"
+
+
+def test_podman_runs_a_command_from_the_image(layout: Path, tmp_path: Path) -> None:
+    out = podman_run(layout, tmp_path, "sh", "-c", 'cat /usr/share/mkosi-oci-marker; echo "$GREETING"; /bin/true')
+    assert out == MARKER + "hello-from-mkosi\n"
+
+
+@pytest.fixture(scope="module")
+def zstd_layout(project: Path, layout: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("oci-zstd")
+    start = time.monotonic()
+    run_mkosi(project, "-f", "--compress-output=zstd", f"--output-dir={out}", "build")
+    print(f"\noci: zstd build in {time.monotonic() - start:.1f}s")
+    return out / NAME
+
+
+def test_a_zstd_layer_is_read_by_skopeo_and_run_by_podman(zstd_layout: Path, layout: Path, tmp_path: Path) -> None:
+    manifest = json.loads(sh("skopeo", "inspect", "--raw", f"oci:{zstd_layout}:{TAG}").stdout)
+    assert manifest["layers"][0]["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"
+    # The same tree: the uncompressed layer's digest does not change with the compression.
+    def diff_ids(d: Path) -> list[str]:
+        return list(json.loads(sh("skopeo", "inspect", "--config", f"oci:{d}:{TAG}").stdout)["rootfs"]["diff_ids"])
+    assert diff_ids(zstd_layout) == diff_ids(layout)
+    assert podman_run(zstd_layout, tmp_path, "cat", "/usr/share/mkosi-oci-marker") == MARKER
 
 
 def test_a_second_build_is_byte_identical(project: Path, layout: Path, tmp_path: Path) -> None:

@@ -263,7 +263,7 @@ def check_oci(config: Config) -> None:
     platform_of(config.architecture)
     if not _REF_NAME.fullmatch(image_tag(config)):
         raise MkosiError(f"ImageVersion={config.image_version} cannot be the tag of an OCI image",
-                         hint="use letters, digits and '.', '_', '-', '+', ':' between them")
+                         hint="use letters and digits, with '.', '_', '-', '+', ':' or '@' between them")
 
 
 def make_oci(ctx: Context) -> None:

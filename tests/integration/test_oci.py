@@ -55,10 +55,10 @@ ImageVersion={TAG}
 OutputDirectory=out
 
 [Content]
-Cache={cache}
 SourceDateEpoch={EPOCH}
 
 [Build]
+PackageCacheDirectory={cache}
 Environment=GREETING=hello-from-mkosi
 """)
     (d / "out").mkdir()

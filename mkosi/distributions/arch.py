@@ -61,17 +61,10 @@ class Arch(DistributionPlugin):
     def pacman_config(self, ctx: Context) -> PacmanConfig:
 
         config = ctx.config
-        return PacmanConfig(
-            root=ctx.root.absolute(),
-            workspace=ctx.workspace.absolute(),
+        return PacmanConfig.for_build(
+            ctx,
             architecture=config.architecture,
             repos=tuple(self.repos(config)),
-            cache_dir=ctx.package_cache.absolute() if ctx.package_cache else None,
-            with_docs=config.with_docs,
-            network=ctx.network,
-            refresh=ctx.refresh_metadata,
-            sandbox=ctx.sandbox,
-            repository_directory=config.repository_directory,
         )
 
     def install(self, ctx: Context, packages: list[str]) -> None:

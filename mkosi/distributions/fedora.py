@@ -122,20 +122,13 @@ class RpmDistribution(DistributionPlugin):
     def dnf_config(self, ctx: Context) -> DnfConfig:
 
         config = ctx.config
-        return DnfConfig(
-            root=ctx.root.absolute(),
-            workspace=ctx.workspace.absolute(),
+        return DnfConfig.for_build(
+            ctx,
             release=config.release,
             architecture=config.architecture,
             repos=tuple(self.repos(config)),
-            cache_dir=ctx.package_cache.absolute() if ctx.package_cache else None,
-            with_docs=config.with_docs,
-            network=ctx.network,
-            refresh=ctx.refresh_metadata,
-            sandbox=ctx.sandbox,
             use_host_repositories=config.use_host_repositories,
             enable_repos=tuple(r for r in config.repositories if not is_url(r)),
-            repository_directory=config.repository_directory,
             rpmdb=self.rpmdb(config),
             host_architecture=host_architecture(),
             distribution=self.distribution.value,

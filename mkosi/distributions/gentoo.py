@@ -53,15 +53,10 @@ class Gentoo(DistributionPlugin):
         if config.repositories:
             raise MkosiError("Repositories= is not supported for Gentoo",
                              hint="add ebuild repositories in /etc/portage/repos.conf with a skeleton tree")
-        return EmergeConfig(
-            root=ctx.root.absolute(),
-            workspace=ctx.workspace.absolute(),
+        return EmergeConfig.for_build(
+            ctx,
             mirror=self.mirror(config),
             architecture=config.architecture,
-            cache_dir=ctx.package_cache.absolute() if ctx.package_cache else None,
-            with_docs=config.with_docs,
-            network=ctx.network,
-            sandbox=ctx.sandbox,
         )
 
     def install(self, ctx: Context, packages: list[str]) -> None:

@@ -95,16 +95,9 @@ class OpenSUSE(DistributionPlugin):
     def zypper_config(self, ctx: Context) -> ZypperConfig:
 
         config = ctx.config
-        return ZypperConfig(
-            root=ctx.root.absolute(),
-            workspace=ctx.workspace.absolute(),
+        return ZypperConfig.for_build(
+            ctx,
             repos=tuple(self.repos(config)),
-            cache_dir=ctx.package_cache.absolute() if ctx.package_cache else None,
-            with_docs=config.with_docs,
-            network=ctx.network,
-            refresh=ctx.refresh_metadata,
-            sandbox=ctx.sandbox,
-            repository_directory=config.repository_directory,
         )
 
     def install(self, ctx: Context, packages: list[str]) -> None:

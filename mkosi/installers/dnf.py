@@ -23,6 +23,7 @@ from typing import Optional
 from mkosi import log
 from mkosi.errors import MkosiError
 from mkosi.installers import rpm
+from mkosi.installers.base import InstallerConfig
 from mkosi.run import require_tool, run
 from mkosi.sandbox import Mount, Sandbox
 
@@ -85,26 +86,19 @@ def is_url(entry: str) -> bool:
     return "://" in entry or entry.startswith("/")
 
 
-@dataclasses.dataclass(frozen=True)
-class DnfConfig:
-    root: Path
-    workspace: Path                     # private directory for dnf.conf, repos.d and HOME
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DnfConfig(InstallerConfig):
+    """The workspace holds dnf.conf, repos.d and HOME."""
+
     release: str
     architecture: str                   # the kernel's name (x86_64, aarch64, ...)
     repos: tuple[RpmRepo, ...]
-    cache_dir: Optional[Path] = None    # persistent package cache, or None
-    with_docs: bool = False
-    network: bool = True
-    refresh: bool = True      # sync the repository metadata (CacheOnly=metadata: not)
     use_host_repositories: bool = False
     enable_repos: tuple[str, ...] = ()  # Repositories= entries that name repositories (IDs), not URLs
-    repository_directory: Optional[Path] = None
     rpmdb: str = rpm.LEGACY_RPMDB
     host_architecture: str = ""
     executable: str = "dnf"
     distribution: str = "fedora"
-    # How commands run (ExtraSearchPaths=, a tools tree); the installer adds the root and its mounts.
-    sandbox: Sandbox = Sandbox()
     key_check: bool = True              # RepositoryKeyCheck=no: install without checking signatures
 
     @property

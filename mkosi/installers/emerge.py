@@ -39,6 +39,7 @@ from typing import Optional
 
 from mkosi import log
 from mkosi.errors import MkosiError
+from mkosi.installers.base import InstallerConfig
 from mkosi.installers.rpm import remove_paths
 from mkosi.run import find_tool, run
 from mkosi.sandbox import Mount, Sandbox
@@ -168,17 +169,10 @@ def release_key() -> Optional[Path]:
     return None
 
 
-@dataclasses.dataclass(frozen=True)
-class EmergeConfig:
-    root: Path
-    workspace: Path
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EmergeConfig(InstallerConfig):
     mirror: str
     architecture: str
-    cache_dir: Optional[Path] = None
-    with_docs: bool = False
-    network: bool = True
-    # How commands run (ExtraSearchPaths=, a tools tree); the installer adds the root and its mounts.
-    sandbox: Sandbox = Sandbox()
 
     @property
     def cache(self) -> Path:

@@ -27,6 +27,7 @@ from typing import Optional
 
 from mkosi import log
 from mkosi.errors import MkosiError
+from mkosi.installers.base import InstallerConfig
 from mkosi.run import find_tool, require_tool, run
 from mkosi.sandbox import Sandbox
 
@@ -61,19 +62,10 @@ def parse_repository(entry: str) -> PacmanRepo:
     return PacmanRepo(name=name, servers=(url,))
 
 
-@dataclasses.dataclass(frozen=True)
-class PacmanConfig:
-    root: Path
-    workspace: Path
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PacmanConfig(InstallerConfig):
     architecture: str
     repos: tuple[PacmanRepo, ...]
-    cache_dir: Optional[Path] = None
-    with_docs: bool = False
-    network: bool = True
-    refresh: bool = True      # sync the repository metadata (CacheOnly=metadata: not)
-    repository_directory: Optional[Path] = None
-    # How commands run (ExtraSearchPaths=, a tools tree); the installer adds the root and its mounts.
-    sandbox: Sandbox = Sandbox()
 
     @property
     def conf_dir(self) -> Path:

@@ -19,11 +19,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
 
 from mkosi import log
 from mkosi.errors import CommandError, MkosiError
 from mkosi.installers import rpm
+from mkosi.installers.base import InstallerConfig
 from mkosi.installers.dnf import RpmRepo, repo_file_text
 from mkosi.run import require_tool, run
 from mkosi.sandbox import Mount, Sandbox
@@ -32,19 +32,10 @@ from mkosi.sandbox import Mount, Sandbox
 ZYPPER_EXIT_INF_RPM_SCRIPT_FAILED = 107
 
 
-@dataclasses.dataclass(frozen=True)
-class ZypperConfig:
-    root: Path
-    workspace: Path
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ZypperConfig(InstallerConfig):
     repos: tuple[RpmRepo, ...]
-    cache_dir: Optional[Path] = None
-    with_docs: bool = False
-    network: bool = True
-    refresh: bool = True      # sync the repository metadata (CacheOnly=metadata: not)
-    repository_directory: Optional[Path] = None
     rpmdb: str = rpm.SYSIMAGE_RPMDB
-    # How commands run (ExtraSearchPaths=, a tools tree); the installer adds the root and its mounts.
-    sandbox: Sandbox = Sandbox()
 
     @property
     def conf_dir(self) -> Path:

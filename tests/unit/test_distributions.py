@@ -3,6 +3,7 @@ URLs, generated configuration, option mapping, package databases, error messages
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -13,11 +14,13 @@ import mkosi.distributions.facts
 import mkosi.distributions.fedora
 import mkosi.run
 from mkosi.config import load_args
-from mkosi.config.enums import Distribution
+from mkosi.config.enums import CacheOnly, Distribution
 from mkosi.config.settings import Args, Config
+from mkosi.context import Context, Phase
 from mkosi.distributions.registry import plugin
 from mkosi.errors import MkosiError, ToolMissingError
 from mkosi.installers import dnf, emerge, pacman, rpm, zypper
+from mkosi.installers.base import InstallerConfig
 from mkosi.installers.dnf import DnfConfig, RpmRepo
 from mkosi.installers.pacman import PacmanConfig, PacmanRepo
 from mkosi.installers.zypper import ZypperConfig
@@ -623,3 +626,18 @@ def test_cache_only_metadata_in_the_other_package_managers(tmp_path: Path) -> No
     assert pacman.install_argv(cached, ["systemd"])[-3:] == ["-S", "--needed", "systemd"]
     with pytest.raises(MkosiError, match="CacheOnly=metadata but no package databases are cached"):
         pacman.setup(cached)
+
+
+def test_every_installer_takes_the_shared_fields_from_the_build(tmp_path: Path) -> None:
+    config = dataclasses.replace(Config(), with_docs=True, cache_only=CacheOnly.metadata,
+                                 repository_directory=tmp_path / "repos")
+    ctx = Context(Args(), config, tmp_path / "ws", Phase.final, tmp_path / "root", tmp_path / "cache",
+                  tmp_path / "staging")
+    for cls, own in ((DnfConfig, {"release": "43", "architecture": "x86_64", "repos": ()}),
+                     (ZypperConfig, {"repos": ()}), (PacmanConfig, {"architecture": "x86_64", "repos": ()}),
+                     (emerge.EmergeConfig, {"mirror": "m", "architecture": "x86_64"})):
+        cfg = cls.for_build(ctx, **own)
+        assert isinstance(cfg, InstallerConfig)
+        assert (cfg.root, cfg.workspace, cfg.cache_dir) == (tmp_path / "root", tmp_path / "ws", tmp_path / "cache")
+        assert cfg.with_docs and cfg.network and not cfg.refresh
+        assert cfg.repository_directory == tmp_path / "repos" and cfg.sandbox == ctx.sandbox

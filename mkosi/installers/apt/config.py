@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Optional
 
 from mkosi.errors import MkosiError
-from mkosi.sandbox import Sandbox
+from mkosi.installers.base import InstallerConfig
 
 # Where the archive signing keys live on the host, and which package ships them.
 KEYRINGS: dict[str, tuple[str, str]] = {
@@ -24,24 +22,17 @@ UNMERGED_RELEASES = frozenset({"wheezy", "jessie", "stretch", "trusty", "xenial"
 LIB64_ARCHITECTURES = frozenset({"amd64", "ppc64", "ppc64el", "mips64el", "loong64", "sparc64"})
 
 
-@dataclass(frozen=True)
-class AptConfig:
-    root: Path
+@dataclass(frozen=True, kw_only=True)
+class AptConfig(InstallerConfig):
     distribution: str
     release: str
     mirror: str
     components: list[str]
     extra_repositories: list[str]
     architecture: str
-    cache_dir: Optional[Path]
-    workspace: Path
-    with_docs: bool
-    network: bool = True
-    refresh: bool = True                   # sync the repository metadata (CacheOnly=metadata: not)
-    repository_directory: Optional[Path] = None
     key_check: bool = True                 # RepositoryKeyCheck=no: accept unsigned or unverifiable archives
-    # How host tools (apt-get, dpkg-deb, tar) run; dpkg runs in a chroot sandbox derived from it.
-    sandbox: Sandbox = Sandbox()
+    # The shared fields (InstallerConfig): `sandbox` says how host tools (apt-get, dpkg-deb, tar) run;
+    # dpkg runs in a chroot sandbox derived from it.
 
 
 def check_distribution(cfg: AptConfig) -> None:

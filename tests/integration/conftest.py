@@ -17,7 +17,13 @@ def integration_enabled() -> bool:
     return os.getuid() == 0 and os.environ.get("MKOSI_INTEGRATION") == "1"
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Everything here is an integration test, marked or not (before `-m` selects by marker).
+    here = Path(__file__).parent
+    for item in items:
+        if item.path.is_relative_to(here) and "integration" not in item.keywords:
+            item.add_marker(pytest.mark.integration)
     if integration_enabled():
         return
     skip = pytest.mark.skip(reason="integration tests need root and MKOSI_INTEGRATION=1")

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import pytest
-
 from mkosi.output import bmap
+from tests.markers import needs_tools
 
 MiB = 1024 * 1024
 
@@ -124,7 +122,7 @@ def test_empty_and_fully_sparse(tmp_path: Path) -> None:
         assert _ranges(root) == []
 
 
-@pytest.mark.skipif(shutil.which("bmaptool") is None, reason="bmaptool not installed")
+@needs_tools("bmaptool")
 def test_bmaptool_accepts_it(tmp_path: Path) -> None:
     img = tmp_path / "image.raw"
     _make_image(img)
@@ -135,7 +133,7 @@ def test_bmaptool_accepts_it(tmp_path: Path) -> None:
     assert copy.read_bytes() == img.read_bytes()
 
 
-@pytest.mark.skipif(not shutil.which("qemu-img"), reason="needs qemu-img")
+@needs_tools("qemu-img")
 def test_bmap_describes_the_raw_disk_not_the_qcow2(tmp_path: Path) -> None:
     import dataclasses
 

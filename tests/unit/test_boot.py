@@ -25,10 +25,11 @@ from mkosi.boot.signing import generate_secure_boot_keys, sign_efi, verify_efi
 from mkosi.boot.systemd_boot import bls_entry_text, install_bls_entry, install_systemd_boot
 from mkosi.boot.uki import DEFAULT_UKI_STUB, build_uki, uki_layout
 from mkosi.errors import MkosiError
+from tests.markers import needs_tools
 
 STUB = DEFAULT_UKI_STUB
-needs_stub = pytest.mark.skipif(not STUB.is_file(), reason="systemd EFI stub not installed")
-needs_objcopy = pytest.mark.skipif(shutil.which("objcopy") is None, reason="objcopy not installed")
+needs_stub = needs_tools(files=(STUB,))
+needs_objcopy = needs_tools("objcopy")
 
 
 def fake_pe(sections: list[tuple[str, int, int]], *, section_alignment: int = 0x1000, image_base: int = 0) -> bytes:
@@ -269,10 +270,7 @@ def test_find_gpt_partition(tmp_path: Path) -> None:
         find_gpt_partition(blank, esp)
 
 
-@pytest.mark.skipif(
-    shutil.which("grub-mkimage") is None or not (GRUB_I386_PC_DIR / "boot.img").exists(),
-    reason="grub-pc-bin not installed",
-)
+@needs_tools("grub-mkimage", files=(GRUB_I386_PC_DIR / "boot.img",))
 def test_install_grub_bios_patches_image(tmp_path: Path) -> None:
     image = tmp_path / "disk.raw"
     write_gpt(image, [(BIOS_BOOT_PARTITION_TYPE, 2048, 4095)])
@@ -358,7 +356,7 @@ def test_generate_secure_boot_keys(tmp_path: Path) -> None:
 
 
 @needs_stub
-@pytest.mark.skipif(shutil.which("sbsign") is None, reason="sbsigntool not installed")
+@needs_tools("sbsign")
 def test_sign_and_verify(tmp_path: Path) -> None:
     key, cert = tmp_path / "db.key", tmp_path / "db.crt"
     generate_secure_boot_keys("signer", 10, key, cert)

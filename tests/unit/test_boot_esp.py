@@ -14,11 +14,10 @@ from mkosi.boot.pe import read_pe
 from mkosi.boot.uki import SYSTEMD_BOOT_EFI_DIR, uki_file_name
 from mkosi.config.enums import BootProtocol
 from mkosi.errors import MkosiError
+from tests.markers import needs_tools
 
-needs_grub = pytest.mark.skipif(not GRUB_I386_PC_DIR.is_dir(), reason="grub-pc-bin not installed")
-needs_stub = pytest.mark.skipif(
-    not (SYSTEMD_BOOT_EFI_DIR / "linuxx64.efi.stub").is_file() or shutil.which("objcopy") is None,
-    reason="systemd EFI stub or objcopy not installed")
+needs_grub = needs_tools(files=(GRUB_I386_PC_DIR,))
+needs_stub = needs_tools("objcopy", files=(SYSTEMD_BOOT_EFI_DIR / "linuxx64.efi.stub",))
 
 
 def fake_root(tmp_path: Path, efi_dir: Path | None = None) -> Path:

@@ -6,7 +6,6 @@ import base64
 import hashlib
 import json
 import os
-import shutil
 import stat
 import subprocess
 import uuid
@@ -18,6 +17,7 @@ import pytest
 from mkosi.errors import MkosiError
 from mkosi.output import gpt, verity
 from mkosi.run import find_tool
+from tests.markers import needs_tools
 
 MiB = 1024 * 1024
 
@@ -307,7 +307,7 @@ def test_copy_sparse(tmp_path: Path) -> None:
         assert dst.stat().st_blocks * 512 < 2 * MiB
 
 
-@pytest.mark.skipif(find_tool("sfdisk") is None, reason="sfdisk not installed")
+@needs_tools("sfdisk")
 def test_assemble(tmp_path: Path) -> None:
     parts = _parts(tmp_path)
     src = parts[2].source
@@ -391,7 +391,7 @@ def test_signature_blob_padding_boundary(tmp_path: Path) -> None:
     assert blob.endswith(b"\0")
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+@needs_tools("openssl")
 def test_signature_verifies_with_openssl(tmp_path: Path) -> None:
     key, cert = _key_and_cert(tmp_path)
     sig = tmp_path / "sig.p7s"
@@ -576,7 +576,7 @@ def test_disk_spec_validation(tmp_path: Path) -> None:
             disk.build_disk(bad)
 
 
-@pytest.mark.skipif(not shutil.which("mksquashfs") or not shutil.which("sfdisk"), reason="needs squashfs-tools, fdisk")
+@needs_tools("mksquashfs", "sfdisk")
 @pytest.mark.parametrize("bios_size, expected", [(None, 1024**2), (4 * 1024**2, 4 * 1024**2)])
 def test_bios_boot_partition_size(tmp_path: Path, bios_size: Optional[int], expected: int) -> None:
     from mkosi.output import disk

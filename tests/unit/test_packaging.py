@@ -12,9 +12,8 @@ import zipfile
 from pathlib import Path
 from types import ModuleType
 
-import pytest
-
 from mkosi import __version__
+from tests.markers import needs_tools
 
 TOP = Path(__file__).resolve().parents[2]
 
@@ -54,7 +53,7 @@ def test_md2man_constructs() -> None:
     assert ".IP 1. 4\nfirst\n.IP 2. 4\nsecond" in page
 
 
-@pytest.mark.skipif(not shutil.which("groff"), reason="groff is not installed")
+@needs_tools("groff")
 def test_man_page_renders_without_errors(tmp_path: Path) -> None:
     man = tmp_path / "mkosi.1"
     man.write_text(md2man().convert((TOP / "mkosi.md").read_text(), __version__))

@@ -11,6 +11,7 @@ import pytest
 
 from mkosi import qemu, ssh
 from mkosi.errors import MkosiError
+from tests.markers import needs_tools
 
 
 def touch(path: Path, data: bytes = b"fw") -> Path:
@@ -256,7 +257,7 @@ def test_probe_kvm_uses_the_guest_result(monkeypatch: pytest.MonkeyPatch) -> Non
         qemu.reset_kvm_probe_cache()
 
 
-@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 not installed")
+@needs_tools("qemu-system-x86_64")
 def test_probe_firmware_under_tcg() -> None:
     ok, reason = qemu.run_probe_guest("qemu-system-x86_64", 30.0, accel="tcg", cpu="max")
     assert ok, reason
@@ -307,7 +308,7 @@ def test_connect_with_retry_times_out(tmp_path: Path) -> None:
         ssh.connect_with_retry([str(script)], 1, interval=0.05)
 
 
-@pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="openssh-client not installed")
+@needs_tools("ssh-keygen")
 def test_generate_ssh_keypair(tmp_path: Path) -> None:
     key = tmp_path / "keys/id_mkosi"
     pub = ssh.generate_ssh_keypair(key, "mkosi@test")

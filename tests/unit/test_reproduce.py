@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -21,6 +20,7 @@ from mkosi.errors import ConfigError
 from mkosi.output import filesystems as fs
 from mkosi.output.gpt import make_uuid, seed_from_setting
 from mkosi.scripts import script_environment
+from tests.markers import needs_tools
 
 SEED = "0d3a6f3c-2b1e-4c8f-9a55-6c1f3e4b2a10"
 
@@ -267,8 +267,7 @@ def test_ext4_clamp_commands_quote_odd_names(tmp_path: Path) -> None:
     assert 'sif "/q""uote" ctime @1000' in lines
 
 
-@pytest.mark.skipif(shutil.which("mkfs.ext4") is None or shutil.which("debugfs") is None,
-                    reason="needs e2fsprogs")
+@needs_tools("mkfs.ext4", "debugfs")
 def test_ext4_images_of_trees_made_at_different_times_are_equal(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")

@@ -27,6 +27,7 @@ from mkosi.mounts import mounts_below
 from mkosi.run import current_sandbox, find_tool, run, using_sandbox
 from mkosi.sandbox import Container, Mode, Mount, Sandbox, find_in_root, resolve_in_root
 from mkosi.scripts import script_sandbox
+from tests.markers import needs_privileges
 from tests.unit.test_config import load, load_both
 
 SECRET = "hunter2-not-for-logs"
@@ -289,8 +290,7 @@ def test_clear_env_gives_only_the_sandbox_variables(monkeypatch: pytest.MonkeyPa
 
 # ---------------------------------------------------------------- real runs (root and bubblewrap)
 
-needs_bwrap = pytest.mark.skipif(os.getuid() != 0 or shutil.which("bwrap") is None,
-                                 reason="running under bubblewrap needs root and bwrap")
+needs_bwrap = needs_privileges("bwrap")
 
 
 def _install_shell(root: Path) -> None:

@@ -30,14 +30,22 @@ from mkosi.dependencies import check_host_tools
 from mkosi.distributions.registry import plugin
 from mkosi.elf import image_architecture
 from mkosi.errors import MkosiError
+from mkosi.formats import FormatKind
 from mkosi.manifest import write_manifests, write_sboms
 from mkosi.mounts import umount_all_below
 from mkosi.output import artifacts
-from mkosi.output.artifacts import Artifact, incremental_cache_paths, output_key_path, staged
-from mkosi.output.make import check_target, make_outputs
+from mkosi.output.artifacts import (
+    Artifact,
+    cached_image_path,
+    incremental_cache_paths,
+    output_key_path,
+    staged,
+)
+from mkosi.output.make import check_target, make_outputs, maker
 from mkosi.preflight import (
     WORKSPACE_PREFIX,
     check_writable,
+    keep_workspace,
     mark_workspace,
     output_lock,
     private_mount_namespace,
@@ -55,7 +63,7 @@ from mkosi.scripts import (
     run_prepare_script,
 )
 from mkosi.ssh import generate_ssh_keypair
-from mkosi.trees import chown_to_invoking_user, install_tree, resolve_in_root
+from mkosi.trees import chown_to_invoking_user, copy_into_root, install_tree, resolve_in_root
 
 # ---------------------------------------------------------------- workspace
 
@@ -66,7 +74,9 @@ def workspace_parent(config: Config) -> Path:
 
 
 @contextlib.contextmanager
-def workspace(config: Config) -> Iterator[Path]:
+def workspace(config: Config, keep: bool = False) -> Iterator[Path]:
+    """A fresh workspace directory, removed afterwards; with `keep` (--debug-workspace) it stays, its
+    mounts undone, and its path is printed."""
     parent = workspace_parent(config)
     parent.mkdir(parents=True, exist_ok=True)
     ws = Path(tempfile.mkdtemp(prefix=WORKSPACE_PREFIX, dir=parent))
@@ -76,11 +86,18 @@ def workspace(config: Config) -> Iterator[Path]:
         yield ws
     except BaseException:
         umount_all_below(ws)
+        if keep:
+            keep_workspace(ws, failed=True)
+            raise
         shutil.rmtree(ws, ignore_errors=True)
         if ws.exists():
             log.warn(f"could not remove the workspace {ws} completely")
         raise
     else:
+        if keep:
+            umount_all_below(ws)
+            keep_workspace(ws, failed=False)
+            return
         # After a successful build the results are in place already: the (possibly large) workspace
         # is deleted in the background instead of keeping the user waiting.
         remove_in_background(ws)
@@ -568,12 +585,16 @@ def _rmtree_any(path: Path) -> None:
 
 # ---------------------------------------------------------------- the pipeline
 
-def build_phase(ctx: Context) -> None:
-
+def build_phase(ctx: Context, rerun: bool = False) -> None:
+    """The steps of one phase. With `rerun` (-R) the cached development image is used whatever its
+    inputs are now; its absence is an error (checked before the build starts, see check_rerun())."""
     ctx.root.mkdir(parents=True, exist_ok=True)
     # Everything up to the prepare script is what incremental mode caches.
-    key = image_cache_key(ctx, packages_for(ctx)) if ctx.args.incremental else ""
-    if not (ctx.args.incremental and load_cached_image(ctx, key)):
+    key = image_cache_key(ctx, packages_for(ctx)) if ctx.args.incremental or rerun else ""
+    if rerun:
+        if not load_cached_image(ctx, key, stale_ok=True):
+            raise MkosiError(no_cached_image_message(ctx.config))
+    elif not (ctx.args.incremental and load_cached_image(ctx, key)):
         copy_skeleton_trees(ctx)
         install_distribution(ctx)
         verify_architecture(ctx)
@@ -618,6 +639,10 @@ def build_image(args: Args, config: Config, ws: Path, cleanup: list[Path]) -> St
         with log.step("Building the development image"):
             build_phase(bctx)
             run_build_script(bctx)
+        if config.format.row.kind is FormatKind.nothing:
+            # Format=none: the build script was the point; its maker writes nothing.
+            maker(config.format.row)(bctx)
+            return []
         if config.skip_final_phase:
             log.info("Skipping the final phase (SkipFinalPhase=yes)")
             return []
@@ -702,32 +727,107 @@ def prepare_to_build(config: Config) -> None:
     private_mount_namespace()
 
 
+def check_build_only(config: Config) -> None:
+    """Format=none runs the build script and nothing else: without one there is nothing to do."""
+    if config.format.row.kind is FormatKind.nothing and config.build_script is None:
+        raise MkosiError("Format=none only runs the build script, and no build script is configured",
+                         hint="add a mkosi.build script (BuildScript=), or choose another Format=")
+
+
+def wipe_build_dir(args: Args, config: Config) -> None:
+    """--wipe-build-dir: BuildDirectory= is emptied (the directory itself stays)."""
+    if not args.wipe_build_dir:
+        return
+    directory = config.build_dir
+    if directory is None:
+        log.warn("--wipe-build-dir: no BuildDirectory= is configured (nor mkosi.builddir/); nothing to wipe")
+        return
+    if not directory.is_dir():
+        return
+    with log.step(f"Wiping the build directory {directory}"):
+        for child in directory.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+
+
+def no_cached_image_message(config: Config) -> str:
+    return (f"there is no cached development image to rerun the build script against "
+            f"({cached_image_path(config, Phase.build)} does not exist): build once with -i first")
+
+
+def check_rerun(config: Config) -> None:
+    """-R needs a build script and the development image an earlier -i build cached."""
+    if config.build_script is None:
+        raise MkosiError("--rerun-build-scripts: no build script is configured (mkosi.build, BuildScript=)")
+    if not cached_image_path(config, Phase.build).is_dir():
+        raise MkosiError(no_cached_image_message(config), hint="run 'mkosi -i build' once, then 'mkosi -R'")
+
+
 def build_command(args: Args, config: Config) -> bool:
     """Build the image; False when -i found the output up to date and nothing was built."""
     if os.getuid() != 0:
         raise MkosiError("'mkosi build' must be run as root", hint="run it with sudo")
     assert config.output_dir is not None
+    if args.rerun_build_scripts:
+        if config.build_script is None and config.image != "main":
+            log.info(f"Image '{config.image}' has no build script; nothing to rerun")
+            return False
+        check_rerun(config)
     with output_lock(config.output_dir), source_date_epoch_environment(config):
+        if args.rerun_build_scripts:
+            _rerun_locked(args, config)
+            return True
         return _build_locked(args, config)
+
+
+def _rerun_locked(args: Args, config: Config) -> None:
+    """-R: the build script runs again in (an overlay on) the cached development image, with the current
+    sources; no image is built. A directory output gets the new results copied over its old content."""
+    check_host_tools(config)
+    check_writable(workspace_parent(config), "workspace directory")
+    remove_stale_workspaces(workspace_parent(config))
+    private_mount_namespace()
+    wipe_build_dir(args, config)
+    with log.step("Rerunning the build script"), workspace(config, keep=args.debug_workspace) as ws:
+        staging = ws / "staging"
+        staging.mkdir()
+        bctx = Context(args, config, ws, Phase.build, ws / "build-root", package_cache_dir(config), staging)
+        build_phase(bctx, rerun=True)
+        run_build_script(bctx)
+        results = ws / "build-results"
+        kind = config.format.row.kind
+        assert config.output is not None
+        if kind is FormatKind.tree and config.output.is_dir() and not config.output.is_symlink():
+            with log.step(f"Copying the build results into {config.output}"):
+                copy_into_root(results, config.output, keep_owner=True)
+        elif config.install_dir is not None:
+            log.info(f"The image is not rebuilt; the build script's results are in {config.install_dir}")
+        else:
+            log.info("The image is not rebuilt; set InstallDirectory= to keep the build script's results "
+                     "(BuildDirectory= keeps its build state)")
 
 
 def _build_locked(args: Args, config: Config) -> bool:
     assert config.output_dir is not None
     recover_interrupted_move(config.output_dir)
+    check_build_only(config)
     drop_caches(args, config)
     key = up_to_date_key(args, config)
     if key is None:
         return False
     check_outputs(args, config)
     prepare_to_build(config)
+    wipe_build_dir(args, config)
     cleanup: list[Path] = []
     try:
-        with log.step(f"Building {config.output}"), workspace(config) as ws:
+        with log.step(f"Building {config.output}"), workspace(config, keep=args.debug_workspace) as ws:
             made = build_image(args, config, ws, cleanup)
             with log.step("Moving the results into place"):
                 move_into_place(config, made)
     finally:
         remove_cleanup_paths(cleanup)
-    if key:
+    if key and config.format.row.kind is not FormatKind.nothing:
         write_private(output_key_path(config), key + "\n")
     return True

@@ -110,14 +110,19 @@ def image_cache_key(ctx: Context, packages: list[str]) -> str:
     return h.hexdigest()
 
 
-def load_cached_image(ctx: Context, key: str) -> bool:
+def load_cached_image(ctx: Context, key: str, stale_ok: bool = False) -> bool:
+    """Put the cached image of this phase at ctx.root when its key matches (or, with stale_ok, whatever
+    its key: -R uses the cached development image as it is)."""
     image = cached_image_path(ctx.config, ctx.phase)
     keyfile = Path(f"{image}.key")
     if not image.is_dir() or not keyfile.exists():
         return False
     if keyfile.read_text().strip() != key:
-        log.info(f"The cached {ctx.phase.value} image is out of date (its inputs changed); rebuilding it")
-        return False
+        if not stale_ok:
+            log.info(f"The cached {ctx.phase.value} image is out of date (its inputs changed); rebuilding it")
+            return False
+        log.warn(f"The cached {ctx.phase.value} image is out of date (its inputs changed); using it anyway "
+                 "(-R never rebuilds it: run 'mkosi -i -f build' for that)")
     with log.step(f"Reusing the cached {ctx.phase.value} image"):
         if ctx.root.exists():
             shutil.rmtree(ctx.root)

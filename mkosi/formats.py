@@ -26,6 +26,7 @@ class FormatKind(enum.Enum):
     efi = "EFI binary"                  # a unified kernel image
     extension = "extension image"       # a system or configuration extension
     container = "container image"       # an OCI image layout: a directory of content-addressed blobs
+    nothing = "no output"               # Format=none: only the build scripts run
 
 
 # What CompressOutput= algorithms add to a file name.
@@ -237,6 +238,6 @@ for _row in (
     Format("confext", FormatKind.extension, "a configuration extension image", suffix=".raw"),
     Format("portable", FormatKind.extension, "a portable service image", suffix=".raw"),
     Format("addon", FormatKind.efi, "a unified kernel image addon", suffix=".efi"),
-    Format("none", FormatKind.tree, "no image: only the build scripts run"),
+    Format("none", FormatKind.nothing, "no image: only the build scripts run", maker="mkosi.scripts:finish_build_only"),
 ):
     register(_row)

@@ -97,6 +97,14 @@ def mark_workspace(ws: Path) -> None:
     (ws / PID_FILE).write_text(f"{os.getpid()}\n")
 
 
+def keep_workspace(ws: Path, failed: bool) -> None:
+    """--debug-workspace: the workspace stays (without its PID file, so no later build takes it for the
+    workspace of a killed build and removes it) and its path is printed."""
+    (ws / PID_FILE).unlink(missing_ok=True)
+    what = "failed build" if failed else "build"
+    log.info(f"The workspace of the {what} is kept at {ws} (--debug-workspace); remove it when done")
+
+
 def remove_in_background(ws: Path) -> None:
     """Unmount what is below the workspace, then remove it with a detached `rm` that stays on the
     workspace's file system. The workspace records the remover's PID, so a later build takes over when

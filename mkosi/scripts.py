@@ -11,13 +11,14 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Optional
 
 from mkosi import log
 from mkosi.config.enums import SourceFileTransfer, WithNetwork
 from mkosi.context import Context, Phase
 from mkosi.errors import MkosiError
 from mkosi.run import PathString, run
-from mkosi.sandbox import Container, Mount, Sandbox
+from mkosi.sandbox import Container, Mount, Sandbox, nspawn_executable
 from mkosi.sources import copy_sources, default_transfer, source_excludes
 from mkosi.trees import copy_into_root, resolve_in_root
 
@@ -38,9 +39,29 @@ class ScriptError(MkosiError):
         super().__init__(msg)
 
 
-def run_script_command(what: str, script: Path, argv: Sequence[PathString], sandbox: Sandbox) -> None:
+def debug_shell_argv(shell: Sandbox) -> list[str]:
+    """The command line --debug-shell runs: nspawn of the script's container, without a command (nspawn
+    starts the image's shell then), with the script's mounts, working directory and variables."""
+    return shell.argv([], nspawn_executable())
+
+
+def open_debug_shell(what: str, script: Path, shell: Sandbox) -> None:
+    """--debug-shell: after a failed script, an interactive shell in its container, if there is a
+    terminal to talk to; the build fails as usual once the shell exits."""
+    if not sys.stdin.isatty():
+        log.warn(f"--debug-shell: not opening a shell after the failed {what} {script.name}: "
+                 "standard input is not a terminal")
+        return
+    log.info(f"The {what} {script.name} failed; opening a shell in its container (exit it to end the build)")
+    sys.stdout.flush()
+    run([], sandbox=shell, check=False)
+
+
+def run_script_command(what: str, script: Path, argv: Sequence[PathString], sandbox: Sandbox,
+                       shell: Optional[Sandbox] = None) -> None:
     """Run a script's command line in `sandbox`, passing its output through as it comes and keeping its
-    last lines for the error message if it fails (the sandbox's command line is only shown with --debug)."""
+    last lines for the error message if it fails (the sandbox's command line is only shown with --debug).
+    With `shell` (--debug-shell), a failure first opens an interactive shell in that container."""
     tail: collections.deque[str] = collections.deque(maxlen=SCRIPT_TAIL_LINES)
     read_fd, write_fd = os.pipe()
 
@@ -61,6 +82,8 @@ def run_script_command(what: str, script: Path, argv: Sequence[PathString], sand
         # Whatever the script left running in the background may keep the pipe open: do not wait for it.
         reader.join(timeout=10)
     if proc.returncode != 0:
+        if shell is not None:
+            open_debug_shell(what, script, shell)
         raise ScriptError(what, script, proc.returncode, list(tail))
 
 
@@ -107,8 +130,8 @@ def _run_in_image(ctx: Context, what: str, script: Path, argv: list[str], *, net
     # nspawn creates missing mount points for binds; they must not stay behind in the image.
     created = [ctx.root / dst.lstrip("/") for _, dst in binds or [] if not (ctx.root / dst.lstrip("/")).exists()]
     try:
-        run_script_command(what, script, [inside, *argv],
-                           script_sandbox(ctx, network=network, chdir=chdir, binds=binds, env=env))
+        sandbox = script_sandbox(ctx, network=network, chdir=chdir, binds=binds, env=env)
+        run_script_command(what, script, [inside, *argv], sandbox, shell=sandbox if ctx.args.debug_shell else None)
     finally:
         target.unlink(missing_ok=True)
         for mountpoint in created:
@@ -142,8 +165,10 @@ def run_finalize_script(ctx: Context) -> None:
     if script is None:
         return
     with log.step(f"Running finalize script {script.name} {ctx.phase.value}"):
+        # The finalize script runs on the host; --debug-shell opens its shell in the image it finalizes.
+        shell = script_sandbox(ctx, network=False) if ctx.args.debug_shell else None
         run_script_command("finalize script", script, [script, ctx.phase.value],
-                           ctx.sandbox.but(env={**script_environment(ctx), "BUILDROOT": str(ctx.root)}))
+                           ctx.sandbox.but(env={**script_environment(ctx), "BUILDROOT": str(ctx.root)}), shell=shell)
 
 
 def copy_build_sources(ctx: Context) -> None:
@@ -224,3 +249,12 @@ def copy_build_results(ctx: Context) -> None:
         with log.step(f"Copying sources into the final image ({transfer.value})"):
             copy_sources(config.build_source, resolve_in_root(ctx.root, "root/src"), transfer,
                          config.source_resolve_symlinks_final, source_excludes(config, config.build_source))
+
+
+def finish_build_only(ctx: Context) -> None:
+    """The maker of Format=none: no image is written; says where the build script's results went."""
+    where = ctx.config.install_dir
+    if where is not None:
+        log.info(f"Format=none: no image is written; the build script's results are in {where}")
+    else:
+        log.info("Format=none: no image is written (set InstallDirectory= to keep the build script's results)")

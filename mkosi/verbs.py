@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import json
 import os
+import re
 import shutil
 import signal
+import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
@@ -16,7 +21,7 @@ from mkosi import log
 from mkosi.boot.signing import generate_secure_boot_keys
 from mkosi.build import build_command
 from mkosi.cache import package_cache_dir
-from mkosi.config.enums import Verb
+from mkosi.config.enums import Distribution, Verb
 from mkosi.config.parse import format_help
 from mkosi.config.settings import Args, Config
 from mkosi.container import mounted_image, run_container
@@ -119,7 +124,7 @@ def verb_build(args: Args, config: Config) -> None:
 
     built = check_reproducible(args, config) if args.check_reproducible else build_command(args, config)
     # With several images, the version is bumped once, after the main image (built last).
-    if built and args.auto_bump and config.image == "main":
+    if built and args.auto_bump and config.image == "main" and not args.rerun_build_scripts:
         verb_bump(args, config)
 
 
@@ -269,6 +274,134 @@ def verb_init(args: Args, config: Config) -> None:
     log.info(f"Wrote {conf} and {len(added)} .gitignore entries; build with 'mkosi build'")
 
 
+# ---------------------------------------------------------------- documentation
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# The manuals of upstream mkosi this implementation does not have.
+OTHER_MANUALS = ("mkosi-initrd", "initrd", "mkosi-sandbox", "sandbox", "mkosi.news", "news")
+
+
+def manual_sources() -> tuple[Optional[Path], Optional[Path]]:
+    """The installed man page mkosi(1) and the Markdown manual: package data of an installed mkosi (made
+    from mkosi.md when the package is built), or the mkosi.md of a source checkout."""
+    page = PACKAGE_DIR / "resources" / "mkosi.1"
+    markdown = next((p for p in (PACKAGE_DIR / "resources" / "mkosi.md", PACKAGE_DIR.parent / "mkosi.md")
+                     if p.is_file()), None)
+    return (page if page.is_file() else None), markdown
+
+
+def verb_documentation(args: Args, config: Config) -> int:
+    """The manual: the man page with man when both are there, the Markdown text otherwise."""
+    if len(args.cmdline) > 1 or (args.cmdline and args.cmdline[0] not in ("mkosi", *OTHER_MANUALS)):
+        raise MkosiError("usage: mkosi documentation [mkosi]")
+    if args.cmdline and args.cmdline[0] in OTHER_MANUALS:
+        raise MkosiError(f"the '{args.cmdline[0]}' manual is not part of this implementation; "
+                         "'mkosi documentation' shows mkosi(1)")
+    page, markdown = manual_sources()
+    man = shutil.which("man")
+    if page is not None and man is not None:
+        sys.stdout.flush()
+        return subprocess.run([man, "--local-file", os.fspath(page)], check=False).returncode
+    if markdown is None:
+        raise MkosiError("the manual is not installed (neither mkosi.1 nor mkosi.md were found next to mkosi)")
+    sys.stdout.write(markdown.read_text())
+    return 0
+
+
+# ---------------------------------------------------------------- completion
+
+COMPLETION_SHELLS = ("bash", "zsh", "fish")
+
+
+def verb_completion(args: Args, config: Config) -> None:
+    """The script that makes the shell ask mkosi for completions (argcomplete's protocol): verbs,
+    options and the values of options with fixed choices complete."""
+    if len(args.cmdline) != 1 or args.cmdline[0] not in COMPLETION_SHELLS:
+        raise MkosiError(f"usage: mkosi completion {'|'.join(COMPLETION_SHELLS)}")
+    try:
+        # Optional, like in __main__: only completion needs it.
+        from argcomplete.shell_integration import shellcode  # noqa: PLC0415
+    except ImportError:
+        raise MkosiError("shell completion needs the Python package argcomplete", hint="pip install argcomplete")
+    print(shellcode(["mkosi"], shell=args.cmdline[0]), end="")
+
+
+# ---------------------------------------------------------------- latest-snapshot
+
+DEBIAN_SNAPSHOT_MIRROR = "https://snapshot.debian.org"
+SNAPSHOT_ID = re.compile(r"^\d{8}T\d{6}Z$")
+SNAPSHOT_TIMEOUT = 30
+
+
+def fetch_json(url: str) -> object:
+    """GET a JSON document; an unreachable or broken server is a one-line error naming the URL."""
+    try:
+        with urllib.request.urlopen(url, timeout=SNAPSHOT_TIMEOUT) as response:
+            data = response.read()
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise MkosiError(f"cannot reach {url}: {reason}",
+                         hint="latest-snapshot needs network access to the snapshot mirror (Mirror= chooses it)")
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise MkosiError(f"{url} did not answer with JSON")
+
+
+def latest_debian_snapshot(mirror: str) -> str:
+    """The newest timestamp of the 'debian' archive on a snapshot.debian.org-like server, from its
+    machine-readable interface (/mr/timestamp/)."""
+    url = f"{mirror.rstrip('/')}/mr/timestamp/?archive=debian"
+    answer = fetch_json(url)
+    result = answer.get("result") if isinstance(answer, dict) else None
+    stamps = result.get("debian") if isinstance(result, dict) else None
+    valid = sorted(s for s in stamps if isinstance(s, str) and SNAPSHOT_ID.match(s)) if isinstance(stamps, list) else []
+    if not valid:
+        raise MkosiError(f"{url} lists no snapshots of the debian archive")
+    return valid[-1]
+
+
+def verb_latest_snapshot(args: Args, config: Config) -> None:
+    if config.distribution != Distribution.debian:
+        raise MkosiError(f"latest-snapshot is not implemented yet for {config.distribution.value} "
+                         "(only Debian's snapshot.debian.org is)")
+    print(latest_debian_snapshot(config.mirror or DEBIAN_SNAPSHOT_MIRROR))
+
+
+# ---------------------------------------------------------------- sysupdate
+
+SYSUPDATE_LIBEXEC = "/usr/lib/systemd/systemd-sysupdate"
+
+
+def find_sysupdate(sandbox: Sandbox) -> str:
+    """systemd-sysupdate as mkosi's tools see it: on the search paths, or where systemd installs it
+    (outside $PATH), on the host or in the tools tree."""
+    found = sandbox.find("systemd-sysupdate")
+    if found is not None:
+        return found
+    if ((sandbox.tools or Path("/")) / SYSUPDATE_LIBEXEC.lstrip("/")).is_file():
+        return SYSUPDATE_LIBEXEC
+    where = f"the tools tree {sandbox.tools}" if sandbox.tools else "this host"
+    raise MkosiError(f"systemd-sysupdate was not found on {where} (not in PATH, not at {SYSUPDATE_LIBEXEC})",
+                     hint="install systemd-sysupdate (systemd 251 or newer), or use a ToolsTree= that has it")
+
+
+def verb_sysupdate(args: Args, config: Config) -> int:
+    """systemd-sysupdate with the image's transfer definitions, taking new versions from the output
+    directory; the arguments after the verb go to it (mkosi sysupdate -- list)."""
+    if config.sysupdate_dir is None:
+        raise MkosiError("mkosi sysupdate needs transfer definitions: set SysupdateDirectory= or create "
+                         "mkosi.sysupdate/")
+    if not config.sysupdate_dir.is_dir():
+        raise MkosiError(f"SysupdateDirectory= '{config.sysupdate_dir}' is not a directory")
+    sandbox = Sandbox.for_config(config)
+    tool = find_sysupdate(sandbox)
+    assert config.output_dir is not None
+    argv = [tool, f"--transfer-source={config.output_dir}", f"--definitions={config.sysupdate_dir}",
+            *args.cmdline]
+    return run(argv, sandbox=sandbox, check=False).returncode
+
+
 # Verbs that see every image at once.
 ALL_IMAGES_VERBS: dict[Verb, Callable[[Args, list[Config]], None]] = {
     Verb.summary: verb_summary,
@@ -295,6 +428,10 @@ VERBS: dict[Verb, Callable[[Args, Config], Optional[int]]] = {
     Verb.sandbox: verb_sandbox,
     Verb.box: verb_sandbox,
     Verb.init: verb_init,
+    Verb.documentation: verb_documentation,
+    Verb.completion: verb_completion,
+    Verb.latest_snapshot: verb_latest_snapshot,
+    Verb.sysupdate: verb_sysupdate,
 }
 EACH_IMAGE_VERBS = (Verb.build, Verb.clean)
 

@@ -35,6 +35,10 @@ class Verb(StrEnum):
     box = "box"
     dependencies = "dependencies"
     init = "init"
+    documentation = "documentation"
+    completion = "completion"
+    latest_snapshot = "latest-snapshot"
+    sysupdate = "sysupdate"
 
     def needs_build(self) -> bool:
         """Verbs that build the image first when it is missing (or when -f is given)."""
@@ -43,7 +47,8 @@ class Verb(StrEnum):
     def takes_cmdline(self) -> bool:
         """Verbs whose trailing arguments are passed on (to the build script, shell, kernel, ssh...)."""
         return self in (Verb.build, Verb.shell, Verb.boot, Verb.qemu, Verb.vm, Verb.ssh, Verb.burn, Verb.journalctl,
-                        Verb.coredumpctl, Verb.sandbox, Verb.box)
+                        Verb.coredumpctl, Verb.sandbox, Verb.box, Verb.documentation, Verb.completion,
+                        Verb.sysupdate)
 
 
 class Distribution(StrEnum):

@@ -551,5 +551,5 @@ class ModernSettings:
         help="serve: also serve disk images over NVMe-TCP: yes, no or auto.")
     sysupdate_dir: Optional[Path] = setting(
         section=R, key="SysupdateDirectory", flags=("--sysupdate-directory",), parse=parse_path,
-        path_rule=PathRule.path, path_default=("mkosi.sysupdate/",), scope=Scope.main, status=NOT_YET,
+        path_rule=PathRule.path, path_default=("mkosi.sysupdate/",), scope=Scope.main,
         metavar="PATH", help="systemd-sysupdate transfer definitions (default: mkosi.sysupdate/).")

@@ -84,11 +84,16 @@ VERB_HELP = {
     Verb.box: "same as sandbox",
     Verb.dependencies: "list the host packages this configuration needs",
     Verb.init: "set up a new project: a starting mkosi.conf and .gitignore entries",
+    Verb.documentation: "show the manual (with man when it is installed, else as Markdown)",
+    Verb.completion: "print the shell completion script: mkosi completion bash|zsh|fish",
+    Verb.latest_snapshot: "print the latest snapshot of the distribution's snapshot mirror",
+    Verb.sysupdate: "run systemd-sysupdate with SysupdateDirectory= against the output directory",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    verbs = "\n".join(f"  {v.value:<11} {VERB_HELP[v]}" for v in Verb)
+    width = max(len(v.value) for v in Verb)
+    verbs = "\n".join(f"  {v.value:<{width}} {VERB_HELP[v]}" for v in Verb)
     parser = _ArgumentParser(
         prog="mkosi",
         usage="mkosi [options...] [verb] [arguments...]",

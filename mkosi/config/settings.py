@@ -372,6 +372,24 @@ class Args:
         scope=Scope.invocation,
         section=O, key="Force", flags=("--force", "-f"), kind=Kind.COUNT, parse=parse_force, default=0,
         help="Replace existing outputs; twice also drops incremental caches, thrice the package cache.")
+    rerun_build_scripts: bool = setting(
+        scope=Scope.invocation,
+        section=None, key=None, flags=("--rerun-build-scripts", "-R"), kind=Kind.BOOL, parse=parse_bool,
+        default=False, const="yes",
+        help="Run the build script again in the cached development image of an earlier -i build, without "
+        "building any image.")
+    wipe_build_dir: bool = setting(
+        scope=Scope.invocation,
+        section=None, key=None, flags=("--wipe-build-dir", "-w"), kind=Kind.BOOL, parse=parse_bool,
+        default=False, const="yes", help="Empty BuildDirectory= before the build script runs.")
+    debug_shell: bool = setting(
+        scope=Scope.invocation,
+        section=None, key=None, flags=("--debug-shell",), kind=Kind.BOOL, parse=parse_bool, default=False,
+        const="yes", help="When a script fails, open an interactive shell in its container (needs a terminal).")
+    debug_workspace: bool = setting(
+        scope=Scope.invocation,
+        section=None, key=None, flags=("--debug-workspace",), kind=Kind.BOOL, parse=parse_bool, default=False,
+        const="yes", help="Keep the workspace of the build and print where it is.")
 
 
 @dataclasses.dataclass(frozen=True)

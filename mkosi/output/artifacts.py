@@ -26,7 +26,7 @@ from mkosi.config.enums import BootProtocol, ManifestFormat, Verity
 from mkosi.config.settings import Config
 from mkosi.context import Context, Phase
 from mkosi.errors import MkosiError
-from mkosi.formats import Format, compression_suffix, known_suffixes
+from mkosi.formats import Format, FormatKind, compression_suffix, known_suffixes
 
 IMAGE_TEMPLATE = "{output}"
 
@@ -162,8 +162,11 @@ def written(config: Config, artifact: Artifact) -> Optional[Path]:
 
 
 def declared(config: Config, *, cache: Optional[bool] = False) -> list[Artifact]:
-    """The rows this configuration writes: build outputs (cache=False), incremental caches (True), or both (None)."""
-    return [a for a in ARTIFACTS if (cache is None or a.cache == cache) and a.when(config)]
+    """The rows this configuration writes: build outputs (cache=False), incremental caches (True), or both (None).
+    Format=none writes no build outputs at all (only the caches of -i)."""
+    nothing = _fmt(config).kind is FormatKind.nothing
+    return [a for a in ARTIFACTS
+            if (cache is None or a.cache == cache) and a.when(config) and not (nothing and not a.cache)]
 
 
 def paths(config: Config, *, cache: Optional[bool] = False) -> list[Path]:

@@ -105,7 +105,8 @@ def outputs(config: Config) -> dict[str, str]:
     """What a build of this configuration writes (the artifact table's rows that summary shows), after
     the image its output directory."""
     found = {key: str(p) for key, p in shown(config).items()}
-    return {IMAGE.key: found.pop(IMAGE.key), "output_dir": str(config.output_dir), **found}
+    image = found.pop(IMAGE.key, None)  # Format=none writes no image
+    return {**({IMAGE.key: image} if image is not None else {}), "output_dir": str(config.output_dir), **found}
 
 
 def not_implemented(config: Config) -> dict[str, str]:

@@ -397,8 +397,9 @@ def verb_sysupdate(args: Args, config: Config) -> int:
     sandbox = Sandbox.for_config(config)
     tool = find_sysupdate(sandbox)
     assert config.output_dir is not None
-    argv = [tool, f"--transfer-source={config.output_dir}", f"--definitions={config.sysupdate_dir}",
-            *args.cmdline]
+    # `mkosi sysupdate -- list` (the manual's form) and `mkosi sysupdate list` mean the same.
+    extra = args.cmdline[1:] if args.cmdline[:1] == ["--"] else args.cmdline
+    argv = [tool, f"--transfer-source={config.output_dir}", f"--definitions={config.sysupdate_dir}", *extra]
     return run(argv, sandbox=sandbox, check=False).returncode
 
 

@@ -114,7 +114,8 @@ def ctx_for(tmp_path: Path, phase: Phase = Phase.build, args: Args | None = None
     return Context(args or Args(), config, tmp_path, phase, root, None, tmp_path / "staging")
 
 
-def test_rerun_phase_uses_the_cached_image_and_installs_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rerun_phase_uses_the_cached_image_and_installs_nothing(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     loaded: list[bool] = []
 
     def fake_load(ctx: Context, key: str, stale_ok: bool = False) -> bool:

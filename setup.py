@@ -1,10 +1,12 @@
 """Build hook: the metadata is in pyproject.toml; this only makes the man page before files are collected.
 
 Every build (sdist, wheel, and a wheel built from the sdist) runs this file first, so
-mkosi/resources/mkosi.1 is always made from the mkosi.md being packaged and is never stale.
+mkosi/resources/mkosi.1 is always made from the mkosi.md being packaged and is never stale. The
+Markdown itself goes along as mkosi/resources/mkosi.md (`mkosi documentation` shows it without man).
 """
 
 import importlib.util
+import shutil
 from pathlib import Path
 
 from setuptools import setup
@@ -15,5 +17,6 @@ assert spec and spec.loader
 md2man = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(md2man)
 md2man.main([str(top / "mkosi.md"), str(top / "mkosi" / "resources" / "mkosi.1")])
+shutil.copyfile(top / "mkosi.md", top / "mkosi" / "resources" / "mkosi.md")
 
 setup()

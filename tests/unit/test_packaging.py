@@ -85,6 +85,7 @@ def build(src: Path, kind: str, out: Path) -> Path:
 def test_wheel_and_sdist(tmp_path: Path) -> None:
     src = copy_source(tmp_path / "src")
     (src / "mkosi" / "resources" / "mkosi.1").unlink(missing_ok=True)
+    (src / "mkosi" / "resources" / "mkosi.md").unlink(missing_ok=True)
     # The man page must follow the manual being packaged, not a page made earlier.
     with (src / "mkosi.md").open("a") as f:
         f.write("\n# PACKAGING CHECK\n\nThis paragraph exists only in this copy.\n")
@@ -99,6 +100,8 @@ def test_wheel_and_sdist(tmp_path: Path) -> None:
         metadata = zf.read(f"mkosi-{__version__}.dist-info/METADATA").decode()
     assert f"mkosi-{__version__}.data/data/share/man/man1/mkosi.1" in names
     assert "mkosi/__main__.py" in names and "mkosi/resources/mkosi.1" in names
+    # The Markdown manual, which `mkosi documentation` shows where man is missing.
+    assert "mkosi/resources/mkosi.md" in names
     assert f"Version: {__version__}\n" in metadata
     assert "Classifier: Programming Language :: Python :: 3.11" in metadata
     assert "Requires-Python:" in metadata

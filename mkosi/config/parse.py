@@ -235,7 +235,8 @@ def parse_command_line(argv: Sequence[str]) -> CommandLine:
         try:
             verb = Verb(verb_raw)
         except ValueError:
-            raise ConfigError(f"unknown verb '{excerpt(verb_raw)}', expected one of: {', '.join(Verb.values())}",
+            # A short quote: the list of verbs is long enough.
+            raise ConfigError(f"unknown verb '{excerpt(verb_raw, 20)}', expected one of: {', '.join(Verb.values())}",
                               path="command line")
     cmdline = list(rest)
     if not verb.takes_cmdline() and rest:

@@ -161,3 +161,38 @@ def test_format_none_runs_only_the_build_script(project: Path, first_build: None
     assert "Format=none: no image is written" in log
     assert (dest / "usr/bin/hello").is_file()
     assert os.listdir(out) == []
+
+
+@pytest.fixture(scope="session")
+def tools_tree() -> Path:
+    return Path(os.environ.get("MKOSI_TEST_TOOLS_TREE", "/var/tmp/trixie-tools"))
+
+
+def test_sysupdate_installs_the_newest_version_with_the_tools_trees_sysupdate(tools_tree: Path,
+                                                                             tmp_path: Path) -> None:
+    if not (tools_tree / "usr/lib/systemd/systemd-sysupdate").is_file():
+        pytest.skip(f"the tools tree {tools_tree} has no systemd-sysupdate")
+    out, target = tmp_path / "mkosi.output", tmp_path / "target"
+    for d in (out, target, tmp_path / "mkosi.sysupdate"):
+        d.mkdir()
+    for version in ("1.2", "1.3"):
+        (out / f"image_{version}.raw").write_text(f"image {version}\n")
+    (tmp_path / "mkosi.default").write_text(f"[Output]\nFormat=directory\nOutputDirectory=mkosi.output\n\n"
+                                            f"[Build]\nToolsTree={tools_tree}\n")
+    (tmp_path / "mkosi.sysupdate/10-image.transfer").write_text(f"""\
+[Source]
+Type=regular-file
+Path=/
+PathRelativeTo=explicit
+MatchPattern=image_@v.raw
+
+[Target]
+Type=regular-file
+Path={target}
+MatchPattern=image_@v.raw
+""")
+    listing = run_mkosi(tmp_path, "sysupdate", "--", "list").stdout
+    assert "1.3" in listing and "1.2" in listing and "candidate" in listing
+    run_mkosi(tmp_path, "sysupdate", "--", "update")
+    assert (target / "image_1.3.raw").read_text() == "image 1.3\n"
+    assert not (target / "image_1.2.raw").exists()

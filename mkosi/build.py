@@ -785,6 +785,8 @@ def build_command(args: Args, config: Config) -> bool:
 def _rerun_locked(args: Args, config: Config) -> None:
     """-R: the build script runs again in (an overlay on) the cached development image, with the current
     sources; no image is built. A directory output gets the new results copied over its old content."""
+    assert config.output_dir is not None
+    recover_interrupted_move(config.output_dir)
     check_host_tools(config)
     check_writable(workspace_parent(config), "workspace directory")
     remove_stale_workspaces(workspace_parent(config))
@@ -801,6 +803,8 @@ def _rerun_locked(args: Args, config: Config) -> None:
         assert config.output is not None
         if kind is FormatKind.tree and config.output.is_dir() and not config.output.is_symlink():
             with log.step(f"Copying the build results into {config.output}"):
+                # The output no longer is what the recorded inputs of -i made: the next -i build runs.
+                output_key_path(config).unlink(missing_ok=True)
                 copy_into_root(results, config.output, keep_owner=True)
         elif config.install_dir is not None:
             log.info(f"The image is not rebuilt; the build script's results are in {config.install_dir}")

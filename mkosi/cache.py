@@ -20,6 +20,7 @@ from typing import Any, Optional
 from mkosi import __version__, log
 from mkosi.config.settings import CONFIG_FIELDS, SETTINGS, Args, Config, plain_value
 from mkosi.context import Context, Phase
+from mkosi.formats import FormatKind
 from mkosi.output.artifacts import cached_image_path, salt_path
 from mkosi.run import run
 from mkosi.sources import default_transfer, source_excludes, source_files
@@ -126,16 +127,23 @@ def load_cached_image(ctx: Context, key: str, stale_ok: bool = False) -> bool:
     with log.step(f"Reusing the cached {ctx.phase.value} image"):
         if ctx.root.exists():
             shutil.rmtree(ctx.root)
-        if ctx.phase == Phase.build:
-            # The development image is thrown away after the build script: an overlay on the cached
-            # image costs nothing, where a copy of a tree with a compiler in it takes seconds.
-            upper, work = ctx.dir("overlay-upper"), ctx.dir("overlay-work")
+        if overlay_suffices(ctx):
+            # An overlay on the cached image costs nothing, where a copy of the tree takes seconds.
+            # metacopy: the clean-up's mtime clamping copies up metadata only, not whole files.
+            upper, work = ctx.dir(f"overlay-upper-{ctx.phase.value}"), ctx.dir(f"overlay-work-{ctx.phase.value}")
             ctx.root.mkdir()
             run(["mount", "-t", "overlay", "overlay", "-o",
-                 f"lowerdir={image},upperdir={upper},workdir={work}", ctx.root])
+                 f"lowerdir={image},upperdir={upper},workdir={work},metacopy=on", ctx.root])
         else:
             run(["cp", "--archive", "--reflink=auto", "--no-target-directory", image, ctx.root])
     return True
+
+
+def overlay_suffices(ctx: Context) -> bool:
+    """Whether the phase's tree is only read after the build (the development image, which is thrown
+    away, and the final image of a format made from the tree: archives, file systems, disks); a
+    directory or subvolume output is the tree itself, so it must be a copy of its own."""
+    return ctx.phase == Phase.build or ctx.config.format.row.kind is not FormatKind.tree
 
 
 def save_cached_image(ctx: Context, key: str) -> None:

@@ -131,7 +131,7 @@ def test_failed_script_keeps_the_workspace_and_has_no_shell_without_a_terminal(p
     assert m, err
     ws = Path(m.group(1))
     try:
-        assert ws.is_dir() and (ws / "overlay-upper").is_dir()
+        assert ws.is_dir() and (ws / "overlay-upper-build").is_dir()
         assert not any(line.split()[4] == str(ws / "build-root") for line in
                        Path("/proc/self/mountinfo").read_text().splitlines())
         # A later build does not take the kept workspace for one of a killed build.

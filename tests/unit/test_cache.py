@@ -8,8 +8,10 @@ import json
 import stat
 from pathlib import Path
 
-from mkosi.cache import build_key, settings_inputs, write_private
+from mkosi.cache import build_key, overlay_suffices, settings_inputs, write_private
 from mkosi.config.settings import Args, Config
+from mkosi.context import Context, Phase
+from mkosi.formats import parse_format
 from mkosi.output.artifacts import salt_path
 
 
@@ -50,3 +52,15 @@ def test_write_private_is_owner_only(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     write_private(path, "def\n")
     assert path.read_text() == "def\n"
+
+
+def test_an_overlay_on_the_cached_image_when_the_tree_is_only_read(tmp_path: Path) -> None:
+    def ctx(fmt: str, phase: Phase) -> Context:
+        config = dataclasses.replace(Config(), format=parse_format(fmt))
+        return Context(Args(), config, tmp_path, phase, tmp_path / "root", None, tmp_path / "staging")
+
+    assert overlay_suffices(ctx("directory", Phase.build))            # thrown away after the build script
+    for fmt in ("tar", "cpio", "gpt_ext4", "plain_squashfs", "oci"):
+        assert overlay_suffices(ctx(fmt, Phase.final)), fmt
+    for fmt in ("directory", "subvolume"):                            # the output is the tree itself
+        assert not overlay_suffices(ctx(fmt, Phase.final)), fmt

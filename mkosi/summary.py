@@ -18,7 +18,9 @@ from mkosi.config.settings import (
 )
 from mkosi.config.types import Setting, parse_size
 from mkosi.distributions.registry import plugin
+from mkosi.errors import MkosiError
 from mkosi.output.artifacts import IMAGE, shown
+from mkosi.tools_tree import resolve as resolve_tools_tree
 
 # Readable labels of the text summary where splitting the key's words is not enough.
 LABELS = {
@@ -109,6 +111,14 @@ def outputs(config: Config) -> dict[str, str]:
     return {**({IMAGE.key: image} if image is not None else {}), "output_dir": str(config.output_dir), **found}
 
 
+def tools_tree(config: Config) -> str:
+    """Which tools tree the image's commands run with, and why (nothing is built to say so)."""
+    try:
+        return resolve_tools_tree(config).describe()
+    except MkosiError as e:  # summary must always print
+        return f"default (cannot work out its configuration: {e})"
+
+
 def not_implemented(config: Config) -> dict[str, str]:
     return {s.key or s.dest: s.status for s in SETTINGS
             if s.status and s.dest in CONFIG_FIELDS and config.setting_value(s) != default_value(s)}
@@ -121,6 +131,7 @@ def summary_dict(args: Args, config: Config) -> dict[str, Any]:
             data[section] = {s.key: _shown(args, config, s) for s in SETTINGS if s.section == section and s.summary}
     data["Repositories"] = repositories(config)
     data["Outputs"] = outputs(config)
+    data["ToolsTreeUsed"] = tools_tree(config)
     data["ConfigFiles"] = [str(p) for p in config.config_files]
     data["DetectedFiles"] = {k: str(v) for k, v in config.detected.items()}
     data["NotImplemented"] = not_implemented(config)
@@ -139,6 +150,7 @@ def image_json(args: Args, config: Config) -> dict[str, Any]:
             data[s.key] = _shown(args, config, s)
     data["Repositories"] = repositories(config)
     data["Outputs"] = outputs(config)
+    data["ToolsTreeUsed"] = tools_tree(config)
     data["ConfigFiles"] = [str(p) for p in config.config_files]
     data["NotImplemented"] = not_implemented(config)
     return data
@@ -178,6 +190,7 @@ def image_text(args: Args, config: Config) -> str:
             lines.append(f"{label(key):>{width}}  {key}={_text(value, key in sizes)}{note}")
     lines += ["", "REPOSITORIES:"] + [f"{'':>{width}}  {r}" for r in data["Repositories"]]
     lines += ["", "OUTPUTS:"] + [f"{_output_label(k):>{width}}  {v}" for k, v in data["Outputs"].items()]
+    lines += ["", "TOOLS TREE:", f"{'Tools tree used':>{width}}  {data['ToolsTreeUsed']}"]
     lines += ["", "FILES:"]
     lines += [f"{'Settings file':>{width}}  {f}" for f in data["ConfigFiles"]] \
         or [f"{'Settings file':>{width}}  (none)"]

@@ -35,6 +35,7 @@ from mkosi.run import run, using_sandbox
 from mkosi.sandbox import Sandbox
 from mkosi.serve import run_serve
 from mkosi.summary import summary_json, summary_text
+from mkosi.tools_tree import remove_tools_tree, with_tools_tree
 from mkosi.vm import run_ssh, run_vm
 
 
@@ -113,6 +114,8 @@ def verb_clean(args: Args, config: Config) -> None:
 
     for p in to_clean(config, args.force):
         _remove(p)
+    if args.force >= 1 and config.image == "main":
+        remove_tools_tree(config)
     if args.force >= 2:
         cache = package_cache_dir(config)
         if cache is not None and cache.is_dir():
@@ -435,6 +438,9 @@ VERBS: dict[Verb, Callable[[Args, Config], Optional[int]]] = {
     Verb.sysupdate: verb_sysupdate,
 }
 EACH_IMAGE_VERBS = (Verb.build, Verb.clean)
+# Verbs that run the image's tools: with ToolsTree=default the tree is built (or found cached) first.
+TOOLS_TREE_VERBS = (Verb.build, Verb.shell, Verb.boot, Verb.qemu, Verb.vm, Verb.ssh, Verb.serve, Verb.genkey,
+                    Verb.burn, Verb.journalctl, Verb.coredumpctl, Verb.sandbox, Verb.box)
 
 
 def run_verbs(args: Args, configs: list[Config]) -> int:
@@ -443,6 +449,8 @@ def run_verbs(args: Args, configs: list[Config]) -> int:
         ALL_IMAGES_VERBS[args.verb](args, configs)
         sys.stdout.flush()
         return 0
+    if args.verb in TOOLS_TREE_VERBS:
+        configs = with_tools_tree(configs)
     if args.verb == Verb.build and len(configs) > 1:
         return build_in_parallel(args, configs)
     if args.verb in EACH_IMAGE_VERBS:

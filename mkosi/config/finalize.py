@@ -245,12 +245,11 @@ def check_inputs_exist(cli: CommandLine, v: Merged, values: dict[str, Any]) -> N
 
 
 def check_tools_tree(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
-    """ToolsTree=PATH must be a tree with a /usr; ToolsTree=default is built by a later step."""
+    """ToolsTree=PATH must be a tree with a /usr; ToolsTree=default is built (or taken from the cache) before
+    the verb runs (mkosi/tools_tree.py)."""
     tree = values.get("tools_tree")
-    if tree is None or not cli.verb.needs_build():
+    if tree is None or tree == "default" or not cli.verb.needs_build():
         return
-    if tree == "default":
-        raise _fail(v, "tools_tree", "building the default tools tree is not implemented yet; give a PATH or 'no'")
     if not (Path(tree) / "usr").is_dir():
         raise _fail(v, "tools_tree", f"'{tree}' is not a tools tree (it has no usr/ directory)")
 

@@ -89,6 +89,11 @@ def parse_tools_tree(value: str) -> Optional[str]:
     return str(parse_path(v))
 
 
+def _tools_tree_path(value: Any, r: Resolving) -> Optional[str]:
+    """mkosi.tools/ (a path default, so a Path) is used like ToolsTree=PATH."""
+    return str(value) if isinstance(value, Path) else value
+
+
 def parse_vsock_cid(value: str) -> str:
     v = value.strip().lower()
     if v in ("auto", "hash"):
@@ -370,37 +375,39 @@ class ModernSettings:
     # ---- [Build] ----
     tools_tree: Optional[str] = setting(
         section=B, key="ToolsTree", flags=("--tools-tree",), parse=parse_tools_tree,
-        scope=Scope.universal, status="building the default tools tree is not implemented yet",
+        scope=Scope.universal, path_default=("mkosi.tools/",), resolve_fn=_tools_tree_path,
         metavar="PATH|yes", help="Tree whose programs build and boot the image ('yes': a default one is built).")
     tools_tree_distribution: Optional[Distribution] = setting(
         section=B, key="ToolsTreeDistribution", flags=("--tools-tree-distribution",), parse=parse_enum(Distribution),
-        choices=choices(Distribution), scope=Scope.main, status=NOT_YET,
+        choices=choices(Distribution), scope=Scope.main,
         help="Distribution of the default tools tree.")
     tools_tree_release: Optional[str] = setting(
-        section=B, key="ToolsTreeRelease", flags=("--tools-tree-release",), scope=Scope.main, status=NOT_YET,
+        section=B, key="ToolsTreeRelease", flags=("--tools-tree-release",), scope=Scope.main,
         help="Release of the default tools tree.")
     tools_tree_profiles: list[ToolsTreeProfile] = setting(
         section=B, key="ToolsTreeProfiles", flags=("--tools-tree-profile",), kind=Kind.LIST,
-        parse=parse_enum(ToolsTreeProfile), choices=choices(ToolsTreeProfile), scope=Scope.main, status=NOT_YET,
+        parse=parse_enum(ToolsTreeProfile), choices=choices(ToolsTreeProfile), scope=Scope.main,
         default_factory=lambda: [ToolsTreeProfile.misc, ToolsTreeProfile.package_manager, ToolsTreeProfile.runtime],
         metavar="PROFILES", help="Profiles of the default tools tree.")
     tools_tree_mirror: Optional[str] = setting(
-        section=B, key="ToolsTreeMirror", flags=("--tools-tree-mirror",), scope=Scope.main, status=NOT_YET,
+        section=B, key="ToolsTreeMirror", flags=("--tools-tree-mirror",), scope=Scope.main,
         metavar="URL", help="Mirror for the default tools tree.")
     tools_tree_repositories: list[str] = setting(
         section=B, key="ToolsTreeRepositories", flags=("--tools-tree-repository",), kind=Kind.LIST,
-        default_factory=list, scope=Scope.main, status=NOT_YET, metavar="REPOS",
+        default_factory=list, scope=Scope.main, metavar="REPOS",
         help="Repositories= of the default tools tree.")
     tools_tree_sandbox_trees: list[ConfigTree] = _tree_list(
         section=B, key="ToolsTreeSandboxTrees", aliases=("ToolsTreePackageManagerTrees",),
         flags=("--tools-tree-sandbox-tree",), scope=Scope.main,
-        status=NOT_YET, help="SandboxTrees= of the default tools tree.")
+        status="passed to the tools image, whose SandboxTrees= is not implemented yet",
+        help="SandboxTrees= of the default tools tree.")
     tools_tree_packages: list[str] = setting(
         section=B, key="ToolsTreePackages", flags=("--tools-tree-package",), kind=Kind.LIST, default_factory=list,
-        scope=Scope.main, status=NOT_YET, metavar="PACKAGES", help="Extra packages of the default tools tree.")
+        scope=Scope.main, metavar="PACKAGES", help="Extra packages of the default tools tree.")
     tools_tree_package_directories: list[Path] = _path_list(
         section=B, key="ToolsTreePackageDirectories", flags=("--tools-tree-package-directory",), scope=Scope.main,
-        status=NOT_YET, help="PackageDirectories= of the default tools tree.")
+        status="passed to the tools image, whose PackageDirectories= is not implemented yet",
+        help="PackageDirectories= of the default tools tree.")
     tools_tree_certificates: bool = _flag(
         section=B, key="ToolsTreeCertificates", flags=("--tools-tree-certificates",), default=True,
         scope=Scope.universal, status=NOT_YET, help="Use the certificates of the tools tree.")

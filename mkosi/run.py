@@ -60,7 +60,36 @@ HOST_PACKAGES: dict[str, str] = {
     "emerge": "portage",
     "mkswap": "util-linux",
     "losetup": "mount",
-    "systemd-dissect": "systemd",
+    "systemd-dissect": "systemd-container",
+    "systemd-repart": "systemd-repart",
+    "ukify": "systemd-ukify",
+    "mkfs.erofs": "erofs-utils",
+    "fsck.erofs": "erofs-utils",
+    "mkfs.ext2": "e2fsprogs",
+    "mkfs.ext3": "e2fsprogs",
+    "e2fsck": "e2fsprogs",
+    "fsck.vfat": "dosfstools",
+    "mkfs.fat": "dosfstools",
+    "xfs_repair": "xfsprogs",
+    "openssl": "openssl",
+    "objdump": "binutils",
+    "readelf": "binutils",
+    "depmod": "kmod",
+    "modprobe": "kmod",
+    "swtpm": "swtpm",
+    "swtpm_setup": "swtpm-tools",
+    "virtiofsd": "virtiofsd",
+    "systemd-measure": "systemd-ukify",
+    "bootctl": "systemd-boot",
+    "systemd-sysext": "systemd",
+    "mount": "mount",
+    "umount": "mount",
+    "jq": "jq",
+    "curl": "curl",
+    "strace": "strace",
+    "socat": "socat",
+    "gpgv": "gpgv",
+    "python3": "python3",
     "bmaptool": "bmap-tools",
     "bwrap": "bubblewrap",
     "cp": "coreutils",
@@ -107,7 +136,11 @@ def missing_tool(name: str, sandbox: Sandbox) -> MkosiError:
     if sandbox.mode != Mode.host and sandbox.root is not None:
         return MkosiError(f"required tool '{name}' was not found in {sandbox.root}")
     if sandbox.tools is not None:
-        return MkosiError(f"required tool '{name}' was not found in the tools tree {sandbox.tools}")
+        package = HOST_PACKAGES.get(os.path.basename(name))
+        return MkosiError(f"required tool '{name}' was not found in the tools tree {sandbox.tools}"
+                          + (f" (Debian package: {package})" if package else ""),
+                          hint=f"install {package} in the tools tree (for the default one: ToolsTreePackages={package})"
+                          if package else None)
     return ToolMissingError(name, HOST_PACKAGES.get(name))
 
 

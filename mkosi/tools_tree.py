@@ -144,6 +144,10 @@ def tools_tree_config(config: Config) -> tuple[Args, Config]:
     cli = parse_command_line(tools_tree_argv(config))
     layout = load_image(cli, TOOLS_CONFIG_DIR, TOOLS_CONFIG_DIR, None)
     args, tools = finalize(cli, merge(layout.assignments), layout.files, TOOLS_CONFIG_DIR, "tools")
+    if not tools.packages:
+        raise MkosiError(f"ToolsTree=default: mkosi has no tools tree packages for {tools.distribution.value}",
+                         hint="list them with ToolsTreePackages= or in mkosi.tools.conf, or use ToolsTreeDistribution="
+                         "debian, ubuntu or fedora")
     root = cache_root(config)
     shared = {name: getattr(config, name) for name in MULTIVERSAL}
     tmp = root / f".{TREE_PREFIX}build"

@@ -80,7 +80,7 @@ HOST_PACKAGES: dict[str, str] = {
     "swtpm_setup": "swtpm-tools",
     "virtiofsd": "virtiofsd",
     "systemd-measure": "systemd-ukify",
-    "bootctl": "systemd-boot",
+    "bootctl": "systemd-boot-tools",
     "systemd-sysext": "systemd",
     "mount": "mount",
     "umount": "mount",

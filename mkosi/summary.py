@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, Optional
 
 from mkosi.config.settings import (
     CONFIG_FIELDS,
@@ -119,6 +119,15 @@ def tools_tree(config: Config) -> str:
         return f"default (cannot work out its configuration: {e})"
 
 
+def tools_tree_path(config: Config) -> Optional[str]:
+    """Where the tools tree is (or will be, once built), for scripts reading `summary --json`."""
+    try:
+        path = resolve_tools_tree(config).path
+    except MkosiError:
+        return None
+    return None if path is None else str(path)
+
+
 def not_implemented(config: Config) -> dict[str, str]:
     return {s.key or s.dest: s.status for s in SETTINGS
             if s.status and s.dest in CONFIG_FIELDS and config.setting_value(s) != default_value(s)}
@@ -151,6 +160,7 @@ def image_json(args: Args, config: Config) -> dict[str, Any]:
     data["Repositories"] = repositories(config)
     data["Outputs"] = outputs(config)
     data["ToolsTreeUsed"] = tools_tree(config)
+    data["ToolsTreePath"] = tools_tree_path(config)
     data["ConfigFiles"] = [str(p) for p in config.config_files]
     data["NotImplemented"] = not_implemented(config)
     return data

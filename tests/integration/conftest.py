@@ -3,6 +3,7 @@ Debian archive and MKOSI_INTEGRATION=1 (tools/run-tests sets it when run as root
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -47,3 +48,45 @@ def run_mkosi(directory: Path, *argv: str, check: bool = True, env: dict[str, st
     if check and proc.returncode != 0:
         raise AssertionError(f"mkosi {' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+TOOLS_TREE_CONF = """\
+[Distribution]
+Distribution=debian
+Release=bookworm
+
+[Output]
+Format=directory
+
+[Build]
+ToolsTree=default
+ToolsTreeDistribution=debian
+ToolsTreeRelease=trixie
+PackageCacheDirectory={cache}
+"""
+
+
+def tools_tree_project(directory: Path, cache: Path, extra: str = "") -> Path:
+    """A configuration whose only purpose is its default tools tree (Debian trixie, the default profiles),
+    cached in `cache`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "mkosi.conf").write_text(TOOLS_TREE_CONF.format(cache=cache) + extra)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tools_tree(package_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default tools tree (Debian trixie: systemd-repart, ukify, systemd-dissect, mkfs.*, veritysetup,
+    sbsign, qemu ...), built once through mkosi itself (`mkosi sandbox` builds it when it is not cached) and
+    kept in the package cache, so later sessions reuse it. MKOSI_TEST_TOOLS_TREE=PATH uses a given tree."""
+    given = os.environ.get("MKOSI_TEST_TOOLS_TREE")
+    if given:
+        return Path(given)
+    if not integration_enabled():
+        pytest.skip("the tools tree is built by mkosi: needs root and MKOSI_INTEGRATION=1")
+    project = tools_tree_project(tmp_path_factory.mktemp("tools-tree"), package_cache)
+    run_mkosi(project, "sandbox", "--", "true")
+    summary = json.loads(run_mkosi(project, "--json", "summary").stdout)
+    path = Path(summary["Images"][-1]["ToolsTreePath"])
+    assert (path / "usr/bin/systemd-repart").exists(), path
+    return path

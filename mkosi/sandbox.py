@@ -38,6 +38,8 @@ PathString = Union[str, "os.PathLike[str]"]
 SYSTEM_BIN_DIRS = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
 # What of a tools tree's /etc its binaries need, besides its /usr.
 TOOLS_ETC = ("ld.so.cache", "alternatives")
+# The certificate stores a tools tree supplies in place of the host's (ToolsTreeCertificates=yes).
+TOOLS_CERTIFICATES = ("etc/pki/ca-trust", "etc/pki/tls", "etc/ssl", "etc/ca-certificates", "var/lib/ca-certificates")
 ROOT_BIN_DIRS = ("usr/local/sbin", "usr/local/bin", "usr/sbin", "usr/bin", "sbin", "bin")
 
 
@@ -76,6 +78,8 @@ class Sandbox:
     root: Optional[Path] = None
     # A tree whose /usr supplies binaries and libraries for host-mode commands (a tools tree).
     tools: Optional[Path] = None
+    # Whether the tools tree's certificate stores replace the host's (those the tree has).
+    tools_certificates: bool = True
     # Searched before $PATH (ExtraSearchPaths=), in host mode.
     search_paths: tuple[Path, ...] = ()
     mounts: tuple[Mount, ...] = ()
@@ -95,7 +99,8 @@ class Sandbox:
         """The host sandbox of one image: its ExtraSearchPaths= and its tools tree (ToolsTree=PATH)."""
         tree = config.tools_tree
         return cls(search_paths=tuple(Path(p) for p in config.extra_search_paths),
-                   tools=Path(tree) if tree is not None and tree != "default" else None)
+                   tools=Path(tree) if tree is not None and tree != "default" else None,
+                   tools_certificates=config.tools_tree_certificates)
 
     def but(self, **changes: Any) -> Sandbox:
         """A copy with some fields replaced; `env` may be a mapping, `mounts` any sequence."""
@@ -184,6 +189,9 @@ class Sandbox:
                 for name in TOOLS_ETC:
                     if (self.tools / "etc" / name).exists():
                         opts += ["--ro-bind", os.fspath(self.tools / "etc" / name), f"/etc/{name}"]
+                for rel in TOOLS_CERTIFICATES if self.tools_certificates else ():
+                    if (self.tools / rel).is_dir() and Path("/", rel).is_dir():
+                        opts += ["--ro-bind", os.fspath(self.tools / rel), f"/{rel}"]
             base = self.root
         if self.api_filesystems:
             assert base is not None, "API file systems need a root to mount them in"

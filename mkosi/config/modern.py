@@ -410,7 +410,7 @@ class ModernSettings:
         help="PackageDirectories= of the default tools tree.")
     tools_tree_certificates: bool = _flag(
         section=B, key="ToolsTreeCertificates", flags=("--tools-tree-certificates",), default=True,
-        scope=Scope.universal, status=NOT_YET, help="Use the certificates of the tools tree.")
+        scope=Scope.universal, help="Use the certificates of the tools tree.")
     cache_only: CacheOnly = setting(
         section=B, key="CacheOnly", flags=("--cache-only",), parse=parse_enum(CacheOnly),
         choices=choices(CacheOnly), default=CacheOnly.auto, scope=Scope.universal,

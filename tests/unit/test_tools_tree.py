@@ -356,3 +356,19 @@ def test_the_builtin_profiles_cover_every_profile() -> None:
     from_dir = {p.name for p in (mkosi.tools_tree.TOOLS_CONFIG_DIR / "mkosi.profiles").iterdir()}
     assert from_dir == {"devel", "misc", "package-manager", "runtime"}
     assert os.access(mkosi.tools_tree.TOOLS_CONFIG_DIR / "mkosi.conf", os.R_OK)
+
+
+def test_the_certificates_of_the_tools_tree_replace_the_host_s(project: Path) -> None:
+    tools = project / "tools"
+    (tools / "usr/bin").mkdir(parents=True)
+    (tools / "etc/ssl/certs").mkdir(parents=True)
+    (tools / "etc/pki/ca-trust").mkdir(parents=True)
+    sb = Sandbox.for_config(load(f"--tools-tree={tools}"))
+    argv = sb.argv(["true"])
+    binds = [(argv[i + 1], argv[i + 2]) for i, a in enumerate(argv) if a == "--ro-bind"]
+    if Path("/etc/ssl").is_dir():
+        assert (str(tools / "etc/ssl"), "/etc/ssl") in binds
+    # Where the host has no such directory nothing is bound (bwrap would have to create it on the host).
+    assert ((str(tools / "etc/pki/ca-trust"), "/etc/pki/ca-trust") in binds) == Path("/etc/pki/ca-trust").is_dir()
+    off = Sandbox.for_config(load(f"--tools-tree={tools}", "--tools-tree-certificates=no")).argv(["true"])
+    assert not any("etc/ssl" in a or "ca-trust" in a for a in off)

@@ -258,6 +258,11 @@ def test_the_built_tree_is_the_tools_tree_of_every_image(project: Path, fake_bui
     assert Sandbox.for_config(replaced).tools == resolve(config).path
     none = load("--tools-tree=no", verb="build")
     assert with_tools_tree([none]) == [none] and len(fake_build.built) == 1
+    # Sub-images and the main image share the one tree (ToolsTree= is universal); `yes` means default.
+    sub = load("--tools-tree=yes", verb="build")
+    assert sub.tools_tree == "default"
+    assert [c.tools_tree for c in with_tools_tree([sub, config])] == [replaced.tools_tree] * 2
+    assert len(fake_build.built) == 1
 
 
 def test_a_build_runs_its_commands_with_the_default_tools_tree(project: Path, fake_build: FakeBuild,

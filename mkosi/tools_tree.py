@@ -36,7 +36,7 @@ from mkosi.config.enums import Distribution
 from mkosi.config.finalize import finalize
 from mkosi.config.layout import BUILTIN_DIR, fallback_tools_tree_distribution, load_image
 from mkosi.config.parse import merge, parse_command_line
-from mkosi.config.settings import Args, Config
+from mkosi.config.settings import Args, Config, by_dest, default_value, plain_value
 from mkosi.distributions import facts
 from mkosi.errors import MkosiError
 from mkosi.run import using_sandbox
@@ -156,9 +156,11 @@ def tools_tree_config(config: Config) -> tuple[Args, Config]:
 
 def tools_tree_key(tools: Config) -> str:
     """The digest of everything that shapes the tools tree."""
-    inputs: dict[str, Any] = settings_inputs(tools, only_cache=False)
-    for name in NOT_IN_KEY:
-        inputs.pop(name, None)
+    # Only the settings that differ from their defaults: a setting added to mkosi, at its default,
+    # does not invalidate the trees already built.
+    inputs: dict[str, Any] = {
+        dest: value for dest, value in settings_inputs(tools, only_cache=False).items()
+        if dest not in NOT_IN_KEY and value != plain_value(default_value(by_dest(dest)))}
     inputs["mkosi"] = __version__
     h = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode())
     for path in tools.config_files:

@@ -377,3 +377,18 @@ def test_the_certificates_of_the_tools_tree_replace_the_host_s(project: Path) ->
     assert ((str(tools / "etc/pki/ca-trust"), "/etc/pki/ca-trust") in binds) == Path("/etc/pki/ca-trust").is_dir()
     off = Sandbox.for_config(load(f"--tools-tree={tools}", "--tools-tree-certificates=no")).argv(["true"])
     assert not any("etc/ssl" in a or "ca-trust" in a for a in off)
+
+
+def test_a_setting_at_its_default_is_not_part_of_the_key(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A setting added to mkosi (left at its default) does not make every cached tree stale."""
+    tools = tools_of()
+    key = tools_tree_key(tools)
+    inputs = mkosi.tools_tree.settings_inputs(tools, only_cache=False)
+    assert inputs["with_docs"] is False
+    # As if mkosi had no WithDocs= setting yet: the same key.
+    monkeypatch.setattr(mkosi.tools_tree, "settings_inputs",
+                        lambda config, only_cache: {k: v for k, v in inputs.items() if k != "with_docs"})
+    assert tools_tree_key(tools) == key
+    monkeypatch.setattr(mkosi.tools_tree, "settings_inputs",
+                        lambda config, only_cache: {**inputs, "with_docs": True})
+    assert tools_tree_key(tools) != key

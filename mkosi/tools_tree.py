@@ -46,6 +46,11 @@ from mkosi.sandbox import Sandbox
 TOOLS_CONFIG_DIR = BUILTIN_DIR / "mkosi-tools"
 TREE_PREFIX = "mkosi-tools-"
 KEY_LENGTH = 16
+# How many default tools trees a cache directory keeps: building another removes the least recently used
+# beyond this number (never one that a running mkosi uses).
+KEEP_TREES = 3
+# Shared locks on the key files of the trees this process uses, held until it exits.
+_in_use: list[int] = []
 
 # Settings of the main image that apply to the default tools tree too (the manual's "multiversal" ones).
 MULTIVERSAL = ("repository_key_check", "repository_key_fetch", "source_date_epoch", "cache_only",
@@ -230,6 +235,7 @@ def build_tools_tree(config: Config) -> Path:
     with locked(cache_root(config)):
         if is_cached(dest, key):
             log.info(f"Reusing the cached tools tree {dest} (key {key})")
+            use(dest)
             return dest
         if os.getuid() != 0:
             raise MkosiError(f"the default tools tree ({tools.distribution.value} {tools.release}) is not built "
@@ -250,7 +256,48 @@ def build_tools_tree(config: Config) -> Path:
                 write_private(key_path(dest), key + "\n")
             finally:
                 _remove(tools.output_dir)
+        use(dest)
+        prune(cache_root(config))
     return dest
+
+
+def use(tree: Path) -> None:
+    """Mark the tree as used now (for prune()) and hold it: a shared lock on its key file while this process
+    (and the build processes it forks) runs."""
+    keyfile = key_path(tree)
+    with contextlib.suppress(OSError):
+        os.utime(keyfile)
+    fd = os.open(keyfile, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    _in_use.append(fd)
+
+
+def prune(root: Path, keep: int = KEEP_TREES) -> None:
+    """Remove the least recently used default tools trees beyond `keep`, unless a running mkosi holds one."""
+    def last_use(keyfile: Path) -> float:
+        try:
+            return keyfile.stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+
+    keys = sorted(root.glob(f"{TREE_PREFIX}*.key"), key=last_use, reverse=True)
+    for keyfile in keys[keep:]:
+        tree = keyfile.with_name(keyfile.name.removesuffix(".key"))
+        try:
+            fd = os.open(keyfile, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue   # in use
+            keyfile.unlink()
+            if tree.exists():
+                _remove(tree)
+            log.info(f"Removed the least recently used tools tree {tree}")
+        finally:
+            os.close(fd)
 
 
 def with_tools_tree(configs: list[Config]) -> list[Config]:

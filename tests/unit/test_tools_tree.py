@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -78,6 +80,18 @@ class FakeBuild:
         if self.fail:
             raise MkosiError("the package manager failed")
         return True
+
+
+@pytest.fixture(autouse=True)
+def release_trees() -> Iterator[None]:
+    """The shared locks a test's builds take on their trees are dropped after it."""
+    yield
+    release()
+
+
+def release() -> None:
+    while mkosi.tools_tree._in_use:
+        os.close(mkosi.tools_tree._in_use.pop())
 
 
 @pytest.fixture
@@ -392,3 +406,28 @@ def test_a_setting_at_its_default_is_not_part_of_the_key(project: Path, monkeypa
     monkeypatch.setattr(mkosi.tools_tree, "settings_inputs",
                         lambda config, only_cache: {**inputs, "with_docs": True})
     assert tools_tree_key(tools) != key
+
+
+def test_the_least_recently_used_trees_beyond_three_are_removed(project: Path, fake_build: FakeBuild) -> None:
+    trees = []
+    for n, package in enumerate(("a", "b", "c")):
+        trees.append(build_tools_tree(load(f"--tools-tree-package={package}", verb="build")))
+        release()
+        os.utime(key_path(trees[-1]), (time.time() - 100 + n, time.time() - 100 + n))
+    # Using the first again makes the second the least recently used.
+    assert build_tools_tree(load("--tools-tree-package=a", verb="build")) == trees[0]
+    release()
+    fourth = build_tools_tree(load("--tools-tree-package=d", verb="build"))
+    assert not trees[1].exists() and not key_path(trees[1]).exists()
+    assert all(t.exists() for t in (trees[0], trees[2], fourth))
+    # A tree a running mkosi holds (a shared lock on its key file) is never removed.
+    release()
+    holder = os.open(key_path(trees[2]), os.O_RDONLY)
+    try:
+        mkosi.tools_tree.fcntl.flock(holder, mkosi.tools_tree.fcntl.LOCK_SH)
+        os.utime(key_path(trees[2]), (1, 1))
+        build_tools_tree(load("--tools-tree-package=e", verb="build"))
+        assert trees[2].exists()
+    finally:
+        os.close(holder)
+    assert len(list((project / "cache").glob("mkosi-tools-*.key"))) == 4

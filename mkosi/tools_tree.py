@@ -12,8 +12,9 @@ A cached tree lives at CACHE/mkosi-tools-KEY/ with CACHE/mkosi-tools-KEY.key nex
 digest of everything that shapes the tree: the tools image's settings, the contents of its settings
 files, of ToolsTreeSandboxTrees= and ToolsTreePackageDirectories=, and mkosi's version. A tree is built
 into a temporary directory, renamed into place, and its key is written last, so an interrupted build
-never leaves a tree that looks complete. Different inputs get different trees; `clean -f` removes the
-one the configuration uses.
+never leaves a tree that looks complete. Different inputs get different trees; a cache directory keeps
+the KEEP_TREES most recently used ones (a tree a running mkosi holds is never removed); `clean -f` removes
+the one the configuration uses.
 """
 
 from __future__ import annotations

@@ -102,6 +102,9 @@ def test_wheel_and_sdist(tmp_path: Path) -> None:
     assert "mkosi/__main__.py" in names and "mkosi/resources/mkosi.1" in names
     # The Markdown manual, which `mkosi documentation` shows where man is missing.
     assert "mkosi/resources/mkosi.md" in names
+    # The built-in configurations, with the profiles of the default tools tree.
+    assert "mkosi/resources/builtin/mkosi-tools/mkosi.conf.d/10-debian.conf" in names
+    assert "mkosi/resources/builtin/mkosi-tools/mkosi.profiles/runtime/mkosi.conf.d/10-debian.conf" in names
     assert f"Version: {__version__}\n" in metadata
     assert "Classifier: Programming Language :: Python :: 3.11" in metadata
     assert "Requires-Python:" in metadata

@@ -4,6 +4,7 @@ tests/integration/test_tools_tree.py)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -14,6 +15,7 @@ import pytest
 
 import mkosi.tools_tree
 import mkosi.verbs
+from mkosi.cache import settings_inputs
 from mkosi.config.enums import Distribution, Verb
 from mkosi.config.settings import Args, Config
 from mkosi.errors import MkosiError
@@ -98,7 +100,7 @@ def release() -> None:
 def fake_build(monkeypatch: pytest.MonkeyPatch) -> FakeBuild:
     fake = FakeBuild()
     monkeypatch.setattr(mkosi.tools_tree, "build_command", fake)
-    monkeypatch.setattr(mkosi.tools_tree.os, "getuid", lambda: 0)
+    monkeypatch.setattr(os, "getuid", lambda: 0)
     return fake
 
 
@@ -249,12 +251,12 @@ def test_a_failed_build_leaves_no_tree_and_no_key(project: Path, fake_build: Fak
 
 def test_building_needs_root_but_reusing_does_not(project: Path, fake_build: FakeBuild,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mkosi.tools_tree.os, "getuid", lambda: 1000)
+    monkeypatch.setattr(os, "getuid", lambda: 1000)
     with pytest.raises(MkosiError, match="not built yet and building it needs root"):
         build_tools_tree(load(verb="build"))
-    monkeypatch.setattr(mkosi.tools_tree.os, "getuid", lambda: 0)
+    monkeypatch.setattr(os, "getuid", lambda: 0)
     tree = build_tools_tree(load(verb="build"))
-    monkeypatch.setattr(mkosi.tools_tree.os, "getuid", lambda: 1000)
+    monkeypatch.setattr(os, "getuid", lambda: 1000)
     assert build_tools_tree(load(verb="build")) == tree
 
 
@@ -397,7 +399,7 @@ def test_a_setting_at_its_default_is_not_part_of_the_key(project: Path, monkeypa
     """A setting added to mkosi (left at its default) does not make every cached tree stale."""
     tools = tools_of()
     key = tools_tree_key(tools)
-    inputs = mkosi.tools_tree.settings_inputs(tools, only_cache=False)
+    inputs = settings_inputs(tools, only_cache=False)
     assert inputs["with_docs"] is False
     # As if mkosi had no WithDocs= setting yet: the same key.
     monkeypatch.setattr(mkosi.tools_tree, "settings_inputs",
@@ -424,7 +426,7 @@ def test_the_least_recently_used_trees_beyond_three_are_removed(project: Path, f
     release()
     holder = os.open(key_path(trees[2]), os.O_RDONLY)
     try:
-        mkosi.tools_tree.fcntl.flock(holder, mkosi.tools_tree.fcntl.LOCK_SH)
+        fcntl.flock(holder, fcntl.LOCK_SH)
         os.utime(key_path(trees[2]), (1, 1))
         build_tools_tree(load("--tools-tree-package=e", verb="build"))
         assert trees[2].exists()

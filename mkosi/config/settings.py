@@ -780,10 +780,10 @@ class Config(ModernSettings):
         section=P, key="SrvSize", flags=("--srv-size",), parse=parse_size, metavar="BYTES",
         help="Size of a separate /srv partition (default: none).")
     var_size: Optional[int] = setting(
-        section=P, key="VarSize", flags=("--var-size",), parse=parse_size, metavar="BYTES", status=NOT_YET,
+        section=P, key="VarSize", flags=("--var-size",), parse=parse_size, metavar="BYTES",
         help="Size of a separate /var partition (default: none).")
     tmp_size: Optional[int] = setting(
-        section=P, key="TmpSize", flags=("--tmp-size",), parse=parse_size, metavar="BYTES", status=NOT_YET,
+        section=P, key="TmpSize", flags=("--tmp-size",), parse=parse_size, metavar="BYTES",
         help="Size of a separate /var/tmp partition (default: none).")
     xbootldr_size: Optional[int] = setting(
         section=P, key="XBootLDRSize", flags=("--xbootldr-size",), parse=parse_size, metavar="BYTES",

@@ -25,6 +25,7 @@ from mkosi.output import filesystems as fs
 from mkosi.output import gpt, luks, verity
 from mkosi.output.gpt import Partition, PlacedPartition, SeedLike
 from mkosi.run import run
+from mkosi.sandbox import resolve_in_root
 
 MiB = 1024 * 1024
 
@@ -40,9 +41,11 @@ BIOS_BOOT_SIZE = 1 * MiB
 class DiskSpec:
     """What to put on the disk. Sizes in bytes; None means "work it out" or "no such partition".
 
-    tree: the root file system tree. With home_size/srv_size set, the tree's /home and /srv go
-    into their own partitions and the root keeps empty mount points (the tree is restored
-    afterwards). With usr_only only the tree's /usr is put on the disk, as a /usr partition.
+    tree: the root file system tree. With home_size/srv_size/var_size/tmp_size set, the tree's
+    /home, /srv, /var and /var/tmp go into their own partitions and the root keeps empty mount
+    points (the tree is restored afterwards); /var and /var/tmp get /etc/fstab lines (systemd's
+    automatic discovery would mount /var only for an image with a fixed machine ID). With usr_only
+    only the tree's /usr is put on the disk, as a /usr partition.
     """
 
     tree: Path
@@ -61,6 +64,8 @@ class DiskSpec:
     passphrase_file: Path | None = None
     home_size: int | None = None
     srv_size: int | None = None
+    var_size: int | None = None
+    tmp_size: int | None = None       # /var/tmp
     data_fs: str | None = None
     swap_size: int | None = None
     esp_size: int | None = None
@@ -184,7 +189,7 @@ def split_out_dirs(tree: Path, names: Sequence[str], workspace: Path) -> Iterato
         for name in names:
             orig = tree / name
             if not orig.exists() and not orig.is_symlink():
-                empty = workspace / f"empty-{name}"
+                empty = workspace / f"empty-{name.replace('/', '-')}"
                 empty.mkdir(mode=0o755, exist_ok=True)
                 orig.mkdir(mode=0o755)
                 created.append(orig)
@@ -195,7 +200,7 @@ def split_out_dirs(tree: Path, names: Sequence[str], workspace: Path) -> Iterato
             st = orig.stat()
             stash = None
             for parent in (tree.parent, workspace):
-                candidate = parent / f".{tree.name}-{name}-mkosi-stash"
+                candidate = parent / f".{tree.name}-{name.replace('/', '-')}-mkosi-stash"
                 try:
                     os.rename(orig, candidate)
                 except OSError as e:
@@ -358,24 +363,67 @@ def _esp_partition(spec: DiskSpec, b: _Builder) -> Partition:
     return Partition("esp", "ESP", source=esp)
 
 
+# The directories that can have partitions of their own: (partition role, directory in the tree).
+# /var/tmp comes before /var, so that /var's partition keeps an empty /var/tmp mount point.
+DATA_PARTITIONS = (("tmp", "var/tmp"), ("var", "var"), ("home", "home"), ("srv", "srv"))
+# Those systemd's automatic discovery does not mount on any image: they get an fstab line.
+FSTAB_ROLES = ("var", "tmp")
+
+
+def data_partition_sizes(spec: DiskSpec) -> list[tuple[str, str, int]]:
+    sizes = {"tmp": spec.tmp_size, "var": spec.var_size, "home": spec.home_size, "srv": spec.srv_size}
+    return [(role, d, size) for role, d in DATA_PARTITIONS if (size := sizes[role]) is not None]
+
+
+def fstab_lines(roles: Sequence[str], fstype: str) -> list[str]:
+    """/etc/fstab lines mounting the partitions by their GPT label (which is their role)."""
+    dirs = dict(DATA_PARTITIONS)
+    return [f"PARTLABEL={role} /{dirs[role]} {fstype} defaults 0 2" for role in sorted(roles, key=lambda r: dirs[r])
+            if role in FSTAB_ROLES]
+
+
+@contextlib.contextmanager
+def extra_fstab_lines(tree: Path, lines: Sequence[str]) -> Iterator[None]:
+    """Add lines to the tree's /etc/fstab while the root file system is made, then restore it."""
+    if not lines:
+        yield
+        return
+    fstab = resolve_in_root(tree, "etc/fstab")
+    if fstab is None:
+        raise MkosiError(f"the image's /etc/fstab in {tree} cannot be resolved inside the image")
+    before = fstab.read_bytes() if fstab.is_file() else None
+    text = (before or b"").decode()
+    fstab.parent.mkdir(parents=True, exist_ok=True)
+    fstab.write_text(text + ("" if not text or text.endswith("\n") else "\n") + "\n".join(lines) + "\n")
+    try:
+        yield
+    finally:
+        if before is None:
+            fstab.unlink()
+        else:
+            fstab.write_bytes(before)
+
+
 def _file_systems(spec: DiskSpec, b: _Builder, main: str) -> tuple[Path, list[Partition]]:
-    """The root (or /usr) file system image, and the /home and /srv partitions split out of the tree."""
-    split = [n for n, size in (("home", spec.home_size), ("srv", spec.srv_size)) if size is not None]
+    """The root (or /usr) file system image, and the /home, /srv, /var and /var/tmp partitions split
+    out of the tree."""
+    split = [] if spec.usr_only else data_partition_sizes(spec)
     data_fs = spec.data_fs or (spec.root_fs if spec.root_fs in DATA_FILESYSTEMS else "ext4")
     data_parts: list[Partition] = []
-    with split_out_dirs(spec.tree, [] if spec.usr_only else split, spec.workspace) as moved:
+    fstab = fstab_lines([role for role, _, _ in split], data_fs)
+    with split_out_dirs(spec.tree, [d for _, d, _ in split], spec.workspace) as moved, \
+            extra_fstab_lines(spec.tree, fstab):
         src = spec.tree / "usr" if spec.usr_only else spec.tree
         main_image = b.make_fs(main, spec.root_fs, src, spec.root_size)
-        for name in split:
-            size = spec.home_size if name == "home" else spec.srv_size
-            dsrc = moved.get(name, spec.tree / name)
+        for role, d, size in split:
+            dsrc = moved.get(d, spec.tree / d)
             if not dsrc.exists():
-                dsrc = spec.workspace / f"empty-{name}"
+                dsrc = spec.workspace / f"empty-{role}"
                 dsrc.mkdir(exist_ok=True)
-            image = b.make_fs(name, data_fs, dsrc, size)
+            image = b.make_fs(role, data_fs, dsrc, size)
             if spec.encrypt in ("all", "data"):
-                b.encrypt(name, image)
-            data_parts.append(Partition(name, name, source=image, growfs=spec.growfs))
+                b.encrypt(role, image)
+            data_parts.append(Partition(role, role, source=image, growfs=spec.growfs))
     return main_image, data_parts
 
 

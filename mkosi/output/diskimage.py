@@ -77,6 +77,8 @@ def make_disk_image(ctx: Context) -> None:
         passphrase_file=passphrase_file(ctx),
         home_size=config.home_size,
         srv_size=config.srv_size,
+        var_size=config.var_size,
+        tmp_size=config.tmp_size,
         swap_size=config.swap_size,
         esp_size=config.esp_size if config.bootable else None,
         bios_boot=config.bootable and BootProtocol.bios in config.boot_protocols,

@@ -607,3 +607,47 @@ def test_luks_data_only(base_dir: Path, tree: Path) -> None:
         part = extract(r.output, p, base_dir / f"x-luks-data-{p.role}")
         assert blkid_type(part) == "crypto_LUKS"
         sh("cryptsetup", "open", "--test-passphrase", "--key-file", str(passfile), str(part))
+
+
+# ---------------------------------------------------------------------------------------------
+# /var and /var/tmp partitions (VarSize=, TmpSize=)
+
+
+@pytest.fixture(scope="module")
+def var_disk(base_dir: Path) -> tuple[disk.DiskResult, Path]:
+    tree = _make_tree(base_dir / "var-tree")
+    (tree / "var/tmp").mkdir()
+    (tree / "var/tmp/scratch").write_text("scratch\n")
+    (tree / "etc/fstab").write_text("# the image's own line\n/dev/sdz1 /mnt ext4 noauto 0 0")
+    spec = _spec(base_dir, tree, "var", root_fs="ext4", root_size=64 * MiB, var_size=48 * MiB, tmp_size=32 * MiB)
+    return disk.build_disk(spec), tree
+
+
+def test_var_and_var_tmp_partitions(var_disk: tuple[disk.DiskResult, Path], base_dir: Path) -> None:
+    result, tree = var_disk
+    parts = check_table(result.output, result.partitions)
+    by_role = {p.role: p for p in result.partitions}
+    assert [p.role for p in result.partitions] == ["root", "tmp", "var"]
+    types = {p["name"]: uuid.UUID(p["type"]) for p in parts}
+    assert types["var"] == uuid.UUID("4d21b016-b534-45c2-a9fb-5c16e091fd2d")
+    assert types["tmp"] == uuid.UUID("7ec6f557-3bc5-4aca-b293-16ef5df639d1")
+    assert by_role["var"].size == 48 * MiB and by_role["tmp"].size == 32 * MiB
+
+    root = extract(result.output, by_role["root"], base_dir / "x-var-root.ext4")
+    e2fsck_ok(root)
+    # The root keeps an empty /var mount point and an fstab that mounts both by their labels.
+    assert {e.split("/")[5] for e in debugfs(root, "ls -p /var").split()} == {".", ".."}
+    assert debugfs(root, "cat /etc/fstab").splitlines() == [
+        "# the image's own line", "/dev/sdz1 /mnt ext4 noauto 0 0",
+        "PARTLABEL=var /var ext4 defaults 0 2", "PARTLABEL=tmp /var/tmp ext4 defaults 0 2"]
+    var = extract(result.output, by_role["var"], base_dir / "x-var.ext4")
+    e2fsck_ok(var)
+    assert debugfs(var, "cat /log/app.log") == "log\n"
+    assert {e.split("/")[5] for e in debugfs(var, "ls -p /tmp").split()} == {".", ".."}
+    tmp = extract(result.output, by_role["tmp"], base_dir / "x-var-tmp.ext4")
+    e2fsck_ok(tmp)
+    assert debugfs(tmp, "cat /scratch") == "scratch\n"
+    # The tree is as it was.
+    assert (tree / "var/tmp/scratch").read_text() == "scratch\n" and (tree / "var/log/app.log").is_file()
+    assert (tree / "etc/fstab").read_text() == "# the image's own line\n/dev/sdz1 /mnt ext4 noauto 0 0"
+    assert not any(p.name.endswith("-mkosi-stash") for p in base_dir.iterdir())

@@ -15,7 +15,7 @@ from typing import Optional
 import pytest
 
 from mkosi.errors import MkosiError
-from mkosi.output import gpt, verity
+from mkosi.output import disk, gpt, verity
 from mkosi.run import find_tool
 from tests.markers import needs_tools
 
@@ -586,3 +586,22 @@ def test_bios_boot_partition_size(tmp_path: Path, bios_size: Optional[int], expe
     result = disk.build_disk(spec)
     part = result.partition("bios-boot")
     assert part is not None and part.size == expected
+
+
+def test_var_and_var_tmp_partitions_get_fstab_lines_in_mount_order() -> None:
+    spec = disk.DiskSpec(tree=Path("/t"), output=Path("/o"), workspace=Path("/w"), var_size=1, tmp_size=2, home_size=3)
+    assert disk.data_partition_sizes(spec) == [("tmp", "var/tmp", 2), ("var", "var", 1), ("home", "home", 3)]
+    assert disk.fstab_lines(["tmp", "home", "var"], "xfs") == [
+        "PARTLABEL=var /var xfs defaults 0 2", "PARTLABEL=tmp /var/tmp xfs defaults 0 2"]
+    assert disk.fstab_lines(["home", "srv"], "ext4") == []   # found by systemd's discovery
+
+
+def test_extra_fstab_lines_are_taken_back(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    with disk.extra_fstab_lines(tmp_path, ["PARTLABEL=var /var ext4 defaults 0 2"]):
+        assert (tmp_path / "etc/fstab").read_text() == "PARTLABEL=var /var ext4 defaults 0 2\n"
+    assert not (tmp_path / "etc/fstab").exists()
+    (tmp_path / "etc/fstab").write_text("mine")
+    with disk.extra_fstab_lines(tmp_path, ["x"]):
+        assert (tmp_path / "etc/fstab").read_text() == "mine\nx\n"
+    assert (tmp_path / "etc/fstab").read_text() == "mine"

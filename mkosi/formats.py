@@ -200,6 +200,7 @@ def known_suffixes() -> tuple[str, ...]:
 
 
 _MAKE = "mkosi.output.make"
+_UKI = "mkosi.output.uki"
 _ARCHIVE_COMPRESSIONS = ("xz", "zstd", "gzip", "zlib")
 _IMAGE_COMPRESSIONS = ("xz", "zstd")
 
@@ -226,10 +227,12 @@ for _row in (
     Format("plain_squashfs", FormatKind.filesystem, "a squashfs file system image", suffix=".raw",
            root_fs="squashfs", compressions=_IMAGE_COMPRESSIONS, takes=("minimize",),
            maker=f"{_MAKE}:make_plain_squashfs"),
-    # Later additions of the specification: parsed, built in later steps.
+    # Later additions of the specification (those without a maker are parsed, built in later steps).
     _gpt("disk", "ext4", same_as="gpt_ext4"),
-    Format("uki", FormatKind.efi, "a unified kernel image", suffix=".efi"),
-    Format("esp", FormatKind.disk, "a GPT disk image with only an EFI system partition", suffix=".raw"),
+    Format("uki", FormatKind.efi, "a unified kernel image whose initrd is the whole image", suffix=".efi",
+           maker=f"{_UKI}:make_uki_output"),
+    Format("esp", FormatKind.disk, "a GPT disk image with only an EFI system partition", suffix=".raw",
+           compressions=_IMAGE_COMPRESSIONS, takes=("bootable", "split_artifacts"), maker=f"{_UKI}:make_esp_output"),
     # Layers are gzip-compressed unless CompressOutput= picks zstd or no; the directory's name has no
     # compression suffix. Architecture= becomes the image's platform; ImageVersion= its tag.
     Format("oci", FormatKind.container, "an OCI image layout directory", compressions=("gzip", "zstd"),
@@ -237,7 +240,8 @@ for _row in (
     Format("sysext", FormatKind.extension, "a system extension image", suffix=".raw"),
     Format("confext", FormatKind.extension, "a configuration extension image", suffix=".raw"),
     Format("portable", FormatKind.extension, "a portable service image", suffix=".raw"),
-    Format("addon", FormatKind.efi, "a unified kernel image addon", suffix=".efi"),
+    Format("addon", FormatKind.efi, "a unified kernel image addon carrying a kernel command line", suffix=".efi",
+           maker=f"{_UKI}:make_addon_output"),
     Format("none", FormatKind.nothing, "no image: only the build scripts run", maker="mkosi.scripts:finish_build_only"),
 ):
     register(_row)

@@ -360,6 +360,9 @@ def qemu_command(
     if boot == "linux":
         assert kernel is not None
         argv += _kernel_args(kernel, initrd, cmdline, headless, arch)
+    elif boot == "uefi" and kernel is not None:
+        # An EFI binary (a UKI) that OVMF starts instead of booting a disk.
+        argv += ["-kernel", os.fspath(kernel), *(["-append", cmdline] if cmdline else [])]
     if image is not None:
         argv += [
             "-drive", f"if=none,id=disk0,format={fmt},discard=unmap,file={_qemu_escape(image)}",
@@ -381,7 +384,7 @@ def _check_options(boot: str, fmt: str, arch: str, kernel: Path | None, image: P
         raise MkosiError("BIOS boot is only available for x86-64")
     if boot == "linux" and kernel is None:
         raise MkosiError("direct kernel boot needs a kernel image")
-    if image is None and boot != "linux":
+    if image is None and (kernel is None or boot == "bios"):
         raise MkosiError(f"{boot} boot needs a disk image")
     if ssh_port is not None and not netdev:
         raise MkosiError("forwarding the SSH port needs networking")

@@ -50,6 +50,12 @@ def qemu_argv(args: Args, config: Config, tmp: Path) -> list[str]:
         cmdline = artifacts.path(config, artifacts.LINUX_CMDLINE).read_text().strip()
         if args.cmdline:
             cmdline += " " + " ".join(args.cmdline)
+    image: Path | None = config.output
+    if config.format.row.name == "uki":
+        # A UKI boots as the kernel OVMF loads (-kernel), without a disk; its own .cmdline applies unless
+        # the qemu verb is given a command line.
+        kernel, image, boot = config.output, None, BootProtocol.uefi
+        cmdline = " ".join(args.cmdline) if args.cmdline else None
     tap = None
     if config.netdev:
 
@@ -60,7 +66,7 @@ def qemu_argv(args: Args, config: Config, tmp: Path) -> list[str]:
         tap = tap_name(valid_machine_name(artifacts.output_stem(config)) or "mkosi")
     vars_copy = copy_ovmf_vars(tmp / "OVMF_VARS.fd", arch=config.architecture) if boot == BootProtocol.uefi else None
     return qemu_command(
-        image=config.output, fmt="qcow2" if config.qcow2 else "raw", boot=boot.value, kernel=kernel, initrd=initrd,
+        image=image, fmt="qcow2" if config.qcow2 else "raw", boot=boot.value, kernel=kernel, initrd=initrd,
         cmdline=cmdline, smp=config.qemu_smp, mem=config.qemu_mem, kvm=use_kvm(config), headless=config.qemu_headless,
         extra_args=config.qemu_args, netdev=config.ssh, tap=tap, ssh_port=QEMU_SSH_PORT if config.ssh else None,
         guest_ssh_port=config.ssh_port,

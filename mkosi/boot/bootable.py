@@ -11,9 +11,19 @@ from mkosi import log
 from mkosi.boot.cmdline import VerityInfo, image_cmdline
 from mkosi.boot.esp import EspOptions, populate_esp
 from mkosi.boot.grub import install_grub_bios
-from mkosi.boot.initrd import dracut_flags, initrd_key, load_cached_initrd, run_dracut, save_cached_initrd
+from mkosi.boot.initrd import (
+    dracut_flags,
+    initrd_key,
+    load_cached_initrd,
+    modules_initrd,
+    run_dracut,
+    save_cached_initrd,
+)
 from mkosi.boot.kernel import BootFiles, boot_files, find_kernel
+from mkosi.boot.uki import UkiProfile, concat_initrds
 from mkosi.config.enums import Verity
+from mkosi.config.settings import Config
+from mkosi.config.ukiprofile import load_uki_profiles
 from mkosi.context import Context
 from mkosi.distributions.registry import plugin
 from mkosi.errors import MkosiError
@@ -38,9 +48,25 @@ def initrd_cache_key(ctx: Context, kernel: Path, version: str) -> Optional[str]:
     return initrd_key(ctx.config, ctx.root, kernel, version, packages)
 
 
+def user_initrd(ctx: Context, version: str) -> Path:
+    """Initrds=: the given initrds one after the other, and with KernelModulesInitrd= (the default) an
+    initrd of the image's kernel modules for `version` after them."""
+    parts = list(ctx.config.initrds)
+    for p in parts:
+        if not p.is_file():
+            raise MkosiError(f"Initrds=: '{p}' does not exist")
+    if ctx.config.kernel_modules_initrd:
+        with log.step(f"Building the kernel modules initrd for kernel {version}"):
+            parts.append(modules_initrd(ctx.root, version, ctx.workspace / f"modules-{version}.initrd"))
+    return concat_initrds(parts, ctx.workspace / f"initrd-{version}")
+
+
 def image_initrd(ctx: Context, kernel: Path, version: str) -> Path:
-    """The initrd for the image's kernel. With -i, the one of an earlier build is reused when nothing that
-    shapes it changed, and a newly built one is kept for the next build."""
+    """The initrd for the image's kernel: Initrds= when given, else dracut's. With -i, dracut's initrd of an
+    earlier build is reused when nothing that shapes it changed, and a newly built one is kept for the next
+    build."""
+    if ctx.config.initrds:
+        return user_initrd(ctx, version)
     if not ctx.args.incremental:
         return build_initrd(ctx, version)
     key = initrd_cache_key(ctx, kernel, version)
@@ -52,6 +78,12 @@ def image_initrd(ctx: Context, kernel: Path, version: str) -> Path:
     if key is not None:
         save_cached_initrd(ctx.config, initrd, key)
     return initrd
+
+
+def uki_profiles(config: Config, cmdline: str) -> list[UkiProfile]:
+    """UnifiedKernelImageProfiles=: one profile per file, booting with the base command line plus its Cmdline=."""
+    return [UkiProfile(p.profile_text(), " ".join([cmdline, *p.cmdline]) if p.cmdline else "")
+            for p in load_uki_profiles(config.uki_profiles)]
 
 
 def write_linux_boot_files(ctx: Context, files: BootFiles) -> None:
@@ -70,7 +102,7 @@ def prepare_esp(ctx: Context, root_label: str, verity: Optional[VerityInfo] = No
     initrd = image_initrd(ctx, kernel, version)
     files = boot_files(ctx.root, initrd, image_cmdline(config, root_label, verity), config.architecture)
     esp = ctx.dir("esp")
-    uki = populate_esp(esp, files, EspOptions.from_config(config))
+    uki = populate_esp(esp, files, EspOptions.from_config(config, uki_profiles(config, files.cmdline)))
     if uki is not None and SPLIT_KERNEL.when(config):
         # SplitArtifacts=: the (signed) unified kernel image also as a file of its own.
         shutil.copyfile(uki, staged(ctx, SPLIT_KERNEL))

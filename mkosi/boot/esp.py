@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Optional
 
 from mkosi import log
 from mkosi.boot.grub import write_grub_config
 from mkosi.boot.kernel import BootFiles
-from mkosi.boot.signing import sign_tree
+from mkosi.boot.signing import sign_efi
 from mkosi.boot.systemd_boot import install_bls_entry, install_systemd_boot
-from mkosi.boot.uki import make_uki, uki_file_name
-from mkosi.config.enums import BootProtocol
+from mkosi.boot.uki import UkiProfile, installed_uki_name, make_uki
+from mkosi.config.enums import BOOTLOADERS_PENDING, Bootloader, BootProtocol
 from mkosi.config.settings import Config
 from mkosi.errors import MkosiError
 
@@ -28,31 +29,89 @@ class EspOptions:
     title: str
     image_version: Optional[str] = None
     unified_kernel_image: bool = True
-    secure_boot_key: Optional[Path] = None      # both set: sign every .efi file
+    secure_boot_key: Optional[Path] = None      # both set: sign what mkosi puts on the ESP unsigned
     secure_boot_certificate: Optional[Path] = None
+    bootloader: Bootloader = Bootloader.systemd_boot
+    uki_format: Optional[str] = None            # UnifiedKernelImageFormat=
+    profiles: tuple[UkiProfile, ...] = ()
 
     @classmethod
-    def from_config(cls, config: Config) -> EspOptions:
+    def from_config(cls, config: Config, profiles: Sequence[UkiProfile] = ()) -> EspOptions:
         sign = config.secure_boot
         return cls(protocols=tuple(config.boot_protocols), entry_id=config.image_id or "linux",
                    title=config.image_id or "Linux", image_version=config.image_version,
                    unified_kernel_image=config.with_unified_kernel_images,
                    secure_boot_key=config.secure_boot_key if sign else None,
-                   secure_boot_certificate=config.secure_boot_certificate if sign else None)
+                   secure_boot_certificate=config.secure_boot_certificate if sign else None,
+                   bootloader=config.bootloader, uki_format=config.unified_kernel_image_format,
+                   profiles=tuple(profiles))
+
+    @property
+    def signs(self) -> bool:
+        return self.secure_boot_key is not None and self.secure_boot_certificate is not None
 
 
-def _install_uefi(esp: Path, files: BootFiles, options: EspOptions) -> Optional[Path]:
-    """systemd-boot plus a UKI (returned) or a Type #1 entry."""
+def check_bootloader(bootloader: Bootloader) -> None:
+    if bootloader in BOOTLOADERS_PENDING:
+        raise MkosiError(f"Bootloader={bootloader.value} is not implemented yet",
+                         hint="use systemd-boot, systemd-boot-signed, uki or none")
+
+
+def uki_path(esp: Path, files: BootFiles, options: EspOptions) -> Path:
+    """Where the UKI goes: EFI/BOOT/BOOT<ARCH>.EFI with Bootloader=uki (the firmware starts it), else
+    EFI/Linux/ named by UnifiedKernelImageFormat= (systemd-boot finds it there)."""
+    if options.bootloader == Bootloader.uki:
+        return esp / f"EFI/BOOT/BOOT{files.efi_arch.upper()}.EFI"
+    return esp / "EFI/Linux" / installed_uki_name(options.uki_format, options.entry_id, options.image_version,
+                                                  files.version, files.cmdline)
+
+
+def _install_loader(esp: Path, files: BootFiles, options: EspOptions) -> list[Path]:
+    """systemd-boot (pre-signed with -signed); returns the binaries mkosi may sign."""
+    if options.bootloader == Bootloader.systemd_boot_signed:
+        signed = files.efi_dir / f"systemd-boot{files.efi_arch}.efi.signed"
+        if not signed.is_file():
+            raise MkosiError(f"Bootloader=systemd-boot-signed: the image has no {signed.name}",
+                             hint="add the distribution's signed systemd-boot (systemd-boot-efi-amd64-signed on "
+                                  "Debian) to Packages=")
+        install_systemd_boot(esp, files.efi_arch, source_dir=files.efi_dir, binary_name=signed.name)
+        return []
     if not files.systemd_boot.exists():
         raise MkosiError("the image has no systemd-boot EFI binaries", hint="add systemd-boot-efi to Packages=")
     install_systemd_boot(esp, files.efi_arch, source_dir=files.efi_dir)
-    if not options.unified_kernel_image:
+    return [esp / f"EFI/systemd/systemd-boot{files.efi_arch}.efi", esp / f"EFI/BOOT/BOOT{files.efi_arch.upper()}.EFI"]
+
+
+def install_uefi(esp: Path, files: BootFiles, options: EspOptions,
+                 make: Optional[Callable[[Path], Path]] = None, with_uki: bool = True) -> Optional[Path]:
+    """What Bootloader= puts on the ESP for UEFI: systemd-boot plus a UKI in EFI/Linux (or a Type #1 entry
+    with UnifiedKernelImages=no), the UKI alone as the firmware's default binary (uki), or nothing
+    (none). `make` writes the UKI to the path it is given (default: from `files`); with_uki=False leaves
+    it out. Signs what it wrote unsigned when options carry a key. Returns the UKI."""
+    check_bootloader(options.bootloader)
+    if options.bootloader == Bootloader.none:
+        return None
+    to_sign: list[Path] = []
+    if options.bootloader != Bootloader.uki:
+        to_sign += _install_loader(esp, files, options)
+    uki = None
+    if with_uki and options.bootloader != Bootloader.uki and not options.unified_kernel_image:
         install_bls_entry(esp, f"{options.entry_id}-{files.version}", options.title, files.kernel, files.initrd,
                           files.cmdline, version=files.version)
-        return None
-    uki = esp / "EFI/Linux" / uki_file_name(options.entry_id, options.image_version, files.version)
-    with log.step("Building the unified kernel image"):
-        make_uki(files, uki)
+    elif with_uki:
+        uki = uki_path(esp, files, options)
+        uki.parent.mkdir(parents=True, exist_ok=True)
+        with log.step("Building the unified kernel image"):
+            if make is not None:
+                make(uki)
+            else:
+                make_uki(files, uki, options.profiles)
+        to_sign.append(uki)
+    if options.signs:
+        assert options.secure_boot_key is not None and options.secure_boot_certificate is not None
+        with log.step("Signing EFI binaries for Secure Boot"):
+            for binary in to_sign:
+                sign_efi(binary, options.secure_boot_key, options.secure_boot_certificate)
     return uki
 
 
@@ -68,9 +127,7 @@ def populate_esp(esp: Path, files: BootFiles, options: EspOptions) -> Optional[P
     """Fill the directory `esp` for the boot protocols of `options`; returns the UKI if one was made."""
     uki = None
     if BootProtocol.uefi in options.protocols:
-        uki = _install_uefi(esp, files, options)
-        if options.secure_boot_key is not None and options.secure_boot_certificate is not None:
-            sign_tree(esp, options.secure_boot_key, options.secure_boot_certificate)
+        uki = install_uefi(esp, files, options)
     if BootProtocol.bios in options.protocols:
         _install_bios(esp, files, options.title)
     return uki

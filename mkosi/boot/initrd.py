@@ -108,3 +108,26 @@ def save_cached_initrd(config: Config, initrd: Path, key: str) -> None:
     shutil.copyfile(initrd, tmp)
     os.rename(tmp, path)
     write_private(keyfile, key + "\n")
+
+
+def modules_initrd(root: Path, version: str, output: Path) -> Path:
+    """KernelModulesInitrd=: a zstd-compressed cpio holding only /usr/lib/modules/VERSION of `root` (the
+    kernel's modules and depmod's files), to append to an initrd that has no modules of its own."""
+    rel = Path("usr/lib/modules") / version
+    if not (root / rel).is_dir():
+        raise MkosiError(f"the image has no {rel}/ for the kernel modules initrd",
+                         hint="install the kernel's modules, or set KernelModulesInitrd=no")
+    names = ["usr", "usr/lib", "usr/lib/modules"]
+    for d, dirs, files in os.walk(root / rel):
+        dirs.sort()
+        reld = os.path.relpath(d, root)
+        names.append(reld)
+        names += [os.path.join(reld, f) for f in sorted(files)]
+    cpio = output.with_name(f".{output.name}.cpio")
+    with open(cpio, "wb") as out:
+        run(["cpio", "--create", "--null", "--format=newc", "--quiet", "--reproducible"], cwd=root,
+            input=b"\0".join(n.encode() for n in names) + b"\0", stdout=out, text=False)
+    with open(cpio, "rb") as fin, open(output, "wb") as fout:
+        run(["zstd", "--threads=0", "--stdout", "-q", "-"], stdin=fin, stdout=fout, text=False)
+    cpio.unlink()
+    return output

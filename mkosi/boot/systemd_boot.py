@@ -28,10 +28,11 @@ def install_systemd_boot(
     timeout: int = 0,
     default: str | None = None,
     source_dir: Path = SYSTEMD_BOOT_EFI_DIR,
+    binary_name: str | None = None,
 ) -> None:
     """Copy systemd-boot into an ESP tree as EFI/systemd/systemd-boot<arch>.efi and as the
     removable-media fallback EFI/BOOT/BOOT<ARCH>.EFI, and write loader/loader.conf."""
-    binary = source_dir / f"systemd-boot{efi_arch}.efi"
+    binary = source_dir / (binary_name or f"systemd-boot{efi_arch}.efi")
     if not binary.is_file():
         raise MkosiError(
             f"systemd-boot binary {binary} not found",

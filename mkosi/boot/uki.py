@@ -3,16 +3,17 @@ added as PE sections. Works on plain files, so disk images and Format=uki can bo
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from mkosi import log
 from mkosi.boot.kernel import BootFiles
-from mkosi.boot.pe import PEImage, read_pe
+from mkosi.boot.pe import PEImage, append_sections, read_pe, stub_version
 from mkosi.errors import MkosiError
-from mkosi.run import require_tool, run
 
 SYSTEMD_BOOT_EFI_DIR = Path("/usr/lib/systemd/boot/efi")
 DEFAULT_UKI_STUB = SYSTEMD_BOOT_EFI_DIR / "linuxx64.efi.stub"
@@ -107,23 +108,49 @@ def _check_payloads(stub: Path, pe: PEImage, payloads: Sequence[tuple[str, Path]
             raise MkosiError(f"{path} is empty, cannot add it as {name}")
 
 
-def _objcopy(stub: Path, pe: PEImage, payloads: Sequence[tuple[str, Path]], output: Path) -> None:
+@dataclasses.dataclass(frozen=True)
+class UkiProfile:
+    """One profile of a multi-profile UKI: the text of its .profile section (KEY=VALUE lines, ID= first)
+    and the command line it boots with ("" keeps the base one)."""
+
+    profile: str
+    cmdline: str = ""
+
+
+# The first systemd release whose stub understands .profile sections.
+PROFILE_STUB_VERSION = 257
+
+
+def profile_payloads(tmpdir: Path, profiles: Sequence[UkiProfile]) -> list[tuple[str, Path]]:
+    """After the base sections, each profile: its .profile section, then the sections it overrides."""
+    payloads: list[tuple[str, Path]] = []
+    for i, p in enumerate(profiles):
+        text = tmpdir / f"profile-{i}"
+        text.write_text(p.profile.strip() + "\n")
+        payloads.append((".profile", text))
+        if p.cmdline.strip():
+            cmdline = tmpdir / f"profile-{i}.cmdline"
+            cmdline.write_text(p.cmdline.strip())
+            payloads.append((".cmdline", cmdline))
+    return payloads
+
+
+def _assemble(stub: Path, pe: PEImage, payloads: Sequence[tuple[str, Path]], output: Path) -> None:
     layout = uki_layout(pe, [(name, path.stat().st_size) for name, path in payloads])
-    argv: list[str] = [require_tool("objcopy")]
-    for (name, path), (_, rva) in zip(payloads, layout):
-        argv += [
-            "--add-section", f"{name}={path}",
-            "--set-section-flags", f"{name}=data,readonly",
-            "--change-section-vma", f"{name}={pe.image_base + rva:#x}",
-        ]  # fmt: skip
-    output.parent.mkdir(parents=True, exist_ok=True)
     tmp_output = output.with_name(f".{output.name}.tmp")
-    argv += [os.fspath(stub), os.fspath(tmp_output)]
     try:
-        run(argv)
+        append_sections(stub, [(name, rva, path) for (name, path), (_, rva) in zip(payloads, layout)], tmp_output)
         os.replace(tmp_output, output)
     finally:
         tmp_output.unlink(missing_ok=True)
+
+
+def _check_profile_stub(stub: Path) -> None:
+    version = stub_version(stub)
+    if version is not None and version[0] < PROFILE_STUB_VERSION:
+        raise MkosiError(f"the EFI stub {stub} (systemd {'.'.join(map(str, version))}) does not support UKI "
+                         f"profiles, systemd {PROFILE_STUB_VERSION} or newer is needed",
+                         hint="use a tools tree with a newer systemd (ToolsTree=)")
 
 
 def build_uki(
@@ -136,22 +163,115 @@ def build_uki(
     uname: str | None = None,
     *,
     extra_sections: Sequence[tuple[str, Path]] = (),
+    profiles: Sequence[UkiProfile] = (),
 ) -> Path:
     """Build a unified kernel image: the systemd EFI stub plus .osrel, .cmdline, .uname, any
-    extra sections (e.g. .splash), .initrd and finally .linux, each placed at a section-aligned
-    virtual address after the stub's own sections. Returns `output`."""
-    require_tool("objcopy")
+    extra sections (e.g. .splash), .initrd and .linux, then each profile's .profile and .cmdline
+    sections, each placed at a section-aligned virtual address after the stub's own sections.
+    Returns `output`."""
     _check_inputs(stub, kernel, initrd, os_release)
     pe = read_pe(stub)
+    if profiles:
+        _check_profile_stub(stub)
     with tempfile.TemporaryDirectory(prefix="mkosi-uki-") as tmp:
         payloads = _payloads(Path(tmp), kernel, initrd, cmdline, os_release, uname, extra_sections)
         _check_payloads(stub, pe, payloads)
-        _objcopy(stub, pe, payloads, output)
+        payloads += profile_payloads(Path(tmp), profiles)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        _assemble(stub, pe, payloads, output)
     log.debug(f"built UKI {output} ({output.stat().st_size} bytes)")
     return output
 
 
-def make_uki(files: BootFiles, output: Path) -> Path:
+def build_addon(stub: Path, output: Path, cmdline: str = "", initrd: Path | None = None) -> Path:
+    """A PE addon for unified kernel images: systemd's addon stub with a .cmdline section (appended to
+    the UKI's command line by systemd-stub) and/or an .initrd section."""
+    if not stub.is_file():
+        raise MkosiError(f"EFI addon stub {stub} not found",
+                         hint="it ships with systemd-boot 255 or newer (systemd-boot-efi); use ToolsTree=")
+    if not cmdline.strip() and initrd is None:
+        raise MkosiError("an addon needs a kernel command line (KernelCommandLine=) or files to carry")
+    pe = read_pe(stub)
+    with tempfile.TemporaryDirectory(prefix="mkosi-addon-") as tmp:
+        payloads: list[tuple[str, Path]] = []
+        if cmdline.strip():
+            f = Path(tmp) / "cmdline"
+            f.write_text(cmdline.strip())
+            payloads.append((".cmdline", f))
+        if initrd is not None:
+            payloads.append((".initrd", initrd))
+        _check_payloads(stub, pe, payloads)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        _assemble(stub, pe, payloads, output)
+    return output
+
+
+def concat_initrds(initrds: Sequence[Path], output: Path) -> Path:
+    """Several initrds as one file, each padded to 4 bytes (the kernel unpacks them one after the other)."""
+    if not initrds:
+        raise MkosiError("no initrd to concatenate")
+    with output.open("wb") as out:
+        for path in initrds:
+            with path.open("rb") as f:
+                shutil.copyfileobj(f, out)
+            out.write(bytes(-out.tell() % 4))
+    return output
+
+
+def make_uki(files: BootFiles, output: Path, profiles: Sequence[UkiProfile] = ()) -> Path:
     """A unified kernel image of `files`, with the stub the root tree ships."""
     return build_uki(files.stub, files.kernel, files.initrd, files.cmdline, files.os_release, output,
-                     uname=files.version)
+                     uname=files.version, profiles=profiles)
+
+
+# ---- UnifiedKernelImageFormat= ----
+
+def expand_uki_format(pattern: str, entry_token: str, kernel_version: str, roothash: str | None = None) -> str:
+    """The file name of an installed UKI from UnifiedKernelImageFormat=: &e the entry token, &k the kernel
+    version, &h the roothash=/usrhash= value, && a literal &; ".efi" is added."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c != "&":
+            out.append(c)
+            i += 1
+            continue
+        if i + 1 >= len(pattern):
+            raise MkosiError(f"UnifiedKernelImageFormat={pattern}: '&' at the end (write && for a literal &)")
+        spec = pattern[i + 1]
+        if spec == "&":
+            out.append("&")
+        elif spec == "e":
+            out.append(entry_token)
+        elif spec == "k":
+            out.append(kernel_version)
+        elif spec == "h":
+            if not roothash:
+                raise MkosiError(f"UnifiedKernelImageFormat={pattern}: &h needs roothash= or usrhash= on the "
+                                 "kernel command line")
+            out.append(roothash)
+        else:
+            raise MkosiError(f"UnifiedKernelImageFormat={pattern}: unknown specifier &{spec}",
+                             hint="use &e, &k, &h or &&")
+        i += 2
+    name = "".join(out)
+    if not name or "/" in name:
+        raise MkosiError(f"UnifiedKernelImageFormat={pattern} must give a file name without directories")
+    return name if name.endswith(".efi") else name + ".efi"
+
+
+def installed_uki_name(pattern: str | None, entry_id: str, image_version: str | None, kernel_version: str,
+                       cmdline: str) -> str:
+    """The UKI's file name in EFI/Linux: UnifiedKernelImageFormat= when set (&h from the command line's
+    roothash= or usrhash=), else ID_VERSION.efi or ID-KERNELVERSION.efi (uki_file_name())."""
+    if pattern is None:
+        return uki_file_name(entry_id, image_version, kernel_version)
+    return expand_uki_format(pattern, entry_id, kernel_version, cmdline_hash(cmdline))
+
+
+def cmdline_hash(cmdline: str) -> str | None:
+    for w in cmdline.split():
+        if w.startswith(("roothash=", "usrhash=")):
+            return w.split("=", 1)[1]
+    return None

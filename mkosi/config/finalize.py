@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from mkosi import log
-from mkosi.config.enums import BootProtocol, SourceFileTransfer, Verb, Verity
+from mkosi.config.enums import BOOTLOADERS_PENDING, Bootloader, BootProtocol, SourceFileTransfer, Verb, Verity
 from mkosi.config.ini import Origin
 from mkosi.config.parse import CommandLine, Merged, setting_label
 from mkosi.config.settings import (
@@ -29,9 +29,10 @@ from mkosi.config.settings import (
     default_value,
 )
 from mkosi.config.types import Kind, Resolving, Setting, check_path_length, short_message
+from mkosi.config.ukiprofile import load_uki_profiles
 from mkosi.distributions import facts
 from mkosi.errors import ConfigError
-from mkosi.formats import Format, OutputFormat
+from mkosi.formats import Format, FormatKind, OutputFormat
 
 # mkosi.* names looked up next to the configuration that no row's path_default covers.
 OTHER_FILES: dict[str, bool] = {
@@ -270,8 +271,14 @@ def check_verity_combinations(cli: CommandLine, v: Merged, values: dict[str, Any
         raise _fail(v, "verity", "cannot protect a root that Encrypt=all encrypts; use Encrypt=data")
 
 
+def _makes_efi_binaries(values: dict[str, Any]) -> bool:
+    """Format=uki and Format=addon are EFI binaries, and Format=esp always has a boot loader."""
+    fmt: Format = values["format"].row
+    return fmt.kind is FormatKind.efi or fmt.name == "esp"
+
+
 def check_secure_boot(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
-    if values["secure_boot"] and not values["bootable"]:
+    if values["secure_boot"] and not values["bootable"] and not _makes_efi_binaries(values):
         # Nothing to sign; upstream accepts it (its Bootable= defaults to auto), so configurations have it.
         log.warn("SecureBoot= has no effect without Bootable=yes: the image has no boot loader to sign")
         return
@@ -308,10 +315,27 @@ def check_verb_can_use_image(cli: CommandLine, v: Merged, values: dict[str, Any]
     if cli.verb in (Verb.shell, Verb.boot) and values["qcow2"]:
         raise _fail(v, "qcow2", f"the '{cli.verb.value}' verb cannot use a QCOW2 image; use 'qemu'",
                     fallback="command line")
-    if cli.verb in (Verb.qemu, Verb.vm) and not values["bootable"] and values["qemu_boot"] != BootProtocol.linux:
+    bootable = values["bootable"] or values["format"].row.name == "uki"
+    if cli.verb in (Verb.qemu, Verb.vm) and values["format"].row.name == "addon":
+        raise ConfigError("an addon does not boot by itself; it goes next to a UKI", path="command line")
+    if cli.verb in (Verb.qemu, Verb.vm) and not bootable and values["qemu_boot"] != BootProtocol.linux:
         raise ConfigError("the qemu verb needs a bootable image", path="command line", hint="build with --bootable")
     if values["qemu_boot"] not in (values["boot_protocols"] or [values["qemu_boot"]]):
         raise _fail(v, "qemu_boot", f"'{values['qemu_boot'].value}' is not in BootProtocols=")
+
+
+def check_boot_loader(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
+    """Bootloader= values not built yet fail where a build would use them; UKI profile files are read
+    (errors name their file and line)."""
+    esp = values["format"].row.name == "esp"
+    uses_uefi = (values["bootable"] and BootProtocol.uefi in values["boot_protocols"]) or esp
+    if cli.verb.needs_build() and uses_uefi and values["bootloader"] in BOOTLOADERS_PENDING:
+        raise _fail(v, "bootloader", f"'{values['bootloader'].value}' is not implemented yet",
+                    hint="use systemd-boot, systemd-boot-signed, uki or none")
+    if esp and values["bootloader"] == Bootloader.none:
+        raise _fail(v, "bootloader", "Format=esp needs a boot loader: use systemd-boot or uki")
+    if values["uki_profiles"] and cli.verb.needs_build():
+        load_uki_profiles(values["uki_profiles"])
 
 
 def check_output_name(v: Merged, values: dict[str, Any]) -> None:
@@ -327,7 +351,7 @@ CHECKS: tuple[Check, ...] = (
     check_format_implemented, check_distribution_implemented, check_compression_fits_format,
     check_scripts_executable, check_inputs_exist, check_tools_tree,
     check_format_settings, check_verity_combinations, check_secure_boot, check_sources_and_keys,
-    check_verb_can_use_image,
+    check_verb_can_use_image, check_boot_loader,
 )
 
 

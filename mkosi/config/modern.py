@@ -94,6 +94,17 @@ def _tools_tree_path(value: Any, r: Resolving) -> Optional[str]:
     return str(value) if isinstance(value, Path) else value
 
 
+def parse_uki_format(value: str) -> str:
+    """A file name pattern with &e, &k, &h and && (expanded when the UKI is installed)."""
+    v = value.strip()
+    if not v or "/" in v:
+        raise ValueError(f"invalid value '{value}', expected a file name without directories")
+    m = re.search(r"&([^&ekh]|$)", v.replace("&&", ""))
+    if m:
+        raise ValueError(f"unknown specifier '&{m.group(1)}' in '{value}', expected &e, &k, &h or &&")
+    return v
+
+
 def parse_vsock_cid(value: str) -> str:
     v = value.strip().lower()
     if v in ("auto", "hash"):
@@ -242,24 +253,25 @@ class ModernSettings:
         status=NOT_YET, help="Scripts run after the outputs are written (default: mkosi.postoutput).")
     bootloader: Bootloader = setting(
         section=C, key="Bootloader", flags=("--bootloader",), parse=parse_enum(Bootloader),
-        choices=choices(Bootloader), default=Bootloader.systemd_boot, status=NOT_YET,
+        choices=choices(Bootloader), default=Bootloader.systemd_boot,
         help="EFI boot loader to install.")
     bios_bootloader: BiosBootloader = setting(
         section=C, key="BiosBootloader", flags=("--bios-bootloader",), parse=parse_enum(BiosBootloader),
-        choices=choices(BiosBootloader), default=BiosBootloader.none, status=NOT_YET,
+        choices=choices(BiosBootloader), default=BiosBootloader.none,
         help="BIOS boot loader to install.")
     shim_bootloader: ShimBootloader = setting(
         section=C, key="ShimBootloader", flags=("--shim-bootloader",), parse=parse_enum(ShimBootloader),
         choices=choices(ShimBootloader), default=ShimBootloader.none, status=NOT_YET,
         help="Install shim and MokManager to the ESP.")
     unified_kernel_image_format: Optional[str] = setting(
-        section=C, key="UnifiedKernelImageFormat", flags=("--unified-kernel-image-format",), status=NOT_YET,
+        section=C, key="UnifiedKernelImageFormat", flags=("--unified-kernel-image-format",),
+        parse=parse_uki_format,
         metavar="FORMAT", help="File name pattern of the installed unified kernel images.")
     uki_profiles: list[Path] = _path_list(
         section=C, key="UnifiedKernelImageProfiles", flags=("--uki-profile",), path_default=("mkosi.uki-profiles/",),
-        status=NOT_YET, help="UKI profile files ([UKIProfile]) added to every UKI (default: mkosi.uki-profiles/).")
+        help="UKI profile files ([UKIProfile]) added to every UKI (default: mkosi.uki-profiles/).")
     initrds: list[Path] = _path_list(
-        section=C, key="Initrds", flags=("--initrd",), status=NOT_YET,
+        section=C, key="Initrds", flags=("--initrd",),
         help="Initrds to use instead of building the default one.")
     initrd_profiles: list[InitrdProfile] = setting(
         section=C, key="InitrdProfiles", flags=("--initrd-profile",), kind=Kind.LIST,
@@ -286,7 +298,7 @@ class ModernSettings:
         section=C, key="KernelModules", flags=("--kernel-modules",), kind=Kind.LIST, parse=parse_glob_list_item,
         default_factory=list, status=NOT_YET, metavar="GLOBS", help="Kernel modules to keep in the image.")
     kernel_modules_initrd: bool = _flag(
-        section=C, key="KernelModulesInitrd", flags=("--kernel-modules-initrd",), default=True, status=NOT_YET,
+        section=C, key="KernelModulesInitrd", flags=("--kernel-modules-initrd",), default=True,
         help="Append an initrd of kernel modules to the initrd of each UKI.")
     kernel_initrd_modules: list[str] = setting(
         section=C, key="KernelInitrdModules", flags=("--kernel-modules-initrd-include",), kind=Kind.LIST,

@@ -18,6 +18,7 @@ from typing import Any, Optional, cast
 
 from mkosi.config.enums import (
     BasePackages,
+    BiosBootloader,
     BootProtocol,
     CleanPackageMetadata,
     Distribution,
@@ -113,7 +114,11 @@ def _default_output_dir(v: Resolving) -> Optional[Path]:
 
 
 def _default_boot_protocols(v: Resolving) -> list[BootProtocol]:
-    return [BootProtocol.uefi] if v["bootable"] else []
+    # BiosBootloader=grub adds BIOS boot to UEFI (Bootloader= says what boots on UEFI).
+    if not v["bootable"]:
+        return []
+    bios = v["bios_bootloader"] == BiosBootloader.grub
+    return [BootProtocol.uefi, BootProtocol.bios] if bios else [BootProtocol.uefi]
 
 
 def _default_qemu_boot(v: Resolving) -> BootProtocol:
@@ -236,6 +241,11 @@ def parse_incremental(value: str) -> bool:
         return parse_bool(value)
     except ValueError:
         raise ValueError(f"invalid value '{value}', expected a boolean, 'strict' or 'relaxed'")
+
+
+def _default_bootable(v: Resolving) -> bool:
+    # Format=esp always has a boot loader; Bootable= only says whether the UKI goes next to it.
+    return bool(v["format"].row.name == "esp")
 
 
 def _resolve_bootable(value: Any, v: Resolving) -> bool:
@@ -504,11 +514,12 @@ class Config(ModernSettings):
         section=O, key="GPTFirstLBA", flags=("--gpt-first-lba",), parse=parse_uint, metavar="LBA",
         help="First usable LBA of the GPT (default 2048).")
     bootable: bool = setting(
-        match=MatchKind.equal, resolve_fn=_resolve_bootable, depends=("format",), other_sections=(O,),
+        match=MatchKind.equal, default_fn=_default_bootable, resolve_fn=_resolve_bootable, depends=("format",),
+        other_sections=(O,),
         section=C, key="Bootable", flags=("--bootable", "-b"), kind=Kind.BOOL, parse=parse_bool_or_auto, default=False,
         const="yes", cache=True, help="Make a bootable image (kernel, initrd, boot loader).")
     boot_protocols: list[BootProtocol] = setting(
-        default_fn=_default_boot_protocols, depends=("bootable",),
+        default_fn=_default_boot_protocols, depends=("bootable", "bios_bootloader"),
         section=O, key="BootProtocols", flags=("--boot-protocols",), kind=Kind.LIST, parse=parse_enum(BootProtocol),
         choices=_choices(BootProtocol), default_factory=list, cache=True,
         help="Boot protocols to support: uefi, bios, linux (default: uefi).")

@@ -366,7 +366,7 @@ def test_modern_distributions_are_recognised_but_not_built(wd: Path) -> None:
 
 
 def test_modern_formats_are_recognised_but_refused(wd: Path) -> None:
-    for fmt in ("esp", "sysext", "confext", "portable", "addon"):
+    for fmt in ("sysext", "confext", "portable"):
         assert str(load(f"--format={fmt}").format) == fmt  # summary shows it
         with pytest.raises(ConfigError, match="not implemented yet"):
             load_args([f"--format={fmt}", "build"])

@@ -1,0 +1,347 @@
+"""Unified kernel images, addons and their profiles, assembled by mkosi's own PE writer: the section
+layout (checked by parsing the result and by objdump), profiles, addons, the file name patterns and
+what Bootloader= puts on the ESP."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mkosi.boot.esp import EspOptions, install_uefi, populate_esp
+from mkosi.boot.kernel import boot_files
+from mkosi.boot.pe import DATA_SECTION_FLAGS, append_sections, header_room, read_pe, stub_version
+from mkosi.boot.signing import generate_secure_boot_keys, sign_efi, verify_efi
+from mkosi.boot.uki import (
+    UkiProfile,
+    build_addon,
+    build_uki,
+    concat_initrds,
+    expand_uki_format,
+    installed_uki_name,
+)
+from mkosi.config.enums import Bootloader, BootProtocol
+from mkosi.config.ukiprofile import load_uki_profiles, parse_uki_profile, profile_files
+from mkosi.errors import ConfigError, MkosiError
+from tests.unit.conftest import write
+
+needs_objdump = pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump not installed")
+needs_sbsign = pytest.mark.skipif(shutil.which("sbsign") is None or shutil.which("sbverify") is None,
+                                  reason="sbsign/sbverify not installed")
+
+
+def fake_stub(path: Path, version: str = "257.9", *, kind: str = "stub", room: int = 16) -> Path:
+    """A small but complete PE32+ image (.text and .sdmagic with data) like systemd's stubs, with header
+    room for `room` more sections."""
+    pe_offset = 0x80
+    opt_size = 240
+    nsections = 2
+    headers = pe_offset + 24 + opt_size + 40 * (nsections + room)
+    size_of_headers = (headers + 0x1FF) // 0x200 * 0x200
+    text = b"\xc3" * 0x300
+    magic = f"#### LoaderInfo: systemd-{kind} {version} ####\0".encode()
+    text_off = size_of_headers
+    magic_off = text_off + 0x400
+    dos = bytearray(pe_offset)
+    dos[:2] = b"MZ"
+    struct.pack_into("<I", dos, 0x3C, pe_offset)
+    coff = struct.pack("<4sHHIIIHH", b"PE\0\0", 0x8664, nsections, 0, 0, 0, opt_size, 0x206)
+    opt = bytearray(opt_size)
+    struct.pack_into("<H", opt, 0, 0x20B)
+    struct.pack_into("<I", opt, 16, 0x1000)               # AddressOfEntryPoint
+    struct.pack_into("<Q", opt, 24, 0x140000000)          # ImageBase
+    struct.pack_into("<II", opt, 32, 0x1000, 0x200)       # SectionAlignment, FileAlignment
+    struct.pack_into("<II", opt, 56, 0x3000, size_of_headers)  # SizeOfImage, SizeOfHeaders
+    struct.pack_into("<H", opt, 68, 10)                   # Subsystem: EFI application
+    struct.pack_into("<I", opt, 108, 16)                  # NumberOfRvaAndSizes
+    table = struct.pack("<8sIIIIIIHHI", b".text", len(text), 0x1000, 0x400, text_off, 0, 0, 0, 0, 0x60000020)
+    table += struct.pack("<8sIIIIIIHHI", b".sdmagic", len(magic), 0x2000, 0x200, magic_off, 0, 0, 0, 0,
+                         DATA_SECTION_FLAGS)
+    head = bytes(dos) + coff + bytes(opt) + table
+    data = head + bytes(text_off - len(head)) + text + bytes(0x100) + magic + bytes(0x200 - len(magic))
+    path.write_bytes(data)
+    return path
+
+
+def section_data(path: Path, index: int) -> bytes:
+    pe = read_pe(path)
+    s = pe.sections[index]
+    with path.open("rb") as f:
+        f.seek(s.raw_offset)
+        return f.read(s.virtual_size)
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> dict[str, Path]:
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"MZ" + b"k" * 5000)
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(b"i" * 10000)
+    osrel = tmp_path / "os-release"
+    osrel.write_text("ID=debian\nVERSION_ID=12\n")
+    return {"stub": fake_stub(tmp_path / "linuxx64.efi.stub"), "kernel": kernel, "initrd": initrd, "osrel": osrel}
+
+
+def test_uki_sections_in_order_with_their_contents(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    out = build_uki(inputs["stub"], inputs["kernel"], inputs["initrd"], "rw quiet\n", inputs["osrel"],
+                    tmp_path / "uki.efi", uname="6.1.0-test")
+    pe = read_pe(out)
+    names = [s.name for s in pe.sections]
+    assert names == [".text", ".sdmagic", ".osrel", ".cmdline", ".uname", ".initrd", ".linux"]
+    assert section_data(out, 2) == inputs["osrel"].read_bytes()
+    assert section_data(out, 3) == b"rw quiet"
+    assert section_data(out, 4) == b"6.1.0-test"
+    assert section_data(out, 5) == inputs["initrd"].read_bytes()
+    assert section_data(out, 6) == inputs["kernel"].read_bytes()
+    # The stub itself is unchanged, the new sections follow it without overlapping, page aligned.
+    assert out.read_bytes()[0x400:0x700] == inputs["stub"].read_bytes()[0x400:0x700]
+    previous_end = 0x3000
+    for s in pe.sections[2:]:
+        assert s.virtual_address % 0x1000 == 0 and s.virtual_address >= previous_end
+        assert s.raw_offset % 0x200 == 0 and s.characteristics == DATA_SECTION_FLAGS
+        previous_end = s.virtual_address + s.virtual_size
+    assert pe.size_of_image >= previous_end and pe.size_of_image % 0x1000 == 0
+
+
+def test_uki_profiles_follow_the_base_sections(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    profiles = [UkiProfile("ID=debug\nTITLE=Debug\n", "rw quiet systemd.log_level=debug"), UkiProfile("ID=plain")]
+    out = build_uki(inputs["stub"], inputs["kernel"], inputs["initrd"], "rw quiet", inputs["osrel"],
+                    tmp_path / "uki.efi", profiles=profiles)
+    names = [s.name for s in read_pe(out).sections]
+    assert names[2:] == [".osrel", ".cmdline", ".initrd", ".linux", ".profile", ".cmdline", ".profile"]
+    assert section_data(out, 6) == b"ID=debug\nTITLE=Debug\n"
+    assert section_data(out, 7) == b"rw quiet systemd.log_level=debug"
+    assert section_data(out, 8) == b"ID=plain\n"
+
+
+def test_profiles_need_a_stub_of_systemd_257(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    old = fake_stub(tmp_path / "old.stub", "252.39-1~deb12u2")
+    assert stub_version(old) == (252, 39)
+    with pytest.raises(MkosiError, match="does not support UKI profiles"):
+        build_uki(old, inputs["kernel"], inputs["initrd"], "rw", inputs["osrel"], tmp_path / "uki.efi",
+                  profiles=[UkiProfile("ID=x")])
+    # Without profiles the old stub is fine.
+    build_uki(old, inputs["kernel"], inputs["initrd"], "rw", inputs["osrel"], tmp_path / "uki.efi")
+
+
+def test_a_stub_without_header_room_is_refused(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    tight = fake_stub(tmp_path / "tight.stub", room=3)
+    # The headers end at 0x80 + 24 + 240 + 2 * 40 bytes; SizeOfHeaders is rounded up to 0x400.
+    assert header_room(read_pe(tight), tight.read_bytes()) == (0x400 - (0x80 + 24 + 240 + 2 * 40)) // 40 == 13
+    with pytest.raises(MkosiError, match="room for 13 more PE sections, 14 are needed"):
+        build_uki(tight, inputs["kernel"], inputs["initrd"], "x", inputs["osrel"], tmp_path / "uki.efi",
+                  profiles=[UkiProfile(f"ID={n}", n) for n in "abcde"])
+    assert not (tmp_path / "uki.efi").exists()
+
+
+def test_append_sections_keeps_repeated_names(tmp_path: Path) -> None:
+    stub = fake_stub(tmp_path / "s")
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"A" * 10)
+    b.write_bytes(b"B" * 700)
+    append_sections(stub, [(".cmdline", 0x3000, a), (".cmdline", 0x4000, b)], tmp_path / "out")
+    pe = read_pe(tmp_path / "out")
+    assert [(s.name, s.virtual_address, s.virtual_size, s.raw_size) for s in pe.sections[2:]] == [
+        (".cmdline", 0x3000, 10, 0x200), (".cmdline", 0x4000, 700, 0x400)]
+    assert section_data(tmp_path / "out", 3) == b"B" * 700
+
+
+@needs_objdump
+def test_objdump_reads_the_uki(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    out = build_uki(inputs["stub"], inputs["kernel"], inputs["initrd"], "rw", inputs["osrel"], tmp_path / "uki.efi",
+                    profiles=[UkiProfile("ID=debug", "rw debug")])
+    text = subprocess.run(["objdump", "-h", str(out)], capture_output=True, text=True, check=True).stdout
+    found = [line.split()[1] for line in text.splitlines() if line.strip()[:1].isdigit()]
+    assert found == [".text", ".sdmagic", ".osrel", ".cmdline", ".initrd", ".linux", ".profile", ".cmdline"]
+
+
+def test_addon_carries_the_command_line(tmp_path: Path) -> None:
+    stub = fake_stub(tmp_path / "addonx64.efi.stub", kind="addon")
+    out = build_addon(stub, tmp_path / "a.addon.efi", cmdline="  console=ttyS0   quiet ")
+    names = [s.name for s in read_pe(out).sections]
+    assert names == [".text", ".sdmagic", ".cmdline"]
+    assert section_data(out, 2) == b"console=ttyS0   quiet"
+    with pytest.raises(MkosiError, match="needs a kernel command line"):
+        build_addon(stub, tmp_path / "b.efi", cmdline=" ")
+    with pytest.raises(MkosiError, match="addon stub"):
+        build_addon(tmp_path / "missing", tmp_path / "c.efi", cmdline="x")
+
+
+@needs_sbsign
+def test_signed_uki_verifies(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    key, cert = tmp_path / "k.key", tmp_path / "k.crt"
+    generate_secure_boot_keys("test", 30, key, cert)
+    real_stub = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
+    stub = real_stub if real_stub.is_file() else inputs["stub"]
+    out = build_uki(stub, inputs["kernel"], inputs["initrd"], "rw", inputs["osrel"], tmp_path / "uki.efi")
+    sign_efi(out, key, cert)
+    assert verify_efi(out, cert)
+
+
+def test_concat_initrds_pads_each_to_four_bytes(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"12345")
+    b.write_bytes(b"678")
+    out = concat_initrds([a, b], tmp_path / "out")
+    assert out.read_bytes() == b"12345" + bytes(3) + b"678" + bytes(1)
+
+
+# ---- UnifiedKernelImageFormat= ----
+
+def test_uki_format_specifiers() -> None:
+    assert expand_uki_format("&e-&k", "img", "6.1.0") == "img-6.1.0.efi"
+    assert expand_uki_format("&e-&k-&h", "img", "6.1", "abcd") == "img-6.1-abcd.efi"
+    assert expand_uki_format("a&&b.efi", "img", "6.1") == "a&b.efi"
+    with pytest.raises(MkosiError, match="&h needs roothash"):
+        expand_uki_format("&e-&h", "img", "6.1")
+    with pytest.raises(MkosiError, match="unknown specifier &x"):
+        expand_uki_format("&x", "img", "6.1")
+
+
+def test_installed_uki_name_default_and_pattern() -> None:
+    assert installed_uki_name(None, "img", "7.1", "6.1.0", "rw") == "img_7.1.efi"
+    assert installed_uki_name(None, "img", None, "6.1.0", "rw") == "img-6.1.0.efi"
+    assert installed_uki_name("&e-&k-&h", "img", "7.1", "6.1.0", "roothash=ff00 rw") == "img-6.1.0-ff00.efi"
+
+
+# ---- [UKIProfile] files ----
+
+def test_profile_file(tmp_path: Path) -> None:
+    p = write(tmp_path / "debug.conf", """
+        # a comment
+        [UKIProfile]
+        Profile=ID=debug
+                TITLE="Debug shell"
+        Cmdline=systemd.log_level=debug
+                rd.debug
+        SignExpectedPcr=no
+        """)
+    profile = parse_uki_profile(p)
+    assert profile.id == "debug"
+    assert profile.profile_text() == 'ID=debug\nTITLE="Debug shell"\n'
+    assert profile.cmdline == ("systemd.log_level=debug", "rd.debug")
+    assert profile.sign_expected_pcr is False
+
+
+@pytest.mark.parametrize("text, message, line", [
+    ("[UKIProfile]\nProfile=TITLE=x\n", "has no ID=", None),
+    ("[UKIProfile]\nProfile=ID=x\nFoo=1\n", "unknown setting Foo=", 3),
+    ("[Output]\nProfile=ID=x\n", r"unknown section \[Output\]", 1),
+    ("Profile=ID=x\n", "outside of a", 1),
+    ("[UKIProfile]\nProfile=ID=x lower=1\n", "upper-case KEY", 2),
+    ("[UKIProfile]\nProfile=ID=x\nSignExpectedPcr=maybe\n", "invalid boolean", 3),
+])
+def test_bad_profile_files_name_file_and_line(tmp_path: Path, text: str, message: str, line: int | None) -> None:
+    p = tmp_path / "p.conf"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=message) as e:
+        parse_uki_profile(p)
+    assert str(p) in str(e.value)
+    if line is not None:
+        assert f"{p}:{line}:" in str(e.value)
+
+
+def test_profile_directory_and_duplicate_ids(tmp_path: Path) -> None:
+    d = tmp_path / "mkosi.uki-profiles"
+    write(d / "b.conf", "[UKIProfile]\nProfile=ID=b\n")
+    write(d / "a.conf", "[UKIProfile]\nProfile=ID=a\n")
+    write(d / "ignored.txt", "junk")
+    assert [p.name for p in profile_files([d])] == ["a.conf", "b.conf"]
+    assert [p.id for p in load_uki_profiles([d])] == ["a", "b"]
+    write(tmp_path / "again.conf", "[UKIProfile]\nProfile=ID=a\n")
+    with pytest.raises(ConfigError, match="profile ID 'a' is also"):
+        load_uki_profiles([d, tmp_path / "again.conf"])
+
+
+# ---- Bootloader=: what each puts on the ESP ----
+
+def esp_root(tmp_path: Path, stub: bool = True) -> Path:
+    root = tmp_path / "root"
+    (root / "boot").mkdir(parents=True)
+    (root / "boot/vmlinuz-6.1.0-10-amd64").write_bytes(b"MZ" + bytes(4094))
+    (root / "usr/lib").mkdir(parents=True)
+    (root / "usr/lib/os-release").write_text("ID=test\n")
+    efi = root / "usr/lib/systemd/boot/efi"
+    efi.mkdir(parents=True)
+    (efi / "systemd-bootx64.efi").write_bytes(b"MZ systemd-boot")
+    (efi / "systemd-bootx64.efi.signed").write_bytes(b"MZ signed systemd-boot")
+    if stub:
+        fake_stub(efi / "linuxx64.efi.stub")
+    return root
+
+
+def esp_files(tmp_path: Path, bootloader: Bootloader, **extra: object) -> list[str]:
+    root = esp_root(tmp_path)
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(b"initrd")
+    esp = tmp_path / "esp"
+    esp.mkdir()
+    options = EspOptions(protocols=(BootProtocol.uefi,), entry_id="img", title="Image", bootloader=bootloader,
+                         **extra)  # type: ignore[arg-type]
+    populate_esp(esp, boot_files(root, initrd, "rw", "x86_64"), options)
+    return sorted(str(p.relative_to(esp)) for p in esp.rglob("*") if p.is_file())
+
+
+def test_bootloader_systemd_boot(tmp_path: Path) -> None:
+    assert esp_files(tmp_path, Bootloader.systemd_boot) == [
+        "EFI/BOOT/BOOTX64.EFI", "EFI/Linux/img-6.1.0-10-amd64.efi", "EFI/systemd/systemd-bootx64.efi",
+        "loader/loader.conf"]
+    assert (tmp_path / "esp/EFI/BOOT/BOOTX64.EFI").read_bytes() == b"MZ systemd-boot"
+
+
+def test_bootloader_systemd_boot_with_a_name_pattern(tmp_path: Path) -> None:
+    files = esp_files(tmp_path, Bootloader.systemd_boot, uki_format="&e+&k")
+    assert "EFI/Linux/img+6.1.0-10-amd64.efi" in files
+
+
+def test_bootloader_systemd_boot_without_ukis_writes_a_type1_entry(tmp_path: Path) -> None:
+    files = esp_files(tmp_path, Bootloader.systemd_boot, unified_kernel_image=False)
+    assert "loader/entries/img-6.1.0-10-amd64.conf" in files
+    assert not any(f.startswith("EFI/Linux/") for f in files)
+
+
+def test_bootloader_uki_is_the_firmware_default(tmp_path: Path) -> None:
+    assert esp_files(tmp_path, Bootloader.uki) == ["EFI/BOOT/BOOTX64.EFI"]
+    assert [s.name for s in read_pe(tmp_path / "esp/EFI/BOOT/BOOTX64.EFI").sections][-1] == ".linux"
+
+
+def test_bootloader_none_installs_nothing(tmp_path: Path) -> None:
+    assert esp_files(tmp_path, Bootloader.none) == []
+
+
+def test_bootloader_systemd_boot_signed_is_not_signed_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    signed: list[Path] = []
+    monkeypatch.setattr("mkosi.boot.esp.sign_efi", lambda binary, key, cert: signed.append(binary))
+    files = esp_files(tmp_path, Bootloader.systemd_boot_signed, secure_boot_key=tmp_path / "k",
+                      secure_boot_certificate=tmp_path / "c")
+    assert (tmp_path / "esp/EFI/BOOT/BOOTX64.EFI").read_bytes() == b"MZ signed systemd-boot"
+    assert "EFI/Linux/img-6.1.0-10-amd64.efi" in files
+    assert [p.name for p in signed] == ["img-6.1.0-10-amd64.efi"]   # only the UKI mkosi built
+
+
+def test_bootloader_systemd_boot_signs_loader_and_uki(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    signed: list[Path] = []
+    monkeypatch.setattr("mkosi.boot.esp.sign_efi", lambda binary, key, cert: signed.append(binary))
+    esp_files(tmp_path, Bootloader.systemd_boot, secure_boot_key=tmp_path / "k", secure_boot_certificate=tmp_path / "c")
+    assert sorted(p.name for p in signed) == ["BOOTX64.EFI", "img-6.1.0-10-amd64.efi", "systemd-bootx64.efi"]
+
+
+@pytest.mark.parametrize("bootloader", [Bootloader.grub, Bootloader.grub_signed, Bootloader.uki_signed])
+def test_pending_bootloaders_fail_clearly(tmp_path: Path, bootloader: Bootloader) -> None:
+    with pytest.raises(MkosiError, match="not implemented yet"):
+        esp_files(tmp_path, bootloader)
+
+
+def test_install_uefi_with_a_uki_of_its_own_and_without(tmp_path: Path) -> None:
+    root = esp_root(tmp_path)
+    files = boot_files(root, tmp_path / "nonexistent", "rw", "x86_64")
+    esp = tmp_path / "esp"
+    options = EspOptions(protocols=(BootProtocol.uefi,), entry_id="img", title="Image")
+    uki = install_uefi(esp, files, options, make=lambda p: (p.write_bytes(b"MZ mine"), p)[1])
+    assert uki is not None and uki.read_bytes() == b"MZ mine"
+    shutil.rmtree(esp)
+    assert install_uefi(esp, files, options, with_uki=False) is None
+    assert not any((esp / "EFI/Linux").iterdir())

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mkosi.boot.esp import EspOptions, install_uefi, populate_esp
+from mkosi.boot.initrd import modules_initrd
 from mkosi.boot.kernel import boot_files
 from mkosi.boot.pe import DATA_SECTION_FLAGS, append_sections, header_room, read_pe, stub_version
 from mkosi.boot.signing import generate_secure_boot_keys, sign_efi, verify_efi
@@ -345,3 +346,20 @@ def test_install_uefi_with_a_uki_of_its_own_and_without(tmp_path: Path) -> None:
     shutil.rmtree(esp)
     assert install_uefi(esp, files, options, with_uki=False) is None
     assert not any((esp / "EFI/Linux").iterdir())
+
+
+@pytest.mark.skipif(shutil.which("cpio") is None or shutil.which("zstd") is None, reason="cpio/zstd not installed")
+def test_kernel_modules_initrd_holds_only_the_modules(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    write(root / "usr/lib/modules/6.1.0/kernel/drivers/virtio.ko", "ko")
+    write(root / "usr/lib/modules/6.1.0/modules.dep", "dep")
+    write(root / "usr/lib/modules/5.0/kernel/old.ko", "old")
+    write(root / "etc/passwd", "root:x:0:0::/root:/bin/sh")
+    out = modules_initrd(root, "6.1.0", tmp_path / "modules.initrd")
+    cpio = subprocess.run(["zstd", "-dc", str(out)], capture_output=True, check=True).stdout
+    listing = subprocess.run(["cpio", "-t", "--quiet"], input=cpio, capture_output=True, check=True).stdout.decode()
+    assert listing.split() == ["usr", "usr/lib", "usr/lib/modules", "usr/lib/modules/6.1.0",
+                               "usr/lib/modules/6.1.0/modules.dep", "usr/lib/modules/6.1.0/kernel",
+                               "usr/lib/modules/6.1.0/kernel/drivers", "usr/lib/modules/6.1.0/kernel/drivers/virtio.ko"]
+    with pytest.raises(MkosiError, match=r"no usr/lib/modules/7\.0/"):
+        modules_initrd(root, "7.0", tmp_path / "none.initrd")

@@ -1,0 +1,202 @@
+"""The EFI formats, each built once from Debian bookworm (linux-image-amd64, systemd, udev) and checked
+with the tools their users would use: objdump and ukify inspect (from the tools tree) on the UKI and
+the addon, sbverify on the signed UKI, sfdisk and mtools on the ESP disk; the UKI (a system running
+from memory) and the ESP disk boot under `mkosi vm` (qemu with OVMF) to a marker unit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import run_mkosi
+
+pytestmark = pytest.mark.integration
+
+MARKER_UNIT = """\
+[Unit]
+Description=Report a successful boot on the serial console and power off
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'echo "MKOSI-BOOT-MARKER $(cat /proc/cmdline)" > /dev/ttyS0'
+ExecStartPost=/bin/systemctl --no-block poweroff
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+PROFILE = """\
+[UKIProfile]
+Profile=ID=debug
+        TITLE="Debug logging"
+Cmdline=systemd.log_level=debug
+"""
+
+
+@pytest.fixture(scope="module")
+def tools_tree() -> Path:
+    return Path(os.environ.get("MKOSI_TEST_TOOLS_TREE", "/var/tmp/trixie-tools"))
+
+
+def project(base: Path, package_cache: Path, fmt: str, image_id: str, extra: str = "") -> Path:
+    (base / "mkosi.conf").write_text(f"""\
+[Distribution]
+Distribution=debian
+Release=bookworm
+
+[Output]
+Format={fmt}
+ImageId={image_id}
+
+[Content]
+Packages=linux-image-amd64,systemd,udev
+PackageCacheDirectory={package_cache}
+{extra}
+[Runtime]
+RAM=2G
+QemuHeadless=yes
+""")
+    units = base / "mkosi.extra/etc/systemd/system"
+    (units / "multi-user.target.wants").mkdir(parents=True)
+    (units / "mkosi-marker.service").write_text(MARKER_UNIT)
+    (units / "multi-user.target.wants/mkosi-marker.service").symlink_to("../mkosi-marker.service")
+    (base / "mkosi.output").mkdir()
+    return base
+
+
+def build(d: Path, tools_tree: Path, *extra: str) -> float:
+    start = time.monotonic()
+    proc = run_mkosi(d, f"--tools-tree={tools_tree}", *extra, "build", timeout=3000)
+    (d / "build.log").write_text(proc.stdout + proc.stderr)
+    return time.monotonic() - start
+
+
+def sections(path: Path) -> list[str]:
+    text = subprocess.run(["objdump", "-h", str(path)], capture_output=True, text=True, check=True).stdout
+    return [line.split()[1] for line in text.splitlines() if line.strip()[:1].isdigit()]
+
+
+def ukify_inspect(d: Path, tools_tree: Path, binary: Path) -> str:
+    proc = run_mkosi(d, f"--tools-tree={tools_tree}", "sandbox", "--", "ukify", "inspect", str(binary))
+    return proc.stdout
+
+
+def boot(d: Path, tools_tree: Path) -> tuple[str, float]:
+    start = time.monotonic()
+    proc = run_mkosi(d, f"--tools-tree={tools_tree}", "vm", timeout=900)
+    return proc.stdout + proc.stderr, time.monotonic() - start
+
+
+@pytest.fixture(scope="module")
+def uki_project(tmp_path_factory: pytest.TempPathFactory, package_cache: Path, tools_tree: Path) -> Path:
+    """A signed Format=uki image with one extra profile (the profile needs the tools tree's systemd stub)."""
+    d = project(tmp_path_factory.mktemp("uki"), package_cache, "uki", "ukiimg",
+                "KernelCommandLine=mkosi.test=uki\n[Validation]\nSecureBoot=yes\n")
+    (d / "mkosi.uki-profiles").mkdir()
+    (d / "mkosi.uki-profiles/debug.conf").write_text(PROFILE)
+    run_mkosi(d, "genkey")
+    seconds = build(d, tools_tree)
+    print(f"Format=uki build: {seconds:.0f}s", file=sys.stderr)
+    return d
+
+
+def test_uki_sections(uki_project: Path) -> None:
+    uki = uki_project / "mkosi.output/ukiimg.efi"
+    found = sections(uki)
+    base = found[found.index(".osrel"):]
+    assert base == [".osrel", ".cmdline", ".uname", ".initrd", ".linux", ".profile", ".cmdline"], found
+    print(f"Format=uki size: {uki.stat().st_size / 2**20:.0f} MiB", file=sys.stderr)
+
+
+def test_ukify_inspect_reads_the_uki_and_its_profile(uki_project: Path, tools_tree: Path) -> None:
+    text = ukify_inspect(uki_project, tools_tree, uki_project / "mkosi.output/ukiimg.efi")
+    for name in (".osrel:", ".cmdline:", ".uname:", ".initrd:", ".linux:", ".profile:"):
+        assert name in text, text
+    assert "ID=debug" in text and 'TITLE="Debug logging"' in text
+    assert "mkosi.test=uki" in text and "systemd.log_level=debug" in text
+    assert "IMAGE_ID=ukiimg" in text
+    assert "systemd-stub" in text or "systemd,1" in text   # .sbat of the tools tree's stub
+
+
+def test_uki_is_signed(uki_project: Path) -> None:
+    ok = subprocess.run(["sbverify", "--cert", str(uki_project / "mkosi.secure-boot.crt"),
+                         str(uki_project / "mkosi.output/ukiimg.efi")], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+
+@pytest.mark.slow
+def test_uki_boots_from_memory(uki_project: Path, tools_tree: Path) -> None:
+    out, seconds = boot(uki_project, tools_tree)
+    print(f"Format=uki boot to marker and poweroff: {seconds:.0f}s", file=sys.stderr)
+    assert "MKOSI-BOOT-MARKER" in out, out[-3000:]
+    assert "mkosi.test=uki" in out
+
+
+@pytest.fixture(scope="module")
+def esp_project(tmp_path_factory: pytest.TempPathFactory, package_cache: Path, tools_tree: Path) -> Path:
+    d = project(tmp_path_factory.mktemp("esp"), package_cache, "esp", "espimg",
+                "KernelCommandLine=mkosi.test=esp\nUnifiedKernelImageFormat=&e-&k-mkosi\n")
+    seconds = build(d, tools_tree)
+    print(f"Format=esp build: {seconds:.0f}s", file=sys.stderr)
+    return d
+
+
+def test_esp_disk_holds_only_the_esp(esp_project: Path) -> None:
+    image = esp_project / "mkosi.output/espimg.raw"
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(image)], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]
+    assert [p["type"].upper() for p in table["partitions"]] == ["C12A7328-F81F-11D2-BA4B-00A0C93EC93B"]
+    start = table["partitions"][0]["start"] * 512
+    listing = subprocess.run(["mdir", "-i", f"{image}@@{start}", "-/", "-b", "::"], capture_output=True, text=True,
+                             check=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"}).stdout
+    files = sorted(line.strip().lstrip(":") for line in listing.splitlines() if line.strip().endswith((".efi", ".EFI",
+                                                                                                       ".conf")))
+    kernels = [f for f in files if f.startswith("/EFI/Linux/")]
+    assert len(kernels) == 1 and kernels[0].startswith("/EFI/Linux/espimg-") and kernels[0].endswith("-mkosi.efi")
+    assert {"/EFI/BOOT/BOOTX64.EFI", "/EFI/systemd/systemd-bootx64.efi", "/loader/loader.conf"} <= set(files), files
+    print(f"Format=esp size: {image.stat().st_size / 2**20:.0f} MiB", file=sys.stderr)
+
+
+@pytest.mark.slow
+def test_esp_disk_boots(esp_project: Path, tools_tree: Path) -> None:
+    out, seconds = boot(esp_project, tools_tree)
+    print(f"Format=esp boot to marker and poweroff: {seconds:.0f}s", file=sys.stderr)
+    assert "MKOSI-BOOT-MARKER" in out, out[-3000:]
+    assert "mkosi.test=esp" in out
+
+
+@pytest.fixture(scope="module")
+def addon_project(tmp_path_factory: pytest.TempPathFactory, package_cache: Path, tools_tree: Path) -> Path:
+    d = tmp_path_factory.mktemp("addon")
+    (d / "mkosi.conf").write_text(f"""\
+[Distribution]
+Distribution=debian
+Release=bookworm
+
+[Output]
+Format=addon
+ImageId=debuglog
+
+[Content]
+BasePackages=no
+PackageCacheDirectory={package_cache}
+KernelCommandLine=systemd.log_level=debug systemd.log_target=console
+""")
+    seconds = build(d, tools_tree)
+    print(f"Format=addon build: {seconds:.0f}s", file=sys.stderr)
+    return d
+
+
+def test_addon_carries_the_command_line(addon_project: Path, tools_tree: Path) -> None:
+    addon = addon_project / "debuglog.efi"
+    assert sections(addon)[-1] == ".cmdline"
+    text = ukify_inspect(addon_project, tools_tree, addon)
+    assert ".cmdline:" in text and "systemd.log_level=debug systemd.log_target=console" in text, text
+    assert ".linux:" not in text
+    print(f"Format=addon size: {addon.stat().st_size} bytes", file=sys.stderr)

@@ -40,12 +40,15 @@ def host_tools(config: Config, *, runtime: bool = True) -> list[str]:
             tools.append("qemu-img")
         if config.bmap:
             tools.append("bmaptool")
-    if config.bootable:
-        tools += ["mkfs.vfat", "mcopy", "objcopy"]
-        if runtime:
-            tools.append(f"qemu-system-{config.architecture}")
-        if config.secure_boot:
-            tools.append("sbsign")
+    if fmt.name in ("uki", "esp"):
+        # The whole image becomes the UKI's initrd: a zstd-compressed cpio.
+        tools += ["cpio", "zstd"]
+    if config.bootable or fmt.name == "esp":
+        tools += ["mkfs.vfat", "mcopy"]
+    if (config.bootable or fmt.name == "uki") and runtime:
+        tools.append(f"qemu-system-{config.architecture}")
+    if config.secure_boot and (config.bootable or fmt.name in ("uki", "esp", "addon")):
+        tools.append("sbsign")
     if config.compress_output in COMPRESSION_TOOLS:
         tools.append(COMPRESSION_TOOLS[config.compress_output])
     if config.sign:

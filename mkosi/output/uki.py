@@ -9,6 +9,7 @@ from the host, whichever has them first (UKI profiles need a stub of systemd 257
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections.abc import Sequence
@@ -174,7 +175,7 @@ def make_esp_output(ctx: Context) -> None:
     profiles = uki_profiles(config, files.cmdline)
     options = EspOptions.from_config(config, profiles)
     # The UKI is always a UKI here (the image is its initrd; there is no Type #1 entry to write).
-    options = EspOptions(**{**options.__dict__, "unified_kernel_image": True})
+    options = dataclasses.replace(options, unified_kernel_image=True)
     initrd = whole_image_initrd(ctx) if config.bootable else None
     esp = ctx.dir("esp")
 

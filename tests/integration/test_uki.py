@@ -87,9 +87,10 @@ def ukify_inspect(d: Path, tools_tree: Path, binary: Path) -> str:
     return proc.stdout
 
 
-def boot(d: Path, tools_tree: Path) -> tuple[str, float]:
+def boot(d: Path) -> tuple[str, float]:
+    # qemu and OVMF from the host (the tools tree need not have them).
     start = time.monotonic()
-    proc = run_mkosi(d, f"--tools-tree={tools_tree}", "vm", timeout=900)
+    proc = run_mkosi(d, "vm", timeout=900)
     return proc.stdout + proc.stderr, time.monotonic() - start
 
 
@@ -131,8 +132,8 @@ def test_uki_is_signed(uki_project: Path) -> None:
 
 
 @pytest.mark.slow
-def test_uki_boots_from_memory(uki_project: Path, tools_tree: Path) -> None:
-    out, seconds = boot(uki_project, tools_tree)
+def test_uki_boots_from_memory(uki_project: Path) -> None:
+    out, seconds = boot(uki_project)
     print(f"Format=uki boot to marker and poweroff: {seconds:.0f}s", file=sys.stderr)
     assert "MKOSI-BOOT-MARKER" in out, out[-3000:]
     assert "mkosi.test=uki" in out
@@ -164,8 +165,8 @@ def test_esp_disk_holds_only_the_esp(esp_project: Path) -> None:
 
 
 @pytest.mark.slow
-def test_esp_disk_boots(esp_project: Path, tools_tree: Path) -> None:
-    out, seconds = boot(esp_project, tools_tree)
+def test_esp_disk_boots(esp_project: Path) -> None:
+    out, seconds = boot(esp_project)
     print(f"Format=esp boot to marker and poweroff: {seconds:.0f}s", file=sys.stderr)
     assert "MKOSI-BOOT-MARKER" in out, out[-3000:]
     assert "mkosi.test=esp" in out

@@ -27,11 +27,11 @@ from mkosi.boot.uki import (
 from mkosi.config.enums import Bootloader, BootProtocol
 from mkosi.config.ukiprofile import load_uki_profiles, parse_uki_profile, profile_files
 from mkosi.errors import ConfigError, MkosiError
+from tests.markers import needs_tools
 from tests.unit.conftest import write
 
-needs_objdump = pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump not installed")
-needs_sbsign = pytest.mark.skipif(shutil.which("sbsign") is None or shutil.which("sbverify") is None,
-                                  reason="sbsign/sbverify not installed")
+needs_objdump = needs_tools("objdump")
+needs_sbsign = needs_tools("sbsign", "sbverify")
 
 
 def fake_stub(path: Path, version: str = "257.9", *, kind: str = "stub", room: int = 16) -> Path:
@@ -348,7 +348,7 @@ def test_install_uefi_with_a_uki_of_its_own_and_without(tmp_path: Path) -> None:
     assert not any((esp / "EFI/Linux").iterdir())
 
 
-@pytest.mark.skipif(shutil.which("cpio") is None or shutil.which("zstd") is None, reason="cpio/zstd not installed")
+@needs_tools("cpio", "zstd")
 def test_kernel_modules_initrd_holds_only_the_modules(tmp_path: Path) -> None:
     root = tmp_path / "root"
     write(root / "usr/lib/modules/6.1.0/kernel/drivers/virtio.ko", "ko")

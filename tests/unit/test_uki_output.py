@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -20,14 +19,13 @@ from mkosi.dependencies import host_tools
 from mkosi.errors import MkosiError
 from mkosi.output.artifacts import IMAGE, SPLIT_KERNEL, staged
 from mkosi.output.uki import make_addon_output, make_esp_output, make_uki_output
+from tests.markers import needs_tools
 from tests.unit.conftest import write
 from tests.unit.test_uki import fake_stub, section_data
 
-pytestmark = [
-    pytest.mark.usefixtures("fixed_host"),
-    pytest.mark.skipif(any(shutil.which(t) is None for t in ("cpio", "zstd", "mkfs.vfat", "mcopy", "sfdisk")),
-                       reason="cpio, zstd, dosfstools, mtools or sfdisk missing"),
-]
+pytestmark = pytest.mark.usefixtures("fixed_host")
+needs = needs_tools("cpio", "zstd")
+needs_esp = needs_tools("cpio", "zstd", "mkfs.vfat", "mcopy", "mdir", "sfdisk")
 
 
 def load(*argv: str) -> Config:
@@ -62,6 +60,7 @@ def cpio_listing(data: bytes) -> list[str]:
     return listing.decode().split()
 
 
+@needs
 def test_format_uki_puts_the_whole_image_into_the_initrd(wd: Path) -> None:
     ctx = context(wd, load("--format=uki", "--image-id=img", "--kernel-command-line=quiet"))
     make_uki_output(ctx)
@@ -75,6 +74,7 @@ def test_format_uki_puts_the_whole_image_into_the_initrd(wd: Path) -> None:
     assert os.readlink(ctx.root / "init") == "usr/lib/systemd/systemd"
 
 
+@needs
 def test_format_uki_needs_systemd(wd: Path) -> None:
     ctx = context(wd, load("--format=uki"))
     (ctx.root / "usr/lib/systemd/systemd").unlink()
@@ -82,6 +82,7 @@ def test_format_uki_needs_systemd(wd: Path) -> None:
         make_uki_output(ctx)
 
 
+@needs
 def test_format_uki_profiles_need_a_new_stub(wd: Path) -> None:
     write(wd / "mkosi.uki-profiles/a.conf", "[UKIProfile]\nProfile=ID=a\nCmdline=debug\n")
     ctx = context(wd, load("--format=uki"))
@@ -94,6 +95,7 @@ def test_format_uki_profiles_need_a_new_stub(wd: Path) -> None:
         make_uki_output(ctx)
 
 
+@needs_esp
 def test_format_esp_is_a_disk_with_one_esp(wd: Path) -> None:
     ctx = context(wd, load("--format=esp", "--image-id=img", "--split-artifacts=yes"))
     make_esp_output(ctx)
@@ -110,6 +112,7 @@ def test_format_esp_is_a_disk_with_one_esp(wd: Path) -> None:
     assert [s.name for s in read_pe(staged(ctx, SPLIT_KERNEL)).sections][-1] == ".linux"
 
 
+@needs_esp
 def test_format_esp_without_the_uki(wd: Path) -> None:
     ctx = context(wd, load("--format=esp", "--bootable=no"))
     make_esp_output(ctx)
@@ -128,6 +131,7 @@ def test_format_addon(wd: Path) -> None:
         make_addon_output(ctx2)
 
 
+@needs
 def test_initrds_with_the_kernel_modules_initrd(wd: Path) -> None:
     write(wd / "a.initrd", "AAAAA")
     ctx = context(wd, load("-b", "--initrd=a.initrd"))

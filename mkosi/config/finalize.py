@@ -315,6 +315,9 @@ def check_verb_can_use_image(cli: CommandLine, v: Merged, values: dict[str, Any]
     if cli.verb in (Verb.shell, Verb.boot) and values["qcow2"]:
         raise _fail(v, "qcow2", f"the '{cli.verb.value}' verb cannot use a QCOW2 image; use 'qemu'",
                     fallback="command line")
+    if cli.verb in (Verb.shell, Verb.boot) and _makes_efi_binaries(values):
+        raise ConfigError(f"the '{cli.verb.value}' verb cannot run a {values['format'].row.name} image in a "
+                          "container", path="command line", hint="boot it with 'mkosi vm'")
     bootable = values["bootable"] or values["format"].row.name == "uki"
     if cli.verb in (Verb.qemu, Verb.vm) and values["format"].row.name == "addon":
         raise ConfigError("an addon does not boot by itself; it goes next to a UKI", path="command line")

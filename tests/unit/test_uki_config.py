@@ -146,6 +146,13 @@ def test_secure_boot_applies_to_uki_and_addon(wd: Path, capsys: pytest.CaptureFi
     assert "has no effect" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("fmt", ["uki", "esp", "addon"])
+def test_container_verbs_refuse_efi_outputs(wd: Path, fmt: str) -> None:
+    for verb in ("shell", "boot"):
+        e = load_error(f"--format={fmt}", verb=verb)
+        assert f"cannot run a {fmt} image in a container" in str(e)
+
+
 def test_qemu_verb_boots_a_uki_and_refuses_an_addon(wd: Path) -> None:
     load("--format=uki", verb="qemu")
     assert "does not boot by itself" in str(load_error("--format=addon", verb="qemu"))

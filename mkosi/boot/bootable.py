@@ -102,7 +102,7 @@ def prepare_esp(ctx: Context, root_label: str, verity: Optional[VerityInfo] = No
     initrd = image_initrd(ctx, kernel, version)
     files = boot_files(ctx.root, initrd, image_cmdline(config, root_label, verity), config.architecture)
     esp = ctx.dir("esp")
-    uki = populate_esp(esp, files, EspOptions.from_config(config, uki_profiles(config, files.cmdline)))
+    uki = populate_esp(esp, files, EspOptions.from_config(config, uki_profiles(config, files.cmdline), ctx.root))
     if uki is not None and SPLIT_KERNEL.when(config):
         # SplitArtifacts=: the (signed) unified kernel image also as a file of its own.
         shutil.copyfile(uki, staged(ctx, SPLIT_KERNEL))

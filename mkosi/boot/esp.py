@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Optional
 
 from mkosi import log
-from mkosi.boot.grub import write_grub_config
-from mkosi.boot.kernel import BootFiles
+from mkosi.boot.grub import GRUB_EFI_TARGETS, grub_efi_config_text, install_grub_efi, write_grub_config
+from mkosi.boot.kernel import BootFiles, efi_arch
 from mkosi.boot.signing import sign_efi
 from mkosi.boot.systemd_boot import install_bls_entry, install_systemd_boot
 from mkosi.boot.uki import UkiProfile, installed_uki_name, make_uki
@@ -34,9 +34,11 @@ class EspOptions:
     bootloader: Bootloader = Bootloader.systemd_boot
     uki_format: Optional[str] = None            # UnifiedKernelImageFormat=
     profiles: tuple[UkiProfile, ...] = ()
+    grub_efi_dirs: tuple[Path, ...] = ()         # where GRUB's EFI modules are looked for (Bootloader=grub)
 
     @classmethod
-    def from_config(cls, config: Config, profiles: Sequence[UkiProfile] = ()) -> EspOptions:
+    def from_config(cls, config: Config, profiles: Sequence[UkiProfile] = (),
+                    root: Optional[Path] = None) -> EspOptions:
         sign = config.secure_boot
         return cls(protocols=tuple(config.boot_protocols), entry_id=config.image_id or "linux",
                    title=config.image_id or "Linux", image_version=config.image_version,
@@ -44,17 +46,49 @@ class EspOptions:
                    secure_boot_key=config.secure_boot_key if sign else None,
                    secure_boot_certificate=config.secure_boot_certificate if sign else None,
                    bootloader=config.bootloader, uki_format=config.unified_kernel_image_format,
-                   profiles=tuple(profiles))
+                   profiles=tuple(profiles), grub_efi_dirs=grub_efi_dirs(config, root))
 
     @property
     def signs(self) -> bool:
         return self.secure_boot_key is not None and self.secure_boot_certificate is not None
 
 
+def grub_efi_dirs(config: Config, root: Optional[Path]) -> tuple[Path, ...]:
+    """GRUB's x86_64-efi (or other EFI) module directory: in the image, the tools tree, the host."""
+    target = GRUB_EFI_TARGETS.get(efi_arch(config.architecture), "x86_64-efi")
+    tops = [*([root] if root is not None else []),
+            *([Path(str(config.tools_tree))] if config.tools_tree not in (None, "default") else []), Path("/")]
+    return tuple(top / "usr/lib/grub" / target for top in tops)
+
+
+def _os_release_id(path: Path) -> str:
+    for line in path.read_text(errors="replace").splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "ID" and value.strip().strip("\"'"):
+            return value.strip().strip("\"'")
+    return "linux"
+
+
+def _grub_config(files: BootFiles, options: EspOptions, uki: Path, esp: Path) -> str:
+    bios = BootProtocol.bios in options.protocols
+    return grub_efi_config_text(options.title, ["/" + str(uki.relative_to(esp))],
+                                bios_kernel="/vmlinuz" if bios else None, bios_initrd="/initrd" if bios else None,
+                                cmdline=files.cmdline)
+
+
+def _install_grub(esp: Path, files: BootFiles, options: EspOptions, uki: Path) -> Path:
+    lib = next((d for d in options.grub_efi_dirs if (d / "normal.mod").is_file()), None)
+    if lib is None:
+        raise MkosiError("Bootloader=grub: GRUB's EFI modules are in neither the image, the tools tree nor the host",
+                         hint="add grub-efi-amd64-bin to Packages=")
+    return install_grub_efi(esp, lib, files.efi_arch, _os_release_id(files.os_release),
+                            _grub_config(files, options, uki, esp))
+
+
 def check_bootloader(bootloader: Bootloader) -> None:
     if bootloader in BOOTLOADERS_PENDING:
         raise MkosiError(f"Bootloader={bootloader.value} is not implemented yet",
-                         hint="use systemd-boot, systemd-boot-signed, uki or none")
+                         hint="use systemd-boot, systemd-boot-signed, uki, grub or none")
 
 
 def uki_path(esp: Path, files: BootFiles, options: EspOptions) -> Path:
@@ -92,7 +126,11 @@ def install_uefi(esp: Path, files: BootFiles, options: EspOptions,
     if options.bootloader == Bootloader.none:
         return None
     to_sign: list[Path] = []
-    if options.bootloader != Bootloader.uki:
+    grub = options.bootloader == Bootloader.grub
+    if grub and not (with_uki and options.unified_kernel_image):
+        raise MkosiError("Bootloader=grub without unified kernel images is not implemented yet",
+                         hint="use UnifiedKernelImages=yes or Bootloader=systemd-boot")
+    if options.bootloader not in (Bootloader.uki, Bootloader.grub):
         to_sign += _install_loader(esp, files, options)
     uki = None
     if with_uki and options.bootloader != Bootloader.uki and not options.unified_kernel_image:
@@ -107,6 +145,9 @@ def install_uefi(esp: Path, files: BootFiles, options: EspOptions,
             else:
                 make_uki(files, uki, options.profiles)
         to_sign.append(uki)
+        if grub:
+            with log.step("Installing GRUB for UEFI"):
+                to_sign.append(_install_grub(esp, files, options, uki))
     if options.signs:
         assert options.secure_boot_key is not None and options.secure_boot_certificate is not None
         with log.step("Signing EFI binaries for Secure Boot"):
@@ -130,4 +171,7 @@ def populate_esp(esp: Path, files: BootFiles, options: EspOptions) -> Optional[P
         uki = install_uefi(esp, files, options)
     if BootProtocol.bios in options.protocols:
         _install_bios(esp, files, options.title)
+        if uki is not None and options.bootloader == Bootloader.grub:
+            # One grub.cfg for both: chainload the UKI on UEFI, the kernel and initrd on BIOS.
+            (esp / "grub/grub.cfg").write_text(_grub_config(files, options, uki, esp))
     return uki

@@ -256,3 +256,75 @@ def install_grub_bios(
     _patch_blocklist(core, core_lba)
     _write_boot_code(image, boot, core, offset)
     log.debug(f"installed GRUB ({len(core)} byte core image) at LBA {core_lba} of {image}")
+
+
+# ---- GRUB for UEFI (Bootloader=grub): an EFI image that chainloads the unified kernel images ----
+
+GRUB_EFI_MODULES = (
+    "part_gpt", "fat", "search", "search_fs_file", "normal", "configfile", "chain", "echo", "test",
+    "serial", "terminal", "efi_gop", "boot",
+)  # fmt: skip
+
+GRUB_EFI_TARGETS = {"x64": "x86_64-efi", "aa64": "arm64-efi", "ia32": "i386-efi"}
+
+
+def grub_efi_config_text(title: str, ukis: Sequence[str], *, bios_kernel: str | None = None,
+                         bios_initrd: str | None = None, cmdline: str = "", timeout: int = 0) -> str:
+    """grub/grub.cfg for UEFI: one menu entry per UKI (a path on the ESP) that chainloads it. With a BIOS
+    kernel too (BiosBootloader=), GRUB for BIOS boots it from the same file."""
+    lines = ["serial --unit=0 --speed=115200", "terminal_input console serial", "terminal_output console serial",
+             f"set timeout={timeout}", "set default=0"]
+    efi = [f"menuentry {_grub_word(title if i == 0 else f'{title} ({Path(u).stem})')} {{\n"
+           f"    chainloader {_grub_word(u)}\n}}" for i, u in enumerate(ukis)]
+    if bios_kernel is None:
+        return "\n".join([*lines, *efi]) + "\n"
+    bios = [f"menuentry {_grub_word(title)} {{",
+            "    " + " ".join(["linux", _grub_word(bios_kernel), *map(_grub_word, kernel_cmdline_words(cmdline))])]
+    if bios_initrd:
+        bios.append(f"    initrd {_grub_word(bios_initrd)}")
+    bios.append("}")
+    return "\n".join([*lines, 'if [ "$grub_platform" = "efi" ]; then', *efi, "else", *bios, "fi"]) + "\n"
+
+
+def grub_shim_config_text(grub_dir: str = "/grub") -> str:
+    """EFI/<distribution>/grub.cfg: what signed GRUB builds read; it loads the real grub.cfg."""
+    return (f"search --no-floppy --file --set=root {grub_dir}/grub.cfg\nset prefix=($root){grub_dir}\n"
+            f"configfile ($root){grub_dir}/grub.cfg\n")
+
+
+def make_grub_efi(output: Path, grub_lib: Path, efi_arch: str, grub_dir: str = "/grub") -> Path:
+    """GRUB's EFI image (grub-mkimage) that finds the ESP holding `grub_dir`/grub.cfg and reads it."""
+    target = GRUB_EFI_TARGETS.get(efi_arch)
+    if target is None:
+        raise MkosiError(f"GRUB for UEFI on the EFI architecture {efi_arch} is not supported")
+    if not (grub_lib / "normal.mod").is_file():
+        raise MkosiError(f"GRUB's EFI modules are not in {grub_lib}",
+                         hint="add grub-efi-amd64-bin to Packages= (or to the tools tree)")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mkosi-grub-") as tmp:
+        early = Path(tmp) / "early.cfg"
+        early.write_text(f"search --no-floppy --file --set=root {grub_dir}/grub.cfg\nset prefix=($root){grub_dir}\n")
+        run([
+            require_tool("grub-mkimage"),
+            "--format", target,
+            "--directory", os.fspath(grub_lib),
+            "--output", os.fspath(output),
+            "--config", os.fspath(early),
+            "--prefix", grub_dir,
+            *GRUB_EFI_MODULES,
+        ])  # fmt: skip
+    return output
+
+
+def install_grub_efi(esp: Path, grub_lib: Path, efi_arch: str, distribution_id: str, config_text: str) -> Path:
+    """GRUB as the firmware's default EFI/BOOT/BOOT<ARCH>.EFI, its modules and grub.cfg in /grub and the
+    shim configuration in EFI/<distribution>/. Returns the EFI image."""
+    binary = make_grub_efi(esp / f"EFI/BOOT/BOOT{efi_arch.upper()}.EFI", grub_lib, efi_arch)
+    grub_dir = esp / "grub"
+    grub_dir.mkdir(parents=True, exist_ok=True)
+    _copy_grub_modules(grub_dir, grub_lib)
+    (grub_dir / "grub.cfg").write_text(config_text)
+    shim = esp / "EFI" / distribution_id / "grub.cfg"
+    shim.parent.mkdir(parents=True, exist_ok=True)
+    shim.write_text(grub_shim_config_text())
+    return binary

@@ -334,9 +334,9 @@ def check_boot_loader(cli: CommandLine, v: Merged, values: dict[str, Any]) -> No
     uses_uefi = (values["bootable"] and BootProtocol.uefi in values["boot_protocols"]) or esp
     if cli.verb.needs_build() and uses_uefi and values["bootloader"] in BOOTLOADERS_PENDING:
         raise _fail(v, "bootloader", f"'{values['bootloader'].value}' is not implemented yet",
-                    hint="use systemd-boot, systemd-boot-signed, uki or none")
+                    hint="use systemd-boot, systemd-boot-signed, uki, grub or none")
     if esp and values["bootloader"] == Bootloader.none:
-        raise _fail(v, "bootloader", "Format=esp needs a boot loader: use systemd-boot or uki")
+        raise _fail(v, "bootloader", "Format=esp needs a boot loader: use systemd-boot, uki or grub")
     if values["uki_profiles"] and cli.verb.needs_build():
         load_uki_profiles(values["uki_profiles"])
 

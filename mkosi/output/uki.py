@@ -168,12 +168,12 @@ def make_esp_output(ctx: Context) -> None:
     config = ctx.config
     if config.bootloader == Bootloader.none:
         raise MkosiError("Format=esp needs a boot loader, not Bootloader=none",
-                         hint="use Bootloader=systemd-boot or Bootloader=uki")
+                         hint="use Bootloader=systemd-boot, uki or grub")
     if config.bootloader == Bootloader.uki and not config.bootable:
         raise MkosiError("Format=esp with Bootloader=uki and Bootable=no would leave the ESP empty")
     files = esp_boot_files(ctx, bool(config.uki_profiles))
     profiles = uki_profiles(config, files.cmdline)
-    options = EspOptions.from_config(config, profiles)
+    options = EspOptions.from_config(config, profiles, ctx.root)
     # The UKI is always a UKI here (the image is its initrd; there is no Type #1 entry to write).
     options = dataclasses.replace(options, unified_kernel_image=True)
     initrd = whole_image_initrd(ctx) if config.bootable else None

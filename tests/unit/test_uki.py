@@ -275,6 +275,7 @@ def esp_root(tmp_path: Path, stub: bool = True) -> Path:
 
 
 def esp_files(tmp_path: Path, bootloader: Bootloader, **extra: object) -> list[str]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     root = esp_root(tmp_path)
     initrd = tmp_path / "initrd"
     initrd.write_bytes(b"initrd")
@@ -330,7 +331,7 @@ def test_bootloader_systemd_boot_signs_loader_and_uki(tmp_path: Path, monkeypatc
     assert sorted(p.name for p in signed) == ["BOOTX64.EFI", "img-6.1.0-10-amd64.efi", "systemd-bootx64.efi"]
 
 
-@pytest.mark.parametrize("bootloader", [Bootloader.grub, Bootloader.grub_signed, Bootloader.uki_signed])
+@pytest.mark.parametrize("bootloader", [Bootloader.grub_signed, Bootloader.uki_signed])
 def test_pending_bootloaders_fail_clearly(tmp_path: Path, bootloader: Bootloader) -> None:
     with pytest.raises(MkosiError, match="not implemented yet"):
         esp_files(tmp_path, bootloader)
@@ -363,3 +364,46 @@ def test_kernel_modules_initrd_holds_only_the_modules(tmp_path: Path) -> None:
                                "usr/lib/modules/6.1.0/kernel/drivers", "usr/lib/modules/6.1.0/kernel/drivers/virtio.ko"]
     with pytest.raises(MkosiError, match=r"no usr/lib/modules/7\.0/"):
         modules_initrd(root, "7.0", tmp_path / "none.initrd")
+
+
+GRUB_EFI = Path("/usr/lib/grub/x86_64-efi")
+
+
+@needs_tools("grub-mkimage", files=(GRUB_EFI / "normal.mod",))
+def test_bootloader_grub_chainloads_the_uki(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    signed: list[Path] = []
+    monkeypatch.setattr("mkosi.boot.esp.sign_efi", lambda binary, key, cert: signed.append(binary))
+    files = esp_files(tmp_path, Bootloader.grub, grub_efi_dirs=(tmp_path / "nowhere", GRUB_EFI),
+                      secure_boot_key=tmp_path / "k", secure_boot_certificate=tmp_path / "c")
+    assert {"EFI/BOOT/BOOTX64.EFI", "EFI/Linux/img-6.1.0-10-amd64.efi", "EFI/test/grub.cfg", "grub/grub.cfg",
+            "grub/x86_64-efi/normal.mod"} <= set(files)
+    assert not any(f.startswith(("EFI/systemd", "loader/")) for f in files)
+    grub = read_pe(tmp_path / "esp/EFI/BOOT/BOOTX64.EFI")     # grub-mkimage's EFI image
+    assert grub.machine == 0x8664
+    cfg = (tmp_path / "esp/grub/grub.cfg").read_text()
+    assert "chainloader /EFI/Linux/img-6.1.0-10-amd64.efi" in cfg and "grub_platform" not in cfg
+    assert "configfile ($root)/grub/grub.cfg" in (tmp_path / "esp/EFI/test/grub.cfg").read_text()
+    assert sorted(p.name for p in signed) == ["BOOTX64.EFI", "img-6.1.0-10-amd64.efi"]
+
+
+@needs_tools("grub-mkimage", files=(GRUB_EFI / "normal.mod", Path("/usr/lib/grub/i386-pc/normal.mod")))
+def test_bootloader_grub_with_bios_shares_one_config(tmp_path: Path) -> None:
+    root = esp_root(tmp_path)
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(b"initrd")
+    esp = tmp_path / "esp"
+    options = EspOptions(protocols=(BootProtocol.uefi, BootProtocol.bios), entry_id="img", title="Image",
+                         bootloader=Bootloader.grub, grub_efi_dirs=(GRUB_EFI,))
+    populate_esp(esp, boot_files(root, initrd, "root=PARTLABEL=x rw", "x86_64"), options)
+    cfg = (esp / "grub/grub.cfg").read_text()
+    efi_part, bios_part = cfg.split("else")
+    assert 'if [ "$grub_platform" = "efi" ]' in efi_part and "chainloader /EFI/Linux/" in efi_part
+    assert "linux /vmlinuz root=PARTLABEL=x rw" in bios_part and "initrd /initrd" in bios_part
+    assert (esp / "grub/i386-pc").is_dir() and (esp / "grub/x86_64-efi").is_dir()
+
+
+def test_bootloader_grub_needs_its_modules_and_ukis(tmp_path: Path) -> None:
+    with pytest.raises(MkosiError, match="GRUB's EFI modules"):
+        esp_files(tmp_path / "a", Bootloader.grub, grub_efi_dirs=(tmp_path / "nowhere",))
+    with pytest.raises(MkosiError, match="without unified kernel images is not implemented yet"):
+        esp_files(tmp_path / "b", Bootloader.grub, unified_kernel_image=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mkosi.config.enums import Verity
+from mkosi.config.enums import Bootloader, BootProtocol, Verity
 from mkosi.config.settings import Config
 from mkosi.distributions.registry import plugin
 from mkosi.run import HOST_PACKAGES, find_tool, require_tool
@@ -45,6 +45,9 @@ def host_tools(config: Config, *, runtime: bool = True) -> list[str]:
         tools += ["cpio", "zstd"]
     if config.bootable or fmt.name == "esp":
         tools += ["mkfs.vfat", "mcopy"]
+    if config.bootloader == Bootloader.grub and ((config.bootable and BootProtocol.uefi in config.boot_protocols)
+                                                 or fmt.name == "esp"):
+        tools.append("grub-mkimage")
     if (config.bootable or fmt.name == "uki") and runtime:
         tools.append(f"qemu-system-{config.architecture}")
     if config.secure_boot and (config.bootable or fmt.name in ("uki", "esp", "addon")):

@@ -146,3 +146,6 @@ def test_host_tools(wd: Path) -> None:
     assert {"cpio", "zstd"} <= set(host_tools(load("--format=uki")))
     assert {"mkfs.vfat", "mcopy", "sfdisk"} <= set(host_tools(load("--format=esp")))
     assert "objcopy" not in host_tools(load("-b"))
+    assert "grub-mkimage" in host_tools(load("-b", "--bootloader=grub"))
+    assert "grub-mkimage" in host_tools(load("--format=esp", "--bootloader=grub"))
+    assert "grub-mkimage" not in host_tools(load("--bootloader=grub"))

@@ -240,6 +240,8 @@ def check_inputs_exist(cli: CommandLine, v: Merged, values: dict[str, Any]) -> N
     for tree in values["build_sources"]:
         if not tree.source.exists():
             raise _fail(v, "build_sources", f"'{tree.source}' does not exist")
+    if values["passphrase"] is not None and not values["passphrase"].is_file():
+        raise _fail(v, "passphrase", f"'{values['passphrase']}' does not exist")
     for dest in ("nspawn_settings", "repository_directory", "base_image"):
         if values[dest] is not None and not values[dest].exists():
             raise _fail(v, dest, f"'{values[dest]}' does not exist")

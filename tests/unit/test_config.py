@@ -742,6 +742,13 @@ def test_rootpw_mode(wd: Path) -> None:
     assert load("--password=other").password == "other"
 
 
+def test_missing_passphrase_file_names_where_it_was_set(wd: Path) -> None:
+    e = load_error("--passphrase=nope")
+    assert str(e).startswith("command line: --passphrase: ") and "nope' does not exist" in str(e)
+    write(wd / "mkosi.conf", "[Output]\nPassphrase=gone\n")
+    assert "mkosi.conf:2" in str(load_error())
+
+
 def test_passphrase_mode(wd: Path) -> None:
     pp = write(wd / "mkosi.passphrase", "secret", 0o640)
     e = load_error()

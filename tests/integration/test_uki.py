@@ -39,11 +39,6 @@ Cmdline=systemd.log_level=debug
 """
 
 
-@pytest.fixture(scope="module")
-def tools_tree() -> Path:
-    return Path(os.environ.get("MKOSI_TEST_TOOLS_TREE", "/var/tmp/trixie-tools"))
-
-
 def project(base: Path, package_cache: Path, fmt: str, image_id: str, extra: str = "") -> Path:
     (base / "mkosi.conf").write_text(f"""\
 [Distribution]

@@ -70,6 +70,8 @@ class Format:
     precheck: Optional[str] = None      # "module:function" taking the Config, run before a build starts
     aliases: tuple[str, ...] = ()       # older names, accepted with a warning
     same_as: Optional[str] = None       # built exactly as that format
+    repart: bool = False                # made by systemd-repart from partition definitions
+    matches: tuple[str, ...] = ()       # further names a [Match] Format= condition on this format holds for
 
     @property
     def status(self) -> Optional[str]:
@@ -102,7 +104,7 @@ class Format:
         """The settings this format does not accept, as (setting, message, fatal); `value` reads a
         setting's value, `label` gives its name (e.g. "Bootable=")."""
         for dest, fatal in FORMAT_SETTINGS.items():
-            if dest not in self.takes and is_set(value(dest)):
+            if dest not in self.takes and dest not in self.refuses and is_set(value(dest)):
                 yield dest, f"only applies to {_takers(dest)}, not '{self.name}'", fatal
         for dest in self.refuses:
             if is_set(value(dest)):
@@ -227,8 +229,14 @@ for _row in (
     Format("plain_squashfs", FormatKind.filesystem, "a squashfs file system image", suffix=".raw",
            root_fs="squashfs", compressions=_IMAGE_COMPRESSIONS, takes=("minimize",),
            maker=f"{_MAKE}:make_plain_squashfs"),
-    # Later additions of the specification (those without a maker are parsed, built in later steps).
-    _gpt("disk", "ext4", same_as="gpt_ext4"),
+    # systemd-repart builds it from partition definitions (RepartDirectories=, mkosi.repart/). A [Match]
+    # Format=disk condition also holds for gpt_ext4, the default format, which stands for disk images.
+    Format("disk", FormatKind.disk, "a GPT disk image made by systemd-repart from partition definitions",
+           suffix=".raw", compressions=_IMAGE_COMPRESSIONS, takes=("bootable", "split_artifacts", "qcow2", "verity"),
+           refuses=("encrypt", "usr_only", "home_size", "srv_size", "swap_size", "minimize"), repart=True,
+           matches=("gpt_ext4",), maker="mkosi.output.repart:make_repart_disk",
+           precheck="mkosi.output.repart:check_repart"),
+    # Later additions of the specification.
     Format("uki", FormatKind.efi, "a unified kernel image whose initrd is the whole image", suffix=".efi",
            maker=f"{_UKI}:make_uki_output"),
     Format("esp", FormatKind.disk, "a GPT disk image with only an EFI system partition", suffix=".raw",

@@ -390,9 +390,16 @@ def _architecture_matches(item: str, value: str) -> bool:
 
 
 def _same_format(name: str) -> str:
-    """A format built as another one (Format=disk is gpt_ext4) stands for that one."""
+    """A format built as another one stands for that one."""
     row = FORMATS.get(name)
     return row.same_as if row is not None and row.same_as is not None else name
+
+
+def _formats_match(wanted: str, value: str) -> bool:
+    """A Format= condition: the same format, or one the registry row says the condition also holds for
+    (Format=disk and gpt_ext4, the default format, which stands for disk images)."""
+    a, b = _same_format(wanted), _same_format(value)
+    return a == b or any(y in FORMATS[x].matches for x, y in ((a, b), (b, a)) if x in FORMATS)
 
 
 def setting_condition_holds(c: Condition, s: Setting, item: str, value: Any) -> bool:
@@ -400,13 +407,13 @@ def setting_condition_holds(c: Condition, s: Setting, item: str, value: Any) -> 
     if s.dest == "architecture":
         return _architecture_matches(item, str(value))
     if s.dest == "format":
-        # Format=disk, the modern default, is built as gpt_ext4: a condition on either name holds for both.
+        # Format=disk, the modern default, and gpt_ext4, ours: a condition on either name holds for both.
         try:
             wanted_format = _plain(s.parse(item))
         except ValueError:
             log.warn(f"{c.origin}: [Match] {c.key}={item} names no known value; the condition never holds")
             return False
-        return _same_format(wanted_format) == _same_format(_plain(value))
+        return _formats_match(wanted_format, _plain(value))
     if s.dest == "environment":
         return any(e == item or (("=" not in item) and e.split("=", 1)[0] == item) for e in value)
     if value is None:

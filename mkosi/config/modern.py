@@ -105,6 +105,14 @@ def parse_uki_format(value: str) -> str:
     return v
 
 
+def parse_sector_size(value: str) -> int:
+    """SectorSize=: a power of two from 512 to 4096 bytes (what systemd-repart --sector-size= takes)."""
+    n = parse_size(value)
+    if n not in (512, 1024, 2048, 4096):
+        raise ValueError(f"invalid sector size '{value}', expected 512, 1024, 2048 or 4096")
+    return n
+
+
 def parse_vsock_cid(value: str) -> str:
     v = value.strip().lower()
     if v in ("auto", "hash"):
@@ -217,10 +225,10 @@ class ModernSettings:
         status=NOT_YET, metavar="MODE", help="Access mode (octal) of the output file.")
     repart_dirs: list[Path] = _path_list(
         section=O, key="RepartDirectories", flags=("--repart-directory",), path_default=("mkosi.repart/",),
-        status=NOT_YET, help="Directories of systemd-repart partition definitions (default: mkosi.repart/).")
+        help="Directories of systemd-repart partition definitions for Format=disk (default: mkosi.repart/).")
     sector_size: Optional[int] = setting(
-        section=O, key="SectorSize", flags=("--sector-size",), parse=parse_size, scope=Scope.inherited,
-        status=NOT_YET, metavar="BYTES", help="Sector size of disk images.")
+        section=O, key="SectorSize", flags=("--sector-size",), parse=parse_sector_size, scope=Scope.inherited,
+        metavar="BYTES", help="Sector size of Format=disk images: 512, 1024, 2048 or 4096.")
     overlay: bool = _flag(
         section=O, key="Overlay", flags=("--overlay",), default=False, status=NOT_YET,
         help="With BaseTrees=, the output holds only the changes to the base trees.")
@@ -447,7 +455,7 @@ class ModernSettings:
         help="Use btrfs subvolumes for directory trees: yes, no or auto.")
     repart_offline: bool = _flag(
         section=B, key="RepartOffline", flags=("--repart-offline",), default=True, scope=Scope.universal,
-        status=NOT_YET, help="Build disk images without loop devices.")
+        help="systemd-repart builds Format=disk images without loop devices (no: with them, as root).")
     history: bool = _flag(
         section=B, key="History", flags=("--history",), default=False, scope=Scope.main, status=NOT_YET,
         help="Remember the command line of the last build for later verbs.")

@@ -12,6 +12,8 @@ Templates are file names in the output directory (OutputDirectory=, or the image
   {compression}  the compression suffix (.xz, .zst, ...) of CompressOutput=
   {hash}         .usrhash with UsrOnly=yes, else .roothash
   {part}         usr with UsrOnly=yes, else root (the split partitions keep mkosi 14's names)
+  {arch}         the image's architecture as systemd-repart names it (x86-64, arm64, ...): Format=disk's
+                 split partitions are named after their partition type, as systemd-repart --split=yes does
 The image itself is at Output= (IMAGE_TEMPLATE).
 """
 
@@ -22,11 +24,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
-from mkosi.config.enums import BootProtocol, ManifestFormat, Verity
+from mkosi.config.enums import BootProtocol, ManifestFormat, SplitArtifact, Verity
 from mkosi.config.settings import Config
 from mkosi.context import Context, Phase
+from mkosi.distributions.facts import default_filesystem
 from mkosi.errors import MkosiError
 from mkosi.formats import Format, FormatKind, compression_suffix, known_suffixes
+from mkosi.output.gpt import GENERIC_TYPES, normalize_arch
+from mkosi.output.repartdefs import SPLIT_TYPES, Definition, definitions_for, split_roles
 
 IMAGE_TEMPLATE = "{output}"
 
@@ -60,6 +65,40 @@ def _ssh_key(config: Config) -> bool:
     return config.ssh and config.ssh_key is None and not config.ssh_agent
 
 
+def _classic_split(config: Config) -> bool:
+    # The split partitions of the gpt_* formats (Format=disk's are named after their types, below).
+    return bool(config.split_artifacts) and not _fmt(config).repart
+
+
+def _repart_definitions(config: Config) -> list[Definition]:
+    """Format=disk's partition definitions (none when the build will reject them)."""
+    try:
+        return definitions_for(config.repart_dirs, bootable=config.bootable,
+                               root_fs=default_filesystem(config.distribution))
+    except MkosiError:
+        return []
+
+
+def repart_split_roles(config: Config) -> list[str]:
+    """The partition types (SPLIT_TYPES) whose files Format=disk with SplitArtifacts=partitions writes,
+    read from the partition definitions."""
+    if not (_fmt(config).repart and SplitArtifact.partitions in config.split_artifacts):
+        return []
+    return split_roles(_repart_definitions(config), config.architecture)
+
+
+def _repart_hash(config: Config, kind: str) -> bool:
+    if not (_fmt(config).repart and SplitArtifact.roothash in config.split_artifacts):
+        return False
+    return any(d.role(config.architecture) == f"{kind}-verity" for d in _repart_definitions(config))
+
+
+def _split_partition(role: str) -> Artifact:
+    name = role if role in GENERIC_TYPES else role.replace("root", "root-{arch}", 1).replace("usr", "usr-{arch}", 1)
+    return Artifact(f"output_split_partition_{role.replace('-', '_')}", f"{{stem}}.{name}.raw{{compression}}",
+                    lambda c: role in repart_split_roles(c), compressed=True)
+
+
 def _split_kernel(config: Config) -> bool:
     return (bool(config.split_artifacts) and config.bootable and config.with_unified_kernel_images
             and BootProtocol.uefi in config.boot_protocols)
@@ -79,21 +118,28 @@ SIGNATURE = Artifact("output_signature", "SHA256SUMS.gpg", lambda c: c.sign, che
 BMAP = Artifact("output_bmap", "{stem}.bmap", _bmap)
 NSPAWN_SETTINGS = Artifact("output_nspawn_settings", "{stem}.nspawn", lambda c: c.nspawn_settings is not None)
 SSH_KEY = Artifact("output_sshkey", "id_ed25519", _ssh_key, checksummed=False, secret=True)
-ROOT_HASH = Artifact("output_root_hash", "{stem}{hash}", lambda c: c.verity != Verity.no)
-ROOT_HASH_P7S = Artifact("output_root_hash_p7s", "{stem}{hash}.p7s", lambda c: c.verity == Verity.signed)
+ROOT_HASH = Artifact("output_root_hash", "{stem}{hash}", lambda c: c.verity != Verity.no and not _fmt(c).repart)
+ROOT_HASH_P7S = Artifact("output_root_hash_p7s", "{stem}{hash}.p7s",
+                         lambda c: c.verity == Verity.signed and not _fmt(c).repart)
+# Format=disk with SplitArtifacts=roothash: the root hashes systemd-repart reports for the verity
+# partitions of the definitions.
+REPART_ROOT_HASH = Artifact("output_repart_root_hash", "{stem}.roothash", lambda c: _repart_hash(c, "root"))
+REPART_USR_HASH = Artifact("output_repart_usr_hash", "{stem}.usrhash", lambda c: _repart_hash(c, "usr"))
 MANIFEST = Artifact("output_manifest_json", "{stem}.manifest", lambda c: ManifestFormat.json in c.manifest_format)
 SPDX = Artifact("output_manifest_spdx", "{stem}.spdx.json", lambda c: ManifestFormat.spdx in c.manifest_format)
 CYCLONEDX = Artifact("output_manifest_cyclonedx", "{stem}.cdx.json",
                      lambda c: ManifestFormat.cyclonedx in c.manifest_format)
 CHANGELOG = Artifact("output_changelog", "{stem}.changelog", lambda c: ManifestFormat.changelog in c.manifest_format)
-SPLIT_ROOT = Artifact("output_split_root", "{stem}.{part}.raw{compression}", lambda c: bool(c.split_artifacts),
+SPLIT_ROOT = Artifact("output_split_root", "{stem}.{part}.raw{compression}", _classic_split,
                       compressed=True, setting="output_split_root")
 SPLIT_VERITY = Artifact("output_split_verity", "{stem}.{part}.verity{compression}",
-                        lambda c: bool(c.split_artifacts) and c.verity != Verity.no, compressed=True,
+                        lambda c: _classic_split(c) and c.verity != Verity.no, compressed=True,
                         setting="output_split_verity")
 SPLIT_VERITY_SIG = Artifact("output_split_verity_sig", "{stem}.{part}.{part}hash.p7s{compression}",
-                            lambda c: bool(c.split_artifacts) and c.verity == Verity.signed, compressed=True,
+                            lambda c: _classic_split(c) and c.verity == Verity.signed, compressed=True,
                             setting="output_split_verity_sig")
+# Format=disk: one file per partition type systemd-repart splits out (image.root-x86-64.raw, image.esp.raw, ...).
+SPLIT_PARTITIONS = {role: _split_partition(role) for role in SPLIT_TYPES}
 SPLIT_KERNEL = Artifact("output_split_kernel", "{stem}.efi", _split_kernel, setting="output_split_kernel")
 SSH_PUBLIC_KEY = Artifact("output_sshkey_public", "id_ed25519.pub", _ssh_key)
 LINUX_KERNEL = Artifact("output_linux_kernel", "{stem}.vmlinuz", _linux_boot)
@@ -113,15 +159,24 @@ OUTPUT_KEY = _cache("cache_output_key", "{stem}.cache-output.key")
 SALT = _cache("cache_salt", "{stem}.cache-salt")
 
 ARTIFACTS: tuple[Artifact, ...] = (
-    IMAGE, CHECKSUM, SIGNATURE, BMAP, NSPAWN_SETTINGS, SSH_KEY, ROOT_HASH, ROOT_HASH_P7S, MANIFEST, CHANGELOG,
+    IMAGE, CHECKSUM, SIGNATURE, BMAP, NSPAWN_SETTINGS, SSH_KEY, ROOT_HASH, ROOT_HASH_P7S, REPART_ROOT_HASH,
+    REPART_USR_HASH, MANIFEST, CHANGELOG,
     SPDX, CYCLONEDX,
-    SPLIT_ROOT, SPLIT_VERITY, SPLIT_KERNEL, SPLIT_VERITY_SIG, SSH_PUBLIC_KEY, LINUX_KERNEL, LINUX_INITRD,
+    SPLIT_ROOT, SPLIT_VERITY, SPLIT_KERNEL, SPLIT_VERITY_SIG, *SPLIT_PARTITIONS.values(), SSH_PUBLIC_KEY,
+    LINUX_KERNEL, LINUX_INITRD,
     LINUX_CMDLINE, *(a for phase in Phase for a in (CACHE_IMAGES[phase], CACHE_KEYS[phase])), CACHE_INITRD,
     CACHE_INITRD_KEY, OUTPUT_KEY, SALT,
 )
 
 # SHA256SUMS and its signature are written over the other artifacts, after all of them.
 SUMS = (CHECKSUM, SIGNATURE)
+
+
+def _repart_arch(config: Config) -> str:
+    try:
+        return normalize_arch(config.architecture)
+    except MkosiError:
+        return str(config.architecture)
 
 
 def output_stem(config: Config) -> str:
@@ -152,7 +207,8 @@ def path(config: Config, artifact: Artifact) -> Path:
         return config.output
     name = artifact.template.format(
         stem=output_stem(config), compression=compression_suffix(config.output_compression),
-        hash=".usrhash" if config.usr_only else ".roothash", part="usr" if config.usr_only else "root")
+        hash=".usrhash" if config.usr_only else ".roothash", part="usr" if config.usr_only else "root",
+        arch=_repart_arch(config) if "{arch}" in artifact.template else "")
     return (config.output.parent if artifact.beside_image else config.output_dir or config.output.parent) / name
 
 

@@ -99,7 +99,7 @@ def test_subimages_share_the_universal_settings_and_keep_their_own(wd: Path) -> 
     assert images["base"].packages == ["bash", "coreutils"]
     assert images["extension"].format == "sysext"
     assert images["extension"].packages == ["strace"]
-    # Format=disk, the default, is built as an ext4 GPT image.
+    # No Format= given: the default, an ext4 GPT image.
     assert images["main"].format == "gpt_ext4"
     assert images["main"].packages == ["kernel-core", "systemd-boot"]
     # %O is the output directory: the base image's output, looked for only when the main image is built.
@@ -174,7 +174,7 @@ def test_profiles_from_the_command_line_in_their_order(wd: Path) -> None:
     # The command line's profiles come after the configured ones; each is read after mkosi.conf.d/, and
     # [Match] Profiles= in mkosi.conf.d/ already sees the command line's.
     assert main.profiles == ["base", "desktop", "server"]
-    assert main.format == "gpt_ext4"
+    assert main.format == "disk"
     assert main.packages == ["systemd", "flatpak", "less", "gnome-shell", "openssh-server"]
     assert "fedora-workstation-repositories" not in main.packages
 

@@ -209,7 +209,7 @@ def test_settings_file_with_modern_values(wd: Path) -> None:
         Drives=btrfs:10G ext4:20G
         """)
     c = load()
-    assert c.format == "gpt_ext4"
+    assert c.format == "disk"
     assert c.split_artifacts == [SplitArtifact.uki, SplitArtifact.partitions]
     assert c.sector_size == 4096
     assert c.bootable is True                      # auto, on a disk format

@@ -30,12 +30,15 @@ def host_tools(config: Config, *, runtime: bool = True) -> list[str]:
         tools.append(FILESYSTEM_TOOLS[fmt.root_fs])
     if fmt.name == "cpio":
         tools.append("cpio")
-    if fmt.is_disk:
+    if fmt.repart:
+        tools.append("systemd-repart")
+    elif fmt.is_disk:
         tools.append("sfdisk")
         if config.verity != Verity.no:
             tools.append("veritysetup")
         if config.encrypt is not None:
             tools.append("cryptsetup")
+    if fmt.is_disk:
         if config.qcow2:
             tools.append("qemu-img")
         if config.bmap:

@@ -158,9 +158,12 @@ class RepartRun:
     defer: tuple[str, ...] = ()
 
     @classmethod
-    def for_config(cls, config: Config, definitions: Path, root: Path, output: Path, **changes: Any) -> RepartRun:
+    def for_config(cls, config: Config, defs: Sequence[Definition], definitions: Path, root: Path, output: Path,
+                   **changes: Any) -> RepartRun:
+        """The run for `config` with the definitions `defs` (copied into the directory `definitions`); the
+        verity key is handed over when Verity= is set or a definition signs (Verity=signature)."""
         keys = verity_keys(config)
-        signing = keys is not None and (config.verity != Verity.no or uses_signature(definitions))
+        signing = keys is not None and (config.verity != Verity.no or any(d.verity == "signature" for d in defs))
         run = cls(definitions=definitions, root=root, output=output, seed=repart_seed(config),
                   architecture=normalize_arch(config.architecture), offline=config.repart_offline,
                   split=SplitArtifact.partitions in config.split_artifacts, sector_size=config.sector_size,
@@ -196,10 +199,6 @@ class RepartRun:
             argv.append(f"--defer-partitions={','.join(self.defer)}")
         argv.append(str(self.output))
         return argv
-
-
-def uses_signature(definitions: Path) -> bool:
-    return any(d.verity == "signature" for d in read_definitions([definitions]))
 
 
 # ---- what it made ----
@@ -293,7 +292,7 @@ def make_repart_disk(ctx: Context) -> None:
     check_definitions(config, defs)
     output = ctx.dir("repart") / f"{output_stem(config)}.raw"
     sandbox = current_sandbox()
-    call = RepartRun.for_config(config, defs_dir, ctx.root, output)
+    call = RepartRun.for_config(config, defs, defs_dir, ctx.root, output)
     deferred = tuple(t for t in DEFERRED if t in [d.role(arch) for d in defs])
     if config.bootable:
         (ctx.root / ESP_SOURCE.lstrip("/")).mkdir(exist_ok=True)

@@ -15,6 +15,7 @@ import hashlib
 import json
 import re
 import shutil
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -293,11 +294,16 @@ def make_repart_disk(ctx: Context) -> None:
     output = ctx.dir("repart") / f"{output_stem(config)}.raw"
     sandbox = current_sandbox()
     call = RepartRun.for_config(config, defs, defs_dir, ctx.root, output)
+    if call.seed == "random":
+        # One seed for both runs of a bootable build (the ESP's UUID is derived from it like the others').
+        call = dataclasses.replace(call, seed=str(uuid.uuid4()))
     deferred = tuple(t for t in DEFERRED if t in [d.role(arch) for d in defs])
     if config.bootable:
         (ctx.root / ESP_SOURCE.lstrip("/")).mkdir(exist_ok=True)
+        # The split files are written by the second run (which splits all partitions; a first --split=yes
+        # would leave files the second refuses to overwrite).
         with log.step("Building the disk image with systemd-repart (the ESP deferred)"):
-            made = run_repart(ctx, dataclasses.replace(call, defer=deferred), sandbox)
+            made = run_repart(ctx, dataclasses.replace(call, defer=deferred, split=False), sandbox)
         esp = bootable_esp(ctx, made)
         with log.step("Adding the EFI system partition with systemd-repart"):
             made = run_repart(ctx, dataclasses.replace(call, create=False),

@@ -12,6 +12,7 @@ from mkosi.config import load_args
 from mkosi.config.enums import Distribution
 from mkosi.config.settings import Args, Config
 from mkosi.context import Context, Phase
+from mkosi.dependencies import host_tools
 from mkosi.errors import ConfigError, MkosiError
 from mkosi.output import artifacts, repart
 from mkosi.output.repart import RepartRun, parse_report, verity_of
@@ -374,3 +375,43 @@ def test_root_hashes_are_written_from_the_report(wd: Path) -> None:
     assert not (staging / "os.roothash").exists()
     with pytest.raises(MkosiError, match="no root hash for the usr partition"):
         repart.write_root_hashes(ctx, parse_report(json.dumps(REPORT[:2])))
+
+
+def test_the_uki_command_line_gets_the_root_partition_and_the_verity_root_hashes(
+        wd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str, object, list[str], object]] = []
+
+    def fake_prepare_esp(ctx: Context, label: str, verity: object = None) -> Path:
+        seen.append((label, verity, list(ctx.config.kernel_command_line), ctx.config.verity))
+        return wd / "esp"
+
+    monkeypatch.setattr(repart, "prepare_esp", fake_prepare_esp)
+    config = load("--format=disk", "--bootable", "--kernel-command-line=quiet", "--verity=yes")
+    ctx = Context(Args(), config, wd, Phase.final, wd / "root", None, wd)
+    # A verity-protected /usr: usrhash= joins the command line; the root has no hash (Verity= is
+    # off for prepare_esp(), which would otherwise ask for the root's).
+    assert repart.bootable_esp(ctx, parse_report(json.dumps(REPORT))) == wd / "esp"
+    label, verity, cmdline, verity_setting = seen[-1]
+    assert label == "root-x86-64" and verity is None and str(verity_setting) == "no"
+    assert cmdline == ["quiet", f"usrhash={REPORT[2]['roothash']}"]
+    assert ctx.config is config  # the configuration is the build's again
+    # A verity-protected root: its hash and the data and hash partition UUIDs.
+    root_hash = "a" * 64
+    report = [{**REPORT[0]},
+              {**REPORT[1], "roothash": root_hash, "uuid": "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa"},
+              {**REPORT[3], "type": "root-x86-64-verity", "roothash": root_hash,
+               "uuid": "bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb"}]
+    repart.bootable_esp(ctx, parse_report(json.dumps(report)))
+    label, verity, cmdline, verity_setting = seen[-1]
+    assert cmdline == ["quiet"] and str(verity_setting) == "yes"
+    assert verity is not None
+    assert (verity.roothash, verity.data_partuuid, verity.hash_partuuid) == (  # type: ignore[attr-defined]
+        root_hash, "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa", "bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb")
+    with pytest.raises(MkosiError, match="without a root partition is not implemented yet"):
+        repart.bootable_esp(ctx, parse_report(json.dumps([REPORT[0], REPORT[2], REPORT[3]])))
+
+
+def test_disk_images_need_systemd_repart_not_sfdisk(wd: Path) -> None:
+    tools = host_tools(load("--format=disk", "--qcow2"), runtime=False)
+    assert "systemd-repart" in tools and "qemu-img" in tools and "sfdisk" not in tools
+    assert "sfdisk" in host_tools(load("--format=gpt_ext4"), runtime=False)

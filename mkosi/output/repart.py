@@ -88,7 +88,9 @@ def check_repart(config: Config) -> None:
         raise MkosiError("BootProtocols=bios with Format=disk is not implemented yet", hint="use uefi or linux")
     defs = configured_definitions(config)
     check_definitions(config, defs)
-    check_version(repart_version(Sandbox.for_config(config)), config.tools_tree)
+    if config.tools_tree != "default":
+        # The default tools tree may not be built yet: its systemd-repart is checked when the disk is made.
+        check_version(repart_version(Sandbox.for_config(config)), config.tools_tree)
 
 
 def check_definitions(config: Config, defs: Sequence[Definition]) -> None:

@@ -415,3 +415,20 @@ def test_disk_images_need_systemd_repart_not_sfdisk(wd: Path) -> None:
     tools = host_tools(load("--format=disk", "--qcow2"), runtime=False)
     assert "systemd-repart" in tools and "qemu-img" in tools and "sfdisk" not in tools
     assert "sfdisk" in host_tools(load("--format=gpt_ext4"), runtime=False)
+
+
+def test_the_version_is_checked_before_the_build_unless_the_default_tools_tree_is_yet_to_be_built(
+        wd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[Sandbox] = []
+
+    def old(sandbox: Sandbox) -> int:
+        asked.append(sandbox)
+        return 252
+
+    monkeypatch.setattr(repart, "repart_version", old)
+    (wd / "tools/usr").mkdir(parents=True)
+    with pytest.raises(MkosiError, match=f"the tools tree {wd / 'tools'} has systemd-repart 252"):
+        repart.check_repart(load("--format=disk", f"--tools-tree={wd / 'tools'}"))
+    assert asked[-1].tools == wd / "tools"
+    repart.check_repart(load("--format=disk", "--tools-tree=default"))
+    assert len(asked) == 1

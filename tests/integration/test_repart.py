@@ -4,6 +4,7 @@ default layout, bootable, boots under qemu to a marker unit."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -25,6 +26,8 @@ ESP_TYPE = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
 ROOT_TYPE = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"
 USR_TYPE = "8484680c-9521-48c6-9c11-b0720656f69e"
 USR_VERITY_TYPE = "77ff5f63-e7b6-4633-acf4-1565b864c0e6"
+USR_VERITY_SIG_TYPE = "e7bb33fb-06cf-4e81-8273-e543b413e2e2"
+HOME_TYPE = "933ac7e1-2eb4-4f13-b844-0e14e2aef915"
 
 DEFINITIONS = {
     "00-esp.conf": "[Partition]\nType=esp\nFormat=vfat\nSizeMinBytes=64M\nSizeMaxBytes=64M\n",
@@ -32,7 +35,10 @@ DEFINITIONS = {
     "20-usr.conf": ("[Partition]\nType=usr\nFormat=erofs\nCopyFiles=/usr:/\nVerity=data\nVerityMatchKey=usr\n"
                     "Minimize=best\n"),
     "21-usr-verity.conf": "[Partition]\nType=usr-verity\nVerity=hash\nVerityMatchKey=usr\nMinimize=best\n",
+    "22-usr-verity-sig.conf": "[Partition]\nType=usr-verity-sig\nVerity=signature\nVerityMatchKey=usr\n",
+    "30-home.conf": "[Partition]\nType=home\nFormat=ext4\nEncrypt=key-file\nSizeMinBytes=64M\nSizeMaxBytes=64M\n",
 }
+PASSPHRASE = "correct horse battery staple"
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +73,9 @@ ImageId=repartimg
 Seed={SEED}
 SplitArtifacts=partitions,roothash
 
+[Validation]
+Verity=signed
+
 [Content]
 PackageCacheDirectory={package_cache}
 
@@ -77,6 +86,9 @@ ToolsTree={tools_tree}
     for name, text in DEFINITIONS.items():
         (d / "mkosi.repart" / name).write_text(text)
     (d / "mkosi.output").mkdir()
+    (d / "mkosi.passphrase").write_text(PASSPHRASE)
+    (d / "mkosi.passphrase").chmod(0o600)
+    run_mkosi(d, "genkey")
     build(d, "usr-verity disk")
     return d / "mkosi.output"
 
@@ -119,8 +131,10 @@ def test_the_partition_table_has_the_defined_partitions(usr_image: Path) -> None
     print(f"usr-verity disk image: {image.stat().st_size} bytes, "
           f"{image.stat().st_blocks * 512} on disk", file=sys.stderr)
     parts = partitions(image)
-    assert [str(p["type"]).lower() for p in parts] == [ESP_TYPE, ROOT_TYPE, USR_TYPE, USR_VERITY_TYPE]
-    assert [p["name"] for p in parts] == ["esp", "root-x86-64", "usr-x86-64", "usr-x86-64-verity"]
+    assert [str(p["type"]).lower() for p in parts] == [ESP_TYPE, ROOT_TYPE, USR_TYPE, USR_VERITY_TYPE,
+                                                       USR_VERITY_SIG_TYPE, HOME_TYPE]
+    assert [p["name"] for p in parts] == ["esp", "root-x86-64", "usr-x86-64", "usr-x86-64-verity",
+                                          "usr-x86-64-verity-sig", "home"]
     # The verity partition UUIDs are the halves of the root hash, as the specification says.
     usrhash = (usr_image / "repartimg.usrhash").read_text().strip()
     assert len(usrhash) == 64
@@ -151,13 +165,45 @@ def test_the_split_files_are_the_partitions(usr_image: Path, tmp_path: Path) -> 
     image = usr_image / "repartimg.raw"
     types = by_type(image)
     for type_uuid, name in ((ESP_TYPE, "esp"), (ROOT_TYPE, "root-x86-64"), (USR_TYPE, "usr-x86-64"),
-                            (USR_VERITY_TYPE, "usr-x86-64-verity")):
+                            (USR_VERITY_TYPE, "usr-x86-64-verity"), (USR_VERITY_SIG_TYPE, "usr-x86-64-verity-sig"),
+                            (HOME_TYPE, "home")):
         split = usr_image / f"repartimg.{name}.raw"
         assert split.exists(), sorted(p.name for p in usr_image.iterdir())
         part = extract(image, types[type_uuid], tmp_path / f"{name}.img")
         assert subprocess.run(["cmp", str(split), str(part)]).returncode == 0, name
     sums = (usr_image / "SHA256SUMS").read_text() if (usr_image / "SHA256SUMS").exists() else ""
     assert "repartimg.roothash" not in sums
+
+
+def test_the_signature_partition_signs_the_usr_root_hash(usr_image: Path, tmp_path: Path) -> None:
+    """systemd-repart signed the root hash with mkosi's verity key (--private-key=, --certificate=)."""
+    image = usr_image / "repartimg.raw"
+    sig = extract(image, by_type(image)[USR_VERITY_SIG_TYPE], tmp_path / "sig.img").read_bytes()
+    data = json.loads(sig.rstrip(b"\0"))
+    usrhash = (usr_image / "repartimg.usrhash").read_text().strip()
+    assert data["rootHash"] == usrhash
+    (tmp_path / "sig.der").write_bytes(base64.b64decode(data["signature"]))
+    (tmp_path / "hash").write_text(usrhash)
+    cert = usr_image.parent / "mkosi.secure-boot.crt"
+    ok = subprocess.run(["openssl", "smime", "-verify", "-binary", "-inform", "DER", "-in", str(tmp_path / "sig.der"),
+                         "-content", str(tmp_path / "hash"), "-certfile", str(cert), "-CAfile", str(cert),
+                         "-purpose", "any", "-out", "/dev/null"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_the_encrypted_home_opens_with_the_passphrase(usr_image: Path, tmp_path: Path) -> None:
+    """Encrypt=key-file in a definition: systemd-repart got Passphrase= as --key-file=."""
+    image = usr_image / "repartimg.raw"
+    home = extract(image, by_type(image)[HOME_TYPE], tmp_path / "home.img")
+    dump = subprocess.run(["cryptsetup", "luksDump", str(home)], capture_output=True, text=True, check=True).stdout
+    assert "Version:" in dump and "2" in dump.split("Version:")[1].split()[0]
+    (tmp_path / "key").write_text(PASSPHRASE)
+    subprocess.run(["cryptsetup", "open", "--test-passphrase", f"--key-file={tmp_path / 'key'}", str(home)],
+                   check=True, capture_output=True)
+    (tmp_path / "wrong").write_text("wrong")
+    wrong = subprocess.run(["cryptsetup", "open", "--test-passphrase", f"--key-file={tmp_path / 'wrong'}", str(home)],
+                           capture_output=True)
+    assert wrong.returncode != 0
 
 
 def test_systemd_dissect_lists_the_partitions(usr_image: Path) -> None:

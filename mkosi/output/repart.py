@@ -225,6 +225,11 @@ class Made:
         return type_role(self.type, arch)
 
 
+def _hash(value: object) -> Optional[str]:
+    """A root hash as reported; "TBD" (not computed in this run) and null are none."""
+    return value if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64,}", value) else None
+
+
 def parse_report(text: str) -> list[Made]:
     """systemd-repart --json=pretty's list of partitions."""
     try:
@@ -240,7 +245,7 @@ def parse_report(text: str) -> list[Made]:
             made.append(Made(type=str(p["type"]), label=str(p.get("label") or ""), uuid=str(p["uuid"]),
                              partno=int(p["partno"]), file=str(p.get("file") or ""),
                              offset=int(offset) if isinstance(offset, int) else None,
-                             size=int(p.get("raw_size") or 0), roothash=p.get("roothash") or None,
+                             size=int(p.get("raw_size") or 0), roothash=_hash(p.get("roothash")),
                              split_path=p.get("split_path") or None, activity=str(p.get("activity") or "")))
         except (KeyError, TypeError, ValueError) as e:
             raise MkosiError(f"systemd-repart's JSON report has an unexpected partition entry ({e}): {p}")
@@ -307,15 +312,18 @@ def make_repart_disk(ctx: Context) -> None:
         with log.step("Building the disk image with systemd-repart (the ESP deferred)"):
             made = run_repart(ctx, dataclasses.replace(call, defer=deferred, split=False), sandbox)
         esp = bootable_esp(ctx, made)
+        # The second run reports the partitions it left alone without their root hashes ("TBD"): those
+        # come from the first.
+        hashed = made
         with log.step("Adding the EFI system partition with systemd-repart"):
             made = run_repart(ctx, dataclasses.replace(call, create=False),
                               sandbox.with_mounts(Mount(esp, str(ctx.root / ESP_SOURCE.lstrip("/")), readonly=True)))
     else:
         with log.step("Building the disk image with systemd-repart"):
-            made = run_repart(ctx, call, sandbox)
+            made = hashed = run_repart(ctx, call, sandbox)
     if config.verity == Verity.signed and not any((m.role(arch) or "").endswith("-verity-sig") for m in made):
         raise MkosiError("Verity=signed, but systemd-repart made no verity signature partition")
-    write_root_hashes(ctx, made)
+    write_root_hashes(ctx, hashed)
     if call.split:
         stage_split_partitions(ctx, made)
     image = bmap_and_convert(ctx, output)
@@ -333,12 +341,13 @@ def bootable_esp(ctx: Context, made: Sequence[Made]) -> Path:
         raise MkosiError("Bootable=yes with partition definitions without a root partition is not implemented yet")
     root_verity = verity_of(made, arch, "root")
     usr_verity = verity_of(made, arch, "usr")
-    # prepare_esp() reads the command line and Verity= from the configuration: the root hash of /usr (or
-    # none, with Verity= on partitions of the definitions only) is given to it that way.
+    # prepare_esp() reads the command line and Verity= from the configuration: the root hash of /usr is
+    # given to it that way, and Verity= says whether the root is verity-protected (then mounted "ro"),
+    # whatever the setting, as the definitions decide that.
     saved = ctx.config
     ctx.config = dataclasses.replace(
         config, kernel_command_line=[*config.kernel_command_line, *usr_words(usr_verity)],
-        verity=config.verity if root_verity is not None else Verity.no)
+        verity=(Verity.yes if config.verity == Verity.no else config.verity) if root_verity else Verity.no)
     try:
         return prepare_esp(ctx, root.label, root_verity)
     finally:

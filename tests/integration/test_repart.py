@@ -286,3 +286,61 @@ def test_the_default_layout_boots(default_boot: Path, tools_tree: Path) -> None:
     print(f"default-layout disk: uefi boot to marker and poweroff {time.monotonic() - start:.0f}s", file=sys.stderr)
     assert "MKOSI-BOOT-MARKER" in out, out[-3000:]
     assert "root=PARTLABEL=root-x86-64" in out
+
+
+# ---- a verity-protected root from mkosi.repart/, bootable ----
+
+VERITY_DEFINITIONS = {
+    "00-esp.conf": "[Partition]\nType=esp\nFormat=vfat\nCopyFiles=/efi:/\nSizeMinBytes=512M\nSizeMaxBytes=512M\n",
+    "10-root.conf": ("[Partition]\nType=root\nFormat=squashfs\nCopyFiles=/\nVerity=data\nVerityMatchKey=root\n"
+                     "Minimize=best\n"),
+    "11-root-verity.conf": "[Partition]\nType=root-verity\nVerity=hash\nVerityMatchKey=root\nMinimize=best\n",
+}
+
+
+@pytest.fixture(scope="module")
+def verity_boot(tmp_path_factory: pytest.TempPathFactory, package_cache: Path, tools_tree: Path) -> Path:
+    d = tmp_path_factory.mktemp("repart-verity-boot")
+    (d / "mkosi.conf").write_text(f"""\
+[Distribution]
+Distribution=debian
+Release=bookworm
+
+[Output]
+Format=disk
+ImageId=veritydisk
+Bootable=yes
+SplitArtifacts=roothash
+
+[Content]
+PackageCacheDirectory={package_cache}
+
+[Build]
+ToolsTree={tools_tree}
+
+[Host]
+QemuHeadless=yes
+""")
+    (d / "mkosi.repart").mkdir()
+    for name, text in VERITY_DEFINITIONS.items():
+        (d / "mkosi.repart" / name).write_text(text)
+    units = d / "mkosi.extra/etc/systemd/system"
+    (units / "multi-user.target.wants").mkdir(parents=True)
+    (units / "mkosi-marker.service").write_text(MARKER_UNIT)
+    (units / "multi-user.target.wants/mkosi-marker.service").symlink_to("../mkosi-marker.service")
+    (d / "mkosi.output").mkdir()
+    build(d, "bootable verity-root disk")
+    return d
+
+
+@pytest.mark.slow
+def test_a_verity_protected_root_boots_with_the_reported_root_hash(verity_boot: Path, tools_tree: Path) -> None:
+    roothash = (verity_boot / "mkosi.output/veritydisk.roothash").read_text().strip()
+    host_qemu = [] if (tools_tree / "usr/bin/qemu-system-x86_64").exists() else ["--tools-tree=no"]
+    start = time.monotonic()
+    proc = run_mkosi(verity_boot, *host_qemu, "vm", timeout=900)
+    out = proc.stdout + proc.stderr
+    print(f"verity-root disk: uefi boot to marker and poweroff {time.monotonic() - start:.0f}s", file=sys.stderr)
+    marker = next((line for line in out.splitlines() if "MKOSI-BOOT-MARKER" in line), None)
+    assert marker is not None, out[-3000:]
+    assert f"roothash={roothash}" in marker and "root=/dev/mapper/root" in marker and " ro" in marker

@@ -294,6 +294,9 @@ def test_the_json_report_is_read_into_partitions() -> None:
     assert usr.hash_partuuid == made[3].uuid
     assert verity_of(made, "x86_64", "root") is None
     assert repart.usr_words(usr) == [f"usrhash={usr.roothash}"]
+    # A partition left alone by a second run has its root hash as "TBD".
+    again = parse_report(json.dumps([{**REPORT[2], "roothash": "TBD", "activity": "unchanged"}, REPORT[3]]))
+    assert again[0].roothash is None and verity_of(again, "x86_64", "usr") is None
     # A deferred partition has no offset.
     deferred = parse_report(json.dumps([{**REPORT[0], "offset": None}]))
     assert deferred[0].offset is None
@@ -401,6 +404,8 @@ def test_the_uki_command_line_gets_the_root_partition_and_the_verity_root_hashes
               {**REPORT[1], "roothash": root_hash, "uuid": "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa"},
               {**REPORT[3], "type": "root-x86-64-verity", "roothash": root_hash,
                "uuid": "bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb"}]
+    # Without Verity= too: the definitions protect the root, so it is mounted read-only.
+    ctx.config = config = load("--format=disk", "--bootable", "--kernel-command-line=quiet")
     repart.bootable_esp(ctx, parse_report(json.dumps(report)))
     label, verity, cmdline, verity_setting = seen[-1]
     assert cmdline == ["quiet"] and str(verity_setting) == "yes"

@@ -14,7 +14,7 @@ from typing import Optional
 
 import gnupg
 
-from mkosi import log
+from mkosi import basetrees, log
 from mkosi.cache import (
     build_key,
     image_cache_key,
@@ -41,6 +41,7 @@ from mkosi.output.artifacts import (
     output_key_path,
     staged,
 )
+from mkosi.output.extension import write_extension_release
 from mkosi.output.make import check_target, make_outputs, maker
 from mkosi.preflight import (
     WORKSPACE_PREFIX,
@@ -137,6 +138,12 @@ LOCAL_MIRROR_SUPPORTED = ("dnf",)
 
 def install_distribution(ctx: Context) -> None:
     pkgs = packages_for(ctx)
+    if basetrees.base_sources(ctx.config):
+        # The base trees are the distribution: only the packages asked for are added to them.
+        pkgs = list(dict.fromkeys([*ctx.config.packages,
+                                   *(ctx.config.build_packages if ctx.phase == Phase.build else [])]))
+        if not pkgs:
+            return
     dist = plugin(ctx.config.distribution)
     if not ctx.config.repository_key_check and dist.package_manager not in KEY_CHECK_OPTIONAL:
         log.warn(f"RepositoryKeyCheck=no is not implemented yet for {dist.package_manager}: "
@@ -409,7 +416,9 @@ def reproducibility_cleanup(ctx: Context) -> None:
     if epoch is not None:
         remove_pyc_files(ctx.root)
         clamp_password_dates(in_image(ctx, "etc/shadow"), epoch)
-        clamp_mtimes(ctx.root, epoch)
+        if not basetrees.is_overlaid(ctx):
+            # Over base trees this would copy every file up: the changes are clamped once they are apart.
+            clamp_mtimes(ctx.root, epoch)
 
 
 def remove_ssh_host_keys(ctx: Context) -> None:
@@ -589,17 +598,20 @@ def build_phase(ctx: Context, rerun: bool = False) -> None:
     """The steps of one phase. With `rerun` (-R) the cached development image is used whatever its
     inputs are now; its absence is an error (checked before the build starts, see check_rerun())."""
     ctx.root.mkdir(parents=True, exist_ok=True)
-    # Everything up to the prepare script is what incremental mode caches.
-    key = image_cache_key(ctx, packages_for(ctx)) if ctx.args.incremental or rerun else ""
+    # Everything up to the prepare script is what incremental mode caches (not the base trees).
+    incremental = ctx.args.incremental and not basetrees.base_sources(ctx.config)
+    if ctx.args.incremental and not incremental:
+        log.info("Not caching the image: it is built on base trees")
+    key = image_cache_key(ctx, packages_for(ctx)) if incremental or rerun else ""
     if rerun:
         if not load_cached_image(ctx, key, stale_ok=True):
             raise MkosiError(no_cached_image_message(ctx.config))
-    elif not (ctx.args.incremental and load_cached_image(ctx, key)):
+    elif not (incremental and load_cached_image(ctx, key)):
         copy_skeleton_trees(ctx)
         install_distribution(ctx)
         verify_architecture(ctx)
         run_prepare_script(ctx)
-        if ctx.args.incremental:
+        if incremental:
             save_cached_image(ctx, key)
     configure_hostname(ctx)
     configure_machine_id(ctx)
@@ -623,6 +635,7 @@ def build_phase(ctx: Context, rerun: bool = False) -> None:
         clean_package_metadata(ctx)
         with log.step("Removing files that only record the build"):
             reproducibility_cleanup(ctx)
+        write_extension_release(ctx)
     run_finalize_script(ctx)
 
 
@@ -636,7 +649,7 @@ def build_image(args: Args, config: Config, ws: Path, cleanup: list[Path]) -> St
         cache.mkdir(parents=True, exist_ok=True)
     if config.build_script is not None:
         bctx = Context(args, config, ws, Phase.build, ws / "build-root", cache, staging, cleanup=cleanup)
-        with log.step("Building the development image"):
+        with log.step("Building the development image"), basetrees.layered(bctx):
             build_phase(bctx)
             run_build_script(bctx)
         if config.format.row.kind is FormatKind.nothing:
@@ -648,7 +661,11 @@ def build_image(args: Args, config: Config, ws: Path, cleanup: list[Path]) -> St
             return []
     ctx = Context(args, config, ws, Phase.final, ws / "root", cache, staging, cleanup=cleanup)
     with log.step("Building the final image"):
-        build_phase(ctx)
+        with basetrees.layered(ctx):
+            build_phase(ctx)
+        epoch = build_epoch(ctx)
+        if basetrees.uses_overlay(config) and epoch is not None:
+            clamp_mtimes(ctx.root, epoch)
     make_output(ctx)
     write_sboms(ctx)
     # Exactly the artifacts the table declares for this configuration, each checked to be there.

@@ -88,7 +88,7 @@ class Format:
 
     @property
     def read_only_root(self) -> bool:
-        return self.root_fs == "squashfs"
+        return self.root_fs in ("squashfs", "erofs")
 
     @property
     def compresses_inside(self) -> bool:
@@ -214,6 +214,15 @@ def _gpt(name: str, root_fs: str, minimize: bool = True, **extra: Any) -> Format
                   **extra)
 
 
+def _extension(name: str, help: str) -> Format:
+    # A disk image (DDI) with an erofs root, its verity hash and, when signed, signature partition.
+    return Format(name, FormatKind.extension, help, suffix=".raw", root_fs="erofs", takes=_EXTENSION_TAKES,
+                  maker="mkosi.output.extension:make_extension")
+
+
+_EXTENSION_TAKES = ("verity", "split_artifacts")
+
+
 for _row in (
     Format("directory", FormatKind.tree, "a plain directory tree", maker=f"{_MAKE}:make_directory"),
     Format("subvolume", FormatKind.tree, "a btrfs subvolume (the output directory must be on btrfs)",
@@ -245,9 +254,9 @@ for _row in (
     # compression suffix. Architecture= becomes the image's platform; ImageVersion= its tag.
     Format("oci", FormatKind.container, "an OCI image layout directory", compressions=("gzip", "zstd"),
            default_compression="gzip", maker="mkosi.output.oci:make_oci", precheck="mkosi.output.oci:check_oci"),
-    Format("sysext", FormatKind.extension, "a system extension image", suffix=".raw"),
-    Format("confext", FormatKind.extension, "a configuration extension image", suffix=".raw"),
-    Format("portable", FormatKind.extension, "a portable service image", suffix=".raw"),
+    _extension("sysext", "a system extension image (/usr and /opt)"),
+    _extension("confext", "a configuration extension image (/etc)"),
+    _extension("portable", "a portable service image (the whole tree)"),
     Format("addon", FormatKind.efi, "a unified kernel image addon carrying a kernel command line", suffix=".efi",
            maker=f"{_UKI}:make_addon_output"),
     Format("none", FormatKind.nothing, "no image: only the build scripts run", maker="mkosi.scripts:finish_build_only"),

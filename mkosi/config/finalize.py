@@ -237,6 +237,9 @@ def check_inputs_exist(cli: CommandLine, v: Merged, values: dict[str, Any]) -> N
                 continue
             if not tree.source.exists():
                 raise _fail(v, dest, f"'{tree.source}' does not exist")
+    for base in values["base_trees"]:
+        if not _output_of_another_image(base, values) and not base.exists():
+            raise _fail(v, "base_trees", f"'{base}' does not exist")
     for tree in values["build_sources"]:
         if not tree.source.exists():
             raise _fail(v, "build_sources", f"'{tree.source}' does not exist")

@@ -230,7 +230,7 @@ class ModernSettings:
         section=O, key="SectorSize", flags=("--sector-size",), parse=parse_sector_size, scope=Scope.inherited,
         metavar="BYTES", help="Sector size of Format=disk images: 512, 1024, 2048 or 4096.")
     overlay: bool = _flag(
-        section=O, key="Overlay", flags=("--overlay",), default=False, status=NOT_YET,
+        section=O, key="Overlay", flags=("--overlay",), default=False,
         help="With BaseTrees=, the output holds only the changes to the base trees.")
     clean_scripts: list[Path] = _path_list(
         section=O, key="CleanScripts", flags=("--clean-script",), path_default=("mkosi.clean",), status=NOT_YET,
@@ -251,7 +251,7 @@ class ModernSettings:
         section=C, key="WithRecommends", flags=("--with-recommends",), default=False, status=NOT_YET,
         help="Install recommended (weak) dependencies too.")
     base_trees: list[Path] = _path_list(
-        section=C, key="BaseTrees", flags=("--base-tree",), status=NOT_YET,
+        section=C, key="BaseTrees", flags=("--base-tree",),
         help="Trees (directories, tar archives or images) the image starts from.")
     sync_scripts: list[Path] = _path_list(
         section=C, key="SyncScripts", flags=("--sync-script",), path_default=("mkosi.sync",), status=NOT_YET,

@@ -67,7 +67,7 @@ from mkosi.config.types import (
 )
 from mkosi.distributions import facts
 from mkosi.errors import ConfigError
-from mkosi.formats import OutputFormat, implemented_names, names, parse_format
+from mkosi.formats import FormatKind, OutputFormat, implemented_names, names, parse_format
 
 D, O, C, P, V, H = "Distribution", "Output", "Content", "Partitions", "Validation", "Host"  # noqa: E741
 CFG, INC, B, R = "Config", "Include", "Build", "Runtime"
@@ -264,6 +264,15 @@ def _parse_verity(value: str) -> Verity:
     except ValueError:
         raise ValueError(f"invalid value '{value}', expected a boolean, 'signed' or 'hash' "
                          "('defer' and 'auto' are not implemented yet)")
+
+
+def _default_verity(v: Resolving) -> Verity:
+    """Extension images carry a verity hash partition, and sign its root hash when a key and a
+    certificate are there (the modern manual's 'auto'); other formats have no verity unless asked."""
+    if v["format"].row.kind is not FormatKind.extension:
+        return Verity.no
+    signed = v["secure_boot_key"] is not None and v["secure_boot_certificate"] is not None
+    return Verity.signed if signed else Verity.yes
 
 
 def _parse_machine_id_or_random(value: str) -> str:
@@ -561,8 +570,10 @@ class Config(ModernSettings):
     verity: Verity = setting(
         other_sections=(O,),
         section=V, key="Verity", flags=("--verity",), parse=_parse_verity,
-        choices=_choices(Verity), const="yes", default=Verity.no,
-        help="Add a dm-verity partition for the root (or /usr); 'signed' also signs the root hash.")
+        choices=_choices(Verity), const="yes", default=Verity.no, default_fn=_default_verity,
+        depends=("format", "secure_boot_key", "secure_boot_certificate"),
+        help="Add a dm-verity partition for the root (or /usr); 'signed' also signs the root hash "
+        "(extension images: 'signed' with a key and certificate, else 'yes').")
     compress_fs: str = setting(
         default_fn=_default_compress_fs, resolve_fn=_resolve_compress_fs, depends=("format", "compress"),
         section=O, key="CompressFs", flags=("--compress-fs",), parse=parse_compression, const="yes", default="no",
@@ -771,7 +782,7 @@ class Config(ModernSettings):
 
     # ---- [Partitions] ----
     base_image: Optional[Path] = setting(
-        section=P, key="BaseImage", flags=("--base-image",), parse=parse_path, metavar="PATH", status=NOT_YET,
+        section=P, key="BaseImage", flags=("--base-image",), parse=parse_path, metavar="PATH",
         help="Base image (directory or file system image); the output holds only the changes from it.")
     root_size: Optional[int] = setting(
         default_fn=_default_root_size, depends=("format",),

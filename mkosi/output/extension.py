@@ -209,7 +209,7 @@ def payload_tree(fmt: str, tree: Path, workspace: Path) -> Iterator[Path]:
         yield tree
         return
     top = workspace / "payload"
-    top.mkdir()
+    top.mkdir(parents=True)
     st = tree.stat()
     os.chown(top, st.st_uid, st.st_gid)
     top.chmod(st.st_mode & 0o7777)

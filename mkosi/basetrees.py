@@ -25,7 +25,7 @@ from typing import Optional
 
 from mkosi import log
 from mkosi.config.settings import Config
-from mkosi.context import Context
+from mkosi.context import Context, Phase
 from mkosi.errors import MkosiError
 from mkosi.run import run
 from mkosi.sandbox import Sandbox
@@ -133,7 +133,10 @@ def layered(ctx: Context) -> Iterator[None]:
             yield
         finally:
             _OVERLAID.discard(ctx.root)
-            run(["umount", ctx.root], sandbox=_host(ctx), capture=True)
+            if run(["umount", ctx.root], sandbox=_host(ctx), check=False, capture=True).returncode != 0:
+                run(["umount", "--lazy", ctx.root], sandbox=_host(ctx), capture=True)
+        if ctx.phase != Phase.final:
+            return   # the development image is thrown away after the build script
         with log.step("Keeping only what the image adds to its base trees"):
             stats = prune_against_bases(upper, dirs)
         log.info(f"The image adds or changes {stats.kept} entries of its base trees"

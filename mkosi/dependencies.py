@@ -8,6 +8,7 @@ from pathlib import Path
 from mkosi.config.enums import Bootloader, BootProtocol, Verity
 from mkosi.config.settings import Config
 from mkosi.distributions.registry import plugin
+from mkosi.formats import FormatKind
 from mkosi.run import HOST_PACKAGES, find_tool, require_tool
 from mkosi.sandbox import Sandbox
 
@@ -16,7 +17,8 @@ COMMON_TOOLS = ("bwrap", "systemd-nspawn", "tar", "cp")
 # The programs that set up a sandbox run on the host, whether or not a tools tree supplies the rest.
 WRAPPERS = ("bwrap", "systemd-nspawn")
 
-FILESYSTEM_TOOLS = {"ext4": "mkfs.ext4", "xfs": "mkfs.xfs", "btrfs": "mkfs.btrfs", "squashfs": "mksquashfs"}
+FILESYSTEM_TOOLS = {"ext4": "mkfs.ext4", "xfs": "mkfs.xfs", "btrfs": "mkfs.btrfs", "squashfs": "mksquashfs",
+                    "erofs": "mkfs.erofs"}
 COMPRESSION_TOOLS = {"xz": "xz", "zstd": "zstd", "gzip": "gzip", "zlib": "gzip", "lz4": "lz4"}
 
 
@@ -30,6 +32,8 @@ def host_tools(config: Config, *, runtime: bool = True) -> list[str]:
         tools.append(FILESYSTEM_TOOLS[fmt.root_fs])
     if fmt.name == "cpio":
         tools.append("cpio")
+    if fmt.kind is FormatKind.extension:
+        tools += ["sfdisk", *(["veritysetup"] if config.verity != Verity.no else [])]
     if fmt.repart:
         tools.append("systemd-repart")
     elif fmt.is_disk:

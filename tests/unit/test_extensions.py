@@ -24,6 +24,7 @@ from mkosi import basetrees
 from mkosi.config import load_args
 from mkosi.config.enums import Verity
 from mkosi.config.settings import Config, by_dest
+from mkosi.dependencies import host_tools
 from mkosi.errors import ConfigError, MkosiError
 from mkosi.formats import FORMATS, FormatKind, implemented_names
 from mkosi.output import extension
@@ -376,3 +377,9 @@ def test_a_signed_sysext_image(tmp_path: Path) -> None:
     again = build_extension_image(ExtensionSpec(**{**spec.__dict__, "output": tmp_path / "again.raw",
                                                    "workspace": tmp_path / "ws2"}))
     assert again.roothash == result.roothash
+
+
+def test_host_tools_of_extension_images(wd: Path) -> None:
+    tools = host_tools(load("--format=sysext"), runtime=False)
+    assert {"mkfs.erofs", "sfdisk", "veritysetup"} <= set(tools)
+    assert "veritysetup" not in host_tools(load("--format=confext", "--verity=no"), runtime=False)

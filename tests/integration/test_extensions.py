@@ -1,0 +1,301 @@
+"""Extension images from Debian bookworm, checked with the tools that use them.
+
+A `directory` base image is built once; on it a sysext (BaseTrees= + Overlay=yes, one package and
+one file under /usr), a signed confext (BaseTrees= + Overlay=yes, /etc/marker) and a portable
+image (BaseTrees= copied, without Overlay=). systemd-dissect from the tools tree (`mkosi sandbox`
+with ToolsTree=) must accept each: `--json=short` for the partitions and the release files,
+`--list` for the files. This host may have no device-mapper, so the images are listed from a copy
+without their `.roothash` next to them (systemd-dissect then mounts the root partition without
+verity); `veritysetup verify` checks the hash partition instead. The slow test boots a bookworm
+VM (qemu, TCG when KVM does not work) with the sysext in /var/lib/extensions and checks that
+systemd-sysext merged it. Each build's duration and each image's size is printed at the end.
+
+Needs root and MKOSI_INTEGRATION=1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import run_mkosi
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(platform.machine() != "x86_64", reason="partition types are checked for x86-64"),
+]
+
+ROOT = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"
+ROOT_VERITY = "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5"
+ROOT_VERITY_SIG = "41092b05-9fc8-4523-994f-2def0408b176"
+MARKER = "added by the sysext, mkosi-sysext-marker\n"
+ETC_MARKER = "added by the confext, mkosi-confext-marker\n"
+
+TIMES: dict[str, float] = {}
+SIZES: dict[str, int] = {}
+
+
+@pytest.fixture(scope="session")
+def tools_tree() -> Path:
+    tree = Path(os.environ.get("MKOSI_TEST_TOOLS_TREE", "/var/tmp/trixie-tools"))
+    if not (tree / "usr/bin/systemd-dissect").exists():
+        pytest.skip(f"no tools tree with systemd-dissect at {tree}")
+    return tree
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report() -> Iterator[None]:
+    yield
+    for name, seconds in TIMES.items():
+        print(f"build {name}: {seconds:.1f}s", file=sys.stderr)
+    for name, size in SIZES.items():
+        print(f"image {name}: {size} bytes ({size / 1024 / 1024:.1f} MiB allocated)", file=sys.stderr)
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(list(argv), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def project(d: Path, cache: Path, output: str, content: str = "") -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "mkosi.conf").write_text(f"""\
+[Distribution]
+Distribution=debian
+Release=bookworm
+
+[Output]
+{output}
+
+[Content]
+Cache={cache}
+{content}
+""")
+    return d
+
+
+def build(name: str, d: Path, *argv: str) -> None:
+    start = time.monotonic()
+    run_mkosi(d, *argv, "-f", "build", timeout=3000)
+    TIMES[name] = time.monotonic() - start
+
+
+def allocated(path: Path) -> int:
+    return os.stat(path).st_blocks * 512
+
+
+def dissect(tools_tree: Path, image: Path, *argv: str) -> str:
+    """systemd-dissect of the tools tree (mkosi sandbox with ToolsTree=)."""
+    proc = run_mkosi(image.parent, f"--tools-tree={tools_tree}", "sandbox", "--", "systemd-dissect", *argv,
+                     str(image))
+    return proc.stdout
+
+
+def dissect_json(tools_tree: Path, image: Path) -> dict[str, Any]:
+    data = json.loads(dissect(tools_tree, image, "--json=short"))
+    assert isinstance(data, dict)
+    return data
+
+
+def listing(tools_tree: Path, image: Path, scratch: Path) -> list[str]:
+    """`systemd-dissect --list` of a copy without the .roothash beside it (no device-mapper needed)."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    copy = scratch / image.name
+    shutil.copy2(image, copy)
+    (scratch / "mkosi.conf").touch()
+    return [line for line in dissect(tools_tree, copy, "--list").splitlines() if line]
+
+
+def partitions(image: Path) -> list[dict[str, Any]]:
+    table = json.loads(sh("sfdisk", "--json", str(image)).stdout)["partitiontable"]
+    return list(table["partitions"])
+
+
+def verify_verity(image: Path, roothash: str, tmp: Path) -> None:
+    """veritysetup verify on the root and hash partitions cut out of the image."""
+    parts = partitions(image)
+    files = []
+    for i, p in enumerate(parts[:2]):
+        out = tmp / f"part{i}"
+        sh("dd", f"if={image}", f"of={out}", "bs=512", f"skip={p['start']}", f"count={p['size']}", "status=none")
+        files.append(out)
+    sh("veritysetup", "verify", str(files[0]), str(files[1]), roothash)
+
+
+# ---------------------------------------------------------------- the images
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory, package_cache: Path) -> Path:
+    d = project(tmp_path_factory.mktemp("base"), package_cache, "Format=directory\nOutput=base",
+                "Packages=systemd")
+    build("base (directory)", d)
+    return d / "base"
+
+
+@pytest.fixture(scope="module")
+def sysext(tmp_path_factory: pytest.TempPathFactory, package_cache: Path, base: Path) -> Path:
+    d = project(tmp_path_factory.mktemp("sysext"), package_cache, "Format=sysext\nOutput=hello.raw\nOverlay=yes",
+                f"BaseTrees={base}\nPackages=hello")
+    marker = d / "mkosi.extra/usr/share/mkosi-sysext/marker"
+    marker.parent.mkdir(parents=True)
+    marker.write_text(MARKER)
+    build("sysext", d)
+    SIZES["sysext"] = allocated(d / "hello.raw")
+    return d / "hello.raw"
+
+
+@pytest.fixture(scope="module")
+def confext(tmp_path_factory: pytest.TempPathFactory, package_cache: Path, base: Path) -> Path:
+    d = project(tmp_path_factory.mktemp("confext"), package_cache,
+                "Format=confext\nOutput=settings.raw\nOverlay=yes\nImageVersion=1.2", f"BaseTrees={base}")
+    (d / "mkosi.extra/etc").mkdir(parents=True)
+    (d / "mkosi.extra/etc/marker").write_text(ETC_MARKER)
+    run_mkosi(d, "genkey")
+    build("confext (signed)", d)
+    SIZES["confext"] = allocated(d / "settings.raw")
+    return d / "settings.raw"
+
+
+@pytest.fixture(scope="module")
+def portable(tmp_path_factory: pytest.TempPathFactory, package_cache: Path, base: Path) -> Path:
+    d = project(tmp_path_factory.mktemp("portable"), package_cache, "Format=portable\nOutput=svc.raw",
+                f"BaseTrees={base}\nPackages=hello")
+    script = d / "mkosi.finalize"
+    script.write_text('#!/bin/sh\necho PORTABLE_PREFIXES=hello >> "$BUILDROOT/usr/lib/os-release"\n')
+    script.chmod(0o755)
+    build("portable", d)
+    SIZES["portable"] = allocated(d / "svc.raw")
+    return d / "svc.raw"
+
+
+# ---------------------------------------------------------------- sysext
+
+
+def test_sysext_partitions(sysext: Path, tmp_path: Path) -> None:
+    parts = partitions(sysext)
+    assert [p["type"].lower() for p in parts] == [ROOT, ROOT_VERITY]
+    assert [p["name"] for p in parts] == ["root-x86-64", "root-x86-64-verity"]
+    roothash = (sysext.parent / "hello.roothash").read_text().strip()
+    assert parts[0]["uuid"].lower().replace("-", "") == roothash[:32]
+    assert parts[1]["uuid"].lower().replace("-", "") == roothash[32:]
+    verify_verity(sysext, roothash, tmp_path)
+
+
+def test_systemd_dissect_accepts_the_sysext(sysext: Path, tools_tree: Path) -> None:
+    data = dissect_json(tools_tree, sysext)
+    assert data["useSystemExtension"] is True
+    assert data["usePortableService"] is False and data["useBootableContainer"] is False
+    release = data["sysextRelease"]
+    for line in ("ID=debian", "VERSION_ID=12", "ARCHITECTURE=x86-64", "SYSEXT_SCOPE='initrd system portable'"):
+        assert line in release, release
+    mounts = {m["designator"]: m for m in data["mounts"]}
+    assert set(mounts) == {"root", "root-verity"}
+    assert mounts["root"]["fstype"] == "erofs" and mounts["root"]["rw"] == "ro"
+
+
+def test_the_overlay_sysext_holds_only_what_it_adds(sysext: Path, base: Path, tools_tree: Path,
+                                                    tmp_path: Path) -> None:
+    entries = listing(tools_tree, sysext, tmp_path)
+    files = [e for e in entries if not e.endswith("/")]
+    for expected in ("usr/bin/hello", "usr/share/mkosi-sysext/marker",
+                     "usr/lib/extension-release.d/extension-release.hello"):
+        assert expected in files, entries
+    assert all(e.startswith(("usr/", "opt/")) for e in entries), entries
+    for f in files:   # all of them new: nothing of the base (the package database, logs) came along
+        assert not (base / f).exists() and not (base / f).is_symlink(), f
+    assert len(files) < 20, files
+
+
+# ---------------------------------------------------------------- confext
+
+
+def test_systemd_dissect_accepts_the_signed_confext(confext: Path, tools_tree: Path, tmp_path: Path) -> None:
+    parts = partitions(confext)
+    assert [p["type"].lower() for p in parts] == [ROOT, ROOT_VERITY, ROOT_VERITY_SIG]
+    assert (confext.parent / "settings.roothash.p7s").stat().st_size > 0
+    data = dissect_json(tools_tree, confext)
+    assert data["useConfigurationExtension"] is True and data["useSystemExtension"] is False
+    release = data["confextRelease"]
+    for line in ("ID=debian", "VERSION_ID=12", "CONFEXT_VERSION_ID=1.2", "ARCHITECTURE=x86-64"):
+        assert line in release, release
+    assert {m["designator"] for m in data["mounts"]} == {"root", "root-verity", "root-verity-sig"}
+    sig = json.loads(sh("sh", "-c", f"dd if={confext} bs=512 skip={parts[2]['start']} count={parts[2]['size']}"
+                           " status=none | tr -d '\\000'").stdout)
+    assert sig["rootHash"] == (confext.parent / "settings.roothash").read_text().strip()
+    entries = listing(tools_tree, confext, tmp_path)
+    assert sorted(e for e in entries if not e.endswith("/")) == [
+        "etc/extension-release.d/extension-release.settings", "etc/marker"], entries
+
+
+# ---------------------------------------------------------------- portable
+
+
+def test_systemd_dissect_accepts_the_portable_image(portable: Path, tools_tree: Path, tmp_path: Path) -> None:
+    data = dissect_json(tools_tree, portable)
+    assert data["usePortableService"] is True, data
+    assert "ID=debian" in data["osRelease"] and "PORTABLE_PREFIXES=hello" in data["osRelease"]
+    assert [p["type"].lower() for p in partitions(portable)] == [ROOT, ROOT_VERITY]
+    entries = set(listing(tools_tree, portable, tmp_path))
+    # The whole tree: the base's (copied, without Overlay=) and the package added to it.
+    assert {"usr/bin/hello", "usr/lib/systemd/systemd", "etc/", "var/"} <= entries
+
+
+# ---------------------------------------------------------------- merged into a booted system
+
+
+SYSEXT_REPORT = """\
+[Unit]
+Description=Report the merged system extensions on the serial console and power off
+After=systemd-sysext.service
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c '{ echo SYSEXT-REPORT-BEGIN; systemd-sysext status; cat /usr/share/mkosi-sysext/marker; \
+hello; echo SYSEXT-REPORT-END; } > /dev/ttyS0 2>&1'
+ExecStartPost=/bin/systemctl --no-block poweroff
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+@pytest.mark.slow
+def test_the_sysext_merges_into_a_booted_bookworm(tmp_path_factory: pytest.TempPathFactory, package_cache: Path,
+                                                   sysext: Path) -> None:
+    # nspawn gives a container no loop devices, so systemd-sysext cannot attach the image there: the
+    # extension is merged in a VM. The image has a verity hash partition and its .roothash next to it
+    # (unsigned: the guest's kernel would not trust a test certificate).
+    d = project(tmp_path_factory.mktemp("vm"), package_cache,
+                "Format=gpt_ext4\nBootable=yes\nBootProtocols=linux\nImageId=sysexthost",
+                f"ExtraTrees=mkosi.extra\nExtraTrees={sysext}:/var/lib/extensions/hello.raw\n"
+                f"ExtraTrees={sysext.parent / 'hello.roothash'}:/var/lib/extensions/hello.roothash")
+    with open(d / "mkosi.conf", "a") as f:
+        f.write("\n[Host]\nQemuHeadless=yes\n")
+    units = d / "mkosi.extra/etc/systemd/system"
+    (units / "multi-user.target.wants").mkdir(parents=True)
+    (units / "sysinit.target.wants").mkdir()
+    (units / "sysinit.target.wants/systemd-sysext.service").symlink_to("/lib/systemd/system/systemd-sysext.service")
+    (units / "sysext-report.service").write_text(SYSEXT_REPORT)
+    (units / "multi-user.target.wants/sysext-report.service").symlink_to("../sysext-report.service")
+    build("bootable host of the sysext", d)
+    proc = run_mkosi(d, "--qemu-boot=linux", "qemu", timeout=900)
+    out = proc.stdout + proc.stderr
+    assert "SYSEXT-REPORT-BEGIN" in out, out[-3000:]
+    report = out.split("SYSEXT-REPORT-BEGIN", 1)[1].split("SYSEXT-REPORT-END", 1)[0]
+    assert MARKER.strip() in report, report
+    assert "Hello, world!" in report, report
+    usr = [line for line in report.splitlines() if line.startswith("/usr")]
+    assert usr and "hello" in usr[0], report

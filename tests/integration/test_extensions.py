@@ -4,9 +4,8 @@ A `directory` base image is built once; on it a sysext (BaseTrees= + Overlay=yes
 one file under /usr), a signed confext (BaseTrees= + Overlay=yes, /etc/marker) and a portable
 image (BaseTrees= copied, without Overlay=). systemd-dissect from the tools tree (`mkosi sandbox`
 with ToolsTree=) must accept each: `--json=short` for the partitions and the release files,
-`--list` for the files. This host may have no device-mapper, so the images are listed from a copy
-without their `.roothash` next to them (systemd-dissect then mounts the root partition without
-verity); `veritysetup verify` checks the hash partition instead. The slow test boots a bookworm
+`--list` for the files. This host may have no device-mapper, so systemd-dissect lists the files
+without setting up verity; `veritysetup verify` checks the hash partitions instead. The slow test boots a bookworm
 VM (qemu, TCG when KVM does not work) with the sysext in /var/lib/extensions and checks that
 systemd-sysext merged it. Each build's duration and each image's size is printed at the end.
 
@@ -42,7 +41,7 @@ MARKER = "added by the sysext, mkosi-sysext-marker\n"
 ETC_MARKER = "added by the confext, mkosi-confext-marker\n"
 
 TIMES: dict[str, float] = {}
-SIZES: dict[str, int] = {}
+SIZES: dict[str, tuple[int, int]] = {}
 
 
 @pytest.fixture(scope="session")
@@ -58,8 +57,8 @@ def report() -> Iterator[None]:
     yield
     for name, seconds in TIMES.items():
         print(f"build {name}: {seconds:.1f}s", file=sys.stderr)
-    for name, size in SIZES.items():
-        print(f"image {name}: {size} bytes ({size / 1024 / 1024:.1f} MiB allocated)", file=sys.stderr)
+    for name, (size, blocks) in SIZES.items():
+        print(f"image {name}: {size} bytes, {blocks} bytes allocated", file=sys.stderr)
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -92,14 +91,15 @@ def build(name: str, d: Path, *argv: str) -> None:
     TIMES[name] = time.monotonic() - start
 
 
-def allocated(path: Path) -> int:
-    return os.stat(path).st_blocks * 512
+def sizes(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_blocks * 512
 
 
-def dissect(tools_tree: Path, image: Path, *argv: str) -> str:
+def dissect(tools_tree: Path, image: Path, *argv: str, env: dict[str, str] | None = None) -> str:
     """systemd-dissect of the tools tree (mkosi sandbox with ToolsTree=)."""
     proc = run_mkosi(image.parent, f"--tools-tree={tools_tree}", "sandbox", "--", "systemd-dissect", *argv,
-                     str(image))
+                     str(image), env=env)
     return proc.stdout
 
 
@@ -109,13 +109,15 @@ def dissect_json(tools_tree: Path, image: Path) -> dict[str, Any]:
     return data
 
 
-def listing(tools_tree: Path, image: Path, scratch: Path) -> list[str]:
-    """`systemd-dissect --list` of a copy without the .roothash beside it (no device-mapper needed)."""
-    scratch.mkdir(parents=True, exist_ok=True)
-    copy = scratch / image.name
-    shutil.copy2(image, copy)
-    (scratch / "mkosi.conf").touch()
-    return [line for line in dissect(tools_tree, copy, "--list").splitlines() if line]
+# This host may have no device-mapper: systemd-dissect is told to mount the root partition without
+# setting up verity from the .roothash beside the image, the signature partition or the hash partition.
+NO_VERITY = {"SYSTEMD_DISSECT_VERITY_SIDECAR": "0", "SYSTEMD_DISSECT_VERITY_SIGNATURE": "0",
+             "SYSTEMD_DISSECT_VERITY_EMBEDDED": "0"}
+
+
+def listing(tools_tree: Path, image: Path) -> list[str]:
+    """`systemd-dissect --list`: every file and directory of the image."""
+    return [line for line in dissect(tools_tree, image, "--list", env=NO_VERITY).splitlines() if line]
 
 
 def partitions(image: Path) -> list[dict[str, Any]]:
@@ -153,7 +155,7 @@ def sysext(tmp_path_factory: pytest.TempPathFactory, package_cache: Path, base: 
     marker.parent.mkdir(parents=True)
     marker.write_text(MARKER)
     build("sysext", d)
-    SIZES["sysext"] = allocated(d / "hello.raw")
+    SIZES["sysext"] = sizes(d / "hello.raw")
     return d / "hello.raw"
 
 
@@ -165,7 +167,7 @@ def confext(tmp_path_factory: pytest.TempPathFactory, package_cache: Path, base:
     (d / "mkosi.extra/etc/marker").write_text(ETC_MARKER)
     run_mkosi(d, "genkey")
     build("confext (signed)", d)
-    SIZES["confext"] = allocated(d / "settings.raw")
+    SIZES["confext"] = sizes(d / "settings.raw")
     return d / "settings.raw"
 
 
@@ -177,7 +179,7 @@ def portable(tmp_path_factory: pytest.TempPathFactory, package_cache: Path, base
     script.write_text('#!/bin/sh\necho PORTABLE_PREFIXES=hello >> "$BUILDROOT/usr/lib/os-release"\n')
     script.chmod(0o755)
     build("portable", d)
-    SIZES["portable"] = allocated(d / "svc.raw")
+    SIZES["portable"] = sizes(d / "svc.raw")
     return d / "svc.raw"
 
 
@@ -199,16 +201,15 @@ def test_systemd_dissect_accepts_the_sysext(sysext: Path, tools_tree: Path) -> N
     assert data["useSystemExtension"] is True
     assert data["usePortableService"] is False and data["useBootableContainer"] is False
     release = data["sysextRelease"]
-    for line in ("ID=debian", "VERSION_ID=12", "ARCHITECTURE=x86-64", "SYSEXT_SCOPE='initrd system portable'"):
+    for line in ("ID=debian", "VERSION_ID=12", "ARCHITECTURE=x86-64", "SYSEXT_SCOPE=initrd system portable"):
         assert line in release, release
     mounts = {m["designator"]: m for m in data["mounts"]}
     assert set(mounts) == {"root", "root-verity"}
     assert mounts["root"]["fstype"] == "erofs" and mounts["root"]["rw"] == "ro"
 
 
-def test_the_overlay_sysext_holds_only_what_it_adds(sysext: Path, base: Path, tools_tree: Path,
-                                                    tmp_path: Path) -> None:
-    entries = listing(tools_tree, sysext, tmp_path)
+def test_the_overlay_sysext_holds_only_what_it_adds(sysext: Path, base: Path, tools_tree: Path) -> None:
+    entries = listing(tools_tree, sysext)
     files = [e for e in entries if not e.endswith("/")]
     for expected in ("usr/bin/hello", "usr/share/mkosi-sysext/marker",
                      "usr/lib/extension-release.d/extension-release.hello"):
@@ -224,6 +225,7 @@ def test_the_overlay_sysext_holds_only_what_it_adds(sysext: Path, base: Path, to
 
 def test_systemd_dissect_accepts_the_signed_confext(confext: Path, tools_tree: Path, tmp_path: Path) -> None:
     parts = partitions(confext)
+    verify_verity(confext, (confext.parent / "settings.roothash").read_text().strip(), tmp_path)
     assert [p["type"].lower() for p in parts] == [ROOT, ROOT_VERITY, ROOT_VERITY_SIG]
     assert (confext.parent / "settings.roothash.p7s").stat().st_size > 0
     data = dissect_json(tools_tree, confext)
@@ -235,7 +237,7 @@ def test_systemd_dissect_accepts_the_signed_confext(confext: Path, tools_tree: P
     sig = json.loads(sh("sh", "-c", f"dd if={confext} bs=512 skip={parts[2]['start']} count={parts[2]['size']}"
                            " status=none | tr -d '\\000'").stdout)
     assert sig["rootHash"] == (confext.parent / "settings.roothash").read_text().strip()
-    entries = listing(tools_tree, confext, tmp_path)
+    entries = listing(tools_tree, confext)
     assert sorted(e for e in entries if not e.endswith("/")) == [
         "etc/extension-release.d/extension-release.settings", "etc/marker"], entries
 
@@ -243,12 +245,12 @@ def test_systemd_dissect_accepts_the_signed_confext(confext: Path, tools_tree: P
 # ---------------------------------------------------------------- portable
 
 
-def test_systemd_dissect_accepts_the_portable_image(portable: Path, tools_tree: Path, tmp_path: Path) -> None:
+def test_systemd_dissect_accepts_the_portable_image(portable: Path, tools_tree: Path) -> None:
     data = dissect_json(tools_tree, portable)
     assert data["usePortableService"] is True, data
     assert "ID=debian" in data["osRelease"] and "PORTABLE_PREFIXES=hello" in data["osRelease"]
     assert [p["type"].lower() for p in partitions(portable)] == [ROOT, ROOT_VERITY]
-    entries = set(listing(tools_tree, portable, tmp_path))
+    entries = set(listing(tools_tree, portable))
     # The whole tree: the base's (copied, without Overlay=) and the package added to it.
     assert {"usr/bin/hello", "usr/lib/systemd/systemd", "etc/", "var/"} <= entries
 
@@ -264,7 +266,7 @@ After=systemd-sysext.service
 [Service]
 Type=oneshot
 ExecStart=/bin/sh -c '{ echo SYSEXT-REPORT-BEGIN; systemd-sysext status; cat /usr/share/mkosi-sysext/marker; \
-hello; echo SYSEXT-REPORT-END; } > /dev/ttyS0 2>&1'
+hello; ls /dev/mapper; echo SYSEXT-REPORT-END; } > /dev/ttyS0 2>&1'
 ExecStartPost=/bin/systemctl --no-block poweroff
 
 [Install]
@@ -280,10 +282,13 @@ def test_the_sysext_merges_into_a_booted_bookworm(tmp_path_factory: pytest.TempP
     # (unsigned: the guest's kernel would not trust a test certificate).
     d = project(tmp_path_factory.mktemp("vm"), package_cache,
                 "Format=gpt_ext4\nBootable=yes\nBootProtocols=linux\nImageId=sysexthost",
-                f"ExtraTrees=mkosi.extra\nExtraTrees={sysext}:/var/lib/extensions/hello.raw\n"
-                f"ExtraTrees={sysext.parent / 'hello.roothash'}:/var/lib/extensions/hello.roothash")
+                "ExtraTrees=mkosi.extra")
     with open(d / "mkosi.conf", "a") as f:
         f.write("\n[Host]\nQemuHeadless=yes\n")
+    extensions = d / "mkosi.extra/var/lib/extensions"
+    extensions.mkdir(parents=True)
+    shutil.copy2(sysext, extensions / "hello.raw")
+    shutil.copy2(sysext.parent / "hello.roothash", extensions / "hello.roothash")
     units = d / "mkosi.extra/etc/systemd/system"
     (units / "multi-user.target.wants").mkdir(parents=True)
     (units / "sysinit.target.wants").mkdir()
@@ -299,3 +304,6 @@ def test_the_sysext_merges_into_a_booted_bookworm(tmp_path_factory: pytest.TempP
     assert "Hello, world!" in report, report
     usr = [line for line in report.splitlines() if line.startswith("/usr")]
     assert usr and "hello" in usr[0], report
+    # Merged through dm-verity: the device is named after the root hash.
+    roothash = (sysext.parent / "hello.roothash").read_text().strip()
+    assert f"{roothash}-verity" in report, report

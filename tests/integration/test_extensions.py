@@ -238,8 +238,9 @@ def test_systemd_dissect_accepts_the_signed_confext(confext: Path, tools_tree: P
                            " status=none | tr -d '\\000'").stdout)
     assert sig["rootHash"] == (confext.parent / "settings.roothash").read_text().strip()
     entries = listing(tools_tree, confext)
+    # ImageVersion= writes IMAGE_VERSION= into /etc/os-release: a file that differs from the base's.
     assert sorted(e for e in entries if not e.endswith("/")) == [
-        "etc/extension-release.d/extension-release.settings", "etc/marker"], entries
+        "etc/extension-release.d/extension-release.settings", "etc/marker", "etc/os-release"], entries
 
 
 # ---------------------------------------------------------------- portable

@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import shutil
 import subprocess
 import tarfile
 import uuid
@@ -43,6 +42,7 @@ from mkosi.output.extension import (
 from mkosi.output.filesystems import erofs_argv
 from mkosi.output.make import maker
 from mkosi.output.verity import parse_signature_blob
+from tests.markers import needs_privileges, needs_tools
 from tests.unit.conftest import write
 
 pytestmark = pytest.mark.usefixtures("fixed_host")
@@ -318,7 +318,7 @@ def test_whiteouts_are_recognised() -> None:
     assert not basetrees.is_whiteout(st(0o100644, 0))
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="making a whiteout (a 0:0 character device) needs root")
+@needs_privileges()   # making a whiteout (a 0:0 character device) needs root's capabilities
 def test_deletions_are_dropped(tmp_path: Path) -> None:
     base = _tree(tmp_path / "base", {"var/log/dpkg.log": "log", "usr/keep": "k"})
     upper = tmp_path / "upper"
@@ -347,8 +347,7 @@ def _key_and_certificate(d: Path) -> tuple[Path, Path]:
     return kp, cp
 
 
-@pytest.mark.skipif(not all(shutil.which(t) for t in ("mkfs.erofs", "veritysetup", "sfdisk")),
-                    reason="needs mkfs.erofs, veritysetup and sfdisk")
+@needs_tools("mkfs.erofs", "veritysetup", "sfdisk")
 def test_a_signed_sysext_image(tmp_path: Path) -> None:
     tree = tmp_path / "root"
     write(tree / "usr/lib/extension-release.d/extension-release.ext", "ID=_any\n")

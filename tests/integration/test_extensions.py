@@ -308,3 +308,28 @@ def test_the_sysext_merges_into_a_booted_bookworm(tmp_path_factory: pytest.TempP
     # Merged through dm-verity: the device is named after the root hash.
     roothash = (sysext.parent / "hello.roothash").read_text().strip()
     assert f"{roothash}-verity" in report, report
+
+
+# ---------------------------------------------------------------- the classic BaseImage=
+
+
+@pytest.mark.parametrize("kind", ["directory", "squashfs"])
+def test_base_image_output_holds_only_the_changes(tmp_path_factory: pytest.TempPathFactory, package_cache: Path,
+                                                  base: Path, kind: str) -> None:
+    source = base
+    if kind == "squashfs":   # a file system image: mounted read-only as the lower layer
+        source = tmp_path_factory.mktemp("fs") / "base.squashfs"
+        sh("mksquashfs", str(base), str(source), "-comp", "lz4", "-no-progress", "-quiet")
+    d = project(tmp_path_factory.mktemp(f"baseimage-{kind}"), package_cache, "Format=directory\nOutput=delta",
+                f"\n[Partitions]\nBaseImage={source}")
+    (d / "mkosi.extra/etc").mkdir(parents=True)
+    (d / "mkosi.extra/etc/delta-marker").write_text("only this\n")
+    build(f"BaseImage= ({kind})", d)
+    out = d / "delta"
+    files = sorted(os.fspath(p.relative_to(out)) for p in out.rglob("*") if not p.is_dir())
+    assert "etc/delta-marker" in files, files
+    assert not (out / "usr/bin").exists() and not (out / "var/lib/dpkg/status").exists(), files
+    assert len(files) < 10, files
+    # The base is untouched and nothing stays mounted.
+    assert (base / "usr/bin/bash").exists() and not (base / "etc/delta-marker").exists()
+    assert str(d) not in Path("/proc/self/mountinfo").read_text()

@@ -14,6 +14,7 @@ Needs root and MKOSI_INTEGRATION=1.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -333,3 +334,15 @@ def test_base_image_output_holds_only_the_changes(tmp_path_factory: pytest.TempP
     # The base is untouched and nothing stays mounted.
     assert (base / "usr/bin/bash").exists() and not (base / "etc/delta-marker").exists()
     assert str(d) not in Path("/proc/self/mountinfo").read_text()
+
+
+def test_sysext_is_reproducible(tmp_path_factory: pytest.TempPathFactory, package_cache: Path, base: Path) -> None:
+    digests = []
+    for i in range(2):
+        d = project(tmp_path_factory.mktemp(f"repro{i}"), package_cache,
+                    "Format=sysext\nOutput=hello.raw\nOverlay=yes\nSeed=0c6b1a56-8c1f-4a4e-a0b4-9b2f57d2c1e4",
+                    f"BaseTrees={base}\nPackages=hello\nSourceDateEpoch=1700000000")
+        build(f"sysext, reproducible ({i + 1})", d)
+        digests.append(hashlib.sha256((d / "hello.raw").read_bytes()).hexdigest())
+        digests.append((d / "hello.roothash").read_text())
+    assert digests[0] == digests[2] and digests[1] == digests[3]

@@ -163,7 +163,8 @@ def sysext(tmp_path_factory: pytest.TempPathFactory, package_cache: Path, base: 
 @pytest.fixture(scope="module")
 def confext(tmp_path_factory: pytest.TempPathFactory, package_cache: Path, base: Path) -> Path:
     d = project(tmp_path_factory.mktemp("confext"), package_cache,
-                "Format=confext\nOutput=settings.raw\nOverlay=yes\nImageVersion=1.2", f"BaseTrees={base}")
+                "Format=confext\nOutput=settings.raw\nOverlay=yes\nImageVersion=1.2\nSplitArtifacts=yes",
+                f"BaseTrees={base}")
     (d / "mkosi.extra/etc").mkdir(parents=True)
     (d / "mkosi.extra/etc/marker").write_text(ETC_MARKER)
     run_mkosi(d, "genkey")
@@ -238,6 +239,12 @@ def test_systemd_dissect_accepts_the_signed_confext(confext: Path, tools_tree: P
     sig = json.loads(sh("sh", "-c", f"dd if={confext} bs=512 skip={parts[2]['start']} count={parts[2]['size']}"
                            " status=none | tr -d '\\000'").stdout)
     assert sig["rootHash"] == (confext.parent / "settings.roothash").read_text().strip()
+    # SplitArtifacts=yes: the three partitions as files of their own, as they are in the image.
+    for part, name in zip(parts, ("settings.root.raw", "settings.root.verity", "settings.root.roothash.p7s")):
+        split = (confext.parent / name).read_bytes()
+        with open(confext, "rb") as f:
+            f.seek(part["start"] * 512)
+            assert f.read(len(split)) == split, name
     entries = listing(tools_tree, confext)
     # ImageVersion= writes IMAGE_VERSION= into /etc/os-release: a file that differs from the base's.
     assert sorted(e for e in entries if not e.endswith("/")) == [

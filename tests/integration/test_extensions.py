@@ -353,3 +353,19 @@ def test_sysext_is_reproducible(tmp_path_factory: pytest.TempPathFactory, packag
         digests.append(hashlib.sha256((d / "hello.raw").read_bytes()).hexdigest())
         digests.append((d / "hello.roothash").read_text())
     assert digests[0] == digests[2] and digests[1] == digests[3]
+
+
+def test_base_tree_from_a_disk_image(tmp_path_factory: pytest.TempPathFactory, package_cache: Path,
+                                     base: Path) -> None:
+    # A disk image (here a portable image without verity, which this host can mount without
+    # device-mapper) as the base tree: mounted read-only with systemd-dissect for the build.
+    disk = project(tmp_path_factory.mktemp("disk-base"), package_cache, "Format=portable\nOutput=disk.raw\nVerity=no",
+                   f"BaseTrees={base}")
+    build("portable without verity (base of the next)", disk)
+    d = project(tmp_path_factory.mktemp("on-disk"), package_cache, "Format=directory\nOutput=delta\nOverlay=yes",
+                f"BaseTrees={disk / 'disk.raw'}\nPackages=tree")
+    build("directory on a disk image base", d)
+    out = d / "delta"
+    assert (out / "usr/bin/tree").is_file() and (out / "var/lib/dpkg/info/tree.list").is_file()
+    assert not (out / "usr/bin/bash").exists()
+    assert str(d) not in Path("/proc/self/mountinfo").read_text()

@@ -24,7 +24,6 @@ HOST_PACKAGES: dict[str, str] = {
     "dpkg": "dpkg",
     "systemd-nspawn": "systemd-container",
     "mksquashfs": "squashfs-tools",
-    "mkfs.erofs": "erofs-utils",
     "unsquashfs": "squashfs-tools",
     "mkfs.ext4": "e2fsprogs",
     "resize2fs": "e2fsprogs",

@@ -3,7 +3,7 @@
 A `directory` base image is built once; on it a sysext (BaseTrees= + Overlay=yes, one package and
 one file under /usr), a signed confext (BaseTrees= + Overlay=yes, /etc/marker) and a portable
 image (BaseTrees= copied, without Overlay=). systemd-dissect from the tools tree (`mkosi sandbox`
-with ToolsTree=) must accept each: `--json=short` for the partitions and the release files,
+with ToolsTree=, the session's `tools_tree`) must accept each: `--json=short` for the partitions and the release files,
 `--list` for the files. This host may have no device-mapper, so systemd-dissect lists the files
 without setting up verity; `veritysetup verify` checks the hash partitions instead. The slow test boots a bookworm
 VM (qemu, TCG when KVM does not work) with the sysext in /var/lib/extensions and checks that
@@ -43,14 +43,6 @@ ETC_MARKER = "added by the confext, mkosi-confext-marker\n"
 
 TIMES: dict[str, float] = {}
 SIZES: dict[str, tuple[int, int]] = {}
-
-
-@pytest.fixture(scope="session")
-def tools_tree() -> Path:
-    tree = Path(os.environ.get("MKOSI_TEST_TOOLS_TREE", "/var/tmp/trixie-tools"))
-    if not (tree / "usr/bin/systemd-dissect").exists():
-        pytest.skip(f"no tools tree with systemd-dissect at {tree}")
-    return tree
 
 
 @pytest.fixture(scope="module", autouse=True)

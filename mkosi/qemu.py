@@ -338,6 +338,8 @@ def qemu_command(
     secure_boot: bool = False,
     ovmf_code: Path | None = None,
     firmware_root: Path = Path("/"),
+    console: str | None = None,
+    devices: Sequence[str] = (),
 ) -> list[str]:
     """The complete qemu argv to boot `image`.
 
@@ -349,10 +351,15 @@ def qemu_command(
     -nographic (serial console and monitor on stdio). `tap` gives the VM a virtio NIC on a tap device of
     that name, which qemu creates on the host (Netdev=); `netdev` adds user-mode networking with a
     virtio NIC; `ssh_port` forwards 127.0.0.1:ssh_port to the guest's port guest_ssh_port through it.
-    `extra_args` go last.
+    `console` (a Console= mode) replaces what `headless` says about the display. `devices` (the argv
+    fragments of the functions below: TPM, drives, credentials, shared directories, vsock) come after
+    the disk and the network; `extra_args` go last.
     """
     _check_options(boot, fmt, arch, kernel, image, ssh_port, netdev)
-    argv = [f"qemu-system-{arch}", *_machine_args(arch, boot, secure_boot, kvm, smp, mem, headless)]
+    argv = [f"qemu-system-{arch}", *_machine_args(arch, boot, secure_boot, kvm, smp, mem,
+                                                  headless and console is None)]
+    if console is not None:
+        argv += console_args(console, arch)
     if boot == "uefi":
         argv += _uefi_args(arch, secure_boot, ovmf_code, ovmf_vars_copy, firmware_root)
     elif arch == "x86_64":
@@ -369,7 +376,7 @@ def qemu_command(
             "-device", "virtio-blk-pci,drive=disk0,bootindex=1",
         ]  # fmt: skip
     argv += _network_args(tap, netdev, ssh_port, guest_ssh_port)
-    return [*argv, *extra_args]
+    return [*argv, *devices, *extra_args]
 
 
 def _check_options(boot: str, fmt: str, arch: str, kernel: Path | None, image: Path | None, ssh_port: int | None,
@@ -440,6 +447,72 @@ def _network_args(tap: str | None, netdev: bool, ssh_port: int | None, guest_ssh
             nic += f",hostfwd=tcp:127.0.0.1:{ssh_port}-:{guest_ssh_port}"
         return [*argv, "-nic", nic]
     return argv if tap is not None else ["-nic", "none"]
+
+
+CONSOLE_MODES = ("interactive", "read-only", "native", "gui")
+
+
+def console_args(mode: str, arch: str = "x86_64") -> list[str]:
+    """The display and serial console of Console=: `interactive` puts the serial console alone on the
+    terminal (Ctrl-C goes to the guest, no qemu monitor), `read-only` only writes the console to the
+    terminal (qemu's stdin is not read), `native` is qemu's own -nographic (console and monitor
+    multiplexed, Ctrl-a x quits), `gui` opens qemu's window."""
+    if mode not in CONSOLE_MODES:
+        raise MkosiError(f"unknown console mode {mode!r}, expected one of {', '.join(CONSOLE_MODES)}")
+    if mode == "native":
+        return ["-nographic"]
+    if mode == "gui":
+        return ["-device", "virtio-gpu-pci"] if arch == "aarch64" else []
+    chardev = "stdio,id=console,signal=off" if mode == "interactive" else "file,id=console,path=/dev/stdout"
+    return ["-display", "none", "-chardev", chardev, "-serial", "chardev:console", "-monitor", "none"]
+
+
+def tpm_args(socket_path: Path, arch: str = "x86_64") -> list[str]:
+    """A TPM 2.0 device backed by the swtpm listening on `socket_path`."""
+    device = "tpm-tis" if arch == "x86_64" else "tpm-tis-device"
+    return ["-chardev", f"socket,id=chrtpm,path={_qemu_escape(socket_path)}",
+            "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
+            "-device", f"{device},tpmdev=tpm0"]
+
+
+def drive_args(drive_id: str, backing: Path, options: str = "") -> list[str]:
+    """A block device node `drive_id` on the raw file `backing`, for devices of QemuArgs= (drive=ID)."""
+    spec = f"driver=raw,node-name={drive_id},discard=unmap,file.driver=file,file.filename={_qemu_escape(backing)}"
+    return ["-blockdev", spec + (f",{options}" if options else "")]
+
+
+def smbios_credential_args(files: Sequence[Path]) -> list[str]:
+    """systemd credentials as SMBIOS type 11 strings, each read by qemu from a file (so that the value
+    never appears on a command line) that holds `io.systemd.credential.binary:NAME=BASE64`."""
+    argv: list[str] = []
+    for f in files:
+        argv += ["-smbios", f"type=11,path={_qemu_escape(f)}"]
+    return argv
+
+
+def kernel_cmdline_extra_args(words: Sequence[str]) -> list[str]:
+    """KernelCommandLineExtra=: the SMBIOS string systemd-stub (v254 and later) appends to the
+    command line of a unified kernel image."""
+    if not words:
+        return []
+    value = "io.systemd.stub.kernel-cmdline-extra=" + " ".join(words)
+    return ["-smbios", "type=11,value=" + value.replace(",", ",,")]
+
+
+def virtiofs_args(shares: Sequence[tuple[Path, str]], mem: str) -> list[str]:
+    """Directories shared with virtiofs: for each (virtiofsd socket, tag) a vhost-user-fs device; the
+    guest memory is a shared memfd as vhost-user needs."""
+    if not shares:
+        return []
+    argv = ["-object", f"memory-backend-memfd,id=mem,size={mem},share=on", "-numa", "node,memdev=mem"]
+    for i, (sock, tag) in enumerate(shares):
+        argv += ["-chardev", f"socket,id=virtiofs{i},path={_qemu_escape(sock)}",
+                 "-device", f"vhost-user-fs-pci,queue-size=1024,chardev=virtiofs{i},tag={tag}"]
+    return argv
+
+
+def vsock_args(cid: int) -> list[str]:
+    return ["-device", f"vhost-vsock-pci,guest-cid={cid}"]
 
 
 def tap_name(machine: str) -> str:

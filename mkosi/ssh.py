@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import os
+import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from mkosi import log
@@ -116,3 +120,128 @@ def connect_with_retry(
         f"could not connect with ssh within {timeout_seconds}s ({attempt} attempts)",
         hint="check that the image runs sshd and has the public key in root's authorized_keys",
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Running machines: how `mkosi ssh` finds them
+# ---------------------------------------------------------------------------------------------
+
+# Directory below the output directory with one small file per running machine.
+MACHINES_DIR = ".mkosi-machines"
+
+
+@dataclasses.dataclass(frozen=True)
+class MachineRecord:
+    """What `mkosi ssh` needs to reach a running machine: its name, kind (vm or container), where its
+    sshd is reached from the host, and the process (mkosi's own) that runs it. Never a secret."""
+
+    machine: str
+    kind: str
+    host: str
+    port: int
+    pid: int
+    vsock_cid: int | None = None
+
+
+def machine_state_path(output_dir: Path, machine: str) -> Path:
+    return output_dir / MACHINES_DIR / f"{machine}.json"
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_machine(path: Path) -> MachineRecord | None:
+    """The record at `path` if its process still runs; a record left by a process that died is removed."""
+    try:
+        data = json.loads(path.read_text())
+        record = MachineRecord(**data)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as e:
+        log.debug(f"ignoring unreadable machine record {path}: {e}")
+        return None
+    if not pid_alive(record.pid):
+        path.unlink(missing_ok=True)
+        return None
+    return record
+
+
+def running_machines(output_dir: Path) -> list[MachineRecord]:
+    directory = output_dir / MACHINES_DIR
+    if not directory.is_dir():
+        return []
+    records = [read_machine(p) for p in sorted(directory.glob("*.json"))]
+    return [r for r in records if r is not None]
+
+
+@contextlib.contextmanager
+def recorded_machine(path: Path, record: MachineRecord) -> Iterator[MachineRecord]:
+    """Record a machine while it runs. A running machine of the same name is an error (two instances of
+    one image need Ephemeral= and different Machine= names)."""
+    other = read_machine(path)
+    if other is not None:
+        raise MkosiError(f"machine '{record.machine}' is already running (process {other.pid})",
+                         hint="stop it, or start another instance with --ephemeral --machine=NAME")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(dataclasses.asdict(record), indent=2) + "\n")
+    os.replace(tmp, path)
+    try:
+        yield record
+    finally:
+        current = read_machine(path)
+        if current is None or current.pid == record.pid:
+            path.unlink(missing_ok=True)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now, picked by the kernel."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def sshd_answers(host: str, port: int, timeout: float = 3.0) -> bool:
+    """Whether an ssh server greets on host:port. qemu's port forwarding accepts connections before the
+    guest listens (and then closes them), so only the server's greeting counts."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            return s.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def wait_for_sshd(
+    record: MachineRecord,
+    timeout_seconds: int,
+    *,
+    interval: float = 1.0,
+    alive: Callable[[], bool] | None = None,
+) -> None:
+    """Wait quietly (one progress line) until the machine's sshd greets. `timeout_seconds` 0 means as long
+    as the machine runs. Raises MkosiError when the machine stops or the time is over."""
+    alive = alive or (lambda: pid_alive(record.pid))
+    if sshd_answers(record.host, record.port):
+        return
+    limit = f" (up to {timeout_seconds}s)" if timeout_seconds else ""
+    log.info(f"Waiting for {record.kind} '{record.machine}' to accept ssh connections on "
+             f"{record.host}:{record.port}{limit}…")
+    start = time.monotonic()
+    while True:
+        if not alive():
+            raise MkosiError(f"{record.kind} '{record.machine}' stopped before its sshd answered")
+        if timeout_seconds and time.monotonic() - start > timeout_seconds:
+            raise MkosiError(f"the sshd of '{record.machine}' did not answer within {timeout_seconds}s",
+                             hint="check that the image was built with Ssh=yes")
+        time.sleep(interval)
+        if sshd_answers(record.host, record.port):
+            log.debug(f"sshd of '{record.machine}' answered after {time.monotonic() - start:.1f}s")
+            return

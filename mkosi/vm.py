@@ -1,25 +1,63 @@
-"""The qemu/vm, ssh and serve verbs: running the image in a VM and reaching it."""
+"""The qemu/vm and ssh verbs: running the image in a VM and reaching it."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
+import random
+import shutil
+import subprocess
 import tempfile
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from mkosi import log
-from mkosi.config.enums import BootProtocol, QemuKvm
+from mkosi.config.enums import BootProtocol, Feature, Firmware, QemuKvm, RuntimeNetwork
 from mkosi.config.settings import Args, Config
-from mkosi.container import ephemeral_copy
+from mkosi.config.types import parse_size
+from mkosi.container import (
+    ephemeral_copy,
+    grow_image,
+    machine_name,
+    runtime_credentials,
+    runtime_mounts,
+    smbios_credential_files,
+)
 from mkosi.errors import MkosiError
 from mkosi.output import artifacts
-from mkosi.qemu import copy_ovmf_vars, probe_kvm, qemu_command, run_qemu, tap_name
-from mkosi.sandbox import valid_machine_name
-from mkosi.ssh import connect_with_retry, ssh_command
+from mkosi.qemu import (
+    console_args,
+    drive_args,
+    find_ovmf,
+    kernel_cmdline_extra_args,
+    probe_kvm,
+    qemu_command,
+    run_qemu,
+    smbios_credential_args,
+    tap_name,
+    tpm_args,
+    virtiofs_args,
+    vsock_args,
+)
+from mkosi.run import find_tool
+from mkosi.ssh import (
+    MachineRecord,
+    connect_with_retry,
+    free_port,
+    machine_state_path,
+    read_machine,
+    recorded_machine,
+    running_machines,
+    ssh_command,
+    wait_for_sshd,
+)
 
-# The host port forwarded to the guest's sshd by `mkosi qemu` with Ssh=yes; `mkosi ssh` uses it.
-QEMU_SSH_PORT = 2222
+VHOST_VSOCK = Path("/dev/vhost-vsock")
+# Where Drives= files go without a directory of their own.
+DRIVES_DIR = Path("/var/tmp")
 
 
 def use_kvm(config: Config) -> bool:
@@ -28,28 +66,225 @@ def use_kvm(config: Config) -> bool:
         return False
     works = probe_kvm()
     if config.qemu_kvm == QemuKvm.yes and not works:
-        log.warn("QemuKvm=yes, but KVM guests do not run on this host; using it anyway as asked")
+        log.warn("KVM=yes, but KVM guests do not run on this host; using it anyway as asked")
         return True
     if not works:
         log.warn("KVM is not usable on this host (probe guest did not run); falling back to TCG emulation")
     return works
 
 
-def qemu_argv(args: Args, config: Config, tmp: Path) -> list[str]:
+def vm_cpus(config: Config) -> str:
+    """CPUs=: 0 means as many as this process may run on."""
+    if config.qemu_smp.strip() == "0":
+        return str(len(os.sched_getaffinity(0)))
+    return config.qemu_smp
+
+
+def vm_firmware(config: Config) -> tuple[BootProtocol, bool, bool]:
+    """The boot protocol Firmware= (or, with auto, the classic QemuBoot=) asks for, whether the firmware
+    enforces Secure Boot, and whether direct kernel boot uses the initrd."""
+    fw = config.firmware
+    if fw == Firmware.uefi:
+        return BootProtocol.uefi, False, True
+    if fw == Firmware.uefi_secure_boot:
+        return BootProtocol.uefi, True, True
+    if fw == Firmware.bios:
+        return BootProtocol.bios, False, True
+    if fw in (Firmware.linux, Firmware.linux_noinitrd):
+        return BootProtocol.linux, False, fw == Firmware.linux
+    return config.qemu_boot or BootProtocol.uefi, False, True
+
+
+def console_mode(config: Config) -> str:
+    """Console=, and the classic QemuHeadless=: `gui` opens a window; the default `interactive` opens
+    one too when QemuHeadless=no and there is a display to open it on, else the serial console is on
+    the terminal."""
+    mode = config.console.value
+    if mode == "interactive" and not config.qemu_headless and (os.environ.get("DISPLAY") or
+                                                                os.environ.get("WAYLAND_DISPLAY")):
+        return "gui"
+    return mode
+
+
+def firmware_variables(config: Config, secure_boot: bool, tmp: Path) -> Path:
+    """The per-VM copy of the UEFI variable store: of FirmwareVariables= (a file, or `microsoft` for
+    the firmware's store with Microsoft's keys enrolled), else of the firmware's template."""
+    dest = tmp / "OVMF_VARS.fd"
+    fv = config.firmware_variables
+    if fv in ("custom", "microsoft-mok"):
+        raise MkosiError(f"FirmwareVariables={fv} is not implemented yet",
+                         hint="give a variables file prepared with virt-fw-vars instead")
+    if fv == "microsoft":
+        code, _ = find_ovmf(config.architecture, secure_boot=True)
+        candidates = [code.parent / n for n in ("OVMF_VARS_4M.ms.fd", "OVMF_VARS.ms.fd", "OVMF_VARS.secboot.fd")]
+        source = next((c for c in candidates if c.is_file()), None)
+        if source is None:
+            raise MkosiError("FirmwareVariables=microsoft: no variable store with Microsoft's keys found "
+                             f"next to {code}")
+    elif fv is not None:
+        source = Path(fv)
+        if not source.is_file():
+            raise MkosiError(f"FirmwareVariables=: '{source}' does not exist")
+    else:
+        _, source = find_ovmf(config.architecture, secure_boot=secure_boot)
+    shutil.copyfile(source, dest)
+    dest.chmod(0o600)
+    return dest
+
+
+@dataclasses.dataclass(frozen=True)
+class Drive:
+    id: str
+    size: int
+    directory: Path
+    options: str
+    file_id: str
+    persist: bool
+
+
+def parse_drives(config: Config) -> list[Drive]:
+    drives = []
+    for spec in config.drives:
+        parts = spec.split(":") + [""] * 6
+        drive_id, size, directory, options, file_id, flags = parts[:6]
+        drives.append(Drive(id=drive_id, size=parse_size(size), directory=Path(directory) if directory else DRIVES_DIR,
+                            options=options, file_id=file_id or drive_id,
+                            persist="persist" in flags.split(",")))
+    return drives
+
+
+@contextlib.contextmanager
+def drive_files(drives: Sequence[Drive], machine: str) -> Iterator[list[str]]:
+    """Drives=: a sparse backing file per file ID (DIRECTORY/mkosi-drive-MACHINE-FILE-ID, size and directory
+    of the first drive naming it), removed afterwards unless the drive is persistent; yields the qemu
+    options of all drives."""
+    files: dict[str, Path] = {}
+    keep: set[str] = set()
+    made: list[Path] = []
+    argv: list[str] = []
+    try:
+        for d in drives:
+            if d.file_id not in files:
+                path = d.directory / f"mkosi-drive-{machine}-{d.file_id}"
+                if not path.exists():
+                    d.directory.mkdir(parents=True, exist_ok=True)
+                    with open(path, "wb") as f:
+                        f.truncate(d.size)
+                    made.append(path)
+                files[d.file_id] = path
+            if d.persist:
+                keep.add(d.file_id)
+            argv += drive_args(d.id, files[d.file_id], d.options)
+        yield argv
+    finally:
+        for file_id, path in files.items():
+            if file_id not in keep and path in made:
+                path.unlink(missing_ok=True)
+
+
+def want_tpm(config: Config, boot: BootProtocol) -> bool:
+    if config.tpm == Feature.disabled:
+        return False
+    found = find_tool("swtpm") is not None
+    if config.tpm == Feature.enabled:
+        if not found:
+            raise MkosiError("TPM=yes needs swtpm", hint="install it with: apt-get install swtpm swtpm-tools")
+        return True
+    return found and boot == BootProtocol.uefi
+
+
+def vsock_cid(config: Config) -> int | None:
+    """VSock=/VSockCID=: a vsock device only where the host has /dev/vhost-vsock."""
+    if config.vsock == Feature.disabled:
+        return None
+    if not (VHOST_VSOCK.exists() and os.access(VHOST_VSOCK, os.R_OK | os.W_OK)):
+        if config.vsock == Feature.enabled:
+            raise MkosiError("VSock=yes, but this host has no usable /dev/vhost-vsock",
+                             hint="load the vhost_vsock module, or use VSock=auto")
+        return None
+    if config.vsock_cid == "hash":
+        assert config.output is not None
+        digest = int(hashlib.sha256(os.fspath(config.output.resolve()).encode()).hexdigest(), 16)
+        return 3 + digest % (0xFFFFFFFF - 3)
+    if config.vsock_cid == "auto":
+        return random.randrange(3, 0xFFFFFFFF)
+    return int(config.vsock_cid)
+
+
+@contextlib.contextmanager
+def background(argv: list[str], what: str, ready: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """A helper process (swtpm, virtiofsd) for the lifetime of the VM; waits for `ready` to exist."""
+    log.debug("+ " + " ".join(argv))
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while ready is not None and not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+                raise MkosiError(f"{what} did not start" + (f": {err.splitlines()[-1]}" if err else ""))
+            time.sleep(0.05)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def swtpm_argv(swtpm: str, state: Path, sock: Path) -> list[str]:
+    return [swtpm, "socket", "--tpm2", "--tpmstate", f"dir={state}", "--ctrl", f"type=unixio,path={sock}"]
+
+
+def find_virtiofsd() -> str:
+    for candidate in ("virtiofsd", "/usr/libexec/virtiofsd", "/usr/lib/virtiofsd", "/usr/lib/qemu/virtiofsd"):
+        found = find_tool(candidate) if "/" not in candidate else (candidate if os.access(candidate, os.X_OK)
+                                                                  else None)
+        if found:
+            return found
+    raise MkosiError("RuntimeTrees= with the vm verb needs virtiofsd",
+                     hint="install it (Debian: virtiofsd, or qemu-system-common's /usr/lib/qemu/virtiofsd)")
+
+
+def virtiofsd_argv(virtiofsd: str, sock: Path, directory: Path) -> list[str]:
+    """The Rust virtiofsd takes --shared-dir; the older C one (shipped with qemu up to 7.2) -o source=."""
+    if virtiofsd.endswith("/qemu/virtiofsd"):
+        return [virtiofsd, f"--socket-path={sock}", "-o", f"source={directory}", "-o", "cache=auto"]
+    sandbox = "chroot" if os.getuid() == 0 else "none"
+    return [virtiofsd, f"--socket-path={sock}", f"--shared-dir={directory}", "--cache=auto",
+            f"--sandbox={sandbox}"]
+
+
+def virtiofs_tag(i: int) -> str:
+    return f"mkosi-tree-{i}"
+
+
+def fstab_extra(mounts: Sequence[tuple[Path, str]]) -> str:
+    """The fstab.extra credential that makes the guest mount the shared directories."""
+    return "".join(f"{virtiofs_tag(i)} {target} virtiofs defaults 0 0\n" for i, (_, target) in enumerate(mounts))
+
+
+def qemu_argv(args: Args, config: Config, tmp: Path, *, ssh_port: int | None = None,
+              devices: Sequence[str] = (), vsock: int | None = None) -> list[str]:
 
     assert config.output is not None
     if config.output_compression:
         raise MkosiError("qemu cannot boot a compressed image", hint="build without CompressOutput=")
-    boot = config.qemu_boot or BootProtocol.uefi
+    boot, secure_boot, with_initrd = vm_firmware(config)
     kernel = initrd = None
     cmdline = None
     if boot == BootProtocol.linux:
-        kernel, initrd = artifacts.path(config, artifacts.LINUX_KERNEL), artifacts.path(config, artifacts.LINUX_INITRD)
+        kernel = Path(config.linux) if config.linux else artifacts.path(config, artifacts.LINUX_KERNEL)
+        initrd = artifacts.path(config, artifacts.LINUX_INITRD) if with_initrd else None
         if not kernel.exists():
             raise MkosiError(f"'{kernel}' is missing", hint="build with BootProtocols=linux")
-        cmdline = artifacts.path(config, artifacts.LINUX_CMDLINE).read_text().strip()
-        if args.cmdline:
-            cmdline += " " + " ".join(args.cmdline)
+        cmdline_file = artifacts.path(config, artifacts.LINUX_CMDLINE)
+        cmdline = cmdline_file.read_text().strip() if cmdline_file.exists() else ""
+        words = [*config.kernel_command_line_extra, *args.cmdline]
+        if words:
+            cmdline += " " + " ".join(words)
     image: Path | None = config.output
     if config.format.row.name == "uki":
         # A UKI boots as the kernel OVMF loads (-kernel), without a disk; its own .cmdline applies unless
@@ -57,34 +292,109 @@ def qemu_argv(args: Args, config: Config, tmp: Path) -> list[str]:
         kernel, image, boot = config.output, None, BootProtocol.uefi
         cmdline = " ".join(args.cmdline) if args.cmdline else None
     tap = None
-    if config.netdev:
+    if config.netdev or config.runtime_network == RuntimeNetwork.interface:
 
         # A link on the host that systemd-networkd configures (its 80-vm-vt.network), like nspawn's veth.
         if os.getuid() != 0 or not os.access("/dev/net/tun", os.R_OK | os.W_OK):
-            raise MkosiError("Netdev=yes with qemu needs root and /dev/net/tun: qemu creates a tap device",
-                             hint="run as root, or build without Netdev=")
-        tap = tap_name(valid_machine_name(artifacts.output_stem(config)) or "mkosi")
-    vars_copy = copy_ovmf_vars(tmp / "OVMF_VARS.fd", arch=config.architecture) if boot == BootProtocol.uefi else None
+            raise MkosiError("a network interface for the VM (Netdev=yes, RuntimeNetwork=interface) needs root "
+                             "and /dev/net/tun: qemu creates a tap device",
+                             hint="run as root, or use RuntimeNetwork=user")
+        tap = tap_name(machine_name(config))
+    # qemu's user-mode network: RuntimeNetwork=user; beside a tap link (the classic Netdev=yes, or
+    # RuntimeNetwork=interface) only to carry the forwarded ssh port.
+    if tap is not None:
+        user_net = config.ssh
+    else:
+        user_net = config.runtime_network == RuntimeNetwork.user
+    vars_copy = firmware_variables(config, secure_boot, tmp) if boot == BootProtocol.uefi else None
+    console = console_mode(config)
+    extra_devices = list(devices)
+    if boot != BootProtocol.linux:
+        extra_devices += kernel_cmdline_extra_args(config.kernel_command_line_extra)
+    if vsock is not None:
+        extra_devices += vsock_args(vsock)
     return qemu_command(
         image=image, fmt="qcow2" if config.qcow2 else "raw", boot=boot.value, kernel=kernel, initrd=initrd,
-        cmdline=cmdline, smp=config.qemu_smp, mem=config.qemu_mem, kvm=use_kvm(config), headless=config.qemu_headless,
-        extra_args=config.qemu_args, netdev=config.ssh, tap=tap, ssh_port=QEMU_SSH_PORT if config.ssh else None,
-        guest_ssh_port=config.ssh_port,
-        ovmf_vars_copy=vars_copy, arch=config.architecture,
+        cmdline=cmdline, smp=vm_cpus(config), mem=config.qemu_mem, kvm=use_kvm(config),
+        headless=console != "gui", console=console,
+        extra_args=config.qemu_args, netdev=user_net, tap=tap, ssh_port=ssh_port if user_net else None,
+        guest_ssh_port=config.ssh_port, ovmf_vars_copy=vars_copy, arch=config.architecture,
+        secure_boot=secure_boot, devices=extra_devices,
     )
 
 
 def run_vm(args: Args, config: Config) -> int:
 
+    assert config.output is not None
+    machine = machine_name(config)
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mkosi-qemu-")))
         if config.ephemeral:
-            assert config.output is not None
             copy = stack.enter_context(ephemeral_copy(config.output))
-
             config = dataclasses.replace(config, output=copy)
-        run_qemu(qemu_argv(args, config, tmp))
+        assert config.output is not None
+        if config.runtime_size:
+            grow_image(config.output, config.runtime_size, qcow2=config.qcow2)
+        boot, _, _ = vm_firmware(config)
+        devices: list[str] = []
+        if want_tpm(config, boot):
+            state, sock = tmp / "swtpm", tmp / "swtpm.sock"
+            state.mkdir()
+            swtpm = find_tool("swtpm")
+            assert swtpm is not None
+            stack.enter_context(background(swtpm_argv(swtpm, state, sock), "swtpm", ready=sock))
+            devices += tpm_args(sock, config.architecture)
+        devices += stack.enter_context(drive_files(parse_drives(config), machine))
+        creds = runtime_credentials(config)
+        mounts = runtime_mounts(config)
+        if mounts:
+            virtiofsd = find_virtiofsd()
+            shares = []
+            for i, (source, _) in enumerate(mounts):
+                sock = tmp / f"virtiofs-{i}.sock"
+                stack.enter_context(background(virtiofsd_argv(virtiofsd, sock, source), "virtiofsd", ready=sock))
+                shares.append((sock, virtiofs_tag(i)))
+            devices += virtiofs_args(shares, config.qemu_mem)
+            creds["fstab.extra"] = (creds.get("fstab.extra", b"") + fstab_extra(mounts).encode())
+        devices += smbios_credential_args(smbios_credential_files(creds, tmp / "credentials"))
+        cid = vsock_cid(config)
+        port = free_port() if config.ssh else None
+        argv = qemu_argv(args, config, tmp, ssh_port=port, devices=devices, vsock=cid)
+        if port is not None and "hostfwd=" in " ".join(argv):
+            record = MachineRecord(machine=machine, kind="vm", host="127.0.0.1", port=port, pid=os.getpid(),
+                                   vsock_cid=cid)
+            stack.enter_context(recorded_machine(machine_state_path(config_output_dir(config), machine), record))
+            log.info(f"Starting VM '{machine}'; `mkosi ssh` reaches it through 127.0.0.1:{port}")
+        run_qemu(argv)
     return 0
+
+
+def config_output_dir(config: Config) -> Path:
+    """Where the machine records of this image are kept: its output directory (also for ephemeral copies,
+    which live in a directory of their own next to the image)."""
+    assert config.output is not None
+    parent = config.output.parent
+    return parent.parent if parent.name.startswith(".mkosi-ephemeral-") else parent
+
+
+def find_machine(config: Config) -> MachineRecord:
+    """The running machine `mkosi ssh` connects to: Machine= (or the image name), or the only machine of
+    this image that runs."""
+    assert config.output is not None
+    outdir = config.output.parent
+    name = machine_name(config)
+    record = read_machine(machine_state_path(outdir, name))
+    if record is not None:
+        return record
+    others = running_machines(outdir)
+    if config.machine is None and len(others) == 1:
+        return others[0]
+    if others:
+        names = ", ".join(r.machine for r in others)
+        raise MkosiError(f"machine '{name}' is not running; running machines of this image: {names}",
+                         hint="choose one with --machine=NAME")
+    raise MkosiError(f"no running machine '{name}' of this image",
+                     hint="start it with `mkosi vm` or `mkosi boot` (built with Ssh=yes) first")
 
 
 def run_ssh(args: Args, config: Config) -> int:
@@ -99,5 +409,8 @@ def run_ssh(args: Args, config: Config) -> int:
         agent = os.environ.get("SSH_AUTH_SOCK") if use_env else config.ssh_agent
     if key is not None and not key.exists() and agent is None:
         raise MkosiError(f"ssh key '{key}' does not exist", hint="build the image with Ssh=yes first")
-    argv = ssh_command("127.0.0.1", QEMU_SSH_PORT, key if agent is None else None, agent, list(args.cmdline))
-    return connect_with_retry(argv, config.ssh_timeout)
+    record = find_machine(config)
+    wait_for_sshd(record, config.ssh_timeout)
+    argv = ssh_command(record.host, record.port, key if agent is None else None, agent, list(args.cmdline))
+    # sshd answers: a few seconds more for the rare connection that still fails while the machine boots.
+    return connect_with_retry(argv, 10)

@@ -371,7 +371,7 @@ def test_qemu_verb_netdev_uses_a_tap_link(monkeypatch: pytest.MonkeyPatch, tmp_p
                                qemu_boot=BootProtocol.bios, compress_output="no", architecture="x86_64")
     argv = vm.qemu_argv(Args(), config, tmp_path)
     assert opt(argv, "-nic") == ["tap,ifname=vt-image-1.2,script=no,downscript=no,model=virtio-net-pci"]
-    with_ssh = vm.qemu_argv(Args(), dataclasses.replace(config, ssh=True), tmp_path)
+    with_ssh = vm.qemu_argv(Args(), dataclasses.replace(config, ssh=True), tmp_path, ssh_port=2222)
     nics = opt(with_ssh, "-nic")
     assert nics[0].startswith("tap,ifname=vt-image-1.2,") and nics[1].startswith("user,") and "hostfwd" in nics[1]
 

@@ -25,6 +25,7 @@ from mkosi.cache import (
 )
 from mkosi.config.enums import BasePackages, BootProtocol, CleanPackageMetadata
 from mkosi.config.settings import Args, Config
+from mkosi.container import install_runtime_generator
 from mkosi.context import Context, Phase
 from mkosi.dependencies import check_host_tools
 from mkosi.distributions.registry import plugin
@@ -618,6 +619,8 @@ def build_phase(ctx: Context, rerun: bool = False) -> None:
     configure_os_release(ctx)
     configure_root_password(ctx)
     configure_autologin(ctx)
+    if ctx.phase == Phase.final:
+        install_runtime_generator(ctx.root)   # credentials for logging in, applied at boot
     configure_qemu_headless(ctx)
     configure_network(ctx)
     configure_ssh(ctx)

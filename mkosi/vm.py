@@ -29,7 +29,6 @@ from mkosi.container import (
 from mkosi.errors import MkosiError
 from mkosi.output import artifacts
 from mkosi.qemu import (
-    console_args,
     drive_args,
     find_ovmf,
     kernel_cmdline_extra_args,
@@ -266,6 +265,18 @@ def fstab_extra(mounts: Sequence[tuple[Path, str]]) -> str:
     return "".join(f"{virtiofs_tag(i)} {target} virtiofs defaults 0 0\n" for i, (_, target) in enumerate(mounts))
 
 
+def vm_tap(config: Config) -> bool:
+    return config.netdev or config.runtime_network == RuntimeNetwork.interface
+
+
+def vm_user_net(config: Config) -> bool:
+    """qemu's user-mode network: with RuntimeNetwork=user; beside a tap link (the classic Netdev=yes, or
+    RuntimeNetwork=interface) only to carry the forwarded ssh port."""
+    if vm_tap(config):
+        return config.ssh
+    return config.runtime_network == RuntimeNetwork.user
+
+
 def qemu_argv(args: Args, config: Config, tmp: Path, *, ssh_port: int | None = None,
               devices: Sequence[str] = (), vsock: int | None = None) -> list[str]:
 
@@ -292,7 +303,7 @@ def qemu_argv(args: Args, config: Config, tmp: Path, *, ssh_port: int | None = N
         kernel, image, boot = config.output, None, BootProtocol.uefi
         cmdline = " ".join(args.cmdline) if args.cmdline else None
     tap = None
-    if config.netdev or config.runtime_network == RuntimeNetwork.interface:
+    if vm_tap(config):
 
         # A link on the host that systemd-networkd configures (its 80-vm-vt.network), like nspawn's veth.
         if os.getuid() != 0 or not os.access("/dev/net/tun", os.R_OK | os.W_OK):
@@ -300,12 +311,7 @@ def qemu_argv(args: Args, config: Config, tmp: Path, *, ssh_port: int | None = N
                              "and /dev/net/tun: qemu creates a tap device",
                              hint="run as root, or use RuntimeNetwork=user")
         tap = tap_name(machine_name(config))
-    # qemu's user-mode network: RuntimeNetwork=user; beside a tap link (the classic Netdev=yes, or
-    # RuntimeNetwork=interface) only to carry the forwarded ssh port.
-    if tap is not None:
-        user_net = config.ssh
-    else:
-        user_net = config.runtime_network == RuntimeNetwork.user
+    user_net = vm_user_net(config)
     vars_copy = firmware_variables(config, secure_boot, tmp) if boot == BootProtocol.uefi else None
     console = console_mode(config)
     extra_devices = list(devices)
@@ -329,6 +335,15 @@ def run_vm(args: Args, config: Config) -> int:
     machine = machine_name(config)
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mkosi-qemu-")))
+        cid = vsock_cid(config)
+        port = free_port() if config.ssh and vm_user_net(config) else None
+        if port is not None:
+            # Recorded before the (maybe slow) snapshot and KVM probe, so `mkosi ssh` started right after
+            # `mkosi vm` already finds the machine and waits for it.
+            record = MachineRecord(machine=machine, kind="vm", host="127.0.0.1", port=port, pid=os.getpid(),
+                                   vsock_cid=cid)
+            stack.enter_context(recorded_machine(machine_state_path(config.output.parent, machine), record))
+            log.info(f"Starting VM '{machine}'; `mkosi ssh` reaches it through 127.0.0.1:{port}")
         if config.ephemeral:
             copy = stack.enter_context(ephemeral_copy(config.output))
             config = dataclasses.replace(config, output=copy)
@@ -357,24 +372,8 @@ def run_vm(args: Args, config: Config) -> int:
             devices += virtiofs_args(shares, config.qemu_mem)
             creds["fstab.extra"] = (creds.get("fstab.extra", b"") + fstab_extra(mounts).encode())
         devices += smbios_credential_args(smbios_credential_files(creds, tmp / "credentials"))
-        cid = vsock_cid(config)
-        port = free_port() if config.ssh else None
-        argv = qemu_argv(args, config, tmp, ssh_port=port, devices=devices, vsock=cid)
-        if port is not None and "hostfwd=" in " ".join(argv):
-            record = MachineRecord(machine=machine, kind="vm", host="127.0.0.1", port=port, pid=os.getpid(),
-                                   vsock_cid=cid)
-            stack.enter_context(recorded_machine(machine_state_path(config_output_dir(config), machine), record))
-            log.info(f"Starting VM '{machine}'; `mkosi ssh` reaches it through 127.0.0.1:{port}")
-        run_qemu(argv)
+        run_qemu(qemu_argv(args, config, tmp, ssh_port=port, devices=devices, vsock=cid))
     return 0
-
-
-def config_output_dir(config: Config) -> Path:
-    """Where the machine records of this image are kept: its output directory (also for ephemeral copies,
-    which live in a directory of their own next to the image)."""
-    assert config.output is not None
-    parent = config.output.parent
-    return parent.parent if parent.name.startswith(".mkosi-ephemeral-") else parent
 
 
 def find_machine(config: Config) -> MachineRecord:

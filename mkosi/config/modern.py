@@ -492,7 +492,7 @@ class ModernSettings:
         default=Vmm.qemu, scope=Scope.main, status=NOT_YET, help="Virtual machine monitor of the vm verb.")
     console: ConsoleMode = setting(
         section=R, key="Console", flags=("--console",), parse=parse_enum(ConsoleMode), choices=choices(ConsoleMode),
-        default=ConsoleMode.interactive, scope=Scope.main, status=NOT_YET, help="Console of the virtual machine.")
+        default=ConsoleMode.interactive, scope=Scope.main, help="Console of the virtual machine.")
     max_mem: Optional[int] = setting(
         section=R, key="MaxMem", flags=("--maxmem",), parse=parse_size, scope=Scope.main, status=NOT_YET,
         metavar="BYTES", help="Maximum memory of the virtual machine, hotplug included (default: RAM=).")
@@ -500,14 +500,13 @@ class ModernSettings:
         section=R, key="CXL", flags=("--cxl",), default=False, scope=Scope.main, status=NOT_YET,
         help="Enable CXL devices in the virtual machine.")
     vsock: Feature = _feature(
-        section=R, key="VSock", aliases=("QemuVsock",), flags=("--vsock",), scope=Scope.main, status=NOT_YET,
+        section=R, key="VSock", aliases=("QemuVsock",), flags=("--vsock",), scope=Scope.main,
         help="Give the virtual machine a vsock: yes, no or auto.")
     vsock_cid: str = setting(
         section=R, key="VSockCID", aliases=("QemuVsockConnectionId",), flags=("--vsock-cid",), parse=parse_vsock_cid,
-        default="auto", scope=Scope.main,
-        status=NOT_YET, metavar="CID", help="vsock connection ID: a number, 'hash' or 'auto'.")
+        default="auto", scope=Scope.main, metavar="CID", help="vsock connection ID: a number, 'hash' or 'auto'.")
     tpm: Feature = _feature(
-        section=R, key="TPM", aliases=("QemuSwtpm",), flags=("--tpm",), scope=Scope.main, status=NOT_YET,
+        section=R, key="TPM", aliases=("QemuSwtpm",), flags=("--tpm",), scope=Scope.main,
         help="Give the virtual machine a software TPM: yes, no or auto.")
     removable: bool = _flag(
         section=R, key="Removable", aliases=("QemuRemovable",), flags=("--removable",), default=False,
@@ -516,43 +515,43 @@ class ModernSettings:
     firmware: Firmware = setting(
         section=R, key="Firmware", aliases=("QemuFirmware",), flags=("--firmware",), parse=parse_enum(Firmware),
         choices=choices(Firmware),
-        default=Firmware.auto, scope=Scope.main, status=NOT_YET, help="Firmware of the virtual machine.")
+        default=Firmware.auto, scope=Scope.main, help="Firmware of the virtual machine.")
     firmware_variables: Optional[str] = setting(
         section=R, key="FirmwareVariables", aliases=("QemuFirmwareVariables",), flags=("--firmware-variables",),
         parse=parse_firmware_variables,
-        scope=Scope.main, status=NOT_YET, metavar="PATH",
+        scope=Scope.main, metavar="PATH",
         help="UEFI variables file (or microsoft, microsoft-mok, custom).")
     linux: Optional[str] = setting(
-        section=R, key="Linux", aliases=("QemuKernel",), flags=("--linux",), scope=Scope.main, status=NOT_YET,
+        section=R, key="Linux", aliases=("QemuKernel",), flags=("--linux",), scope=Scope.main,
         metavar="PATH",
         help="Kernel for direct kernel boot.")
     drives: list[str] = setting(
         section=R, key="Drives", aliases=("QemuDrives",), flags=("--drive",), kind=Kind.LIST, parse=parse_drive,
         separator=r"\s+",
-        default_factory=list, scope=Scope.main, status=NOT_YET, metavar="ID:SIZE[:...]",
+        default_factory=list, scope=Scope.main, metavar="ID:SIZE[:...]",
         help="Extra drives of the virtual machine.")
     credentials: list[str] = setting(
         section=R, key="Credentials", flags=("--credential",), kind=Kind.LIST, parse=parse_credential,
-        separator=r"\s+", remove_by_key=True, default_factory=list, scope=Scope.main, status=NOT_YET,
+        separator=r"\s+", remove_by_key=True, default_factory=list, scope=Scope.main,
         metavar="NAME=VALUE|PATH", help="systemd credentials passed to the container or virtual machine.")
     kernel_command_line_extra: list[str] = setting(
         section=R, key="KernelCommandLineExtra", flags=("--kernel-command-line-extra",), kind=Kind.LIST,
-        separator=r"\s+", default_factory=list, scope=Scope.main, status=NOT_YET, metavar="OPTIONS",
+        separator=r"\s+", default_factory=list, scope=Scope.main, metavar="OPTIONS",
         help="Kernel command line added when the image is booted.")
     runtime_trees: list[ConfigTree] = setting(
         section=R, key="RuntimeTrees", flags=("--runtime-tree",), kind=Kind.LIST, parse=parse_relative_tree,
-        separator=r",", path_rule=PathRule.pair, default_factory=list, scope=Scope.main, status=NOT_YET,
+        separator=r",", path_rule=PathRule.pair, default_factory=list, scope=Scope.main,
         metavar="SRC[:TARGET]", help="Directories mounted into the container or virtual machine.")
     runtime_size: Optional[int] = setting(
         section=R, key="RuntimeSize", flags=("--runtime-size",), parse=parse_size, scope=Scope.main,
-        status=NOT_YET, metavar="BYTES", help="Grow disk images to this size before booting them.")
+        metavar="BYTES", help="Grow disk images to this size before booting them.")
     runtime_network: RuntimeNetwork = setting(
         section=R, key="RuntimeNetwork", flags=("--runtime-network",), parse=parse_enum(RuntimeNetwork),
-        choices=choices(RuntimeNetwork), default=RuntimeNetwork.user, scope=Scope.main, status=NOT_YET,
+        choices=choices(RuntimeNetwork), default=RuntimeNetwork.user, scope=Scope.main,
         help="Network of the container or virtual machine: user, interface or none.")
     runtime_build_sources: bool = _flag(
         section=R, key="RuntimeBuildSources", flags=("--runtime-build-sources",), default=False, scope=Scope.main,
-        status=NOT_YET, help="Mount the build sources where the build scripts saw them.")
+        help="Mount the build sources where the build scripts saw them.")
     bind_user: bool = _flag(
         section=R, key="BindUser", flags=("--bind-user",), default=False, scope=Scope.main, status=NOT_YET,
         help="Bind the invoking user's home directory into the machine.")
@@ -565,7 +564,7 @@ class ModernSettings:
         path_default=("mkosi.crt",), scope=Scope.main, status=NOT_YET, metavar="PATH",
         help="Certificate provisioned as the ssh key of virtual machines (default: mkosi.crt).")
     machine: Optional[str] = setting(
-        section=R, key="Machine", flags=("--machine",), scope=Scope.main, status=NOT_YET, metavar="NAME",
+        section=R, key="Machine", flags=("--machine",), scope=Scope.main, metavar="NAME",
         help="Machine name of the container or virtual machine.")
     register: Feature = _feature(
         section=R, key="Register", flags=("--register",), scope=Scope.main, status=NOT_YET,

@@ -454,7 +454,7 @@ CONSOLE_MODES = ("interactive", "read-only", "native", "gui")
 
 def console_args(mode: str, arch: str = "x86_64") -> list[str]:
     """The display and serial console of Console=: `interactive` puts the serial console alone on the
-    terminal (Ctrl-C goes to the guest, no qemu monitor), `read-only` only writes the console to the
+    terminal (Ctrl-C goes to the guest, no qemu monitor, Ctrl-a x quits), `read-only` only writes the console to the
     terminal (qemu's stdin is not read), `native` is qemu's own -nographic (console and monitor
     multiplexed, Ctrl-a x quits), `gui` opens qemu's window."""
     if mode not in CONSOLE_MODES:
@@ -463,7 +463,7 @@ def console_args(mode: str, arch: str = "x86_64") -> list[str]:
         return ["-nographic"]
     if mode == "gui":
         return ["-device", "virtio-gpu-pci"] if arch == "aarch64" else []
-    chardev = "stdio,id=console,signal=off" if mode == "interactive" else "file,id=console,path=/dev/stdout"
+    chardev = "stdio,id=console,mux=on,signal=off" if mode == "interactive" else "file,id=console,path=/dev/stdout"
     return ["-display", "none", "-chardev", chardev, "-serial", "chardev:console", "-monitor", "none"]
 
 

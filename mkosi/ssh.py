@@ -225,15 +225,17 @@ def wait_for_sshd(
     *,
     interval: float = 1.0,
     alive: Callable[[], bool] | None = None,
+    quiet: bool = False,
 ) -> None:
-    """Wait quietly (one progress line) until the machine's sshd greets. `timeout_seconds` 0 means as long
-    as the machine runs. Raises MkosiError when the machine stops or the time is over."""
+    """Wait quietly (one progress line, none with `quiet`) until the machine's sshd greets. `timeout_seconds`
+    0 means as long as the machine runs. Raises MkosiError when the machine stops or the time is over."""
     alive = alive or (lambda: pid_alive(record.pid))
     if sshd_answers(record.host, record.port):
         return
     limit = f" (up to {timeout_seconds}s)" if timeout_seconds else ""
-    log.info(f"Waiting for {record.kind} '{record.machine}' to accept ssh connections on "
-             f"{record.host}:{record.port}{limit}…")
+    if not quiet:
+        log.info(f"Waiting for {record.kind} '{record.machine}' to accept ssh connections on "
+                 f"{record.host}:{record.port}{limit}…")
     start = time.monotonic()
     while True:
         if not alive():

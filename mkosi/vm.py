@@ -55,6 +55,8 @@ from mkosi.ssh import (
 )
 
 VHOST_VSOCK = Path("/dev/vhost-vsock")
+# How long `mkosi ssh` waits for a machine of the image to be started.
+MACHINE_START_WAIT = 30.0
 # Where Drives= files go without a directory of their own.
 DRIVES_DIR = Path("/var/tmp")
 
@@ -376,7 +378,26 @@ def run_vm(args: Args, config: Config) -> int:
     return 0
 
 
-def find_machine(config: Config) -> MachineRecord:
+def find_machine(config: Config, wait: float | None = None, interval: float = 0.5) -> tuple[MachineRecord, bool]:
+    """The running machine `mkosi ssh` connects to (see running_machine()). When no machine of the image
+    runs yet (`mkosi ssh` started right after `mkosi vm`), waits up to `wait` seconds for one, printing one
+    line. Returns the record and whether that line was printed."""
+    deadline = time.monotonic() + (MACHINE_START_WAIT if wait is None else wait)
+    announced = False
+    while True:
+        assert config.output is not None
+        try:
+            return running_machine(config), announced
+        except MkosiError:
+            if running_machines(config.output.parent) or time.monotonic() > deadline:
+                raise
+        if not announced:
+            log.info(f"Waiting for machine '{machine_name(config)}' to start and accept ssh connections…")
+            announced = True
+        time.sleep(interval)
+
+
+def running_machine(config: Config) -> MachineRecord:
     """The running machine `mkosi ssh` connects to: Machine= (or the image name), or the only machine of
     this image that runs."""
     assert config.output is not None
@@ -408,8 +429,8 @@ def run_ssh(args: Args, config: Config) -> int:
         agent = os.environ.get("SSH_AUTH_SOCK") if use_env else config.ssh_agent
     if key is not None and not key.exists() and agent is None:
         raise MkosiError(f"ssh key '{key}' does not exist", hint="build the image with Ssh=yes first")
-    record = find_machine(config)
-    wait_for_sshd(record, config.ssh_timeout)
+    record, announced = find_machine(config)
+    wait_for_sshd(record, config.ssh_timeout, quiet=announced)
     argv = ssh_command(record.host, record.port, key if agent is None else None, agent, list(args.cmdline))
     # sshd answers: a few seconds more for the rare connection that still fails while the machine boots.
     return connect_with_retry(argv, 10)

@@ -145,7 +145,7 @@ def test_console_modes(firmware: Path, tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     interactive = argv_of(tmp_path, vm_config(tmp_path, console=ConsoleMode.interactive))
-    assert opt(interactive, "-chardev") == ["stdio,id=console,signal=off"]
+    assert opt(interactive, "-chardev") == ["stdio,id=console,mux=on,signal=off"]
     assert opt(interactive, "-serial") == ["chardev:console"] and opt(interactive, "-monitor") == ["none"]
     assert "-nographic" not in interactive
     read_only = argv_of(tmp_path, vm_config(tmp_path, console=ConsoleMode.read_only))
@@ -441,7 +441,8 @@ def test_ssh_connects_to_the_recorded_machine(tmp_path: Path, monkeypatch: pytes
     config = vm_config(tmp_path, ssh=True, ssh_key=tmp_path / "key")
     (tmp_path / "key").write_text("k")
     seen: list[list[str]] = []
-    monkeypatch.setattr(vm, "wait_for_sshd", lambda record, timeout: None)
+    monkeypatch.setattr(vm, "wait_for_sshd", lambda record, timeout, quiet=False: None)
+    monkeypatch.setattr(vm, "MACHINE_START_WAIT", 0.3)
 
     def connect(argv: list[str], timeout: int) -> int:
         seen.append(list(argv))
@@ -464,6 +465,29 @@ def test_ssh_connects_to_the_recorded_machine(tmp_path: Path, monkeypatch: pytes
         assert opt(seen[2], "-p") == ["40002"]
         with pytest.raises(MkosiError, match="running machines of this image: second"):
             vm.run_ssh(Args(verb=Verb.ssh), dataclasses.replace(config, machine="third"))
+
+
+def test_ssh_waits_for_a_machine_being_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    config = vm_config(tmp_path, ssh=True, ssh_key=tmp_path / "key")
+    (tmp_path / "key").write_text("k")
+    waits: list[bool] = []
+
+    def wait_for_sshd(record: ssh.MachineRecord, timeout: int, quiet: bool = False) -> None:
+        waits.append(quiet)
+
+    monkeypatch.setattr(vm, "wait_for_sshd", wait_for_sshd)
+    monkeypatch.setattr(vm, "connect_with_retry", lambda argv, timeout: int(opt(list(argv), "-p")[0]) - 40000)
+    record = ssh.MachineRecord(machine="image", kind="vm", host="127.0.0.1", port=40007, pid=os.getpid())
+    path = ssh.machine_state_path(tmp_path / "out", "image")
+    path.parent.mkdir(parents=True)
+    timer = threading.Timer(0.5, lambda: path.write_text(json.dumps(dataclasses.asdict(record))))
+    timer.start()
+    assert vm.run_ssh(Args(verb=Verb.ssh), config) == 7
+    timer.join()
+    assert waits == [True]   # the line about the machine starting was the only one
+    assert capsys.readouterr().err.count("Waiting for") == 1
+    path.unlink()
 
 
 def test_vm_records_itself_while_it_runs(firmware: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

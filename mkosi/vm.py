@@ -216,23 +216,26 @@ def vsock_cid(config: Config) -> int | None:
 def background(argv: list[str], what: str, ready: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """A helper process (swtpm, virtiofsd) for the lifetime of the VM; waits for `ready` to exist."""
     log.debug("+ " + " ".join(argv))
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 10
-        while ready is not None and not ready.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
-                raise MkosiError(f"{what} did not start" + (f": {err.splitlines()[-1]}" if err else ""))
-            time.sleep(0.05)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    # Its messages go to a file (a pipe nobody reads could fill up and stall it), shown if it fails to start.
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
+        try:
+            deadline = time.monotonic() + 10
+            while ready is not None and not ready.exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    errors.seek(0)
+                    err = errors.read().decode(errors="replace").strip()
+                    raise MkosiError(f"{what} did not start" + (f": {err.splitlines()[-1]}" if err else ""))
+                time.sleep(0.05)
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
 
 def swtpm_argv(swtpm: str, state: Path, sock: Path) -> list[str]:

@@ -646,3 +646,13 @@ def test_generator_is_installed_in_images_with_systemd(tmp_path: Path) -> None:
     gen = tmp_path / container.RUNTIME_GENERATOR_PATH
     assert gen.stat().st_mode & 0o777 == 0o755
     assert subprocess.run(["sh", "-n", str(gen)]).returncode == 0
+
+
+def test_background_helper_waits_for_its_socket_and_reports_failures(tmp_path: Path) -> None:
+    ready = tmp_path / "sock"
+    with vm.background(["sh", "-c", f"sleep 0.2; touch {ready}; exec sleep 60"], "helper", ready=ready) as proc:
+        assert ready.exists() and proc.poll() is None
+    assert proc.poll() is not None   # stopped with the VM
+    with pytest.raises(MkosiError, match="helper did not start: no such state"), \
+         vm.background(["sh", "-c", "echo no such state >&2; exit 1"], "helper", ready=tmp_path / "never"):
+        pass

@@ -532,7 +532,7 @@ class ModernSettings:
         help="Extra drives of the virtual machine.")
     credentials: list[str] = setting(
         section=R, key="Credentials", flags=("--credential",), kind=Kind.LIST, parse=parse_credential,
-        separator=r"\s+", remove_by_key=True, default_factory=list, scope=Scope.main,
+        separator=r"\s+", remove_by_key=True, default_factory=list, scope=Scope.main, secret=True,
         metavar="NAME=VALUE|PATH", help="systemd credentials passed to the container or virtual machine.")
     kernel_command_line_extra: list[str] = setting(
         section=R, key="KernelCommandLineExtra", flags=("--kernel-command-line-extra",), kind=Kind.LIST,

@@ -4,6 +4,7 @@ machine records `mkosi ssh` finds machines with, and the generator that applies 
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import json
 import os
@@ -16,11 +17,13 @@ from typing import Any
 import pytest
 
 from mkosi import container, qemu, ssh, vm
+from mkosi.config import load_args
 from mkosi.config.enums import BootProtocol, ConsoleMode, Feature, Firmware, QemuKvm, RuntimeNetwork, Verb
 from mkosi.config.settings import Args, Config
 from mkosi.config.types import ConfigTree
 from mkosi.errors import MkosiError
 from mkosi.formats import OutputFormat
+from mkosi.summary import summary_json, summary_text
 
 
 def opt(argv: list[str], name: str) -> list[str]:
@@ -259,8 +262,6 @@ def fake_vm_run(monkeypatch: pytest.MonkeyPatch, started: list[list[str]] | None
     class Proc:
         def poll(self) -> int:
             return 0
-
-    import contextlib
 
     @contextlib.contextmanager
     def background(argv: list[str], what: str, ready: Path | None = None) -> Any:
@@ -656,3 +657,11 @@ def test_background_helper_waits_for_its_socket_and_reports_failures(tmp_path: P
     with pytest.raises(MkosiError, match="helper did not start: no such state"), \
          vm.background(["sh", "-c", "echo no such state >&2; exit 1"], "helper", ready=tmp_path / "never"):
         pass
+
+
+def test_summary_does_not_show_credential_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    args, configs = load_args(["--credential=passwd.plaintext-password.root=s3cret", "summary"])
+    text, data = summary_text(args, configs), summary_json(args, configs)
+    assert "s3cret" not in text and "s3cret" not in data
+    assert "Credentials=(set)" in text

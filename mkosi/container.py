@@ -25,7 +25,7 @@ from mkosi.mounts import umount_all_below
 from mkosi.output.artifacts import NSPAWN_SETTINGS, output_stem, written
 from mkosi.output.gpt import role_of_type
 from mkosi.run import current_sandbox, run
-from mkosi.sandbox import Container, valid_machine_name
+from mkosi.sandbox import Container, resolve_in_root, valid_machine_name
 from mkosi.ssh import MachineRecord, free_port, machine_state_path, recorded_machine
 
 # nspawn looks for MACHINE.nspawn here first (and trusts what it finds), then next to the image.
@@ -300,6 +300,11 @@ def install_runtime_generator(root: Path) -> None:
     path.chmod(0o755)
 
 
+def remove_empty_mount_point(path: Path) -> None:
+    if path.is_file() and not path.is_symlink() and path.stat().st_size == 0:
+        path.unlink()
+
+
 def container_network(config: Config) -> tuple[bool, list[str]]:
     """RuntimeNetwork= for nspawn: `user` shares the host's network, `interface` (or the classic
     Netdev=yes) gives a veth link, `none` only a loopback device. Returns (shares or owns a network,
@@ -372,6 +377,11 @@ def run_container(args: Args, config: Config, boot: bool) -> int:
         if kind is FormatKind.disk and not use_image:
             log.debug("no udev on this host: mounting the root partition for systemd-nspawn --directory")
             target = stack.enter_context(mounted_image(target, writable=True))
+        if any(a.endswith(":" + SSHD_RUNTIME_DROPIN) for a in extra) and not use_image and not ephemeral_by_nspawn:
+            # nspawn makes an empty file in the image to mount the sshd configuration on; not left behind.
+            point = resolve_in_root(target, SSHD_RUNTIME_DROPIN)
+            if point is not None and not point.exists() and not point.is_symlink():
+                stack.callback(remove_empty_mount_point, point)
         container = Container(keep_unit=config.nspawn_keep_unit, machine=machine, image=use_image,
                               boot=boot, ephemeral=ephemeral_by_nspawn, extra=tuple(extra))
         sandbox = current_sandbox().nspawn(target, network=network, container=container)

@@ -575,8 +575,17 @@ def test_boot_makes_the_container_reachable_by_ssh(tmp_path: Path, monkeypatch: 
     assert "ListenAddress 127.0.0.1" in files[dropin[0]]
     assert "--machine=ct" in argv
     assert ssh.running_machines(tmp_path / "out") == []   # gone when the container stopped
+    # The empty file nspawn makes in the image to mount the configuration on is not left behind.
+    monkeypatch.setattr(container, "run", lambda argv, **kwargs: (
+        (tmp_path / "out/tree/etc/ssh/sshd_config.d").mkdir(parents=True, exist_ok=True),
+        (tmp_path / "out/tree" / container.SSHD_RUNTIME_DROPIN.lstrip("/")).touch(),
+        subprocess.CompletedProcess(argv, 0))[-1])
+    container.run_container(Args(verb=Verb.boot), tree_config(tmp_path, ssh=True), boot=True)
+    assert (tmp_path / "out/tree/etc/ssh/sshd_config.d").is_dir()
+    assert not (tmp_path / "out/tree" / container.SSHD_RUNTIME_DROPIN.lstrip("/")).exists()
+    calls = fake_nspawn(monkeypatch, tmp_path)
     container.run_container(Args(verb=Verb.shell), tree_config(tmp_path, ssh=True), boot=False)
-    assert calls[1]["records"] == []   # a shell runs no sshd
+    assert calls[0]["records"] == []   # a shell runs no sshd
 
 
 # ---- the generator that applies login credentials in the machine --------------------------------

@@ -106,10 +106,10 @@ def test_root_password_credential_logs_in_on_the_serial_console(project: Path) -
                       f"--credential=passwd.plaintext-password.root={PASSWORD}", "vm")
     began = time.monotonic()
     child = pexpect.spawn(argv[0], argv[1:], env=ENV, timeout=600, encoding="utf-8", codec_errors="replace")
-    transcript = []
+    transcript: list[str] = []
     try:
         child.expect("login: ")
-        transcript.append(child.before)
+        transcript.append(str(child.before))
         print(f"mkosi vm -> login prompt on the serial console: {time.monotonic() - began:.0f}s", file=sys.stderr)
         assert PASSWORD not in json.dumps(records(project))
         child.sendline("root")

@@ -576,10 +576,12 @@ def test_boot_makes_the_container_reachable_by_ssh(tmp_path: Path, monkeypatch: 
     assert "--machine=ct" in argv
     assert ssh.running_machines(tmp_path / "out") == []   # gone when the container stopped
     # The empty file nspawn makes in the image to mount the configuration on is not left behind.
-    monkeypatch.setattr(container, "run", lambda argv, **kwargs: (
-        (tmp_path / "out/tree/etc/ssh/sshd_config.d").mkdir(parents=True, exist_ok=True),
-        (tmp_path / "out/tree" / container.SSHD_RUNTIME_DROPIN.lstrip("/")).touch(),
-        subprocess.CompletedProcess(argv, 0))[-1])
+    def nspawn_making_the_mount_point(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        (tmp_path / "out/tree/etc/ssh/sshd_config.d").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "out/tree" / container.SSHD_RUNTIME_DROPIN.lstrip("/")).touch()
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(container, "run", nspawn_making_the_mount_point)
     container.run_container(Args(verb=Verb.boot), tree_config(tmp_path, ssh=True), boot=True)
     assert (tmp_path / "out/tree/etc/ssh/sshd_config.d").is_dir()
     assert not (tmp_path / "out/tree" / container.SSHD_RUNTIME_DROPIN.lstrip("/")).exists()

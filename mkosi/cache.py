@@ -66,8 +66,9 @@ def settings_inputs(config: Config, only_cache: bool) -> dict[str, Any]:
         if s.dest not in CONFIG_FIELDS or (only_cache and not s.cache):
             continue
         value = config.setting_value(s)
-        if s.secret:
-            value = None if value is None else hmac.new(_salt(config), str(value).encode(), "sha256").hexdigest()
+        if s.secret and value not in (None, "", [], ()):
+            # An unset secret stays as it is: it equals its default, and needs no salt.
+            value = hmac.new(_salt(config), str(value).encode(), "sha256").hexdigest()
         inputs[s.dest] = plain_value(value)
     return inputs
 

@@ -39,6 +39,19 @@ def test_a_new_salt_changes_the_key(tmp_path: Path) -> None:
     assert build_key(Args(), config) != first
 
 
+def test_unset_secrets_need_no_salt(tmp_path: Path) -> None:
+    # Secrets left at their defaults (no password, no credentials) enter the key as they are: the key
+    # does not change with the salt, and no salt file is written for them.
+    config = config_in(tmp_path)
+    inputs = settings_inputs(config, only_cache=False)
+    assert inputs["credentials"] == [] and inputs["password"] is None
+    assert not salt_path(config).exists()
+    first = build_key(Args(), config)
+    salt_path(config).parent.mkdir(parents=True, exist_ok=True)
+    salt_path(config).write_text("00" * 32 + "\n")
+    assert build_key(Args(), config) == first
+
+
 def test_key_depends_on_setting_values_and_arguments(tmp_path: Path) -> None:
     base = config_in(tmp_path)
     assert build_key(Args(), base) != build_key(Args(), dataclasses.replace(base, hostname="other"))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 import sys
 import time
@@ -39,15 +38,6 @@ DEFINITIONS = {
     "30-home.conf": "[Partition]\nType=home\nFormat=ext4\nEncrypt=key-file\nSizeMinBytes=64M\nSizeMaxBytes=64M\n",
 }
 PASSPHRASE = "correct horse battery staple"
-
-
-@pytest.fixture(scope="module")
-def tools_tree() -> Path:
-    """A tree with systemd-repart 255 or newer (the session fixture of conftest.py replaces this one)."""
-    tree = Path(os.environ.get("MKOSI_TEST_TOOLS_TREE", "/var/tmp/trixie-tools"))
-    if not (tree / "usr/bin/systemd-repart").exists():
-        pytest.skip(f"no tools tree with systemd-repart at {tree}")
-    return tree
 
 
 def build(project: Path, label: str, *argv: str) -> float:

@@ -14,10 +14,11 @@ from typing import Optional
 from mkosi import log
 from mkosi.boot.grub import GRUB_EFI_TARGETS, grub_efi_config_text, install_grub_efi, write_grub_config
 from mkosi.boot.kernel import BootFiles, efi_arch
+from mkosi.boot.signed import install_grub_signed, install_shim, install_uki_signed
 from mkosi.boot.signing import sign_efi
 from mkosi.boot.systemd_boot import install_bls_entry, install_systemd_boot
 from mkosi.boot.uki import UkiProfile, installed_uki_name, make_uki
-from mkosi.config.enums import BOOTLOADERS_PENDING, Bootloader, BootProtocol
+from mkosi.config.enums import Bootloader, BootProtocol, ShimBootloader
 from mkosi.config.settings import Config
 from mkosi.errors import MkosiError
 
@@ -35,6 +36,8 @@ class EspOptions:
     uki_format: Optional[str] = None            # UnifiedKernelImageFormat=
     profiles: tuple[UkiProfile, ...] = ()
     grub_efi_dirs: tuple[Path, ...] = ()         # where GRUB's EFI modules are looked for (Bootloader=grub)
+    image_root: Optional[Path] = None            # where the signed variants' pre-signed binaries are looked for
+    shim: ShimBootloader = ShimBootloader.none   # ShimBootloader=
 
     @classmethod
     def from_config(cls, config: Config, profiles: Sequence[UkiProfile] = (),
@@ -46,7 +49,8 @@ class EspOptions:
                    secure_boot_key=config.secure_boot_key if sign else None,
                    secure_boot_certificate=config.secure_boot_certificate if sign else None,
                    bootloader=config.bootloader, uki_format=config.unified_kernel_image_format,
-                   profiles=tuple(profiles), grub_efi_dirs=grub_efi_dirs(config, root))
+                   profiles=tuple(profiles), grub_efi_dirs=grub_efi_dirs(config, root), image_root=root,
+                   shim=config.shim_bootloader)
 
     @property
     def signs(self) -> bool:
@@ -76,19 +80,21 @@ def _grub_config(files: BootFiles, options: EspOptions, uki: Path, esp: Path) ->
                                 cmdline=files.cmdline)
 
 
-def _install_grub(esp: Path, files: BootFiles, options: EspOptions, uki: Path) -> Path:
+def _install_grub(esp: Path, files: BootFiles, options: EspOptions, uki: Path) -> list[Path]:
+    """GRUB chainloading the UKI; returns what mkosi may sign (nothing of the pre-signed grub-signed)."""
+    if options.bootloader == Bootloader.grub_signed:
+        if options.image_root is None:
+            raise MkosiError("Bootloader=grub-signed needs the image tree to take the signed GRUB from")
+        with log.step("Installing the distribution's signed GRUB"):
+            install_grub_signed(esp, options.image_root, files.efi_arch, _os_release_id(files.os_release),
+                                _grub_config(files, options, uki, esp))
+        return []
     lib = next((d for d in options.grub_efi_dirs if (d / "normal.mod").is_file()), None)
     if lib is None:
         raise MkosiError("Bootloader=grub: GRUB's EFI modules are in neither the image, the tools tree nor the host",
                          hint="add grub-efi-amd64-bin to Packages=")
-    return install_grub_efi(esp, lib, files.efi_arch, _os_release_id(files.os_release),
-                            _grub_config(files, options, uki, esp))
-
-
-def check_bootloader(bootloader: Bootloader) -> None:
-    if bootloader in BOOTLOADERS_PENDING:
-        raise MkosiError(f"Bootloader={bootloader.value} is not implemented yet",
-                         hint="use systemd-boot, systemd-boot-signed, uki, grub or none")
+    return [install_grub_efi(esp, lib, files.efi_arch, _os_release_id(files.os_release),
+                             _grub_config(files, options, uki, esp))]
 
 
 def uki_path(esp: Path, files: BootFiles, options: EspOptions) -> Path:
@@ -122,15 +128,21 @@ def install_uefi(esp: Path, files: BootFiles, options: EspOptions,
     with UnifiedKernelImages=no), the UKI alone as the firmware's default binary (uki), or nothing
     (none). `make` writes the UKI to the path it is given (default: from `files`); with_uki=False leaves
     it out. Signs what it wrote unsigned when options carry a key. Returns the UKI."""
-    check_bootloader(options.bootloader)
     if options.bootloader == Bootloader.none:
         return None
+    if options.bootloader == Bootloader.uki_signed:
+        # The distribution's own signed UKI; mkosi builds and signs none.
+        if options.image_root is None:
+            raise MkosiError("Bootloader=uki-signed needs the image tree to take the signed UKI from")
+        with log.step("Installing the distribution's signed unified kernel image"):
+            signed_uki = install_uki_signed(esp, options.image_root, files.efi_arch)
+        return _install_shim(esp, files, options, signed_uki)
     to_sign: list[Path] = []
-    grub = options.bootloader == Bootloader.grub
+    grub = options.bootloader in (Bootloader.grub, Bootloader.grub_signed)
     if grub and not (with_uki and options.unified_kernel_image):
-        raise MkosiError("Bootloader=grub without unified kernel images is not implemented yet",
+        raise MkosiError(f"Bootloader={options.bootloader.value} without unified kernel images is not implemented yet",
                          hint="use UnifiedKernelImages=yes or Bootloader=systemd-boot")
-    if options.bootloader not in (Bootloader.uki, Bootloader.grub):
+    if options.bootloader not in (Bootloader.uki, Bootloader.grub, Bootloader.grub_signed):
         to_sign += _install_loader(esp, files, options)
     uki = None
     if with_uki and options.bootloader != Bootloader.uki and not options.unified_kernel_image:
@@ -147,12 +159,31 @@ def install_uefi(esp: Path, files: BootFiles, options: EspOptions,
         to_sign.append(uki)
         if grub:
             with log.step("Installing GRUB for UEFI"):
-                to_sign.append(_install_grub(esp, files, options, uki))
+                to_sign += _install_grub(esp, files, options, uki)
     if options.signs:
         assert options.secure_boot_key is not None and options.secure_boot_certificate is not None
         with log.step("Signing EFI binaries for Secure Boot"):
             for binary in to_sign:
                 sign_efi(binary, options.secure_boot_key, options.secure_boot_certificate)
+    return _install_shim(esp, files, options, uki)
+
+
+def _install_shim(esp: Path, files: BootFiles, options: EspOptions, uki: Optional[Path]) -> Optional[Path]:
+    """ShimBootloader=: shim in front of the boot loader (after signing, so the moved binary keeps its
+    signature); returns where the UKI is now (it moves when it was the default binary)."""
+    if options.shim == ShimBootloader.none:
+        return uki
+    if options.image_root is None:
+        raise MkosiError("ShimBootloader= needs the image tree to take shim from")
+    default = esp / f"EFI/BOOT/BOOT{files.efi_arch.upper()}.EFI"
+    with log.step(f"Installing the distribution's {options.shim.value} shim"):
+        unsigned = install_shim(esp, options.image_root, files.efi_arch, options.shim == ShimBootloader.signed)
+    if options.signs:
+        assert options.secure_boot_key is not None and options.secure_boot_certificate is not None
+        for binary in unsigned:
+            sign_efi(binary, options.secure_boot_key, options.secure_boot_certificate)
+    if uki == default:
+        return esp / f"EFI/BOOT/grub{files.efi_arch}.efi"
     return uki
 
 
@@ -171,7 +202,7 @@ def populate_esp(esp: Path, files: BootFiles, options: EspOptions) -> Optional[P
         uki = install_uefi(esp, files, options)
     if BootProtocol.bios in options.protocols:
         _install_bios(esp, files, options.title)
-        if uki is not None and options.bootloader == Bootloader.grub:
+        if uki is not None and options.bootloader in (Bootloader.grub, Bootloader.grub_signed):
             # One grub.cfg for both: chainload the UKI on UEFI, the kernel and initrd on BIOS.
             (esp / "grub/grub.cfg").write_text(_grub_config(files, options, uki, esp))
     return uki

@@ -37,7 +37,7 @@ class BootFiles:
         return self.efi_dir / f"linux{self.efi_arch}.efi.stub"
 
 
-def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
     parts: list[tuple[int, int | str]] = []
     for piece in re.findall(r"\d+|[A-Za-z]+|[~]", version):
         if piece.isdigit():
@@ -75,7 +75,7 @@ def find_kernel(root: Path) -> tuple[Path, str]:
             f"no kernel found in {root} (looked for boot/vmlinuz-* and usr/lib/modules/*/vmlinuz)",
             hint="add a kernel package (e.g. linux-image-amd64) to the image's packages",
         )
-    version = max(candidates, key=_version_key)
+    version = max(candidates, key=version_key)
     return candidates[version], version
 
 

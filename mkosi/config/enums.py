@@ -175,8 +175,6 @@ class Bootloader(StrEnum):
     grub_signed = "grub-signed"
 
 
-# The Bootloader= values not built yet (the distribution's signed GRUB, pre-built signed UKIs).
-BOOTLOADERS_PENDING = (Bootloader.grub_signed, Bootloader.uki_signed)
 
 
 class BiosBootloader(StrEnum):

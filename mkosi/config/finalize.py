@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from mkosi import log
-from mkosi.config.enums import BOOTLOADERS_PENDING, Bootloader, BootProtocol, SourceFileTransfer, Verb, Verity
+from mkosi.config.enums import Bootloader, BootProtocol, SourceFileTransfer, Verb, Verity
 from mkosi.config.ini import Origin
 from mkosi.config.parse import CommandLine, Merged, setting_label
 from mkosi.config.settings import (
@@ -333,13 +333,8 @@ def check_verb_can_use_image(cli: CommandLine, v: Merged, values: dict[str, Any]
 
 
 def check_boot_loader(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
-    """Bootloader= values not built yet fail where a build would use them; UKI profile files are read
-    (errors name their file and line)."""
+    """Format=esp needs a boot loader; UKI profile files are read (errors name their file and line)."""
     esp = values["format"].row.name == "esp"
-    uses_uefi = (values["bootable"] and BootProtocol.uefi in values["boot_protocols"]) or esp
-    if cli.verb.needs_build() and uses_uefi and values["bootloader"] in BOOTLOADERS_PENDING:
-        raise _fail(v, "bootloader", f"'{values['bootloader'].value}' is not implemented yet",
-                    hint="use systemd-boot, systemd-boot-signed, uki, grub or none")
     if esp and values["bootloader"] == Bootloader.none:
         raise _fail(v, "bootloader", "Format=esp needs a boot loader: use systemd-boot, uki or grub")
     if values["uki_profiles"] and cli.verb.needs_build():

@@ -269,7 +269,7 @@ class ModernSettings:
         help="BIOS boot loader to install.")
     shim_bootloader: ShimBootloader = setting(
         section=C, key="ShimBootloader", flags=("--shim-bootloader",), parse=parse_enum(ShimBootloader),
-        choices=choices(ShimBootloader), default=ShimBootloader.none, status=NOT_YET,
+        choices=choices(ShimBootloader), default=ShimBootloader.none,
         help="Install shim and MokManager to the ESP.")
     unified_kernel_image_format: Optional[str] = setting(
         section=C, key="UnifiedKernelImageFormat", flags=("--unified-kernel-image-format",),

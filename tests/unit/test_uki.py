@@ -4,6 +4,7 @@ what Bootloader= puts on the ESP."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import struct
 import subprocess
@@ -24,7 +25,7 @@ from mkosi.boot.uki import (
     expand_uki_format,
     installed_uki_name,
 )
-from mkosi.config.enums import Bootloader, BootProtocol
+from mkosi.config.enums import Bootloader, BootProtocol, ShimBootloader
 from mkosi.config.ukiprofile import load_uki_profiles, parse_uki_profile, profile_files
 from mkosi.errors import ConfigError, MkosiError
 from tests.markers import needs_tools
@@ -331,10 +332,130 @@ def test_bootloader_systemd_boot_signs_loader_and_uki(tmp_path: Path, monkeypatc
     assert sorted(p.name for p in signed) == ["BOOTX64.EFI", "img-6.1.0-10-amd64.efi", "systemd-bootx64.efi"]
 
 
-@pytest.mark.parametrize("bootloader", [Bootloader.grub_signed, Bootloader.uki_signed])
-def test_pending_bootloaders_fail_clearly(tmp_path: Path, bootloader: Bootloader) -> None:
-    with pytest.raises(MkosiError, match="not implemented yet"):
-        esp_files(tmp_path, bootloader)
+def signed_files(root: Path, *, shim: bool = True) -> None:
+    """What Debian's grub-efi-amd64-signed and shim-signed install (contents are stand-ins)."""
+    grub = root / "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed"
+    grub.parent.mkdir(parents=True)
+    grub.write_bytes(b"MZ signed grub")
+    if shim:
+        (root / "usr/lib/shim").mkdir(parents=True)
+        (root / "usr/lib/shim/shimx64.efi.signed").write_bytes(b"MZ signed shim")
+        (root / "usr/lib/shim/mmx64.efi.signed").write_bytes(b"MZ signed mok manager")
+
+
+def signed_esp_files(tmp_path: Path, bootloader: Bootloader, **extra: object) -> list[str]:
+    root = esp_root(tmp_path)
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(b"initrd")
+    esp = tmp_path / "esp"
+    esp.mkdir()
+    options = EspOptions(protocols=(BootProtocol.uefi,), entry_id="img", title="Image", bootloader=bootloader,
+                         image_root=root, **extra)  # type: ignore[arg-type]
+    populate_esp(esp, boot_files(root, initrd, "rw", "x86_64"), options)
+    return sorted(str(p.relative_to(esp)) for p in esp.rglob("*") if p.is_file())
+
+
+def test_bootloader_grub_signed_behind_the_signed_shim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    signed: list[Path] = []
+    monkeypatch.setattr("mkosi.boot.esp.sign_efi", lambda binary, key, cert: signed.append(binary))
+    root = esp_root(tmp_path)
+    signed_files(root)
+    esp = tmp_path / "esp"
+    esp.mkdir()
+    options = EspOptions(protocols=(BootProtocol.uefi,), entry_id="img", title="Image",
+                         bootloader=Bootloader.grub_signed, image_root=root, shim=ShimBootloader.signed,
+                         secure_boot_key=tmp_path / "k", secure_boot_certificate=tmp_path / "c")
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(b"initrd")
+    uki = populate_esp(esp, boot_files(root, initrd, "rw", "x86_64"), options)
+    listing = sorted(str(p.relative_to(esp)) for p in esp.rglob("*") if p.is_file())
+    assert listing == ["EFI/BOOT/BOOTX64.EFI", "EFI/BOOT/grub.cfg", "EFI/BOOT/grubx64.efi", "EFI/BOOT/mmx64.efi",
+                       "EFI/Linux/img-6.1.0-10-amd64.efi", "EFI/test/grub.cfg", "grub/grub.cfg"]
+    assert (esp / "EFI/BOOT/BOOTX64.EFI").read_bytes() == b"MZ signed shim"
+    assert (esp / "EFI/BOOT/grubx64.efi").read_bytes() == b"MZ signed grub"
+    # Both places a signed GRUB reads its configuration from lead to grub/grub.cfg, which chainloads the UKI.
+    for cfg in ("EFI/test/grub.cfg", "EFI/BOOT/grub.cfg"):
+        assert "configfile ($root)/grub/grub.cfg" in (esp / cfg).read_text()
+    assert "chainloader /EFI/Linux/img-6.1.0-10-amd64.efi" in (esp / "grub/grub.cfg").read_text()
+    # The pre-signed binaries are copied as they are; only the UKI mkosi built is signed.
+    assert uki is not None and signed == [uki]
+
+
+def test_bootloader_grub_signed_alone_and_without_grub(tmp_path: Path) -> None:
+    root = esp_root(tmp_path)
+    signed_files(root, shim=False)
+    esp = tmp_path / "esp"
+    esp.mkdir()
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(b"initrd")
+    options = EspOptions(protocols=(BootProtocol.uefi,), entry_id="img", title="Image",
+                         bootloader=Bootloader.grub_signed, image_root=root)
+    populate_esp(esp, boot_files(root, initrd, "rw", "x86_64"), options)
+    assert (esp / "EFI/BOOT/BOOTX64.EFI").read_bytes() == b"MZ signed grub"
+    assert not (esp / "EFI/BOOT/grubx64.efi").exists()
+    with pytest.raises(MkosiError, match="no signed GRUB") as e:
+        signed_esp_files(tmp_path / "none", Bootloader.grub_signed)
+    assert "grub-efi-amd64-signed" in (e.value.hint or "")
+
+
+def test_unsigned_shim_in_front_of_systemd_boot_is_signed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    signed: list[Path] = []
+    monkeypatch.setattr("mkosi.boot.esp.sign_efi", lambda binary, key, cert: signed.append(binary))
+    root = esp_root(tmp_path)
+    (root / "usr/lib/shim").mkdir(parents=True)
+    (root / "usr/lib/shim/shimx64.efi").write_bytes(b"MZ shim")
+    esp = tmp_path / "esp"
+    esp.mkdir()
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(b"initrd")
+    options = EspOptions(protocols=(BootProtocol.uefi,), entry_id="img", title="Image", image_root=root,
+                         shim=ShimBootloader.unsigned, secure_boot_key=tmp_path / "k",
+                         secure_boot_certificate=tmp_path / "c")
+    populate_esp(esp, boot_files(root, initrd, "rw", "x86_64"), options)
+    boot = esp / "EFI/BOOT"
+    assert (boot / "BOOTX64.EFI").read_bytes() == b"MZ shim"
+    assert (boot / "grubx64.efi").read_bytes() == b"MZ systemd-boot"   # shim's second stage
+    assert not (boot / "mmx64.efi").exists()                           # the image has no MokManager
+    # systemd-boot and the UKI were signed where they were written, then the unsigned shim.
+    names = [str(p.relative_to(esp)) for p in signed]
+    assert names[-1] == "EFI/BOOT/BOOTX64.EFI" and names.count("EFI/BOOT/BOOTX64.EFI") == 2
+    assert "EFI/Linux/img-6.1.0-10-amd64.efi" in names
+    with pytest.raises(MkosiError, match="no signed shimx64.efi") as e:
+        populate_esp(esp, boot_files(root, initrd, "rw", "x86_64"),
+                     dataclasses.replace(options, shim=ShimBootloader.signed))
+    assert "shim-signed" in (e.value.hint or "")
+
+
+def test_shim_in_front_of_the_uki_alone(tmp_path: Path) -> None:
+    root = esp_root(tmp_path)
+    signed_files(root)
+    esp = tmp_path / "esp"
+    esp.mkdir()
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(b"initrd")
+    options = EspOptions(protocols=(BootProtocol.uefi,), entry_id="img", title="Image", image_root=root,
+                         bootloader=Bootloader.uki, shim=ShimBootloader.signed)
+    uki = populate_esp(esp, boot_files(root, initrd, "rw", "x86_64"), options)
+    assert uki == esp / "EFI/BOOT/grubx64.efi" and uki.read_bytes().startswith(b"MZ")
+    assert (esp / "EFI/BOOT/BOOTX64.EFI").read_bytes() == b"MZ signed shim"
+    assert (esp / "EFI/BOOT/mmx64.efi").read_bytes() == b"MZ signed mok manager"
+
+
+def test_bootloader_uki_signed_takes_the_newest_prebuilt_uki(tmp_path: Path) -> None:
+    root = esp_root(tmp_path)
+    for version in ("6.1.0-9-amd64", "6.1.0-10-amd64"):
+        (root / f"usr/lib/modules/{version}").mkdir(parents=True)
+        (root / f"usr/lib/modules/{version}/vmlinuz-virt.efi").write_bytes(f"MZ uki {version}".encode())
+    esp = tmp_path / "esp"
+    esp.mkdir()
+    options = EspOptions(protocols=(BootProtocol.uefi,), entry_id="img", title="Image",
+                         bootloader=Bootloader.uki_signed, image_root=root)
+    uki = populate_esp(esp, boot_files(root, tmp_path / "unused-initrd", "rw", "x86_64"), options)
+    assert uki == esp / "EFI/BOOT/BOOTX64.EFI"
+    assert uki.read_bytes() == b"MZ uki 6.1.0-10-amd64"   # 10 sorts after 9 as a version
+    assert sorted(str(p.relative_to(esp)) for p in esp.rglob("*") if p.is_file()) == ["EFI/BOOT/BOOTX64.EFI"]
+    with pytest.raises(MkosiError, match="no pre-built signed unified kernel image"):
+        signed_esp_files(tmp_path / "none", Bootloader.uki_signed)
 
 
 def test_install_uefi_with_a_uki_of_its_own_and_without(tmp_path: Path) -> None:

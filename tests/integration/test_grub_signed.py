@@ -1,8 +1,9 @@
-"""Bootloader=grub-signed with ShimBootloader=signed: Debian's signed shim and GRUB from the image on the ESP, chainloading the UKI
-mkosi builds; checked on the ESP and booted under qemu with OVMF to a marker unit."""
+"""Bootloader=grub-signed with ShimBootloader=signed: Debian's signed shim and GRUB from the image on the
+ESP, chainloading the UKI mkosi builds; checked on the ESP and booted under qemu with OVMF to a marker."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -60,7 +61,6 @@ def mtype(image: Path, offset: int, path: str) -> bytes:
 
 
 def esp_offset(image: Path) -> int:
-    import json
     table = json.loads(subprocess.run(["sfdisk", "--json", str(image)], capture_output=True, text=True,
                                       check=True).stdout)["partitiontable"]
     esp = next(p for p in table["partitions"] if p["type"].lower() == "c12a7328-f81f-11d2-ba4b-00a0c93ec93b")

@@ -420,7 +420,7 @@ def test_unsigned_shim_in_front_of_systemd_boot_is_signed(tmp_path: Path, monkey
     names = [str(p.relative_to(esp)) for p in signed]
     assert names[-1] == "EFI/BOOT/BOOTX64.EFI" and names.count("EFI/BOOT/BOOTX64.EFI") == 2
     assert "EFI/Linux/img-6.1.0-10-amd64.efi" in names
-    with pytest.raises(MkosiError, match="no signed shimx64.efi") as e:
+    with pytest.raises(MkosiError, match=r"no signed shimx64\.efi") as e:
         populate_esp(esp, boot_files(root, initrd, "rw", "x86_64"),
                      dataclasses.replace(options, shim=ShimBootloader.signed))
     assert "shim-signed" in (e.value.hint or "")

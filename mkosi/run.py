@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shlex
 import subprocess
@@ -159,29 +160,19 @@ def format_cmdline(argv: Sequence[PathString]) -> str:
     return " ".join(shlex.quote(os.fspath(a)) for a in argv)
 
 
-def run(
-    argv: Sequence[PathString],
-    *,
-    sandbox: Optional[Sandbox] = None,
-    check: bool = True,
-    env: Optional[Mapping[str, str]] = None,
-    cwd: Optional[PathString] = None,
-    stdin: Union[int, IO[Any], None] = None,
-    stdout: Union[int, IO[Any], None] = None,
-    stderr: Union[int, IO[Any], None] = None,
-    input: Optional[Union[str, bytes]] = None,
-    capture: bool = False,
-    text: bool = True,
-    log_argv: Optional[Sequence[str]] = None,
-) -> subprocess.CompletedProcess[Any]:
-    """Run a command in a sandbox (default: current_sandbox()). Raises CommandError naming the command
-    on failure.
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A command as it is started: the sandbox's wrapper and options around it, its environment."""
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Optional[str]
+    exe: str            # argv[0] as the caller gave it
+    shown: list[str]    # what is logged and named in errors
 
-    argv[0] is looked up as the sandbox sees it (ExtraSearchPaths= and $PATH on the host, the tools
-    tree's /usr, or the image root). The sandbox's variables and `env` are added to the environment of
-    the process (not put on its command line). `log_argv` replaces the logged command when argv itself
-    carries something that must not be shown (it never should; secrets go through files or stdin).
-    """
+
+def prepare(argv: Sequence[PathString], *, sandbox: Optional[Sandbox] = None, env: Optional[Mapping[str, str]] = None,
+            cwd: Optional[PathString] = None, log_argv: Optional[Sequence[str]] = None) -> Prepared:
+    """argv translated for its sandbox (default: current_sandbox()); see run()."""
     sb = sandbox if sandbox is not None else current_sandbox()
     cmd = [os.fspath(a) for a in argv]
     if not cmd and sb.mode != Mode.nspawn:   # nspawn without a command: a shell, or init with boot
@@ -214,14 +205,51 @@ def run(
     full_env.update(sb.environment)
     if env:
         full_env.update(env)
+    return Prepared(full_argv, full_env, os.fspath(cwd) if cwd is not None else None, exe, shown)
+
+
+def spawn(argv: Sequence[PathString], *, sandbox: Optional[Sandbox] = None, **popen: Any) -> subprocess.Popen[bytes]:
+    """Start a long-running helper (swtpm, virtiofsd) in its sandbox, like run() but without waiting."""
+    prepared = prepare(argv, sandbox=sandbox)
+    try:
+        return subprocess.Popen(prepared.argv, env=prepared.env, cwd=prepared.cwd, **popen)
+    except FileNotFoundError:
+        raise ToolMissingError(prepared.exe, HOST_PACKAGES.get(os.path.basename(prepared.exe)))
+
+
+def run(
+    argv: Sequence[PathString],
+    *,
+    sandbox: Optional[Sandbox] = None,
+    check: bool = True,
+    env: Optional[Mapping[str, str]] = None,
+    cwd: Optional[PathString] = None,
+    stdin: Union[int, IO[Any], None] = None,
+    stdout: Union[int, IO[Any], None] = None,
+    stderr: Union[int, IO[Any], None] = None,
+    input: Optional[Union[str, bytes]] = None,
+    capture: bool = False,
+    text: bool = True,
+    log_argv: Optional[Sequence[str]] = None,
+) -> subprocess.CompletedProcess[Any]:
+    """Run a command in a sandbox (default: current_sandbox()). Raises CommandError naming the command
+    on failure.
+
+    argv[0] is looked up as the sandbox sees it (ExtraSearchPaths= and $PATH on the host, the tools
+    tree's /usr, or the image root). The sandbox's variables and `env` are added to the environment of
+    the process (not put on its command line). `log_argv` replaces the logged command when argv itself
+    carries something that must not be shown (it never should; secrets go through files or stdin).
+    """
+    prepared = prepare(argv, sandbox=sandbox, env=env, cwd=cwd, log_argv=log_argv)
+    exe, shown = prepared.exe, prepared.shown
     if capture:
         stdout = subprocess.PIPE if stdout is None else stdout
         stderr = subprocess.PIPE if stderr is None else stderr
     try:
         proc = subprocess.run(
-            full_argv,
-            env=full_env,
-            cwd=os.fspath(cwd) if cwd is not None else None,
+            prepared.argv,
+            env=prepared.env,
+            cwd=prepared.cwd,
             stdin=stdin if input is None else None,
             stdout=stdout,
             stderr=stderr,

@@ -41,7 +41,7 @@ from mkosi.qemu import (
     virtiofs_args,
     vsock_args,
 )
-from mkosi.run import find_tool
+from mkosi.run import find_tool, spawn
 from mkosi.ssh import (
     MachineRecord,
     connect_with_retry,
@@ -215,10 +215,10 @@ def vsock_cid(config: Config) -> int | None:
 @contextlib.contextmanager
 def background(argv: list[str], what: str, ready: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """A helper process (swtpm, virtiofsd) for the lifetime of the VM; waits for `ready` to exist."""
-    log.debug("+ " + " ".join(argv))
     # Its messages go to a file (a pipe nobody reads could fill up and stall it), shown if it fails to start.
     with tempfile.TemporaryFile() as errors:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
+        # Through the sandbox of the verb: with a tools tree, its swtpm and virtiofsd and their libraries.
+        proc = spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
         try:
             deadline = time.monotonic() + 10
             while ready is not None and not ready.exists():

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+import mkosi.run
 from mkosi import container, qemu, ssh, vm
 from mkosi.config import load_args
 from mkosi.config.enums import BootProtocol, ConsoleMode, Feature, Firmware, QemuKvm, RuntimeNetwork, Verb
@@ -23,7 +24,9 @@ from mkosi.config.settings import Args, Config
 from mkosi.config.types import ConfigTree
 from mkosi.errors import MkosiError
 from mkosi.formats import OutputFormat
+from mkosi.sandbox import Sandbox
 from mkosi.summary import summary_json, summary_text
+from tests.markers import needs_tools
 
 
 def opt(argv: list[str], name: str) -> list[str]:
@@ -668,6 +671,34 @@ def test_background_helper_waits_for_its_socket_and_reports_failures(tmp_path: P
     with pytest.raises(MkosiError, match="helper did not start: no such state"), \
          vm.background(["sh", "-c", "echo no such state >&2; exit 1"], "helper", ready=tmp_path / "never"):
         pass
+
+
+@needs_tools("bwrap")
+def test_background_helpers_run_in_the_tools_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # swtpm found in the tools tree is started through the tree's sandbox (its /usr as /usr), not as a
+    # host path that does not exist on the host.
+    tools = tmp_path / "tools"
+    (tools / "usr/bin").mkdir(parents=True)
+    (tools / "usr/bin/swtpm").write_text("#!/bin/sh\n")
+    (tools / "usr/bin/swtpm").chmod(0o755)
+    started: list[list[str]] = []
+
+    class Started:
+        def __init__(self, argv: list[str], **kwargs: object) -> None:
+            started.append(argv)
+
+        def poll(self) -> int:
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", Started)
+    with mkosi.run.using_sandbox(Sandbox(tools=tools)):
+        assert mkosi.run.find_tool("swtpm") == "/usr/bin/swtpm"
+        with vm.background(["/usr/bin/swtpm", "socket"], "swtpm"):
+            pass
+    argv = started[0]
+    assert argv[0].endswith("bwrap") and argv[-3:] == ["--", "/usr/bin/swtpm", "socket"]
+    i = argv.index(str(tools / "usr"))
+    assert argv[i - 1:i + 2] == ["--ro-bind", str(tools / "usr"), "/usr"]
 
 
 def test_summary_does_not_show_credential_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,10 @@ The script times, on this machine:
   -i again  `mkosi -i -f build` to put that change into the image, then once more with nothing
             changed (the up-to-date check)
 
-and says whether the incremental rebuild made the initrd again. Run as root; the package cache is
+and says whether the incremental rebuild made the initrd again. Then (unless --no-vm) it boots the
+image: the time from `mkosi vm` to the first `mkosi ssh` command that works (TCG when KVM does not),
+and two machines at once (`--machine=one`, `--machine=two`, each with its own forwarded port) each
+reached with `mkosi ssh`. Run as root; the package cache is
 $MKOSI_TEST_CACHE (default /var/cache/mkosi-tests) and the scratch directory --workdir (default
 /var/tmp). It needs the Debian archive, unless the package cache holds every package already.
 """
@@ -45,6 +48,10 @@ ImageId=devloop
 Packages=systemd,udev
 BuildPackages=gcc,libc6-dev,make
 Cache={cache}
+
+[Host]
+Ssh=yes
+QemuHeadless=yes
 """
 
 BUILD_SCRIPT = """\
@@ -96,6 +103,46 @@ def initrd_rebuilt(log: str) -> bool:
     return bool(re.search(r"Building the initrd .* with dracut", log))
 
 
+def start_vm(d: Path, machine: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "mkosi", "-C", str(d), f"--machine={machine}", "--ephemeral",
+                                 "--console=read-only", "vm"], env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_vms(d: Path, vms: dict[str, subprocess.Popen[bytes]]) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for machine in vms:
+        subprocess.run([sys.executable, "-m", "mkosi", "-C", str(d), f"--machine={machine}", "ssh", "systemctl",
+                        "--no-block", "poweroff"], env=env, capture_output=True, timeout=120, check=False)
+    for vm in vms.values():
+        try:
+            vm.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(vm.pid, 9)
+            vm.wait()
+
+
+def time_vms(d: Path) -> None:
+    """mkosi vm -> working mkosi ssh, one machine and then two at once."""
+    vms: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        start = time.monotonic()
+        vms["one"] = start_vm(d, "one", d / "vm-one.log")
+        mkosi(d, "--machine=one", "ssh", "cat /etc/hostname")
+        report("mkosi vm -> working mkosi ssh (one VM)", time.monotonic() - start)
+        start = time.monotonic()
+        vms["two"] = start_vm(d, "two", d / "vm-two.log")
+        _, two = mkosi(d, "--machine=two", "ssh", "echo reached-two")
+        _, one = mkosi(d, "--machine=one", "ssh", "echo reached-one")
+        ok = "reached-two" in two and "reached-one" in one
+        report("second VM started -> ssh reaches both", time.monotonic() - start,
+               "(both answered)" if ok else "(a machine did not answer!)")
+    finally:
+        stop_vms(d, vms)
+
+
 def report(label: str, seconds: float, note: str = "") -> None:
     print(f"{label:<44} {seconds:7.1f} s{'  ' + note if note else ''}", flush=True)
 
@@ -104,6 +151,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"), help="scratch location")
     parser.add_argument("--keep", action="store_true", help="keep the project directory afterwards")
+    parser.add_argument("--no-vm", action="store_true", help="do not boot the image (the vm -> ssh timing)")
     opts = parser.parse_args()
     if os.getuid() != 0:
         sys.exit("dev_loop.py builds images: run it as root")
@@ -130,7 +178,9 @@ def main() -> None:
         report("the change of -R into the image, -i -f build", after)
         unchanged, _ = mkosi(d, "-i", "-f", "build")
         report("nothing changed, mkosi -i -f build", unchanged)
-        print(f"goal: one-line change with -i under 10 s ({incremental:.1f} s); -R {rerun:.1f} s")
+        print(f"goal: one-line change with -i under 10 s ({incremental:.1f} s); -R {rerun:.1f} s", flush=True)
+        if not opts.no_vm:
+            time_vms(d)
     finally:
         if opts.keep:
             print(f"project kept in {base}")

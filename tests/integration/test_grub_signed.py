@@ -68,12 +68,12 @@ def esp_offset(image: Path) -> int:
 
 
 def test_esp_holds_the_distributions_signed_binaries(grub_project: Path) -> None:
-    image = grub_project / "mkosi.output/grubimg.raw"
+    image = grub_project / "grubimg.raw"
     offset = esp_offset(image)
     listing = mdir(image, offset, "::/EFI/BOOT")
     assert "BOOTX64.EFI" in listing.upper() and "GRUBX64.EFI" in listing.upper(), listing
     # The ESP's binaries are the packages' own, byte for byte (copied, not signed again by mkosi).
-    root = grub_project / "mkosi.output/grubimg.root.raw"
+    root = grub_project / "grubimg.root.raw"
     shim = subprocess.run(["debugfs", "-R", "cat /usr/lib/shim/shimx64.efi.signed", str(root)],
                           capture_output=True, check=True).stdout
     assert len(shim) > 100_000 and mtype(image, offset, "::/EFI/BOOT/BOOTX64.EFI") == shim

@@ -36,7 +36,7 @@ COMPRESSION_SUFFIXES: dict[str, str] = {
 
 # Settings that act on GPT disk images only, in the order they are checked.
 DISK_SETTINGS = ("bootable", "encrypt", "split_artifacts", "qcow2", "usr_only", "verity", "home_size",
-                 "srv_size", "var_size", "tmp_size", "swap_size")
+                 "srv_size", "var_size", "tmp_size", "xbootldr_size", "swap_size")
 
 # Settings a few formats take. Given with a format that does not take it, a setting is an error
 # (True) or ignored with a warning (False). Bootable= and SplitArtifacts= only warn: upstream accepts them

@@ -93,8 +93,10 @@ def write_linux_boot_files(ctx: Context, files: BootFiles) -> None:
     staged(ctx, LINUX_CMDLINE).write_text(files.cmdline + "\n")
 
 
-def prepare_esp(ctx: Context, root_label: str, verity: Optional[VerityInfo] = None) -> Path:
-    """Fill a directory with what goes on the ESP; also writes the linux boot files to staging."""
+def prepare_esp(ctx: Context, root_label: str, verity: Optional[VerityInfo] = None,
+                boot: Optional[Path] = None) -> Path:
+    """Fill a directory with what goes on the ESP; also writes the linux boot files to staging. With `boot`
+    (the directory of an XBOOTLDR partition), the UKIs or Type #1 entries go there (see populate_esp())."""
     config = ctx.config
     if verity is None and config.verity != Verity.no:
         raise MkosiError("Bootable=yes with Verity= needs the root hash of the root partition")
@@ -102,7 +104,8 @@ def prepare_esp(ctx: Context, root_label: str, verity: Optional[VerityInfo] = No
     initrd = image_initrd(ctx, kernel, version)
     files = boot_files(ctx.root, initrd, image_cmdline(config, root_label, verity), config.architecture)
     esp = ctx.dir("esp")
-    uki = populate_esp(esp, files, EspOptions.from_config(config, uki_profiles(config, files.cmdline), ctx.root))
+    uki = populate_esp(esp, files, EspOptions.from_config(config, uki_profiles(config, files.cmdline), ctx.root),
+                       boot=boot)
     if uki is not None and SPLIT_KERNEL.when(config):
         # SplitArtifacts=: the (signed) unified kernel image also as a file of its own.
         shutil.copyfile(uki, staged(ctx, SPLIT_KERNEL))

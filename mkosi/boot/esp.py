@@ -122,14 +122,35 @@ def _install_loader(esp: Path, files: BootFiles, options: EspOptions) -> list[Pa
     return [esp / f"EFI/systemd/systemd-boot{files.efi_arch}.efi", esp / f"EFI/BOOT/BOOT{files.efi_arch.upper()}.EFI"]
 
 
+# The boot loaders that read an XBOOTLDR partition (systemd-boot reads both it and the ESP).
+XBOOTLDR_LOADERS = (Bootloader.systemd_boot, Bootloader.systemd_boot_signed)
+
+
+def boot_dir(esp: Path, boot: Optional[Path], options: EspOptions) -> Path:
+    """$BOOT of the Boot Loader Specification: where the UKI or the Type #1 entry goes. The XBOOTLDR
+    partition's directory `boot` when there is one and systemd-boot reads it, else the ESP."""
+    if boot is None:
+        return esp
+    if options.bootloader not in XBOOTLDR_LOADERS:
+        log.warn(f"Bootloader={options.bootloader.value} boots from the ESP only: the unified kernel images "
+                 "stay there, and the XBOOTLDR partition holds only the image's /boot")
+        return esp
+    return boot
+
+
 def install_uefi(esp: Path, files: BootFiles, options: EspOptions,
-                 make: Optional[Callable[[Path], Path]] = None, with_uki: bool = True) -> Optional[Path]:
+                 make: Optional[Callable[[Path], Path]] = None, with_uki: bool = True,
+                 boot: Optional[Path] = None) -> Optional[Path]:
     """What Bootloader= puts on the ESP for UEFI: systemd-boot plus a UKI in EFI/Linux (or a Type #1 entry
     with UnifiedKernelImages=no), the UKI alone as the firmware's default binary (uki), or nothing
     (none). `make` writes the UKI to the path it is given (default: from `files`); with_uki=False leaves
-    it out. Signs what it wrote unsigned when options carry a key. Returns the UKI."""
+    it out. With `boot` (an XBOOTLDR directory) systemd-boot stays on the ESP and the UKI or entry goes
+    to `boot` (boot_dir()). Signs what it wrote unsigned when options carry a key. Returns the UKI."""
     if options.bootloader == Bootloader.none:
+        if boot is not None:
+            log.warn("Bootloader=none: nothing is installed, the XBOOTLDR partition holds only the image's /boot")
         return None
+    target = boot_dir(esp, boot, options)
     if options.bootloader == Bootloader.uki_signed:
         # The distribution's own signed UKI; mkosi builds and signs none.
         if options.image_root is None:
@@ -146,10 +167,10 @@ def install_uefi(esp: Path, files: BootFiles, options: EspOptions,
         to_sign += _install_loader(esp, files, options)
     uki = None
     if with_uki and options.bootloader != Bootloader.uki and not options.unified_kernel_image:
-        install_bls_entry(esp, f"{options.entry_id}-{files.version}", options.title, files.kernel, files.initrd,
+        install_bls_entry(target, f"{options.entry_id}-{files.version}", options.title, files.kernel, files.initrd,
                           files.cmdline, version=files.version)
     elif with_uki:
-        uki = uki_path(esp, files, options)
+        uki = uki_path(target, files, options)
         uki.parent.mkdir(parents=True, exist_ok=True)
         with log.step("Building the unified kernel image"):
             if make is not None:
@@ -195,11 +216,13 @@ def _install_bios(esp: Path, files: BootFiles, title: str) -> None:
                       serial=True)
 
 
-def populate_esp(esp: Path, files: BootFiles, options: EspOptions) -> Optional[Path]:
-    """Fill the directory `esp` for the boot protocols of `options`; returns the UKI if one was made."""
+def populate_esp(esp: Path, files: BootFiles, options: EspOptions, boot: Optional[Path] = None) -> Optional[Path]:
+    """Fill the directory `esp` for the boot protocols of `options`; returns the UKI if one was made. With
+    `boot`, the directory of an XBOOTLDR partition, the UKI or Type #1 entry goes there (UEFI with
+    systemd-boot); GRUB's files for BIOS stay on the ESP."""
     uki = None
     if BootProtocol.uefi in options.protocols:
-        uki = install_uefi(esp, files, options)
+        uki = install_uefi(esp, files, options, boot=boot)
     if BootProtocol.bios in options.protocols:
         _install_bios(esp, files, options.title)
         if uki is not None and options.bootloader in (Bootloader.grub, Bootloader.grub_signed):

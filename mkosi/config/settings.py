@@ -809,7 +809,7 @@ class Config(ModernSettings):
         help="Size of a separate /var/tmp partition (default: none).")
     xbootldr_size: Optional[int] = setting(
         section=P, key="XBootLDRSize", flags=("--xbootldr-size",), parse=parse_size, metavar="BYTES",
-        status=NOT_YET, help="Size of an extended boot loader partition (XBOOTLDR) for /boot (default: none).")
+        help="Size of an extended boot loader partition (XBOOTLDR) for /boot of bootable GPT images (default: none).")
     bios_size: Optional[int] = setting(
         section=P, key="BIOSSize", flags=("--bios-size",), parse=parse_size, metavar="BYTES",
         help="Size of the BIOS boot partition of images booted by BIOS (default 1M).")

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import errno
 import os
+import shutil
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -34,6 +35,7 @@ DATA_FILESYSTEMS = ("ext4", "xfs", "btrfs")
 VERITY_MODES = ("none", "yes", "signed")
 ENCRYPT_MODES = ("none", "all", "data")
 DEFAULT_ESP_SIZE = 256 * MiB
+XBOOTLDR_LABEL = "xbootldr"        # the GPT partition name; the FAT label is XBOOTLDR
 BIOS_BOOT_SIZE = 1 * MiB
 
 
@@ -46,6 +48,11 @@ class DiskSpec:
     points (the tree is restored afterwards); /var and /var/tmp get /etc/fstab lines (systemd's
     automatic discovery would mount /var only for an image with a fixed machine ID). With usr_only
     only the tree's /usr is put on the disk, as a /usr partition.
+
+    xbootldr_size: an extended boot loader partition (XBOOTLDR, vfat) after the ESP. The tree's
+    /boot is copied into it (symbolic links resolved inside the tree: FAT has none) and the root
+    keeps an empty /boot mount point, plus an empty /efi for the ESP: systemd's automatic discovery
+    mounts XBOOTLDR at /boot and then the ESP at /efi, by their partition types.
     """
 
     tree: Path
@@ -70,6 +77,7 @@ class DiskSpec:
     swap_size: int | None = None
     esp_size: int | None = None
     esp_tree: Path | None = None
+    xbootldr_size: int | None = None
     bios_boot: bool = False
     bios_size: int | None = None      # size of the BIOS boot partition (default BIOS_BOOT_SIZE)
     image_id: str | None = None
@@ -88,7 +96,7 @@ class DiskResult:
     """What build_disk() made.
 
     images: per-partition image files in the workspace, by role ("root" or "usr", "root-verity",
-    "root-verity-sig", "esp", "home", "srv", "swap"); encrypted roles' images are the LUKS
+    "root-verity-sig", "esp", "xbootldr", "home", "srv", "var", "tmp", "swap"); encrypted roles' images are the LUKS
     volumes, exactly as on the disk. filesystems: the file system type of each
     role. mount_options: options the image needs when a role is mounted (for example btrfs
     compression, which mkfs cannot apply here) for the caller's fstab or rootflags=.
@@ -305,8 +313,8 @@ class _Builder:
 def build_disk(spec: DiskSpec) -> DiskResult:
     """Build the disk image described by `spec` at spec.output; see DiskSpec and DiskResult.
 
-    Partition order: BIOS boot, ESP, root (or /usr), its verity and signature partitions,
-    /home, /srv, swap. Root and verity partition UUIDs are the two halves of the root hash as
+    Partition order: BIOS boot, ESP, XBOOTLDR, root (or /usr), its verity and signature partitions,
+    /var/tmp, /var, /home, /srv, swap. Root and verity partition UUIDs are the two halves of the root hash as
     the Discoverable Partitions Specification asks; other UUIDs come from spec.seed (or
     SOURCE_DATE_EPOCH) when set, so equal inputs give equal images.
     """
@@ -321,7 +329,10 @@ def build_disk(spec: DiskSpec) -> DiskResult:
         partitions.append(Partition("bios-boot", "BIOS boot", size=spec.bios_size or BIOS_BOOT_SIZE))
     if spec.esp_size is not None or spec.esp_tree is not None:
         partitions.append(_esp_partition(spec, b))
-    main_image, data_parts = _file_systems(spec, b, main)
+    with _boot_split(spec) as boot_contents:
+        if boot_contents is not None:
+            partitions.append(_xbootldr_partition(spec, b, boot_contents))
+        main_image, data_parts = _file_systems(spec, b, main)
     roothash: str | None = None
     signature: bytes | None = None
     if spec.verity != "none":
@@ -361,6 +372,64 @@ def _esp_partition(spec: DiskSpec, b: _Builder) -> Partition:
     b.images["esp"] = esp
     b.filesystems["esp"] = "vfat"
     return Partition("esp", "ESP", source=esp)
+
+
+def copy_boot_tree(tree: Path, dest: Path) -> Path:
+    """A copy of the tree's /boot at `dest` for a FAT file system: regular files (hard links where the
+    file system allows) and directories; a symbolic link becomes a copy of what it points to inside the
+    tree, and one that leads nowhere (or to a directory) is left out with a warning."""
+    src = tree / "boot"
+    dest.mkdir(parents=True, exist_ok=True)
+    if not src.is_dir() or src.is_symlink():
+        return dest
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel = Path(dirpath).relative_to(src)
+        (dest / rel).mkdir(exist_ok=True)
+        for name in sorted(dirnames + filenames):
+            path = Path(dirpath) / name
+            inside = "/boot/" + str(rel / name).removeprefix("./")
+            if path.is_symlink():
+                target = resolve_in_root(tree, inside)
+                if target is None or not target.is_file():
+                    log.warn(f"{inside} is a symbolic link that leads to no file inside the image; "
+                             "the XBOOTLDR partition (FAT, without links) leaves it out")
+                    if name in dirnames:
+                        dirnames.remove(name)
+                    continue
+                shutil.copyfile(target, dest / rel / name)
+            elif path.is_file():
+                try:
+                    os.link(path, dest / rel / name)
+                except OSError:
+                    shutil.copyfile(path, dest / rel / name)
+            elif not path.is_dir():
+                log.warn(f"{inside} is neither a file nor a directory; the XBOOTLDR partition leaves it out")
+    return dest
+
+
+@contextlib.contextmanager
+def _boot_split(spec: DiskSpec) -> Iterator[Path | None]:
+    """With an XBOOTLDR partition: a copy of the tree's /boot, while the root is made with an empty /boot
+    (and an empty /efi, unless the tree has one) as mount points."""
+    if spec.xbootldr_size is None:
+        yield None
+        return
+    contents = copy_boot_tree(spec.tree, spec.workspace / "xbootldr-tree")
+    names = ["boot"]
+    if not (spec.tree / "efi").exists() and not (spec.tree / "efi").is_symlink():
+        names.append("efi")
+    with split_out_dirs(spec.tree, names, spec.workspace):
+        yield contents
+
+
+def _xbootldr_partition(spec: DiskSpec, b: _Builder, contents: Path) -> Partition:
+    assert spec.xbootldr_size is not None
+    image = spec.workspace / "xbootldr.raw"
+    fs.make_vfat(image, spec.xbootldr_size, "XBOOTLDR", seed=spec.seed)
+    fs.populate_vfat(image, contents, what="XBOOTLDR partition", setting="XBootLDRSize=")
+    b.images["xbootldr"] = image
+    b.filesystems["xbootldr"] = "vfat"
+    return Partition("xbootldr", XBOOTLDR_LABEL, source=image)
 
 
 # The directories that can have partitions of their own: (partition role, directory in the tree).

@@ -81,6 +81,7 @@ def make_disk_image(ctx: Context) -> None:
         tmp_size=config.tmp_size,
         swap_size=config.swap_size,
         esp_size=config.esp_size if config.bootable else None,
+        xbootldr_size=config.xbootldr_size if config.bootable else None,
         bios_boot=config.bootable and BootProtocol.bios in config.boot_protocols,
         bios_size=config.bios_size,
         image_id=config.image_id,
@@ -91,6 +92,8 @@ def make_disk_image(ctx: Context) -> None:
         mksquashfs_tool=str(config.mksquashfs_tool) if config.mksquashfs_tool else "mksquashfs",
         seed=seed_from_setting(config.seed),
     )
+    if config.xbootldr_size is not None and not config.bootable:
+        log.warn("XBootLDRSize= makes an XBOOTLDR partition only with Bootable=yes; this image has none")
     with log.step(f"Assembling {fs} GPT disk image"):
         result = build_disk(spec)
     if config.bootable:
@@ -144,19 +147,31 @@ def fill_esp(ctx: Context, result: DiskResult, root_label: str) -> None:
     if result.roothash:
         data_uuid, hash_uuid = roothash_uuids(result.roothash)
         verity = VerityInfo(result.roothash, data_uuid, hash_uuid)
-    esp_tree = prepare_esp(ctx, root_label, verity)
-    placed = result.partition("esp")
-    assert placed is not None
-    image = result.images["esp"]
+    xbootldr = result.partition("xbootldr") is not None
+    boot_tree = ctx.dir("xbootldr") if xbootldr else None
+    esp_tree = prepare_esp(ctx, root_label, verity, boot=boot_tree)
     with log.step("Writing the EFI system partition"):
-        populate_vfat(image, esp_tree)
-        run(["fallocate", "--punch-hole", "--keep-size", "--offset", str(placed.offset), "--length",
-             str(placed.size), result.output])
-        fd = os.open(result.output, os.O_WRONLY)
-        try:
-            copy_sparse(image, fd, placed.offset)
-        finally:
-            os.close(fd)
+        write_vfat_partition(result, "esp", esp_tree)
+    if boot_tree is not None:
+        # The partition holds the image's /boot already (build_disk()); the entries are added to it.
+        with log.step("Writing the XBOOTLDR partition"):
+            write_vfat_partition(result, "xbootldr", boot_tree, what="XBOOTLDR partition", setting="XBootLDRSize=")
+
+
+def write_vfat_partition(result: DiskResult, role: str, tree: Path, what: str = "ESP",
+                         setting: str = "ESPSize=") -> None:
+    """Copy `tree` into the FAT image of partition `role` and that image into the disk again."""
+    placed = result.partition(role)
+    assert placed is not None
+    image = result.images[role]
+    populate_vfat(image, tree, what=what, setting=setting)
+    run(["fallocate", "--punch-hole", "--keep-size", "--offset", str(placed.offset), "--length",
+         str(placed.size), result.output])
+    fd = os.open(result.output, os.O_WRONLY)
+    try:
+        copy_sparse(image, fd, placed.offset)
+    finally:
+        os.close(fd)
 
 
 def split_artifacts(ctx: Context, images: dict[str, Path], compression: Optional[str]) -> None:

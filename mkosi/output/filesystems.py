@@ -695,8 +695,10 @@ def make_vfat(
         run([*argv, os.fspath(image)], capture=True)
 
 
-def populate_vfat(image: Path, src_dir: Path) -> None:
-    """Copy the contents of `src_dir` into the root of a FAT image with mcopy (no mounting)."""
+def populate_vfat(image: Path, src_dir: Path, *, what: str = "ESP", setting: str = "ESPSize=") -> None:
+    """Copy the contents of `src_dir` into the root of a FAT image with mcopy (no mounting); what is
+    there already stays (directories are merged). `what` and `setting` name the partition and its size
+    setting in the error of a full file system."""
     names = sorted(os.listdir(src_dir))
     if not names:
         return
@@ -720,7 +722,8 @@ def populate_vfat(image: Path, src_dir: Path) -> None:
             )
         except CommandError as e:
             if "disk full" in e.stderr.lower() or "no free" in e.stderr.lower():
-                raise MkosiError(str(e), hint="the ESP is too small for its contents; give it a larger size")
+                raise MkosiError(str(e), hint=f"the {what} is too small for its contents; give it a larger size "
+                                              f"with {setting}")
             raise
 
 

@@ -26,11 +26,18 @@ ROOT_X86_64_TYPE = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"
 # automount points of systemd-gpt-auto-generator: listing them mounts them), then powers off.
 REPORT = """\
 #!/bin/sh
-ls /boot/EFI/Linux /efi/loader >/dev/null 2>&1
-boot=$(findmnt -n -r -o FSTYPE,PARTLABEL --mountpoint /boot | grep -v autofs | tr '\\n' ' ')
-efi=$(findmnt -n -r -o FSTYPE,PARTLABEL --mountpoint /efi | grep -v autofs | tr '\\n' ' ')
-echo "MKOSI-XBOOTLDR boot=[$boot] efi=[$efi] ukis=[$(ls /boot/EFI/Linux | tr '\\n' ' ')]" \\
-     "kernels=[$(ls /boot | grep vmlinuz | tr '\\n' ' ')] loader=[$(ls /efi/loader | tr '\\n' ' ')]" > /dev/ttyS0
+mounted() {
+    findmnt -n -r -o FSTYPE,PARTLABEL --mountpoint "$1" | grep -v autofs | tr '\\n' ' '
+}
+for i in $(seq 60); do
+    ls /boot/EFI/Linux /efi/loader >/dev/null 2>&1
+    [ -n "$(mounted /boot)" ] && [ -n "$(mounted /efi)" ] && break
+    sleep 1
+done
+units=$(systemctl show -p Id -p ActiveState boot.automount boot.mount efi.automount efi.mount | tr '\\n' ' ')
+echo "MKOSI-XBOOTLDR boot=[$(mounted /boot)] efi=[$(mounted /efi)] ukis=[$(ls /boot/EFI/Linux | tr '\\n' ' ')]" \\
+     "kernels=[$(ls /boot | grep vmlinuz | tr '\\n' ' ')] loader=[$(ls /efi/loader | tr '\\n' ' ')]" \\
+     "units=[$units] tries=$i" > /dev/ttyS0
 """
 
 REPORT_UNIT = """\
@@ -178,6 +185,7 @@ def test_boots_with_boot_and_efi_mounted(project: Path) -> None:
     print(f"XBOOTLDR uefi boot to report and poweroff: {time.monotonic() - start:.0f}s", file=sys.stderr)
     line = next((line for line in out.splitlines() if "MKOSI-XBOOTLDR" in line), None)
     assert line is not None, out[-4000:]
+    print(line, file=sys.stderr)
     assert "boot=[vfat xbootldr ]" in line, line
     assert "efi=[vfat ESP ]" in line, line
     assert ".efi" in line.split("ukis=[")[1].split("]")[0], line

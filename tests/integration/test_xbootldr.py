@@ -180,7 +180,7 @@ def test_boot_directory_moved_to_xbootldr(project: Path) -> None:
 @pytest.mark.slow
 def test_boots_with_boot_and_efi_mounted(project: Path) -> None:
     start = time.monotonic()
-    proc = run_mkosi(project, "--qemu-boot=uefi", "qemu", timeout=600)
+    proc = run_mkosi(project, "--qemu-boot=uefi", "qemu", timeout=900)
     out = proc.stdout + proc.stderr
     print(f"XBOOTLDR uefi boot to report and poweroff: {time.monotonic() - start:.0f}s", file=sys.stderr)
     line = next((line for line in out.splitlines() if "MKOSI-XBOOTLDR" in line), None)

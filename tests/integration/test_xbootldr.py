@@ -55,9 +55,7 @@ WantedBy=multi-user.target
 """
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, package_cache: Path) -> Path:
-    d = tmp_path_factory.mktemp("xbootldr-project")
+def make_project(d: Path, package_cache: Path, image_id: str, output: str) -> Path:
     (d / "mkosi.default").write_text(f"""\
 [Distribution]
 Distribution=debian
@@ -67,9 +65,8 @@ Release=bookworm
 Format=gpt_ext4
 Bootable=yes
 BootProtocols=uefi
-SplitArtifacts=yes
-ImageId=xbl
-
+ImageId={image_id}
+{output}
 [Partitions]
 RootSize=2G
 XBootLDRSize=300M
@@ -92,8 +89,21 @@ QemuHeadless=yes
     start = time.monotonic()
     proc = run_mkosi(d, "build", timeout=3000)
     (d / "build.log").write_text(proc.stdout + proc.stderr)
-    print(f"bootable XBOOTLDR build took {time.monotonic() - start:.0f}s", file=sys.stderr)
+    print(f"bootable XBOOTLDR build ({image_id}) took {time.monotonic() - start:.0f}s", file=sys.stderr)
     return d
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, package_cache: Path) -> Path:
+    """Unified kernel images (the default), split artifacts."""
+    return make_project(tmp_path_factory.mktemp("xbootldr-project"), package_cache, "xbl", "SplitArtifacts=yes\n")
+
+
+@pytest.fixture(scope="module")
+def type1_project(tmp_path_factory: pytest.TempPathFactory, package_cache: Path) -> Path:
+    """Boot Loader Specification Type #1 entries instead of unified kernel images."""
+    return make_project(tmp_path_factory.mktemp("xbootldr-type1"), package_cache, "xbl1",
+                        "UnifiedKernelImages=no\n")
 
 
 def partitions(image: Path) -> list[dict[str, Any]]:
@@ -177,8 +187,7 @@ def test_boot_directory_moved_to_xbootldr(project: Path) -> None:
     assert "/boot" not in debugfs(root, "cat /etc/fstab")
 
 
-@pytest.mark.slow
-def test_boots_with_boot_and_efi_mounted(project: Path) -> None:
+def boot_report(project: Path) -> str:
     start = time.monotonic()
     proc = run_mkosi(project, "--qemu-boot=uefi", "qemu", timeout=900)
     out = proc.stdout + proc.stderr
@@ -186,8 +195,33 @@ def test_boots_with_boot_and_efi_mounted(project: Path) -> None:
     line = next((line for line in out.splitlines() if "MKOSI-XBOOTLDR" in line), None)
     assert line is not None, out[-4000:]
     print(line, file=sys.stderr)
+    return line
+
+
+@pytest.mark.slow
+def test_boots_with_boot_and_efi_mounted(project: Path) -> None:
+    line = boot_report(project)
     assert "boot=[vfat xbootldr ]" in line, line
     assert "efi=[vfat ESP ]" in line, line
     assert ".efi" in line.split("ukis=[")[1].split("]")[0], line
     assert "vmlinuz-" in line.split("kernels=[")[1].split("]")[0], line
     assert "loader.conf" in line.split("loader=[")[1], line
+
+
+@pytest.mark.slow
+def test_type1_entry_on_xbootldr_boots(type1_project: Path) -> None:
+    image = type1_project / "mkosi.output/xbl1.raw"
+    esp, xbootldr = by_type(image, ESP_TYPE), by_type(image, XBOOTLDR_TYPE)
+    entries = fat_names(image, xbootldr, "/loader/entries")
+    assert len(entries) == 1, entries
+    entry_id = next(iter(entries)).removesuffix(".conf")
+    assert entry_id.startswith("xbl1-")
+    assert fat_names(image, xbootldr, f"/{entry_id}") == {"linux", "initrd"}
+    text = mtools("mtype", image, xbootldr, f"::/loader/entries/{entry_id}.conf")
+    assert f"linux /{entry_id}/linux" in text and f"initrd /{entry_id}/initrd" in text, text
+    assert fat_names(image, esp, "/loader/entries") == set() and "loader.conf" in fat_names(image, esp, "/loader")
+    assert entry_id not in fat_names(image, esp, "/")
+    # systemd-boot on the ESP finds the entry on the XBOOTLDR partition and boots it.
+    line = boot_report(type1_project)
+    assert "boot=[vfat xbootldr ]" in line, line
+    assert "ukis=[]" in line, line

@@ -332,6 +332,12 @@ def check_verb_can_use_image(cli: CommandLine, v: Merged, values: dict[str, Any]
         raise _fail(v, "qemu_boot", f"'{values['qemu_boot'].value}' is not in BootProtocols=")
 
 
+def check_xbootldr(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
+    if values["xbootldr_size"] is not None and not values["bootable"] and values["format"].row.kind is FormatKind.disk:
+        # mkosi 14 makes the partition only for bootable images too, and says nothing; a warning here.
+        log.warn("XBootLDRSize= has no effect without Bootable=yes: the image gets no XBOOTLDR partition")
+
+
 def check_boot_loader(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
     """Format=esp needs a boot loader; UKI profile files are read (errors name their file and line)."""
     esp = values["format"].row.name == "esp"
@@ -354,7 +360,7 @@ CHECKS: tuple[Check, ...] = (
     check_format_implemented, check_distribution_implemented, check_compression_fits_format,
     check_scripts_executable, check_inputs_exist, check_tools_tree,
     check_format_settings, check_verity_combinations, check_secure_boot, check_sources_and_keys,
-    check_verb_can_use_image, check_boot_loader,
+    check_verb_can_use_image, check_boot_loader, check_xbootldr,
 )
 
 

@@ -92,8 +92,6 @@ def make_disk_image(ctx: Context) -> None:
         mksquashfs_tool=str(config.mksquashfs_tool) if config.mksquashfs_tool else "mksquashfs",
         seed=seed_from_setting(config.seed),
     )
-    if config.xbootldr_size is not None and not config.bootable:
-        log.warn("XBootLDRSize= makes an XBOOTLDR partition only with Bootable=yes; this image has none")
     with log.step(f"Assembling {fs} GPT disk image"):
         result = build_disk(spec)
     if config.bootable:

@@ -986,6 +986,7 @@ def test_a_made_up_setting_with_a_computed_default_is_one_row(wd: Path) -> None:
     ("[Output]\nFormat=tar\nBootable=yes\n", "Bootable= only applies to GPT disk image formats"),
     ("[Output]\nFormat=directory\nSplitArtifacts=yes\n", "SplitArtifacts= only applies to GPT disk image formats"),
     ("[Output]\nSecureBoot=yes\n", "SecureBoot= has no effect without Bootable=yes"),
+    ("[Output]\nFormat=gpt_xfs\n[Partitions]\nXBootLDRSize=1G\n", "XBootLDRSize= has no effect without Bootable=yes"),
 ])
 def test_settings_without_effect_on_the_format_warn(wd: Path, text: str, warning: str,
                                                      capsys: pytest.CaptureFixture[str]) -> None:

@@ -795,7 +795,9 @@ def build_command(args: Args, config: Config) -> bool:
             log.info(f"Image '{config.image}' has no build script; nothing to rerun")
             return False
         check_rerun(config)
-    with output_lock(config.output_dir), source_date_epoch_environment(config):
+    with output_lock(config.output_dir) as own, source_date_epoch_environment(config):
+        if own:
+            recover_interrupted_move(config.output_dir)
         if args.rerun_build_scripts:
             _rerun_locked(args, config)
             return True
@@ -806,7 +808,6 @@ def _rerun_locked(args: Args, config: Config) -> None:
     """-R: the build script runs again in (an overlay on) the cached development image, with the current
     sources; no image is built. A directory output gets the new results copied over its old content."""
     assert config.output_dir is not None
-    recover_interrupted_move(config.output_dir)
     check_host_tools(config)
     check_writable(workspace_parent(config), "workspace directory")
     remove_stale_workspaces(workspace_parent(config))
@@ -835,7 +836,6 @@ def _rerun_locked(args: Args, config: Config) -> None:
 
 def _build_locked(args: Args, config: Config) -> bool:
     assert config.output_dir is not None
-    recover_interrupted_move(config.output_dir)
     check_build_only(config)
     drop_caches(args, config)
     key = up_to_date_key(args, config)

@@ -19,7 +19,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from mkosi import log
@@ -34,11 +34,21 @@ TMP_PREFIX = ".mkosi-tmp-"
 CLONE_NEWNS = 0x00020000
 
 
+# Output directories whose lock the build of several images holds for all of them (see images_locked()):
+# the image builds it forks inherit this and neither wait for that lock nor recover interrupted moves.
+_HELD: set[Path] = set()
+
+
 @contextlib.contextmanager
-def output_lock(outdir: Path) -> Iterator[None]:
+def output_lock(outdir: Path) -> Iterator[bool]:
     """Hold the output directory's lock (an flock on the directory itself, so no file is left there); a
-    second build of the same outputs waits with a message."""
+    second build of the same outputs waits with a message. Yields whether this call took the lock: False
+    when the build of several images holds it for all of them, whose builds must then not touch what
+    belongs to another image (recover_interrupted_move() ran once, before any of them started)."""
     outdir.mkdir(parents=True, exist_ok=True)
+    if outdir.resolve() in _HELD:
+        yield False
+        return
     fd = os.open(outdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         try:
@@ -46,9 +56,27 @@ def output_lock(outdir: Path) -> Iterator[None]:
         except BlockingIOError:
             log.info(f"Waiting for another build that writes to {outdir}")
             fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        yield True
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def images_locked(outdirs: Iterable[Path]) -> Iterator[None]:
+    """For the images of one build that run at the same time: take each output directory's lock once, for
+    all of them, and finish interrupted moves there before any image starts. Without this the images
+    sharing an output directory would wait for each other's lock, one after the other."""
+    with contextlib.ExitStack() as stack:
+        held: list[Path] = []
+        try:
+            for outdir in sorted({d.resolve() for d in outdirs if not d.exists() or d.is_dir()}):
+                stack.enter_context(output_lock(outdir))
+                recover_interrupted_move(outdir)
+                _HELD.add(outdir)
+                held.append(outdir)
+            yield
+        finally:
+            _HELD.difference_update(held)
 
 
 def recover_interrupted_move(outdir: Path) -> None:

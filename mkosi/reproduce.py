@@ -275,8 +275,9 @@ def check_reproducible(args: Args, config: Config) -> bool:
         raise MkosiError("'mkosi build' must be run as root", hint="run it with sudo")
     args, config = fixed_inputs(args, config)
     assert config.output_dir is not None
-    with output_lock(config.output_dir), source_date_epoch_environment(config):
-        recover_interrupted_move(config.output_dir)
+    with output_lock(config.output_dir) as own, source_date_epoch_environment(config):
+        if own:
+            recover_interrupted_move(config.output_dir)
         drop_caches(args, config)
         check_outputs(args, config)
         prepare_to_build(config)

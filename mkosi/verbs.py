@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from mkosi.dependencies import host_packages
 from mkosi.errors import MkosiError
 from mkosi.formats import FormatKind
 from mkosi.output.artifacts import to_clean
-from mkosi.preflight import recover_interrupted_move
+from mkosi.preflight import images_locked, recover_interrupted_move
 from mkosi.reproduce import check_reproducible
 from mkosi.run import run, using_sandbox
 from mkosi.sandbox import Sandbox
@@ -475,12 +476,13 @@ def run_verb(args: Args, config: Config) -> int:
 
 
 def _build_one(args: Args, config: Config) -> int:
-    """The body of a build process of one image: its messages carry the image's name."""
-    log.set_prefix(f"[{config.image}] ")
+    """The body of a build process of one image (its output goes to the parent, which prefixes it)."""
     try:
         return run_verb(args, config)
     except MkosiError as e:
         log.error(str(e))
+        if e.hint:
+            print(f"       Hint: {e.hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         log.error("interrupted")
@@ -488,46 +490,107 @@ def _build_one(args: Args, config: Config) -> int:
     except Exception as e:  # a bug: reported like the main process does, in one line
         log.error(f"internal error: {type(e).__name__}: {e}")
         return 70
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+_RELAY_LOCK = threading.Lock()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _relay(fd: int, prefix: bytes) -> None:
+    """Copy a build process's output (its stdout and stderr, its tools' included) to stderr, each line
+    starting with the image's name, so that the lines of images built at the same time stay apart."""
+    with os.fdopen(fd, "rb") as f:
+        for line in f:
+            with _RELAY_LOCK:
+                sys.stderr.buffer.write(prefix + (line if line.endswith(b"\n") else line + b"\n"))
+                sys.stderr.buffer.flush()
+
+
+def _start_build(args: Args, config: Config) -> tuple[int, threading.Thread]:
+    """Fork the build of one image, its output going through a pipe to a relay thread."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    r, w = os.pipe()
+    # No relay thread is in the middle of writing (holding stderr's lock) when the process is copied.
+    with _RELAY_LOCK:
+        pid = os.fork()
+    if pid == 0:
+        code = 70
+        try:
+            os.close(r)
+            os.dup2(w, 1)
+            os.dup2(w, 2)
+            os.close(w)
+            sys.stdout = open(1, "w", buffering=1, errors="replace", closefd=False)  # noqa: SIM115
+            sys.stderr = open(2, "w", buffering=1, errors="replace", closefd=False)  # noqa: SIM115
+            # SIGTERM (sent when another image failed) takes the path of Ctrl-C: the build cleans up.
+            signal.signal(signal.SIGTERM, _interrupt)
+            code = _build_one(args, config)
+        finally:
+            os._exit(code)
+    os.close(w)
+    relay = threading.Thread(target=_relay, args=(r, f"[{config.image}] ".encode()), name=f"relay-{config.image}",
+                             daemon=True)
+    relay.start()
+    return pid, relay
+
+
+def build_dependencies(configs: list[Config]) -> dict[str, set[str]]:
+    """Image name -> the images built before it: its Dependencies=; for the main image, all others."""
+    return {c.image: set(c.dependencies) if c.image != "main" else {d.image for d in configs if d.image != "main"}
+            for c in configs}
 
 
 def build_in_parallel(args: Args, configs: list[Config]) -> int:
     """Build several images, each in a process of its own, each as soon as the images it depends on are
-    built (the main image after all the others), as many at a time as there are CPUs. After a failure no
-    new build starts; the running ones finish."""
-    deps = {c.image: set(c.dependencies) if c.image != "main" else {d.image for d in configs if d.image != "main"}
-            for c in configs}
+    built (the main image after all the others), as many at a time as there are CPUs. The output
+    directories are locked once for all of them. After a failure no new build starts and the running
+    ones are stopped (SIGTERM: they clean up their workspaces as after Ctrl-C)."""
+    deps = build_dependencies(configs)
     pending = {c.image: c for c in configs}
-    running: dict[int, str] = {}
+    running: dict[int, tuple[str, threading.Thread]] = {}
     done: set[str] = set()
     failed: Optional[int] = None
     slots = max(1, os.cpu_count() or 1)
-    while pending or running:
-        ready = [n for n in pending if deps[n] <= done] if failed is None else []
-        while ready and len(running) < slots:
-            name = ready.pop(0)
-            config = pending.pop(name)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            pid = os.fork()
-            if pid == 0:
-                os._exit(_build_one(args, config))
-            running[pid] = name
-        if not running:
-            break
-        try:
-            pid, status = os.wait()
-        except KeyboardInterrupt:
-            # Ask the running builds to stop and clean up (Ctrl-C reached them already, SIGTERM did not).
-            for child in running:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child, signal.SIGTERM)
-            failed = failed or 130
-            continue
-        name = running.pop(pid)
-        code = os.waitstatus_to_exitcode(status)
-        if code == 0:
-            done.add(name)
-        elif failed is None:
-            failed = code if code > 0 else 130
-            log.error(f"building image '{name}' failed; not starting further images")
+
+    def stop_others(reason: str) -> None:
+        names = ", ".join(f"'{n}'" for n, _ in running.values())
+        log.error(f"{reason}; stopping the build of {names}" if running else reason)
+        for child in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+
+    with images_locked(c.output_dir for c in configs if c.output_dir is not None):
+        while pending or running:
+            ready = [n for n in pending if deps[n] <= done] if failed is None else []
+            while ready and len(running) < slots:
+                name = ready.pop(0)
+                pid, relay = _start_build(args, pending.pop(name))
+                running[pid] = (name, relay)
+            if not running:
+                break
+            try:
+                pid, status = os.wait()
+            except KeyboardInterrupt:
+                # Ctrl-C reached the builds already, SIGTERM did not: ask them to stop and clean up.
+                failed = failed or 130
+                stop_others("interrupted")
+                continue
+            name, relay = running.pop(pid)
+            relay.join(timeout=5)  # a process the build left running may hold the pipe open
+            code = os.waitstatus_to_exitcode(status)
+            if code == 0:
+                done.add(name)
+            elif failed is None:
+                failed = code if code > 0 else 130
+                stop_others(f"building image '{name}' failed")
+        if failed is None and pending:
+            # Cannot happen: order_images() rejected cycles and unknown names already.
+            raise MkosiError(f"images {', '.join(sorted(pending))} wait for images that are not built")
     return failed or 0

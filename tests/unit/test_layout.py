@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import time
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from mkosi.config.enums import Distribution
 from mkosi.config.settings import Args, Config
 from mkosi.config.types import ConfigTree
 from mkosi.config.version import compare_versions, version_condition_holds
-from mkosi.errors import ConfigError
+from mkosi.errors import ConfigError, MkosiError
+from mkosi.preflight import output_lock
 from tests.unit.conftest import write
 
 pytestmark = pytest.mark.usefixtures("fixed_host")
@@ -308,6 +310,109 @@ def test_independent_images_build_at_the_same_time(wd: Path, monkeypatch: pytest
     (wd / "fail-b").touch()
     assert mkosi.verbs.build_in_parallel(args, configs) == 1
     assert "start main" not in log.read_text()
+
+
+def _events(log: Path) -> dict[tuple[str, str], float]:
+    return {(kind, image): float(at) for kind, image, at in (line.split() for line in log.read_text().splitlines())}
+
+
+def test_a_failed_image_stops_the_one_built_at_the_same_time(wd: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capfd: pytest.CaptureFixture[str]) -> None:
+    write(wd / "mkosi.images/a.conf", "[Output]\nFormat=tar\n")
+    write(wd / "mkosi.images/b.conf", "[Output]\nFormat=tar\n")
+    log = wd / "log"
+
+    def fake(args: Args, config: Config) -> int:
+        with log.open("a") as f:
+            f.write(f"start {config.image} {time.monotonic()}\n")
+        if config.image == "a":
+            time.sleep(0.3)
+            raise MkosiError("a broke", hint="fix a")
+        try:
+            time.sleep(30)
+            with log.open("a") as f:
+                f.write(f"end {config.image} {time.monotonic()}\n")
+        finally:  # what the build's steps do when SIGTERM (taken as Ctrl-C) reaches them
+            with log.open("a") as f:
+                f.write(f"cleanup {config.image} {time.monotonic()}\n")
+        return 0
+
+    monkeypatch.setattr(mkosi.verbs, "run_verb", fake)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    args, configs = load_args(["build"])
+    begin = time.monotonic()
+    assert mkosi.verbs.build_in_parallel(args, configs) == 1
+    assert time.monotonic() - begin < 10
+    events = _events(log)
+    assert ("end", "b") not in events and ("start", "main") not in events
+    assert ("cleanup", "b") in events
+    err = capfd.readouterr().err
+    assert "[a] Error: a broke" in err and "[a]        Hint: fix a" in err
+    assert "building image 'a' failed; stopping the build of 'b'" in err
+    assert "[b] Error: interrupted" in err
+
+
+def test_output_of_images_built_at_the_same_time_carries_their_names(
+        wd: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    write(wd / "mkosi.images/a.conf", "[Output]\nFormat=tar\n")
+    write(wd / "mkosi.images/b.conf", "[Output]\nFormat=tar\n")
+
+    def fake(args: Args, config: Config) -> int:
+        # A tool writing straight to the inherited descriptors, as a build script's does.
+        subprocess.run(["sh", "-c", f"echo out-{config.image}; echo err-{config.image} >&2"], check=True)
+        os.write(1, f"last-{config.image}".encode())  # no newline at the end
+        return 0
+
+    monkeypatch.setattr(mkosi.verbs, "run_verb", fake)
+    args, configs = load_args(["build"])
+    assert mkosi.verbs.build_in_parallel(args, configs) == 0
+    lines = capfd.readouterr().err.splitlines()
+    for image in ("a", "b", "main"):
+        for text in ("out", "err", "last"):
+            assert f"[{image}] {text}-{image}" in lines
+
+
+def test_images_sharing_an_output_directory_do_not_wait_for_each_other(wd: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    write(wd / "mkosi.images/a.conf", "[Output]\nFormat=tar\n")
+    write(wd / "mkosi.images/b.conf", "[Output]\nFormat=tar\n")
+    args, configs = load_args(["build"])
+    outdir = configs[0].output_dir
+    assert outdir is not None and {c.output_dir for c in configs} == {outdir}
+    # A move that an interrupted build left half done: finished once, before any image starts.
+    outdir.mkdir(parents=True, exist_ok=True)
+    (outdir / ".mkosi-old-a.tar").write_text("old")
+    log = wd / "log"
+
+    def fake(args: Args, config: Config) -> int:
+        assert config.output_dir is not None
+        with output_lock(config.output_dir) as own:
+            with log.open("a") as f:
+                f.write(f"start {config.image} {time.monotonic()}\n")
+            assert not own
+            assert (config.output_dir / "a.tar").read_text() == "old"
+            time.sleep(0.5)
+            with log.open("a") as f:
+                f.write(f"end {config.image} {time.monotonic()}\n")
+        return 0
+
+    monkeypatch.setattr(mkosi.verbs, "run_verb", fake)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert mkosi.verbs.build_in_parallel(args, configs) == 0
+    events = _events(log)
+    assert events[("start", "b")] < events[("end", "a")] and events[("start", "a")] < events[("end", "b")]
+    # Afterwards the lock is free again for a build of its own.
+    with output_lock(outdir) as own:
+        assert own
+
+
+def test_build_order_follows_dependencies(wd: Path) -> None:
+    write(wd / "mkosi.images/base.conf", "[Output]\nFormat=directory\n")
+    write(wd / "mkosi.images/ext.conf", "[Config]\nDependencies=base\n[Output]\nFormat=sysext\n")
+    write(wd / "mkosi.images/other.conf", "[Output]\nFormat=tar\n")
+    _, configs = load_args(["build"])
+    assert mkosi.verbs.build_dependencies(configs) == {"base": set(), "ext": {"base"}, "other": set(),
+                                                         "main": {"base", "ext", "other"}}
 
 
 # ---- cases met in public configuration trees ----

@@ -19,6 +19,13 @@ Cases (pick with --cases, default all):
               source tree (e.g. an export of main) in the same rounds, for --baseline-sizes.
   incremental a two-phase build with mkosi.build: warm rebuild after touching one source file,
               and a rebuild with nothing changed (both with -i and a filled cache)
+  bootable    gpt_ext4 cold and warm, non-bootable and Bootable=yes (same packages otherwise), in
+              --rounds interleaved rounds: medians with the load, bootable/non-bootable ratios, and
+              the bootable build's main steps
+  parallel    two independent sub-images (mkosi.images/a.conf, b.conf: directory, systemd,udev) and a
+              main image, warm: one `mkosi build` (a and b at the same time, main after them) versus
+              a, b and main built one after the other as three projects; the time the two sub-images
+              take together is read from the build's output (when the first [main] line appears)
 
 Run as root. Prints one line per measurement and the ratios the project's targets refer to.
 """
@@ -192,6 +199,117 @@ def case_incremental(base: Path) -> None:
     unchanged = mkosi(d, "-i", "-f", "build")
     report("incremental: nothing changed", unchanged)
     print(f"targets: one-file change <= 10 s ({touched:.1f}), nothing changed <= 2 s ({unchanged:.1f})")
+
+
+def rounds() -> int:
+    return int(str(OPTIONS["rounds"]))
+
+
+def median_line(key: str, values: list[tuple[float, float]]) -> str:
+    secs = statistics.median(s for s, _ in values)
+    lo = statistics.median(lo for _, lo in values)
+    return f"  {key:<34} {secs:6.1f} s  [load {lo:.1f}]  ({', '.join(f'{s:.1f}' for s, _ in values)})"
+
+
+def case_bootable(base: Path) -> None:
+    """Non-bootable and bootable gpt_ext4, cold and warm, interleaved; each cold build from an empty cache."""
+    results = Results()
+    projects = {"gpt_ext4": project(base, "gpt-plain", "gpt_ext4", cache=True),
+                "bootable gpt_ext4": project(base, "gpt-boot", "gpt_ext4", cache=True)}
+    with open(projects["bootable gpt_ext4"] / "mkosi.default", "a") as f:
+        f.write("Bootable=yes\n")
+    for r in range(rounds()):
+        print(f"round {r + 1} (load {load():.1f})", flush=True)
+        for label, d in projects.items():
+            reset_cache(d)
+            before = load()
+            results.add(f"{label} cold", mkosi(d, "-f", "build"), before)
+            if r == 0 and label.startswith("bootable"):
+                print_steps()
+            before = load()
+            results.add(f"{label} warm", mkosi(d, "-f", "build"), before)
+    print(f"\ngpt_ext4, Packages=systemd,udev, non-bootable and Bootable=yes (medians of {rounds()} rounds)")
+    for key, values in results.items():
+        print(median_line(key, values))
+    med = {k: statistics.median(s for s, _ in v) for k, v in results.items()}
+    print(f"  bootable/non-bootable cold = {med['bootable gpt_ext4 cold'] / med['gpt_ext4 cold']:.2f} (target <= 4)   "
+          f"warm = {med['bootable gpt_ext4 warm'] / med['gpt_ext4 warm']:.2f}")
+
+
+PARALLEL_SUB = """\
+[Output]
+Format=directory
+
+[Content]
+Packages=systemd,udev
+"""
+
+
+def parallel_projects(base: Path) -> tuple[Path, list[Path]]:
+    """One project with sub-images a and b (and a main image), and the same three images as three
+    projects of their own; all share one package cache."""
+    cache = base / "parallel-cache"
+    cache.mkdir()
+    main_conf = DEFAULT.format(fmt="directory", mirror=MIRROR) + f"\n[Build]\nPackageCacheDirectory={cache}\n"
+    together = base / "together"
+    (together / "mkosi.images").mkdir(parents=True)
+    (together / "mkosi.conf").write_text(main_conf)
+    for name in ("a", "b"):
+        (together / "mkosi.images" / f"{name}.conf").write_text(PARALLEL_SUB)
+    apart = []
+    for name in ("a", "b", "main"):
+        d = base / f"apart-{name}"
+        d.mkdir()
+        (d / "mkosi.conf").write_text(main_conf)
+        apart.append(d)
+    return together, apart
+
+
+def mkosi_marked(directory: Path, marker: str, *argv: str) -> tuple[float, float]:
+    """Run mkosi, returning its wall-clock time and when the first line starting with `marker` came."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    start = time.monotonic()
+    seen = None
+    lines = []
+    with subprocess.Popen([sys.executable, "-m", "mkosi", "-C", str(directory), *argv], env=env, text=True,
+                          errors="replace", stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if seen is None and line.startswith(marker):
+                seen = time.monotonic() - start
+    elapsed = time.monotonic() - start
+    LAST_LOG[:] = lines
+    if proc.returncode != 0:
+        sys.exit(f"mkosi -C {directory} {' '.join(argv)} failed ({proc.returncode}):\n" + "\n".join(lines[-40:]))
+    if seen is None:
+        sys.exit(f"no line starting with {marker!r} in the output of mkosi -C {directory}")
+    return elapsed, seen
+
+
+def case_parallel(base: Path) -> None:
+    """Two independent images at once versus one after the other (warm: the package cache is filled)."""
+    together, apart = parallel_projects(base)
+    mkosi(apart[0], "build")  # fills the shared package cache
+    results = Results()
+    for r in range(rounds()):
+        print(f"round {r + 1} (load {load():.1f})", flush=True)
+        before = load()
+        total, two = mkosi_marked(together, "[main] ", "-f", "build")
+        results.add("a+b at once", two, before)
+        results.add("a+b at once, then main", total, before)
+        seq = []
+        before = load()
+        for d in apart:
+            seq.append(mkosi(d, "-f", "build"))
+        results.add("a then b", seq[0] + seq[1], before)
+        results.add("a then b then main", sum(seq), before)
+    print(f"\ntwo directory images (systemd,udev), warm, medians of {rounds()} rounds")
+    for key, values in results.items():
+        print(median_line(key, values))
+    med = {k: statistics.median(s for s, _ in v) for k, v in results.items()}
+    print(f"  at once / one after the other: two images = {med['a+b at once'] / med['a then b']:.2f} (target <= 0.7)"
+          f"   whole build with main = {med['a+b at once, then main'] / med['a then b then main']:.2f}")
 
 
 SMALL = "systemd,udev"
@@ -386,14 +504,16 @@ def case_sizes(base: Path) -> None:
         print_size(size, res)
 
 
-CASES = {"directory": case_directory, "gpt_ext4": case_gpt, "incremental": case_incremental, "sizes": case_sizes}
+CASES = {"directory": case_directory, "gpt_ext4": case_gpt, "incremental": case_incremental, "sizes": case_sizes,
+         "bootable": case_bootable, "parallel": case_parallel}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated: " + ", ".join(CASES))
     parser.add_argument("--workdir", default="/var/tmp", help="where to build (default /var/tmp)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds for 'sizes' (default 3)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds for 'sizes', 'bootable' and 'parallel' (default 3)")
     parser.add_argument("--sizes", default=",".join(SIZES), help="package sets for 'sizes': " + ", ".join(SIZES))
     parser.add_argument("--baseline", type=Path, help="another mkosi source tree to time in the 'sizes' rounds")
     parser.add_argument("--baseline-sizes", default="small", help="sets to time --baseline with (default small)")

@@ -47,6 +47,7 @@ from mkosi.output.make import check_target, make_outputs, maker
 from mkosi.preflight import (
     WORKSPACE_PREFIX,
     check_writable,
+    discard_in_background,
     keep_workspace,
     mark_workspace,
     output_lock,
@@ -546,7 +547,10 @@ def replace_path(src: Path, dst: Path) -> None:
         old = dst.parent / f".mkosi-old-{dst.name}"
         os.rename(dst, old)
         os.rename(tmp, dst)
-        _rmtree_any(old)
+        if old.stat().st_ino == BTRFS_SUBVOLUME_INODE:
+            _rmtree_any(old)  # perhaps a subvolume: deleted as one, now
+        else:
+            discard_in_background(old, dst.name)  # the new output is in place: the build need not wait for this
     else:
         os.replace(tmp, dst)
 
@@ -583,6 +587,10 @@ def _first_reason(e: OSError) -> str:
     if isinstance(e, shutil.Error) and e.args and isinstance(e.args[0], list) and e.args[0]:
         return str(e.args[0][0][-1])[:200]
     return (e.strerror or str(e))[:200]
+
+
+# The root directory of a btrfs subvolume always has this inode number.
+BTRFS_SUBVOLUME_INODE = 256
 
 
 def _rmtree_any(path: Path) -> None:

@@ -2,7 +2,8 @@
 
 * it holds a lock on the output directory, so two builds of one configuration take turns instead of
   breaking each other's outputs and caches;
-* it finishes or rolls back a move of results that an earlier, interrupted build left half done;
+* it finishes or rolls back a move of results that an earlier, interrupted build left half done, and
+  removes previous outputs whose removal in the background (see discard_in_background()) was cut short;
 * it removes the workspaces of builds that died (after unmounting what they left, never recursing
   through a mount);
 * it checks that the output directory and the workspace can be written to;
@@ -19,6 +20,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -31,6 +33,7 @@ WORKSPACE_PREFIX = "mkosi-"
 PID_FILE = ".mkosi-pid"
 OLD_PREFIX = ".mkosi-old-"
 TMP_PREFIX = ".mkosi-tmp-"
+TRASH_PREFIX = ".mkosi-trash-"
 CLONE_NEWNS = 0x00020000
 
 
@@ -97,6 +100,33 @@ def recover_interrupted_move(outdir: Path) -> None:
         if entry.name.startswith(TMP_PREFIX):
             log.info(f"Removing {entry.name}, left behind by an interrupted build")
             remove_tree(entry)
+        elif entry.name.startswith(TRASH_PREFIX) and entry.is_dir() and not entry.is_symlink():
+            _remove_trash(entry)
+
+
+def _remove_trash(entry: Path) -> None:
+    """A replaced output whose remover (see discard_in_background()) is gone: finish removing it."""
+    try:
+        pid = int((entry / PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        pid = 0
+    if pid and _pid_alive(pid):
+        return
+    log.info(f"Removing {entry.name}, the previous output an earlier build did not finish removing")
+    umount_all_below(entry)
+    if not mounts_below(entry):
+        shutil.rmtree(entry, ignore_errors=True)  # a remover that just exited may have taken some already
+
+
+def discard_in_background(path: Path, name: str) -> None:
+    """Remove a directory that was replaced (the previous version of the directory output `name`) without
+    waiting: it is renamed to .mkosi-trash-NAME.* next to it and a detached `rm` removes it, its PID
+    recorded inside as for workspaces; a later build finishes the job when the remover was killed."""
+    trash = path.parent / f"{TRASH_PREFIX}{name}.{os.getpid()}.{time.monotonic_ns()}"
+    os.rename(path, trash)
+    script = f'echo $$ > "$1/{PID_FILE}" && exec rm -rf --one-file-system -- "$1"'
+    subprocess.Popen(["sh", "-c", script, "sh", os.fspath(trash)], stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def remove_tree(path: Path) -> None:

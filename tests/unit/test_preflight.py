@@ -97,3 +97,45 @@ def test_a_finished_workspace_is_removed_in_the_background(tmp_path: Path) -> No
     while ws.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not ws.exists()
+
+
+def _wait_gone(path: Path, timeout: float = 20) -> bool:
+    end = time.monotonic() + timeout
+    while path.exists():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_a_replaced_directory_output_is_removed_without_waiting(tmp_path: Path) -> None:
+    from mkosi.build import replace_path
+
+    outdir = tmp_path / "out"
+    (outdir / "image/old").mkdir(parents=True)
+    (outdir / "image/old/file").write_text("previous\n")
+    new = tmp_path / "staging/image"
+    new.mkdir(parents=True)
+    (new / "file").write_text("new\n")
+    replace_path(new, outdir / "image")
+    assert (outdir / "image/file").read_text() == "new\n"
+    assert not (outdir / "image/old").exists()
+    trash = [p for p in outdir.iterdir() if p.name != "image"]
+    assert all(p.name.startswith(".mkosi-trash-image.") for p in trash)
+    for p in trash:  # the detached remover finishes on its own
+        assert _wait_gone(p)
+    assert sorted(p.name for p in outdir.iterdir()) == ["image"]
+
+
+def test_a_replaced_output_whose_remover_died_is_removed_by_the_next_build(tmp_path: Path) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = tmp_path / ".mkosi-trash-image.1.1"
+    (orphan / "usr").mkdir(parents=True)
+    (orphan / ".mkosi-pid").write_text(f"{dead.pid}\n")
+    busy = tmp_path / ".mkosi-trash-image.2.2"
+    (busy / "usr").mkdir(parents=True)
+    (busy / ".mkosi-pid").write_text(f"{os.getpid()}\n")  # its remover still runs: left to it
+    (tmp_path / "image").mkdir()
+    recover_interrupted_move(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".mkosi-trash-image.2.2", "image"]

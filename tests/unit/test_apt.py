@@ -871,3 +871,29 @@ def test_cache_only_metadata_uses_the_cached_lists(tmp_path: Path, monkeypatch: 
     (tmp_path / "etc/sources.list").write_text("deb x y z\n")
     hostapt_module.update(hostapt)
     assert len(recorder.calls) == 1 and "update" in recorder.calls[0][0]
+
+
+def test_images_built_at_the_same_time_refresh_a_shared_cache_once(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    hostapt = apt_dirs(tmp_path)
+    hostapt.lock_file = tmp_path / "cache/lock"
+    hostapt.lists.mkdir()
+    (tmp_path / "etc/sources.list.d").mkdir(parents=True)
+    (tmp_path / "etc/sources.list").write_text("deb x y z\n")
+    recorder = Recorder()
+    monkeypatch.setattr(hostapt_module, "run", recorder)
+    hostapt_module._refreshed.clear()
+    hostapt_module.update(hostapt)                      # image a
+    assert len(recorder.calls) == 1
+    hostapt_module._refreshed.clear()                   # image b: another process, same invocation
+    hostapt_module.update(hostapt)
+    assert len(recorder.calls) == 1
+    (tmp_path / "etc/sources.list").write_text("deb x y z w\n")
+    hostapt_module._refreshed.clear()                   # other sources: refreshed
+    hostapt_module.update(hostapt)
+    assert len(recorder.calls) == 2
+    hostapt_module._refreshed.clear()                   # a later mkosi invocation refreshes again
+    monkeypatch.setattr(hostapt_module, "_INVOCATION", "another")
+    hostapt_module.update(hostapt)
+    assert len(recorder.calls) == 3
+    assert (tmp_path / "cache/refreshed").read_text().startswith("another ")

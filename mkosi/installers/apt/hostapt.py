@@ -165,13 +165,42 @@ _refreshed: dict[tuple[str, str], float] = {}
 _REFRESH_INTERVAL = 600.0
 
 
+# This mkosi invocation: fixed when the module is imported, before the images of a build are forked, so
+# the images built at the same time share it, and one image's refresh of a shared cache's lists serves
+# the others (see _shared_refresh()). CLOCK_MONOTONIC is the same in every process of the machine.
+_INVOCATION = f"{os.getpid()}.{time.monotonic_ns()}"
+
+
+def _refresh_record(apt: HostApt) -> Optional[Path]:
+    """Where builds sharing a package cache note their last refresh (next to the lists: apt-get update
+    removes files it does not know from the lists directory)."""
+    return apt.lock_file.with_name("refreshed") if apt.lock_file is not None else None
+
+
+def _shared_refresh(apt: HostApt, key: tuple[str, str]) -> Optional[float]:
+    """When another image of this invocation refreshed these lists for these sources (under the cache's
+    lock, which the caller holds), or None."""
+    record = _refresh_record(apt)
+    try:
+        invocation, digest, at = record.read_text().split() if record is not None else ("", "", "")
+    except (OSError, ValueError):
+        return None
+    if invocation != _INVOCATION or digest != _key_digest(key):
+        return None
+    return float(at)
+
+
+def _key_digest(key: tuple[str, str]) -> str:
+    return hashlib.sha256("\0".join(key).encode()).hexdigest()
+
+
 def update(apt: HostApt) -> None:
     cfg = apt.cfg
     if cfg.network and cfg.refresh:
         etc = apt.conf.parent / "etc"
         sources = [etc / "sources.list", *sorted((etc / "sources.list.d").iterdir())]
         key = (str(apt.lists), "\0".join(p.read_text() for p in sources))
-        last = _refreshed.get(key)
+        last = _refreshed.get(key) or _shared_refresh(apt, key)
         if last is not None and time.monotonic() - last < _REFRESH_INTERVAL:
             log.debug("package lists were refreshed by this build already")
             return
@@ -180,6 +209,9 @@ def update(apt: HostApt) -> None:
             _apt_get(apt, ["update", "--error-on=any", "-o", "pkgCacheFile::Generate=false"],
                      "refreshing package lists")
         _refreshed[key] = time.monotonic()
+        if (record := _refresh_record(apt)) is not None:
+            with contextlib.suppress(OSError):
+                record.write_text(f"{_INVOCATION} {_key_digest(key)} {_refreshed[key]}\n")
         return
     prefix = list_prefixes(main_lines(cfg))[0]
     if not any(p.name.startswith(prefix) and "_Packages" in p.name for p in apt.lists.iterdir()):

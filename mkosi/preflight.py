@@ -124,9 +124,7 @@ def discard_in_background(path: Path, name: str) -> None:
     recorded inside as for workspaces; a later build finishes the job when the remover was killed."""
     trash = path.parent / f"{TRASH_PREFIX}{name}.{os.getpid()}.{time.monotonic_ns()}"
     os.rename(path, trash)
-    script = f'echo $$ > "$1/{PID_FILE}" && exec rm -rf --one-file-system -- "$1"'
-    subprocess.Popen(["sh", "-c", script, "sh", os.fspath(trash)], stdin=subprocess.DEVNULL,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    detached_rm(trash)
 
 
 def remove_tree(path: Path) -> None:
@@ -171,10 +169,23 @@ def remove_in_background(ws: Path) -> None:
     if mounts_below(ws):
         log.warn(f"the workspace {ws} still has mounts below it; leaving it")
         return
-    # The shell records its PID (rm keeps it through exec) before anything is removed.
-    script = 'echo $$ > "$1/.mkosi-pid" && exec rm -rf --one-file-system -- "$1"'
-    subprocess.Popen(["sh", "-c", script, "sh", os.fspath(ws)], stdin=subprocess.DEVNULL,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    detached_rm(ws)
+
+
+def detached_rm(path: Path) -> None:
+    """`rm -rf` of a directory in a session of its own, not waited for. Its PID is in the directory's
+    PID file before this returns (rm waits for a line on its standard input until then): a build
+    starting right after must see the remover's PID there, not the dead one of the build that left the
+    directory, or it would take the directory for abandoned and remove it at the same time."""
+    proc = subprocess.Popen(["sh", "-c", 'read -r _; exec rm -rf --one-file-system -- "$1"', "sh", os.fspath(path)],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    assert proc.stdin is not None
+    try:
+        (path / PID_FILE).write_text(f"{proc.pid}\n")  # sh execs rm: the PID stays the remover's
+    finally:
+        proc.stdin.write(b"\n")
+        proc.stdin.close()
 
 
 def remove_stale_workspaces(parent: Path) -> None:
@@ -194,8 +205,8 @@ def remove_stale_workspaces(parent: Path) -> None:
         log.info(f"Removing the workspace {ws} of a build that no longer runs")
         try:
             remove_tree(ws)
-        except MkosiError as e:
-            log.warn(str(e))
+        except (MkosiError, OSError) as e:  # not worth failing this build for
+            log.warn(f"could not remove {ws}: {e}")
 
 
 def check_writable(directory: Path, what: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.synchronize
 import os
@@ -139,3 +140,21 @@ def test_a_replaced_output_whose_remover_died_is_removed_by_the_next_build(tmp_p
     (tmp_path / "image").mkdir()
     recover_interrupted_move(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".mkosi-trash-image.2.2", "image"]
+
+
+def test_a_build_starting_right_after_leaves_a_workspace_being_removed_alone(tmp_path: Path) -> None:
+    from mkosi.preflight import remove_in_background
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    ws = tmp_path / "mkosi-finished"
+    for i in range(300):
+        (ws / f"root/d{i}").mkdir(parents=True)
+        (ws / f"root/d{i}/f").write_text("x")
+    (ws / PID_FILE).write_text(f"{dead.pid}\n")  # what the build that just ended recorded
+    remove_in_background(ws)
+    # When the call returns, the PID file names the live remover, not the build that is gone.
+    with contextlib.suppress(FileNotFoundError):
+        assert int((ws / PID_FILE).read_text()) != dead.pid
+    remove_stale_workspaces(tmp_path)  # a build starting now: no concurrent removal, no error
+    assert _wait_gone(ws)

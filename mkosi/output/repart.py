@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import shutil
 import uuid
@@ -281,8 +282,23 @@ def write_definitions(config: Config, target: Path) -> list[Definition]:
     return read_definitions([target])
 
 
+def mkfs_environment(seed: str) -> dict[str, str]:
+    """Extra mkfs options systemd-repart takes from $SYSTEMD_REPART_MKFS_OPTIONS_<FSTYPE>, for what its own
+    --seed= does not fix: mkfs.ext4 draws the directory hash seed at random. With a fixed seed it is derived
+    from it (one per file system type); an option given in mkosi's own environment is kept as it is."""
+    if seed == "random":
+        return {}
+    key = uuid.UUID(seed).bytes
+    env = {}
+    for fs in ("ext2", "ext3", "ext4"):
+        name = f"SYSTEMD_REPART_MKFS_OPTIONS_{fs.upper()}"
+        if name not in os.environ:
+            env[name] = f"-E hash_seed={derive_uuid(key, 'repart-hash-seed', fs)}"
+    return env
+
+
 def run_repart(ctx: Context, call: RepartRun, sandbox: Sandbox) -> list[Made]:
-    env = {"TMPDIR": str(ctx.dir("repart-tmp"))}
+    env = {"TMPDIR": str(ctx.dir("repart-tmp")), **mkfs_environment(call.seed)}
     if ctx.config.source_date_epoch is not None:
         env["SOURCE_DATE_EPOCH"] = str(ctx.config.source_date_epoch)
     proc = run(call.argv(), sandbox=sandbox, capture=True, env=env)

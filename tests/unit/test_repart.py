@@ -232,6 +232,20 @@ def test_the_seed_follows_seed_then_the_source_date_epoch(wd: Path) -> None:
     assert repart.repart_seed(load("--format=disk")) == "0e9a6fe0-68f6-408c-bbeb-136054d20445"
 
 
+def test_the_ext4_hash_seed_is_derived_from_a_fixed_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    for fs in ("EXT2", "EXT3", "EXT4"):
+        monkeypatch.delenv(f"SYSTEMD_REPART_MKFS_OPTIONS_{fs}", raising=False)
+    seed = "0e9a6fe0-68f6-408c-bbeb-136054d20445"
+    env = repart.mkfs_environment(seed)
+    assert env == repart.mkfs_environment(seed), "the same seed gives the same options"
+    assert env != repart.mkfs_environment("5b7f0c1e-8d2a-4e3b-9f60-1a2b3c4d5e6f")
+    option = env["SYSTEMD_REPART_MKFS_OPTIONS_EXT4"]
+    assert option.startswith("-E hash_seed=") and len(option.split("=", 1)[1]) == 36
+    assert repart.mkfs_environment("random") == {}, "a random seed leaves mkfs.ext4 its random hash seed"
+    monkeypatch.setenv("SYSTEMD_REPART_MKFS_OPTIONS_EXT4", "-E stride=4")
+    assert "SYSTEMD_REPART_MKFS_OPTIONS_EXT4" not in repart.mkfs_environment(seed), "the caller's own options win"
+
+
 # ---- the settings around it ----
 
 def test_format_disk_takes_and_refuses(wd: Path) -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 from mkosi import log
 from mkosi.errors import CommandError, MkosiError
 from mkosi.output.gpt import SeedLike, make_uuid, resolve_seed
-from mkosi.run import find_tool, output, run
+from mkosi.run import current_sandbox, find_tool, output, run
 
 MiB = 1024 * 1024
 XFS_MIN_SIZE = 300 * MiB
@@ -161,6 +161,17 @@ def make_ext4(
         epoch_value = source_date_epoch()
         if epoch_value is not None:
             _ext4_clamp_times(image, src_dir, epoch_value)
+
+
+def clamp_times(root: Path, epoch: int) -> None:
+    """Set the access and modification times of everything below `root` that are later than `epoch` to it."""
+    limit = epoch * 1_000_000_000
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if st.st_mtime_ns > limit or st.st_atime_ns > limit:
+                os.utime(path, ns=(min(st.st_atime_ns, limit), min(st.st_mtime_ns, limit)), follow_symlinks=False)
 
 
 def source_date_epoch() -> int | None:
@@ -382,12 +393,15 @@ def loop_mount(image: Path, fstype: str | None = None, options: str = "") -> Ite
     argv: list[str] = ["mount", "-o", ",".join(o for o in ("loop", options) if o)]
     if fstype:
         argv += ["-t", fstype]
+    # The mount must outlive the command: mount and umount run on the host, never inside the bubblewrap of a
+    # tools tree (whose mount namespace ends with the command); what runs on the mounted tree sees it there.
+    host = current_sandbox().but(tools=None)
     try:
-        run([*argv, os.fspath(image), os.fspath(mnt)], capture=True)
+        run([*argv, os.fspath(image), os.fspath(mnt)], sandbox=host, capture=True)
         try:
             yield mnt
         finally:
-            run(["umount", os.fspath(mnt)], capture=True)
+            run(["umount", os.fspath(mnt)], sandbox=host, capture=True)
     finally:
         with contextlib.suppress(OSError):
             mnt.rmdir()
@@ -698,10 +712,18 @@ def make_vfat(
 def populate_vfat(image: Path, src_dir: Path, *, what: str = "ESP", setting: str = "ESPSize=") -> None:
     """Copy the contents of `src_dir` into the root of a FAT image with mcopy (no mounting); what is
     there already stays (directories are merged). `what` and `setting` name the partition and its size
-    setting in the error of a full file system."""
+    setting in the error of a full file system.
+
+    mcopy -m keeps the times of files and directories, and takes SOURCE_DATE_EPOCH for what it makes
+    itself; with SOURCE_DATE_EPOCH, times of `src_dir` later than it (the directories mkosi made for the
+    ESP during the build) are clamped to it first, so that the FAT directory entries are reproducible.
+    """
     names = sorted(os.listdir(src_dir))
     if not names:
         return
+    epoch = source_date_epoch()
+    if epoch is not None:
+        clamp_times(src_dir, epoch)
     env = {"MTOOLS_SKIP_CHECK": "1"}
     with log.step(f"Populating {image.name}"):
         try:

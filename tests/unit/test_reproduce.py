@@ -283,3 +283,26 @@ def test_ext4_images_of_trees_made_at_different_times_are_equal(tmp_path: Path,
         images.append(image.read_bytes())
         time.sleep(1.1)  # the second tree's ctimes are a second later
     assert images[0] == images[1]
+
+
+@needs_tools("mkfs.vfat", "mcopy")
+def test_vfat_images_of_trees_made_at_different_times_are_equal(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ESP's directories are made during the build: their times are clamped before mcopy keeps them."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    images = []
+    for n in (1, 2):
+        tree = tmp_path / f"esp{n}"
+        (tree / "EFI/Linux").mkdir(parents=True)
+        (tree / "EFI/Linux/image.efi").write_bytes(b"MZ" + bytes(4000))
+        (tree / "loader").mkdir()
+        (tree / "loader/loader.conf").write_text("timeout 0\n")
+        os.utime(tree / "loader/loader.conf", (1600000000, 1600000000))
+        image = tmp_path / f"{n}.img"
+        fs.make_vfat(image, 64 * 1024 * 1024, "ESP", seed=SEED)
+        fs.populate_vfat(image, tree)
+        images.append(image.read_bytes())
+        time.sleep(2.1)  # FAT times have a resolution of two seconds
+    assert images[0] == images[1]
+    assert os.stat(tmp_path / "esp1/loader/loader.conf").st_mtime == 1600000000, "older times are kept"
+    assert os.stat(tmp_path / "esp1/EFI/Linux").st_mtime == 1700000000

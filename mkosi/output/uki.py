@@ -28,7 +28,7 @@ from mkosi.config.enums import Bootloader
 from mkosi.config.settings import Config
 from mkosi.context import Context
 from mkosi.errors import MkosiError
-from mkosi.output.archive import make_cpio
+from mkosi.output.archive import make_cpio, source_date_epoch
 from mkosi.output.artifacts import BMAP, IMAGE, SPLIT_KERNEL, staged
 from mkosi.output.bmap import write_bmap
 from mkosi.output.compress import compress_file, maybe_compress
@@ -85,6 +85,10 @@ def image_as_initrd(ctx: Context) -> Path:
             raise MkosiError("Format=uki needs systemd in the image (it runs as /init from memory)",
                              hint="add systemd to Packages=")
         init.symlink_to("usr/lib/systemd/systemd")
+        epoch = source_date_epoch()
+        if epoch is not None:
+            # Made after the tree's times were clamped: the link gets the epoch, as every newer file has.
+            os.utime(init, (epoch, epoch), follow_symlinks=False)
     cpio = ctx.workspace / "image.cpio"
     with log.step("Archiving the image as the UKI's initrd"):
         make_cpio(ctx.root, cpio)

@@ -41,6 +41,9 @@ def dracut_flags(config: Config) -> list[str]:
     flags = ["--hostonly"] if config.hostonly_initrd else ["--no-hostonly", "--no-hostonly-cmdline"]
     if config.verity != Verity.no:
         flags += ["--add", "systemd-veritysetup"]
+    if config.source_date_epoch is not None:
+        # Times newer than dracut's own files become theirs, and cpio --reproducible renumbers the inodes.
+        flags.append("--reproducible")
     return flags
 
 

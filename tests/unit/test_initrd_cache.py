@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mkosi.boot import bootable
-from mkosi.boot.initrd import initrd_key
+from mkosi.boot.initrd import dracut_flags, initrd_key
 from mkosi.config.enums import Distribution, Encrypt, Verity
 from mkosi.config.settings import Args, Config
 from mkosi.context import Context, Phase
@@ -136,3 +136,8 @@ def test_no_package_database_no_cache(tmp_path: Path, dracut_runs: list[str]) ->
     for _ in range(2):
         bootable.image_initrd(context(tmp_path, root), root / f"boot/vmlinuz-{VERSION}", VERSION)
     assert len(dracut_runs) == 2
+
+
+def test_dracut_is_reproducible_with_a_source_date_epoch() -> None:
+    assert "--reproducible" not in dracut_flags(Config())
+    assert "--reproducible" in dracut_flags(Config(source_date_epoch=1700000000))

@@ -897,3 +897,19 @@ def test_images_built_at_the_same_time_refresh_a_shared_cache_once(tmp_path: Pat
     hostapt_module.update(hostapt)
     assert len(recorder.calls) == 3
     assert (tmp_path / "cache/refreshed").read_text().startswith("another ")
+
+
+def test_directory_times_after_the_parallel_extraction_are_the_epoch(tmp_path: Path) -> None:
+    """The extraction's directory times race between its tar processes; with an epoch they are all the epoch."""
+    root = tmp_path / "root"
+    (root / "usr/libexec/dpkg").mkdir(parents=True)
+    (root / "usr/libexec/dpkg/helper").write_text("#!/bin/sh\n")
+    os.utime(root / "usr/libexec/dpkg/helper", (1600000000, 1600000000))
+    (root / "proc/1").mkdir(parents=True)
+    (root / "lib").symlink_to("usr/lib")
+    unpack.settle_directory_times(root, 1700000000, skip=("proc",))
+    for d in (root, root / "usr", root / "usr/libexec", root / "usr/libexec/dpkg"):
+        assert os.stat(d).st_mtime == 1700000000, d
+    assert os.stat(root / "proc").st_mtime != 1700000000, "a mount point is left alone"
+    assert os.stat(root / "proc/1").st_mtime != 1700000000, "and what is below it"
+    assert os.stat(root / "usr/libexec/dpkg/helper").st_mtime == 1600000000, "files keep their packages' times"

@@ -220,3 +220,22 @@ def extract(debs: Sequence[Path], root: Path, sandbox: Sandbox, mounted: bool = 
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         for fut in [pool.submit(one, b) for b in buckets if b]:
             fut.result()
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if epoch.isdigit():
+        settle_directory_times(root, int(epoch), skip=("proc", "sys", "dev", HELPER_DIR) if mounted else ())
+
+
+def settle_directory_times(root: Path, epoch: int, skip: Sequence[str] = ()) -> None:
+    """Give every directory below `root` the time `epoch`. The parallel extractions race for the times of
+    the directories they share (tar sets a directory's time from its archive when it is done with it,
+    while another one may still add entries), so without this their times would differ between two
+    builds; dpkg, which runs next, never sets a directory's time, and what it changes is clamped to the
+    epoch at the end of the build."""
+    for dirpath, dirnames, _ in os.walk(root):
+        if dirpath == os.fspath(root):
+            dirnames[:] = [d for d in dirnames if d not in skip]
+        for name in dirnames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.utime(path, (epoch, epoch), follow_symlinks=False)
+    os.utime(root, (epoch, epoch))

@@ -229,8 +229,8 @@ def settle_directory_times(root: Path, epoch: int, skip: Sequence[str] = ()) -> 
     """Give every directory below `root` the time `epoch`. The parallel extractions race for the times of
     the directories they share (tar sets a directory's time from its archive when it is done with it,
     while another one may still add entries), so without this their times would differ between two
-    builds; dpkg, which runs next, never sets a directory's time, and what it changes is clamped to the
-    epoch at the end of the build."""
+    builds. dpkg, which unpacks over them next, works one package after the other, and the times later
+    than the epoch are clamped to it at the end of the build."""
     for dirpath, dirnames, _ in os.walk(root):
         if dirpath == os.fspath(root):
             dirnames[:] = [d for d in dirnames if d not in skip]

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,21 @@ REPO = Path(__file__).resolve().parents[2]
 
 def integration_enabled() -> bool:
     return os.getuid() == 0 and os.environ.get("MKOSI_INTEGRATION") == "1"
+
+
+def slow_deadline() -> float | None:
+    """MKOSI_TEST_SLOW_DEADLINE (seconds since the epoch, set by tools/run-tests from
+    MKOSI_TEST_SLOW_BUDGET): slow tests that would start after it are skipped, saying so."""
+    value = os.environ.get("MKOSI_TEST_SLOW_DEADLINE")
+    return float(value) if value else None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # Before the fixtures are set up: a skipped slow test builds nothing.
+    deadline = slow_deadline()
+    if deadline is not None and item.get_closest_marker("slow") is not None and time.time() > deadline:
+        pytest.skip("slow test not started: the run's time budget for slow tests (MKOSI_TEST_SLOW_BUDGET) is spent")
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -82,7 +82,7 @@ def image_initrd(ctx: Context, kernel: Path, version: str) -> Path:
 
 def uki_profiles(config: Config, cmdline: str) -> list[UkiProfile]:
     """UnifiedKernelImageProfiles=: one profile per file, booting with the base command line plus its Cmdline=."""
-    return [UkiProfile(p.profile_text(), " ".join([cmdline, *p.cmdline]) if p.cmdline else "")
+    return [UkiProfile(p.profile_text(), " ".join([cmdline, *p.cmdline]) if p.cmdline else "", p.sign_expected_pcr)
             for p in load_uki_profiles(config.uki_profiles)]
 
 

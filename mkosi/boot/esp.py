@@ -14,6 +14,7 @@ from typing import Optional
 from mkosi import log
 from mkosi.boot.grub import GRUB_EFI_TARGETS, grub_efi_config_text, install_grub_efi, write_grub_config
 from mkosi.boot.kernel import BootFiles, efi_arch
+from mkosi.boot.pcrsig import PcrSigner, pcr_signer
 from mkosi.boot.signed import install_grub_signed, install_shim, install_uki_signed
 from mkosi.boot.signing import sign_efi
 from mkosi.boot.systemd_boot import install_bls_entry, install_systemd_boot
@@ -38,6 +39,7 @@ class EspOptions:
     grub_efi_dirs: tuple[Path, ...] = ()         # where GRUB's EFI modules are looked for (Bootloader=grub)
     image_root: Optional[Path] = None            # where the signed variants' pre-signed binaries are looked for
     shim: ShimBootloader = ShimBootloader.none   # ShimBootloader=
+    pcr: Optional[PcrSigner] = None              # SignExpectedPcr=: .pcrsig/.pcrpkey in the UKIs mkosi builds
 
     @classmethod
     def from_config(cls, config: Config, profiles: Sequence[UkiProfile] = (),
@@ -50,7 +52,7 @@ class EspOptions:
                    secure_boot_certificate=config.secure_boot_certificate if sign else None,
                    bootloader=config.bootloader, uki_format=config.unified_kernel_image_format,
                    profiles=tuple(profiles), grub_efi_dirs=grub_efi_dirs(config, root), image_root=root,
-                   shim=config.shim_bootloader)
+                   shim=config.shim_bootloader, pcr=pcr_signer(config))
 
     @property
     def signs(self) -> bool:
@@ -176,7 +178,7 @@ def install_uefi(esp: Path, files: BootFiles, options: EspOptions,
             if make is not None:
                 make(uki)
             else:
-                make_uki(files, uki, options.profiles)
+                make_uki(files, uki, options.profiles, options.pcr)
         to_sign.append(uki)
         if grub:
             with log.step("Installing GRUB for UEFI"):

@@ -9,9 +9,11 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Optional
 
 from mkosi import log
 from mkosi.boot.kernel import BootFiles
+from mkosi.boot.pcrsig import PcrSigner, pcrpkey_file, sign_sections
 from mkosi.boot.pe import PEImage, append_sections, read_pe, stub_version
 from mkosi.errors import MkosiError
 
@@ -115,23 +117,50 @@ class UkiProfile:
 
     profile: str
     cmdline: str = ""
+    sign_expected_pcr: bool = True     # [UKIProfile] SignExpectedPcr=: its own .pcrsig when PCRs are signed
 
 
 # The first systemd release whose stub understands .profile sections.
 PROFILE_STUB_VERSION = 257
 
 
+def profile_group(tmpdir: Path, index: int, p: UkiProfile) -> list[tuple[str, Path]]:
+    """One profile's sections: its .profile section, then the sections it overrides."""
+    text = tmpdir / f"profile-{index}"
+    text.write_text(p.profile.strip() + "\n")
+    group = [(".profile", text)]
+    if p.cmdline.strip():
+        cmdline = tmpdir / f"profile-{index}.cmdline"
+        cmdline.write_text(p.cmdline.strip())
+        group.append((".cmdline", cmdline))
+    return group
+
+
 def profile_payloads(tmpdir: Path, profiles: Sequence[UkiProfile]) -> list[tuple[str, Path]]:
     """After the base sections, each profile: its .profile section, then the sections it overrides."""
-    payloads: list[tuple[str, Path]] = []
+    return [payload for i, p in enumerate(profiles) for payload in profile_group(tmpdir, i, p)]
+
+
+def _signed_payloads(tmpdir: Path, stub: Path, base: list[tuple[str, Path]], profiles: Sequence[UkiProfile],
+                     pcr: PcrSigner) -> list[tuple[str, Path]]:
+    """SignExpectedPcr=: the base sections plus .pcrpkey and the .pcrsig of what the stub measures when
+    it boots them; then each profile's sections, with a .pcrsig of its own (the base sections with those
+    the profile overrides replaced, its .profile included) unless the profile says SignExpectedPcr=no.
+    An auto signer that cannot sign leaves every signature out."""
+    with_key = [*base, (".pcrpkey", pcrpkey_file(pcr, tmpdir))]
+    signature = sign_sections(pcr, stub, with_key, tmpdir, "pcrsig")
+    if signature is None:
+        return [*base, *profile_payloads(tmpdir, profiles)]
+    payloads = [*with_key, (".pcrsig", signature)]
     for i, p in enumerate(profiles):
-        text = tmpdir / f"profile-{i}"
-        text.write_text(p.profile.strip() + "\n")
-        payloads.append((".profile", text))
-        if p.cmdline.strip():
-            cmdline = tmpdir / f"profile-{i}.cmdline"
-            cmdline.write_text(p.cmdline.strip())
-            payloads.append((".cmdline", cmdline))
+        group = profile_group(tmpdir, i, p)
+        if p.sign_expected_pcr:
+            names = {name for name, _ in group}
+            booted = [s for s in with_key if s[0] not in names] + group
+            own = sign_sections(pcr, stub, booted, tmpdir, f"pcrsig-{i}")
+            if own is not None:
+                group.append((".pcrsig", own))
+        payloads += group
     return payloads
 
 
@@ -164,11 +193,13 @@ def build_uki(
     *,
     extra_sections: Sequence[tuple[str, Path]] = (),
     profiles: Sequence[UkiProfile] = (),
+    pcr: Optional[PcrSigner] = None,
 ) -> Path:
     """Build a unified kernel image: the systemd EFI stub plus .osrel, .cmdline, .uname, any
     extra sections (e.g. .splash), .initrd and .linux, then each profile's .profile and .cmdline
-    sections, each placed at a section-aligned virtual address after the stub's own sections.
-    Returns `output`."""
+    sections, each placed at a section-aligned virtual address after the stub's own sections. With `pcr`
+    (SignExpectedPcr=) also .pcrpkey and .pcrsig sections (see _signed_payloads()); they are part of
+    the file before anything signs it for Secure Boot. Returns `output`."""
     _check_inputs(stub, kernel, initrd, os_release)
     pe = read_pe(stub)
     if profiles:
@@ -176,7 +207,11 @@ def build_uki(
     with tempfile.TemporaryDirectory(prefix="mkosi-uki-") as tmp:
         payloads = _payloads(Path(tmp), kernel, initrd, cmdline, os_release, uname, extra_sections)
         _check_payloads(stub, pe, payloads)
-        payloads += profile_payloads(Path(tmp), profiles)
+        if pcr is not None:
+            with log.step("Signing the expected PCR values of the unified kernel image"):
+                payloads = _signed_payloads(Path(tmp), stub, payloads, profiles, pcr)
+        else:
+            payloads += profile_payloads(Path(tmp), profiles)
         output.parent.mkdir(parents=True, exist_ok=True)
         _assemble(stub, pe, payloads, output)
     log.debug(f"built UKI {output} ({output.stat().st_size} bytes)")
@@ -218,10 +253,11 @@ def concat_initrds(initrds: Sequence[Path], output: Path) -> Path:
     return output
 
 
-def make_uki(files: BootFiles, output: Path, profiles: Sequence[UkiProfile] = ()) -> Path:
+def make_uki(files: BootFiles, output: Path, profiles: Sequence[UkiProfile] = (),
+             pcr: Optional[PcrSigner] = None) -> Path:
     """A unified kernel image of `files`, with the stub the root tree ships."""
     return build_uki(files.stub, files.kernel, files.initrd, files.cmdline, files.os_release, output,
-                     uname=files.version, profiles=profiles)
+                     uname=files.version, profiles=profiles, pcr=pcr)
 
 
 # ---- UnifiedKernelImageFormat= ----

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from mkosi import log
-from mkosi.config.enums import Bootloader, BootProtocol, SourceFileTransfer, Verb, Verity
+from mkosi.config.enums import Bootloader, BootProtocol, Feature, SourceFileTransfer, Verb, Verity
 from mkosi.config.ini import Origin
 from mkosi.config.parse import CommandLine, Merged, setting_label
 from mkosi.config.settings import (
@@ -299,6 +299,27 @@ def check_secure_boot(cli: CommandLine, v: Merged, values: dict[str, Any]) -> No
             raise _fail(v, kdest, f"'{values[kdest]}' does not exist")
 
 
+def check_sign_expected_pcr(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
+    """SignExpectedPcr=yes needs a private key (SignExpectedPcrKey=, else SecureBootKey=); auto goes without
+    one. The key and the certificate must exist when a build may use them."""
+    wanted = values["sign_expected_pcr"]
+    if wanted == Feature.disabled or not cli.verb.needs_build():
+        return
+    key, cert = values["sign_expected_pcr_key"], values["sign_expected_pcr_certificate"]
+    if key is None:
+        if wanted == Feature.enabled:
+            raise _fail(v, "sign_expected_pcr", "needs a private key to sign the expected PCR values "
+                        "(SignExpectedPcrKey=, SecureBootKey= or mkosi.secure-boot.key)",
+                        hint="create one with 'mkosi genkey'")
+        return
+    if wanted == Feature.auto and not values["secure_boot"]:
+        return
+    if not key.is_file():
+        raise _fail(v, "sign_expected_pcr_key", f"'{key}' does not exist")
+    if cert is not None and not cert.is_file():
+        raise _fail(v, "sign_expected_pcr_certificate", f"'{cert}' does not exist")
+
+
 def check_sources_and_keys(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
     if values["source_file_transfer_final"] == SourceFileTransfer.mount:
         raise _fail(v, "source_file_transfer_final", "'mount' is not possible for the final image")
@@ -359,7 +380,8 @@ def check_output_name(v: Merged, values: dict[str, Any]) -> None:
 CHECKS: tuple[Check, ...] = (
     check_format_implemented, check_distribution_implemented, check_compression_fits_format,
     check_scripts_executable, check_inputs_exist, check_tools_tree,
-    check_format_settings, check_verity_combinations, check_secure_boot, check_sources_and_keys,
+    check_format_settings, check_verity_combinations, check_secure_boot, check_sign_expected_pcr,
+    check_sources_and_keys,
     check_verb_can_use_image, check_boot_loader, check_xbootldr,
 )
 

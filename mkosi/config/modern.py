@@ -175,6 +175,16 @@ def _default_repository_key_fetch(v: Resolving) -> bool:
     return bool(v["distribution"] == Distribution.ubuntu)
 
 
+def _default_pcr_key(v: Resolving) -> Optional[Path]:
+    key: Optional[Path] = v["secure_boot_key"]
+    return key
+
+
+def _default_pcr_certificate(v: Resolving) -> Optional[Path]:
+    cert: Optional[Path] = v["secure_boot_certificate"]
+    return cert
+
+
 def _tree_list(**extra: Any) -> Any:
     return setting(kind=Kind.LIST, parse=parse_tree, separator=r",", path_rule=PathRule.pair, resolve_fn=resolve_trees,
                    default_factory=list, metavar="SRC[:TARGET]", **extra)
@@ -351,16 +361,19 @@ class ModernSettings:
         path_rule=PathRule.path, scope=Scope.universal, status=NOT_YET, metavar="PATH",
         help="Certificate for the verity signature.")
     sign_expected_pcr: Feature = _feature(
-        section=V, key="SignExpectedPcr", flags=("--sign-expected-pcr",), status=NOT_YET,
-        help="Sign the expected PCR measurements of the UKIs: yes, no or auto.")
+        section=V, key="SignExpectedPcr", flags=("--sign-expected-pcr",),
+        help="Embed systemd-measure's signature of the expected PCR 11 values in the UKIs: yes, no or auto "
+             "(with SecureBoot=yes, a key and systemd-measure).")
     sign_expected_pcr_key: Optional[Path] = setting(
         section=V, key="SignExpectedPcrKey", flags=("--sign-expected-pcr-key",), parse=parse_path,
-        path_rule=PathRule.path, scope=Scope.inherited, status=NOT_YET, metavar="PATH",
-        help="Key that signs the expected PCR measurements.")
+        path_rule=PathRule.path, scope=Scope.inherited, default_fn=_default_pcr_key, depends=("secure_boot_key",),
+        metavar="PATH", help="Private key (PEM) that signs the expected PCR values (default: SecureBootKey=).")
     sign_expected_pcr_certificate: Optional[Path] = setting(
         section=V, key="SignExpectedPcrCertificate", flags=("--sign-expected-pcr-certificate",), parse=parse_path,
-        path_rule=PathRule.path, scope=Scope.inherited, status=NOT_YET, metavar="PATH",
-        help="Certificate for the expected PCR signatures.")
+        path_rule=PathRule.path, scope=Scope.inherited, default_fn=_default_pcr_certificate,
+        depends=("secure_boot_certificate",), metavar="PATH",
+        help="Certificate or public key (PEM) put in the UKIs' .pcrpkey (default: SecureBootCertificate=, "
+             "else derived from the key).")
     secure_boot_key_source: str = setting(
         section=V, key="SecureBootKeySource", flags=("--secure-boot-key-source",), parse=parse_key_source,
         default="file", scope=Scope.universal, status=NOT_YET, metavar="SOURCE",

@@ -21,6 +21,7 @@ from mkosi.boot.bootable import uki_profiles
 from mkosi.boot.cmdline import kernel_cmdline
 from mkosi.boot.esp import EspOptions, install_uefi
 from mkosi.boot.kernel import EFI_DIR, BootFiles, efi_arch, find_kernel, find_os_release
+from mkosi.boot.pcrsig import PcrSigner, pcr_signer
 from mkosi.boot.pe import stub_version
 from mkosi.boot.signing import sign_efi
 from mkosi.boot.uki import PROFILE_STUB_VERSION, UkiProfile, build_addon, build_uki, concat_initrds
@@ -121,9 +122,9 @@ def whole_image_boot_files(ctx: Context, profiles: bool) -> BootFiles:
 
 
 def write_whole_image_uki(ctx: Context, files: BootFiles, initrd: Path, profiles: Sequence[UkiProfile],
-                          output: Path) -> Path:
+                          output: Path, pcr: Optional[PcrSigner] = None) -> Path:
     return build_uki(files.stub, files.kernel, initrd, files.cmdline, files.os_release, output,
-                     uname=files.version, profiles=profiles)
+                     uname=files.version, profiles=profiles, pcr=pcr)
 
 
 def _sign(config: Config, binary: Path) -> None:
@@ -134,13 +135,14 @@ def _sign(config: Config, binary: Path) -> None:
 
 
 def make_uki_output(ctx: Context) -> None:
-    """Format=uki: the image's newest kernel with the whole image as its initrd, signed with SecureBoot=."""
+    """Format=uki: the image's newest kernel with the whole image as its initrd, its expected PCR values
+    signed with SignExpectedPcr=, then signed with SecureBoot=."""
     profiles_wanted = bool(ctx.config.uki_profiles)
     files = whole_image_boot_files(ctx, profiles_wanted)
     profiles = uki_profiles(ctx.config, files.cmdline)
     initrd = whole_image_initrd(ctx)
     with log.step("Building the unified kernel image"):
-        write_whole_image_uki(ctx, files, initrd, profiles, staged(ctx, IMAGE))
+        write_whole_image_uki(ctx, files, initrd, profiles, staged(ctx, IMAGE), pcr_signer(ctx.config))
     _sign(ctx.config, staged(ctx, IMAGE))
 
 
@@ -185,7 +187,7 @@ def make_esp_output(ctx: Context) -> None:
 
     def write(path: Path) -> Path:
         assert initrd is not None
-        return write_whole_image_uki(ctx, files, initrd, profiles, path)
+        return write_whole_image_uki(ctx, files, initrd, profiles, path, options.pcr)
 
     uki = install_uefi(esp, files, options, make=write, with_uki=config.bootable)
     if uki is not None and SPLIT_KERNEL.when(config):

@@ -1,4 +1,5 @@
-"""Bootable images: build once (UEFI + BIOS + direct kernel boot, Secure Boot signed, Ssh=yes),
+"""Bootable images: build once (UEFI + BIOS + direct kernel boot, Secure Boot signed with signed expected
+PCR values, Ssh=yes),
 then boot each way under qemu (TCG when KVM does not work) until a marker unit reports in."""
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from mkosi.boot.pcrsig import public_key_pem, stub_sections
+from mkosi.boot.pe import read_pe
 from tests.integration.conftest import REPO, run_mkosi
+from tests.unit.test_pcrsig import calculate, check_signature, section
 
 pytestmark = pytest.mark.integration
 
@@ -46,6 +50,7 @@ Format=gpt_ext4
 Bootable=yes
 BootProtocols=uefi,bios,linux
 SecureBoot=yes
+SignExpectedPCR=yes
 SplitArtifacts=yes
 ImageId=bootimg
 
@@ -104,8 +109,23 @@ def test_secure_boot_signature(boot_project: Path) -> None:
     ok = subprocess.run(["sbverify", "--cert", str(cert), str(uki)], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr + ok.stdout
     sections = subprocess.run(["objdump", "-h", str(uki)], capture_output=True, text=True, check=True).stdout
-    for name in (".osrel", ".cmdline", ".linux", ".initrd"):
+    for name in (".osrel", ".cmdline", ".linux", ".initrd", ".pcrpkey", ".pcrsig"):
         assert name in sections
+
+
+def test_expected_pcr_signature_matches_the_uki(boot_project: Path, tmp_path: Path) -> None:
+    """SignExpectedPCR=yes: the .pcrsig of the signed UKI is a signature, by the Secure Boot key, of the
+    PCR 11 values that systemd-measure calculate gives for the sections the UKI's stub measures."""
+    uki = boot_project / "mkosi.output/bootimg.efi"
+    cert = boot_project / "mkosi.secure-boot.crt"
+    assert section(uki, ".pcrpkey") == public_key_pem(cert)
+    first_added = min(s.raw_offset for s in read_pe(uki).sections if s.name == ".osrel")
+    stub = tmp_path / "stub"
+    stub.write_bytes(uki.read_bytes()[:first_added])     # the stub's own part of the UKI
+    known = stub_sections(stub)
+    assert known is not None and ".linux" in known
+    names = [n for n in (".linux", ".osrel", ".cmdline", ".initrd", ".uname", ".pcrpkey") if n in known]
+    check_signature(json.loads(section(uki, ".pcrsig")), cert, calculate(tmp_path, uki, names))
 
 
 def test_rebuild_reuses_the_initrd(boot_project: Path) -> None:

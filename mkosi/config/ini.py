@@ -85,6 +85,9 @@ for _s in SETTINGS:
         if _f.startswith("--"):
             _FLAG_KEYS.setdefault(normalize_key(_f), (_s, True))
 
+# Keys that mkosi 14 spelled with other capitals than the modern manual: both spellings are right.
+CLASSIC_SPELLINGS: dict[str, tuple[str, ...]] = {"SignExpectedPcr": ("SignExpectedPCR",)}
+
 _SECTIONS = {s.lower(): s for s in SECTIONS}
 # Older section names: the [Packages] section became [Content], [Host] became [Runtime].
 _LEGACY_SECTIONS = {"packages": "Content"}
@@ -269,7 +272,7 @@ def parse_ini(path: Path, text: Optional[str] = None, base: Optional[Path] = Non
         if legacy:
             log.warn(f"{origin}: {excerpt(key)}= is an older name, use {s.key}=")
             value = _rewrite_legacy_value(key, value)
-        elif key != s.key:
+        elif key != s.key and key not in CLASSIC_SPELLINGS.get(s.key or "", ()):
             log.warn(f"{origin}: setting '{excerpt(key)}' should be written '{s.key}'")
         if section.startswith("?"):
             log.warn(f"{origin}: unknown section [{excerpt(section[1:])}], applying {s.key}= from [{s.section}]")

@@ -361,7 +361,7 @@ class ModernSettings:
         path_rule=PathRule.path, scope=Scope.universal, status=NOT_YET, metavar="PATH",
         help="Certificate for the verity signature.")
     sign_expected_pcr: Feature = _feature(
-        section=V, key="SignExpectedPcr", flags=("--sign-expected-pcr",),
+        section=V, key="SignExpectedPcr", flags=("--sign-expected-pcr",), other_sections=(O,),
         help="Embed systemd-measure's signature of the expected PCR 11 values in the UKIs: yes, no or auto "
              "(with SecureBoot=yes, a key and systemd-measure).")
     sign_expected_pcr_key: Optional[Path] = setting(

@@ -284,9 +284,10 @@ def test_defaults_follow_the_secure_boot_key(cfg: Path, keys: tuple[Path, Path])
     assert config.sign_expected_pcr_key == other
 
 
-def test_classic_name_and_summary(cfg: Path) -> None:
+def test_classic_name_and_summary(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write(cfg / "mkosi.default", "[Output]\nSignExpectedPCR=yes\n")
     config = load()
+    assert "Warning" not in capsys.readouterr().err      # mkosi 14's spelling and section
     assert config.sign_expected_pcr == Feature.enabled
     text = summary_text(Args(verb=Verb.summary), [config])
     lines = [line for line in text.splitlines() if "expected pcr" in line.lower() or "ExpectedPcr" in line]

@@ -285,6 +285,11 @@ def rebase(s: Setting, item: str, base: Optional[Path]) -> str:
     """A relative path in a configuration file is relative to the configuration's directory."""
     if base is None or not _takes_paths(s) or not item or item.startswith(("/", "~", "!")):
         return item
+    if s.path_rule == PathRule.pair:
+        # only SRC is relative to the configuration; TARGET is kept as written ("tree:/" keeps its "/",
+        # which joining the whole item as one path would drop)
+        src, sep, target = item.partition(":")
+        return f"{base / src}{sep}{target}"
     return str(base / item)
 
 

@@ -127,9 +127,9 @@ class Loader:
             self.add(a)
         return True
 
-    def parse_directory(self, directory: Path, with_conf: bool = True) -> None:
+    def parse_directory(self, directory: Path, with_conf: bool = True) -> bool:
         """mkosi.conf, then mkosi.conf.d/ (files and directories); a [Match] of mkosi.conf applies to the
-        whole directory."""
+        whole directory. Returns False when that [Match] does not hold (nothing of the directory is read)."""
         saved = self.directory
         self.directory = directory
         try:
@@ -137,7 +137,7 @@ class Loader:
             if with_conf and (conf.exists() or conf.is_symlink()):
                 _check_regular_file(conf)
                 if not self.parse_file(conf, directory):
-                    return
+                    return False
             for entry in _dropins(directory / "mkosi.conf.d", only_conf=True):
                 if entry.is_dir():
                     if not _is_distribution_dir(entry) and entry.name not in ("mkosi.images",):
@@ -146,6 +146,7 @@ class Loader:
                     self.parse_file(entry, directory)
         finally:
             self.directory = saved
+        return True
 
     def include(self, a: Assignment) -> None:
         for item in a.raw.split():
@@ -187,14 +188,16 @@ class Loader:
         finally:
             self._sink = self.assignments
 
-    def parse_profiles(self) -> None:
+    def parse_profiles(self, missing_ok: bool = False) -> None:
+        """The selected profiles from the image's mkosi.profiles/. A sub-image reads its own
+        mkosi.profiles/ and skips the profiles it does not have (they are the main image's)."""
         for name in self.current("profiles"):
             conf, directory = self.top / "mkosi.profiles" / f"{name}.conf", self.top / "mkosi.profiles" / name
             if directory.is_dir():
                 self.parse_directory(directory)
             elif conf.is_file():
                 self.parse_file(conf, self.top)
-            else:
+            elif not missing_ok:
                 origin = self.merged().origins.get("profiles", Origin(None, None))
                 raise ConfigError(f"profile '{excerpt(name)}' does not exist (no mkosi.profiles/{excerpt(name)}.conf "
                                   f"or mkosi.profiles/{excerpt(name)}/)", path=origin.path or "command line",
@@ -526,10 +529,13 @@ def load_subimages(cli: CommandLine, invoked: Path, main: ImageLayout) -> list[I
         top = entry if entry.is_dir() else images_dir
         bare = CommandLine([], cli.verb, cli.cmdline)
         loader = Loader(bare, invoked, top, image=name, inherited=passed)
+        # A sub-image whose mkosi.conf (or NAME.conf) does not match is not an image of this build.
+        applies = loader.parse_directory(entry) if entry.is_dir() else loader.parse_file(entry, images_dir)
+        if not applies:
+            log.debug(f"{entry}: its [Match] conditions do not hold; the image '{name}' is not built")
+            continue
         if entry.is_dir():
-            loader.parse_directory(entry)
-        else:
-            loader.parse_file(entry, images_dir)
+            loader.parse_profiles(missing_ok=True)
         own = loader.ordered()[len(passed):]
         for a in own:
             if a.setting.scope == Scope.universal:

@@ -34,3 +34,44 @@ def test_a_relative_tree_with_the_root_as_target_keeps_its_target(wd: Path) -> N
     config = load()["main"]
     assert [(t.source, t.target) for t in config.sandbox_trees] == [(wd / "sub/pkgtree", Path("/"))]
     assert [(t.source.resolve(), t.target) for t in config.extra_trees] == [(wd / "extra", Path("/opt/x"))]
+
+
+def test_a_subimage_whose_mkosi_conf_does_not_match_is_not_built(wd: Path) -> None:
+    # An image selected by a profile: without the profile, mkosi.images/NAME/ is skipped whole,
+    # its drop-ins included; a NAME.conf file that does not match is skipped the same way.
+    write(wd / "mkosi.conf", "[Output]\nFormat=disk\n")
+    write(wd / "mkosi.profiles/net.conf", "[Content]\nPackages=curl\n")
+    write(wd / "mkosi.images/initrd/mkosi.conf", "[Output]\nFormat=cpio\n")
+    write(wd / "mkosi.images/netesp/mkosi.conf", """
+        [Match]
+        Profiles=net
+
+        [Output]
+        Format=esp
+    """)
+    write(wd / "mkosi.images/netesp/mkosi.conf.d/pkgs.conf", "[Content]\nPackages=systemd-boot\n")
+    write(wd / "mkosi.images/extra.conf", "[Match]\nProfiles=net\n\n[Output]\nFormat=sysext\n")
+    assert list(load()) == ["initrd", "main"]
+    images = load("--profile", "net")
+    assert sorted(images) == ["extra", "initrd", "main", "netesp"]
+    assert images["netesp"].format == "esp"
+    assert images["netesp"].packages == ["systemd-boot"]
+    assert images["extra"].format == "sysext"
+    assert images["main"].packages == ["curl"]
+
+
+def test_a_subimage_reads_its_own_profiles_and_skips_the_ones_it_lacks(wd: Path) -> None:
+    write(wd / "mkosi.conf", "[Config]\nProfiles=debug\n")
+    write(wd / "mkosi.profiles/debug.conf", "[Content]\nPackages=gdb\n")
+    write(wd / "mkosi.profiles/small.conf", "[Content]\nPackages=busybox\n")
+    write(wd / "mkosi.images/base/mkosi.conf", "[Content]\nPackages=bash\n")
+    write(wd / "mkosi.images/base/mkosi.profiles/debug/mkosi.conf", "[Content]\nPackages=strace\n")
+    write(wd / "mkosi.images/other/mkosi.conf", "[Content]\nPackages=coreutils\n")
+    images = load()
+    assert images["main"].packages == ["gdb"]
+    assert images["base"].packages == ["bash", "strace"]
+    # No mkosi.images/other/mkosi.profiles/debug: not an error for a sub-image, nothing is added.
+    assert images["other"].packages == ["coreutils"]
+    images = load("--profile", "small")
+    assert images["main"].packages == ["gdb", "busybox"]
+    assert images["base"].packages == ["bash", "strace"]

@@ -162,10 +162,13 @@ def _derived(values: dict[str, Any], found: dict[str, Path], directory: Path, co
 
 def _place_output(values: dict[str, Any]) -> None:
     """Output= and OutputDirectory=: the image's path, by default named after ImageId=/ImageVersion= with the
-    format's suffix. The other artifacts' paths follow from it (mkosi/output/artifacts.py)."""
+    format's suffix (a sub-image after its own name). The other artifacts' paths follow from it
+    (mkosi/output/artifacts.py)."""
     fmt: Format = values["format"].row
     compression = None if values["compress_output"] == "no" else values["compress_output"]
-    name = values["image_id"] or ("image" if values["image"] == "main" else values["image"])
+    # A sub-image is named after itself (ImageId= is passed down to it, and several sub-images would
+    # otherwise share the main image's name); the main image after ImageId=, else "image".
+    name = (values["image_id"] or "image") if values["image"] == "main" else values["image"]
     if values["image_version"]:
         name += f"_{values['image_version']}"
     out: Optional[Path] = values["output"]

@@ -75,3 +75,24 @@ def test_a_subimage_reads_its_own_profiles_and_skips_the_ones_it_lacks(wd: Path)
     images = load("--profile", "small")
     assert images["main"].packages == ["gdb", "busybox"]
     assert images["base"].packages == ["bash", "strace"]
+
+
+def test_a_subimage_output_is_named_after_the_subimage_not_the_image_id(wd: Path) -> None:
+    (wd / "out").mkdir()
+    write(wd / "mkosi.conf", """
+        [Output]
+        ImageId=acme
+        ImageVersion=3
+        OutputDirectory=out
+        Format=disk
+    """)
+    write(wd / "mkosi.images/base/mkosi.conf", "[Output]\nFormat=directory\n")
+    write(wd / "mkosi.images/ext/mkosi.conf", "[Config]\nDependencies=base\n\n[Output]\nFormat=sysext\n")
+    write(wd / "mkosi.images/initrd/mkosi.conf", "[Output]\nFormat=cpio\nOutput=%i-initrd\n")
+    images = load()
+    assert images["main"].output == wd / "out/acme_3.raw"
+    assert images["base"].output == wd / "out/base_3"
+    assert images["ext"].output == wd / "out/ext_3.raw"
+    # An explicit Output= still wins, and %i is still the passed-down ImageId=.
+    assert images["initrd"].output == wd / "out/acme-initrd"
+    assert images["ext"].image_id == "acme"

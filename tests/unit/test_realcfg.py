@@ -96,3 +96,12 @@ def test_a_subimage_output_is_named_after_the_subimage_not_the_image_id(wd: Path
     # An explicit Output= still wins, and %i is still the passed-down ImageId=.
     assert images["initrd"].output == wd / "out/acme-initrd"
     assert images["ext"].image_id == "acme"
+
+
+@pytest.mark.parametrize(("distribution", "release"), [("debian", "bookworm"), ("fedora", "43"), ("ubuntu", "noble")])
+def test_a_set_distribution_that_is_the_hosts_defaults_to_the_hosts_release(
+    wd: Path, distribution: str, release: str,
+) -> None:
+    # The host is Debian bookworm (fixed_host): Distribution=debian alone builds bookworm, as on the host.
+    write(wd / "mkosi.conf", f"[Distribution]\nDistribution={distribution}\n")
+    assert load()["main"].release == release

@@ -188,20 +188,24 @@ class Loader:
         finally:
             self._sink = self.assignments
 
-    def parse_profiles(self, missing_ok: bool = False) -> None:
-        """The selected profiles from the image's mkosi.profiles/. A sub-image reads its own
-        mkosi.profiles/ and skips the profiles it does not have (they are the main image's)."""
+    def parse_profiles(self, quiet: bool = False) -> None:
+        """The selected profiles from the image's mkosi.profiles/. A profile without a file there is
+        not an error (as in v26): it may only select `[Match] Profiles=` sections or sub-images. The
+        main image says so in a warning (a misspelt name would otherwise go unnoticed); a sub-image,
+        which reads its own mkosi.profiles/, skips the main image's profiles it does not have quietly."""
         for name in self.current("profiles"):
             conf, directory = self.top / "mkosi.profiles" / f"{name}.conf", self.top / "mkosi.profiles" / name
             if directory.is_dir():
                 self.parse_directory(directory)
             elif conf.is_file():
                 self.parse_file(conf, self.top)
-            elif not missing_ok:
+            elif not quiet:
                 origin = self.merged().origins.get("profiles", Origin(None, None))
-                raise ConfigError(f"profile '{excerpt(name)}' does not exist (no mkosi.profiles/{excerpt(name)}.conf "
-                                  f"or mkosi.profiles/{excerpt(name)}/)", path=origin.path or "command line",
-                                  line=origin.line, setting="Profiles")
+                where = origin.path or "command line"
+                if origin.path and origin.line:
+                    where = f"{origin.path}:{origin.line}"
+                log.warn(f"{where}: profile '{excerpt(name)}' has no mkosi.profiles/{excerpt(name)}.conf or "
+                         f"mkosi.profiles/{excerpt(name)}/; it only selects [Match] Profiles= conditions")
 
     def parse_classic_dropins(self) -> None:
         """mkosi.default.d/ (every file), then the drop-ins named after the distribution being built."""
@@ -535,7 +539,7 @@ def load_subimages(cli: CommandLine, invoked: Path, main: ImageLayout) -> list[I
             log.debug(f"{entry}: its [Match] conditions do not hold; the image '{name}' is not built")
             continue
         if entry.is_dir():
-            loader.parse_profiles(missing_ok=True)
+            loader.parse_profiles(quiet=True)
         own = loader.ordered()[len(passed):]
         for a in own:
             if a.setting.scope == Scope.universal:

@@ -104,10 +104,17 @@ def test_profiles_files_and_directories_in_order(wd: Path) -> None:
     assert config.packages == ["main", "dev-only", "base", "gdb"]
 
 
-def test_missing_profile_is_an_error(wd: Path) -> None:
+def test_a_profile_without_a_file_only_selects_matches_and_is_warned_about(
+    wd: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # As in v26 (projects select sub-images and drop-ins with such profiles): not an error.
     write(wd / "mkosi.conf", "[Content]\nPackages=main\n")
-    with pytest.raises(ConfigError, match="profile 'nope' does not exist"):
-        images("--profile=nope")
+    write(wd / "mkosi.conf.d/dev.conf", "[Match]\nProfiles=dev\n\n[Content]\nPackages=gdb\n")
+    config = main_image("--profile=dev")
+    assert config.profiles == ["dev"]
+    assert config.packages == ["main", "gdb"]
+    err = capsys.readouterr().err
+    assert "command line: profile 'dev' has no mkosi.profiles/dev.conf or mkosi.profiles/dev/" in err
 
 
 # ---- sub-images ----

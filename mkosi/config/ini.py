@@ -91,6 +91,20 @@ CLASSIC_SPELLINGS: dict[str, tuple[str, ...]] = {"SignExpectedPcr": ("SignExpect
 _SECTIONS = {s.lower(): s for s in SECTIONS}
 # Older section names: the [Packages] section became [Content], [Host] became [Runtime].
 _LEGACY_SECTIONS = {"packages": "Content"}
+
+# Settings the v26 manual no longer lists, which v26 still reads or reports by name: they are ignored
+# with a warning that says what replaced them (rather than "unknown setting").
+_RETIRED = {
+    key.lower(): (key, note) for key, note in (
+        ("KernelModulesInclude", "deprecated by v26: regular expressions, replaced by the globs of KernelModules="),
+        ("KernelModulesExclude", "deprecated by v26: regular expressions, replaced by the globs of KernelModules="),
+        ("KernelModulesInitrdExclude",
+         "deprecated by v26: regular expressions, replaced by the globs of KernelInitrdModules="),
+        ("FirmwareInclude", "deprecated by v26: regular expressions, replaced by the globs of FirmwareFiles="),
+        ("FirmwareExclude", "deprecated by v26: regular expressions, replaced by the globs of FirmwareFiles="),
+        ("RuntimeScratch", "dropped in v26: RuntimeSize= grows the image before booting it instead"),
+    )
+}
 _CONDITION_SECTIONS = {s.lower(): s for s in CONDITION_SECTIONS}
 
 # Conditions that test the host or the file system rather than a setting.
@@ -257,6 +271,10 @@ def parse_ini(path: Path, text: Optional[str] = None, base: Optional[Path] = Non
                      f"write {key[1:]}=")
             key = key[1:]
         found = lookup_key(key)
+        if found is None and key.lower() in _RETIRED:
+            name_, note = _RETIRED[key.lower()]
+            log.warn(f"{origin}: {name_}= is {note}; ignored")
+            continue
         if found is None:
             near = nearest_key(key)
             log.warn(f"{origin}: unknown setting '{excerpt(key)}' in section [{excerpt(section_raw)}], ignored"

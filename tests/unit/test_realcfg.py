@@ -105,3 +105,27 @@ def test_a_set_distribution_that_is_the_hosts_defaults_to_the_hosts_release(
     # The host is Debian bookworm (fixed_host): Distribution=debian alone builds bookworm, as on the host.
     write(wd / "mkosi.conf", f"[Distribution]\nDistribution={distribution}\n")
     assert load()["main"].release == release
+
+
+def test_settings_retired_by_v26_are_ignored_with_a_warning_naming_their_replacement(
+    wd: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    write(wd / "mkosi.conf", """
+        [Content]
+        KernelModulesInitrdExclude=.*
+        KernelModulesInitrdInclude=default
+        FirmwareExclude=.*
+        Packages=systemd
+
+        [Runtime]
+        RuntimeScratch=no
+    """)
+    config = load()["main"]
+    assert config.packages == ["systemd"]
+    assert config.kernel_initrd_modules == ["default"]
+    err = capsys.readouterr().err
+    assert "mkosi.conf:2: KernelModulesInitrdExclude= is deprecated by v26" in err
+    assert "globs of KernelInitrdModules=; ignored" in err
+    assert "mkosi.conf:4: FirmwareExclude= is deprecated by v26" in err
+    assert "mkosi.conf:8: RuntimeScratch= is dropped in v26" in err
+    assert "unknown setting" not in err

@@ -98,7 +98,7 @@ def accept(fmt: str, project: Path, output: Path, tools: Path) -> str:
                                                      if line.startswith("."))
     if fmt == "esp":
         out = subprocess.run(["sfdisk", "--json", str(output)], capture_output=True, text=True, check=True).stdout
-        return f"sfdisk: {out.count('c12a7328')} ESP partition"
+        return f"sfdisk: {out.lower().count('c12a7328-f81f-11d2-ba4b-00a0c93ec93b')} ESP partition(s)"
     if fmt == "addon":
         out = subprocess.run(["objdump", "-h", str(output)], capture_output=True, text=True, check=True).stdout
         return "objdump -h: .cmdline" if ".cmdline" in out else "objdump -h: no .cmdline!"

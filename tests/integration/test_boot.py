@@ -37,6 +37,14 @@ WantedBy=multi-user.target
 """
 
 
+def install_marker_unit(project: Path) -> None:
+    """MARKER_UNIT in the project's mkosi.extra/, enabled for multi-user.target."""
+    units = project / "mkosi.extra/etc/systemd/system"
+    (units / "multi-user.target.wants").mkdir(parents=True)
+    (units / "mkosi-marker.service").write_text(MARKER_UNIT)
+    (units / "multi-user.target.wants/mkosi-marker.service").symlink_to("../mkosi-marker.service")
+
+
 @pytest.fixture(scope="module")
 def boot_project(tmp_path_factory: pytest.TempPathFactory, package_cache: Path) -> Path:
     d = tmp_path_factory.mktemp("boot-project")
@@ -65,10 +73,7 @@ QemuHeadless=yes
 Ssh=yes
 SshTimeout=240
 """)
-    units = d / "mkosi.extra/etc/systemd/system"
-    (units / "multi-user.target.wants").mkdir(parents=True)
-    (units / "mkosi-marker.service").write_text(MARKER_UNIT)
-    (units / "multi-user.target.wants/mkosi-marker.service").symlink_to("../mkosi-marker.service")
+    install_marker_unit(d)
     (d / "mkosi.output").mkdir()
     run_mkosi(d, "genkey")
     start = time.monotonic()
@@ -205,10 +210,7 @@ Cache={package_cache}
 [Host]
 QemuHeadless=yes
 """)
-    units = d / "mkosi.extra/etc/systemd/system"
-    (units / "multi-user.target.wants").mkdir(parents=True)
-    (units / "mkosi-marker.service").write_text(MARKER_UNIT)
-    (units / "multi-user.target.wants/mkosi-marker.service").symlink_to("../mkosi-marker.service")
+    install_marker_unit(d)
     (d / "mkosi.output").mkdir()
     run_mkosi(d, "build", timeout=3000)
     return d

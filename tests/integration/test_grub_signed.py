@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import run_mkosi
-from tests.integration.test_boot import MARKER_UNIT, boot
+from tests.integration.test_boot import boot, install_marker_unit
 
 pytestmark = pytest.mark.integration
 
@@ -41,10 +41,7 @@ PackageCacheDirectory={package_cache}
 [Host]
 QemuHeadless=yes
 """)
-    units = d / "mkosi.extra/etc/systemd/system"
-    (units / "multi-user.target.wants").mkdir(parents=True)
-    (units / "mkosi-marker.service").write_text(MARKER_UNIT)
-    (units / "multi-user.target.wants/mkosi-marker.service").symlink_to("../mkosi-marker.service")
+    install_marker_unit(d)
     start = time.monotonic()
     run_mkosi(d, "build", timeout=3000)
     print(f"grub-signed bootable build took {time.monotonic() - start:.0f}s", file=sys.stderr)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import run_mkosi
-from tests.integration.test_boot import MARKER_UNIT
+from tests.integration.test_boot import install_marker_unit
 
 pytestmark = pytest.mark.integration
 
@@ -235,10 +235,7 @@ ToolsTree={tools_tree}
 [Host]
 QemuHeadless=yes
 """)
-    units = d / "mkosi.extra/etc/systemd/system"
-    (units / "multi-user.target.wants").mkdir(parents=True)
-    (units / "mkosi-marker.service").write_text(MARKER_UNIT)
-    (units / "multi-user.target.wants/mkosi-marker.service").symlink_to("../mkosi-marker.service")
+    install_marker_unit(d)
     (d / "mkosi.output").mkdir()
     build(d, "bootable default-layout disk")
     return d
@@ -314,10 +311,7 @@ QemuHeadless=yes
     (d / "mkosi.repart").mkdir()
     for name, text in VERITY_DEFINITIONS.items():
         (d / "mkosi.repart" / name).write_text(text)
-    units = d / "mkosi.extra/etc/systemd/system"
-    (units / "multi-user.target.wants").mkdir(parents=True)
-    (units / "mkosi-marker.service").write_text(MARKER_UNIT)
-    (units / "multi-user.target.wants/mkosi-marker.service").symlink_to("../mkosi-marker.service")
+    install_marker_unit(d)
     (d / "mkosi.output").mkdir()
     build(d, "bootable verity-root disk")
     return d

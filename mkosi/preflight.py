@@ -27,7 +27,7 @@ from pathlib import Path
 from mkosi import log
 from mkosi.errors import MkosiError
 from mkosi.mounts import mounts_below, umount_all_below
-from mkosi.run import run
+from mkosi.run import pid_alive, run
 
 WORKSPACE_PREFIX = "mkosi-"
 PID_FILE = ".mkosi-pid"
@@ -110,7 +110,7 @@ def _remove_trash(entry: Path) -> None:
         pid = int((entry / PID_FILE).read_text().strip())
     except (OSError, ValueError):
         pid = 0
-    if pid and _pid_alive(pid):
+    if pid and pid_alive(pid):
         return
     log.info(f"Removing {entry.name}, the previous output an earlier build did not finish removing")
     umount_all_below(entry)
@@ -137,16 +137,6 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def mark_workspace(ws: Path) -> None:
@@ -200,7 +190,7 @@ def remove_stale_workspaces(parent: Path) -> None:
             pid = int(pid_file.read_text().strip())
         except (OSError, ValueError):
             continue
-        if _pid_alive(pid):
+        if pid_alive(pid):
             continue
         log.info(f"Removing the workspace {ws} of a build that no longer runs")
         try:

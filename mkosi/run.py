@@ -156,6 +156,17 @@ def tools_tree_environment(sandbox: Sandbox) -> dict[str, str]:
     return {"PATH": ":".join([*(os.fspath(p) for p in sandbox.search_paths), "/usr/bin", "/usr/sbin"])}
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists (one of another user's counts: signalling it is refused)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def format_cmdline(argv: Sequence[PathString]) -> str:
     return " ".join(shlex.quote(os.fspath(a)) for a in argv)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mkosi import log
 from mkosi.errors import MkosiError
-from mkosi.run import require_tool, run
+from mkosi.run import pid_alive, require_tool, run
 
 # ssh exits with 255 when it could not connect or authenticate (or the connection broke);
 # anything else is the remote command's exit status.
@@ -145,16 +145,6 @@ class MachineRecord:
 
 def machine_state_path(output_dir: Path, machine: str) -> Path:
     return output_dir / MACHINES_DIR / f"{machine}.json"
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def read_machine(path: Path) -> MachineRecord | None:

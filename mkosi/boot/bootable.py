@@ -106,8 +106,12 @@ def prepare_esp(ctx: Context, root_label: str, verity: Optional[VerityInfo] = No
     esp = ctx.dir("esp")
     uki = populate_esp(esp, files, EspOptions.from_config(config, uki_profiles(config, files.cmdline), ctx.root),
                        boot=boot)
-    if uki is not None and SPLIT_KERNEL.when(config):
+    if SPLIT_KERNEL.when(config):
         # SplitArtifacts=: the (signed) unified kernel image also as a file of its own.
+        if uki is None:
+            raise MkosiError("SplitArtifacts=uki: the image boots a Type #1 entry, there is no unified kernel image "
+                             "to split off", hint="install systemd-boot-efi (the EFI stub) into the image, or leave "
+                             "uki out of SplitArtifacts=")
         shutil.copyfile(uki, staged(ctx, SPLIT_KERNEL))
     if LINUX_KERNEL.when(config):
         write_linux_boot_files(ctx, files)

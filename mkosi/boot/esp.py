@@ -15,11 +15,11 @@ from mkosi import log
 from mkosi.boot.grub import GRUB_EFI_TARGETS, grub_efi_config_text, install_grub_efi, write_grub_config
 from mkosi.boot.kernel import BootFiles, efi_arch
 from mkosi.boot.pcrsig import PcrSigner, pcr_signer
-from mkosi.boot.signed import install_grub_signed, install_shim, install_uki_signed
+from mkosi.boot.signed import find_signed_uki, install_grub_signed, install_shim, install_uki_signed
 from mkosi.boot.signing import sign_efi
 from mkosi.boot.systemd_boot import install_bls_entry, install_systemd_boot
 from mkosi.boot.uki import UkiProfile, installed_uki_name, make_uki
-from mkosi.config.enums import Bootloader, BootProtocol, ShimBootloader
+from mkosi.config.enums import Bootloader, BootProtocol, ShimBootloader, UnifiedKernelImages
 from mkosi.config.settings import Config
 from mkosi.errors import MkosiError
 
@@ -30,7 +30,7 @@ class EspOptions:
     entry_id: str                    # names the UKI or the Type #1 entry
     title: str
     image_version: Optional[str] = None
-    unified_kernel_image: bool = True
+    unified_kernel_image: UnifiedKernelImages = UnifiedKernelImages.auto   # UnifiedKernelImages=
     secure_boot_key: Optional[Path] = None      # both set: sign what mkosi puts on the ESP unsigned
     secure_boot_certificate: Optional[Path] = None
     bootloader: Bootloader = Bootloader.systemd_boot
@@ -126,6 +126,31 @@ def _install_loader(esp: Path, files: BootFiles, options: EspOptions) -> list[Pa
 
 # The boot loaders that read an XBOOTLDR partition (systemd-boot reads both it and the ESP).
 XBOOTLDR_LOADERS = (Bootloader.systemd_boot, Bootloader.systemd_boot_signed)
+# The signed boot loaders that boot the distribution's pre-built signed UKI unless UnifiedKernelImages=unsigned.
+SIGNED_LOADERS = (Bootloader.systemd_boot_signed, Bootloader.grub_signed)
+
+
+def takes_prebuilt_uki(options: EspOptions) -> bool:
+    """UnifiedKernelImages=auto or signed with a signed boot loader: the distribution's pre-built signed UKI
+    (an error when the image has none); unsigned: mkosi builds the UKI (and signs it with SecureBoot=)."""
+    return options.bootloader in SIGNED_LOADERS and options.unified_kernel_image in (
+        UnifiedKernelImages.auto, UnifiedKernelImages.signed)
+
+
+def boots_uki(files: BootFiles, options: EspOptions, own_maker: bool = False) -> bool:
+    """Whether the entry systemd-boot or GRUB boots is a UKI (else a Type #1 entry): never with
+    UnifiedKernelImages=none, always with unsigned and signed; with auto when the EFI stub is there (or the
+    distribution's signed UKI is taken, or the caller makes the UKI with a stub of its own), a Type #1 entry
+    for systemd-boot when it is not."""
+    mode = options.unified_kernel_image
+    if mode == UnifiedKernelImages.none:
+        return False
+    if mode == UnifiedKernelImages.auto and options.bootloader in XBOOTLDR_LOADERS and not own_maker and \
+            not takes_prebuilt_uki(options) and not files.stub.is_file():
+        log.warn(f"UnifiedKernelImages=auto: the image has no EFI stub ({files.stub.name}), so systemd-boot boots "
+                 "a Type #1 entry (kernel, initrd and an entry file) instead of a unified kernel image")
+        return False
+    return True
 
 
 def boot_dir(esp: Path, boot: Optional[Path], options: EspOptions) -> Path:
@@ -162,24 +187,34 @@ def install_uefi(esp: Path, files: BootFiles, options: EspOptions,
         return _install_shim(esp, files, options, signed_uki)
     to_sign: list[Path] = []
     grub = options.bootloader in (Bootloader.grub, Bootloader.grub_signed)
-    if grub and not (with_uki and options.unified_kernel_image):
+    uki_wanted = with_uki and boots_uki(files, options, own_maker=make is not None)
+    if grub and not uki_wanted:
         raise MkosiError(f"Bootloader={options.bootloader.value} without unified kernel images is not implemented yet",
                          hint="use UnifiedKernelImages=yes or Bootloader=systemd-boot")
     if options.bootloader not in (Bootloader.uki, Bootloader.grub, Bootloader.grub_signed):
         to_sign += _install_loader(esp, files, options)
     uki = None
-    if with_uki and options.bootloader != Bootloader.uki and not options.unified_kernel_image:
+    if with_uki and options.bootloader != Bootloader.uki and not uki_wanted:
         install_bls_entry(target, f"{options.entry_id}-{files.version}", options.title, files.kernel, files.initrd,
                           files.cmdline, version=files.version)
     elif with_uki:
         uki = uki_path(target, files, options)
         uki.parent.mkdir(parents=True, exist_ok=True)
-        with log.step("Building the unified kernel image"):
-            if make is not None:
-                make(uki)
-            else:
-                make_uki(files, uki, options.profiles, options.pcr)
-        to_sign.append(uki)
+        if takes_prebuilt_uki(options):
+            # Signed by the distribution: neither built nor signed again here.
+            if options.image_root is None:
+                raise MkosiError(f"Bootloader={options.bootloader.value} needs the image tree to take the signed "
+                                 "UKI from")
+            with log.step("Installing the distribution's signed unified kernel image"):
+                shutil.copyfile(find_signed_uki(options.image_root, options.bootloader.value,
+                                                "set UnifiedKernelImages=unsigned to have mkosi build one"), uki)
+        else:
+            with log.step("Building the unified kernel image"):
+                if make is not None:
+                    make(uki)
+                else:
+                    make_uki(files, uki, options.profiles, options.pcr)
+            to_sign.append(uki)
         if grub:
             with log.step("Installing GRUB for UEFI"):
                 to_sign += _install_grub(esp, files, options, uki)

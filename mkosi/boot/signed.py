@@ -116,15 +116,15 @@ def _uki_version(path: Path) -> str:
     return path.parent.name if path.parent.parent.name == "modules" else path.stem
 
 
-def find_signed_uki(root: Path) -> Path:
+def find_signed_uki(root: Path, bootloader: str = "uki-signed",
+                    hint: str = "use Bootloader=uki to have mkosi build one") -> Path:
     """The pre-built signed UKI of the image's newest kernel."""
     found = sorted((p for pattern in SIGNED_UKI_GLOBS for p in root.glob(pattern) if p.is_file()),
                    key=lambda p: version_key(_uki_version(p)))
     if not found:
-        raise MkosiError("Bootloader=uki-signed: the image has no pre-built signed unified kernel image "
+        raise MkosiError(f"Bootloader={bootloader}: the image has no pre-built signed unified kernel image "
                          f"(looked for {' and '.join('/' + g for g in SIGNED_UKI_GLOBS)})",
-                         hint="install the distribution's signed UKI package (kernel-uki-virt on Fedora), or "
-                              "use Bootloader=uki to have mkosi build one")
+                         hint=f"install the distribution's signed UKI package (kernel-uki-virt on Fedora), or {hint}")
     return found[-1]
 
 

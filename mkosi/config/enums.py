@@ -175,6 +175,18 @@ class Bootloader(StrEnum):
     grub_signed = "grub-signed"
 
 
+class UnifiedKernelImages(StrEnum):
+    """UnifiedKernelImages=: none boots Type #1 entries (kernel, initrd and an entry file); unsigned and signed
+    always boot a UKI (mkosi builds it, except that signed takes the distribution's pre-built one with the
+    signed boot loaders); auto a UKI when the EFI stub is there, else a Type #1 entry."""
+    none = "none"
+    auto = "auto"
+    unsigned = "unsigned"
+    signed = "signed"
+
+    @property
+    def enabled(self) -> bool:
+        return self != UnifiedKernelImages.none
 
 
 class BiosBootloader(StrEnum):

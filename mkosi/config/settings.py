@@ -27,6 +27,7 @@ from mkosi.config.enums import (
     QemuKvm,
     SourceFileTransfer,
     SplitArtifact,
+    UnifiedKernelImages,
     Verb,
     Verity,
     WithNetwork,
@@ -283,15 +284,16 @@ def _resolve_machine_id(value: Optional[str], v: Resolving) -> Optional[str]:
     return uuid.uuid4().hex if value == "random" else value
 
 
-def _parse_ukis(value: str) -> bool:
-    """A boolean, or the modern none (no), auto, signed and unsigned (yes)."""
+def _parse_ukis(value: str) -> UnifiedKernelImages:
+    """none, auto, unsigned or signed, or the classic boolean: yes always boots a UKI mkosi builds
+    (unsigned), no never (none)."""
     v = value.strip().lower()
-    if v == "none":
-        return False
-    if v in ("auto", "signed", "unsigned"):
-        return True
     try:
-        return parse_bool(value)
+        return UnifiedKernelImages(v)
+    except ValueError:
+        pass
+    try:
+        return UnifiedKernelImages.unsigned if parse_bool(value) else UnifiedKernelImages.none
     except ValueError:
         raise ValueError(f"invalid value '{value}', expected a boolean or one of: none, auto, signed, unsigned")
 
@@ -605,12 +607,13 @@ class Config(ModernSettings):
         scope=Scope.inherited, match=MatchKind.glob, specifier="i",
         section=O, key="ImageId", flags=("--image-id",), parse=parse_image_name,
         help="Identifier of the image; names the output and the partitions, written to os-release.")
-    with_unified_kernel_images: bool = setting(
+    with_unified_kernel_images: UnifiedKernelImages = setting(
         other_sections=(O,),
         section=C, key="UnifiedKernelImages", flags=("--unified-kernel-images",), kind=Kind.BOOL,
         aliases=("WithUnifiedKernelImages",), flag_aliases=("--with-unified-kernel-images",), parse=_parse_ukis,
-        default=True, const="yes", negative_flags=("--without-unified-kernel-images",),
-        cache=True, help="Boot through unified kernel images (default) instead of separate kernel and initrd.")
+        default=UnifiedKernelImages.auto, const="yes", negative_flags=("--without-unified-kernel-images",),
+        cache=True, help="Boot through unified kernel images (auto: when the EFI stub is there; unsigned, "
+                         "signed) or Type #1 entries (none).")
     hostonly_initrd: bool = setting(
         section=O, key="HostonlyInitrd", flags=("--hostonly-initrd",), kind=Kind.BOOL, parse=parse_bool,
         default=False, const="yes", cache=True, help="Build a host-only initrd (dracut --hostonly).")

@@ -100,7 +100,7 @@ def _split_partition(role: str) -> Artifact:
 
 
 def _split_kernel(config: Config) -> bool:
-    return (bool(config.split_artifacts) and config.bootable and config.with_unified_kernel_images
+    return (bool(config.split_artifacts) and config.bootable and config.with_unified_kernel_images.enabled
             and BootProtocol.uefi in config.boot_protocols)
 
 

@@ -25,7 +25,7 @@ from mkosi.boot.pcrsig import PcrSigner, pcr_signer
 from mkosi.boot.pe import stub_version
 from mkosi.boot.signing import sign_efi
 from mkosi.boot.uki import PROFILE_STUB_VERSION, UkiProfile, build_addon, build_uki, concat_initrds
-from mkosi.config.enums import Bootloader
+from mkosi.config.enums import Bootloader, UnifiedKernelImages
 from mkosi.config.settings import Config
 from mkosi.context import Context
 from mkosi.errors import MkosiError
@@ -180,8 +180,9 @@ def make_esp_output(ctx: Context) -> None:
     files = esp_boot_files(ctx, bool(config.uki_profiles))
     profiles = uki_profiles(config, files.cmdline)
     options = EspOptions.from_config(config, profiles, ctx.root)
-    # The UKI is always a UKI here (the image is its initrd; there is no Type #1 entry to write).
-    options = dataclasses.replace(options, unified_kernel_image=True)
+    # The UKI is always one mkosi builds here (the image is its initrd; there is no Type #1 entry to write,
+    # and no distribution ships this UKI pre-built).
+    options = dataclasses.replace(options, unified_kernel_image=UnifiedKernelImages.unsigned)
     initrd = whole_image_initrd(ctx) if config.bootable else None
     esp = ctx.dir("esp")
 

@@ -34,6 +34,8 @@ SplitArtifacts=yes
 Bootable=yes
 Bootloader=grub-signed
 ShimBootloader=signed
+# Debian ships no pre-built signed UKI: mkosi builds it.
+UnifiedKernelImages=unsigned
 Packages=grub-efi-amd64-signed
          shim-signed
 PackageCacheDirectory={package_cache}

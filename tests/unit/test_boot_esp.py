@@ -12,7 +12,7 @@ from mkosi.boot.grub import GRUB_I386_PC_DIR
 from mkosi.boot.kernel import boot_files
 from mkosi.boot.pe import read_pe
 from mkosi.boot.uki import SYSTEMD_BOOT_EFI_DIR, uki_file_name
-from mkosi.config.enums import BootProtocol
+from mkosi.config.enums import BootProtocol, UnifiedKernelImages
 from mkosi.errors import MkosiError
 from tests.markers import needs_tools
 
@@ -56,7 +56,7 @@ def test_populate_esp_type1_entry_and_bios(tmp_path: Path) -> None:
     esp = tmp_path / "esp"
     esp.mkdir()
     options = EspOptions(protocols=(BootProtocol.uefi, BootProtocol.bios), entry_id="img", title="Image",
-                         unified_kernel_image=False)
+                         unified_kernel_image=UnifiedKernelImages.none)
     assert populate_esp(esp, boot_files(root, initrd, "root=PARTLABEL=x rw", "x86_64"), options) is None
     assert (esp / "EFI/BOOT/BOOTX64.EFI").read_bytes() == b"MZ systemd-boot"
     entry = (esp / "loader/entries/img-6.1.0-10-amd64.conf").read_text()

@@ -16,6 +16,7 @@ from mkosi.config.enums import (
     Distribution,
     Encrypt,
     ManifestFormat,
+    UnifiedKernelImages,
     Verb,
     Verity,
     WithNetwork,
@@ -421,7 +422,7 @@ def test_optional_value_flags_do_not_swallow_the_verb(wd: Path) -> None:
     assert load("--verity", "no").verity == Verity.no
     assert load("--with-network", "never").with_network == WithNetwork.never
     assert load("-T").with_tests is False
-    assert load("--without-unified-kernel-images").with_unified_kernel_images is False
+    assert load("--without-unified-kernel-images").with_unified_kernel_images == UnifiedKernelImages.none
 
 
 def test_options_after_verb_that_takes_no_arguments() -> None:

@@ -25,7 +25,7 @@ from mkosi.boot.uki import (
     expand_uki_format,
     installed_uki_name,
 )
-from mkosi.config.enums import Bootloader, BootProtocol, ShimBootloader
+from mkosi.config.enums import Bootloader, BootProtocol, ShimBootloader, UnifiedKernelImages
 from mkosi.config.ukiprofile import load_uki_profiles, parse_uki_profile, profile_files
 from mkosi.errors import ConfigError, MkosiError
 from tests.markers import needs_tools
@@ -301,9 +301,70 @@ def test_bootloader_systemd_boot_with_a_name_pattern(tmp_path: Path) -> None:
 
 
 def test_bootloader_systemd_boot_without_ukis_writes_a_type1_entry(tmp_path: Path) -> None:
-    files = esp_files(tmp_path, Bootloader.systemd_boot, unified_kernel_image=False)
+    files = esp_files(tmp_path, Bootloader.systemd_boot, unified_kernel_image=UnifiedKernelImages.none)
     assert "loader/entries/img-6.1.0-10-amd64.conf" in files
     assert not any(f.startswith("EFI/Linux/") for f in files)
+
+
+def test_ukis_auto_without_the_stub_boots_a_type1_entry(tmp_path: Path) -> None:
+    root = esp_root(tmp_path, stub=False)
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(b"initrd")
+    files = boot_files(root, initrd, "rw", "x86_64")
+    esp = tmp_path / "esp"
+    esp.mkdir()
+    options = EspOptions(protocols=(BootProtocol.uefi,), entry_id="img", title="Image")
+    assert options.unified_kernel_image == UnifiedKernelImages.auto
+    assert populate_esp(esp, files, options) is None
+    assert (esp / "loader/entries/img-6.1.0-10-amd64.conf").is_file()
+    assert list(esp.glob("EFI/Linux/*")) == []
+    assert (esp / "EFI/systemd/systemd-bootx64.efi").is_file()
+    # unsigned (and the classic yes) insist on a UKI: the missing stub is an error.
+    with pytest.raises(MkosiError, match="stub"):
+        populate_esp(tmp_path / "esp2", files,
+                     dataclasses.replace(options, unified_kernel_image=UnifiedKernelImages.unsigned))
+
+
+def prebuilt_uki(root: Path) -> bytes:
+    """Fedora's kernel-uki-virt: the distribution's signed UKI next to the kernel's modules."""
+    uki = root / "usr/lib/modules/6.1.0-10-amd64/vmlinuz-virt.efi"
+    uki.parent.mkdir(parents=True)
+    uki.write_bytes(b"MZ the distribution's signed UKI")
+    return uki.read_bytes()
+
+
+@pytest.mark.parametrize("mode", [UnifiedKernelImages.auto, UnifiedKernelImages.signed])
+def test_signed_loaders_take_the_prebuilt_uki(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              mode: UnifiedKernelImages) -> None:
+    signed: list[Path] = []
+    monkeypatch.setattr("mkosi.boot.esp.sign_efi", lambda binary, key, cert: signed.append(binary))
+    root = esp_root(tmp_path)
+    content = prebuilt_uki(root)
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(b"initrd")
+    esp = tmp_path / "esp"
+    esp.mkdir()
+    options = EspOptions(protocols=(BootProtocol.uefi,), entry_id="img", title="Image", image_root=root,
+                         bootloader=Bootloader.systemd_boot_signed, unified_kernel_image=mode,
+                         secure_boot_key=tmp_path / "k", secure_boot_certificate=tmp_path / "c")
+    uki = populate_esp(esp, boot_files(root, initrd, "rw", "x86_64"), options)
+    assert uki == esp / "EFI/Linux/img-6.1.0-10-amd64.efi"
+    assert uki.read_bytes() == content          # copied as it is: not built here
+    assert signed == []                          # and not signed again (systemd-boot is pre-signed too)
+
+
+def test_signed_loaders_without_a_prebuilt_uki(tmp_path: Path) -> None:
+    root = esp_root(tmp_path)
+    signed_files(root, shim=False)
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(b"initrd")
+    esp = tmp_path / "esp"
+    esp.mkdir()
+    options = EspOptions(protocols=(BootProtocol.uefi,), entry_id="img", title="Image", image_root=root,
+                         bootloader=Bootloader.grub_signed)
+    with pytest.raises(MkosiError, match="Bootloader=grub-signed: the image has no pre-built signed") as e:
+        populate_esp(esp, boot_files(root, initrd, "rw", "x86_64"), options)
+    assert "UnifiedKernelImages=unsigned" in (e.value.hint or "")
 
 
 def test_bootloader_uki_is_the_firmware_default(tmp_path: Path) -> None:
@@ -319,7 +380,7 @@ def test_bootloader_systemd_boot_signed_is_not_signed_again(tmp_path: Path, monk
     signed: list[Path] = []
     monkeypatch.setattr("mkosi.boot.esp.sign_efi", lambda binary, key, cert: signed.append(binary))
     files = esp_files(tmp_path, Bootloader.systemd_boot_signed, secure_boot_key=tmp_path / "k",
-                      secure_boot_certificate=tmp_path / "c")
+                      secure_boot_certificate=tmp_path / "c", unified_kernel_image=UnifiedKernelImages.unsigned)
     assert (tmp_path / "esp/EFI/BOOT/BOOTX64.EFI").read_bytes() == b"MZ signed systemd-boot"
     assert "EFI/Linux/img-6.1.0-10-amd64.efi" in files
     assert [p.name for p in signed] == ["img-6.1.0-10-amd64.efi"]   # only the UKI mkosi built
@@ -364,7 +425,8 @@ def test_bootloader_grub_signed_behind_the_signed_shim(tmp_path: Path, monkeypat
     esp.mkdir()
     options = EspOptions(protocols=(BootProtocol.uefi,), entry_id="img", title="Image",
                          bootloader=Bootloader.grub_signed, image_root=root, shim=ShimBootloader.signed,
-                         secure_boot_key=tmp_path / "k", secure_boot_certificate=tmp_path / "c")
+                         secure_boot_key=tmp_path / "k", secure_boot_certificate=tmp_path / "c",
+                         unified_kernel_image=UnifiedKernelImages.unsigned)
     initrd = tmp_path / "initrd"
     initrd.write_bytes(b"initrd")
     uki = populate_esp(esp, boot_files(root, initrd, "rw", "x86_64"), options)
@@ -389,12 +451,13 @@ def test_bootloader_grub_signed_alone_and_without_grub(tmp_path: Path) -> None:
     initrd = tmp_path / "initrd"
     initrd.write_bytes(b"initrd")
     options = EspOptions(protocols=(BootProtocol.uefi,), entry_id="img", title="Image",
-                         bootloader=Bootloader.grub_signed, image_root=root)
+                         bootloader=Bootloader.grub_signed, image_root=root,
+                         unified_kernel_image=UnifiedKernelImages.unsigned)
     populate_esp(esp, boot_files(root, initrd, "rw", "x86_64"), options)
     assert (esp / "EFI/BOOT/BOOTX64.EFI").read_bytes() == b"MZ signed grub"
     assert not (esp / "EFI/BOOT/grubx64.efi").exists()
     with pytest.raises(MkosiError, match="no signed GRUB") as e:
-        signed_esp_files(tmp_path / "none", Bootloader.grub_signed)
+        signed_esp_files(tmp_path / "none", Bootloader.grub_signed, unified_kernel_image=UnifiedKernelImages.unsigned)
     assert "grub-efi-amd64-signed" in (e.value.hint or "")
 
 
@@ -527,4 +590,4 @@ def test_bootloader_grub_needs_its_modules_and_ukis(tmp_path: Path) -> None:
     with pytest.raises(MkosiError, match="GRUB's EFI modules"):
         esp_files(tmp_path / "a", Bootloader.grub, grub_efi_dirs=(tmp_path / "nowhere",))
     with pytest.raises(MkosiError, match="without unified kernel images is not implemented yet"):
-        esp_files(tmp_path / "b", Bootloader.grub, unified_kernel_image=False)
+        esp_files(tmp_path / "b", Bootloader.grub, unified_kernel_image=UnifiedKernelImages.none)

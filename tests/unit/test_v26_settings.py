@@ -20,6 +20,7 @@ from mkosi.config.enums import (
     Feature,
     SplitArtifact,
     ToolsTreeProfile,
+    UnifiedKernelImages,
     Verb,
     Verity,
 )
@@ -251,7 +252,13 @@ def test_modern_values_of_classic_settings(wd: Path) -> None:
              "--machine-id=random", "--root-password=hashed:$6$x", "--incremental=strict")
     assert c.verity == Verity.yes
     assert c.ssh is True
-    assert c.with_unified_kernel_images is False
+    assert c.with_unified_kernel_images == UnifiedKernelImages.none
+    for value, mode in (("signed", "signed"), ("unsigned", "unsigned"), ("auto", "auto"), ("yes", "unsigned"),
+                        ("no", "none")):
+        assert load("--format=gpt_ext4", f"--unified-kernel-images={value}").with_unified_kernel_images == mode
+    assert load("--format=gpt_ext4").with_unified_kernel_images == UnifiedKernelImages.auto
+    with pytest.raises(ConfigError, match="none, auto, signed, unsigned"):
+        load("--format=gpt_ext4", "--unified-kernel-images=sometimes")
     assert c.machine_id is not None and uuid.UUID(hex=c.machine_id)
     assert (c.password, c.password_is_hashed) == ("$6$x", True)
     args, _ = load_args(["--incremental=strict", "summary"])

@@ -15,7 +15,7 @@ import pytest
 from mkosi.boot.esp import EspOptions, install_uefi, populate_esp
 from mkosi.boot.kernel import boot_files
 from mkosi.config import load_args
-from mkosi.config.enums import Bootloader, BootProtocol
+from mkosi.config.enums import Bootloader, BootProtocol, UnifiedKernelImages
 from mkosi.errors import MkosiError
 from mkosi.output import disk, gpt
 from tests.markers import needs_tools
@@ -169,7 +169,8 @@ def test_type1_entry_goes_to_xbootldr_and_systemd_boot_stays_on_the_esp(tmp_path
     esp, boot = tmp_path / "esp", tmp_path / "boot"
     esp.mkdir()
     boot.mkdir()
-    options = EspOptions(protocols=(BootProtocol.uefi,), entry_id="img", title="Image", unified_kernel_image=False)
+    options = EspOptions(protocols=(BootProtocol.uefi,), entry_id="img", title="Image",
+                         unified_kernel_image=UnifiedKernelImages.none)
     assert populate_esp(esp, boot_files(root, initrd, "root=PARTLABEL=x rw", "x86_64"), options, boot=boot) is None
     assert (esp / "EFI/BOOT/BOOTX64.EFI").read_bytes() == b"MZ systemd-boot"
     assert (esp / "EFI/systemd/systemd-bootx64.efi").is_file() and (esp / "loader/loader.conf").is_file()

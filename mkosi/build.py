@@ -532,6 +532,11 @@ def move_into_place(config: Config, made: Staged) -> None:
         replace_path(staged_path, target)
         if not config.no_chown:
             chown_to_invoking_user(target)
+    # The image is in place: the link named after the output (modern trees) may point at it.
+    if any(artifact is artifacts.IMAGE for artifact, _ in made):
+        link = artifacts.link_output(config)
+        if link is not None and not config.no_chown:
+            chown_to_invoking_user(link)
 
 
 def replace_path(src: Path, dst: Path) -> None:

@@ -141,6 +141,7 @@ def summary_dict(args: Args, config: Config) -> dict[str, Any]:
     data["Repositories"] = repositories(config)
     data["Outputs"] = outputs(config)
     data["ToolsTreeUsed"] = tools_tree(config)
+    data["ConfigLanguage"] = config.language.value
     data["ConfigFiles"] = [str(p) for p in config.config_files]
     data["DetectedFiles"] = {k: str(v) for k, v in config.detected.items()}
     data["NotImplemented"] = not_implemented(config)
@@ -161,6 +162,7 @@ def image_json(args: Args, config: Config) -> dict[str, Any]:
     data["Outputs"] = outputs(config)
     data["ToolsTreeUsed"] = tools_tree(config)
     data["ToolsTreePath"] = tools_tree_path(config)
+    data["ConfigLanguage"] = config.language.value
     data["ConfigFiles"] = [str(p) for p in config.config_files]
     data["NotImplemented"] = not_implemented(config)
     return data
@@ -181,7 +183,8 @@ def _output_label(name: str) -> str:
     words = name.removeprefix("output_").replace("_", " ")
     return {"output": "Image", "dir": "Output directory", "sshkey": "SSH key", "bmap": "Block map",
             "nspawn settings": "nspawn settings", "manifest json": "Manifest", "root hash p7s": "Root hash signature",
-            "checksum": "Checksums", "signature": "Checksums signature"}.get(words, words.capitalize())
+            "checksum": "Checksums", "signature": "Checksums signature",
+            "link": "Link to the image"}.get(words, words.capitalize())
 
 
 def image_text(args: Args, config: Config) -> str:
@@ -201,7 +204,7 @@ def image_text(args: Args, config: Config) -> str:
     lines += ["", "REPOSITORIES:"] + [f"{'':>{width}}  {r}" for r in data["Repositories"]]
     lines += ["", "OUTPUTS:"] + [f"{_output_label(k):>{width}}  {v}" for k, v in data["Outputs"].items()]
     lines += ["", "TOOLS TREE:", f"{'Tools tree used':>{width}}  {data['ToolsTreeUsed']}"]
-    lines += ["", "FILES:"]
+    lines += ["", "FILES:", f"{'Language':>{width}}  {data['ConfigLanguage']}"]
     lines += [f"{'Settings file':>{width}}  {f}" for f in data["ConfigFiles"]] \
         or [f"{'Settings file':>{width}}  (none)"]
     lines += [f"{k:>{width}}  {v}" for k, v in data["DetectedFiles"].items()]

@@ -149,7 +149,8 @@ def tools_tree_config(config: Config) -> tuple[Args, Config]:
     """The tools image's Args and Config, derived from the ToolsTree*= settings of `config`."""
     cli = parse_command_line(tools_tree_argv(config))
     layout = load_image(cli, TOOLS_CONFIG_DIR, TOOLS_CONFIG_DIR, None)
-    args, tools = finalize(cli, merge(layout.assignments), layout.files, TOOLS_CONFIG_DIR, "tools")
+    args, tools = finalize(cli, merge(layout.assignments), layout.files, TOOLS_CONFIG_DIR, "tools",
+                           layout.language)
     if not tools.packages:
         raise MkosiError(f"ToolsTree=default: mkosi has no tools tree packages for {tools.distribution.value}",
                          hint="list them with ToolsTreePackages= or in mkosi.tools.conf, or use ToolsTreeDistribution="
@@ -157,7 +158,7 @@ def tools_tree_config(config: Config) -> tuple[Args, Config]:
     root = cache_root(config)
     shared = {name: getattr(config, name) for name in MULTIVERSAL}
     tmp = root / f".{TREE_PREFIX}build"
-    return args, dataclasses.replace(tools, output_dir=tmp, output=tmp / "tree", **shared)
+    return args, dataclasses.replace(tools, output_dir=tmp, output=tmp / "tree", output_link=None, **shared)
 
 
 def tools_tree_key(tools: Config) -> str:

@@ -19,7 +19,7 @@ UNIVERSAL = tuple(s.dest for s in SETTINGS if s.scope == Scope.universal)
 
 
 def _finalize(cli: CommandLine, layout: ImageLayout) -> tuple[Args, Config]:
-    return finalize(cli, merge(layout.assignments), layout.files, layout.directory, layout.name)
+    return finalize(cli, merge(layout.assignments), layout.files, layout.directory, layout.name, layout.language)
 
 
 def _images(cli: CommandLine, cwd: Path, default_path: Optional[Path]) -> tuple[Args, list[Config]]:

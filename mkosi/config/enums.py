@@ -51,6 +51,17 @@ class Verb(StrEnum):
                         Verb.sysupdate)
 
 
+class ConfigLanguage(StrEnum):
+    """Which configuration language a tree is written in, decided once from its top-level files
+    (mkosi/config/layout.py, tree_language()): `classic` for mkosi.default (or --default=FILE, or no
+    settings file at all), the mkosi 14 man page's language; `modern` for mkosi.conf (or mkosi/mkosi.conf,
+    mkosi.conf.d/, mkosi.images/), the language of the upstream v26 manual, and always for the images of
+    mkosi.images/ and the builtin configurations. Where the two languages give a setting different
+    meanings, the code asks this value (today: Output=, see finalize._place_output())."""
+    classic = "classic"
+    modern = "modern"
+
+
 class Distribution(StrEnum):
     fedora = "fedora"
     debian = "debian"

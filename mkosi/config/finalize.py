@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from mkosi import log
-from mkosi.config.enums import Bootloader, BootProtocol, Feature, SourceFileTransfer, Verb, Verity
+from mkosi.config.enums import Bootloader, BootProtocol, ConfigLanguage, Feature, SourceFileTransfer, Verb, Verity
 from mkosi.config.ini import Origin
 from mkosi.config.parse import CommandLine, Merged, setting_label
 from mkosi.config.settings import (
@@ -160,26 +160,59 @@ def _derived(values: dict[str, Any], found: dict[str, Path], directory: Path, co
         values["passphrase_file"] = values["passphrase"]
 
 
+def output_prefix(name: str, fmt: Format, compression: Optional[str], qcow2: bool) -> str:
+    """NAME without the format's and compression's suffixes it already ends in (image.raw.xz, image.raw
+    and image all give image for Format=disk with CompressOutput=xz)."""
+    full, base = fmt.file_suffix(compression, qcow2), fmt.file_suffix(None, qcow2)
+    for suffix in (full, base):
+        if suffix and name.endswith(suffix) and name != suffix:
+            return name[: -len(suffix)]
+    return name
+
+
+def output_file_name(name: str, fmt: Format, compression: Optional[str], qcow2: bool) -> str:
+    """The modern language's Output=NAME as a file name: NAME with the format's suffix and the
+    compression's appended, each unless NAME already ends in it (image -> image.raw.xz, image.raw ->
+    image.raw.xz, image.raw.xz stays)."""
+    return output_prefix(name, fmt, compression, qcow2) + fmt.file_suffix(compression, qcow2)
+
+
 def _place_output(values: dict[str, Any]) -> None:
-    """Output= and OutputDirectory=: the image's path, by default named after ImageId=/ImageVersion= with the
-    format's suffix (a sub-image after its own name). The other artifacts' paths follow from it
-    (mkosi/output/artifacts.py)."""
+    """Output= and OutputDirectory=: the image's path, and the name of the link to it (output_link).
+
+    The default name is ImageId= (else "image"; a sub-image's own name, since ImageId= is passed down to
+    it and several sub-images would otherwise share the main image's name), then _ImageVersion=, then
+    the format's and the compression's suffixes. An Output= with a slash is the image's full path in
+    both languages. A bare Output=NAME is the file name in the classic language (the man page's), and
+    a prefix in the modern one, completed by output_file_name() (ImageVersion= is not added to it).
+
+    In the modern language the output directory also gets a link named after the bare name (NAME without
+    the suffixes it was given, or the default name without version and suffixes) to the image, when the
+    two names differ (artifacts.OUTPUT_LINK): `%O/initrd` then names the initrd image whatever its
+    version and format.
+    The other artifacts' paths follow from the image's (mkosi/output/artifacts.py)."""
     fmt: Format = values["format"].row
     compression = None if values["compress_output"] == "no" else values["compress_output"]
-    # A sub-image is named after itself (ImageId= is passed down to it, and several sub-images would
-    # otherwise share the main image's name); the main image after ImageId=, else "image".
-    name = (values["image_id"] or "image") if values["image"] == "main" else values["image"]
-    if values["image_version"]:
-        name += f"_{values['image_version']}"
+    modern = values["language"] == ConfigLanguage.modern
+    name: str = (values["image_id"] or "image") if values["image"] == "main" else values["image"]
+    bare: Optional[str] = name
     out: Optional[Path] = values["output"]
     outdir: Optional[Path] = values["output_dir"]
     if out is None:
-        out = (outdir or Path.cwd()) / (name + fmt.file_suffix(compression, values["qcow2"]))
-    elif not out.is_absolute():
+        versioned = name + (f"_{values['image_version']}" if values["image_version"] else "")
+        out = (outdir or Path.cwd()) / (versioned + fmt.file_suffix(compression, values["qcow2"]))
+    elif out.is_absolute():
+        bare = None  # a full path: no link, in either language
+    else:
+        if modern:
+            bare = output_prefix(str(out), fmt, compression, values["qcow2"])
+            out = Path(output_file_name(str(out), fmt, compression, values["qcow2"]))
         out = (outdir or Path.cwd()) / out
     values["output"] = out
     if outdir is None:
         values["output_dir"] = out.parent
+    nothing = fmt.kind is FormatKind.nothing
+    values["output_link"] = bare if modern and bare and bare != out.name and not nothing else None
 
 
 # ---- cross-setting checks: each takes the command line, the merged assignments and the values ----
@@ -390,10 +423,11 @@ CHECKS: tuple[Check, ...] = (
 
 
 def finalize(cli: CommandLine, v: Merged, config_files: list[Path], directory: Path,
-             image: str = "main") -> tuple[Args, Config]:
+             image: str = "main", language: ConfigLanguage = ConfigLanguage.classic) -> tuple[Args, Config]:
     found = detect_files(directory)
     values = resolve_all(v, directory, found)
     values["image"] = image
+    values["language"] = language
     values["verb"] = cli.verb
     values["cmdline"] = cli.cmdline
     same_as = values["format"].row.same_as

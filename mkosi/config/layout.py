@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from mkosi import log
-from mkosi.config.enums import Distribution
+from mkosi.config.enums import ConfigLanguage, Distribution
 from mkosi.config.finalize import detect_files, resolve_one
 from mkosi.config.ini import Assignment, Condition, Origin, ParsedFile, check_settings_file, lookup_key, parse_ini
 from mkosi.config.parse import CommandLine, Merged, merge
@@ -47,6 +47,7 @@ class ImageLayout:
     directory: Path          # where its mkosi.* files and directories are looked up
     assignments: list[Assignment]
     files: list[Path]
+    language: ConfigLanguage  # the language its files are read in (tree_language())
 
 
 def _dropins(directory: Path, only_conf: bool) -> list[Path]:
@@ -499,6 +500,19 @@ def config_directory(top: Path) -> Path:
     return top
 
 
+def tree_language(directory: Path, default_path: Optional[Path]) -> ConfigLanguage:
+    """The language of the tree whose top-level files are in `directory` (config_directory()): classic with
+    --default=FILE or mkosi.default (also when mkosi.conf is there too: mkosi.default is read first), modern
+    with mkosi.conf, mkosi.conf.d/ or mkosi.images/ and no mkosi.default. A tree without any of them is
+    configured on the command line alone and keeps the classic meanings (the man page's)."""
+    if default_path is not None or (directory / "mkosi.default").exists():
+        return ConfigLanguage.classic
+    if (directory / "mkosi.conf").exists() or (directory / "mkosi.conf.d").is_dir() or \
+            (directory / "mkosi.images").is_dir():
+        return ConfigLanguage.modern
+    return ConfigLanguage.classic
+
+
 def load_image(cli: CommandLine, invoked: Path, top: Path, default_path: Optional[Path]) -> ImageLayout:
     """The main image: everything outside mkosi.images/."""
     directory = config_directory(top)
@@ -518,7 +532,8 @@ def load_image(cli: CommandLine, invoked: Path, top: Path, default_path: Optiona
     loader.parse_profiles()
     ordered = loader.ordered()
     check_minimum_version(ordered)
-    return ImageLayout("main", directory, [a for a in ordered if a.setting.dest != "include"], loader.files)
+    return ImageLayout("main", directory, [a for a in ordered if a.setting.dest != "include"], loader.files,
+                       tree_language(directory, default_path))
 
 
 def load_subimages(cli: CommandLine, invoked: Path, main: ImageLayout) -> list[ImageLayout]:
@@ -545,7 +560,8 @@ def load_subimages(cli: CommandLine, invoked: Path, main: ImageLayout) -> list[I
             if a.setting.scope == Scope.universal:
                 log.warn(f"{a.origin}: {a.setting.key}= is a universal setting: only the main image sets it; ignored")
         own = [a for a in own if a.setting.scope != Scope.universal]
-        result.append(ImageLayout(name, top, [*passed, *own, *universal], loader.files))
+        # mkosi.images/ is the modern language's: its images speak it, whatever the main image's files are.
+        result.append(ImageLayout(name, top, [*passed, *own, *universal], loader.files, ConfigLanguage.modern))
     return result
 
 

@@ -21,6 +21,7 @@ from mkosi.config.enums import (
     BiosBootloader,
     BootProtocol,
     CleanPackageMetadata,
+    ConfigLanguage,
     Distribution,
     Encrypt,
     ManifestFormat,
@@ -894,6 +895,8 @@ class Config(ModernSettings):
 
     # ---- derived by finalize (not settings) ----
     image: str = "main"          # the name of the image: main, or its name in mkosi.images/
+    language: ConfigLanguage = ConfigLanguage.classic  # the language its files speak (layout.tree_language())
+    output_link: Optional[str] = None  # the name of the link to the image in the output directory, if any
     passphrase_file: Optional[Path] = None
     version_file: Optional[Path] = None
     mksquashfs_tool: Optional[Path] = None

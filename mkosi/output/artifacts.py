@@ -12,6 +12,7 @@ Templates are file names in the output directory (OutputDirectory=, or the image
   {compression}  the compression suffix (.xz, .zst, ...) of CompressOutput=
   {hash}         .usrhash with UsrOnly=yes, else .roothash
   {part}         usr with UsrOnly=yes, else root (the split partitions keep mkosi 14's names)
+  {link}         the name of the link to the image (Config.output_link, modern trees only)
   {arch}         the image's architecture as systemd-repart names it (x86-64, arm64, ...): Format=disk's
                  split partitions are named after their partition type, as systemd-repart --split=yes does
 The image itself is at Output= (IMAGE_TEMPLATE).
@@ -20,10 +21,12 @@ The image itself is at Output= (IMAGE_TEMPLATE).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
+from mkosi import log
 from mkosi.config.enums import BootProtocol, ManifestFormat, SplitArtifact, Verity
 from mkosi.config.settings import Config
 from mkosi.context import Context, Phase
@@ -49,6 +52,7 @@ class Artifact:
     setting: Optional[str] = None           # a Config field (a setting) that, when set, is its path
     beside_image: bool = False              # kept next to the image rather than in the output directory
     secret: bool = False                    # never published (serve) nor summed
+    link: bool = False                      # a symbolic link to the image, made once it is in place (link_output())
 
 
 def _fmt(config: Config) -> Format:
@@ -113,6 +117,9 @@ def _always(config: Config) -> bool:
 
 
 IMAGE = Artifact("output", IMAGE_TEMPLATE, _always)
+# In modern trees: OutputDirectory/NAME -> the image (image -> image_7.8.raw.xz), for %O/NAME references.
+# It is never staged nor summed, never blocks a build, replaces only a link and `clean` removes only a link.
+OUTPUT_LINK = Artifact("output_link", "{link}", lambda c: c.output_link is not None, checksummed=False, link=True)
 CHECKSUM = Artifact("output_checksum", "SHA256SUMS", lambda c: c.checksum, checksummed=False)
 SIGNATURE = Artifact("output_signature", "SHA256SUMS.gpg", lambda c: c.sign, checksummed=False)
 BMAP = Artifact("output_bmap", "{stem}.bmap", _bmap)
@@ -159,7 +166,7 @@ OUTPUT_KEY = _cache("cache_output_key", "{stem}.cache-output.key")
 SALT = _cache("cache_salt", "{stem}.cache-salt")
 
 ARTIFACTS: tuple[Artifact, ...] = (
-    IMAGE, CHECKSUM, SIGNATURE, BMAP, NSPAWN_SETTINGS, SSH_KEY, ROOT_HASH, ROOT_HASH_P7S, REPART_ROOT_HASH,
+    IMAGE, OUTPUT_LINK, CHECKSUM, SIGNATURE, BMAP, NSPAWN_SETTINGS, SSH_KEY, ROOT_HASH, ROOT_HASH_P7S, REPART_ROOT_HASH,
     REPART_USR_HASH, MANIFEST, CHANGELOG,
     SPDX, CYCLONEDX,
     SPLIT_ROOT, SPLIT_VERITY, SPLIT_KERNEL, SPLIT_VERITY_SIG, *SPLIT_PARTITIONS.values(), SSH_PUBLIC_KEY,
@@ -208,6 +215,7 @@ def path(config: Config, artifact: Artifact) -> Path:
     name = artifact.template.format(
         stem=output_stem(config), compression=compression_suffix(config.output_compression),
         hash=".usrhash" if config.usr_only else ".roothash", part="usr" if config.usr_only else "root",
+        link=config.output_link or "",
         arch=_repart_arch(config) if "{arch}" in artifact.template else "")
     return (config.output.parent if artifact.beside_image else config.output_dir or config.output.parent) / name
 
@@ -235,13 +243,20 @@ def secrets(config: Config) -> list[Path]:
 
 
 def existing(config: Config) -> list[Path]:
-    """Build outputs of this configuration that are already there (the overwrite check)."""
-    return [p for p in paths(config) if p.exists() or p.is_symlink()]
+    """Build outputs of this configuration that are already there (the overwrite check; the link to the
+    image is replaced without asking)."""
+    return [path(config, a) for a in declared(config) if not a.link and _present(path(config, a))]
+
+
+def _present(p: Path) -> bool:
+    return p.exists() or p.is_symlink()
 
 
 def to_clean(config: Config, force: int) -> list[Path]:
-    """What `mkosi clean` removes with `force` times -f."""
-    return [path(config, a) for a in declared(config, cache=None) if a.clean is not None and a.clean <= force]
+    """What `mkosi clean` removes with `force` times -f (the link to the image only if it is a link: a
+    file or directory of that name is not the build's)."""
+    return [path(config, a) for a in declared(config, cache=None) if a.clean is not None and a.clean <= force
+            and (not a.link or path(config, a).is_symlink())]
 
 
 def shown(config: Config) -> dict[str, Path]:
@@ -269,13 +284,33 @@ def collect(ctx: Context) -> list[tuple[Artifact, Path]]:
     signature are written afterwards and not included)."""
     found = []
     for a in declared(ctx.config):
-        if a in SUMS:
+        if a in SUMS or a.link:
             continue
         p = staged(ctx, a)
         if not (p.exists() or p.is_symlink()):
             raise MkosiError(f"the build did not write {path(ctx.config, a).name} (internal error)")
         found.append((a, p))
     return found
+
+
+def link_output(config: Config) -> Optional[Path]:
+    """Once the image is in place: point the link to it (OUTPUT_LINK) at it, relatively, replacing an
+    older link atomically. A file or directory of the link's name stays as it is (a warning says so).
+    Returns the link, or None when none was made."""
+    link = written(config, OUTPUT_LINK)
+    if link is None:
+        return None
+    assert config.output is not None
+    if link.exists() and not link.is_symlink():
+        log.warn(f"not linking {link} to {config.output.name}: a file or directory of that name is in the way")
+        return None
+    target = os.path.relpath(config.output, link.parent)
+    tmp = link.parent / f".mkosi-tmp-{link.name}"
+    if tmp.is_symlink() or tmp.is_file():
+        tmp.unlink()
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+    return link
 
 
 # ---- incremental mode ----

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -91,7 +92,9 @@ def digest_tree(path: Path) -> dict[str, tuple[str, int, int]]:
 def test_the_output_is_the_layout_directory(project: Path, layout: Path) -> None:
     assert sorted(p.name for p in layout.iterdir()) == ["blobs", "index.json", "oci-layout"]
     # The compression is inside (gzip layers), not in the directory's name.
-    assert sorted(p.name for p in (project / "out").iterdir()) == [NAME, f"{NAME}.manifest"]
+    # And the link named after the bare output name (a modern tree): ocitest -> ocitest_1.0.
+    assert sorted(p.name for p in (project / "out").iterdir()) == [NAME, f"{NAME}.manifest", "ocitest"]
+    assert os.readlink(project / "out/ocitest") == NAME
 
 
 def test_skopeo_inspects_the_image(layout: Path) -> None:

@@ -93,8 +93,11 @@ def test_a_subimage_output_is_named_after_the_subimage_not_the_image_id(wd: Path
     assert images["main"].output == wd / "out/acme_3.raw"
     assert images["base"].output == wd / "out/base_3"
     assert images["ext"].output == wd / "out/ext_3.raw"
-    # An explicit Output= still wins, and %i is still the passed-down ImageId=.
-    assert images["initrd"].output == wd / "out/acme-initrd"
+    # An explicit Output= still wins, and %i is still the passed-down ImageId=. In a modern tree it is
+    # the name's prefix: the format's and compression's suffixes are added (not ImageVersion=), and the
+    # output directory gets a link named after the prefix.
+    assert images["initrd"].output == wd / "out/acme-initrd.cpio.xz"
+    assert images["initrd"].output_link == "acme-initrd"
     assert images["ext"].image_id == "acme"
 
 

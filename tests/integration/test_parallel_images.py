@@ -1,7 +1,9 @@
-"""Two independent sub-images of one build are built at the same time, each in its own workspace."""
+"""Two independent sub-images of one build are built at the same time, each in its own workspace; the
+main image is built on one of them through the link to its output (BaseTrees=%O/a, a modern tree)."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -20,6 +22,9 @@ Release=bookworm
 Format=directory
 OutputDirectory={out}
 
+[Content]
+BaseTrees=%O/a
+
 [Build]
 PackageCacheDirectory={cache}
 WorkspaceDirectory={workspaces}
@@ -28,6 +33,7 @@ WorkspaceDirectory={workspaces}
 SUB = """\
 [Output]
 Format=directory
+{output}
 
 [Content]
 Packages={packages}
@@ -40,8 +46,10 @@ def project(base: Path, cache: Path, b_packages: str = "") -> Path:
     for sub in ("out", "workspaces"):
         (base / sub).mkdir()
     (d / "mkosi.conf").write_text(MAIN.format(out=base / "out", cache=cache, workspaces=base / "workspaces"))
-    (d / "mkosi.images/a.conf").write_text(SUB.format(packages=""))
-    (d / "mkosi.images/b.conf").write_text(SUB.format(packages=b_packages))
+    # a is a_1, with the link a -> a_1 that the main image's BaseTrees=%O/a goes through; its less
+    # shows in the main image. b (no version) is b itself.
+    (d / "mkosi.images/a.conf").write_text(SUB.format(output="ImageVersion=1", packages="less"))
+    (d / "mkosi.images/b.conf").write_text(SUB.format(output="", packages=b_packages))
     return d
 
 
@@ -69,9 +77,22 @@ def built(tmp_path_factory: pytest.TempPathFactory, package_cache: Path) -> tupl
 
 def test_both_sub_images_and_the_main_image_are_built(built: tuple[Path, list[str]]) -> None:
     base, _ = built
-    for name in ("a", "b", "image"):
+    for name in ("a_1", "b", "image"):
         assert (base / "out" / name / "usr/bin/dpkg").is_file(), name
     assert workspaces_removed(base / "workspaces")
+
+
+def test_the_link_to_a_sub_image_is_what_percent_o_references_resolve_through(built: tuple[Path, list[str]]) -> None:
+    base, _ = built
+    out = base / "out"
+    # a's output is a_1; the bare name links to it (relatively). b and the main image need no link.
+    assert (out / "a").is_symlink() and os.readlink(out / "a") == "a_1"
+    assert not (out / "b").is_symlink() and not (out / "image").is_symlink()
+    assert sorted(p.name for p in out.iterdir() if p.is_symlink()) == ["a"]
+    # The main image is built on a (BaseTrees=%O/a): a's package is in it, b has none.
+    assert (out / "a_1/usr/bin/less").exists()
+    assert (out / "image/usr/bin/less").exists()
+    assert not (out / "b/usr/bin/less").exists()
 
 
 def test_sub_images_build_at_the_same_time_and_their_lines_carry_their_names(built: tuple[Path, list[str]]) -> None:
@@ -100,4 +121,5 @@ def test_a_failing_image_stops_the_other_and_both_clean_up(tmp_path: Path, packa
     assert "Traceback" not in err
     assert workspaces_removed(tmp_path / "workspaces")
     assert not (tmp_path / "out/a").exists() and not (tmp_path / "out/b").exists()
+    assert not (tmp_path / "out/a").is_symlink() and not (tmp_path / "out/a_1").exists()
     assert not (tmp_path / "out/image").exists()

@@ -18,8 +18,9 @@ from mkosi.errors import ConfigError
 UNIVERSAL = tuple(s.dest for s in SETTINGS if s.scope == Scope.universal)
 
 
-def _finalize(cli: CommandLine, layout: ImageLayout) -> tuple[Args, Config]:
-    return finalize(cli, merge(layout.assignments), layout.files, layout.directory, layout.name, layout.language)
+def _finalize(cli: CommandLine, layout: ImageLayout, main: Optional[Config] = None) -> tuple[Args, Config]:
+    return finalize(cli, merge(layout.assignments), layout.files, layout.directory, layout.name, layout.language,
+                    main.output_dir if main is not None else None)
 
 
 def _images(cli: CommandLine, cwd: Path, default_path: Optional[Path]) -> tuple[Args, list[Config]]:
@@ -30,7 +31,7 @@ def _images(cli: CommandLine, cwd: Path, default_path: Optional[Path]) -> tuple[
         return args, [main]
     configs = {}
     for name, layout in subs.items():
-        _, config = _finalize(cli, layout)
+        _, config = _finalize(cli, layout, main)
         # Universal settings are the main image's, whatever a sub-image's defaults would say.
         configs[name] = dataclasses.replace(config, **{d: getattr(main, d) for d in UNIVERSAL})
     order = order_images(list(subs), {n: c.dependencies for n, c in configs.items()}, main.dependencies)

@@ -423,9 +423,14 @@ CHECKS: tuple[Check, ...] = (
 
 
 def finalize(cli: CommandLine, v: Merged, config_files: list[Path], directory: Path,
-             image: str = "main", language: ConfigLanguage = ConfigLanguage.classic) -> tuple[Args, Config]:
+             image: str = "main", language: ConfigLanguage = ConfigLanguage.classic,
+             main_output_dir: Optional[Path] = None) -> tuple[Args, Config]:
+    """One image's Args and Config. A sub-image gets `main_output_dir`, the main image's output directory
+    (a universal setting, also when it is the main image's mkosi.output/): its output is placed there."""
     found = detect_files(directory)
     values = resolve_all(v, directory, found)
+    if main_output_dir is not None:
+        values["output_dir"] = main_output_dir
     values["image"] = image
     values["language"] = language
     values["verb"] = cli.verb

@@ -281,3 +281,14 @@ def test_the_link_is_not_staged_nor_checksummed(wd: Path) -> None:
     assert "image_7.8.raw" in summed and "image" not in summed
     move_into_place(config, made + sums)
     assert sorted(p.name for p in (wd / "out").iterdir()) == sorted([*summed, "SHA256SUMS", "image"])
+
+
+def test_the_builtin_initrd_sub_image_is_what_initrds_percent_o_initrd_names(wd: Path) -> None:
+    # The public trees' pattern: mkosi.images/initrd.conf includes mkosi-initrd, the main image boots with it.
+    write(wd / "mkosi.conf", "[Output]\nFormat=disk\nImageVersion=5\n\n[Content]\nBootable=yes\nInitrds=%O/initrd\n")
+    (wd / "mkosi.output").mkdir()
+    write(wd / "mkosi.images/initrd.conf", "[Include]\nInclude=mkosi-initrd\n")
+    images = load()
+    initrd = images["initrd"]
+    assert initrd.output == wd / "mkosi.output/initrd_5.cpio.zst"
+    assert images["main"].initrds == [artifacts.written(initrd, artifacts.OUTPUT_LINK)] == [wd / "mkosi.output/initrd"]

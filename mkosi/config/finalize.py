@@ -113,18 +113,19 @@ def resolve_value(v: Merged, s: Setting, r: Resolving) -> Any:
     return s.resolve_fn(value, r) if s.resolve_fn is not None else value
 
 
-def resolve_all(v: Merged, directory: Path, found: dict[str, Path],
-                rows: Sequence[Setting] = ROW_ORDER) -> dict[str, Any]:
-    r = Resolving({}, directory, found)
+def resolve_all(v: Merged, directory: Path, found: dict[str, Path], rows: Sequence[Setting] = ROW_ORDER,
+                language: ConfigLanguage = ConfigLanguage.classic) -> dict[str, Any]:
+    r = Resolving({}, directory, found, language)
     for s in rows:
         r.values[s.dest] = resolve_value(v, s, r)
     return r.values
 
 
-def resolve_one(v: Merged, dest: str, directory: Path, found: dict[str, Path]) -> Any:
+def resolve_one(v: Merged, dest: str, directory: Path, found: dict[str, Path],
+                language: ConfigLanguage = ConfigLanguage.classic) -> Any:
     """One setting's value as it would be built with what is assigned so far, defaults included
     (what [Match] compares with)."""
-    r = Resolving({}, directory, found)
+    r = Resolving({}, directory, found, language)
     by = {s.dest: s for s in SETTINGS}
 
     def visit(d: str) -> Any:
@@ -428,7 +429,7 @@ def finalize(cli: CommandLine, v: Merged, config_files: list[Path], directory: P
     """One image's Args and Config. A sub-image gets `main_output_dir`, the main image's output directory
     (a universal setting, also when it is the main image's mkosi.output/): its output is placed there."""
     found = detect_files(directory)
-    values = resolve_all(v, directory, found)
+    values = resolve_all(v, directory, found, language=language)
     if main_output_dir is not None:
         values["output_dir"] = main_output_dir
     values["image"] = image

@@ -78,8 +78,10 @@ class Loader:
     """Reads the files of one image in order; conditions see what was read before, and the command line."""
 
     def __init__(self, cli: CommandLine, invoked: Path, top: Path, image: str = "main",
-                 inherited: Optional[list[Assignment]] = None) -> None:
+                 inherited: Optional[list[Assignment]] = None,
+                 language: ConfigLanguage = ConfigLanguage.classic) -> None:
         self.cli = cli
+        self.language = language        # the defaults [Match] compares with follow it (WithDocs=)
         self.invoked = invoked          # %D
         self.top = top                  # where the image's mkosi.* files are looked up
         self.directory = top            # %P: the directory whose mkosi.conf is being read
@@ -105,7 +107,7 @@ class Loader:
         return self._merged[1]
 
     def current(self, dest: str) -> Any:
-        return resolve_one(self.merged(), dest, self.top, self._found)
+        return resolve_one(self.merged(), dest, self.top, self._found, self.language)
 
     # ---- reading ----
 
@@ -516,7 +518,8 @@ def tree_language(directory: Path, default_path: Optional[Path]) -> ConfigLangua
 def load_image(cli: CommandLine, invoked: Path, top: Path, default_path: Optional[Path]) -> ImageLayout:
     """The main image: everything outside mkosi.images/."""
     directory = config_directory(top)
-    loader = Loader(cli, invoked, directory)
+    language = tree_language(directory, default_path)
+    loader = Loader(cli, invoked, directory, language=language)
     loader.parse_local()
     for a in cli.assignments:
         if a.setting.dest == "include":
@@ -533,7 +536,7 @@ def load_image(cli: CommandLine, invoked: Path, top: Path, default_path: Optiona
     ordered = loader.ordered()
     check_minimum_version(ordered)
     return ImageLayout("main", directory, [a for a in ordered if a.setting.dest != "include"], loader.files,
-                       tree_language(directory, default_path))
+                       language)
 
 
 def load_subimages(cli: CommandLine, invoked: Path, main: ImageLayout) -> list[ImageLayout]:
@@ -547,7 +550,7 @@ def load_subimages(cli: CommandLine, invoked: Path, main: ImageLayout) -> list[I
         name = entry.name.removesuffix(".conf") if entry.is_file() else entry.name
         top = entry if entry.is_dir() else images_dir
         bare = CommandLine([], cli.verb, cli.cmdline)
-        loader = Loader(bare, invoked, top, image=name, inherited=passed)
+        loader = Loader(bare, invoked, top, image=name, inherited=passed, language=ConfigLanguage.modern)
         # A sub-image whose mkosi.conf (or NAME.conf) does not match is not an image of this build.
         applies = loader.parse_directory(entry) if entry.is_dir() else loader.parse_file(entry, images_dir)
         if not applies:

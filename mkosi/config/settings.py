@@ -245,6 +245,11 @@ def parse_incremental(value: str) -> bool:
         raise ValueError(f"invalid value '{value}', expected a boolean, 'strict' or 'relaxed'")
 
 
+def _default_with_docs(v: Resolving) -> bool:
+    # The man page's images leave documentation out; the modern language's include it.
+    return v.language == ConfigLanguage.modern
+
+
 def _default_bootable(v: Resolving) -> bool:
     # Format=esp always has a boot loader; Bootable= only says whether the UKI goes next to it.
     return bool(v["format"].row.name == "esp")
@@ -655,7 +660,8 @@ class Config(ModernSettings):
         metavar="PACKAGES", cache=True, help="Packages to install; '!name' removes one, '!*' clears.")
     with_docs: bool = setting(
         section=C, key="WithDocs", flags=("--with-docs",), kind=Kind.BOOL, parse=parse_bool, default=False,
-        const="yes", cache=True, help="Install documentation.")
+        default_fn=_default_with_docs, const="yes", cache=True,
+        help="Install documentation (default: no in classic trees, yes in modern ones).")
     with_tests: bool = setting(
         other_sections=(C,),
         section=B, key="WithTests", flags=("--with-tests",), kind=Kind.BOOL, parse=parse_bool, default=True,

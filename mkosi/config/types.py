@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
+from mkosi.config.enums import ConfigLanguage
+
 Parser = Callable[[str], Any]
 
 
@@ -55,6 +57,7 @@ class Resolving:
     values: dict[str, Any]
     directory: Path
     found: dict[str, Path]
+    language: ConfigLanguage = ConfigLanguage.classic   # where the two languages' defaults differ (WithDocs=)
 
     def __getitem__(self, dest: str) -> Any:
         return self.values[dest]

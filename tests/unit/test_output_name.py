@@ -292,3 +292,28 @@ def test_the_builtin_initrd_sub_image_is_what_initrds_percent_o_initrd_names(wd:
     initrd = images["initrd"]
     assert initrd.output == wd / "mkosi.output/initrd_5.cpio.zst"
     assert images["main"].initrds == [artifacts.written(initrd, artifacts.OUTPUT_LINK)] == [wd / "mkosi.output/initrd"]
+
+
+# ---- WithDocs=: the one default the two languages give differently ----
+
+def test_documentation_is_left_out_in_classic_trees_and_kept_in_modern_ones(wd: Path) -> None:
+    assert main_image().with_docs is False                        # the command line alone: classic
+    write(wd / "mkosi.default", "[Distribution]\nDistribution=debian\n")
+    assert main_image().with_docs is False
+    assert main_image("--with-docs").with_docs is True
+    (wd / "mkosi.default").unlink()
+    write(wd / "mkosi.conf", "[Distribution]\nDistribution=debian\n")
+    assert main_image().with_docs is True
+    assert main_image("--with-docs=no").with_docs is False
+    write(wd / "mkosi.conf", "[Distribution]\nDistribution=debian\n[Content]\nWithDocs=no\n")
+    assert main_image().with_docs is False
+
+
+def test_sub_images_keep_documentation_unless_told(wd: Path) -> None:
+    write(wd / "mkosi.default", "[Distribution]\nDistribution=debian\n")
+    write(wd / "mkosi.images/plain.conf", "[Output]\nFormat=directory\n")
+    write(wd / "mkosi.images/lean.conf", "[Output]\nFormat=directory\n[Content]\nWithDocs=no\n")
+    images = load()
+    assert images["main"].with_docs is False
+    assert images["plain"].with_docs is True and images["lean"].with_docs is False
+

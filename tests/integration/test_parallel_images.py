@@ -49,7 +49,7 @@ def project(base: Path, cache: Path, b_packages: str = "") -> Path:
     # a is a_1, with the link a -> a_1 that the main image's BaseTrees=%O/a goes through; its less
     # shows in the main image. b (no version) is b itself.
     (d / "mkosi.images/a.conf").write_text(SUB.format(output="ImageVersion=1", packages="less"))
-    (d / "mkosi.images/b.conf").write_text(SUB.format(output="", packages=b_packages))
+    (d / "mkosi.images/b.conf").write_text(SUB.format(output="", packages=b_packages) + "WithDocs=no\n")
     return d
 
 
@@ -93,6 +93,16 @@ def test_the_link_to_a_sub_image_is_what_percent_o_references_resolve_through(bu
     assert (out / "a_1/usr/bin/less").exists()
     assert (out / "image/usr/bin/less").exists()
     assert not (out / "b/usr/bin/less").exists()
+
+
+def test_modern_images_keep_documentation_unless_told(built: tuple[Path, list[str]]) -> None:
+    base, _ = built
+    out = base / "out"
+    # WithDocs= defaults to yes in modern trees: less's man page and changelog are there; b says no.
+    assert (out / "a_1/usr/share/man/man1/less.1.gz").is_file()
+    assert (out / "a_1/usr/share/doc/less/changelog.Debian.gz").is_file()
+    assert not (out / "b/usr/share/man/man1").exists() or not any((out / "b/usr/share/man/man1").iterdir())
+    assert (out / "b/usr/share/doc").is_dir()   # copyright files stay with WithDocs=no
 
 
 def test_sub_images_build_at_the_same_time_and_their_lines_carry_their_names(built: tuple[Path, list[str]]) -> None:

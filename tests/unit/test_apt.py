@@ -730,6 +730,20 @@ def test_repository_key_check_off_for_apt(tmp_path: Path) -> None:
         assert f'{option} "true";' in unchecked
 
 
+def test_keys_are_found_in_trusted_parts_only(tmp_path: Path) -> None:
+    # apt 2.9 (trixie, the tools tree's) warns about every repository when Dir::Etc::Trusted is set:
+    # the keys are read from the TrustedParts directory alone.
+    keyring = tmp_path / "keyring.gpg"
+    keyring.write_bytes(b"k")
+    status = tmp_path / "status"
+    status.write_text("")
+    host = setup_apt(config(tmp_path / "a"), status, keyring)
+    conf = host.conf.read_text()
+    assert "Dir::Etc::Trusted " not in conf and 'Dir::Etc::Trusted "' not in conf
+    parts = next(line for line in conf.splitlines() if line.startswith("Dir::Etc::TrustedParts "))
+    assert (Path(parts.split('"')[1]) / "keyring.gpg").read_bytes() == b"k"
+
+
 # ---------------------------------------------------------------------------------------------------
 # The chroot sandbox of dpkg and the sandbox of the host tools
 

@@ -44,7 +44,6 @@ def _apt_settings(cfg: AptConfig, ws: Path, base: Path, status: Path) -> dict[st
         "Dir::Etc::Parts": etc / "apt.conf.d",
         "Dir::Etc::SourceList": etc / "sources.list",
         "Dir::Etc::SourceParts": etc / "sources.list.d",
-        "Dir::Etc::Trusted": etc / "trusted.gpg",
         "Dir::Etc::TrustedParts": etc / "trusted.gpg.d",
         "Dir::Etc::Preferences": etc / "preferences",
         "Dir::Etc::PreferencesParts": etc / "preferences.d",

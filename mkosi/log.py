@@ -8,6 +8,8 @@ import sys
 import time
 from collections.abc import Iterator
 
+from mkosi.progress import Renderer
+
 _state: dict[str, object] = {"debug": False, "depth": 0, "prefix": ""}
 
 
@@ -65,3 +67,18 @@ def step(name: str) -> Iterator[None]:
     finally:
         _state["depth"] = _depth() - 1
     info(f"  {name} done in {time.monotonic() - start:.1f}s")
+
+
+def line_start() -> str:
+    """What a line logged now starts with (the image's prefix and the step's indentation)."""
+    return f"{_state['prefix']}{'  ' * _depth()}"
+
+
+@contextlib.contextmanager
+def progress() -> Iterator[Renderer]:
+    """A progress line for the current step (none with --debug); cleared when the block ends."""
+    renderer = Renderer(sys.stderr, tty=sys.stderr.isatty(), prefix=line_start(), enabled=not debug_enabled())
+    try:
+        yield renderer
+    finally:
+        renderer.clear()

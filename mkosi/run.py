@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import selectors
 import shlex
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any, Optional, Union
 
 from mkosi import log
@@ -282,3 +283,93 @@ def output(argv: Sequence[PathString], **kwargs: Any) -> str:
     """Run a command and return its standard output as text."""
     proc = run(argv, capture=True, **kwargs)
     return str(proc.stdout)
+
+
+LineHandler = Callable[[str], None]
+
+
+def run_streaming(
+    argv: Union[Sequence[PathString], Callable[[int], Sequence[PathString]]],
+    *,
+    sandbox: Optional[Sandbox] = None,
+    env: Optional[Mapping[str, str]] = None,
+    on_stdout: Optional[LineHandler] = None,
+    on_stderr: Optional[LineHandler] = None,
+    on_status: Optional[LineHandler] = None,
+    tick: Optional[Callable[[], None]] = None,
+    tick_interval: float = 1.0,
+    capture_stdout: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command, handing each line of its output to a callback as it comes; never raises for a
+    non-zero exit (the caller explains failures, it knows the tool).
+
+    With `on_status`, argv is a function of a file descriptor number: the tool writes its machine-readable
+    status stream there (apt-get -o APT::Status-Fd=N, dpkg --status-fd N); the sandbox passes it on.
+    stdout (unless `capture_stdout` is false) and stderr are returned as the text they were, besides.
+    `tick` is called every `tick_interval` seconds while the command runs.
+    """
+    status_r = status_w = -1
+    if on_status is not None:
+        status_r, status_w = os.pipe()
+    try:
+        cmd = argv(status_w) if callable(argv) else argv
+        prepared = prepare(cmd, sandbox=sandbox, env=env)
+        try:
+            proc = subprocess.Popen(prepared.argv, env=prepared.env, cwd=prepared.cwd,
+                                    stdout=subprocess.PIPE if capture_stdout else None, stderr=subprocess.PIPE,
+                                    pass_fds=(status_w,) if status_w >= 0 else ())
+        except FileNotFoundError:
+            raise ToolMissingError(prepared.exe, HOST_PACKAGES.get(os.path.basename(prepared.exe)))
+    finally:
+        if status_w >= 0:
+            os.close(status_w)
+    texts: dict[str, list[str]] = {"stdout": [], "stderr": [], "status": []}
+    handlers: dict[str, Optional[LineHandler]] = {"stdout": on_stdout, "stderr": on_stderr, "status": on_status}
+    partial = dict.fromkeys(texts, b"")
+    sel = selectors.DefaultSelector()
+    if proc.stdout is not None:
+        sel.register(proc.stdout.fileno(), selectors.EVENT_READ, "stdout")
+    assert proc.stderr is not None
+    sel.register(proc.stderr.fileno(), selectors.EVENT_READ, "stderr")
+    if status_r >= 0:
+        sel.register(status_r, selectors.EVENT_READ, "status")
+
+    def emit(name: str, data: bytes) -> None:
+        line = data.decode(errors="replace")
+        texts[name].append(line)
+        handler = handlers[name]
+        if handler is not None:
+            handler(line.rstrip("\n"))
+
+    try:
+        while sel.get_map():
+            events = sel.select(timeout=tick_interval if tick is not None else None)
+            if tick is not None:
+                tick()
+            for key, _ in events:
+                name = str(key.data)
+                fd = key.fd
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    sel.unregister(fd)
+                    if partial[name]:
+                        emit(name, partial[name])
+                        partial[name] = b""
+                    continue
+                data = partial[name] + chunk
+                *lines, partial[name] = data.split(b"\n")
+                for line in lines:
+                    emit(name, line + b"\n")
+        proc.wait()
+    finally:
+        sel.close()
+        if status_r >= 0:
+            os.close(status_r)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    return subprocess.CompletedProcess(prepared.argv, proc.returncode, "".join(texts["stdout"]),
+                                       "".join(texts["stderr"]))

@@ -749,13 +749,15 @@ def test_keys_are_found_in_trusted_parts_only(tmp_path: Path) -> None:
 
 
 class Recorder:
-    """Stands in for mkosi.run.run: records each command with its sandbox."""
+    """Stands in for mkosi.run.run (and run_streaming): records each command with its sandbox."""
 
     def __init__(self, stderr: str = "") -> None:
         self.calls: list[tuple[list[str], Sandbox]] = []
         self.stderr = stderr
 
     def __call__(self, argv: Any, *, sandbox: Sandbox, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        if callable(argv):   # run_streaming's argv of the status file descriptor
+            argv = argv(99)
         self.calls.append(([str(a) for a in argv], sandbox))
         return subprocess.CompletedProcess(argv, 0, "", self.stderr)
 
@@ -857,7 +859,7 @@ def test_host_tools_run_in_the_configured_sandbox(tmp_path: Path, monkeypatch: p
     hostapt = apt_dirs(tmp_path)
     hostapt.cfg = config(tmp_path, sandbox=host)
     recorder = Recorder()
-    monkeypatch.setattr(hostapt_module, "run", recorder)
+    monkeypatch.setattr(hostapt_module, "run_streaming", recorder)
     hostapt_module._apt_get(hostapt, ["install", "x"], "installing")
     monkeypatch.setattr(unpack, "run", recorder)
     monkeypatch.setattr(unpack, "require_tool", lambda name, sandbox: name)
@@ -872,7 +874,7 @@ def test_cache_only_metadata_uses_the_cached_lists(tmp_path: Path, monkeypatch: 
     hostapt.cfg = config(tmp_path, refresh=False)
     hostapt.lists.mkdir()
     recorder = Recorder()
-    monkeypatch.setattr(hostapt_module, "run", recorder)
+    monkeypatch.setattr(hostapt_module, "run_streaming", recorder)
     with pytest.raises(MkosiError, match="no cached package lists for debian bookworm"):
         hostapt_module.update(hostapt)
     prefix = list_prefixes(main_lines(hostapt.cfg))[0]
@@ -895,7 +897,7 @@ def test_images_built_at_the_same_time_refresh_a_shared_cache_once(tmp_path: Pat
     (tmp_path / "etc/sources.list.d").mkdir(parents=True)
     (tmp_path / "etc/sources.list").write_text("deb x y z\n")
     recorder = Recorder()
-    monkeypatch.setattr(hostapt_module, "run", recorder)
+    monkeypatch.setattr(hostapt_module, "run_streaming", recorder)
     hostapt_module._refreshed.clear()
     hostapt_module.update(hostapt)                      # image a
     assert len(recorder.calls) == 1

@@ -189,11 +189,12 @@ def _extract_scaffold(cfg: AptConfig, scaffold: Sequence[Path]) -> None:
 def _bootstrap(cfg: AptConfig, apt: HostApt, boot: _Bootstrap, decompressor: Decompressor) -> None:
     """The image's dpkg installs the essential set, then replays the rest of apt's plan."""
     with open_chroot(cfg, apt) as chroot:
-        with log.step(f"Installing {len(boot.base)} essential packages"):
+        with log.step(f"Installing {len(boot.base)} essential packages"), chroot.showing_progress(len(boot.base)):
             _unpack_essential(chroot, boot, decompressor)
             chroot.dpkg(DpkgOp("configure", (), ("--pending",)), extra=["--force-depends"])
         if boot.rest:
-            with log.step(f"Installing {boot.count - len(boot.base)} more packages"):
+            more = boot.count - len(boot.base)
+            with log.step(f"Installing {more} more packages"), chroot.showing_progress(more):
                 for op in boot.rest:
                     chroot.dpkg(decompressor.map_op(op))
 
@@ -218,7 +219,7 @@ def _unpack_essential(chroot: Chroot, boot: _Bootstrap, decompressor: Decompress
 
 
 def _replay(cfg: AptConfig, apt: HostApt, plan: Sequence[DpkgOp], decompressor: Decompressor) -> None:
-    with open_chroot(cfg, apt) as chroot:
+    with open_chroot(cfg, apt) as chroot, chroot.showing_progress(len(plan_debs(plan)) or len(plan)):
         for op in plan:
             chroot.dpkg(decompressor.map_op(op))
 

@@ -16,7 +16,8 @@ from mkosi.installers.apt.config import AptConfig
 from mkosi.installers.apt.errors import dpkg_error_message
 from mkosi.installers.apt.hostapt import HostApt
 from mkosi.installers.apt.plan import DpkgOp
-from mkosi.run import find_tool, output, run
+from mkosi.progress import InstallProgress
+from mkosi.run import find_tool, output, run, run_streaming
 from mkosi.sandbox import Mount, Sandbox
 
 # Private directory in the root while packages are installed (package cache mount points, eatmydata).
@@ -92,6 +93,18 @@ class Chroot:
         self.package_dirs = package_dirs
         self.host = sandbox
         self.sandbox = chroot_sandbox(sandbox, root, package_dirs)
+        # Counts the packages dpkg unpacks and sets up, from its --status-fd stream (None: not shown).
+        self.progress: Optional[InstallProgress] = None
+
+    @contextlib.contextmanager
+    def showing_progress(self, total: int) -> Iterator[None]:
+        """Show packages done of `total` while the block's dpkg runs go on (one progress line)."""
+        with log.progress() as renderer:
+            self.progress = InstallProgress(renderer, total)
+            try:
+                yield
+            finally:
+                self.progress = None
 
     def path_in_root(self, deb: str) -> str:
         p = Path(deb)
@@ -119,7 +132,11 @@ class Chroot:
     def dpkg(self, op: DpkgOp, extra: Sequence[str] = ()) -> None:
         args = [self.path_in_root(a) if op.action in ("unpack", "install") else a for a in op.args]
         argv = ["dpkg", *_DPKG_OPTIONS, *extra, *op.options, f"--{op.action}", *args]
-        proc = self.run(argv, check=False)
+        if self.progress is None:
+            proc = self.run(argv, check=False)
+        else:
+            proc = run_streaming(lambda fd: [*argv[:1], f"--status-fd={fd}", *argv[1:]], sandbox=self.sandbox,
+                                 on_status=self.progress.status_line)
         text = f"{proc.stdout}\n{proc.stderr}"
         if log.debug_enabled():
             log.debug(text.strip())

@@ -19,7 +19,8 @@ from mkosi.installers.apt.config import AptConfig
 from mkosi.installers.apt.errors import apt_error_message
 from mkosi.installers.apt.plan import DpkgOp, format_op, parse_dpkg_plan
 from mkosi.installers.apt.repositories import extra_lines, list_prefixes, main_lines, repository_directory_files
-from mkosi.run import run
+from mkosi.progress import DownloadProgress
+from mkosi.run import run_streaming
 
 
 @dataclass
@@ -139,9 +140,13 @@ def cache_locked(apt: HostApt) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _apt_get(apt: HostApt, args: Sequence[str], what: str) -> str:
-    """Run apt-get; return stdout and stderr together (Debug::pkgDPkgPM writes its plan to stderr)."""
-    proc = run(["apt-get", *args], sandbox=apt.cfg.sandbox, env=apt.env, check=False, capture=True)
+def _apt_get(apt: HostApt, args: Sequence[str], what: str, progress: str = "Downloading") -> str:
+    """Run apt-get, showing its download progress (`progress` names it); return stdout and stderr together
+    (Debug::pkgDPkgPM writes its plan to stderr). `what` names the operation in errors."""
+    with log.progress() as renderer:
+        download = DownloadProgress(renderer, progress)
+        proc = run_streaming(lambda fd: ["apt-get", "-o", f"APT::Status-Fd={fd}", *args], sandbox=apt.cfg.sandbox,
+                             env=apt.env, on_stdout=download.stdout_line, on_status=download.status_line)
     text = f"{proc.stdout}\n{proc.stderr}"
     if log.debug_enabled():
         log.debug(text.strip())
@@ -206,7 +211,7 @@ def update(apt: HostApt) -> None:
         with log.step("Refreshing package lists"):
             # The caches are built by the next apt run anyway; doing it here too would cost ~0.5s.
             _apt_get(apt, ["update", "--error-on=any", "-o", "pkgCacheFile::Generate=false"],
-                     "refreshing package lists")
+                     "refreshing package lists", progress="Fetching lists")
         _refreshed[key] = time.monotonic()
         if (record := _refresh_record(apt)) is not None:
             with contextlib.suppress(OSError):
@@ -255,6 +260,8 @@ def resolve(apt: HostApt, command: str, packages: Sequence[str], what: str,
     m = re.search(r"^Need to get (.*) of archives", out, re.M)
     if downloads:
         log.info(f"Need to get {m.group(1) if m else '0 B'} of archives")
+        if fetched := re.search(r"^(Fetched \S+ \S+ in .*)$", out, re.M):
+            log.info(fetched.group(1))
     plan = parse_dpkg_plan(out)
     if saved is not None:
         _save_plan(saved, plan)

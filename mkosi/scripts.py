@@ -17,6 +17,7 @@ from mkosi import log
 from mkosi.config.enums import SourceFileTransfer, WithNetwork
 from mkosi.context import Context, Phase
 from mkosi.errors import MkosiError
+from mkosi.progress import is_noise
 from mkosi.run import PathString, run
 from mkosi.sandbox import Container, Mount, Sandbox, nspawn_executable
 from mkosi.sources import copy_sources, default_transfer, source_excludes
@@ -68,9 +69,13 @@ def run_script_command(what: str, script: Path, argv: Sequence[PathString], sand
     def pump() -> None:
         with open(read_fd, "rb") as f:
             for raw in f:
+                line = raw.decode(errors="replace").rstrip("\r\n")
+                if is_noise(line, ["nspawn-propagate"]):
+                    log.debug(line)
+                    continue
                 sys.stdout.buffer.write(raw)
                 sys.stdout.flush()
-                tail.append(raw.decode(errors="replace").rstrip("\r\n"))
+                tail.append(line)
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()

@@ -15,9 +15,10 @@ from mkosi import __version__, log
 from mkosi.cache import digest_path, write_private
 from mkosi.config.enums import Verity
 from mkosi.config.settings import Config, plain_value
-from mkosi.errors import MkosiError
+from mkosi.errors import CommandError, MkosiError
 from mkosi.output.artifacts import cached_initrd_path
-from mkosi.run import run
+from mkosi.progress import Renderer, Ticker, is_noise
+from mkosi.run import run, run_streaming
 from mkosi.sandbox import nspawn_command
 
 # zstd: the kernel unpacks it, and it is much faster than dracut's default gzip -9.
@@ -53,13 +54,26 @@ def run_dracut(root: Path, version: str, output: Path, flags: Sequence[str], kee
         raise MkosiError("Bootable=yes needs dracut in the image", hint="add dracut to Packages=")
     inside = root / INITRD_IN_ROOT
     inside.parent.mkdir(parents=True, exist_ok=True)
-    with log.step(f"Building the initrd for kernel {version} with dracut"):
-        run(nspawn_command(root, ["dracut", "--quiet", "--force", *flags, DRACUT_COMPRESS, "--kver", version,
-                                  f"/{INITRD_IN_ROOT}"],
-                           keep_unit=keep_unit, network=False))
+    with log.step(f"Building the initrd for kernel {version} with dracut"), log.progress() as renderer:
+        argv = nspawn_command(root, ["dracut", "--quiet", "--force", *flags, DRACUT_COMPRESS, "--kver", version,
+                                     f"/{INITRD_IN_ROOT}"],
+                              keep_unit=keep_unit, network=False)
+        ticker = Ticker(renderer, "dracut running")
+        proc = run_streaming(argv, on_stderr=lambda line: _dracut_stderr(renderer, line), tick=ticker.tick,
+                             capture_stdout=False)
+        if proc.returncode != 0:
+            raise CommandError([str(a) for a in argv], proc.returncode, proc.stderr)
     output.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(inside, output)
     return output
+
+
+def _dracut_stderr(renderer: Renderer, line: str) -> None:
+    """dracut's and nspawn's messages, but for the known noise (shown with --debug only)."""
+    if is_noise(line):
+        log.debug(line)
+    else:
+        renderer.above(line)
 
 
 def _digest_listing(h: hashlib._Hash, directory: Path) -> None:

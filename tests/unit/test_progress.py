@@ -277,3 +277,61 @@ def test_run_streaming_reports_failure_and_ticks() -> None:
                          tick=lambda: ticks.append(1), tick_interval=0.1)
     assert proc.returncode == 3
     assert len(ticks) >= 2
+
+
+# dracut: the known noise goes, the rest stays
+
+
+_FAKE_NSPAWN = """#!/bin/sh
+# Stands in for systemd-nspawn running dracut: writes the initrd where dracut would, prints real lines.
+for a in "$@"; do case "$a" in --directory=*) root="${a#--directory=}";; esac; done
+echo initrd > "$root/var/tmp/mkosi-initrd.img"
+echo '/usr/bin/dracut: line 1056: /sys/module/firmware_class/parameters/path: No such file or directory' >&2
+echo "dracut-install: Failed to find module 'nosuchmodule'" >&2
+echo 'Attempted to remove disk file system under "/run/systemd/nspawn/propagate/root", and we cannot allow that.' >&2
+q="'"
+p=/run/systemd/nspawn/propagate/root
+echo "Attempted to remove disk file system under \\"$p\\", and we can${q}t allow that." >&2
+exit ${FAKE_EXIT:-0}
+"""
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_dracut_noise_is_dropped_unless_debug(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capfd: pytest.CaptureFixture[str], debug: bool) -> None:
+    from mkosi import log
+    from mkosi.boot.initrd import run_dracut
+
+    nspawn = tmp_path / "nspawn"
+    nspawn.write_text(_FAKE_NSPAWN)
+    nspawn.chmod(0o755)
+    monkeypatch.setenv("MKOSI_NSPAWN_EXECUTABLE", str(nspawn))
+    root = tmp_path / "root"
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/dracut").write_text("")
+    monkeypatch.setattr(log, "_state", {**log._state, "debug": debug})
+    out = run_dracut(root, "6.1.0-1-amd64", tmp_path / "initrd", [], keep_unit=True)
+    assert out.read_text() == "initrd\n"
+    err = capfd.readouterr().err
+    assert "Failed to find module 'nosuchmodule'" in err
+    assert "we cannot allow that" in err            # not the exact known line: shown
+    assert ("firmware_class" in err) == debug
+    assert ("can't allow that" in err) == debug
+    assert "done in" in err
+
+
+def test_dracut_failure_names_the_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mkosi.boot.initrd import run_dracut
+    from mkosi.errors import CommandError
+
+    nspawn = tmp_path / "nspawn"
+    nspawn.write_text(_FAKE_NSPAWN)
+    nspawn.chmod(0o755)
+    monkeypatch.setenv("MKOSI_NSPAWN_EXECUTABLE", str(nspawn))
+    monkeypatch.setenv("FAKE_EXIT", "1")
+    root = tmp_path / "root"
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/dracut").write_text("")
+    with pytest.raises(CommandError, match="exit status 1") as e:
+        run_dracut(root, "6.1.0-1-amd64", tmp_path / "initrd", [], keep_unit=True)
+    assert "nosuchmodule" in str(e.value)

@@ -335,3 +335,34 @@ def test_dracut_failure_names_the_command(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(CommandError, match="exit status 1") as e:
         run_dracut(root, "6.1.0-1-amd64", tmp_path / "initrd", [], keep_unit=True)
     assert "nosuchmodule" in str(e.value)
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_script_output_loses_the_nspawn_propagate_line_unless_debug(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], debug: bool) -> None:
+    from mkosi import log
+    from mkosi.sandbox import Sandbox
+    from mkosi.scripts import run_script_command
+
+    script = tmp_path / "mkosi.postinst"
+    line = "Attempted to remove disk file system under \"{}\", and we can't allow that.\n"
+    (tmp_path / "lines").write_text(line.format("/run/systemd/nspawn/propagate/x") + line.format("/srv"))
+    script.write_text(f"#!/bin/sh\necho before\ncat {tmp_path / 'lines'} >&2\necho after\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(log, "_state", {**log._state, "debug": debug})
+    run_script_command("postinstall script", script, [script], Sandbox())
+    captured = capfd.readouterr()
+    assert captured.out.splitlines()[0] == "before" and "after" in captured.out.splitlines()
+    assert '"/srv", and we can\'t allow that.' in captured.out          # not the known line: kept
+    assert ("nspawn/propagate/x" in captured.out + captured.err) == debug
+
+
+def test_log_progress_is_off_with_debug(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mkosi import log
+
+    monkeypatch.setattr(log, "_state", {**log._state, "debug": True})
+    with log.progress() as renderer:
+        assert not renderer.enabled
+    monkeypatch.setattr(log, "_state", {**log._state, "debug": False, "depth": 2, "prefix": "img: "})
+    with log.progress() as renderer:
+        assert renderer.enabled and renderer.prefix == "img:     "

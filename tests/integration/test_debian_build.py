@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -76,13 +77,21 @@ Checksum=yes
 def project(tmp_path_factory: pytest.TempPathFactory, package_cache: Path) -> Path:
     d = tmp_path_factory.mktemp("debian-project", numbered=True)
     write_project(d, package_cache)
+    # Runs in systemd-nspawn, which on this host (PID 1 is not systemd) prints its "propagate" line.
+    postinst = d / "mkosi.postinst"
+    postinst.write_text("#!/bin/sh\necho \"postinst ran in $container\"\n")
+    postinst.chmod(0o755)
     (d / "mkosi.output").mkdir()
     return d
 
 
 @pytest.fixture(scope="module")
-def directory_image(project: Path) -> Path:
-    run_mkosi(project, "-t", "directory", "build")
+def directory_build(project: Path) -> subprocess.CompletedProcess[str]:
+    return run_mkosi(project, "-t", "directory", "build")
+
+
+@pytest.fixture(scope="module")
+def directory_image(project: Path, directory_build: subprocess.CompletedProcess[str]) -> Path:
     return project / "mkosi.output" / "testimg_1.2"
 
 
@@ -97,6 +106,53 @@ def dpkg_packages(root: Path) -> dict[str, str]:
         elif line.startswith("Version: ") and name and status == "install ok installed":
             pkgs[name] = line.split(": ", 1)[1]
     return pkgs
+
+
+def _step_lines(log: str, start: str) -> tuple[list[str], float]:
+    """The lines logged by the step whose title starts with `start` (not its nested steps' own title
+    and done lines), and its duration."""
+    lines = log.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.strip().startswith(f"‣ {start}"))
+    title = lines[first].strip()[2:].rstrip("…")
+    last = next(i for i in range(first, len(lines)) if lines[i].strip().startswith(f"{title} done in "))
+    duration = float(lines[last].strip().rsplit(" ", 1)[1].rstrip("s"))
+    return [line.strip() for line in lines[first + 1:last]], duration
+
+
+def test_build_log_shows_progress_and_hides_tool_noise(directory_build: subprocess.CompletedProcess[str]) -> None:
+    """Not a terminal: a few progress lines per step (never one per package), no in-place rewriting, and
+    none of the known noise of the tools (nspawn's "propagate" line, dracut's firmware_class line)."""
+    log = directory_build.stderr
+    assert "\r" not in log and "\033[K" not in log
+    install_steps = list(re.finditer(r"‣ (Installing \d+ (?:essential|more) packages)…", log))
+    assert len(install_steps) == 2, log
+    for m in install_steps:
+        lines, duration = _step_lines(log, m.group(1))
+        total = int(m.group(1).split()[1])
+        progress = [line for line in lines if line.startswith("Packages: ")]
+        assert 1 <= len(progress) <= 3 + int(duration // 30), (m.group(1), lines)
+        counts = []
+        for line in progress:
+            pm = re.fullmatch(r"Packages: (\d+)/(\d+) unpacked, (\d+)/(\d+) set up", line)
+            assert pm is not None, line
+            unpacked, t1, configured, t2 = map(int, pm.groups())
+            assert t1 == t2 == total and configured <= unpacked <= total
+            counts.append(unpacked + configured)
+        assert counts == sorted(counts) and counts[-1] < 2 * total   # the 100% line is the "done" line
+    lines, duration = _step_lines(log, "Resolving and downloading packages")
+    need = next(line for line in lines if line.startswith("Need to get "))
+    downloads = [line for line in lines if line.startswith("Downloading: ")]
+    if need.startswith("Need to get 0 B"):
+        assert downloads == [], lines
+    else:
+        assert 1 <= len(downloads) <= 3 + int(duration // 30), lines
+        for line in downloads:
+            assert re.fullmatch(r"Downloading: [\d.]+ [kMG]?B of [\d.]+ [kMG]?B(, [\d.]+ [kMG]?B/s)?, "
+                                r"file \d+ of \d+", line), line
+        assert any(line.startswith("Fetched ") for line in lines), lines
+    assert "postinst ran in systemd-nspawn" in directory_build.stdout + log
+    assert "propagate" not in log and "propagate" not in directory_build.stdout
+    assert "firmware_class" not in log
 
 
 def test_directory_os_release_and_hostname(directory_image: Path) -> None:

@@ -10,8 +10,11 @@ Also here: the exact lines of other tools that say nothing useful and are only s
 """
 from __future__ import annotations
 
+import io
 import math
+import os
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -102,11 +105,14 @@ class Renderer:
     line, but none in the first `quiet` seconds (a short step needs none) and none at 100%."""
 
     def __init__(self, stream: TextIO, tty: bool, prefix: str = "", clock: Callable[[], float] = time.monotonic,
-                 interval: float = 0.2, every: float = 30.0, quiet: float = 0.0, enabled: bool = True) -> None:
+                 interval: float = 0.2, every: float = 30.0, quiet: float = 0.0, enabled: bool = True,
+                 columns: Optional[int] = None) -> None:
+        self.columns = columns                 # the terminal's width (None: asked each time)
         self.enabled = enabled                 # off with --debug: the tools' own output is shown instead
         self.stream, self.tty, self.prefix, self.clock = stream, tty, prefix, clock
         self.interval, self.every, self.quiet = interval, every, quiet
         self.shown: Optional[str] = None       # what the terminal line shows now
+        self.rendered = ""                     # the same, as written (with the prefix, cut to the width)
         self.last_at: Optional[float] = None   # when a line was last written
         self.last_text: Optional[str] = None
         self.quarter = 0                       # quarters of the work already logged (not a terminal)
@@ -123,7 +129,10 @@ class Renderer:
             if not force and self.last_at is not None and now - self.last_at < self.interval \
                     and not (fraction is not None and fraction >= 1):
                 return
-            self.stream.write(f"\r\033[K{self.prefix}{text}")
+            # A line longer than the terminal would wrap, and only its last row would be rewritten.
+            width = self.columns if self.columns is not None else self._width()
+            self.rendered = (self.prefix + text)[:max(width - 1, 1)]
+            self.stream.write(f"\r\033[K{self.rendered}")
             self.stream.flush()
             self.shown, self.last_at = text, now
             return
@@ -139,10 +148,16 @@ class Renderer:
         self.last_at, self.last_text = now, text
         self.lines += 1
 
+    def _width(self) -> int:
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            return shutil.get_terminal_size().columns
+
     def above(self, line: str) -> None:
         """Print a line of a tool's output without garbling the progress line."""
         if self.tty and self.shown is not None:
-            self.stream.write(f"\r\033[K{line}\n{self.prefix}{self.shown}")
+            self.stream.write(f"\r\033[K{line}\n{self.rendered}")
         else:
             self.stream.write(f"{line}\n")
         self.stream.flush()

@@ -121,6 +121,13 @@ def test_tty_rewrites_one_line_throttled_and_clears_it() -> None:
     assert "\n" not in out.getvalue()
 
 
+def test_tty_line_is_cut_to_the_terminal_width() -> None:
+    out = io.StringIO()
+    r = Renderer(out, tty=True, prefix="    ", clock=Clock(), columns=20)
+    r.update("Packages: 100/200 unpacked, 50/200 set up", 0.4)
+    assert out.getvalue() == "\r\033[K    Packages: 100/2"
+
+
 def test_tty_line_above_keeps_the_progress_line() -> None:
     out = io.StringIO()
     r = Renderer(out, tty=True, clock=Clock())

@@ -15,6 +15,7 @@ from typing import Optional
 import gnupg
 
 from mkosi import basetrees, log
+from mkosi.boot.initrd import make_initrd_files
 from mkosi.cache import (
     build_key,
     image_cache_key,
@@ -652,6 +653,9 @@ def build_phase(ctx: Context, rerun: bool = False) -> None:
         with log.step("Removing files that only record the build"):
             reproducibility_cleanup(ctx)
         write_extension_release(ctx)
+        if ctx.config.make_initrd:
+            with log.step("Making the image an initrd (/init, /etc/initrd-release)"):
+                make_initrd_files(ctx.root)
     run_finalize_script(ctx)
 
 

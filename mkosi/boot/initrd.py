@@ -16,10 +16,12 @@ from mkosi.cache import digest_path, write_private
 from mkosi.config.enums import Verity
 from mkosi.config.settings import Config, plain_value
 from mkosi.errors import CommandError, MkosiError
+from mkosi.output.archive import source_date_epoch
 from mkosi.output.artifacts import cached_initrd_path
 from mkosi.progress import Renderer, Ticker, is_noise
 from mkosi.run import run, run_streaming
 from mkosi.sandbox import nspawn_command
+from mkosi.trees import resolve_in_root
 
 # zstd: the kernel unpacks it, and it is much faster than dracut's default gzip -9.
 DRACUT_COMPRESS = "--compress=zstd -q -T0 -10"
@@ -148,3 +150,42 @@ def modules_initrd(root: Path, version: str, output: Path) -> Path:
         run(["zstd", "--threads=0", "--stdout", "-q", "-"], stdin=fin, stdout=fout, text=False)
     cpio.unlink()
     return output
+
+
+# ---- an image that is an initrd itself (Format=uki's /init, MakeInitrd=) ----
+
+def _clamp_link(link: Path) -> None:
+    epoch = source_date_epoch()
+    if epoch is not None:
+        # Made after the tree's times were clamped: the link gets the epoch, as every newer file has.
+        os.utime(link, (epoch, epoch), follow_symlinks=False)
+
+
+def link_init(root: Path, what: str) -> None:
+    """/init, what the kernel starts from an initrd: a link to systemd, unless the tree has an /init of its
+    own. `what` names the setting that needs it in the error when the image has no systemd."""
+    init = root / "init"
+    if init.exists() or init.is_symlink():
+        return
+    if not resolve_in_root(root, "usr/lib/systemd/systemd").exists():
+        raise MkosiError(f"{what} needs systemd in the image (it runs as /init from memory)",
+                         hint="add systemd to Packages=")
+    init.symlink_to("usr/lib/systemd/systemd")
+    _clamp_link(init)
+
+
+def make_initrd_files(root: Path) -> None:
+    """MakeInitrd=yes: /init and /etc/initrd-release, by which systemd knows it runs in an initrd (and
+    switches to the real root when it is mounted). initrd-release links to the image's os-release."""
+    link_init(root, "MakeInitrd=yes")
+    etc = resolve_in_root(root, "etc")
+    etc.mkdir(parents=True, exist_ok=True)
+    release = etc / "initrd-release"
+    if release.exists() or release.is_symlink():
+        return
+    if not resolve_in_root(root, "usr/lib/os-release").exists() and not (etc / "os-release").exists():
+        raise MkosiError("MakeInitrd=yes: the image has no os-release (/usr/lib/os-release) for "
+                         "/etc/initrd-release to point at", hint="add the package that ships it (base-files)")
+    release.symlink_to("../usr/lib/os-release" if resolve_in_root(root, "usr/lib/os-release").exists()
+                       else "os-release")
+    _clamp_link(release)

@@ -371,6 +371,10 @@ def check_sources_and_keys(cli: CommandLine, v: Merged, values: dict[str, Any]) 
 
 
 def check_verb_can_use_image(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
+    # shell, boot, vm and the others run the main image; the sub-images of mkosi.images/ (an initrd, a
+    # base tree) are only built.
+    if values["image"] != "main":
+        return
     compressed = values["compress_output"] != "no" and values["format"].row.is_disk
     if cli.verb in (Verb.shell, Verb.boot, Verb.qemu, Verb.vm) and compressed:
         raise _fail(v, "compress_output", f"the '{cli.verb.value}' verb cannot use a compressed image",

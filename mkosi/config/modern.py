@@ -339,7 +339,7 @@ class ModernSettings:
         section=C, key="RootShell", flags=("--root-shell",), status=NOT_YET,
         help="Shell of root (systemd-firstboot --root-shell).")
     make_initrd: bool = _flag(
-        section=C, key="MakeInitrd", flags=("--make-initrd",), default=False, status=NOT_YET,
+        section=C, key="MakeInitrd", flags=("--make-initrd",), default=False,
         help="Add /etc/initrd-release and /init so the image can serve as an initrd.")
     selinux_relabel: Feature = _feature(
         section=C, key="SELinuxRelabel", flags=("--selinux-relabel",), status=NOT_YET,

@@ -20,6 +20,7 @@ from mkosi import log
 from mkosi.boot.bootable import uki_profiles
 from mkosi.boot.cmdline import kernel_cmdline
 from mkosi.boot.esp import EspOptions, install_uefi
+from mkosi.boot.initrd import link_init
 from mkosi.boot.kernel import EFI_DIR, BootFiles, efi_arch, find_kernel, find_os_release
 from mkosi.boot.pcrsig import PcrSigner, pcr_signer
 from mkosi.boot.pe import stub_version
@@ -29,7 +30,7 @@ from mkosi.config.enums import Bootloader, UnifiedKernelImages
 from mkosi.config.settings import Config
 from mkosi.context import Context
 from mkosi.errors import MkosiError
-from mkosi.output.archive import make_cpio, source_date_epoch
+from mkosi.output.archive import make_cpio
 from mkosi.output.artifacts import BMAP, IMAGE, SPLIT_KERNEL, staged
 from mkosi.output.bmap import write_bmap
 from mkosi.output.compress import compress_file, maybe_compress
@@ -80,16 +81,7 @@ def image_cmdline(config: Config) -> str:
 def image_as_initrd(ctx: Context) -> Path:
     """The whole image as a zstd-compressed cpio. /init (what the kernel starts from an initrd) is linked to
     systemd unless the image has one."""
-    init = ctx.root / "init"
-    if not (init.exists() or init.is_symlink()):
-        if not (ctx.root / "usr/lib/systemd/systemd").exists():
-            raise MkosiError("Format=uki needs systemd in the image (it runs as /init from memory)",
-                             hint="add systemd to Packages=")
-        init.symlink_to("usr/lib/systemd/systemd")
-        epoch = source_date_epoch()
-        if epoch is not None:
-            # Made after the tree's times were clamped: the link gets the epoch, as every newer file has.
-            os.utime(init, (epoch, epoch), follow_symlinks=False)
+    link_init(ctx.root, "Format=uki")
     cpio = ctx.workspace / "image.cpio"
     with log.step("Archiving the image as the UKI's initrd"):
         make_cpio(ctx.root, cpio)

@@ -61,17 +61,19 @@ def run_dracut(root: Path, version: str, output: Path, flags: Sequence[str], kee
                                      f"/{INITRD_IN_ROOT}"],
                               keep_unit=keep_unit, network=False)
         ticker = Ticker(renderer, "dracut running")
-        proc = run_streaming(argv, on_stderr=lambda line: _dracut_stderr(renderer, line), tick=ticker.tick,
-                             capture_stdout=False)
+        # Both streams: what dracut writes to stderr inside the container can reach nspawn's stdout.
+        proc = run_streaming(argv, on_stdout=lambda line: _dracut_output(renderer, line),
+                             on_stderr=lambda line: _dracut_output(renderer, line), tick=ticker.tick)
         if proc.returncode != 0:
-            raise CommandError([str(a) for a in argv], proc.returncode, proc.stderr)
+            raise CommandError([str(a) for a in argv], proc.returncode, proc.stdout + proc.stderr)
     output.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(inside, output)
     return output
 
 
-def _dracut_stderr(renderer: Renderer, line: str) -> None:
+def _dracut_output(renderer: Renderer, line: str) -> None:
     """dracut's and nspawn's messages, but for the known noise (shown with --debug only)."""
+    line = line.rstrip("\r")   # nspawn ends the lines it hands over with \r\n
     if is_noise(line):
         log.debug(line)
     else:

@@ -293,7 +293,9 @@ _FAKE_NSPAWN = """#!/bin/sh
 # Stands in for systemd-nspawn running dracut: writes the initrd where dracut would, prints real lines.
 for a in "$@"; do case "$a" in --directory=*) root="${a#--directory=}";; esac; done
 echo initrd > "$root/var/tmp/mkosi-initrd.img"
-echo '/usr/bin/dracut: line 1056: /sys/module/firmware_class/parameters/path: No such file or directory' >&2
+# In a real build nspawn hands this line over on its stdout, ended by \r\n.
+printf '/usr/bin/dracut: line 1056: /sys/module/firmware_class/parameters/path: No such file or directory\r\n'
+echo "dracut: a line on stdout"
 echo "dracut-install: Failed to find module 'nosuchmodule'" >&2
 echo 'Attempted to remove disk file system under "/run/systemd/nspawn/propagate/root", and we cannot allow that.' >&2
 q="'"
@@ -321,6 +323,8 @@ def test_dracut_noise_is_dropped_unless_debug(tmp_path: Path, monkeypatch: pytes
     assert out.read_text() == "initrd\n"
     err = capfd.readouterr().err
     assert "Failed to find module 'nosuchmodule'" in err
+    assert "dracut: a line on stdout" in err          # stdout is shown as well...
+    assert "\r" not in err
     assert "we cannot allow that" in err            # not the exact known line: shown
     assert ("firmware_class" in err) == debug
     assert ("can't allow that" in err) == debug

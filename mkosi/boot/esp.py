@@ -54,6 +54,13 @@ class EspOptions:
                    profiles=tuple(profiles), grub_efi_dirs=grub_efi_dirs(config, root), image_root=root,
                    shim=config.shim_bootloader, pcr=pcr_signer(config))
 
+    def tree(self, needed_for: str, what: str) -> Path:
+        """The image tree the distribution's pre-built binaries are taken from; an error naming the setting
+        (`needed_for`) and the binaries (`what`) when the caller gave none."""
+        if self.image_root is None:
+            raise MkosiError(f"{needed_for} needs the image tree to take {what} from")
+        return self.image_root
+
     @property
     def signs(self) -> bool:
         return self.secure_boot_key is not None and self.secure_boot_certificate is not None
@@ -85,10 +92,9 @@ def _grub_config(files: BootFiles, options: EspOptions, uki: Path, esp: Path) ->
 def _install_grub(esp: Path, files: BootFiles, options: EspOptions, uki: Path) -> list[Path]:
     """GRUB chainloading the UKI; returns what mkosi may sign (nothing of the pre-signed grub-signed)."""
     if options.bootloader == Bootloader.grub_signed:
-        if options.image_root is None:
-            raise MkosiError("Bootloader=grub-signed needs the image tree to take the signed GRUB from")
+        root = options.tree("Bootloader=grub-signed", "the signed GRUB")
         with log.step("Installing the distribution's signed GRUB"):
-            install_grub_signed(esp, options.image_root, files.efi_arch, _os_release_id(files.os_release),
+            install_grub_signed(esp, root, files.efi_arch, _os_release_id(files.os_release),
                                 _grub_config(files, options, uki, esp))
         return []
     lib = next((d for d in options.grub_efi_dirs if (d / "normal.mod").is_file()), None)
@@ -180,10 +186,9 @@ def install_uefi(esp: Path, files: BootFiles, options: EspOptions,
     target = boot_dir(esp, boot, options)
     if options.bootloader == Bootloader.uki_signed:
         # The distribution's own signed UKI; mkosi builds and signs none.
-        if options.image_root is None:
-            raise MkosiError("Bootloader=uki-signed needs the image tree to take the signed UKI from")
+        root = options.tree("Bootloader=uki-signed", "the signed UKI")
         with log.step("Installing the distribution's signed unified kernel image"):
-            signed_uki = install_uki_signed(esp, options.image_root, files.efi_arch)
+            signed_uki = install_uki_signed(esp, root, files.efi_arch)
         return _install_shim(esp, files, options, signed_uki)
     to_sign: list[Path] = []
     grub = options.bootloader in (Bootloader.grub, Bootloader.grub_signed)
@@ -202,11 +207,9 @@ def install_uefi(esp: Path, files: BootFiles, options: EspOptions,
         uki.parent.mkdir(parents=True, exist_ok=True)
         if takes_prebuilt_uki(options):
             # Signed by the distribution: neither built nor signed again here.
-            if options.image_root is None:
-                raise MkosiError(f"Bootloader={options.bootloader.value} needs the image tree to take the signed "
-                                 "UKI from")
+            root = options.tree(f"Bootloader={options.bootloader.value}", "the signed UKI")
             with log.step("Installing the distribution's signed unified kernel image"):
-                shutil.copyfile(find_signed_uki(options.image_root, options.bootloader.value,
+                shutil.copyfile(find_signed_uki(root, options.bootloader.value,
                                                 "set UnifiedKernelImages=unsigned to have mkosi build one"), uki)
         else:
             with log.step("Building the unified kernel image"):
@@ -231,11 +234,10 @@ def _install_shim(esp: Path, files: BootFiles, options: EspOptions, uki: Optiona
     signature); returns where the UKI is now (it moves when it was the default binary)."""
     if options.shim == ShimBootloader.none:
         return uki
-    if options.image_root is None:
-        raise MkosiError("ShimBootloader= needs the image tree to take shim from")
+    root = options.tree("ShimBootloader=", "shim")
     default = esp / f"EFI/BOOT/BOOT{files.efi_arch.upper()}.EFI"
     with log.step(f"Installing the distribution's {options.shim.value} shim"):
-        unsigned = install_shim(esp, options.image_root, files.efi_arch, options.shim == ShimBootloader.signed)
+        unsigned = install_shim(esp, root, files.efi_arch, options.shim == ShimBootloader.signed)
     if options.signs:
         assert options.secure_boot_key is not None and options.secure_boot_certificate is not None
         for binary in unsigned:

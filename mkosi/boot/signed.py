@@ -57,7 +57,8 @@ def _candidates(root: Path, patterns: Sequence[str], efi_arch: str) -> list[Path
     return found
 
 
-def find_signed(root: Path, patterns: Sequence[str], efi_arch: str) -> Optional[Path]:
+def find_binary(root: Path, patterns: Sequence[str], efi_arch: str) -> Optional[Path]:
+    """The first EFI binary of the image matching `patterns` (a signed one, or the unsigned shim)."""
     found = _candidates(root, patterns, efi_arch)
     return found[0] if found else None
 
@@ -66,7 +67,7 @@ def install_grub_signed(esp: Path, root: Path, efi_arch: str, distribution_id: s
     """The distribution's signed GRUB as the firmware's default EFI/BOOT/BOOT<ARCH>.EFI (ShimBootloader=
     puts shim in front of it). Signed GRUB builds read EFI/<distribution>/grub.cfg (their prefix), or the
     grub.cfg next to them; both lead to grub/grub.cfg. Returns the installed binary."""
-    grub = find_signed(root, SIGNED_GRUB_PATHS, efi_arch)
+    grub = find_binary(root, SIGNED_GRUB_PATHS, efi_arch)
     if grub is None:
         raise MkosiError("Bootloader=grub-signed: the image has no signed GRUB EFI binary",
                          hint="add the distribution's signed GRUB to Packages= (grub-efi-amd64-signed on Debian)")
@@ -92,7 +93,7 @@ def install_shim(esp: Path, root: Path, efi_arch: str, signed: bool) -> list[Pat
     shims = SIGNED_SHIM_PATHS if signed else UNSIGNED_SHIM_PATHS
     managers = SIGNED_MOK_MANAGER_PATHS if signed else UNSIGNED_MOK_MANAGER_PATHS
     kind = "signed" if signed else "unsigned"
-    shim = find_signed(root, shims, efi_arch)
+    shim = find_binary(root, shims, efi_arch)
     if shim is None:
         raise MkosiError(f"ShimBootloader={kind}: the image has no {kind} shim{efi_arch}.efi",
                          hint=f"add the distribution's {kind} shim to Packages= "
@@ -105,7 +106,7 @@ def install_shim(esp: Path, root: Path, efi_arch: str, signed: bool) -> list[Pat
     default.rename(second)
     shutil.copyfile(shim, default)
     installed = [default]
-    manager = find_signed(root, managers, efi_arch)
+    manager = find_binary(root, managers, efi_arch)
     if manager is not None:
         shutil.copyfile(manager, boot / f"mm{efi_arch}.efi")
         installed.append(boot / f"mm{efi_arch}.efi")

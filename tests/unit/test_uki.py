@@ -591,3 +591,22 @@ def test_bootloader_grub_needs_its_modules_and_ukis(tmp_path: Path) -> None:
         esp_files(tmp_path / "a", Bootloader.grub, grub_efi_dirs=(tmp_path / "nowhere",))
     with pytest.raises(MkosiError, match="without unified kernel images is not implemented yet"):
         esp_files(tmp_path / "b", Bootloader.grub, unified_kernel_image=UnifiedKernelImages.none)
+
+
+@pytest.mark.parametrize(("bootloader", "shim", "message"), [
+    (Bootloader.uki_signed, ShimBootloader.none, "Bootloader=uki-signed needs the image tree to take the signed UKI"),
+    (Bootloader.grub_signed, ShimBootloader.none, "Bootloader=grub-signed needs the image tree to take the signed"),
+    (Bootloader.systemd_boot_signed, ShimBootloader.none, "Bootloader=systemd-boot-signed needs the image tree"),
+    (Bootloader.systemd_boot, ShimBootloader.signed, "ShimBootloader= needs the image tree to take shim from"),
+])
+def test_the_prebuilt_binaries_need_the_image_tree(tmp_path: Path, bootloader: Bootloader, shim: ShimBootloader,
+                                                   message: str) -> None:
+    root = esp_root(tmp_path)
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(b"initrd")
+    esp = tmp_path / "esp"
+    esp.mkdir()
+    options = EspOptions(protocols=(BootProtocol.uefi,), entry_id="img", title="Image", bootloader=bootloader,
+                         shim=shim)
+    with pytest.raises(MkosiError, match=message):
+        populate_esp(esp, boot_files(root, initrd, "rw", "x86_64"), options)

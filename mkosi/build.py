@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import os
@@ -15,6 +16,7 @@ from typing import Optional
 import gnupg
 
 from mkosi import basetrees, log
+from mkosi.boot.bootable import settle_bootable
 from mkosi.boot.initrd import make_initrd_files
 from mkosi.cache import (
     build_key,
@@ -111,6 +113,10 @@ def workspace(config: Config, keep: bool = False) -> Iterator[Path]:
 
 def packages_for(ctx: Context) -> list[str]:
     config = ctx.config
+    if config.bootable_auto:
+        # Bootable=auto adds no kernel and no boot loader packages: the image is bootable when its own
+        # packages bring them (settle_bootable()).
+        config = dataclasses.replace(config, bootable=False, bootable_auto=False)
     dist = plugin(config.distribution)
     pkgs: list[str] = []
     if config.base_packages == BasePackages.conditional:
@@ -683,6 +689,8 @@ def build_image(args: Args, config: Config, ws: Path, cleanup: list[Path]) -> St
     with log.step("Building the final image"):
         with basetrees.layered(ctx):
             build_phase(ctx)
+        # Bootable=auto: now that the tree is complete, bootable or not (the artifacts follow ctx.config).
+        ctx.config = settle_bootable(ctx.config, ctx.root)
         epoch = build_epoch(ctx)
         if basetrees.uses_overlay(config) and epoch is not None:
             clamp_mtimes(ctx.root, epoch)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from mkosi.config.enums import Bootloader, BootProtocol, Verity
@@ -22,9 +23,12 @@ FILESYSTEM_TOOLS = {"ext4": "mkfs.ext4", "xfs": "mkfs.xfs", "btrfs": "mkfs.btrfs
 COMPRESSION_TOOLS = {"xz": "xz", "zstd": "zstd", "gzip": "gzip", "zlib": "gzip", "lz4": "lz4"}
 
 
-def host_tools(config: Config, *, runtime: bool = True) -> list[str]:
+def host_tools(config: Config, *, runtime: bool = True, sure: bool = False) -> list[str]:
     """The programs a build of this image runs on the host; with runtime, also those that `vm` and `ssh`
-    need to use it."""
+    need to use it. With `sure`, only those of a bootable image that is bootable for sure (Bootable=yes):
+    whether Bootable=auto needs the boot tools is decided during the build (settle_bootable())."""
+    if sure and config.bootable_auto:
+        config = dataclasses.replace(config, bootable=False, bootable_auto=False)
     distribution = plugin(config.distribution)
     tools = [*COMMON_TOOLS, *([distribution.package_manager] if distribution.package_manager_on_host else [])]
     fmt = config.format.row
@@ -77,5 +81,5 @@ def host_packages(configs: list[Config]) -> list[tuple[str, str, bool]]:
 def check_host_tools(config: Config) -> None:
     """Before the build starts, not after the package installation: every program it will run is there."""
     host = Sandbox(search_paths=tuple(Path(p) for p in config.extra_search_paths))
-    for tool in host_tools(config, runtime=False):
+    for tool in host_tools(config, runtime=False, sure=True):
         require_tool(tool, host if tool in WRAPPERS else None)

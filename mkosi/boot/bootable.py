@@ -3,6 +3,7 @@ directory, writes the direct-kernel-boot files and installs GRUB into the finish
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -19,17 +20,61 @@ from mkosi.boot.initrd import (
     run_dracut,
     save_cached_initrd,
 )
-from mkosi.boot.kernel import BootFiles, boot_files, find_kernel
+from mkosi.boot.kernel import EFI_DIR, BootFiles, boot_files, efi_arch, find_kernel, kernel_candidates
 from mkosi.boot.uki import UkiProfile, concat_initrds
-from mkosi.config.enums import Verity
+from mkosi.config.enums import Bootloader, BootProtocol, Verity
 from mkosi.config.settings import Config
 from mkosi.config.ukiprofile import load_uki_profiles
 from mkosi.context import Context
+from mkosi.dependencies import host_tools
 from mkosi.distributions.registry import plugin
 from mkosi.errors import MkosiError
 from mkosi.output.artifacts import LINUX_CMDLINE, LINUX_INITRD, LINUX_KERNEL, SPLIT_KERNEL, staged
+from mkosi.run import find_tool
 
-__all__ = ["VerityInfo", "install_bios_boot", "prepare_esp"]
+__all__ = ["VerityInfo", "install_bios_boot", "prepare_esp", "settle_bootable", "unbootable_reason"]
+
+
+def unbootable_reason(config: Config, root: Path) -> Optional[str]:
+    """What the image tree `root` lacks to be made bootable as `config` asks (None when nothing): a kernel,
+    and on UEFI the boot loader's binaries from the image (systemd-boot, or the EFI stub of the UKI that
+    Bootloader=uki and grub boot). The distribution's signed binaries (the *-signed loaders) and the host
+    tools are not looked at here."""
+    if not kernel_candidates(root):
+        return f"the image has no kernel (no boot/vmlinuz-* nor usr/lib/modules/*/vmlinuz in {root})"
+    if BootProtocol.uefi not in config.boot_protocols:
+        return None
+    arch = efi_arch(config.architecture)
+    efi = root / EFI_DIR
+    if config.bootloader == Bootloader.systemd_boot and not (efi / f"systemd-boot{arch}.efi").is_file():
+        return f"the image has no systemd-boot EFI binary (/{EFI_DIR}/systemd-boot{arch}.efi)"
+    if config.bootloader == Bootloader.systemd_boot_signed and \
+            not (efi / f"systemd-boot{arch}.efi.signed").is_file():
+        return f"the image has no signed systemd-boot (/{EFI_DIR}/systemd-boot{arch}.efi.signed)"
+    if config.bootloader in (Bootloader.uki, Bootloader.grub) and not (efi / f"linux{arch}.efi.stub").is_file():
+        return f"the image has no EFI stub for the unified kernel image (/{EFI_DIR}/linux{arch}.efi.stub)"
+    return None
+
+
+def missing_boot_tools(config: Config) -> list[str]:
+    """The host programs a bootable build of `config` runs that are not there."""
+    plain = set(host_tools(dataclasses.replace(config, bootable=False, bootable_auto=False), runtime=False))
+    return [t for t in host_tools(config, runtime=False) if t not in plain and find_tool(t) is None]
+
+
+def settle_bootable(config: Config, root: Path) -> Config:
+    """Bootable=auto, once the image tree is complete: the configuration unchanged when the image can be made
+    bootable, else the same one with Bootable=no, and a warning saying why. Bootable=yes is left alone (its
+    build fails on what is missing, as before)."""
+    if not config.bootable_auto:
+        return config
+    reason = unbootable_reason(config, root)
+    if reason is None and (missing := missing_boot_tools(config)):
+        reason = f"the host has no {', '.join(missing)}"
+    if reason is None:
+        return config
+    log.warn(f"Bootable=auto: {reason}, so the image is not made bootable")
+    return dataclasses.replace(config, bootable=False, bootable_auto=False)
 
 
 def build_initrd(ctx: Context, version: str) -> Path:

@@ -307,6 +307,11 @@ def check_format_settings(cli: CommandLine, v: Merged, values: dict[str, Any]) -
 
 
 def check_verity_combinations(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
+    if values["bootable"] and values["verity"] != Verity.no and values["usr_only"] and values.get("bootable_auto"):
+        # Bootable=auto (the modern default) does not turn a verity /usr image into an unsupported bootable one.
+        log.warn("Bootable=auto: a bootable image with Verity= and UsrOnly=yes is not implemented yet, so the "
+                 "image is not made bootable")
+        values["bootable"] = values["bootable_auto"] = False
     if values["bootable"] and values["verity"] != Verity.no and values["usr_only"]:
         raise _fail(v, "verity", "together with Bootable=yes and UsrOnly=yes is not implemented yet")
     if values["encrypt"] is not None and str(values["encrypt"].value) == "all" and values["verity"] != Verity.no:

@@ -250,16 +250,22 @@ def _default_with_docs(v: Resolving) -> bool:
     return v.language == ConfigLanguage.modern
 
 
-def _default_bootable(v: Resolving) -> bool:
-    # Format=esp always has a boot loader; Bootable= only says whether the UKI goes next to it.
-    return bool(v["format"].row.name == "esp")
+def _default_bootable(v: Resolving) -> Any:
+    # Format=esp always has a boot loader; Bootable= only says whether the UKI goes next to it. Elsewhere
+    # the modern language's default is auto, the man page's no.
+    if v["format"].row.name == "esp":
+        return True
+    return "auto" if v.language == ConfigLanguage.modern else False
 
 
 def _resolve_bootable(value: Any, v: Resolving) -> bool:
-    # Bootable=auto: bootable where the format can boot (the GPT disk formats), not otherwise.
-    if value == "auto":
-        return bool(v["format"].row.is_disk)
-    return bool(value)
+    # Bootable=auto: bootable where the format can boot (the GPT disk formats), not otherwise. That it was
+    # auto is kept in bootable_auto: the build then makes the image not bootable, with a warning, instead
+    # of failing when the image has no kernel or no boot loader (mkosi/boot/bootable.py settle_bootable()).
+    auto = value == "auto"
+    bootable = bool(v["format"].row.is_disk) if auto else bool(value)
+    v.values["bootable_auto"] = auto and bootable
+    return bootable
 
 
 def _parse_verity(value: str) -> Verity:
@@ -534,7 +540,8 @@ class Config(ModernSettings):
         match=MatchKind.equal, default_fn=_default_bootable, resolve_fn=_resolve_bootable, depends=("format",),
         other_sections=(O,),
         section=C, key="Bootable", flags=("--bootable", "-b"), kind=Kind.BOOL, parse=parse_bool_or_auto, default=False,
-        const="yes", cache=True, help="Make a bootable image (kernel, initrd, boot loader).")
+        const="yes", cache=True, help="Make a bootable image (kernel, initrd, boot loader); auto: if the image has "
+        "a kernel and boot loader (default: no in classic trees, auto in modern ones).")
     boot_protocols: list[BootProtocol] = setting(
         default_fn=_default_boot_protocols, depends=("bootable", "bios_bootloader"),
         section=O, key="BootProtocols", flags=("--boot-protocols",), kind=Kind.LIST, parse=parse_enum(BootProtocol),
@@ -902,6 +909,9 @@ class Config(ModernSettings):
     # ---- derived by finalize (not settings) ----
     image: str = "main"          # the name of the image: main, or its name in mkosi.images/
     language: ConfigLanguage = ConfigLanguage.classic  # the language its files speak (layout.tree_language())
+    # Bootable=auto on a format that can boot: bootable is True, but the build makes the image not bootable
+    # (with a warning) when it has no kernel or boot loader, and no kernel or boot loader package is added.
+    bootable_auto: bool = False
     output_link: Optional[str] = None  # the name of the link to the image in the output directory, if any
     passphrase_file: Optional[Path] = None
     version_file: Optional[Path] = None
@@ -938,7 +948,15 @@ class Config(ModernSettings):
         return self.build_script is not None
 
     def setting_value(self, s: Setting) -> Any:
+        if s.dest == "bootable" and self.bootable_auto:
+            return "auto"
         return getattr(self, s.dest)
+
+    @property
+    def bootable_for_sure(self) -> bool:
+        """Bootable=yes (not auto): what is decided before the build looks into the image (the kernel and
+        boot loader packages, the host tools checked up front)."""
+        return self.bootable and not self.bootable_auto
 
 
 def _collect() -> tuple[Setting, ...]:
@@ -996,7 +1014,7 @@ def all_defaults() -> dict[str, Any]:
 
 def setting_value(args: Args, config: Config, s: Setting) -> Any:
     """The value of a row, from the object that owns it."""
-    return getattr(args if s.dest in ARGS_FIELDS else config, s.dest)
+    return getattr(args, s.dest) if s.dest in ARGS_FIELDS else config.setting_value(s)
 
 
 def plain_value(value: Any) -> Any:

@@ -313,7 +313,7 @@ def test_ini_invalid_boolean_names_setting(wd: Path) -> None:
 
 
 def test_match_section_selects_dropins(wd: Path) -> None:
-    write(wd / "mkosi.conf", "[Distribution]\nDistribution=fedora\nRelease=40\n")
+    write(wd / "mkosi.conf", "[Distribution]\nDistribution=fedora\nRelease=40\n[Content]\nBootable=no\n")
     write(wd / "mkosi.conf.d/10-fedora.conf", "[Match]\nDistribution=fedora\n\n[Content]\nPackages=dnf-only\n")
     write(wd / "mkosi.conf.d/20-debian.conf", "[Match]\nDistribution=debian\n\n[Content]\nPackages=apt-only\n")
     write(wd / "mkosi.conf.d/30-not-40.conf", "[Match]\nRelease=!40\n\n[Content]\nPackages=not-forty\n")

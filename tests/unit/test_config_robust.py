@@ -206,6 +206,8 @@ def test_crlf_line_ends(wd: Path) -> None:
 
 @pytest.mark.parametrize("value", ["maybe", "yes maybe", "2"])
 def test_match_boolean_must_be_a_boolean(wd: Path, value: str) -> None:
+    # Bootable=no, so that no item before the bad one holds (a modern tree's default disk image is auto).
+    write(wd / "mkosi.conf", "[Content]\nBootable=no\n")
     write(wd / "mkosi.conf.d/10.conf", f"[Match]\nBootable={value}\n[Content]\nPackages=x\n")
     e = load_error()
     assert e.path == "mkosi.conf.d/10.conf" and e.line == 2 and e.setting == "Bootable"

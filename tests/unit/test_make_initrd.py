@@ -88,6 +88,9 @@ def test_vm_runs_the_main_image_whatever_the_sub_images_are(wd: Path) -> None:
     write(wd / "mkosi.images/initrd.conf", "[Include]\nInclude=mkosi-initrd\n")
     for verb in ("vm", "qemu"):
         assert images(verb)["main"].bootable is True     # the initrd sub-image (Bootable=no) is no error
+    # Without Bootable= a modern tree's disk image is Bootable=auto: vm may try it.
     write(wd / "mkosi.conf", "[Distribution]\nDistribution=debian\n")
+    assert images("vm")["main"].bootable_auto is True
+    write(wd / "mkosi.conf", "[Distribution]\nDistribution=debian\n[Content]\nBootable=no\n")
     with pytest.raises(ConfigError, match="needs a bootable image"):
         images("vm")

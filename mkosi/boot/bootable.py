@@ -41,7 +41,7 @@ def unbootable_reason(config: Config, root: Path) -> Optional[str]:
     Bootloader=uki and grub boot). The distribution's signed binaries (the *-signed loaders) and the host
     tools are not looked at here."""
     if not kernel_candidates(root):
-        return f"the image has no kernel (no boot/vmlinuz-* nor usr/lib/modules/*/vmlinuz in {root})"
+        return "the image has no kernel (no /boot/vmlinuz-* nor /usr/lib/modules/*/vmlinuz)"
     if BootProtocol.uefi not in config.boot_protocols:
         return None
     arch = efi_arch(config.architecture)
@@ -73,7 +73,8 @@ def settle_bootable(config: Config, root: Path) -> Config:
         reason = f"the host has no {', '.join(missing)}"
     if reason is None:
         return config
-    log.warn(f"Bootable=auto: {reason}, so the image is not made bootable")
+    log.warn(f"Bootable=auto: {reason}, so the image is not made bootable (Bootable=no says so without this "
+             "warning, Bootable=yes makes it an error)")
     return dataclasses.replace(config, bootable=False, bootable_auto=False)
 
 

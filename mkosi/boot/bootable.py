@@ -46,13 +46,15 @@ def unbootable_reason(config: Config, root: Path) -> Optional[str]:
         return None
     arch = efi_arch(config.architecture)
     efi = root / EFI_DIR
+    loaders = plugin(config.distribution).uefi_packages
+    bring = f"; {', '.join(loaders)} in Packages= would bring it" if loaders else ""
     if config.bootloader == Bootloader.systemd_boot and not (efi / f"systemd-boot{arch}.efi").is_file():
-        return f"the image has no systemd-boot EFI binary (/{EFI_DIR}/systemd-boot{arch}.efi)"
+        return f"the image has no systemd-boot EFI binary (/{EFI_DIR}/systemd-boot{arch}.efi){bring}"
     if config.bootloader == Bootloader.systemd_boot_signed and \
             not (efi / f"systemd-boot{arch}.efi.signed").is_file():
         return f"the image has no signed systemd-boot (/{EFI_DIR}/systemd-boot{arch}.efi.signed)"
     if config.bootloader in (Bootloader.uki, Bootloader.grub) and not (efi / f"linux{arch}.efi.stub").is_file():
-        return f"the image has no EFI stub for the unified kernel image (/{EFI_DIR}/linux{arch}.efi.stub)"
+        return f"the image has no EFI stub for the unified kernel image (/{EFI_DIR}/linux{arch}.efi.stub){bring}"
     return None
 
 

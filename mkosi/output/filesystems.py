@@ -423,9 +423,11 @@ def make_xfs(
 ) -> str:
     """Create an xfs image of `size` bytes (at least 300 MiB, mkfs.xfs's minimum) holding `src_dir`.
 
-    Returns how it was populated: "protofile" (mkfs.xfs -p plus xfs_db fixups for sticky bits and
-    timestamps, no mounting) or "loop-mount" (the fallback for trees with hard links, extended
-    attributes, sockets or unusual names, which a protofile cannot describe).
+    Returns how it was populated: "directory" (xfsprogs 7.1 or newer: mkfs.xfs -p DIRECTORY copies
+    the whole tree, hard links and extended attributes included, and with a seed draws nothing at
+    random), "protofile" (mkfs.xfs -p plus xfs_db fixups for sticky bits and timestamps, no
+    mounting) or "loop-mount" (the fallback for trees with hard links, extended attributes, sockets
+    or unusual names, which a protofile cannot describe).
     """
     if size < XFS_MIN_SIZE:
         raise MkosiError(
@@ -437,6 +439,18 @@ def make_xfs(
         uuid = str(make_uuid(seed, "xfs-uuid", label))
     meta = "bigtime=1" + (f",uuid={uuid}" if uuid else "")
     base: list[str] = ["mkfs.xfs", "-q", "-f", "-L", label, "-m", meta]
+
+    if xfs_mkfs_populates_from_directory():
+        _create_sparse(image, size)
+        with log.step(f"Creating xfs file system {image.name}"):
+            try:
+                run([*base, "-p", os.fspath(src_dir.absolute()), os.fspath(image.absolute())], capture=True,
+                    env=_deterministic_env(resolve_seed(seed) is not None))
+            except CommandError as e:
+                if _out_of_space(e):
+                    raise MkosiError(str(e), hint=_space_hint("xfs", size))
+                raise
+        return "directory"
 
     try:
         proto, entries = xfs_protofile(src_dir)
@@ -472,8 +486,59 @@ def make_xfs(
         return "loop-mount"
 
 
+def _deterministic_env(deterministic: bool) -> dict[str, str]:
+    """The variables that make a new enough mkfs.xfs or mkfs.btrfs draw nothing at random:
+    DETERMINISTIC_SEED=1 (UUIDs and generation numbers derived, not drawn) and the source date epoch
+    as the time it stamps on what it creates."""
+    env: dict[str, str] = {}
+    if deterministic:
+        env["DETERMINISTIC_SEED"] = "1"
+    epoch = source_date_epoch()
+    if epoch is not None:
+        env["SOURCE_DATE_EPOCH"] = str(epoch)
+    return env
+
+
+def parse_mkfs_xfs_version(text: str) -> tuple[int, ...]:
+    """(7, 2, 0) from `mkfs.xfs -V`'s "mkfs.xfs version 7.2.0"; (0,) when there is no version."""
+    m = re.search(r"mkfs\.xfs version (\d+)\.(\d+)(?:\.(\d+))?", text)
+    return tuple(int(x) for x in m.groups() if x is not None) if m else (0,)
+
+
+# mkfs.xfs -p DIRECTORY arrived in xfsprogs 6.17, SOURCE_DATE_EPOCH and DETERMINISTIC_SEED in 6.18, and
+# the fix for hard links in a directory copied that way in 7.1: the first release mkosi uses it from.
+XFS_DIRECTORY_POPULATION = (7, 1)
+
+
+def xfs_mkfs_populates_from_directory() -> bool:
+    """Whether mkfs.xfs can fill the file system from a directory, deterministically (-p DIRECTORY)."""
+    if find_tool("mkfs.xfs") is None:
+        return False
+    text = output(["mkfs.xfs", "-V"], check=False, stderr=subprocess.STDOUT)
+    return parse_mkfs_xfs_version(text) >= XFS_DIRECTORY_POPULATION
+
+
 # ---------------------------------------------------------------------------------------------
 # btrfs
+
+
+def parse_btrfs_progs_version(text: str) -> tuple[int, ...]:
+    """(7, 3) from `mkfs.btrfs --version`'s "mkfs.btrfs, part of btrfs-progs v7.3"; (0,) otherwise."""
+    m = re.search(r"btrfs-progs v(\d+)\.(\d+)(?:\.(\d+))?", text)
+    return tuple(int(x) for x in m.groups() if x is not None) if m else (0,)
+
+
+# btrfs-progs 7.3: mkfs.btrfs reads SOURCE_DATE_EPOCH (the times it stamps, and each copied inode's change
+# and access time) and DETERMINISTIC_SEED=1 (chunk tree, device and subvolume UUIDs derived from -U).
+BTRFS_DETERMINISTIC = (7, 3)
+
+
+def btrfs_mkfs_is_deterministic() -> bool:
+    """Whether mkfs.btrfs --rootdir draws nothing at random given -U and DETERMINISTIC_SEED=1."""
+    if find_tool("mkfs.btrfs") is None:
+        return False
+    text = output(["mkfs.btrfs", "--version"], check=False, stderr=subprocess.STDOUT)
+    return parse_btrfs_progs_version(text) >= BTRFS_DETERMINISTIC
 
 
 def btrfs_mkfs_supports_compress() -> bool:
@@ -516,10 +581,12 @@ def make_btrfs(
     argv += ["-r", os.fspath(src_dir)]
     if shrink:
         argv.append("--shrink")
+    # Without -U, DETERMINISTIC_SEED=1 is an error: it derives the other UUIDs from the file system's.
+    env = _deterministic_env(True) if uuid and btrfs_mkfs_is_deterministic() else {}
     _create_sparse(image, size)
     with log.step(f"Creating btrfs file system {image.name}"):
         try:
-            run([*argv, os.fspath(image)], capture=True)
+            run([*argv, os.fspath(image)], capture=True, env=env)
         except CommandError as e:
             if _out_of_space(e):
                 raise MkosiError(str(e), hint=_space_hint("btrfs", size))

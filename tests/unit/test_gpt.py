@@ -442,6 +442,47 @@ def _small_tree(tmp_path: Path) -> Path:
     return tree
 
 
+@pytest.mark.parametrize("text,version,directory", [
+    ("mkfs.xfs version 7.2.0\n", (7, 2, 0), True),  # Debian forky and sid
+    ("mkfs.xfs version 7.0.1\n", (7, 0, 1), False),  # -p DIRECTORY, but hard links not yet right
+    ("mkfs.xfs version 6.13.0\n", (6, 13, 0), False),  # trixie
+    ("mkfs.xfs version 6.1.0\n", (6, 1, 0), False),  # bookworm
+    ("mkfs.xfs: no such option\n", (0,), False),
+])
+def test_parse_mkfs_xfs_version(text: str, version: tuple[int, ...], directory: bool) -> None:
+    from mkosi.output import filesystems as fs
+
+    assert fs.parse_mkfs_xfs_version(text) == version
+    assert (version >= fs.XFS_DIRECTORY_POPULATION) == directory
+
+
+@pytest.mark.parametrize("text,version", [
+    ("mkfs.btrfs, part of btrfs-progs v7.3\n-EXPERIMENTAL -INJECT +ZSTD\n", (7, 3)),  # sid
+    ("mkfs.btrfs, part of btrfs-progs v7.1\n", (7, 1)),  # forky: no DETERMINISTIC_SEED yet
+    ("mkfs.btrfs, part of btrfs-progs v6.14\n", (6, 14)),  # trixie
+    ("mkfs.btrfs, part of btrfs-progs v6.2\n", (6, 2)),  # bookworm
+    ("btrfs-progs v6.6.3\n", (6, 6, 3)),
+    ("", (0,)),
+])
+def test_parse_btrfs_progs_version(text: str, version: tuple[int, ...]) -> None:
+    from mkosi.output import filesystems as fs
+
+    assert fs.parse_btrfs_progs_version(text) == version
+
+
+@needs_tools("mkfs.xfs", "mkfs.btrfs")
+def test_mkfs_version_gates_read_the_real_programs() -> None:
+    """The host's own mkfs.xfs and mkfs.btrfs print versions the parsers understand, and the gates agree."""
+    from mkosi.output import filesystems as fs
+
+    xfs = fs.parse_mkfs_xfs_version(subprocess.run(["mkfs.xfs", "-V"], capture_output=True, text=True).stdout)
+    btrfs = fs.parse_btrfs_progs_version(subprocess.run(["mkfs.btrfs", "--version"], capture_output=True,
+                                                        text=True).stdout)
+    assert xfs != (0,) and btrfs != (0,)
+    assert fs.xfs_mkfs_populates_from_directory() == (xfs >= fs.XFS_DIRECTORY_POPULATION)
+    assert fs.btrfs_mkfs_is_deterministic() == (btrfs >= fs.BTRFS_DETERMINISTIC)
+
+
 def test_xfs_protofile(tmp_path: Path) -> None:
     from mkosi.output import filesystems as fs
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -16,6 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from mkosi.output.filesystems import (
+    BTRFS_DETERMINISTIC,
+    XFS_DIRECTORY_POPULATION,
+    parse_btrfs_progs_version,
+    parse_mkfs_xfs_version,
+)
 from mkosi.output.gpt import make_uuid, seed_from_setting
 from mkosi.reproduce import artifact_digest, diff_trees, file_sha256, first_difference, listing, tree_entries
 from tests.integration.conftest import run_mkosi
@@ -212,6 +219,62 @@ def test_gpt_xfs_is_filled_through_a_mount_and_differs(builds: Builds, tools_tre
     assert sha256(twice.first / "repro.raw") != sha256(twice.second / "repro.raw")
     print(f"gpt_xfs: not reproducible (filled through a loop mount), sha256 {sha256(twice.first / 'repro.raw')} "
           f"vs {sha256(twice.second / 'repro.raw')}", file=sys.stderr)
+
+
+# The first releases whose mkfs draws nothing at random (see mkosi.md, REPRODUCIBLE BUILDS), from Debian sid.
+NEW_MKFS_PACKAGES = ("xfsprogs", "btrfs-progs", "libicu78")
+
+
+@pytest.fixture(scope="module")
+def new_mkfs_tools_tree(tools_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default tools tree with Debian sid's xfsprogs (7.1 or newer) and btrfs-progs (7.3 or newer)
+    unpacked over it: a sid tools tree cannot be built from this machine's mirror, whose sid Release file
+    has expired, but the packages can be fetched. The copy lives in the module's temporary directory."""
+    work = tmp_path_factory.mktemp("new-mkfs")
+    tree = work / "tree"
+    subprocess.run(["cp", "-a", "--reflink=auto", str(tools_tree), str(tree)], check=True)
+    apt = work / "apt"
+    for d in ("lists/partial", "cache/archives/partial", "debs"):
+        (apt / d).mkdir(parents=True)
+    (apt / "sources.list").write_text("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
+                                      "http://deb.debian.org/debian sid main\n")
+    (apt / "apt.conf").write_text(f'''Dir::Etc::SourceList "{apt}/sources.list";
+Dir::Etc::SourceParts "/nonexistent";
+Dir::State::Lists "{apt}/lists";
+Dir::Cache "{apt}/cache";
+Acquire::Check-Valid-Until "false";
+APT::Sandbox::User "root";
+''')
+    env = {**os.environ, "APT_CONFIG": str(apt / "apt.conf")}
+    subprocess.run(["apt-get", "-q", "update"], env=env, check=True, capture_output=True)
+    subprocess.run(["apt-get", "-q", "download", *NEW_MKFS_PACKAGES], env=env, check=True, capture_output=True,
+                   cwd=apt / "debs")
+    for deb in sorted((apt / "debs").glob("*.deb")):
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], check=True)
+    versions = subprocess.run(["chroot", str(tree), "sh", "-c", "mkfs.xfs -V; mkfs.btrfs --version"],
+                              capture_output=True, text=True, check=True).stdout
+    assert parse_mkfs_xfs_version(versions) >= XFS_DIRECTORY_POPULATION, versions
+    assert parse_btrfs_progs_version(versions) >= BTRFS_DETERMINISTIC, versions
+    print(f"new mkfs tools tree: {' / '.join(versions.splitlines()[::2])}", file=sys.stderr)
+    return tree
+
+
+@pytest.mark.slow
+def test_gpt_xfs_with_xfsprogs_7_is_byte_identical(builds: Builds, new_mkfs_tools_tree: Path) -> None:
+    """With xfsprogs 7.1+, mkfs.xfs copies the tree itself (hard links included, no loop mount) with
+    DETERMINISTIC_SEED=1 and SOURCE_DATE_EPOCH: two builds give the same image."""
+    twice = builds.twice("gpt_xfs", f"--tools-tree={new_mkfs_tools_tree}", key="gpt_xfs new mkfs")
+    assert not any("populating xfs through a loop mount" in log for log in twice.logs)
+    assert_identical("gpt_xfs", twice, label="gpt_xfs (xfsprogs 7)")
+
+
+@pytest.mark.slow
+def test_gpt_btrfs_with_btrfs_progs_7_3_is_byte_identical(builds: Builds, new_mkfs_tools_tree: Path) -> None:
+    """With btrfs-progs 7.3+, -U plus DETERMINISTIC_SEED=1 and SOURCE_DATE_EPOCH: two builds give the same
+    image (Debian's tree has no device nodes, which would be recreated through a loop mount)."""
+    twice = builds.twice("gpt_btrfs", f"--tools-tree={new_mkfs_tools_tree}", key="gpt_btrfs new mkfs")
+    assert not any("lost the device numbers" in log for log in twice.logs)
+    assert_identical("gpt_btrfs", twice, label="gpt_btrfs (btrfs-progs 7.3)")
 
 
 @pytest.mark.slow

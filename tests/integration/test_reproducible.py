@@ -255,7 +255,8 @@ APT::Sandbox::User "root";
                               capture_output=True, text=True, check=True).stdout
     assert parse_mkfs_xfs_version(versions) >= XFS_DIRECTORY_POPULATION, versions
     assert parse_btrfs_progs_version(versions) >= BTRFS_DETERMINISTIC, versions
-    print(f"new mkfs tools tree: {' / '.join(versions.splitlines()[::2])}", file=sys.stderr)
+    shown = [line for line in versions.splitlines() if "version" in line or "btrfs-progs" in line]
+    print(f"new mkfs tools tree: {' / '.join(shown)}", file=sys.stderr)
     return tree
 
 

@@ -105,12 +105,15 @@ def estimate_size(src_dir: Path, fs: str) -> int:
 # ext4
 
 
+def _version_after(prefix: str, text: str) -> tuple[int, ...]:
+    """The version X.Y[.Z] that follows `prefix` (a regular expression) in a tool's version text, as a
+    tuple; (0,) when there is none."""
+    m = re.search(prefix + r"(\d+)\.(\d+)(?:\.(\d+))?", text)
+    return tuple(int(x) for x in m.groups() if x is not None) if m else (0,)
+
+
 def _mke2fs_version() -> tuple[int, ...]:
-    text = output(["mkfs.ext4", "-V"], check=False, stderr=subprocess.STDOUT)
-    m = re.search(r"mke2fs (\d+)\.(\d+)(?:\.(\d+))?", text)
-    if m is None:
-        return (0,)
-    return tuple(int(x) for x in m.groups() if x is not None)
+    return _version_after(r"mke2fs ", output(["mkfs.ext4", "-V"], check=False, stderr=subprocess.STDOUT))
 
 
 def make_ext4(
@@ -501,8 +504,7 @@ def _deterministic_env(deterministic: bool) -> dict[str, str]:
 
 def parse_mkfs_xfs_version(text: str) -> tuple[int, ...]:
     """(7, 2, 0) from `mkfs.xfs -V`'s "mkfs.xfs version 7.2.0"; (0,) when there is no version."""
-    m = re.search(r"mkfs\.xfs version (\d+)\.(\d+)(?:\.(\d+))?", text)
-    return tuple(int(x) for x in m.groups() if x is not None) if m else (0,)
+    return _version_after(r"mkfs\.xfs version ", text)
 
 
 # mkfs.xfs -p DIRECTORY arrived in xfsprogs 6.17, SOURCE_DATE_EPOCH and DETERMINISTIC_SEED in 6.18, and
@@ -524,8 +526,7 @@ def xfs_mkfs_populates_from_directory() -> bool:
 
 def parse_btrfs_progs_version(text: str) -> tuple[int, ...]:
     """(7, 3) from `mkfs.btrfs --version`'s "mkfs.btrfs, part of btrfs-progs v7.3"; (0,) otherwise."""
-    m = re.search(r"btrfs-progs v(\d+)\.(\d+)(?:\.(\d+))?", text)
-    return tuple(int(x) for x in m.groups() if x is not None) if m else (0,)
+    return _version_after(r"btrfs-progs v", text)
 
 
 # btrfs-progs 7.3: mkfs.btrfs reads SOURCE_DATE_EPOCH (the times it stamps, and each copied inode's change

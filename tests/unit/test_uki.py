@@ -14,7 +14,7 @@ import pytest
 
 from mkosi.boot.esp import EspOptions, install_uefi, populate_esp
 from mkosi.boot.initrd import modules_initrd
-from mkosi.boot.kernel import boot_files
+from mkosi.boot.kernel import BootFiles, boot_files
 from mkosi.boot.pe import DATA_SECTION_FLAGS, append_sections, header_room, read_pe, stub_version
 from mkosi.boot.signing import generate_secure_boot_keys, sign_efi, verify_efi
 from mkosi.boot.uki import (
@@ -275,6 +275,15 @@ def esp_root(tmp_path: Path, stub: bool = True) -> Path:
     return root
 
 
+def esp_and_files(tmp_path: Path, root: Path) -> tuple[Path, BootFiles]:
+    """An empty ESP directory and the boot files of `root` with a stand-in initrd."""
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(b"initrd")
+    esp = tmp_path / "esp"
+    esp.mkdir()
+    return esp, boot_files(root, initrd, "rw", "x86_64")
+
+
 def esp_files(tmp_path: Path, bootloader: Bootloader, **extra: object) -> list[str]:
     tmp_path.mkdir(parents=True, exist_ok=True)
     root = esp_root(tmp_path)
@@ -308,11 +317,7 @@ def test_bootloader_systemd_boot_without_ukis_writes_a_type1_entry(tmp_path: Pat
 
 def test_ukis_auto_without_the_stub_boots_a_type1_entry(tmp_path: Path) -> None:
     root = esp_root(tmp_path, stub=False)
-    initrd = tmp_path / "initrd"
-    initrd.write_bytes(b"initrd")
-    files = boot_files(root, initrd, "rw", "x86_64")
-    esp = tmp_path / "esp"
-    esp.mkdir()
+    esp, files = esp_and_files(tmp_path, root)
     options = EspOptions(protocols=(BootProtocol.uefi,), entry_id="img", title="Image")
     assert options.unified_kernel_image == UnifiedKernelImages.auto
     assert populate_esp(esp, files, options) is None
@@ -340,14 +345,11 @@ def test_signed_loaders_take_the_prebuilt_uki(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr("mkosi.boot.esp.sign_efi", lambda binary, key, cert: signed.append(binary))
     root = esp_root(tmp_path)
     content = prebuilt_uki(root)
-    initrd = tmp_path / "initrd"
-    initrd.write_bytes(b"initrd")
-    esp = tmp_path / "esp"
-    esp.mkdir()
+    esp, files = esp_and_files(tmp_path, root)
     options = EspOptions(protocols=(BootProtocol.uefi,), entry_id="img", title="Image", image_root=root,
                          bootloader=Bootloader.systemd_boot_signed, unified_kernel_image=mode,
                          secure_boot_key=tmp_path / "k", secure_boot_certificate=tmp_path / "c")
-    uki = populate_esp(esp, boot_files(root, initrd, "rw", "x86_64"), options)
+    uki = populate_esp(esp, files, options)
     assert uki == esp / "EFI/Linux/img-6.1.0-10-amd64.efi"
     assert uki.read_bytes() == content          # copied as it is: not built here
     assert signed == []                          # and not signed again (systemd-boot is pre-signed too)
@@ -356,14 +358,11 @@ def test_signed_loaders_take_the_prebuilt_uki(tmp_path: Path, monkeypatch: pytes
 def test_signed_loaders_without_a_prebuilt_uki(tmp_path: Path) -> None:
     root = esp_root(tmp_path)
     signed_files(root, shim=False)
-    initrd = tmp_path / "initrd"
-    initrd.write_bytes(b"initrd")
-    esp = tmp_path / "esp"
-    esp.mkdir()
+    esp, files = esp_and_files(tmp_path, root)
     options = EspOptions(protocols=(BootProtocol.uefi,), entry_id="img", title="Image", image_root=root,
                          bootloader=Bootloader.grub_signed)
     with pytest.raises(MkosiError, match="Bootloader=grub-signed: the image has no pre-built signed") as e:
-        populate_esp(esp, boot_files(root, initrd, "rw", "x86_64"), options)
+        populate_esp(esp, files, options)
     assert "UnifiedKernelImages=unsigned" in (e.value.hint or "")
 
 
@@ -602,11 +601,8 @@ def test_bootloader_grub_needs_its_modules_and_ukis(tmp_path: Path) -> None:
 def test_the_prebuilt_binaries_need_the_image_tree(tmp_path: Path, bootloader: Bootloader, shim: ShimBootloader,
                                                    message: str) -> None:
     root = esp_root(tmp_path)
-    initrd = tmp_path / "initrd"
-    initrd.write_bytes(b"initrd")
-    esp = tmp_path / "esp"
-    esp.mkdir()
+    esp, files = esp_and_files(tmp_path, root)
     options = EspOptions(protocols=(BootProtocol.uefi,), entry_id="img", title="Image", bootloader=bootloader,
                          shim=shim)
     with pytest.raises(MkosiError, match=message):
-        populate_esp(esp, boot_files(root, initrd, "rw", "x86_64"), options)
+        populate_esp(esp, files, options)

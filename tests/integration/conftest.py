@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,12 +27,61 @@ def slow_deadline() -> float | None:
     return float(value) if value else None
 
 
+# The images a module builds (its module-scoped fixtures' directories and its tests' tmp_path) are
+# removed once the module is done: a whole run keeps tens of GB otherwise, and a machine whose disk
+# fills up halfway fails every later test. MKOSI_TEST_KEEP_TMP=1 keeps them for a look after the run.
+_module_start: dict[str, set[str]] = {}
+
+
+def _basetemp(item: pytest.Item) -> Path:
+    return item.config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined, no-any-return]
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     # Before the fixtures are set up: a skipped slow test builds nothing.
+    module = str(item.path)
+    if module not in _module_start:
+        _module_start[module] = {entry.name for entry in _basetemp(item).iterdir()}
     deadline = slow_deadline()
     if deadline is not None and item.get_closest_marker("slow") is not None and time.time() > deadline:
         pytest.skip("slow test not started: the run's time budget for slow tests (MKOSI_TEST_SLOW_BUDGET) is spent")
+
+
+def _module_of(item: pytest.Item | None) -> str | None:
+    return None if item is None else str(item.path)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    try:
+        yield  # the fixtures whose scope ends with this test are torn down in here
+    finally:
+        _clean_module(item, nextitem)
+
+
+def _clean_module(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    module = _module_of(item)
+    if module is None or _module_of(nextitem) == module or module not in _module_start:
+        return
+    before = _module_start.pop(module)
+    if os.environ.get("MKOSI_TEST_KEEP_TMP") == "1":
+        return
+    for entry in sorted(_basetemp(item).iterdir()):
+        # The tools tree's project belongs to a session fixture; the tree itself lives in the cache.
+        if entry.name in before or entry.name.startswith("tools-tree"):
+            continue
+        remove_tree(entry)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a test's build directory without crossing into a file system mounted inside it (a mount
+    left behind by a failed build must not take the host's files with it)."""
+    if path.is_dir() and not path.is_symlink():
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    else:
+        path.unlink(missing_ok=True)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -263,3 +263,114 @@ NOISE = {
 def is_noise(line: str, patterns: Iterable[str] = tuple(NOISE)) -> bool:
     text = line.rstrip("\r\n")
     return any(NOISE[p].match(text) for p in patterns)
+
+
+# ---- dnf, zypper, pacman and emerge: their plain-text lines when stdout is not a terminal ----
+
+@dataclass(frozen=True)
+class PackageStep:
+    phase: str                  # "download", "install", "remove", "verify", "build" ...
+    index: Optional[int]        # the package's number in the phase (None: the tool does not count)
+    total: Optional[int]        # packages in the phase (None: not said on this line)
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class _Pattern:
+    regex: re.Pattern[str]
+    phase: Optional[str]        # None: the phase is the regex's "phase" group, lowercased
+
+
+def _p(regex: str, phase: Optional[str] = None) -> _Pattern:
+    return _Pattern(re.compile(regex), phase)
+
+
+# What each tool prints per package when its output is not a terminal (captured from dnf 4.14, zypper 1.14
+# and pacman 6.0 with --noprogressbar; emerge's are portage's ">>> Emerging (N of M)" lines, not captured
+# here: the Gentoo test's emerge is a stand-in). A line that matches none of these is not a step.
+PACKAGE_LINES: dict[str, tuple[_Pattern, ...]] = {
+    "dnf": (
+        _p(r"^\((?P<i>\d+)/(?P<n>\d+)\): (?P<name>\S+)", "download"),
+        _p(r"^\s+(?P<phase>Installing|Upgrading|Reinstalling|Downgrading|Erasing|Removing|Obsoleting|Cleanup"
+           r"|Verifying)\s*: (?P<name>\S+)\s+(?P<i>\d+)/(?P<n>\d+)\s*$"),
+    ),
+    "zypper": (
+        _p(r"^Retrieving package (?P<name>\S+) \((?P<i>\d+)/(?P<n>\d+)\)", "download"),
+        _p(r"^\((?P<i>\d+)/(?P<n>\d+)\) (?P<phase>Installing|Removing):? (?P<name>\S+)"),
+    ),
+    "pacman": (
+        _p(r"^Packages \((?P<n>\d+)\) ", "plan"),
+        _p(r"^ (?P<name>\S+) downloading\.\.\.$", "download"),
+        _p(r"^(?P<phase>installing|upgrading|reinstalling|downgrading|removing) (?P<name>\S+)\.\.\.$"),
+    ),
+    "emerge": (
+        _p(r"^>>> (?P<phase>Emerging|Installing)(?: binary)? \((?P<i>\d+) of (?P<n>\d+)\) (?P<name>\S+)"),
+    ),
+}
+
+# The same phase under the tools' names.
+_PHASES = {"upgrading": "install", "reinstalling": "install", "downgrading": "install", "installing": "install",
+           "erasing": "remove", "removing": "remove", "obsoleting": "remove", "cleanup": "remove",
+           "verifying": "verify", "emerging": "build"}
+
+
+def parse_package_line(tool: str, line: str) -> Optional[PackageStep]:
+    text = line.rstrip("\r\n")
+    for pattern in PACKAGE_LINES[tool]:
+        m = pattern.regex.match(text)
+        if m is None:
+            continue
+        groups = m.groupdict()
+        phase = pattern.phase or _PHASES.get(groups["phase"].lower(), groups["phase"].lower())
+        return PackageStep(phase=phase,
+                           index=int(groups["i"]) if groups.get("i") else None,
+                           total=int(groups["n"]) if groups.get("n") else None,
+                           name=groups.get("name") or "")
+    return None
+
+
+# How far along the whole run a phase starts, and its share of it.
+_SHARES: dict[str, dict[str, tuple[float, float]]] = {
+    "dnf": {"download": (0.0, 0.3), "install": (0.3, 0.6), "remove": (0.3, 0.6), "verify": (0.9, 0.1)},
+    "zypper": {"download": (0.0, 0.3), "install": (0.3, 0.7), "remove": (0.0, 1.0)},  # --download-in-advance
+    "pacman": {"download": (0.0, 0.3), "install": (0.3, 0.7), "remove": (0.3, 0.7)},
+    "emerge": {"build": (0.0, 1.0), "install": (0.0, 1.0)},
+}
+
+_LABELS = {"download": "Downloading", "install": "Installing", "remove": "Removing", "verify": "Verifying",
+           "build": "Building"}
+
+
+class PackageProgress:
+    """A package manager's own per-package lines (on stdout) as one progress line: "Installing 12/40: name".
+    pacman does not number its lines: the count is kept here, of the total its "Packages (N)" line said."""
+
+    def __init__(self, renderer: Renderer, tool: str) -> None:
+        self.renderer, self.tool = renderer, tool
+        self.planned: Optional[int] = None
+        self.counts: dict[str, int] = {}
+
+    def stdout_line(self, line: str) -> None:
+        step = parse_package_line(self.tool, line)
+        if step is None:
+            return
+        if step.phase == "plan":
+            self.planned = step.total
+            return
+        if self.tool == "pacman" and step.phase == "download" and self.planned is None:
+            # Before its plan pacman only fetches the repositories' databases.
+            self.renderer.update(f"Refreshing: {step.name}")
+            return
+        index = step.index
+        if index is None:
+            index = self.counts.get(step.phase, 0) + 1
+        self.counts[step.phase] = index
+        total = step.total if step.total is not None else self.planned
+        offset, share = _SHARES[self.tool].get(step.phase, (0.0, 1.0))
+        if total:
+            fraction: Optional[float] = offset + share * min(index / total, 1.0)
+            counted = f" {index}/{total}"
+        else:
+            fraction, counted = None, f" {index}"
+        label = _LABELS.get(step.phase, step.phase.capitalize())
+        self.renderer.update(f"{label}{counted}: {step.name}" if step.name else f"{label}{counted}", fraction)

@@ -6,10 +6,17 @@ from these)."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from mkosi.sandbox import Sandbox
+from mkosi import log
+from mkosi.errors import CommandError
+from mkosi.progress import PackageProgress
+from mkosi.run import run, run_streaming
+from mkosi.sandbox import PathString, Sandbox
 
 if TYPE_CHECKING:
     from typing import Self
@@ -55,3 +62,24 @@ class PackageInfo:
     source_version: Optional[str] = None
     license: Optional[str] = None         # licence statement, when the package database records one
                                           # (rpm's License tag, pacman's %LICENSE%)
+
+
+def run_package_manager(tool: str, argv: Sequence[PathString], *, sandbox: Sandbox,
+                        env: Optional[Mapping[str, str]] = None) -> subprocess.CompletedProcess[str]:
+    """Run dnf, zypper, pacman or emerge (`tool` names its line formats in mkosi.progress) with one progress
+    line made of its per-package lines instead of its whole output; what it writes to stderr is shown as it
+    comes. A failure raises CommandError with the last lines it wrote. With --debug its output is shown as
+    it is."""
+    if log.debug_enabled():
+        return run(argv, sandbox=sandbox, env=env)
+    with log.progress() as renderer:
+        progress = PackageProgress(renderer, tool)
+
+        def stderr_line(line: str) -> None:
+            if line.strip():
+                renderer.above(line.rstrip("\r"))
+
+        proc = run_streaming(argv, sandbox=sandbox, env=env, on_stdout=progress.stdout_line, on_stderr=stderr_line)
+    if proc.returncode != 0:
+        raise CommandError([os.fspath(a) for a in argv], proc.returncode, f"{proc.stdout}\n{proc.stderr}")
+    return proc

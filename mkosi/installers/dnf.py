@@ -23,8 +23,8 @@ from typing import Optional
 from mkosi import log
 from mkosi.errors import MkosiError
 from mkosi.installers import rpm
-from mkosi.installers.base import InstallerConfig
-from mkosi.run import require_tool, run
+from mkosi.installers.base import InstallerConfig, run_package_manager
+from mkosi.run import require_tool
 from mkosi.sandbox import Mount, Sandbox
 
 HOST_REPOSDIRS = ("/etc/yum.repos.d", "/etc/distro.repos.d")
@@ -199,7 +199,7 @@ def _run(cfg: DnfConfig, command: str, packages: Sequence[str], *, offline: bool
     setup(cfg)
     rpm.prepare_rpmdb(cfg.root, cfg.rpmdb)
     cfg.cache.mkdir(parents=True, exist_ok=True)
-    run(dnf_argv(cfg, command, packages, offline=offline), sandbox=sandbox, env=dnf_env(cfg))
+    run_package_manager("dnf", dnf_argv(cfg, command, packages, offline=offline), sandbox=sandbox, env=dnf_env(cfg))
 
 
 def install(cfg: DnfConfig, packages: Sequence[str]) -> None:

@@ -39,7 +39,7 @@ from typing import Optional
 
 from mkosi import log
 from mkosi.errors import MkosiError
-from mkosi.installers.base import InstallerConfig
+from mkosi.installers.base import InstallerConfig, run_package_manager
 from mkosi.installers.rpm import remove_paths
 from mkosi.run import find_tool, run
 from mkosi.sandbox import Mount, Sandbox
@@ -326,7 +326,7 @@ def chroot_run(cfg: EmergeConfig, argv: Sequence[str]) -> None:
     for d in ("distfiles", "binpkgs"):
         (cfg.cache / d).mkdir(parents=True, exist_ok=True)
     with _resolv_conf(cfg):
-        run(argv, sandbox=chroot_sandbox(cfg))
+        run_package_manager("emerge", argv, sandbox=chroot_sandbox(cfg))
 
 
 def bootstrap(cfg: EmergeConfig) -> None:

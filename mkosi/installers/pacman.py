@@ -27,7 +27,7 @@ from typing import Optional
 
 from mkosi import log
 from mkosi.errors import MkosiError
-from mkosi.installers.base import InstallerConfig
+from mkosi.installers.base import InstallerConfig, run_package_manager
 from mkosi.run import find_tool, require_tool, run
 from mkosi.sandbox import Sandbox
 
@@ -228,7 +228,7 @@ def pacman_sandbox(cfg: PacmanConfig) -> Sandbox:
 def _run(cfg: PacmanConfig, argv: list[str]) -> None:
     sandbox = pacman_sandbox(cfg)
     require_tool("pacman", sandbox)
-    run(argv, sandbox=sandbox)
+    run_package_manager("pacman", argv, sandbox=sandbox)
 
 
 def install(cfg: PacmanConfig, packages: Sequence[str]) -> None:

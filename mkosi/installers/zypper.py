@@ -23,9 +23,9 @@ from pathlib import Path
 from mkosi import log
 from mkosi.errors import CommandError, MkosiError
 from mkosi.installers import rpm
-from mkosi.installers.base import InstallerConfig
+from mkosi.installers.base import InstallerConfig, run_package_manager
 from mkosi.installers.dnf import RpmRepo, repo_file_text
-from mkosi.run import require_tool, run
+from mkosi.run import require_tool
 from mkosi.sandbox import Mount, Sandbox
 
 # zypper exits with 107 when a package's scriptlet failed but the packages were installed.
@@ -116,7 +116,8 @@ def _run(cfg: ZypperConfig, command: str, packages: Sequence[str], *, offline: b
     rpm.prepare_rpmdb(cfg.root, cfg.rpmdb)
     cfg.cache.mkdir(parents=True, exist_ok=True)
     try:
-        run(zypper_argv(cfg, command, packages, offline=offline), sandbox=sandbox, env=zypper_env(cfg))
+        run_package_manager("zypper", zypper_argv(cfg, command, packages, offline=offline), sandbox=sandbox,
+                            env=zypper_env(cfg))
     except CommandError as e:
         if e.returncode != ZYPPER_EXIT_INF_RPM_SCRIPT_FAILED:
             raise

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -131,7 +132,11 @@ def test_fedora_dnf(tmp_path: Path, fedora_mirror: Path, scratch: Path) -> None:
     d = project(tmp_path, "fedora")
     common = ["-d", "fedora", "-r", "43", f"--mirror=file://{fedora_mirror}", "--base-packages=no",
               "-t", "directory", f"--cache={cache}", "--manifest-format=json"]
-    run_mkosi(d, *common, "-p", "hello,bye", "--remove-package=bye", "build")
+    proc = run_mkosi(d, *common, "-p", "hello,bye", "--remove-package=bye", "build")
+    # mkosi's progress lines from dnf's per-package lines (a log: from a quarter on), not dnf's tables.
+    assert re.search(r"^ +Installing [1-3]/3: \S+$", proc.stderr, re.M), proc.stderr
+    assert "Removing 1/1: bye-2.0-1.noarch" in proc.stderr, proc.stderr
+    assert "Transaction Summary" not in proc.stdout + proc.stderr
     root = d / "image"
     assert (root / "usr/bin/hello").is_file() and (root / "etc/filesystem-marker").is_file()
     assert not (root / "usr/bin/bye").exists()                          # RemovePackages= with dnf
@@ -178,7 +183,9 @@ def test_opensuse_zypper(tmp_path: Path, opensuse_mirror: Path) -> None:
     d = project(tmp_path, "opensuse")
     common = ["-d", "opensuse", f"--mirror=file://{opensuse_mirror}", "--base-packages=no", "-t", "directory",
               f"--cache={cache}", "--manifest-format=json"]
-    run_mkosi(d, *common, "-p", "hello,bye", "--remove-package=bye", "build")
+    proc = run_mkosi(d, *common, "-p", "hello,bye", "--remove-package=bye", "build")
+    assert re.search(r"^ +Installing [1-3]/3: \S+$", proc.stderr, re.M), proc.stderr
+    assert "packages are going to be installed" not in proc.stdout + proc.stderr
     root = d / "image"
     assert (root / "usr/bin/hello").is_file() and not (root / "usr/bin/bye").exists()
     assert not (root / "usr/share/doc/hello/README").exists()           # rpm.install.excludedocs
@@ -240,8 +247,11 @@ def test_arch_pacman(tmp_path: Path, arch_mirror: Path, scratch: Path) -> None:
     d = project(tmp_path, "arch")
     common = ["-d", "arch", f"--mirror=file://{arch_mirror}", "--base-packages=no", "-t", "directory",
               f"--cache={cache}", "--manifest-format=json"]
-    run_mkosi(d, *common, "-p", "hello,bye,extra", "--remove-package=bye",
-              f"--repositories=mine::file://{scratch}/arch-mine", "build")
+    proc = run_mkosi(d, *common, "-p", "hello,bye,extra", "--remove-package=bye",
+                     f"--repositories=mine::file://{scratch}/arch-mine", "build")
+    # pacman's lines are not numbered: mkosi counts them against its "Packages (4)" line.
+    assert re.search(r"^ +Installing [1-4]/4: \w+$", proc.stderr, re.M), proc.stderr
+    assert "Total Installed Size" not in proc.stdout + proc.stderr
     root = d / "image"
     assert (root / "usr/bin/hello").is_file() and (root / "usr/bin/extra").is_file()
     assert not (root / "usr/bin/bye").exists()                          # pacman -R

@@ -34,6 +34,7 @@ from mkosi.dependencies import check_host_tools
 from mkosi.distributions.registry import plugin
 from mkosi.elf import image_architecture
 from mkosi.errors import MkosiError
+from mkosi.firstboot import configure_firstboot
 from mkosi.formats import FormatKind
 from mkosi.manifest import write_manifests, write_sboms
 from mkosi.mounts import umount_all_below
@@ -143,6 +144,8 @@ def copy_skeleton_trees(ctx: Context) -> None:
 # the ones that can build from a LocalMirror= instead of the distribution's repositories.
 KEY_CHECK_OPTIONAL = ("apt-get", "dnf")
 LOCAL_MIRROR_SUPPORTED = ("dnf",)
+# The package managers that know recommended (weak) dependencies (WithRecommends=).
+RECOMMENDS_SUPPORTED = ("apt-get", "dnf", "zypper")
 
 
 def install_distribution(ctx: Context) -> None:
@@ -159,6 +162,9 @@ def install_distribution(ctx: Context) -> None:
                  "signatures are checked as usual")
     if ctx.config.local_mirror and dist.package_manager not in LOCAL_MIRROR_SUPPORTED:
         log.warn(f"LocalMirror= is not implemented yet for {dist.package_manager}: the usual repositories are used")
+    if ctx.config.with_recommends and dist.package_manager not in RECOMMENDS_SUPPORTED:
+        log.info(f"WithRecommends=yes: {dist.package_manager} has no recommended dependencies; "
+                 "nothing more is installed")
     with log.step(f"Installing {ctx.config.distribution.value} {ctx.config.release} ({len(pkgs)} packages requested)"):
         plugin(ctx.config.distribution).install(ctx, pkgs)
 
@@ -651,6 +657,8 @@ def build_phase(ctx: Context, rerun: bool = False) -> None:
     copy_extra_trees(ctx)
     run_postinst_script(ctx)
     if ctx.phase == Phase.final:
+        # After the extra trees and the postinst script, as systemd-firstboot runs: these settings win.
+        configure_firstboot(ctx)
         remove_packages(ctx)
         # The manifest lists what is installed before the package databases may be cleaned away.
         write_manifest(ctx)

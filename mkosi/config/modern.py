@@ -170,6 +170,46 @@ def parse_credential(value: str) -> str:
     return str(parse_path(v))
 
 
+# The names systemd-firstboot takes (Locale=, LocaleMessages=, Keymap=): one file name's worth of printable
+# characters, nothing a shell or an environment file would read differently.
+_FIRSTBOOT_NAME = re.compile(r"[A-Za-z0-9._@+-]+")
+
+
+def _firstboot_name(value: str, what: str) -> str:
+    v = value.strip()
+    if not v or len(v) > 255 or v in (".", "..") or not _FIRSTBOOT_NAME.fullmatch(v):
+        raise ValueError(f"invalid {what} '{value}', expected a name of letters, digits and . _ @ + -")
+    return v
+
+
+def parse_locale(value: str) -> str:
+    """A locale name such as en_US.UTF-8 or C.UTF-8 (whether the image has it is not checked)."""
+    return _firstboot_name(value, "locale")
+
+
+def parse_keymap(value: str) -> str:
+    return _firstboot_name(value, "keymap")
+
+
+def parse_timezone(value: str) -> str:
+    """A zone of the tz database, such as Europe/Berlin or UTC: names below /usr/share/zoneinfo."""
+    v = value.strip()
+    parts = v.split("/")
+    if not v or len(v) > 255 or any(p in ("", ".", "..") or not re.fullmatch(r"[A-Za-z0-9._+-]+", p)
+                                     for p in parts):
+        raise ValueError(f"invalid time zone '{value}', expected a zone name such as Europe/Berlin or UTC")
+    return v
+
+
+def parse_root_shell(value: str) -> str:
+    """An absolute path (inside the image) without what /etc/passwd cannot hold (':', whitespace)."""
+    v = value.strip()
+    if not v.startswith("/") or not re.fullmatch(r"/[A-Za-z0-9._+/-]*", v) or "/../" in f"{v}/" \
+            or "/./" in f"{v}/" or v.endswith("/"):
+        raise ValueError(f"invalid shell '{value}', expected an absolute path such as /bin/bash")
+    return v
+
+
 def _default_repository_key_fetch(v: Resolving) -> bool:
     # Fetching keys over the network is the default where the host cannot have them installed (Ubuntu).
     return bool(v["distribution"] == Distribution.ubuntu)
@@ -258,8 +298,8 @@ class ModernSettings:
         section=C, key="VolatilePackageDirectories", flags=("--volatile-package-directory",),
         scope=Scope.universal, status=NOT_YET, help="Like PackageDirectories=, without invalidating caches.")
     with_recommends: bool = _flag(
-        section=C, key="WithRecommends", flags=("--with-recommends",), default=False, status=NOT_YET,
-        help="Install recommended (weak) dependencies too.")
+        section=C, key="WithRecommends", flags=("--with-recommends",), default=False, cache=True,
+        help="Install recommended (weak) dependencies too (apt, dnf and zypper).")
     base_trees: list[Path] = _path_list(
         section=C, key="BaseTrees", flags=("--base-tree",),
         help="Trees (directories, tar archives or images) the image starts from.")
@@ -326,18 +366,20 @@ class ModernSettings:
         section=C, key="FirmwareFiles", flags=("--firmware-files",), kind=Kind.LIST, parse=parse_glob_list_item,
         default_factory=list, status=NOT_YET, metavar="GLOBS", help="Firmware files to keep in the image.")
     locale: Optional[str] = setting(
-        section=C, key="Locale", flags=("--locale",), status=NOT_YET, help="Locale (systemd-firstboot --locale).")
+        section=C, key="Locale", flags=("--locale",), parse=parse_locale, metavar="LOCALE",
+        help="Locale of the image: LANG= in /etc/locale.conf (like systemd-firstboot --locale).")
     locale_messages: Optional[str] = setting(
-        section=C, key="LocaleMessages", flags=("--locale-messages",), status=NOT_YET,
-        help="Message locale (systemd-firstboot --locale-messages).")
+        section=C, key="LocaleMessages", flags=("--locale-messages",), parse=parse_locale, metavar="LOCALE",
+        help="Message locale of the image: LC_MESSAGES= in /etc/locale.conf.")
     keymap: Optional[str] = setting(
-        section=C, key="Keymap", flags=("--keymap",), status=NOT_YET, help="Keymap (systemd-firstboot --keymap).")
+        section=C, key="Keymap", flags=("--keymap",), parse=parse_keymap, metavar="KEYMAP",
+        help="Console keyboard map of the image: KEYMAP= in /etc/vconsole.conf.")
     timezone: Optional[str] = setting(
-        section=C, key="Timezone", flags=("--timezone",), status=NOT_YET,
-        help="Time zone (systemd-firstboot --timezone).")
+        section=C, key="Timezone", flags=("--timezone",), parse=parse_timezone, metavar="ZONE",
+        help="Time zone of the image: /etc/localtime points at its zoneinfo file.")
     root_shell: Optional[str] = setting(
-        section=C, key="RootShell", flags=("--root-shell",), status=NOT_YET,
-        help="Shell of root (systemd-firstboot --root-shell).")
+        section=C, key="RootShell", flags=("--root-shell",), parse=parse_root_shell, metavar="PATH",
+        help="Login shell of root in /etc/passwd.")
     make_initrd: bool = _flag(
         section=C, key="MakeInitrd", flags=("--make-initrd",), default=False,
         help="Add /etc/initrd-release and /init so the image can serve as an initrd.")

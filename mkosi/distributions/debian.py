@@ -145,6 +145,7 @@ class Debian(DistributionPlugin):
             cache_dir=ctx.package_cache if ctx else None,
             workspace=ctx.dir("apt") if ctx else Path("/nonexistent"),
             with_docs=config.with_docs,
+            with_recommends=config.with_recommends,
             network=ctx.network if ctx else True,
             refresh=ctx.refresh_metadata if ctx else True,
             repository_directory=config.repository_directory,

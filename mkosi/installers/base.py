@@ -33,6 +33,7 @@ class InstallerConfig:
     workspace: Path                        # the installer's private directory (configuration, HOME)
     cache_dir: Optional[Path] = None       # persistent package cache (Cache=), or None
     with_docs: bool = False
+    with_recommends: bool = False          # WithRecommends=: weak dependencies too, where the manager has them
     network: bool = True                   # WithNetwork=never, CacheOnly=always: no network at all
     refresh: bool = True                   # sync the repository metadata (CacheOnly=metadata: not)
     repository_directory: Optional[Path] = None
@@ -45,7 +46,8 @@ class InstallerConfig:
         shared: dict[str, Any] = {
             "root": ctx.root.absolute(), "workspace": ctx.workspace.absolute(),
             "cache_dir": ctx.package_cache.absolute() if ctx.package_cache else None,
-            "with_docs": ctx.config.with_docs, "network": ctx.network, "refresh": ctx.refresh_metadata,
+            "with_docs": ctx.config.with_docs,
+            "with_recommends": ctx.config.with_recommends, "network": ctx.network, "refresh": ctx.refresh_metadata,
             "repository_directory": ctx.config.repository_directory, "sandbox": ctx.sandbox,
         }
         return cls(**{**shared, **own})

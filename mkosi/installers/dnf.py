@@ -7,7 +7,7 @@ mkosi.installers.rpm). dnf insists on keeping its cache inside the install root,
 cache (Cache=, or a workspace directory when there is none) is bind-mounted on ROOT/var/cache/dnf
 while dnf runs; keepcache=1 leaves the downloaded packages there for the next build.
 
-Options: no weak dependencies (like apt without Recommends), `tsflags=nodocs` for WithDocs=no,
+Options: no weak dependencies unless WithRecommends=yes (install_weak_deps), `tsflags=nodocs` for WithDocs=no,
 `-C` (cache only) for WithNetwork=never. Signatures are checked (gpgcheck=1) for every repository
 except those whose URLs are all local (file://), which are trusted as part of the host's own file
 system. /proc, /sys and /dev are mounted in the root while rpm's scriptlets run.
@@ -140,7 +140,7 @@ def dnf_argv(cfg: DnfConfig, command: str, packages: Sequence[str], *, offline: 
         "--assumeyes",
         "--noplugins",
         "--setopt=keepcache=1",
-        "--setopt=install_weak_deps=0",
+        f"--setopt=install_weak_deps={int(cfg.with_recommends)}",
         "--setopt=check_config_file_age=0",
         "--setopt=clean_requirements_on_remove=0",
     ]

@@ -2,8 +2,9 @@
 
 `zypper --root ROOT` with `--reposd-dir` pointing at .repo files generated in the workspace (plus
 RepositoryDirectory=): the image does not get mkosi's repository definitions. zypp's configuration
-comes from a generated zypp.conf (ZYPP_CONF): only required dependencies (no recommends, like
-`--no-recommends`) and rpm.install.excludedocs for WithDocs=no; rpm's database path and
+comes from a generated zypp.conf (ZYPP_CONF): only required dependencies (solver.onlyRequires and
+`--no-recommends`; WithRecommends=yes: `--recommends`) and rpm.install.excludedocs for WithDocs=no;
+rpm's database path and
 %_excludedocs come from a private HOME (see mkosi.installers.rpm). zypper keeps its cache inside
 the root, so the package cache (Cache=, or a workspace directory) is bind-mounted on
 ROOT/var/cache/zypp while it runs; the repositories have keeppackages=1 so downloaded packages
@@ -54,7 +55,7 @@ def zypp_conf_text(cfg: ZypperConfig) -> str:
     return "\n".join([
         "# Written by mkosi.",
         "[main]",
-        "solver.onlyRequires = true",
+        f"solver.onlyRequires = {'false' if cfg.with_recommends else 'true'}",
         f"rpm.install.excludedocs = {'no' if cfg.with_docs else 'yes'}",
         "download.use_deltarpm = false",
         "",
@@ -99,7 +100,7 @@ def zypper_argv(cfg: ZypperConfig, command: str, packages: Sequence[str], *, off
         argv.append("--no-refresh")
     argv.append(command)
     if command == "install":
-        argv += ["--no-recommends", "--download-in-advance"]
+        argv += ["--recommends" if cfg.with_recommends else "--no-recommends", "--download-in-advance"]
     argv += list(packages)
     return argv
 

@@ -27,9 +27,10 @@ How `install()` builds a root, and where the time goes:
    (systemd's postinst creates users).
 
 What gets installed: the `Essential: yes` packages, the requested packages, and their Depends and
-Pre-Depends, without Recommends. That is `mmdebstrap --variant=essential --include=...` rather than its
-minbase variant: neither the `Priority: required` packages nor apt are added (ask for `apt` to get an
-image that manages its own packages). The root gets a merged /usr (bin, sbin, lib and, on 64-bit ports
+Pre-Depends, without Recommends (unless WithRecommends=yes turns APT::Install-Recommends on). That is
+`mmdebstrap --variant=essential --include=...` rather than its minbase variant: neither the
+`Priority: required` packages nor apt are added (ask for `apt` to get an image that manages its own
+packages). The root gets a merged /usr (bin, sbin, lib and, on 64-bit ports
 that need it, lib64 are symlinks into /usr, created before anything is extracted), so `usr-is-merged` is
 preferred over `usrmerge`, which would pull in perl to convert what is converted already.
 

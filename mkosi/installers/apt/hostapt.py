@@ -60,7 +60,7 @@ def _apt_settings(cfg: AptConfig, ws: Path, base: Path, status: Path) -> dict[st
         "Dir::Log": ws / "log",
         "Dir::Log::Planner": "/dev/null",
         "APT::Architecture": cfg.architecture,
-        "APT::Install-Recommends": "false",
+        "APT::Install-Recommends": "true" if cfg.with_recommends else "false",
         "APT::Install-Suggests": "false",
         "APT::Get::Assume-Yes": "true",
         # Lists of other releases sharing the cache must survive an update of this one.

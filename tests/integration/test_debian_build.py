@@ -166,6 +166,37 @@ def test_directory_packages(directory_image: Path) -> None:
     pkgs = dpkg_packages(directory_image)
     for p in ("systemd", "udev", "dbus", "base-files", "dpkg"):
         assert p in pkgs, p
+    # WithRecommends=no (the default): what systemd and bash only recommend is not there.
+    assert "systemd-timesyncd" not in pkgs and "bash-completion" not in pkgs
+
+
+def test_firstboot_settings_and_recommends(project: Path, tmp_path: Path) -> None:
+    """Locale=, LocaleMessages=, Keymap=, Timezone=, RootShell= and WithRecommends=yes in a real image
+    (a build of its own, into another output directory: the shared image stays as it is)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = run_mkosi(project, "-f", "-t", "directory", f"--output-dir={out}", "-p", "tzdata", "--with-recommends",
+                     "--locale=de_DE.UTF-8", "--locale-messages=C.UTF-8", "--keymap=de-latin1",
+                     "--timezone=Europe/Berlin", "--root-shell=/bin/bash", "build")
+    assert "Applying first boot settings" in proc.stderr
+    image = out / "testimg_1.2"
+    assert (image / "etc/locale.conf").read_text() == "LANG=de_DE.UTF-8\nLC_MESSAGES=C.UTF-8\n"
+    assert "KEYMAP=de-latin1\n" in (image / "etc/vconsole.conf").read_text()
+    assert os.readlink(image / "etc/localtime") == "../usr/share/zoneinfo/Europe/Berlin"
+    assert (image / "etc/localtime").read_bytes().startswith(b"TZif")
+    root = next(line for line in (image / "etc/passwd").read_text().splitlines() if line.startswith("root:"))
+    assert root.split(":")[6] == "/bin/bash"
+    assert (image / "usr/lib/credstore/firstboot.timezone").read_text() == "Europe/Berlin"
+    pkgs = dpkg_packages(image)
+    # Recommended by systemd and by bash (essential): installed with WithRecommends=yes.
+    assert "systemd-timesyncd" in pkgs and "bash-completion" in pkgs, sorted(pkgs)
+    # --timezone=off: nspawn would otherwise give the container the host's time zone.
+    proc2 = subprocess.run(["systemd-nspawn", "--register=no", "--keep-unit", "--quiet", "--timezone=off",
+                            "-D", str(image), "sh", "-c", "date +%Z; getent passwd root"],
+                           capture_output=True, text=True, timeout=120)
+    assert proc2.returncode == 0, proc2.stderr
+    zone, entry = proc2.stdout.split()[:2]
+    assert zone in ("CET", "CEST") and entry.endswith(":/bin/bash"), proc2.stdout
 
 
 def test_directory_trees(directory_image: Path) -> None:

@@ -22,7 +22,7 @@ from mkosi.distributions.registry import plugin
 from mkosi.errors import ConfigError, MkosiError
 from mkosi.installers import dnf, zypper
 from mkosi.installers.apt.config import AptConfig
-from mkosi.installers.apt.hostapt import setup_apt
+from mkosi.installers.apt.hostapt import _plan_key, setup_apt
 from mkosi.installers.dnf import DnfConfig
 from mkosi.installers.zypper import ZypperConfig
 from mkosi.summary import not_implemented
@@ -314,6 +314,11 @@ def test_apt_installs_recommends_when_asked(tmp_path: Path) -> None:
     assert 'APT::Install-Recommends "false";' in without
     assert 'APT::Install-Recommends "true";' in with_
     assert 'APT::Install-Suggests "false";' in with_
+    # A resolution kept in the package cache is not reused for the other setting (same directories).
+    first = _plan_key(setup_apt(apt_config(tmp_path / "c"), status, keyring), "install", ["systemd"])
+    assert _plan_key(setup_apt(apt_config(tmp_path / "c"), status, keyring), "install", ["systemd"]) == first
+    again = setup_apt(apt_config(tmp_path / "c", with_recommends=True), status, keyring)
+    assert _plan_key(again, "install", ["systemd"]) != first
 
 
 def test_debian_passes_with_recommends_to_apt(tmp_path: Path) -> None:

@@ -707,7 +707,9 @@ def build_image(args: Args, config: Config, ws: Path, cleanup: list[Path]) -> St
     # Exactly the artifacts the table declares for this configuration, each checked to be there.
     made = artifacts.collect(ctx)
     sums = write_checksums(ctx, made)
-    return made + sums + sign_checksums(ctx, sums)
+    outputs = made + sums + sign_checksums(ctx, sums)
+    artifacts.apply_output_mode(ctx.config, outputs)
+    return outputs
 
 
 def check_outputs(args: Args, config: Config) -> None:

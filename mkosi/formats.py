@@ -96,8 +96,18 @@ class Format:
         so the compression is no part of its name."""
         return self.kind is FormatKind.container
 
-    def file_suffix(self, compression: Optional[str], qcow2: bool = False) -> str:
-        base = ".qcow2" if qcow2 and self.is_disk else self.suffix
+    @property
+    def writes_file(self) -> bool:
+        """The output is one file (with a suffix), not a directory or nothing."""
+        return bool(self.suffix)
+
+    def file_suffix(self, compression: Optional[str], qcow2: bool = False, extension: Optional[str] = None) -> str:
+        """The output's suffix: the format's (or `extension`, OutputExtension=, for a format that writes a
+        file), then the compression's."""
+        if extension and self.writes_file:
+            base = f".{extension}"
+        else:
+            base = ".qcow2" if qcow2 and self.is_disk else self.suffix
         return base if self.compresses_inside else base + compression_suffix(compression)
 
     def check(self, value: Callable[[str], Any], label: Callable[[str], str]) -> Iterator[tuple[str, str, bool]]:

@@ -16,7 +16,7 @@ from mkosi.config.settings import (
     plain_value,
     setting_value,
 )
-from mkosi.config.types import Setting, parse_size
+from mkosi.config.types import Setting, parse_octal_mode, parse_size
 from mkosi.distributions.registry import plugin
 from mkosi.errors import MkosiError
 from mkosi.output.artifacts import IMAGE, shown
@@ -83,9 +83,11 @@ def _item_text(value: Any) -> str:
     return str(value)
 
 
-def _text(value: Any, size: bool = False) -> str:
+def _text(value: Any, size: bool = False, mode: bool = False) -> str:
     if size and isinstance(value, int) and not isinstance(value, bool):
         return format_size(value)
+    if mode and isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:04o}"  # an access mode as it is written (OutputMode=0640), not in decimal
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -194,13 +196,14 @@ def image_text(args: Args, config: Config) -> str:
     keyed = [s for s in SETTINGS if s.key and s.summary]
     width = max(len(label(s.key or "")) for s in keyed) + 2
     sizes = {s.key for s in keyed if s.parse is parse_size}
+    modes = {s.key for s in keyed if s.parse is parse_octal_mode}
     lines = [f"{'Verb':>{width}}  {data['Verb']}"]
     notes = data["NotImplemented"]
     for section in (s for s in SECTIONS if data.get(s)):
         lines += ["", f"{section.upper()}:"]
         for key, value in data[section].items():
             note = f"  ({notes[key]})" if key in notes else ""
-            lines.append(f"{label(key):>{width}}  {key}={_text(value, key in sizes)}{note}")
+            lines.append(f"{label(key):>{width}}  {key}={_text(value, key in sizes, key in modes)}{note}")
     lines += ["", "REPOSITORIES:"] + [f"{'':>{width}}  {r}" for r in data["Repositories"]]
     lines += ["", "OUTPUTS:"] + [f"{_output_label(k):>{width}}  {v}" for k, v in data["Outputs"].items()]
     lines += ["", "TOOLS TREE:", f"{'Tools tree used':>{width}}  {data['ToolsTreeUsed']}"]

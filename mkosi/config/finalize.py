@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from mkosi import log
+from mkosi.compressionlevels import level_error
 from mkosi.config.enums import Bootloader, BootProtocol, ConfigLanguage, Feature, SourceFileTransfer, Verb, Verity
 from mkosi.config.ini import Origin
 from mkosi.config.parse import CommandLine, Merged, setting_label
@@ -161,21 +162,24 @@ def _derived(values: dict[str, Any], found: dict[str, Path], directory: Path, co
         values["passphrase_file"] = values["passphrase"]
 
 
-def output_prefix(name: str, fmt: Format, compression: Optional[str], qcow2: bool) -> str:
+def output_prefix(name: str, fmt: Format, compression: Optional[str], qcow2: bool,
+                  extension: Optional[str] = None) -> str:
     """NAME without the format's and compression's suffixes it already ends in (image.raw.xz, image.raw
-    and image all give image for Format=disk with CompressOutput=xz)."""
-    full, base = fmt.file_suffix(compression, qcow2), fmt.file_suffix(None, qcow2)
+    and image all give image for Format=disk with CompressOutput=xz; with OutputExtension= its extension
+    stands for the format's)."""
+    full, base = fmt.file_suffix(compression, qcow2, extension), fmt.file_suffix(None, qcow2, extension)
     for suffix in (full, base):
         if suffix and name.endswith(suffix) and name != suffix:
             return name[: -len(suffix)]
     return name
 
 
-def output_file_name(name: str, fmt: Format, compression: Optional[str], qcow2: bool) -> str:
-    """The modern language's Output=NAME as a file name: NAME with the format's suffix and the
-    compression's appended, each unless NAME already ends in it (image -> image.raw.xz, image.raw ->
+def output_file_name(name: str, fmt: Format, compression: Optional[str], qcow2: bool,
+                     extension: Optional[str] = None) -> str:
+    """The modern language's Output=NAME as a file name: NAME with the format's suffix (or OutputExtension=)
+    and the compression's appended, each unless NAME already ends in it (image -> image.raw.xz, image.raw ->
     image.raw.xz, image.raw.xz stays)."""
-    return output_prefix(name, fmt, compression, qcow2) + fmt.file_suffix(compression, qcow2)
+    return output_prefix(name, fmt, compression, qcow2, extension) + fmt.file_suffix(compression, qcow2, extension)
 
 
 def _place_output(values: dict[str, Any]) -> None:
@@ -194,6 +198,8 @@ def _place_output(values: dict[str, Any]) -> None:
     The other artifacts' paths follow from the image's (mkosi/output/artifacts.py)."""
     fmt: Format = values["format"].row
     compression = None if values["compress_output"] == "no" else values["compress_output"]
+    extension: Optional[str] = values["output_extension"]
+    qcow2: bool = values["qcow2"]
     modern = values["language"] == ConfigLanguage.modern
     name: str = (values["image_id"] or "image") if values["image"] == "main" else values["image"]
     bare: Optional[str] = name
@@ -201,13 +207,13 @@ def _place_output(values: dict[str, Any]) -> None:
     outdir: Optional[Path] = values["output_dir"]
     if out is None:
         versioned = name + (f"_{values['image_version']}" if values["image_version"] else "")
-        out = (outdir or Path.cwd()) / (versioned + fmt.file_suffix(compression, values["qcow2"]))
+        out = (outdir or Path.cwd()) / (versioned + fmt.file_suffix(compression, qcow2, extension))
     elif out.is_absolute():
         bare = None  # a full path: no link, in either language
     else:
         if modern:
-            bare = output_prefix(str(out), fmt, compression, values["qcow2"])
-            out = Path(output_file_name(str(out), fmt, compression, values["qcow2"]))
+            bare = output_prefix(str(out), fmt, compression, qcow2, extension)
+            out = Path(output_file_name(str(out), fmt, compression, qcow2, extension))
         out = (outdir or Path.cwd()) / out
     values["output"] = out
     if outdir is None:
@@ -246,6 +252,24 @@ def check_compression_fits_format(cli: CommandLine, v: Merged, values: dict[str,
                     hint="leave CompressOutput= unset for this format")
     raise _fail(v, "compress_output", f"compression '{values['compress_output']}' is not supported for "
                 f"{fmt.name} outputs, use {' or '.join(usable)}")
+
+
+def check_compress_level(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
+    """CompressLevel= must be a level the CompressOutput= compressor takes; without compression it does
+    nothing (a sub-image inherits the main image's level whether or not it compresses its output)."""
+    level, compression = values["compress_level"], values["compress_output"]
+    if level is None or compression in ("no", "none") or values["format"].row.kind is FormatKind.nothing:
+        return
+    error = level_error(compression, level)
+    if error is not None:
+        raise _fail(v, "compress_level", error)
+
+
+def check_output_extension(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
+    fmt: Format = values["format"].row
+    if values["output_extension"] and not fmt.writes_file and fmt.kind is not FormatKind.nothing \
+            and "output_extension" in v.origins:
+        log.warn(f"OutputExtension= is ignored: Format={fmt.name} writes a directory, not a file")
 
 
 def check_scripts_executable(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
@@ -424,7 +448,8 @@ def check_output_name(v: Merged, values: dict[str, Any]) -> None:
 
 
 CHECKS: tuple[Check, ...] = (
-    check_format_implemented, check_distribution_implemented, check_compression_fits_format,
+    check_format_implemented, check_distribution_implemented, check_compression_fits_format, check_compress_level,
+    check_output_extension,
     check_scripts_executable, check_inputs_exist, check_tools_tree,
     check_format_settings, check_verity_combinations, check_secure_boot, check_sign_expected_pcr,
     check_sources_and_keys,

@@ -105,6 +105,16 @@ def parse_uki_format(value: str) -> str:
     return v
 
 
+def parse_output_extension(value: str) -> str:
+    """OutputExtension=: a file name extension, with or without its leading dot ("img" and ".img" are the
+    same); kept without the dot."""
+    v = value.strip()
+    ext = v[1:] if v.startswith(".") else v
+    if not ext or "/" in ext or re.search(r"\s", ext) or ext.startswith(".") or ext.endswith("."):
+        raise ValueError(f"invalid extension '{value}', expected a file name extension such as 'img'")
+    return ext
+
+
 def parse_sector_size(value: str) -> int:
     """SectorSize=: a power of two from 512 to 4096 bytes (what systemd-repart --sector-size= takes)."""
     n = parse_size(value)
@@ -265,14 +275,15 @@ class ModernSettings:
 
     # ---- [Output] ----
     output_extension: Optional[str] = setting(
-        section=O, key="OutputExtension", flags=("--output-extension",), status=NOT_YET, metavar="EXTENSION",
-        help="Extension of the output file instead of the format's.")
+        section=O, key="OutputExtension", flags=("--output-extension",), parse=parse_output_extension,
+        metavar="EXTENSION", help="Extension of the output file instead of the format's (the compression's suffix "
+        "is still added).")
     compress_level: Optional[int] = setting(
         section=O, key="CompressLevel", flags=("--compress-level",), parse=parse_int, scope=Scope.inherited,
-        status=NOT_YET, metavar="LEVEL", help="Compression level.")
+        metavar="LEVEL", help="Level of the CompressOutput= compressor (xz 0-9, zstd 1-22, gzip 1-9).")
     output_mode: Optional[int] = setting(
         section=O, key="OutputMode", flags=("--output-mode",), parse=parse_octal_mode, scope=Scope.universal,
-        status=NOT_YET, metavar="MODE", help="Access mode (octal) of the output file.")
+        metavar="MODE", help="Access mode (octal) of the output files.")
     repart_dirs: list[Path] = _path_list(
         section=O, key="RepartDirectories", flags=("--repart-directory",), path_default=("mkosi.repart/",),
         help="Directories of systemd-repart partition definitions for Format=disk (default: mkosi.repart/).")

@@ -187,9 +187,14 @@ def _repart_arch(config: Config) -> str:
 
 
 def output_stem(config: Config) -> str:
-    """The output's name without format and compression suffixes: image_7.8.raw.xz -> image_7.8."""
+    """The output's name without format and compression suffixes: image_7.8.raw.xz -> image_7.8. With
+    OutputExtension=img the name's own suffix is .img (image_7.8.img.xz -> image_7.8)."""
     assert config.output is not None
     stem = config.output.name
+    if config.output_extension and _fmt(config).writes_file:
+        own = _fmt(config).file_suffix(config.output_compression, config.qcow2, config.output_extension)
+        if stem.endswith(own) and stem != own:
+            return stem[: -len(own)]
     suffixes = known_suffixes()
     while True:
         for suffix in suffixes:
@@ -200,9 +205,10 @@ def output_stem(config: Config) -> str:
             return stem
 
 
-def default_output(name: str, fmt: Format, compression: Optional[str], qcow2: bool) -> str:
+def default_output(name: str, fmt: Format, compression: Optional[str], qcow2: bool,
+                   extension: Optional[str] = None) -> str:
     """The image's file name when Output= is not given."""
-    return name + fmt.file_suffix(compression, qcow2)
+    return name + fmt.file_suffix(compression, qcow2, extension)
 
 
 def path(config: Config, artifact: Artifact) -> Path:
@@ -291,6 +297,20 @@ def collect(ctx: Context) -> list[tuple[Artifact, Path]]:
             raise MkosiError(f"the build did not write {path(ctx.config, a).name} (internal error)")
         found.append((a, p))
     return found
+
+
+def apply_output_mode(config: Config, made: list[tuple[Artifact, Path]]) -> None:
+    """OutputMode=: the access mode of the staged output files (the image, its split partitions, manifests,
+    SHA256SUMS, ...). Directories (Format=directory, an OCI layout) and links keep theirs, and so do the
+    secrets (the generated private ssh key stays readable by its owner only) and the incremental caches."""
+    if config.output_mode is None:
+        return
+    for artifact, staged_path in made:
+        if artifact.secret or artifact.cache or artifact.link:
+            continue
+        if staged_path.is_symlink() or not staged_path.is_file():
+            continue
+        os.chmod(staged_path, config.output_mode)
 
 
 def link_output(config: Config) -> Optional[Path]:

@@ -115,7 +115,7 @@ def make_disk_image(ctx: Context) -> None:
 
     image = bmap_and_convert(ctx, result.output)
     with log.step("Compressing" if compression else "Staging the image"):
-        maybe_compress(image, compression, staged(ctx, IMAGE))
+        maybe_compress(image, compression, staged(ctx, IMAGE), level=config.compress_level)
 
 
 def bmap_and_convert(ctx: Context, raw: Path) -> Path:
@@ -185,4 +185,4 @@ def split_artifacts(ctx: Context, images: dict[str, Path], compression: Optional
         tmp = ctx.workspace / f"split-{dst.name}"
         # Sparse like the partition image (a plain copy would write out every zero block).
         run(["cp", "--sparse=always", "--reflink=auto", src, tmp])
-        maybe_compress(tmp, compression, dst)
+        maybe_compress(tmp, compression, dst, level=config.compress_level)

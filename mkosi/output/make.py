@@ -80,14 +80,15 @@ def make_tar_output(ctx: Context) -> None:
     tmp = _uncompressed_name(ctx, ".tar")
     with log.step("Creating tar archive"):
         make_tar(ctx.root, tmp, strip_selinux=ctx.config.tar_strip_selinux_context)
-        maybe_compress(tmp, ctx.config.output_compression, _staged(ctx))
+        maybe_compress(tmp, ctx.config.output_compression, _staged(ctx), level=ctx.config.compress_level)
 
 
 def make_cpio_output(ctx: Context) -> None:
     tmp = _uncompressed_name(ctx, ".cpio")
     with log.step("Creating cpio archive"):
         make_cpio(ctx.root, tmp)
-        maybe_compress(tmp, ctx.config.output_compression, _staged(ctx), for_initrd=True)
+        maybe_compress(tmp, ctx.config.output_compression, _staged(ctx), for_initrd=True,
+                       level=ctx.config.compress_level)
 
 
 def make_plain_squashfs(ctx: Context) -> None:
@@ -95,7 +96,7 @@ def make_plain_squashfs(ctx: Context) -> None:
     tmp = _uncompressed_name(ctx, ".raw")
     tool = str(ctx.config.mksquashfs_tool) if ctx.config.mksquashfs_tool else "mksquashfs"
     make_squashfs(ctx.root, tmp, ctx.config.compress_fs, tool)
-    maybe_compress(tmp, ctx.config.output_compression, _staged(ctx))
+    maybe_compress(tmp, ctx.config.output_compression, _staged(ctx), level=ctx.config.compress_level)
 
 
 def make_disk(ctx: Context) -> None:

@@ -163,8 +163,9 @@ def tar_argv(root: Path, output: Path, epoch: Optional[int]) -> list[PathString]
 
 
 def make_layer(root: Path, layout: Path, workdir: Path, compression: Optional[str],
-               epoch: Optional[int] = None) -> Layer:
-    """The tree as one layer blob of the layout; workdir holds the uncompressed tar meanwhile."""
+               epoch: Optional[int] = None, level: Optional[int] = None) -> Layer:
+    """The tree as one layer blob of the layout, compressed at `level` (CompressLevel=); workdir holds the
+    uncompressed tar meanwhile."""
     if compression not in LAYER_TYPES:
         raise MkosiError(f"OCI layers cannot be compressed with {compression}",
                          hint=f"use CompressOutput={' or '.join(c for c in LAYER_TYPES if c)} or no")
@@ -177,7 +178,7 @@ def make_layer(root: Path, layout: Path, workdir: Path, compression: Optional[st
         return Layer(store_file(layout, tar, LAYER_TYPES[None]), diff_id)
     packed = workdir / "layer.tar.compressed"
     with open(tar, "rb") as fin, open(packed, "wb") as fout:
-        run(compressor_argv(compression), stdin=fin, stdout=fout, text=False)
+        run(compressor_argv(compression, level=level), stdin=fin, stdout=fout, text=False)
     tar.unlink()
     return Layer(store_file(layout, packed, LAYER_TYPES[compression]), diff_id)
 
@@ -273,6 +274,7 @@ def make_oci(ctx: Context) -> None:
     layout.mkdir()
     workdir = ctx.dir("oci")
     with log.step("Writing the OCI layer"):
-        layer = make_layer(ctx.root, layout, workdir, config.output_compression, config.source_date_epoch)
+        layer = make_layer(ctx.root, layout, workdir, config.output_compression, config.source_date_epoch,
+                           config.compress_level)
     write_layout(layout, image_spec(config), [layer])
     settle(layout, config.source_date_epoch)

@@ -344,7 +344,7 @@ def make_repart_disk(ctx: Context) -> None:
         stage_split_partitions(ctx, made)
     image = bmap_and_convert(ctx, output)
     with log.step("Compressing" if config.output_compression else "Staging the image"):
-        maybe_compress(image, config.output_compression, staged(ctx, IMAGE))
+        maybe_compress(image, config.output_compression, staged(ctx, IMAGE), level=config.compress_level)
 
 
 def bootable_esp(ctx: Context, made: Sequence[Made]) -> Path:
@@ -395,4 +395,5 @@ def stage_split_partitions(ctx: Context, made: Sequence[Made]) -> None:
                      "name here: it is not kept")
             Path(m.split_path).unlink()
             continue
-        maybe_compress(Path(m.split_path), config.output_compression, staged(ctx, artifact))
+        maybe_compress(Path(m.split_path), config.output_compression, staged(ctx, artifact),
+                       level=config.compress_level)

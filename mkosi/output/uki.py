@@ -198,7 +198,7 @@ def make_esp_output(ctx: Context) -> None:
     if BMAP.when(config):
         write_bmap(disk, staged(ctx, BMAP))
     with log.step("Compressing" if config.output_compression else "Staging the image"):
-        maybe_compress(disk, config.output_compression, staged(ctx, IMAGE))
+        maybe_compress(disk, config.output_compression, staged(ctx, IMAGE), level=config.compress_level)
 
 
 def make_addon_output(ctx: Context) -> None:

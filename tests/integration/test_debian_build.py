@@ -309,10 +309,19 @@ def test_tar_output_and_reproducibility(project: Path, directory_image: Path, tm
 
 
 def test_cpio_output(project: Path, directory_image: Path, tmp_path: Path) -> None:
-    run_mkosi(project, "-f", "-t", "cpio", "build")
-    out = project / "mkosi.output/testimg_1.2.cpio.xz"
-    info = subprocess.run(["xz", "--robot", "--list", str(out)], capture_output=True, text=True, check=True)
+    # With CompressLevel=, OutputExtension= and OutputMode= as well: xz's preset 0 has a 256 KiB dictionary
+    # (the default, 6, 8 MiB), the name's suffix is .initramfs.xz, the file is 0640.
+    run_mkosi(project, "-f", "-t", "cpio", "--compress-level=0", "--output-extension=initramfs",
+              "--output-mode=0640", "build")
+    out = project / "mkosi.output/testimg_1.2.initramfs.xz"
+    info = subprocess.run(["xz", "--robot", "-vv", "--list", str(out)], capture_output=True, text=True, check=True)
     assert "CRC32" in info.stdout, "the kernel only unpacks xz initrds with CRC32 checks"
+    assert "--lzma2=dict=256KiB" in info.stdout, info.stdout
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
+    sums = (project / "mkosi.output/SHA256SUMS").read_text()
+    assert f"{hashlib.sha256(out.read_bytes()).hexdigest()} *testimg_1.2.initramfs.xz" in sums.splitlines()
+    manifest = project / "mkosi.output/testimg_1.2.manifest"
+    assert manifest.is_file() and stat.S_IMODE(manifest.stat().st_mode) == 0o640
     listing = subprocess.run(f"xz -dc {out} | cpio -t --quiet", shell=True, capture_output=True, text=True,
                              check=True).stdout.splitlines()
     assert "etc/hostname" in listing

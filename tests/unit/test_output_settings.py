@@ -310,3 +310,19 @@ def test_a_directory_output_keeps_its_mode(wd: Path) -> None:
             artifacts.staged(ctx, a).write_text(f"{a.key}\n")
     artifacts.apply_output_mode(config, artifacts.collect(ctx))
     assert stat.S_IMODE((staging / "image").stat().st_mode) == 0o755
+
+
+@needs
+def test_the_oci_layer_is_compressed_at_the_level(tmp_path: Path) -> None:
+    from mkosi.output.oci import make_layer
+
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/data").write_bytes(b"layer " * 10000)
+    for level, flag in ((1, 4), (9, 2)):
+        layout, work = tmp_path / f"layout{level}", tmp_path / f"work{level}"
+        layout.mkdir()
+        work.mkdir()
+        layer = make_layer(root, layout, work, "gzip", 1700000000, level)
+        _, _, digest = layer.descriptor.digest.partition(":")
+        assert (layout / "blobs/sha256" / digest).read_bytes()[8] == flag

@@ -27,51 +27,29 @@ def slow_deadline() -> float | None:
     return float(value) if value else None
 
 
-# The images a module builds (its module-scoped fixtures' directories and its tests' tmp_path) are
-# removed once the module is done: a whole run keeps tens of GB otherwise, and a machine whose disk
-# fills up halfway fails every later test. MKOSI_TEST_KEEP_TMP=1 keeps them for a look after the run.
-_module_start: dict[str, set[str]] = {}
-
-
-def _basetemp(item: pytest.Item) -> Path:
-    return item.config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined, no-any-return]
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     # Before the fixtures are set up: a skipped slow test builds nothing.
-    module = str(item.path)
-    if module not in _module_start:
-        _module_start[module] = {entry.name for entry in _basetemp(item).iterdir()}
     deadline = slow_deadline()
     if deadline is not None and item.get_closest_marker("slow") is not None and time.time() > deadline:
         pytest.skip("slow test not started: the run's time budget for slow tests (MKOSI_TEST_SLOW_BUDGET) is spent")
 
 
-def _module_of(item: pytest.Item | None) -> str | None:
-    return None if item is None else str(item.path)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
-    try:
-        yield  # the fixtures whose scope ends with this test are torn down in here
-    finally:
-        _clean_module(item, nextitem)
-
-
-def _clean_module(item: pytest.Item, nextitem: pytest.Item | None) -> None:
-    module = _module_of(item)
-    if module is None or _module_of(nextitem) == module or module not in _module_start:
-        return
-    before = _module_start.pop(module)
+@pytest.fixture(scope="module", autouse=True)
+def module_build_directories(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The images a module builds (its module-scoped fixtures' directories and its tests' tmp_path) are
+    removed when the module is done (autouse: set up before the module's other fixtures, so torn down
+    after them): a whole run keeps tens of GB otherwise, and a machine whose disk fills up halfway fails
+    every later test. MKOSI_TEST_KEEP_TMP=1 keeps them for a look after the run."""
+    base = tmp_path_factory.getbasetemp()
+    before = {entry.name for entry in base.iterdir()}
+    yield
     if os.environ.get("MKOSI_TEST_KEEP_TMP") == "1":
         return
-    for entry in sorted(_basetemp(item).iterdir()):
+    for entry in sorted(base.iterdir()):
         # The tools tree's project belongs to a session fixture; the tree itself lives in the cache.
-        if entry.name in before or entry.name.startswith("tools-tree"):
-            continue
-        remove_tree(entry)
+        if entry.name not in before and not entry.name.startswith("tools-tree"):
+            remove_tree(entry)
 
 
 def remove_tree(path: Path) -> None:

@@ -66,6 +66,7 @@ from mkosi.scripts import (
     copy_build_sources,
     run_build_script,
     run_finalize_script,
+    run_host_scripts,
     run_postinst_script,
     run_prepare_script,
 )
@@ -132,6 +133,16 @@ def packages_for(ctx: Context) -> list[str]:
     if ctx.phase == Phase.build:
         pkgs += config.build_packages
     return list(dict.fromkeys(pkgs))
+
+
+def install_volatile_packages(ctx: Context) -> None:
+    """VolatilePackages=: into the final image only, after the build script ran and after the cached image
+    was saved or reused, so they are never part of a cached image."""
+    pkgs = list(dict.fromkeys(ctx.config.volatile_packages))
+    if ctx.phase != Phase.final or not pkgs:
+        return
+    with log.step(f"Installing volatile packages ({', '.join(pkgs)})"):
+        plugin(ctx.config.distribution).install(ctx, pkgs)
 
 
 def copy_skeleton_trees(ctx: Context) -> None:
@@ -651,6 +662,7 @@ def build_phase(ctx: Context, rerun: bool = False) -> None:
     configure_network(ctx)
     configure_ssh(ctx)
     if ctx.phase == Phase.final:
+        install_volatile_packages(ctx)
         copy_build_results(ctx)
     else:
         copy_build_sources(ctx)
@@ -673,8 +685,10 @@ def build_phase(ctx: Context, rerun: bool = False) -> None:
     run_finalize_script(ctx)
 
 
-def build_image(args: Args, config: Config, ws: Path, cleanup: list[Path]) -> Staged:
-    """Build in the workspace; returns the artifacts waiting in the staging directory."""
+def build_image(args: Args, config: Config, ws: Path, cleanup: list[Path],
+                extra: Optional[list[Path]] = None) -> Staged:
+    """Build in the workspace; returns the artifacts waiting in the staging directory. What the
+    postoutput scripts add to the staging directory is appended to `extra` (move_extra_outputs())."""
 
     staging = ws / "staging"
     staging.mkdir()
@@ -707,9 +721,42 @@ def build_image(args: Args, config: Config, ws: Path, cleanup: list[Path]) -> St
     # Exactly the artifacts the table declares for this configuration, each checked to be there.
     made = artifacts.collect(ctx)
     sums = write_checksums(ctx, made)
-    outputs = made + sums + sign_checksums(ctx, sums)
-    artifacts.apply_output_mode(ctx.config, outputs)
-    return outputs
+    made = made + sums + sign_checksums(ctx, sums)
+    artifacts.apply_output_mode(ctx.config, made)
+    added = run_postoutput_scripts(ctx)
+    if extra is not None:
+        extra += added
+    return made
+
+
+def run_postoutput_scripts(ctx: Context) -> list[Path]:
+    """PostOutputScripts=: with the finished outputs in the staging directory ($OUTPUTDIR), before they
+    are moved into the output directory; returns what they added there (moved along later)."""
+    if not ctx.config.postoutput_scripts:
+        return []
+    before = {p.name for p in ctx.staging.iterdir()}
+    run_host_scripts(ctx.args, ctx.config, "postoutput", outputdir=ctx.staging, workspace=ctx.workspace)
+    return sorted(p for p in ctx.staging.iterdir() if p.name not in before)
+
+
+def move_extra_outputs(config: Config, extra: list[Path]) -> None:
+    """The files the postoutput scripts added to the staging directory go to the output directory."""
+    assert config.output_dir is not None
+    for staged_path in extra:
+        target = config.output_dir / staged_path.name
+        replace_path(staged_path, target)
+        if not config.no_chown:
+            chown_to_invoking_user(target)
+
+
+def run_sync_scripts(args: Args, config: Config) -> None:
+    """SyncScripts=: before anything is built (and before -i decides whether the output is up to date,
+    since they may change the sources); $CACHED says whether a cached final image is there."""
+    if not config.sync_scripts:
+        return
+    image = cached_image_path(config, Phase.final)
+    cached = args.incremental and image.is_dir() and Path(f"{image}.key").exists()
+    run_host_scripts(args, config, "sync", cached=cached)
 
 
 def check_outputs(args: Args, config: Config) -> None:
@@ -873,6 +920,11 @@ def _build_locked(args: Args, config: Config) -> bool:
     assert config.output_dir is not None
     check_build_only(config)
     drop_caches(args, config)
+    if args.force > 0:
+        # -f cleans the previous outputs (they are replaced at the end): the clean scripts run first, as
+        # with `clean`.
+        run_host_scripts(args, config, "clean", outputdir=config.output_dir, tools=False)
+    run_sync_scripts(args, config)
     key = up_to_date_key(args, config)
     if key is None:
         return False
@@ -880,11 +932,13 @@ def _build_locked(args: Args, config: Config) -> bool:
     prepare_to_build(config)
     wipe_build_dir(args, config)
     cleanup: list[Path] = []
+    extra: list[Path] = []
     try:
         with log.step(f"Building {config.output}"), workspace(config, keep=args.debug_workspace) as ws:
-            made = build_image(args, config, ws, cleanup)
+            made = build_image(args, config, ws, cleanup, extra)
             with log.step("Moving the results into place"):
                 move_into_place(config, made)
+                move_extra_outputs(config, extra)
     finally:
         remove_cleanup_paths(cleanup)
     if key and config.format.row.kind is not FormatKind.nothing:

@@ -171,7 +171,7 @@ def build_key(args: Args, config: Config) -> str:
     for tree in [*config.skeleton_trees, *config.extra_trees]:
         digest_path(h, tree.source)
     for script in (config.build_script, config.prepare_script, config.postinst_script, config.finalize_script,
-                   config.nspawn_settings, config.repository_directory):
+                   config.nspawn_settings, config.repository_directory, *config.postoutput_scripts):
         digest_path(h, script)
     if config.build_script is not None and config.build_source is not None:
         mode = config.source_file_transfer or default_transfer(config.build_source)

@@ -27,9 +27,11 @@ from mkosi.build import (
     build_image,
     check_outputs,
     drop_caches,
+    move_extra_outputs,
     move_into_place,
     prepare_to_build,
     remove_cleanup_paths,
+    run_sync_scripts,
     source_date_epoch_environment,
     workspace,
 )
@@ -279,6 +281,7 @@ def check_reproducible(args: Args, config: Config) -> bool:
         if own:
             recover_interrupted_move(config.output_dir)
         drop_caches(args, config)
+        run_sync_scripts(args, config)
         check_outputs(args, config)
         prepare_to_build(config)
         return _check_locked(args, config)
@@ -286,11 +289,12 @@ def check_reproducible(args: Args, config: Config) -> bool:
 
 def _check_locked(args: Args, config: Config) -> bool:
     cleanup: list[Path] = []
+    extra: list[Path] = []
     try:
         with workspace(config) as ws1, workspace(config) as ws2:
             start = time.monotonic()
             with log.step("Reproducibility check: first build"):
-                first_made = build_image(args, config, ws1, cleanup)
+                first_made = build_image(args, config, ws1, cleanup, extra)
                 first = [p for _, p in first_made]
             middle = time.monotonic()
             with log.step("Reproducibility check: second build"):
@@ -332,6 +336,7 @@ def _check_locked(args: Args, config: Config) -> bool:
             sys.stdout.flush()
             with log.step("Moving the results into place"):
                 move_into_place(config, first_made)
+                move_extra_outputs(config, extra)
     finally:
         remove_cleanup_paths(cleanup)
     return True

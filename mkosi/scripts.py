@@ -1,22 +1,31 @@
-"""The user's scripts (prepare, build, postinst, finalize) and the source/result transfer around them."""
+"""The user's scripts (sync, prepare, build, postinst, finalize, postoutput, clean) and the source/result
+transfer around them."""
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from mkosi import log
-from mkosi.config.enums import SourceFileTransfer, WithNetwork
+from mkosi.boot.kernel import EFI_ARCH
+from mkosi.config.enums import Distribution, SourceFileTransfer, WithNetwork
+from mkosi.config.settings import CONFIG_FIELDS, SETTINGS, Args, Config, plain_value
 from mkosi.context import Context, Phase
+from mkosi.distributions.debian import DPKG_ARCH
 from mkosi.errors import MkosiError
+from mkosi.installers.emerge import GENTOO_ARCH
+from mkosi.installers.rpm import dnf_arch
+from mkosi.output import gpt
 from mkosi.progress import is_noise
 from mkosi.run import PathString, run
 from mkosi.sandbox import Container, Mount, Sandbox, nspawn_executable
@@ -263,3 +272,139 @@ def finish_build_only(ctx: Context) -> None:
         log.info(f"Format=none: no image is written; the build script's results are in {where}")
     else:
         log.info("Format=none: no image is written (set InstallDirectory= to keep the build script's results)")
+
+
+# ---------------------------------------------------------------- scripts run on the host, outside a build root
+#
+# SyncScripts= (before the build), PostOutputScripts= (with the finished outputs, before they are moved
+# into the output directory) and CleanScripts= (after `clean` removed the outputs) run on the host, in the
+# directory mkosi was started in, with the variables of the manual's table for each of them.
+
+HOST_SCRIPT_SETTINGS = {"sync": "SyncScripts=", "postoutput": "PostOutputScripts=", "clean": "CleanScripts="}
+
+
+def distribution_architecture(config: Config) -> str:
+    """Architecture= as the distribution's package manager names it."""
+    arch = config.architecture
+    if config.distribution in (Distribution.debian, Distribution.ubuntu):
+        return DPKG_ARCH.get(arch, arch)
+    if config.distribution == Distribution.gentoo:
+        return GENTOO_ARCH[arch][0] if arch in GENTOO_ARCH else arch
+    return dnf_arch(arch)
+
+
+def systemd_architecture(arch: str) -> str:
+    """Architecture= in systemd's spelling (x86-64, arm64 ...), what upstream's $ARCHITECTURE holds."""
+    try:
+        return gpt.normalize_arch(arch)
+    except MkosiError:
+        return arch
+
+
+def host_script_environment(args: Args, config: Config, which: str, *, srcdir: Path,
+                            outputdir: Optional[Path] = None, cached: Optional[bool] = None) -> dict[str, str]:
+    """The variables a sync, postoutput or clean script gets (`which`), besides $MKOSI_CONFIG."""
+    env = {
+        "ARCHITECTURE": systemd_architecture(config.architecture),
+        "DISTRIBUTION": config.distribution.value,
+        "RELEASE": config.release,
+        "DISTRIBUTION_ARCHITECTURE": distribution_architecture(config),
+        "MKOSI_UID": os.environ.get("SUDO_UID") or str(os.getuid()),
+        "MKOSI_GID": os.environ.get("SUDO_GID") or str(os.getgid()),
+        "MKOSI_DEBUG": "1" if args.debug else "0",
+        "SRCDIR": str(srcdir),
+    }
+    if config.architecture in EFI_ARCH:
+        env["EFI_ARCHITECTURE"] = EFI_ARCH[config.architecture]
+    if config.image_id:
+        env["IMAGE_ID"] = config.image_id
+    if config.image_version:
+        env["IMAGE_VERSION"] = config.image_version
+    if which in ("sync", "clean"):
+        env["PROFILES"] = ",".join(config.profiles)
+    if which == "clean" and config.source_date_epoch is not None:
+        env["SOURCE_DATE_EPOCH"] = str(config.source_date_epoch)
+    if which == "sync":
+        env["CACHED"] = "1" if cached else "0"
+    if outputdir is not None and which in ("postoutput", "clean"):
+        env["OUTPUTDIR"] = str(outputdir)
+    for item in config.environment:
+        name, eq, value = item.partition("=")
+        if eq:
+            env[name] = value
+        elif name in os.environ:
+            env[name] = os.environ[name]
+    return env
+
+
+def config_json(config: Config) -> dict[str, Any]:
+    """The image's settings for $MKOSI_CONFIG: every setting under its key, as plain data; a secret only as
+    "(set)" when it is set, like `summary --json` shows it."""
+    data: dict[str, Any] = {"Image": config.image}
+    for s in SETTINGS:
+        if not s.key or s.dest not in CONFIG_FIELDS:
+            continue
+        value = config.setting_value(s)
+        data[s.key] = ("(set)" if value else None) if s.secret else plain_value(value)
+    return data
+
+
+@contextlib.contextmanager
+def config_json_file(config: Config, directory: Optional[Path] = None) -> Iterator[Path]:
+    """$MKOSI_CONFIG: config_json() in a file of its own (0600), removed afterwards."""
+    fd, name = tempfile.mkstemp(prefix="mkosi-config-", suffix=".json", dir=directory)
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(config_json(config), f, indent=2, sort_keys=True)
+            f.write("\n")
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def check_host_scripts(config: Config, which: str) -> list[Path]:
+    """The configured scripts of one kind; each must be an executable file."""
+    scripts: list[Path] = list(getattr(config, f"{which}_scripts"))
+    for script in scripts:
+        if not script.is_file():
+            raise MkosiError(f"{HOST_SCRIPT_SETTINGS[which]} '{script}' is not a file",
+                             hint=f"remove it from {HOST_SCRIPT_SETTINGS[which]} or create it")
+        if not os.access(script, os.X_OK):
+            raise MkosiError(f"{HOST_SCRIPT_SETTINGS[which]} '{script}' is not executable",
+                             hint=f"run 'chmod +x {script}'")
+    return scripts
+
+
+def source_mounts(config: Config, srcdir: Path) -> list[Mount]:
+    """BuildSources= over the directory mkosi runs in (nothing to mount for the default, that directory)."""
+    mounts: list[Mount] = []
+    primary = config.build_source
+    if primary is not None and primary.resolve() != srcdir.resolve():
+        mounts.append(Mount(primary, str(srcdir)))
+    for tree in config.extra_build_sources:
+        assert tree.target is not None
+        mounts.append(Mount(tree.source, str(srcdir / str(tree.target).lstrip("/"))))
+    return mounts
+
+
+def run_host_scripts(args: Args, config: Config, which: str, *, outputdir: Optional[Path] = None,
+                     cached: Optional[bool] = None, workspace: Optional[Path] = None,
+                     tools: bool = True) -> None:
+    """Run the sync, postoutput or clean scripts (`which`) in order, on the host, in the directory mkosi
+    was started in ($SRCDIR), with the build sources mounted over it. Without `tools`, the tools tree is
+    not used (the clean scripts)."""
+    scripts = check_host_scripts(config, which)
+    if not scripts:
+        return
+    srcdir = Path.cwd()
+    env = host_script_environment(args, config, which, srcdir=srcdir, outputdir=outputdir, cached=cached)
+    sandbox = Sandbox.for_config(config)
+    if not tools:
+        sandbox = sandbox.but(tools=None)
+    with config_json_file(config, workspace) as mkosi_config:
+        sandbox = sandbox.but(env={**env, "MKOSI_CONFIG": str(mkosi_config)}, chdir=str(srcdir),
+                              mounts=source_mounts(config, srcdir))
+        for script in scripts:
+            with log.step(f"Running {which} script {script.name}"):
+                run_script_command(f"{which} script", script, [script.absolute()], sandbox)

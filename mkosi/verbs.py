@@ -34,6 +34,7 @@ from mkosi.preflight import images_locked, recover_interrupted_move
 from mkosi.reproduce import check_reproducible
 from mkosi.run import run, using_sandbox
 from mkosi.sandbox import Sandbox
+from mkosi.scripts import run_host_scripts
 from mkosi.serve import run_serve
 from mkosi.summary import summary_json, summary_text
 from mkosi.tools_tree import remove_tools_tree, with_tools_tree
@@ -122,6 +123,8 @@ def verb_clean(args: Args, config: Config) -> None:
         if cache is not None and cache.is_dir():
             for child in cache.iterdir():
                 _remove(child)
+    # After the outputs are gone, for what mkosi does not know about; never with the tools tree.
+    run_host_scripts(args, config, "clean", outputdir=config.output_dir, tools=False)
 
 
 def verb_build(args: Args, config: Config) -> None:

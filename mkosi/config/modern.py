@@ -294,13 +294,13 @@ class ModernSettings:
         section=O, key="Overlay", flags=("--overlay",), default=False,
         help="With BaseTrees=, the output holds only the changes to the base trees.")
     clean_scripts: list[Path] = _path_list(
-        section=O, key="CleanScripts", flags=("--clean-script",), path_default=("mkosi.clean",), status=NOT_YET,
+        section=O, key="CleanScripts", flags=("--clean-script",), path_default=("mkosi.clean",),
         help="Scripts run by the clean verb (default: mkosi.clean).")
 
     # ---- [Content] ----
     volatile_packages: list[str] = setting(
         section=C, key="VolatilePackages", flags=("--volatile-package",), kind=Kind.LIST, default_factory=list,
-        status=NOT_YET, metavar="PACKAGES", help="Packages installed after the build scripts, never cached.")
+        metavar="PACKAGES", help="Packages installed after the build scripts, never cached.")
     package_directories: list[Path] = _path_list(
         section=C, key="PackageDirectories", flags=("--package-directory",), path_default=("mkosi.packages/",),
         scope=Scope.universal, status=NOT_YET,
@@ -315,11 +315,11 @@ class ModernSettings:
         section=C, key="BaseTrees", flags=("--base-tree",),
         help="Trees (directories, tar archives or images) the image starts from.")
     sync_scripts: list[Path] = _path_list(
-        section=C, key="SyncScripts", flags=("--sync-script",), path_default=("mkosi.sync",), status=NOT_YET,
+        section=C, key="SyncScripts", flags=("--sync-script",), path_default=("mkosi.sync",),
         help="Scripts run before the build to update the sources (default: mkosi.sync).")
     postoutput_scripts: list[Path] = _path_list(
         section=C, key="PostOutputScripts", flags=("--postoutput-script",), path_default=("mkosi.postoutput",),
-        status=NOT_YET, help="Scripts run after the outputs are written (default: mkosi.postoutput).")
+        help="Scripts run after the outputs are written (default: mkosi.postoutput).")
     bootloader: Bootloader = setting(
         section=C, key="Bootloader", flags=("--bootloader",), parse=parse_enum(Bootloader),
         choices=choices(Bootloader), default=Bootloader.systemd_boot,

@@ -1,6 +1,8 @@
 """Two-phase builds with the automake example: scripts in the right order with the right
 arguments, build-only packages absent from the final image, and incremental rebuilds that reuse
-the cached images only while their inputs are unchanged."""
+the cached images only while their inputs are unchanged. The same builds run mkosi.sync and
+mkosi.postoutput, install a VolatilePackages= package outside the cached image, and `clean` runs
+mkosi.clean."""
 
 from __future__ import annotations
 
@@ -33,10 +35,35 @@ ImageId=hello
 
 [Content]
 BuildPackages=gcc,libc6-dev,make,autoconf,automake
+VolatilePackages=tree
 Cache={package_cache}
 """)
     (d / "mkosi.output").mkdir()
+    # The host scripts log outside the sources (a changed source would make -i rebuild).
+    logs = logs_dir(d)
+    logs.mkdir()
+    script(d / "mkosi.sync", f'echo "sync $CACHED $SRCDIR $(pwd) $DISTRIBUTION $ARCHITECTURE" >> {logs}/sync.log')
+    script(d / "mkosi.postoutput", f"""\
+ls "$OUTPUTDIR" > "$OUTPUTDIR/hello.listing"
+echo "postoutput $OUTPUTDIR" >> {logs}/postoutput.log""")
+    script(d / "mkosi.clean", f"""\
+if [ -e "$OUTPUTDIR/hello" ]; then state=present; else state=absent; fi
+echo "clean $OUTPUTDIR $state" >> {logs}/clean.log""")
     return d
+
+
+def logs_dir(project: Path) -> Path:
+    return project.parent / f"{project.name}-logs"
+
+
+def script(path: Path, body: str) -> None:
+    path.write_text("#!/bin/sh\nset -e\n" + body + "\n")
+    path.chmod(0o755)
+
+
+def log_lines(project: Path, name: str) -> list[str]:
+    path = logs_dir(project) / f"{name}.log"
+    return path.read_text().splitlines() if path.exists() else []
 
 
 def image(project: Path) -> Path:
@@ -87,6 +114,31 @@ def test_script_order_and_arguments(project: Path, first_build: str) -> None:
     assert not (image(project) / "root/src").exists(), "sources stay out of the final image"
 
 
+def test_sync_script_ran_before_the_build(project: Path, first_build: str) -> None:
+    lines = log_lines(project, "sync")
+    # The first -i build found no cached image; mkosi ran it in the project directory ($SRCDIR).
+    assert lines[0] == f"sync 0 {project} {project} debian x86-64"
+    assert first_build.index("Running sync script mkosi.sync") < first_build.index("Building the development image")
+
+
+def test_postoutput_script_saw_the_staged_outputs(project: Path, first_build: str) -> None:
+    (line,) = log_lines(project, "postoutput")[:1]
+    staging = line.split()[1]
+    assert not staging.startswith(str(project / "mkosi.output"))
+    # What it added to $OUTPUTDIR was moved into the output directory with the image.
+    listing = (project / "mkosi.output/hello.listing").read_text().split()
+    assert "hello" in listing
+
+
+def test_volatile_package_in_the_image_but_not_in_the_cached_image(project: Path, first_build: str) -> None:
+    assert "tree" in installed(image(project))
+    assert (image(project) / "usr/bin/tree").exists()
+    cached = project / "mkosi.output/hello.cache-final"
+    assert cached.is_dir()
+    assert "systemd" in installed(cached) and "tree" not in installed(cached)
+    assert not (cached / "usr/bin/tree").exists()
+
+
 def test_incremental_reuses_cache_after_source_change(project: Path, first_build: str) -> None:
     (project / "hello.c").write_text((project / "hello.c").read_text().replace("version 1", "version 2"))
     log, seconds = build(project)
@@ -116,3 +168,21 @@ def test_incremental_prepare_change_rebuilds(project: Path, first_build: str) ->
     assert "Reusing the cached build image" not in log
     assert "Reusing the cached final image" not in log
     assert (image(project) / "var/log/prepare-changed").exists()
+
+
+def test_sync_sees_the_cached_image_on_later_builds(project: Path, first_build: str) -> None:
+    lines = log_lines(project, "sync")
+    assert len(lines) >= 2 and all(line.startswith("sync 1 ") for line in lines[1:])
+
+
+def test_clean_runs_the_clean_script_after_removing_the_outputs(project: Path, first_build: str) -> None:
+    # Each -f build ran it first: the first one before there was an image, the others with the previous image.
+    builds = log_lines(project, "clean")
+    assert builds[0].endswith(" absent") and len(builds) >= 2
+    assert all(line.endswith(" present") for line in builds[1:])
+    before = len(log_lines(project, "clean"))
+    proc = run_mkosi(project, "clean")
+    assert not image(project).exists()
+    lines = log_lines(project, "clean")
+    assert len(lines) == before + 1
+    assert lines[-1] == f"clean {project / 'mkosi.output'} absent", proc.stderr

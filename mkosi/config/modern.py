@@ -220,6 +220,15 @@ def parse_root_shell(value: str) -> str:
     return v
 
 
+def _environment_files(value: list[Path], r: Resolving) -> list[Path]:
+    """mkosi.env next to the configuration is read first, also when EnvironmentFiles= names other files
+    (an empty EnvironmentFiles= leaves it out too)."""
+    default = r.found.get("mkosi.env")
+    if value and default is not None and default not in value:
+        return [default, *value]
+    return value
+
+
 def _default_repository_key_fetch(v: Resolving) -> bool:
     # Fetching keys over the network is the default where the host cannot have them installed (Ubuntu).
     return bool(v["distribution"] == Distribution.ubuntu)
@@ -532,8 +541,9 @@ class ModernSettings:
         scope=Scope.universal, status=NOT_YET,
         help="Discard the scripts' changes to the sources: yes, no or buildcache.")
     environment_files: list[Path] = _path_list(
-        section=B, key="EnvironmentFiles", flags=("--env-file",), path_default=("mkosi.env",), status=NOT_YET,
-        help="Files of variable assignments for the scripts (default: mkosi.env).")
+        section=B, key="EnvironmentFiles", flags=("--env-file",), path_default=("mkosi.env",),
+        resolve_fn=_environment_files,
+        help="Files of NAME=VALUE lines for the scripts, read before Environment= (mkosi.env first).")
     proxy_url: Optional[str] = setting(
         section=B, key="ProxyUrl", flags=("--proxy-url",), scope=Scope.universal, status=NOT_YET, metavar="URL",
         help="Proxy for every network connection of the build.")

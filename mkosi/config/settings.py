@@ -33,6 +33,7 @@ from mkosi.config.enums import (
     Verity,
     WithNetwork,
 )
+from mkosi.config.envfile import merged_environment
 from mkosi.config.modern import ModernSettings
 from mkosi.config.types import (
     DEBUG_AREAS,
@@ -208,6 +209,11 @@ def _default_source_date_epoch(v: Resolving) -> Optional[int]:
         return parse_epoch(given[-1])
     except ValueError as e:
         raise ConfigError(f"{where}: {e}")
+
+
+def _resolve_environment(value: list[str], v: Resolving) -> list[str]:
+    """The variables of EnvironmentFiles= (mkosi.env first) join Environment=, which wins over them."""
+    return merged_environment(v["environment_files"], value)
 
 
 def read_text_file(path: Path, setting: str) -> str:
@@ -705,6 +711,7 @@ class Config(ModernSettings):
         section=B, key="Environment", flags=("--environment", "-E"), kind=Kind.LIST, parse=parse_environment_item,
         aliases=("BuildEnvironment",), flag_aliases=("--build-environment",),
         separator=r"\s+", default_factory=list, metavar="NAME[=VALUE]",
+        depends=("environment_files",), resolve_fn=_resolve_environment,
         help="Variables for the scripts; a bare name passes the value from mkosi's environment.")
     source_date_epoch: Optional[int] = setting(
         scope=Scope.universal, default_fn=_default_source_date_epoch, depends=("environment",),

@@ -22,6 +22,7 @@ from mkosi.config.settings import CONFIG_FIELDS, SETTINGS, Args, Config, plain_v
 from mkosi.context import Context, Phase
 from mkosi.formats import FormatKind
 from mkosi.output.artifacts import cached_image_path, salt_path
+from mkosi.proxy import PROXY_SETTINGS
 from mkosi.run import run
 from mkosi.sources import default_transfer, source_excludes, source_files
 
@@ -60,10 +61,11 @@ def _salt(config: Config) -> bytes:
 
 
 def settings_inputs(config: Config, only_cache: bool) -> dict[str, Any]:
-    """The values of the settings that shape an image, as plain data; secrets as salted HMACs."""
+    """The values of the settings that shape an image, as plain data; secrets as salted HMACs. The proxy
+    settings shape nothing (and the client key is a secret): they are left out."""
     inputs: dict[str, Any] = {}
     for s in SETTINGS:
-        if s.dest not in CONFIG_FIELDS or (only_cache and not s.cache):
+        if s.dest not in CONFIG_FIELDS or (only_cache and not s.cache) or s.dest in PROXY_SETTINGS:
             continue
         value = config.setting_value(s)
         if s.secret and value not in (None, "", [], ()):

@@ -9,6 +9,7 @@ from typing import Optional
 
 from mkosi.config.enums import CacheOnly, WithNetwork
 from mkosi.config.settings import Args, Config
+from mkosi.proxy import Proxy
 from mkosi.sandbox import Sandbox
 
 
@@ -35,7 +36,18 @@ class Context:
     sandbox: Sandbox = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
-        self.sandbox = Sandbox.for_config(self.config)
+        # Every command of the build learns of the proxy from the usual variables (http_proxy, ...).
+        sandbox = Sandbox.for_config(self.config)
+        self.sandbox = sandbox.but(env={**sandbox.environment, **self.proxy_environment})
+
+    @property
+    def proxy(self) -> Optional[Proxy]:
+        return Proxy.from_config(self.config)
+
+    @property
+    def proxy_environment(self) -> dict[str, str]:
+        proxy = self.proxy
+        return proxy.environment() if proxy is not None else {}
 
     @property
     def network(self) -> bool:

@@ -340,6 +340,8 @@ def qemu_command(
     firmware_root: Path = Path("/"),
     console: str | None = None,
     devices: Sequence[str] = (),
+    maxmem: str | None = None,
+    removable: bool = False,
 ) -> list[str]:
     """The complete qemu argv to boot `image`.
 
@@ -351,12 +353,15 @@ def qemu_command(
     -nographic (serial console and monitor on stdio). `tap` gives the VM a virtio NIC on a tap device of
     that name, which qemu creates on the host (Netdev=); `netdev` adds user-mode networking with a
     virtio NIC; `ssh_port` forwards 127.0.0.1:ssh_port to the guest's port guest_ssh_port through it.
+    `maxmem` (MaxMem=, larger than `mem`) lets memory devices be hotplugged up to that size, in
+    HOTPLUG_SLOTS slots. With `removable` the disk is a removable USB stick (usb-storage on an xHCI
+    controller) instead of virtio-blk.
     `console` (a Console= mode) replaces what `headless` says about the display. `devices` (the argv
     fragments of the functions below: TPM, drives, credentials, shared directories, vsock) come after
     the disk and the network; `extra_args` go last.
     """
     _check_options(boot, fmt, arch, kernel, image, ssh_port, netdev)
-    argv = [f"qemu-system-{arch}", *_machine_args(arch, boot, secure_boot, kvm, smp, mem,
+    argv = [f"qemu-system-{arch}", *_machine_args(arch, boot, secure_boot, kvm, smp, memory_option(mem, maxmem),
                                                   headless and console is None)]
     if console is not None:
         argv += console_args(console, arch)
@@ -371,12 +376,30 @@ def qemu_command(
         # An EFI binary (a UKI) that OVMF starts instead of booting a disk.
         argv += ["-kernel", os.fspath(kernel), *(["-append", cmdline] if cmdline else [])]
     if image is not None:
-        argv += [
-            "-drive", f"if=none,id=disk0,format={fmt},discard=unmap,file={_qemu_escape(image)}",
-            "-device", "virtio-blk-pci,drive=disk0,bootindex=1",
-        ]  # fmt: skip
+        argv += ["-drive", f"if=none,id=disk0,format={fmt},discard=unmap,file={_qemu_escape(image)}"]
+        argv += disk_device_args("disk0", removable)
     argv += _network_args(tap, netdev, ssh_port, guest_ssh_port)
     return [*argv, *devices, *extra_args]
+
+
+# Memory device slots of a VM whose MaxMem= is larger than its RAM=.
+HOTPLUG_SLOTS = 8
+
+
+def memory_option(mem: str, maxmem: str | None = None) -> str:
+    """qemu's -m: the RAM, and with `maxmem` the most memory hotplug may bring it to."""
+    if maxmem is None:
+        return mem
+    return f"size={mem},slots={HOTPLUG_SLOTS},maxmem={maxmem}"
+
+
+def disk_device_args(drive: str, removable: bool = False) -> list[str]:
+    """The device of the image's disk: virtio-blk, or (Removable=) a removable USB mass storage device on
+    its own xHCI controller; either way the first to boot."""
+    if removable:
+        return ["-device", "qemu-xhci,id=mkosi-usb",
+                "-device", f"usb-storage,bus=mkosi-usb.0,drive={drive},removable=on,bootindex=1"]
+    return ["-device", f"virtio-blk-pci,drive={drive},bootindex=1"]
 
 
 def _check_options(boot: str, fmt: str, arch: str, kernel: Path | None, image: Path | None, ssh_port: int | None,

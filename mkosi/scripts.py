@@ -116,6 +116,8 @@ def script_environment(ctx: Context) -> dict[str, str]:
         env["MKOSI_DEFAULT"] = str(config.config_files[0])
     if config.source_date_epoch is not None:
         env["SOURCE_DATE_EPOCH"] = str(config.source_date_epoch)
+    # The proxy's variables (ProxyUrl=, ProxyExclude=); Environment= (and EnvironmentFiles=) may override them.
+    env.update(ctx.proxy_environment)
     for item in config.environment:
         name, eq, value = item.partition("=")
         if eq:

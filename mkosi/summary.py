@@ -74,6 +74,8 @@ def _shown(args: Args, config: Config, s: Setting) -> Any:
     value = setting_value(args, config, s)
     if s.secret:
         return "(set)" if value else None
+    if s.redact is not None:
+        value = s.redact(value)
     return plain_value(value)
 
 

@@ -81,6 +81,41 @@ def vm_cpus(config: Config) -> str:
     return config.qemu_smp
 
 
+def qemu_ram_bytes(mem: str) -> int:
+    """RAM= as qemu reads it: a number without a unit is MiB."""
+    v = mem.strip()
+    if v.isascii() and v.isdigit():
+        return int(v) * 1024**2
+    return parse_size(v)
+
+
+def qemu_size(size: int) -> str:
+    """A size in bytes for qemu's options, in the largest unit that divides it (qemu's -m reads a bare
+    number as MiB, so a unit is always written)."""
+    for suffix, factor in (("G", 1024**3), ("M", 1024**2), ("K", 1024)):
+        if size % factor == 0:
+            return f"{size // factor}{suffix}"
+    return f"{size}B"
+
+
+def vm_maxmem(config: Config) -> str | None:
+    """MaxMem= for qemu's -m maxmem=, or None when it adds nothing to RAM= (unset, or the same size)."""
+    if config.max_mem is None:
+        return None
+    try:
+        ram = qemu_ram_bytes(config.qemu_mem)
+    except ValueError as e:
+        raise MkosiError(f"RAM=: {e}")
+    if config.max_mem < ram:
+        raise MkosiError(f"MaxMem={qemu_size(config.max_mem)} is less than RAM={config.qemu_mem}",
+                         hint="MaxMem= is the memory the VM may reach with hotplug: at least RAM=")
+    if config.max_mem == ram:
+        return None
+    if config.max_mem % 4096:
+        raise MkosiError(f"MaxMem={config.max_mem} is not a multiple of the page size (4K)")
+    return qemu_size(config.max_mem)
+
+
 def vm_firmware(config: Config) -> tuple[BootProtocol, bool, bool]:
     """The boot protocol Firmware= (or, with auto, the classic QemuBoot=) asks for, whether the firmware
     enforces Secure Boot, and whether direct kernel boot uses the initrd."""
@@ -330,7 +365,7 @@ def qemu_argv(args: Args, config: Config, tmp: Path, *, ssh_port: int | None = N
         headless=console != "gui", console=console,
         extra_args=config.qemu_args, netdev=user_net, tap=tap, ssh_port=ssh_port if user_net else None,
         guest_ssh_port=config.ssh_port, ovmf_vars_copy=vars_copy, arch=config.architecture,
-        secure_boot=secure_boot, devices=extra_devices,
+        secure_boot=secure_boot, devices=extra_devices, maxmem=vm_maxmem(config), removable=config.removable,
     )
 
 

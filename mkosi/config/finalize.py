@@ -311,6 +311,16 @@ def check_inputs_exist(cli: CommandLine, v: Merged, values: dict[str, Any]) -> N
             raise _fail(v, dest, f"'{values[dest]}' does not exist")
 
 
+def check_proxy_files(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
+    """The proxy's certificates and key must be files when a build may hand them to dnf."""
+    if not cli.verb.needs_build():
+        return
+    for dest in ("proxy_peer_certificate", "proxy_client_certificate", "proxy_client_key"):
+        path = values[dest]
+        if path is not None and not Path(path).is_file():
+            raise _fail(v, dest, f"'{path}' does not exist or is not a file")
+
+
 def check_tools_tree(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
     """ToolsTree=PATH must be a tree with a /usr; ToolsTree=default is built (or taken from the cache) before
     the verb runs (mkosi/tools_tree.py)."""
@@ -450,7 +460,7 @@ def check_output_name(v: Merged, values: dict[str, Any]) -> None:
 CHECKS: tuple[Check, ...] = (
     check_format_implemented, check_distribution_implemented, check_compression_fits_format, check_compress_level,
     check_output_extension,
-    check_scripts_executable, check_inputs_exist, check_tools_tree,
+    check_scripts_executable, check_inputs_exist, check_proxy_files, check_tools_tree,
     check_format_settings, check_verity_combinations, check_secure_boot, check_sign_expected_pcr,
     check_sources_and_keys,
     check_verb_can_use_image, check_boot_loader, check_xbootldr,

@@ -48,6 +48,7 @@ from mkosi.config.types import (
     resolve_trees,
     setting,
 )
+from mkosi.proxy import parse_proxy_exclude, parse_proxy_url, redacted_url
 
 D, O, C, V, B, R = "Distribution", "Output", "Content", "Validation", "Build", "Runtime"  # noqa: E741
 NOT_YET = "not implemented yet"
@@ -545,22 +546,24 @@ class ModernSettings:
         resolve_fn=_environment_files,
         help="Files of NAME=VALUE lines for the scripts, read before Environment= (mkosi.env first).")
     proxy_url: Optional[str] = setting(
-        section=B, key="ProxyUrl", flags=("--proxy-url",), scope=Scope.universal, status=NOT_YET, metavar="URL",
-        help="Proxy for every network connection of the build.")
+        section=B, key="ProxyUrl", flags=("--proxy-url",), parse=parse_proxy_url, redact=redacted_url,
+        scope=Scope.universal, metavar="URL",
+        help="Proxy for the network connections of the build (without a scheme: http://).")
     proxy_exclude: list[str] = setting(
-        section=B, key="ProxyExclude", flags=("--proxy-exclude",), kind=Kind.LIST, default_factory=list,
-        scope=Scope.universal, status=NOT_YET, metavar="HOSTS", help="Hosts reached without the proxy.")
+        section=B, key="ProxyExclude", flags=("--proxy-exclude",), kind=Kind.LIST, parse=parse_proxy_exclude,
+        default_factory=list, scope=Scope.universal, metavar="HOSTS", help="Hosts reached without the proxy.")
     proxy_peer_certificate: Optional[Path] = setting(
         section=B, key="ProxyPeerCertificate", flags=("--proxy-peer-certificate",), parse=parse_path,
-        path_rule=PathRule.path, scope=Scope.universal, status=NOT_YET, metavar="PATH",
-        help="Certificates that verify the proxy.")
+        path_rule=PathRule.path, scope=Scope.universal, metavar="PATH",
+        help="Certificates that verify the proxy (dnf only).")
     proxy_client_certificate: Optional[Path] = setting(
         section=B, key="ProxyClientCertificate", flags=("--proxy-client-certificate",), parse=parse_path,
-        path_rule=PathRule.path, scope=Scope.universal, status=NOT_YET, metavar="PATH",
-        help="Client certificate for the proxy.")
+        path_rule=PathRule.path, scope=Scope.universal, metavar="PATH",
+        help="Client certificate for the proxy (dnf only).")
     proxy_client_key: Optional[Path] = setting(
         section=B, key="ProxyClientKey", flags=("--proxy-client-key",), parse=parse_path, path_rule=PathRule.path,
-        scope=Scope.universal, status=NOT_YET, metavar="PATH", help="Client key for the proxy.")
+        scope=Scope.universal, secret=True, metavar="PATH",
+        help="Client key for the proxy (dnf only; default: the client certificate's file).")
 
     # ---- [Runtime] ----
     vmm: Vmm = setting(
@@ -570,7 +573,7 @@ class ModernSettings:
         section=R, key="Console", flags=("--console",), parse=parse_enum(ConsoleMode), choices=choices(ConsoleMode),
         default=ConsoleMode.interactive, scope=Scope.main, help="Console of the virtual machine.")
     max_mem: Optional[int] = setting(
-        section=R, key="MaxMem", flags=("--maxmem",), parse=parse_size, scope=Scope.main, status=NOT_YET,
+        section=R, key="MaxMem", flags=("--maxmem",), parse=parse_size, scope=Scope.main,
         metavar="BYTES", help="Maximum memory of the virtual machine, hotplug included (default: RAM=).")
     cxl: bool = _flag(
         section=R, key="CXL", flags=("--cxl",), default=False, scope=Scope.main, status=NOT_YET,
@@ -586,8 +589,7 @@ class ModernSettings:
         help="Give the virtual machine a software TPM: yes, no or auto.")
     removable: bool = _flag(
         section=R, key="Removable", aliases=("QemuRemovable",), flags=("--removable",), default=False,
-        scope=Scope.main, status=NOT_YET,
-        help="Attach the image as a removable device.")
+        scope=Scope.main, help="Attach the image as a removable USB device.")
     firmware: Firmware = setting(
         section=R, key="Firmware", aliases=("QemuFirmware",), flags=("--firmware",), parse=parse_enum(Firmware),
         choices=choices(Firmware),

@@ -85,6 +85,7 @@ class Setting:
     remove_by_key: bool = False       # lists: "!name" also removes "name=..." items
     cache: bool = False               # whether it shapes the cached images (incremental mode)
     secret: bool = False              # never printed
+    redact: Optional[Callable[[Any], Any]] = None  # the value as summary shows it (a secret part hidden)
     status: Optional[str] = None      # None when implemented; otherwise what is missing
     summary: bool = True
     scope: Scope = Scope.image

@@ -134,7 +134,7 @@ class Debian(DistributionPlugin):
         known = {"main", "contrib", "non-free", "non-free-firmware", "restricted", "universe", "multiverse"}
         components = list(self.components) + [r for r in config.repositories if r in known and r not in self.components]
         extra = [r for r in config.repositories if r not in known]
-        return AptConfig(
+        cfg = AptConfig(
             root=ctx.root if ctx else Path("/nonexistent"),
             distribution=self.distribution.value,
             release=config.release,
@@ -151,7 +151,10 @@ class Debian(DistributionPlugin):
             repository_directory=config.repository_directory,
             key_check=config.repository_key_check,
             sandbox=ctx.sandbox if ctx else Sandbox(),
+            proxy=ctx.proxy if ctx else None,
         )
+        cfg.warn_unused_proxy_certificates()
+        return cfg
 
     def repositories(self, config: Config) -> list[str]:
 

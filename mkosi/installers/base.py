@@ -10,11 +10,12 @@ import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 from mkosi import log
 from mkosi.errors import CommandError
 from mkosi.progress import PackageProgress
+from mkosi.proxy import Proxy
 from mkosi.run import run, run_streaming
 from mkosi.sandbox import PathString, Sandbox
 
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
     from typing import Self
 
     from mkosi.context import Context
+
+
+_warned: list[bool] = []
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -37,8 +41,13 @@ class InstallerConfig:
     network: bool = True                   # WithNetwork=never, CacheOnly=always: no network at all
     refresh: bool = True                   # sync the repository metadata (CacheOnly=metadata: not)
     repository_directory: Optional[Path] = None
-    # How commands run (ExtraSearchPaths=, a tools tree); the installer adds the root and its mounts.
+    # How commands run (ExtraSearchPaths=, a tools tree); the installer adds the root and its mounts. In a
+    # build its variables include the proxy's (http_proxy, ...).
     sandbox: Sandbox = Sandbox()
+    # ProxyUrl= and the rest, for the installers that configure a proxy explicitly (apt, dnf).
+    proxy: Optional[Proxy] = None
+    # Whether the package manager is given ProxyPeerCertificate=, ProxyClientCertificate= and ProxyClientKey=.
+    proxy_certificates: ClassVar[bool] = False
 
     @classmethod
     def for_build(cls, ctx: Context, **own: Any) -> Self:
@@ -49,8 +58,19 @@ class InstallerConfig:
             "with_docs": ctx.config.with_docs,
             "with_recommends": ctx.config.with_recommends, "network": ctx.network, "refresh": ctx.refresh_metadata,
             "repository_directory": ctx.config.repository_directory, "sandbox": ctx.sandbox,
+            "proxy": ctx.proxy,
         }
-        return cls(**{**shared, **own})
+        cfg = cls(**{**shared, **own})
+        cfg.warn_unused_proxy_certificates()
+        return cfg
+
+    def warn_unused_proxy_certificates(self) -> None:
+        """Once per run: the proxy's certificates are set, but this package manager takes none."""
+        if self.proxy is not None and self.proxy.has_certificates and not self.proxy_certificates \
+                and not _warned:
+            _warned.append(True)
+            log.warn("ProxyPeerCertificate=, ProxyClientCertificate= and ProxyClientKey= are only used by dnf; "
+                     "this image's package manager does not get them")
 
 
 @dataclasses.dataclass(frozen=True)

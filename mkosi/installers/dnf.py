@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 from mkosi import log
 from mkosi.errors import MkosiError
@@ -100,6 +100,7 @@ class DnfConfig(InstallerConfig):
     executable: str = "dnf"
     distribution: str = "fedora"
     key_check: bool = True              # RepositoryKeyCheck=no: install without checking signatures
+    proxy_certificates: ClassVar[bool] = True
 
     @property
     def conf_dir(self) -> Path:
@@ -171,12 +172,23 @@ def dnf_env(cfg: DnfConfig) -> dict[str, str]:
     return {"HOME": str(cfg.home)}
 
 
+def dnf_conf_text(cfg: DnfConfig) -> str:
+    """dnf.conf: empty but for the proxy (its URL may hold a password and its key is a secret: they stay
+    out of the command line and so out of the log)."""
+    text = "# Written by mkosi; the options are passed with --setopt= so that they show in the log,\n" \
+           "# but for the proxy's.\n[main]\n"
+    options = cfg.proxy.dnf_options() if cfg.proxy is not None else {}
+    return text + "".join(f"{k}={v}\n" for k, v in options.items())
+
+
 def setup(cfg: DnfConfig) -> None:
     """Write dnf.conf, the repository file and rpm's macros into the workspace."""
     repos_d = cfg.conf_dir / "repos.d"
     repos_d.mkdir(parents=True, exist_ok=True)
-    (cfg.conf_dir / "dnf.conf").write_text(
-        "# Written by mkosi; the options are passed with --setopt= so that they show in the log.\n[main]\n")
+    conf = cfg.conf_dir / "dnf.conf"
+    conf.touch(mode=0o600)
+    conf.chmod(0o600)
+    conf.write_text(dnf_conf_text(cfg))
     repos = list(cfg.repos)
     if repos:
         (repos_d / "mkosi.repo").write_text(repo_file_text(repos))

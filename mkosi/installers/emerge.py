@@ -41,6 +41,7 @@ from mkosi import log
 from mkosi.errors import MkosiError
 from mkosi.installers.base import InstallerConfig, run_package_manager
 from mkosi.installers.rpm import remove_paths
+from mkosi.proxy import Proxy
 from mkosi.run import find_tool, run
 from mkosi.sandbox import Mount, Sandbox
 
@@ -129,13 +130,22 @@ def verify_digests(path: Path, digests: dict[str, str], size: Optional[int] = No
             raise MkosiError(f"{algo} digest mismatch for {path.name}: expected {expected}, got {actual}")
 
 
-def fetch(url: str, dest: Path) -> Path:
+def url_opener(url: str, proxy: Optional[Proxy]) -> urllib.request.OpenerDirector:
+    """What fetches `url`: through ProxyUrl= unless ProxyExclude= names its host; without proxy settings,
+    urllib's default (the proxy variables of mkosi's environment)."""
+    proxies = proxy.urllib_proxies(url) if proxy is not None else None
+    if proxies is None:
+        return urllib.request.build_opener()
+    return urllib.request.build_opener(urllib.request.ProxyHandler(proxies))
+
+
+def fetch(url: str, dest: Path, proxy: Optional[Proxy] = None) -> Path:
     """Download url (http(s):// or file://) to dest, atomically."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".part")
     log.debug(f"fetching {url}")
     try:
-        with urllib.request.urlopen(url, timeout=60) as resp, tmp.open("wb") as f:
+        with url_opener(url, proxy).open(url, timeout=60) as resp, tmp.open("wb") as f:
             shutil.copyfileobj(resp, f, 1024 * 1024)
     except (urllib.error.URLError, OSError) as e:
         tmp.unlink(missing_ok=True)
@@ -144,9 +154,9 @@ def fetch(url: str, dest: Path) -> Path:
     return dest
 
 
-def fetch_text(url: str) -> str:
+def fetch_text(url: str, proxy: Optional[Proxy] = None) -> str:
     with tempfile.TemporaryDirectory(prefix="mkosi-fetch-") as d:
-        return fetch(url, Path(d) / "file").read_text(errors="replace")
+        return fetch(url, Path(d) / "file", proxy).read_text(errors="replace")
 
 
 def verify_signature(path: Path, signature: Path, key: Path) -> None:
@@ -196,12 +206,12 @@ def fetch_stage3(cfg: EmergeConfig) -> Path:
                              hint="build once with network access and a Cache= directory")
         return cached
 
-    text = fetch_text(latest_url(cfg.mirror, cfg.architecture))
+    text = fetch_text(latest_url(cfg.mirror, cfg.architecture), cfg.proxy)
     rel, size = parse_latest(text)
     base = autobuilds_url(cfg.mirror, cfg.architecture)
     tarball = stages / Path(rel).name
     digests_file = stages / (tarball.name + ".DIGESTS")
-    fetch(f"{base}/{rel}.DIGESTS", digests_file)
+    fetch(f"{base}/{rel}.DIGESTS", digests_file, cfg.proxy)
     digests = parse_digests(digests_file.read_text(errors="replace"), tarball.name)
     if tarball.exists():
         try:
@@ -211,12 +221,12 @@ def fetch_stage3(cfg: EmergeConfig) -> Path:
         except MkosiError:
             tarball.unlink()
     with log.step(f"Downloading {tarball.name} ({size // (1024 * 1024)} MiB)"):
-        fetch(f"{base}/{rel}", tarball)
+        fetch(f"{base}/{rel}", tarball, cfg.proxy)
     try:
         verify_digests(tarball, digests, size)
         key = release_key()
         if key is not None:
-            signature = fetch(f"{base}/{rel}.asc", stages / (tarball.name + ".asc"))
+            signature = fetch(f"{base}/{rel}.asc", stages / (tarball.name + ".asc"), cfg.proxy)
             verify_signature(tarball, signature, key)
         else:
             log.warn(f"the Gentoo release key ({GENTOO_KEY}) is not on this host: "
@@ -240,11 +250,11 @@ def fetch_snapshot(cfg: EmergeConfig) -> Path:
                              hint="build once with network access and a Cache= directory")
         return dest
     url = snapshot_url(cfg.mirror)
-    fetch(url, dest)
+    fetch(url, dest, cfg.proxy)
     # The snapshot directory publishes checksum files next to each tarball.
     for suffix in (".sha512sum", ".md5sum"):
         try:
-            text = fetch_text(url + suffix)
+            text = fetch_text(url + suffix, cfg.proxy)
         except MkosiError:
             continue
         digests = parse_digests(text, dest.name)
@@ -298,8 +308,9 @@ CHROOT_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LC_ALL"
 def chroot_sandbox(cfg: EmergeConfig) -> Sandbox:
     """The stage3 as /, with /proc, /sys, /dev, distfiles and binary packages from the package cache,
     and nothing of the host's environment."""
+    proxy = cfg.proxy.environment() if cfg.proxy is not None else {}
     return cfg.sandbox.chroot(
-        cfg.root, env=CHROOT_ENV, clear_env=True, network=cfg.network,
+        cfg.root, env={**CHROOT_ENV, **proxy}, clear_env=True, network=cfg.network,
         mounts=[Mount(cfg.cache / "distfiles", "/var/cache/distfiles"),
                 Mount(cfg.cache / "binpkgs", "/var/cache/binpkgs")])
 

@@ -76,6 +76,8 @@ def _apt_settings(cfg: AptConfig, ws: Path, base: Path, status: Path) -> dict[st
         "Dpkg::Install::Recursive::Minimum": "1000000",
         "quiet": "1",
     }
+    if cfg.proxy is not None:
+        settings.update(cfg.proxy.apt_settings())
     if not cfg.key_check:
         settings.update({
             "Acquire::AllowInsecureRepositories": "true",

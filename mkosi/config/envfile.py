@@ -56,22 +56,23 @@ def parse_env_text(text: str) -> list[tuple[str, str, int]]:
                 i += 1
             continue
         start_line = line
+        line_start = i
         m = NAME.match(text, i)
         if m and m.group() == "export" and m.end() < n and text[m.end()] in " \t":
             i = m.end()
             skip_blanks()
             m = NAME.match(text, i)
-        if not m:
-            end = text.find("\n", i)
-            rest = text[i:end] if end >= 0 else text[i:]
-            word = rest.split("=", 1)[0].strip()
-            raise EnvFileError(f"invalid variable name '{excerpt(word)}', expected NAME=VALUE" if "=" in rest
-                               else f"expected NAME=VALUE, got '{excerpt(rest.strip())}'", start_line)
+        if m:
+            i = m.end()
+            skip_blanks()
+        if not m or i >= n or text[i] != "=":
+            end = text.find("\n", line_start)
+            rest = (text[line_start:end] if end >= 0 else text[line_start:]).strip()
+            if "=" not in rest:
+                raise EnvFileError(f"expected NAME=VALUE, got '{excerpt(rest)}'", start_line)
+            word = re.sub(r"^export\s+", "", rest.split("=", 1)[0].strip())
+            raise EnvFileError(f"invalid variable name '{excerpt(word)}', expected NAME=VALUE", start_line)
         name = m.group()
-        i = m.end()
-        skip_blanks()
-        if i >= n or text[i] != "=":
-            raise EnvFileError(f"expected '=' after the variable name '{name}'", start_line)
         i += 1
         skip_blanks()
         value: list[str] = []

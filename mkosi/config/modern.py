@@ -223,7 +223,7 @@ def parse_root_shell(value: str) -> str:
 
 def _environment_files(value: list[Path], r: Resolving) -> list[Path]:
     """mkosi.env next to the configuration is read first, also when EnvironmentFiles= names other files
-    (an empty EnvironmentFiles= leaves it out too)."""
+    (a list cleared with `!*` leaves it out too)."""
     default = r.found.get("mkosi.env")
     if value and default is not None and default not in value:
         return [default, *value]

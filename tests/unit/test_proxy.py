@@ -22,7 +22,7 @@ from mkosi.context import Context, Phase
 from mkosi.distributions.registry import plugin
 from mkosi.errors import ConfigError
 from mkosi.installers import emerge
-from mkosi.installers.apt.hostapt import _apt_settings
+from mkosi.installers.apt.hostapt import _apt_settings, _plan_key, setup_apt
 from mkosi.installers.dnf import DnfConfig, dnf_argv, dnf_conf_text, dnf_sandbox, setup
 from mkosi.proxy import PROXY_SETTINGS, Proxy, parse_proxy_exclude, parse_proxy_url, redacted_url
 from mkosi.summary import summary_dict, summary_json
@@ -246,3 +246,17 @@ def test_proxy_settings_are_no_input_of_caches(tmp_path: Path) -> None:
         assert not set(PROXY_SETTINGS) & set(inputs)
         assert "pw@" not in json.dumps(inputs, default=str) and str(key) not in json.dumps(inputs, default=str)
     assert build_key(Args(), proxied) == build_key(Args(), plain)
+
+
+def test_apt_resolutions_do_not_depend_on_the_proxy(tmp_path: Path) -> None:
+    keyring = write(tmp_path / "debian-archive-keyring.gpg", "key\n")
+    status = write(tmp_path / "status", "")
+    keys = []
+    for name, proxy in (("plain", None), ("proxied", Proxy(url=URL, exclude=("deb.local",)))):
+        ctx = context(tmp_path / name, distribution=Distribution.debian, release="bookworm")
+        cfg = dataclasses.replace(plugin(Distribution.debian).apt_config(ctx.config, ctx),  # type: ignore[attr-defined]
+                                  proxy=proxy)
+        apt = setup_apt(cfg, status, keyring)
+        assert ("Acquire::http::Proxy" in apt.conf.read_text()) == (proxy is not None)
+        keys.append(_plan_key(apt, "install", ["bash"]))
+    assert keys[0] == keys[1]

@@ -230,8 +230,11 @@ def _plan_key(apt: HostApt, command: str, packages: Sequence[str]) -> str:
     """What apt's resolution depends on: its configuration, the sources, keys and lists, the dpkg status."""
     h = hashlib.sha256()
     h.update(repr((command, list(packages))).encode())
-    # The workspace differs from build to build; the cache and the root do not matter either.
-    h.update(apt.conf.read_text().replace(str(apt.conf.parent), "@WORKSPACE@").encode())
+    # The workspace differs from build to build; the cache and the root do not matter either, nor does the
+    # proxy (ProxyUrl=, ProxyExclude=): how packages are fetched is not what is resolved.
+    conf = "".join(line for line in apt.conf.read_text().splitlines(keepends=True)
+                   if not re.match(r"Acquire::https?::Proxy", line))
+    h.update(conf.replace(str(apt.conf.parent), "@WORKSPACE@").encode())
     etc = apt.conf.parent / "etc"
     for p in sorted(etc.rglob("*")):
         if p.is_file():

@@ -61,6 +61,7 @@ from mkosi.preflight import (
     remove_stale_workspaces,
 )
 from mkosi.run import find_tool, run
+from mkosi.runtime import certificate_public_key
 from mkosi.scripts import (
     copy_build_results,
     copy_build_sources,
@@ -343,8 +344,10 @@ def configure_ssh(ctx: Context) -> None:
         if not sock:
             raise MkosiError("SshAgent=yes but $SSH_AUTH_SOCK is not set", hint="run with sudo -E")
         keys += str(run(["ssh-add", "-L"], env={"SSH_AUTH_SOCK": sock}, capture=True).stdout).splitlines()
-    elif config.ssh_key is not None:
+    elif config.ssh_key is not None and (Path(f"{config.ssh_key}.pub").is_file() or config.ssh_certificate is None):
         keys.append(Path(f"{config.ssh_key}.pub").read_text().strip())
+    elif config.ssh_key is not None and config.ssh_certificate is not None:
+        keys.append(certificate_public_key(config.ssh_certificate))
     else:
         pub = generate_ssh_keypair(staged(ctx, artifacts.SSH_KEY), f"mkosi {config.image_id or 'image'}")
         keys.append(pub.read_text().strip())

@@ -15,6 +15,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Optional
 
 from mkosi import log
 from mkosi.config.enums import RuntimeNetwork
@@ -25,6 +26,19 @@ from mkosi.mounts import umount_all_below
 from mkosi.output.artifacts import NSPAWN_SETTINGS, output_stem, written
 from mkosi.output.gpt import role_of_type
 from mkosi.run import current_sandbox, run
+from mkosi.runtime import (
+    CONTAINER_JOURNAL_SOCKET,
+    FORWARD_CREDENTIAL,
+    background,
+    check_nspawn_properties,
+    find_journal_remote,
+    invoking_user,
+    journal_remote_argv,
+    prepare_journal_output,
+    property_args,
+    ssh_credentials,
+    want_register,
+)
 from mkosi.sandbox import Container, resolve_in_root, valid_machine_name
 from mkosi.ssh import MachineRecord, free_port, machine_state_path, recorded_machine
 
@@ -316,16 +330,24 @@ def container_network(config: Config) -> tuple[bool, list[str]]:
     return True, []
 
 
-def nspawn_runtime_args(config: Config, tmp: Path) -> tuple[list[str], dict[str, Path]]:
-    """The nspawn options of Credentials= (one --load-credential= each, the values in files below `tmp`),
-    RuntimeTrees=/RuntimeBuildSources= (--bind=) and RuntimeNetwork=."""
+def nspawn_runtime_args(config: Config, tmp: Path,
+                        more_credentials: Optional[dict[str, bytes]] = None) -> tuple[list[str], dict[str, Path]]:
+    """The nspawn options of Credentials= (one --load-credential= each, the values in files below `tmp`;
+    with SshCertificate= the authorized key, and `more_credentials`), RuntimeTrees=/RuntimeBuildSources=
+    (--bind=), RuntimeNetwork=, BindUser= (--bind-user=) and UnitProperties= (--property=)."""
     extra = []
-    creds = write_credentials(runtime_credentials(config), tmp / "credentials") if config.credentials else {}
+    values = runtime_credentials(config) if config.credentials else {}
+    values.update(ssh_credentials(config))
+    values.update(more_credentials or {})
+    creds = write_credentials(values, tmp / "credentials") if values else {}
     for name, path in creds.items():
         extra.append(f"--load-credential={name}:{path}")
     for source, target in runtime_mounts(config):
         extra.append(f"--bind={source}:{target}")
     extra += container_network(config)[1]
+    if config.bind_user:
+        extra.append(f"--bind-user={invoking_user().name}")
+    extra += property_args(config)
     return extra, creds
 
 
@@ -348,7 +370,21 @@ def run_container(args: Args, config: Config, boot: bool) -> int:
     network, _ = container_network(config)
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mkosi-nspawn-")))
-        extra, _ = nspawn_runtime_args(config, tmp)
+        register = want_register(config)
+        check_nspawn_properties(config, config.nspawn_keep_unit)
+        more: dict[str, bytes] = {}
+        journal_binds = []
+        if config.forward_journal is not None:
+            # journald in the container (systemd 256 and later) sends its entries to the socket of a
+            # systemd-journal-remote on the host, bound into the container.
+            sock = tmp / "journal.sock"
+            prepare_journal_output(config.forward_journal)
+            argv = journal_remote_argv(find_journal_remote(), config.forward_journal, os.fspath(sock))
+            stack.enter_context(background(argv, "systemd-journal-remote", ready=sock))
+            journal_binds.append(f"--bind={sock}:{CONTAINER_JOURNAL_SOCKET}")
+            more[FORWARD_CREDENTIAL] = CONTAINER_JOURNAL_SOCKET.encode()
+        extra, _ = nspawn_runtime_args(config, tmp, more)
+        extra += journal_binds
         if settings is not None and settings.exists():
             extra.append("--settings=trusted")
             stack.enter_context(nspawn_settings_for(machine, settings))
@@ -383,6 +419,6 @@ def run_container(args: Args, config: Config, boot: bool) -> int:
             if point is not None and not point.exists() and not point.is_symlink():
                 stack.callback(remove_empty_mount_point, point)
         container = Container(keep_unit=config.nspawn_keep_unit, machine=machine, image=use_image,
-                              boot=boot, ephemeral=ephemeral_by_nspawn, extra=tuple(extra))
+                              boot=boot, ephemeral=ephemeral_by_nspawn, extra=tuple(extra), register=register)
         sandbox = current_sandbox().nspawn(target, network=network, container=container)
         return run(cmd, sandbox=sandbox, check=False).returncode

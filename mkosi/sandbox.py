@@ -69,6 +69,7 @@ class Container:
     boot: bool = False                 # run the image's init instead of a command
     ephemeral: bool = False
     extra: tuple[str, ...] = ()
+    register: Optional[bool] = None    # None: only where the host has systemd with a system bus
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,7 +221,7 @@ class Sandbox:
             binds=[(m.source, m.target) for m in self.mounts if not m.readonly],
             ro_binds=[(m.source, m.target) for m in self.mounts if m.readonly],
             chdir=self.chdir, ephemeral=c.ephemeral, image=c.image, boot=c.boot, extra=c.extra,
-            machine=c.machine, executable=executable)
+            machine=c.machine, executable=executable, register=c.register)
 
     def mount_points(self) -> list[Path]:
         """Host directories to create before the command starts: the API file system mount points and
@@ -295,11 +296,16 @@ def nspawn_executable() -> str:
     return os.environ.get("MKOSI_NSPAWN_EXECUTABLE") or "systemd-nspawn"
 
 
-def nspawn_base_args(keep_unit: Optional[bool], executable: Optional[str] = None) -> list[str]:
-    """Flags every nspawn call needs on this host. Without systemd/bus: --register=no --keep-unit."""
+def nspawn_base_args(keep_unit: Optional[bool], executable: Optional[str] = None,
+                     register: Optional[bool] = None) -> list[str]:
+    """Flags every nspawn call needs on this host. Without systemd/bus: --register=no --keep-unit.
+    `register` (Register=) says explicitly whether nspawn registers with machined; it is never yes
+    where the host has no systemd with a system bus."""
     argv = [executable or nspawn_executable()]
     systemd = host_has_systemd()
-    if not systemd:
+    if register is not None:
+        argv.append(f"--register={'yes' if register and systemd else 'no'}")
+    elif not systemd:
         argv.append("--register=no")
     if keep_unit or (keep_unit is None and not systemd):
         argv.append("--keep-unit")
@@ -332,10 +338,11 @@ def nspawn_command(
     extra: Sequence[str] = (),
     machine: Optional[str] = None,
     executable: Optional[str] = None,
+    register: Optional[bool] = None,
 ) -> list[str]:
     """The systemd-nspawn argument list. An env value of None passes the name only: nspawn then takes
     the value from its own environment (how Sandbox keeps values out of command lines)."""
-    argv = nspawn_base_args(keep_unit, executable)
+    argv = nspawn_base_args(keep_unit, executable, register)
     argv += ["--quiet", f"--machine={valid_machine_name(machine) or 'mkosi-' + uuid.uuid4().hex[:12]}"]
     argv += [f"--image={root}"] if image else [f"--directory={root}"]
     if not boot:

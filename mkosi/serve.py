@@ -13,6 +13,7 @@ mkosi.rootpw, mkosi.passphrase, private keys, the incremental cache keys or anyt
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import html
 import http.server
@@ -31,8 +32,11 @@ from typing import Any, BinaryIO, Optional
 
 from mkosi import log
 from mkosi.config.settings import Config
+from mkosi.container import machine_name
 from mkosi.errors import MkosiError
+from mkosi.formats import FormatKind
 from mkosi.output.artifacts import incremental_cache_paths, paths, secrets
+from mkosi.runtime import background, storagetm_argv, want_storagetm
 
 _COPY_CHUNK = 1024 * 1024
 # A single byte range needs at most "bytes=" and two 20-digit numbers; anything much longer is abuse.
@@ -355,5 +359,13 @@ def run_serve(config: Config) -> int:
                          hint="build the image first")
     for name in sorted(files):
         log.debug(f"serving {name} ({files[name]})")
-    serve(lambda: served_files(config), port, bind)
+    with contextlib.ExitStack() as stack:
+        image = config.output if config.format.row.kind is FormatKind.disk else None
+        storagetm = want_storagetm(config, image)
+        if storagetm is not None:
+            assert image is not None
+            log.info("Serving the disk image over NVMe-TCP with systemd-storagetm as well")
+            stack.enter_context(background(storagetm_argv(storagetm, machine_name(config), image),
+                                           "systemd-storagetm"))
+        serve(lambda: served_files(config), port, bind)
     return 0

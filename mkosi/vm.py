@@ -8,14 +8,13 @@ import hashlib
 import os
 import random
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from mkosi import log
-from mkosi.config.enums import BootProtocol, Feature, Firmware, QemuKvm, RuntimeNetwork
+from mkosi.config.enums import BootProtocol, Feature, Firmware, QemuKvm, RuntimeNetwork, Vmm
 from mkosi.config.settings import Args, Config
 from mkosi.config.types import parse_size
 from mkosi.container import (
@@ -25,8 +24,10 @@ from mkosi.container import (
     runtime_credentials,
     runtime_mounts,
     smbios_credential_files,
+    write_credentials,
 )
 from mkosi.errors import MkosiError
+from mkosi.formats import FormatKind
 from mkosi.output import artifacts
 from mkosi.qemu import (
     drive_args,
@@ -41,7 +42,23 @@ from mkosi.qemu import (
     virtiofs_args,
     vsock_args,
 )
-from mkosi.run import find_tool, spawn
+from mkosi.run import current_sandbox, find_tool
+from mkosi.runtime import (
+    FORWARD_CREDENTIAL,
+    background,
+    cxl_args,
+    find_journal_remote,
+    invoking_user,
+    journal_remote_argv,
+    prepare_journal_output,
+    register_vm,
+    scope_prefix,
+    ssh_credentials,
+    sysusers_for,
+    vm_journal_listen,
+    vsock_journal_port,
+    want_register,
+)
 from mkosi.ssh import (
     MachineRecord,
     connect_with_retry,
@@ -247,32 +264,6 @@ def vsock_cid(config: Config) -> int | None:
     return int(config.vsock_cid)
 
 
-@contextlib.contextmanager
-def background(argv: list[str], what: str, ready: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """A helper process (swtpm, virtiofsd) for the lifetime of the VM; waits for `ready` to exist."""
-    # Its messages go to a file (a pipe nobody reads could fill up and stall it), shown if it fails to start.
-    with tempfile.TemporaryFile() as errors:
-        # Through the sandbox of the verb: with a tools tree, its swtpm and virtiofsd and their libraries.
-        proc = spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
-        try:
-            deadline = time.monotonic() + 10
-            while ready is not None and not ready.exists():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    errors.seek(0)
-                    err = errors.read().decode(errors="replace").strip()
-                    raise MkosiError(f"{what} did not start" + (f": {err.splitlines()[-1]}" if err else ""))
-                time.sleep(0.05)
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-
-
 def swtpm_argv(swtpm: str, state: Path, sock: Path) -> list[str]:
     return [swtpm, "socket", "--tpm2", "--tpmstate", f"dir={state}", "--ctrl", f"type=unixio,path={sock}"]
 
@@ -359,7 +350,9 @@ def qemu_argv(args: Args, config: Config, tmp: Path, *, ssh_port: int | None = N
         extra_devices += kernel_cmdline_extra_args(config.kernel_command_line_extra)
     if vsock is not None:
         extra_devices += vsock_args(vsock)
-    return qemu_command(
+    if config.cxl:
+        extra_devices += cxl_args(config.architecture)
+    return scope_prefix(config) + qemu_command(
         image=image, fmt="qcow2" if config.qcow2 else "raw", boot=boot.value, kernel=kernel, initrd=initrd,
         cmdline=cmdline, smp=vm_cpus(config), mem=config.qemu_mem, kvm=use_kvm(config),
         headless=console != "gui", console=console,
@@ -372,6 +365,8 @@ def qemu_argv(args: Args, config: Config, tmp: Path, *, ssh_port: int | None = N
 def run_vm(args: Args, config: Config) -> int:
 
     assert config.output is not None
+    if config.vmm == Vmm.vmspawn:
+        return run_vmspawn(args, config)
     machine = machine_name(config)
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mkosi-qemu-")))
@@ -401,7 +396,21 @@ def run_vm(args: Args, config: Config) -> int:
             devices += tpm_args(sock, config.architecture)
         devices += stack.enter_context(drive_files(parse_drives(config), machine))
         creds = runtime_credentials(config)
+        creds.update(ssh_credentials(config))
         mounts = runtime_mounts(config)
+        if config.bind_user:
+            # The home directory is shared like RuntimeTrees= at the same path; sysusers makes the user
+            # with the host's uid and gid, so that the files keep their owner.
+            user = invoking_user()
+            mounts.append((user.home, os.fspath(user.home)))
+            creds["sysusers.extra"] = creds.get("sysusers.extra", b"") + sysusers_for(user).encode()
+        if config.forward_journal is not None:
+            jport = vsock_journal_port()
+            listen = vm_journal_listen(cid, jport)
+            prepare_journal_output(config.forward_journal)
+            stack.enter_context(background(journal_remote_argv(find_journal_remote(), config.forward_journal,
+                                                               listen), "systemd-journal-remote"))
+            creds[FORWARD_CREDENTIAL] = listen.encode()
         if mounts:
             virtiofsd = find_virtiofsd()
             shares = []
@@ -412,6 +421,7 @@ def run_vm(args: Args, config: Config) -> int:
             devices += virtiofs_args(shares, config.qemu_mem)
             creds["fstab.extra"] = (creds.get("fstab.extra", b"") + fstab_extra(mounts).encode())
         devices += smbios_credential_args(smbios_credential_files(creds, tmp / "credentials"))
+        register_vm(config, machine, cid, port)
         run_qemu(qemu_argv(args, config, tmp, ssh_port=port, devices=devices, vsock=cid))
     return 0
 
@@ -472,3 +482,103 @@ def run_ssh(args: Args, config: Config) -> int:
     argv = ssh_command(record.host, record.port, key if agent is None else None, agent, list(args.cmdline))
     # sshd answers: a few seconds more for the rare connection that still fails while the machine boots.
     return connect_with_retry(argv, 10)
+
+
+# ---------------------------------------------------------------------------------------------
+# VirtualMachineMonitor=vmspawn
+# ---------------------------------------------------------------------------------------------
+
+
+def _bool(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+def vmspawn_argv(args: Args, config: Config, vmspawn: str, *, register: bool,
+                 credentials: dict[str, Path], bind_user: str | None = None) -> list[str]:
+    """The systemd-vmspawn command line of the vm verb: what mkosi's qemu command line does, in vmspawn's
+    options. The words after the verb come after the options (more vmspawn options, then kernel command
+    line words), KernelCommandLineExtra= last."""
+    assert config.output is not None
+    kind = config.format.row.kind
+    if kind not in (FormatKind.disk, FormatKind.tree) or config.qcow2 or config.output_compression:
+        raise MkosiError("VirtualMachineMonitor=vmspawn boots uncompressed raw disk images and directories only, "
+                         f"not '{config.format}'", hint="use VirtualMachineMonitor=qemu")
+    for setting, is_set in (("CXL=", config.cxl), ("Drives=", bool(config.drives)),
+                            ("FirmwareVariables=", config.firmware_variables is not None),
+                            ("QemuArgs=", bool(config.qemu_args))):
+        if is_set:
+            raise MkosiError(f"{setting} is not passed to systemd-vmspawn", hint="use VirtualMachineMonitor=qemu")
+    boot, secure_boot, with_initrd = vm_firmware(config)
+    if boot == BootProtocol.bios:
+        raise MkosiError("systemd-vmspawn boots with UEFI firmware or a kernel, not BIOS firmware")
+    argv = [vmspawn, f"--machine={machine_name(config)}", f"--cpus={vm_cpus(config)}", f"--ram={config.qemu_mem}",
+            f"--register={_bool(register)}", f"--console={console_mode(config)}"]
+    argv.append(f"--image={config.output}" if kind is FormatKind.disk else f"--directory={config.output}")
+    if config.qemu_kvm != QemuKvm.auto:
+        argv.append(f"--kvm={_bool(config.qemu_kvm == QemuKvm.yes)}")
+    if config.vsock != Feature.auto:
+        argv.append(f"--vsock={_bool(config.vsock == Feature.enabled)}")
+    if config.vsock != Feature.disabled and config.vsock_cid not in ("auto", "hash"):
+        argv.append(f"--vsock-cid={config.vsock_cid}")
+    if config.tpm != Feature.auto:
+        argv.append(f"--tpm={_bool(config.tpm == Feature.enabled)}")
+    if boot == BootProtocol.linux:
+        kernel = Path(config.linux) if config.linux else artifacts.path(config, artifacts.LINUX_KERNEL)
+        argv.append(f"--linux={kernel}")
+        initrd = artifacts.path(config, artifacts.LINUX_INITRD)
+        if with_initrd and initrd.exists():
+            argv.append(f"--initrd={initrd}")
+    elif secure_boot:
+        argv.append("--secure-boot=yes")
+    if vm_tap(config):
+        argv.append("--network-tap")
+    elif config.runtime_network == RuntimeNetwork.user:
+        argv.append("--network-user-mode")
+    for source, target in runtime_mounts(config):
+        argv.append(f"--bind={source}:{target}")
+    if bind_user is not None:
+        argv.append(f"--bind-user={bind_user}")
+    for name, path in credentials.items():
+        argv.append(f"--load-credential={name}:{path}")
+    if config.forward_journal is not None:
+        argv.append(f"--forward-journal={config.forward_journal}")
+    argv += [f"--property={p}" for p in config.unit_properties]
+    return [*argv, *args.cmdline, *config.kernel_command_line_extra]
+
+
+def find_vmspawn() -> str:
+    found = find_tool("systemd-vmspawn")
+    if found is None:
+        raise MkosiError("VirtualMachineMonitor=vmspawn, but systemd-vmspawn was not found"
+                         + (" in the tools tree" if config_has_tools_tree() else ""),
+                         hint="install systemd-vmspawn (systemd 256 or later) or use VirtualMachineMonitor=qemu")
+    return found
+
+
+def config_has_tools_tree() -> bool:
+    return current_sandbox().tools is not None
+
+
+def run_vmspawn(args: Args, config: Config) -> int:
+    assert config.output is not None
+    vmspawn = find_vmspawn()
+    register = want_register(config)
+    if config.ssh:
+        log.warn("mkosi ssh does not reach machines started by systemd-vmspawn (no forwarded port); "
+                 "use vmspawn's own ssh access or VirtualMachineMonitor=qemu")
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mkosi-vmspawn-")))
+        if config.ephemeral:
+            copy = stack.enter_context(ephemeral_copy(config.output))
+            config = dataclasses.replace(config, output=copy)
+        assert config.output is not None
+        if config.runtime_size and config.format.row.kind is FormatKind.disk:
+            grow_image(config.output, config.runtime_size)
+        creds = runtime_credentials(config)
+        creds.update(ssh_credentials(config))
+        paths = write_credentials(creds, tmp / "credentials") if creds else {}
+        bind_user = invoking_user().name if config.bind_user else None
+        if config.forward_journal is not None:
+            prepare_journal_output(config.forward_journal)
+        run_qemu(vmspawn_argv(args, config, vmspawn, register=register, credentials=paths, bind_user=bind_user))
+    return 0

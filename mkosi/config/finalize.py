@@ -400,9 +400,10 @@ def check_sources_and_keys(cli: CommandLine, v: Merged, values: dict[str, Any]) 
     if values["source_file_transfer_final"] == SourceFileTransfer.mount:
         raise _fail(v, "source_file_transfer_final", "'mount' is not possible for the final image")
     if values["ssh_key"] is not None:
+        # The public half is the key's .pub, or the key of SshCertificate= (an X.509 certificate).
         pub = Path(str(values["ssh_key"]) + ".pub")
-        if not values["ssh_key"].is_file() or not pub.is_file():
-            raise _fail(v, "ssh_key", f"needs both '{values['ssh_key']}' and '{pub}'")
+        if not values["ssh_key"].is_file() or (not pub.is_file() and values.get("ssh_certificate") is None):
+            raise _fail(v, "ssh_key", f"needs both '{values['ssh_key']}' and '{pub}' (or SshCertificate=)")
     if values["password_is_hashed"] and values["password"] is None:
         raise _fail(v, "password_is_hashed", "is set but no password is given (Password= or mkosi.rootpw)")
     if values["sign"] and not values["checksum"]:

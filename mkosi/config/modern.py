@@ -568,7 +568,7 @@ class ModernSettings:
     # ---- [Runtime] ----
     vmm: Vmm = setting(
         section=R, key="VirtualMachineMonitor", flags=("--vmm",), parse=parse_enum(Vmm), choices=choices(Vmm),
-        default=Vmm.qemu, scope=Scope.main, status=NOT_YET, help="Virtual machine monitor of the vm verb.")
+        default=Vmm.qemu, scope=Scope.main, help="Virtual machine monitor of the vm verb.")
     console: ConsoleMode = setting(
         section=R, key="Console", flags=("--console",), parse=parse_enum(ConsoleMode), choices=choices(ConsoleMode),
         default=ConsoleMode.interactive, scope=Scope.main, help="Console of the virtual machine.")
@@ -576,7 +576,7 @@ class ModernSettings:
         section=R, key="MaxMem", flags=("--maxmem",), parse=parse_size, scope=Scope.main,
         metavar="BYTES", help="Maximum memory of the virtual machine, hotplug included (default: RAM=).")
     cxl: bool = _flag(
-        section=R, key="CXL", flags=("--cxl",), default=False, scope=Scope.main, status=NOT_YET,
+        section=R, key="CXL", flags=("--cxl",), default=False, scope=Scope.main,
         help="Enable CXL devices in the virtual machine.")
     vsock: Feature = _feature(
         section=R, key="VSock", aliases=("QemuVsock",), flags=("--vsock",), scope=Scope.main,
@@ -631,27 +631,27 @@ class ModernSettings:
         section=R, key="RuntimeBuildSources", flags=("--runtime-build-sources",), default=False, scope=Scope.main,
         help="Mount the build sources where the build scripts saw them.")
     bind_user: bool = _flag(
-        section=R, key="BindUser", flags=("--bind-user",), default=False, scope=Scope.main, status=NOT_YET,
+        section=R, key="BindUser", flags=("--bind-user",), default=False, scope=Scope.main,
         help="Bind the invoking user's home directory into the machine.")
     unit_properties: list[str] = setting(
         section=R, key="UnitProperties", flags=("--unit-property",), kind=Kind.LIST, separator=r"\s+",
-        default_factory=list, scope=Scope.main, status=NOT_YET, metavar="PROPERTY",
+        default_factory=list, scope=Scope.main, metavar="PROPERTY",
         help="systemd unit properties of the machine's scope.")
     ssh_certificate: Optional[Path] = setting(
         section=R, key="SshCertificate", flags=("--ssh-certificate",), parse=parse_path, path_rule=PathRule.path,
-        path_default=("mkosi.crt",), scope=Scope.main, status=NOT_YET, metavar="PATH",
-        help="Certificate provisioned as the ssh key of virtual machines (default: mkosi.crt).")
+        path_default=("mkosi.crt",), scope=Scope.main, metavar="PATH",
+        help="X.509 certificate whose key root accepts over ssh in the machine (default: mkosi.crt).")
     machine: Optional[str] = setting(
         section=R, key="Machine", flags=("--machine",), scope=Scope.main, metavar="NAME",
         help="Machine name of the container or virtual machine.")
     register: Feature = _feature(
-        section=R, key="Register", flags=("--register",), scope=Scope.main, status=NOT_YET,
+        section=R, key="Register", flags=("--register",), scope=Scope.main,
         help="Register the machine with systemd-machined: yes, no or auto.")
     forward_journal: Optional[Path] = setting(
         section=R, key="ForwardJournal", flags=("--forward-journal",), parse=parse_path, path_rule=PathRule.path,
-        scope=Scope.main, status=NOT_YET, metavar="PATH", help="Where the machine's journal is written.")
+        scope=Scope.main, metavar="PATH", help="Where the machine's journal is written.")
     storage_target_mode: Feature = _feature(
-        section=R, key="StorageTargetMode", flags=("--storage-target-mode",), scope=Scope.main, status=NOT_YET,
+        section=R, key="StorageTargetMode", flags=("--storage-target-mode",), scope=Scope.main,
         help="serve: also serve disk images over NVMe-TCP: yes, no or auto.")
     sysupdate_dir: Optional[Path] = setting(
         section=R, key="SysupdateDirectory", flags=("--sysupdate-directory",), parse=parse_path,

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import mkosi.run
-from mkosi import container, qemu, ssh, vm
+from mkosi import container, qemu, runtime, ssh, vm
 from mkosi.config import load_args
 from mkosi.config.enums import BootProtocol, ConsoleMode, Feature, Firmware, QemuKvm, RuntimeNetwork, Verb
 from mkosi.config.settings import Args, Config
@@ -665,11 +665,11 @@ def test_generator_is_installed_in_images_with_systemd(tmp_path: Path) -> None:
 
 def test_background_helper_waits_for_its_socket_and_reports_failures(tmp_path: Path) -> None:
     ready = tmp_path / "sock"
-    with vm.background(["sh", "-c", f"sleep 0.2; touch {ready}; exec sleep 60"], "helper", ready=ready) as proc:
+    with runtime.background(["sh", "-c", f"sleep 0.2; touch {ready}; exec sleep 60"], "helper", ready=ready) as proc:
         assert ready.exists() and proc.poll() is None
     assert proc.poll() is not None   # stopped with the VM
     with pytest.raises(MkosiError, match="helper did not start: no such state"), \
-         vm.background(["sh", "-c", "echo no such state >&2; exit 1"], "helper", ready=tmp_path / "never"):
+         runtime.background(["sh", "-c", "echo no such state >&2; exit 1"], "helper", ready=tmp_path / "never"):
         pass
 
 
@@ -693,7 +693,7 @@ def test_background_helpers_run_in_the_tools_tree(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(subprocess, "Popen", Started)
     with mkosi.run.using_sandbox(Sandbox(tools=tools)):
         assert mkosi.run.find_tool("swtpm") == "/usr/bin/swtpm"
-        with vm.background(["/usr/bin/swtpm", "socket"], "swtpm"):
+        with runtime.background(["/usr/bin/swtpm", "socket"], "swtpm"):
             pass
     argv = started[0]
     assert argv[0].endswith("bwrap") and argv[-3:] == ["--", "/usr/bin/swtpm", "socket"]

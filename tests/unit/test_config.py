@@ -799,6 +799,16 @@ def test_contradictions(wd: Path, settings: str, setting: str, words: str) -> No
     assert words in str(e)
 
 
+def test_ssh_key_needs_no_pub_with_a_certificate(wd: Path) -> None:
+    # SshKey= is then the private key of SshCertificate= (mkosi.crt here), whose key the machine accepts.
+    write(wd / "key.pem", "private")
+    write(wd / "mkosi.default", f"[Host]\nSshKey={wd}/key.pem\n")
+    assert load_error(verb="build").setting == "SshKey"
+    write(wd / "mkosi.crt", "certificate")
+    config = load(verb="build")
+    assert config.ssh_key == wd / "key.pem" and config.ssh_certificate == wd / "mkosi.crt"
+
+
 def test_bootable_verity_usr_only_is_refused_until_implemented(wd: Path) -> None:
     assert load("--bootable", "--verity").verity.value == "yes"
     e = load_error("--bootable", "--verity", "--usr-only")

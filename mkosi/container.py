@@ -346,7 +346,9 @@ def nspawn_runtime_args(config: Config, tmp: Path,
         extra.append(f"--bind={source}:{target}")
     extra += container_network(config)[1]
     if config.bind_user:
-        extra.append(f"--bind-user={invoking_user().name}")
+        # nspawn maps the user into the container with a user namespace, which --bind-user= needs; the
+        # image's files are mapped with an idmapped mount (never chowned, so the image is not changed).
+        extra += ["--private-users=pick", "--private-users-ownership=map", f"--bind-user={invoking_user().name}"]
     extra += property_args(config)
     return extra, creds
 

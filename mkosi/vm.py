@@ -512,7 +512,9 @@ def vmspawn_argv(args: Args, config: Config, vmspawn: str, *, register: bool,
     if boot == BootProtocol.bios:
         raise MkosiError("systemd-vmspawn boots with UEFI firmware or a kernel, not BIOS firmware")
     argv = [vmspawn, f"--machine={machine_name(config)}", f"--cpus={vm_cpus(config)}", f"--ram={config.qemu_mem}",
-            f"--register={_bool(register)}", f"--console={console_mode(config)}"]
+            f"--register={_bool(register)}"]
+    if console_mode(config) != "interactive":
+        argv.append(f"--console={console_mode(config)}")   # vmspawn 257 and later; interactive is its default
     argv.append(f"--image={config.output}" if kind is FormatKind.disk else f"--directory={config.output}")
     if config.qemu_kvm != QemuKvm.auto:
         argv.append(f"--kvm={_bool(config.qemu_kvm == QemuKvm.yes)}")

@@ -174,9 +174,12 @@ def test_bind_user_in_a_container(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     as_sudo_user(monkeypatch)
     config = dataclasses.replace(tree_config(tmp_path, "image", settings=False), bind_user=True)
     container.run_container(BOOT, config, boot=True)
-    assert f"--bind-user={NOBODY.pw_name}" in calls[0]["argv"]
+    argv = calls[0]["argv"]
+    assert f"--bind-user={NOBODY.pw_name}" in argv
+    # nspawn refuses --bind-user= without a user namespace; the image is idmapped, not chowned.
+    assert "--private-users=pick" in argv and "--private-users-ownership=map" in argv
     container.run_container(SHELL, tree_config(tmp_path, "plain", settings=False), boot=False)
-    assert not any(a.startswith("--bind-user") for a in calls[1]["argv"])
+    assert not any(a.startswith(("--bind-user", "--private-users")) for a in calls[1]["argv"])
 
 
 def test_bind_user_in_a_vm(firmware: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -405,6 +408,9 @@ def test_vmspawn_directory_kernel_and_network(tmp_path: Path) -> None:
                            "vmspawn", register=True, credentials={})
     assert f"--directory={tree}" in argv and f"--linux={kernel}" in argv and "--network-tap" in argv
     assert "--register=yes" in argv and not any(a.startswith("--initrd") for a in argv)
+    assert not any(a.startswith("--console") for a in vm.vmspawn_argv(   # interactive: vmspawn's default
+        Args(), vmspawn_config(tmp_path, console=ConsoleMode.interactive), "vmspawn", register=False,
+        credentials={}))
     secure = vm.vmspawn_argv(Args(), vmspawn_config(tmp_path, firmware=Firmware.uefi_secure_boot), "vmspawn",
                              register=False, credentials={})
     assert "--secure-boot=yes" in secure and not any(a.startswith("--network") for a in

@@ -36,6 +36,7 @@ from mkosi.elf import image_architecture
 from mkosi.errors import MkosiError
 from mkosi.firstboot import configure_firstboot
 from mkosi.formats import FormatKind
+from mkosi.installers import localrepo
 from mkosi.manifest import write_manifests, write_sboms
 from mkosi.mounts import umount_all_below
 from mkosi.output import artifacts
@@ -688,6 +689,19 @@ def build_phase(ctx: Context, rerun: bool = False) -> None:
     run_finalize_script(ctx)
 
 
+def gather_packages(config: Config, ws: Path) -> None:
+    """$PACKAGEDIR for both phases: the package files of PackageDirectories= and
+    VolatilePackageDirectories= (the build script may add its own)."""
+    directories = [*config.package_directories, *config.volatile_package_directories]
+    dest = ws / "packages"
+    if directories:
+        with log.step("Collecting the local packages (PackageDirectories=)"):
+            found = localrepo.gather(directories, dest)
+        log.info(f"{len(found)} local package(s) in {len(directories)} directory(ies)")
+    else:
+        dest.mkdir(parents=True, exist_ok=True)
+
+
 def build_image(args: Args, config: Config, ws: Path, cleanup: list[Path],
                 extra: Optional[list[Path]] = None) -> Staged:
     """Build in the workspace; returns the artifacts waiting in the staging directory. What the
@@ -698,6 +712,7 @@ def build_image(args: Args, config: Config, ws: Path, cleanup: list[Path],
     cache = package_cache_dir(config)
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
+    gather_packages(config, ws)
     if config.build_script is not None:
         bctx = Context(args, config, ws, Phase.build, ws / "build-root", cache, staging, cleanup=cleanup)
         with log.step("Building the development image"), basetrees.layered(bctx):
@@ -901,6 +916,7 @@ def _rerun_locked(args: Args, config: Config) -> None:
     with log.step("Rerunning the build script"), workspace(config, keep=args.debug_workspace) as ws:
         staging = ws / "staging"
         staging.mkdir()
+        gather_packages(config, ws)
         bctx = Context(args, config, ws, Phase.build, ws / "build-root", package_cache_dir(config), staging)
         build_phase(bctx, rerun=True)
         run_build_script(bctx)

@@ -21,6 +21,7 @@ from mkosi import __version__, log
 from mkosi.config.settings import CONFIG_FIELDS, SETTINGS, Args, Config, plain_value
 from mkosi.context import Context, Phase
 from mkosi.formats import FormatKind
+from mkosi.installers.localrepo import digest_packages
 from mkosi.output.artifacts import cached_image_path, salt_path
 from mkosi.proxy import PROXY_SETTINGS
 from mkosi.run import run
@@ -111,6 +112,8 @@ def image_cache_key(ctx: Context, packages: list[str]) -> str:
         digest_path(h, tree.source)
     digest_path(h, config.prepare_script)
     digest_path(h, config.repository_directory)
+    # The local packages may be installed by the cached image; VolatilePackageDirectories= never count.
+    digest_packages(h, config.package_directories)
     return h.hexdigest()
 
 
@@ -175,6 +178,8 @@ def build_key(args: Args, config: Config) -> str:
     for script in (config.build_script, config.prepare_script, config.postinst_script, config.finalize_script,
                    config.nspawn_settings, config.repository_directory, *config.postoutput_scripts):
         digest_path(h, script)
+    # A whole build reads both kinds of package directories.
+    digest_packages(h, [*config.package_directories, *config.volatile_package_directories])
     if config.build_script is not None and config.build_source is not None:
         mode = config.source_file_transfer or default_transfer(config.build_source)
         digest_path(h, config.build_source,

@@ -59,6 +59,12 @@ class Context:
         """Whether the repository metadata is synced (CacheOnly=metadata: the cached metadata is used)."""
         return self.network and self.config.cache_only != CacheOnly.metadata
 
+    @property
+    def package_dir(self) -> Path:
+        """$PACKAGEDIR: the local packages of PackageDirectories= and what scripts add (shared by both
+        phases; filled by localrepo.gather() when the build starts)."""
+        return self.workspace / "packages"
+
     def dir(self, name: str) -> Path:
         path = self.workspace / name
         path.mkdir(parents=True, exist_ok=True)

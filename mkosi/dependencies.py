@@ -22,6 +22,10 @@ FILESYSTEM_TOOLS = {"ext4": "mkfs.ext4", "xfs": "mkfs.xfs", "btrfs": "mkfs.btrfs
                     "erofs": "mkfs.erofs"}
 COMPRESSION_TOOLS = {"xz": "xz", "zstd": "zstd", "gzip": "gzip", "zlib": "gzip", "lz4": "lz4"}
 
+# What indexes PackageDirectories= for each package manager (apt's may also be apt-ftparchive).
+LOCAL_REPOSITORY_TOOLS = {"apt-get": "dpkg-scanpackages", "dnf": "createrepo_c", "zypper": "createrepo_c",
+                          "pacman": "repo-add"}
+
 
 def host_tools(config: Config, *, runtime: bool = True, sure: bool = False) -> list[str]:
     """The programs a build of this image runs on the host; with runtime, also those that `vm` and `ssh`
@@ -67,6 +71,11 @@ def host_tools(config: Config, *, runtime: bool = True, sure: bool = False) -> l
         tools.append(COMPRESSION_TOOLS[config.compress_output])
     if config.sign:
         tools.append("gpg")
+    indexer = LOCAL_REPOSITORY_TOOLS.get(distribution.package_manager)
+    if indexer and (config.package_directories or config.volatile_package_directories):
+        if indexer == "dpkg-scanpackages" and not find_tool(indexer) and find_tool("apt-ftparchive"):
+            indexer = "apt-ftparchive"
+        tools.append(indexer)
     if config.ssh:
         tools += ["ssh-keygen", *(["ssh"] if runtime else [])]
     return list(dict.fromkeys(tools))

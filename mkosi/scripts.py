@@ -127,6 +127,17 @@ def script_environment(ctx: Context) -> dict[str, str]:
     return env
 
 
+# Where $PACKAGEDIR (the build's local packages, see mkosi/installers/localrepo.py) is in the image.
+PACKAGEDIR_IN_IMAGE = "/root/packages"
+
+
+def _packagedir(ctx: Context, binds: list[tuple[Path, str]], env: dict[str, str]) -> None:
+    """Scripts in the image see the build's package directory (read-write) as $PACKAGEDIR."""
+    if ctx.package_dir.is_dir():
+        binds.append((ctx.package_dir, PACKAGEDIR_IN_IMAGE))
+        env["PACKAGEDIR"] = PACKAGEDIR_IN_IMAGE
+
+
 def script_sandbox(ctx: Context, *, network: bool, chdir: str | None = None,
                    binds: list[tuple[Path, str]] | None = None, env: dict[str, str] | None = None) -> Sandbox:
     """A systemd-nspawn container of the image root with the script environment and these binds."""
@@ -162,9 +173,10 @@ def run_prepare_script(ctx: Context) -> None:
     with log.step(f"Running prepare script {script.name} {ctx.phase.value}"):
         src = ctx.config.build_source
         binds = [(src, "/root/src")] if src else []
+        env = {"SRCDIR": "/root/src"} if src else {}
+        _packagedir(ctx, binds, env)
         _run_in_image(ctx, "prepare script", script, [ctx.phase.value], network=True,
-                      chdir="/root/src" if src else None,
-                      binds=binds, env={"SRCDIR": "/root/src"} if src else None)
+                      chdir="/root/src" if src else None, binds=binds, env=env)
 
 
 def run_postinst_script(ctx: Context) -> None:
@@ -172,8 +184,11 @@ def run_postinst_script(ctx: Context) -> None:
     if script is None:
         return
     with log.step(f"Running postinstall script {script.name} {ctx.phase.value}"):
+        binds: list[tuple[Path, str]] = []
+        env: dict[str, str] = {}
+        _packagedir(ctx, binds, env)
         _run_in_image(ctx, "postinstall script", script, [ctx.phase.value],
-                      network=ctx.config.with_network == WithNetwork.yes)
+                      network=ctx.config.with_network == WithNetwork.yes, binds=binds, env=env)
 
 
 def run_finalize_script(ctx: Context) -> None:
@@ -183,8 +198,11 @@ def run_finalize_script(ctx: Context) -> None:
     with log.step(f"Running finalize script {script.name} {ctx.phase.value}"):
         # The finalize script runs on the host; --debug-shell opens its shell in the image it finalizes.
         shell = script_sandbox(ctx, network=False) if ctx.args.debug_shell else None
-        run_script_command("finalize script", script, [script, ctx.phase.value],
-                           ctx.sandbox.but(env={**script_environment(ctx), "BUILDROOT": str(ctx.root)}), shell=shell)
+        env = {**script_environment(ctx), "BUILDROOT": str(ctx.root)}
+        if ctx.package_dir.is_dir():
+            env["PACKAGEDIR"] = str(ctx.package_dir)
+        run_script_command("finalize script", script, [script, ctx.phase.value], ctx.sandbox.but(env=env),
+                           shell=shell)
 
 
 def copy_build_sources(ctx: Context) -> None:
@@ -234,6 +252,7 @@ def run_build_script(ctx: Context) -> None:
         config.build_dir.mkdir(parents=True, exist_ok=True)
         binds.append((config.build_dir, "/root/build"))
         env["BUILDDIR"] = "/root/build"
+    _packagedir(ctx, binds, env)
     if config.include_dir is not None:
         # The image's own headers first, so that the script still sees them through the mount.
         config.include_dir.mkdir(parents=True, exist_ok=True)

@@ -313,11 +313,11 @@ class ModernSettings:
         metavar="PACKAGES", help="Packages installed after the build scripts, never cached.")
     package_directories: list[Path] = _path_list(
         section=C, key="PackageDirectories", flags=("--package-directory",), path_default=("mkosi.packages/",),
-        scope=Scope.universal, status=NOT_YET,
+        scope=Scope.universal,
         help="Directories of extra packages made available as a local repository (default: mkosi.packages/).")
     volatile_package_directories: list[Path] = _path_list(
         section=C, key="VolatilePackageDirectories", flags=("--volatile-package-directory",),
-        scope=Scope.universal, status=NOT_YET, help="Like PackageDirectories=, without invalidating caches.")
+        scope=Scope.universal, help="Like PackageDirectories=, without invalidating caches.")
     with_recommends: bool = _flag(
         section=C, key="WithRecommends", flags=("--with-recommends",), default=False, cache=True,
         help="Install recommended (weak) dependencies too (apt, dnf and zypper).")
@@ -502,7 +502,6 @@ class ModernSettings:
         scope=Scope.main, metavar="PACKAGES", help="Extra packages of the default tools tree.")
     tools_tree_package_directories: list[Path] = _path_list(
         section=B, key="ToolsTreePackageDirectories", flags=("--tools-tree-package-directory",), scope=Scope.main,
-        status="passed to the tools image, whose PackageDirectories= is not implemented yet",
         help="PackageDirectories= of the default tools tree.")
     tools_tree_certificates: bool = _flag(
         section=B, key="ToolsTreeCertificates", flags=("--tools-tree-certificates",), default=True,

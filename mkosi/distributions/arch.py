@@ -7,11 +7,12 @@ The repositories are core and extra; Repositories= adds `name::url` entries afte
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Optional
 
 from mkosi.config.enums import Distribution
 from mkosi.distributions import DistributionPlugin
-from mkosi.installers import pacman
+from mkosi.installers import localrepo, pacman
 from mkosi.installers.base import PackageInfo
 from mkosi.installers.pacman import PACMAN_ARCH, PacmanConfig, PacmanRepo, parse_repository
 
@@ -69,7 +70,8 @@ class Arch(DistributionPlugin):
 
     def install(self, ctx: Context, packages: list[str]) -> None:
 
-        pacman.install(self.pacman_config(ctx), packages)
+        cfg = dataclasses.replace(self.pacman_config(ctx), local_repository=localrepo.for_build(ctx, "pacman"))
+        pacman.install(cfg, packages)
         server = self.server(ctx.config, "$repo", "$arch")
         if not server.startswith("file:"):
             pacman.write_mirrorlist(ctx.root, server)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Optional
 
 from mkosi.config.enums import Distribution
 from mkosi.distributions import DistributionPlugin
-from mkosi.installers import apt
+from mkosi.installers import apt, localrepo
 from mkosi.installers.apt import AptConfig, default_mirror, repository_lines
 from mkosi.installers.base import PackageInfo
 from mkosi.sandbox import Sandbox
@@ -171,8 +172,9 @@ class Debian(DistributionPlugin):
 
     def install(self, ctx: Context, packages: list[str]) -> None:
 
+        cfg = dataclasses.replace(self.apt_config(ctx.config, ctx), local_repository=localrepo.for_build(ctx, "deb"))
         with kernel_hooks_disabled(ctx.root):
-            apt.install(self.apt_config(ctx.config, ctx), packages)
+            apt.install(cfg, packages)
 
     def remove_packages(self, ctx: Context, packages: list[str]) -> None:
 

@@ -20,6 +20,7 @@ which reads the same repository metadata.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Optional
@@ -29,7 +30,7 @@ from mkosi.config.enums import BootProtocol, Distribution
 from mkosi.distributions import DistributionPlugin
 from mkosi.distributions.facts import host_architecture
 from mkosi.errors import MkosiError
-from mkosi.installers import dnf, rpm
+from mkosi.installers import dnf, localrepo, rpm
 from mkosi.installers.base import PackageInfo
 from mkosi.installers.dnf import HOST_REPOSDIRS, DnfConfig, RpmRepo, is_url, url_repos
 from mkosi.installers.rpm import LEGACY_RPMDB, SYSIMAGE_RPMDB, dnf_arch, remove_paths
@@ -156,7 +157,8 @@ class RpmDistribution(DistributionPlugin):
 
     def install(self, ctx: Context, packages: list[str]) -> None:
 
-        dnf.install(self.dnf_config(ctx), packages)
+        dnf.install(dataclasses.replace(self.dnf_config(ctx), local_repository=localrepo.for_build(ctx, "rpm")),
+                    packages)
 
     def remove_packages(self, ctx: Context, packages: list[str]) -> None:
 

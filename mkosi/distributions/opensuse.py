@@ -12,13 +12,14 @@ Release `leap` means the newest Leap known here (LATEST_LEAP).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import TYPE_CHECKING, Optional
 
 from mkosi.config.enums import Distribution
 from mkosi.distributions import DistributionPlugin
 from mkosi.errors import MkosiError
-from mkosi.installers import rpm, zypper
+from mkosi.installers import localrepo, rpm, zypper
 from mkosi.installers.dnf import RpmRepo, is_url, url_repos
 from mkosi.installers.zypper import ZypperConfig
 
@@ -102,7 +103,8 @@ class OpenSUSE(DistributionPlugin):
 
     def install(self, ctx: Context, packages: list[str]) -> None:
 
-        zypper.install(self.zypper_config(ctx), packages)
+        zypper.install(dataclasses.replace(self.zypper_config(ctx), local_repository=localrepo.for_build(ctx, "rpm")),
+                       packages)
 
     def remove_packages(self, ctx: Context, packages: list[str]) -> None:
 

@@ -41,6 +41,8 @@ class InstallerConfig:
     network: bool = True                   # WithNetwork=never, CacheOnly=always: no network at all
     refresh: bool = True                   # sync the repository metadata (CacheOnly=metadata: not)
     repository_directory: Optional[Path] = None
+    # The build's indexed local packages (PackageDirectories=, $PACKAGEDIR, see localrepo.py), or None.
+    local_repository: Optional[Path] = None
     # How commands run (ExtraSearchPaths=, a tools tree); the installer adds the root and its mounts. In a
     # build its variables include the proxy's (http_proxy, ...).
     sandbox: Sandbox = Sandbox()

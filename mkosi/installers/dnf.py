@@ -22,7 +22,7 @@ from typing import ClassVar, Optional
 
 from mkosi import log
 from mkosi.errors import MkosiError
-from mkosi.installers import rpm
+from mkosi.installers import localrepo, rpm
 from mkosi.installers.base import InstallerConfig, run_package_manager
 from mkosi.run import require_tool
 from mkosi.sandbox import Mount, Sandbox
@@ -40,6 +40,8 @@ class RpmRepo:
     gpgkeys: tuple[str, ...] = ()
     gpgcheck: Optional[bool] = None   # None: check unless every URL is local
     enabled: bool = True
+    priority: Optional[int] = None    # dnf's and zypper's: the lower, the more preferred (default 99)
+    metadata_expire: Optional[str] = None
 
     def urls(self) -> list[str]:
         return [u for u in (*self.baseurl, self.mirrorlist, self.metalink) if u]
@@ -66,6 +68,10 @@ def repo_file_text(repos: Sequence[RpmRepo], *, keep_packages: bool = False) -> 
         if r.metalink:
             out.append(f"metalink={r.metalink}")
         out.append(f"enabled={int(r.enabled)}")
+        if r.priority is not None:
+            out.append(f"priority={r.priority}")
+        if r.metadata_expire is not None:
+            out.append(f"metadata_expire={r.metadata_expire}")
         check = r.check_signatures()
         out.append(f"gpgcheck={int(check)}")
         if check and r.gpgkeys:
@@ -80,6 +86,17 @@ def url_repos(urls: Sequence[str], prefix: str = "mkosi-extra") -> list[RpmRepo]
     """Repositories= entries that are URLs, one repository each."""
     return [RpmRepo(id=f"{prefix}-{i}", name=f"Extra repository {u}", baseurl=(u,))
             for i, u in enumerate(urls, start=1)]
+
+
+def local_repo(repo: Path) -> RpmRepo:
+    """The build's local packages (PackageDirectories=): unsigned, preferred, always read afresh."""
+    return RpmRepo(id=localrepo.REPO_NAME, name="Local packages (PackageDirectories=)",
+                   baseurl=(f"file://{repo.absolute()}",), gpgcheck=False, priority=localrepo.RPM_PRIORITY,
+                   metadata_expire="0")
+
+
+def with_local_repo(repos: Sequence[RpmRepo], repo: Optional[Path]) -> tuple[RpmRepo, ...]:
+    return (local_repo(repo), *repos) if repo is not None else tuple(repos)
 
 
 def is_url(entry: str) -> bool:
@@ -155,7 +172,8 @@ def dnf_argv(cfg: DnfConfig, command: str, packages: Sequence[str], *, offline: 
     ids = list(cfg.enable_repos)
     if cfg.use_host_repositories and ids:
         # Only the named host repositories, plus the ones mkosi defined (Repositories= URLs).
-        argv += ["--disablerepo=*", *(f"--enablerepo={i}" for i in ids), *(f"--enablerepo={r.id}" for r in cfg.repos)]
+        ours = with_local_repo(cfg.repos, cfg.local_repository)
+        argv += ["--disablerepo=*", *(f"--enablerepo={i}" for i in ids), *(f"--enablerepo={r.id}" for r in ours)]
     else:
         argv += [f"--enablerepo={i}" for i in ids]
     if offline:
@@ -189,7 +207,7 @@ def setup(cfg: DnfConfig) -> None:
     conf.touch(mode=0o600)
     conf.chmod(0o600)
     conf.write_text(dnf_conf_text(cfg))
-    repos = list(cfg.repos)
+    repos = list(with_local_repo(cfg.repos, cfg.local_repository))
     if repos:
         (repos_d / "mkosi.repo").write_text(repo_file_text(repos))
     for r in repos:

@@ -27,6 +27,7 @@ from typing import Optional
 
 from mkosi import log
 from mkosi.errors import MkosiError
+from mkosi.installers import localrepo
 from mkosi.installers.base import InstallerConfig, run_package_manager
 from mkosi.run import find_tool, require_tool, run
 from mkosi.sandbox import Sandbox
@@ -149,6 +150,9 @@ def pacman_conf_text(cfg: PacmanConfig) -> str:
     ]
     if not cfg.with_docs:
         lines.append("NoExtract = " + " ".join(DOCS_NOEXTRACT))
+    if cfg.local_repository is not None:
+        # pacman takes a package from the first repository that has it: the local packages come first.
+        lines += ["", *localrepo.pacman_section(cfg.local_repository)]
     for r in cfg.repos:
         lines += ["", f"[{r.name}]"]
         sig = r.effective_siglevel()
@@ -209,6 +213,10 @@ def setup(cfg: PacmanConfig) -> None:
             raise MkosiError(("WithNetwork=never" if not cfg.network else "CacheOnly=metadata") +
                              " but no package databases are cached",
                              hint="build once with network access and a Cache= directory")
+    if cfg.local_repository is not None:
+        # Without -y pacman reads only the sync databases that are there: put the local one there itself.
+        shutil.copyfile(cfg.local_repository / f"{localrepo.REPO_NAME}.db.tar.gz",
+                        cfg.dbpath / "sync" / f"{localrepo.REPO_NAME}.db")
 
 
 def _save_sync_dbs(cfg: PacmanConfig) -> None:
@@ -217,7 +225,8 @@ def _save_sync_dbs(cfg: PacmanConfig) -> None:
     dest = _sync_cache(cfg)
     dest.mkdir(parents=True, exist_ok=True)
     for db in (cfg.dbpath / "sync").glob("*.db"):
-        shutil.copy2(db, dest / db.name)
+        if db.name != f"{localrepo.REPO_NAME}.db":   # the build's own, made afresh each time
+            shutil.copy2(db, dest / db.name)
 
 
 def pacman_sandbox(cfg: PacmanConfig) -> Sandbox:

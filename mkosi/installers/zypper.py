@@ -25,7 +25,7 @@ from mkosi import log
 from mkosi.errors import CommandError, MkosiError
 from mkosi.installers import rpm
 from mkosi.installers.base import InstallerConfig, run_package_manager
-from mkosi.installers.dnf import RpmRepo, repo_file_text
+from mkosi.installers.dnf import RpmRepo, repo_file_text, with_local_repo
 from mkosi.run import require_tool
 from mkosi.sandbox import Mount, Sandbox
 
@@ -71,8 +71,9 @@ def setup(cfg: ZypperConfig) -> None:
     d.mkdir(parents=True, exist_ok=True)
     for old in d.glob("*.repo"):
         old.unlink()
-    if cfg.repos:
-        (d / "mkosi.repo").write_text(repo_file_text(cfg.repos, keep_packages=True))
+    repos = with_local_repo(cfg.repos, cfg.local_repository)
+    if repos:
+        (d / "mkosi.repo").write_text(repo_file_text(repos, keep_packages=True))
     if cfg.repository_directory is not None:
         if not cfg.repository_directory.is_dir():
             raise MkosiError(f"repository directory {cfg.repository_directory} does not exist")

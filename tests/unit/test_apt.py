@@ -22,7 +22,7 @@ from mkosi.installers.apt import hostapt as hostapt_module
 from mkosi.installers.apt.debs import Archives, data_member, read_control_archive
 from mkosi.installers.apt.hostapt import HostApt, setup_apt
 from mkosi.installers.apt.plan import essential_unpack_order, format_op, plan_without
-from mkosi.installers.apt.repositories import _uri_to_filename, list_prefixes, main_lines
+from mkosi.installers.apt.repositories import list_prefixes, main_lines, uri_to_filename
 from mkosi.installers.apt.root import prepare_root, strip_package_spec, write_extended_states
 from mkosi.installers.apt.unpack import Decompressor, prune_uncompressed, uncompressed_copies
 from mkosi.sandbox import Mode, Mount, Sandbox
@@ -175,7 +175,7 @@ def test_list_file_names() -> None:
     assert list_prefixes(["deb http://deb.debian.org/debian bookworm main"]) == [
         "deb.debian.org_debian_dists_bookworm_",
     ]
-    assert _uri_to_filename("http://user:pw@host.example:8080/a_b~c/") == "host.example:8080_a%5fb%7ec_"
+    assert uri_to_filename("http://user:pw@host.example:8080/a_b~c/") == "host.example:8080_a%5fb%7ec_"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ from mkosi.installers.apt.debs import (
     read_control_archive,
 )
 from mkosi.installers.apt.errors import apt_error_message, dpkg_error_message
-from mkosi.installers.apt.hostapt import HostApt, cache_locked, resolve, setup_apt, update
+from mkosi.installers.apt.hostapt import HostApt, cache_locked, drop_local_lists, resolve, setup_apt, update
 from mkosi.installers.apt.plan import (
     DpkgOp,
     essential_unpack_order,
@@ -130,6 +130,7 @@ def install(cfg: AptConfig, packages: Sequence[str]) -> None:
             _bootstrap(cfg, apt, boot, decompressor)
         prune_uncompressed(apt.uncompressed, apt.archives)
         finish(apt, packages, set(), add_sources=not had_sources)
+        drop_local_lists(apt)
 
 
 def _empty_status(cfg: AptConfig) -> Path:
@@ -248,6 +249,7 @@ def install_more(cfg: AptConfig, packages: Sequence[str]) -> None:
                 _replay(cfg, apt, plan, decompressor)
         prune_uncompressed(apt.uncompressed, apt.archives)
         finish(apt, packages, before, add_sources=False)
+        drop_local_lists(apt)
 
 
 def remove(cfg: AptConfig, packages: Sequence[str]) -> None:

@@ -155,6 +155,9 @@ def open_chroot(cfg: AptConfig, apt: HostApt) -> Iterator[Chroot]:
     policy = None if path.exists() or path.is_symlink() else path  # else the tree brought its own
     helper = root / HELPER_DIR
     package_dirs = {apt.archives: f"/{HELPER_DIR}/archives", apt.uncompressed: f"/{HELPER_DIR}/uncompressed"}
+    if cfg.local_repository is not None:
+        # apt installs the packages of a file: repository from where they are (PackageDirectories=).
+        package_dirs[cfg.local_repository.absolute()] = f"/{HELPER_DIR}/packages"
     try:
         if policy is not None:
             policy.parent.mkdir(parents=True, exist_ok=True)

@@ -15,10 +15,17 @@ from typing import Optional, Union
 
 from mkosi import log
 from mkosi.errors import MkosiError
+from mkosi.installers import localrepo
 from mkosi.installers.apt.config import AptConfig
 from mkosi.installers.apt.errors import apt_error_message
 from mkosi.installers.apt.plan import DpkgOp, format_op, parse_dpkg_plan
-from mkosi.installers.apt.repositories import extra_lines, list_prefixes, main_lines, repository_directory_files
+from mkosi.installers.apt.repositories import (
+    extra_lines,
+    list_prefixes,
+    main_lines,
+    repository_directory_files,
+    uri_to_filename,
+)
 from mkosi.progress import DownloadProgress
 from mkosi.run import run_streaming
 
@@ -95,6 +102,11 @@ def _apt_conf_text(settings: dict[str, Union[str, Path]], architecture: str) -> 
     return text + f"APT::Architectures {{ {q(architecture)}; }};\n"
 
 
+# The build's local packages (PackageDirectories=): a source and a pin of their own.
+LOCAL_LIST = f"{localrepo.REPO_NAME}.list"
+LOCAL_PREFERENCES = f"{localrepo.REPO_NAME}.pref"
+
+
 def _write_sources_and_keys(cfg: AptConfig, etc: Path, keyring: Path) -> None:
     shutil.copyfile(keyring, etc / "trusted.gpg.d" / keyring.name)
     for p in repository_directory_files(cfg, (".gpg", ".asc")):
@@ -102,6 +114,13 @@ def _write_sources_and_keys(cfg: AptConfig, etc: Path, keyring: Path) -> None:
     for p in repository_directory_files(cfg, (".list", ".sources")):
         shutil.copyfile(p, etc / "sources.list.d" / p.name)
     (etc / "sources.list").write_text("\n".join(main_lines(cfg) + extra_lines(cfg)) + "\n")
+    local, pref = etc / "sources.list.d" / LOCAL_LIST, etc / "preferences.d" / LOCAL_PREFERENCES
+    if cfg.local_repository is not None:
+        local.write_text(localrepo.apt_source_line(cfg.local_repository) + "\n")
+        pref.write_text(localrepo.apt_preferences_text())
+    else:
+        local.unlink(missing_ok=True)
+        pref.unlink(missing_ok=True)
 
 
 def setup_apt(cfg: AptConfig, status: Path, keyring: Path) -> HostApt:
@@ -201,6 +220,33 @@ def _key_digest(key: tuple[str, str]) -> str:
 
 
 def update(apt: HostApt) -> None:
+    _update_all(apt)
+    if apt.cfg.local_repository is not None:
+        _update_local(apt)
+
+
+def _update_local(apt: HostApt) -> None:
+    """Read the local repository's index again, with network or without: it is a directory of this
+    build, whose packages may have changed since the last update (a build script's, in $PACKAGEDIR)."""
+    etc = apt.conf.parent / "etc"
+    (etc / "no-source-parts").mkdir(exist_ok=True)
+    _apt_get(apt, ["update", "--error-on=any", "-o", "pkgCacheFile::Generate=false",
+                   "-o", f"Dir::Etc::SourceList={etc / 'sources.list.d' / LOCAL_LIST}",
+                   "-o", f"Dir::Etc::SourceParts={etc / 'no-source-parts'}"],
+             "reading the local packages' index", progress="Reading the local index")
+
+
+def drop_local_lists(apt: HostApt) -> None:
+    """Remove the local repository's lists from a shared lists directory: its path is this build's."""
+    if apt.cfg.local_repository is None or apt.lock_file is None:
+        return
+    prefix = uri_to_filename(f"{apt.cfg.local_repository.absolute()}/")
+    for p in apt.lists.glob(f"{prefix}*"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def _update_all(apt: HostApt) -> None:
     cfg = apt.cfg
     if cfg.network and cfg.refresh:
         etc = apt.conf.parent / "etc"

@@ -140,7 +140,7 @@ def archive_keyring(cfg: AptConfig) -> Path:
     return Path(path)
 
 
-def _uri_to_filename(uri: str) -> str:
+def uri_to_filename(uri: str) -> str:
     """How apt names the list files it stores for a URI."""
     uri = re.sub(r"^[A-Za-z][A-Za-z0-9+.-]*://", "", uri)
     uri = re.sub(r"^[^/@]*@", "", uri)
@@ -153,7 +153,7 @@ def list_prefixes(lines: Iterable[str]) -> list[str]:
     for line in lines:
         parts = re.sub(r"\[[^\]]*\]", " ", line).split()
         if len(parts) >= 3 and parts[0] == "deb" and not parts[2].endswith("/"):
-            prefixes.append(_uri_to_filename(f"{parts[1].rstrip('/')}/dists/{parts[2]}/"))
+            prefixes.append(uri_to_filename(f"{parts[1].rstrip('/')}/dists/{parts[2]}/"))
     return prefixes
 
 

@@ -245,6 +245,15 @@ def _default_pcr_certificate(v: Resolving) -> Optional[Path]:
     return cert
 
 
+def _with_mkosi_packages(value: Any, r: Resolving) -> Any:
+    """mkosi.packages/ is used in addition to the directories PackageDirectories= names (first, so
+    theirs win where a file name is in both)."""
+    found = r.found.get("mkosi.packages")
+    if found is None or not isinstance(value, list) or any(Path(p).absolute() == found for p in value):
+        return value
+    return [found, *value]
+
+
 def _tree_list(**extra: Any) -> Any:
     return setting(kind=Kind.LIST, parse=parse_tree, separator=r",", path_rule=PathRule.pair, resolve_fn=resolve_trees,
                    default_factory=list, metavar="SRC[:TARGET]", **extra)
@@ -313,7 +322,7 @@ class ModernSettings:
         metavar="PACKAGES", help="Packages installed after the build scripts, never cached.")
     package_directories: list[Path] = _path_list(
         section=C, key="PackageDirectories", flags=("--package-directory",), path_default=("mkosi.packages/",),
-        scope=Scope.universal,
+        scope=Scope.universal, resolve_fn=_with_mkosi_packages,
         help="Directories of extra packages made available as a local repository (default: mkosi.packages/).")
     volatile_package_directories: list[Path] = _path_list(
         section=C, key="VolatilePackageDirectories", flags=("--volatile-package-directory",),

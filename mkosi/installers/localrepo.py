@@ -20,9 +20,11 @@ written into the image.
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import os
 import shutil
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -127,9 +129,9 @@ def _deb_indexer(sandbox: Sandbox) -> str:
     raise missing_tool("dpkg-scanpackages", sandbox)   # names the package to install
 
 
-def release_text(packages_index: bytes) -> str:
+def release_text(packages_index: bytes, date: float) -> str:
     """An unsigned Release file for a flat repository whose only index is `Packages`."""
-    return (f"Origin: {APT_ORIGIN}\nLabel: {REPO_NAME}\n"
+    return (f"Origin: {APT_ORIGIN}\nLabel: {REPO_NAME}\nDate: {email.utils.formatdate(date, usegmt=True)}\n"
             f"MD5Sum:\n {hashlib.md5(packages_index).hexdigest()} {len(packages_index)} Packages\n"
             f"SHA256:\n {hashlib.sha256(packages_index).hexdigest()} {len(packages_index)} Packages\n")
 
@@ -145,7 +147,9 @@ def index_deb(repo: Path, sandbox: Sandbox = _HOST) -> None:
                          hint="\n".join(proc.stderr.strip().splitlines()[-8:]) or None)
     index = proc.stdout.encode()
     (repo / "Packages").write_bytes(index)
-    (repo / "Release").write_text(release_text(index))
+    # The newest package's time (never later than now): the same packages give the same Release file.
+    newest = max((p.stat().st_mtime for p in package_files(repo, "deb")), default=0.0)
+    (repo / "Release").write_text(release_text(index, min(newest, time.time())))
 
 
 def index_rpm(repo: Path, sandbox: Sandbox = _HOST) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mkosi.cache import build_key, image_cache_key
+from mkosi.config import load_args
 from mkosi.config.enums import Distribution
 from mkosi.config.settings import Args, Config
 from mkosi.context import Context, Phase
@@ -24,6 +25,8 @@ from mkosi.installers.dnf import DnfConfig, RpmRepo
 from mkosi.installers.pacman import PacmanConfig, PacmanRepo
 from mkosi.installers.zypper import ZypperConfig
 from mkosi.scripts import PACKAGEDIR_IN_IMAGE, _packagedir
+from mkosi.summary import not_implemented
+from tests.unit.conftest import write
 
 
 def make_deb(directory: Path, name: str = "mkosi-local-test", version: str = "1.0") -> Path:
@@ -80,7 +83,7 @@ def test_gather_links_package_files_flat(tmp_path: Path) -> None:
 
 
 def test_gather_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(MkosiError, match="package directory .*nope does not exist"):
+    with pytest.raises(MkosiError, match=r"package directory .*nope does not exist"):
         localrepo.gather([tmp_path / "nope"], tmp_path / "packages")
 
 
@@ -252,3 +255,25 @@ def test_dependencies_name_the_indexer(tmp_path: Path) -> None:
     assert "createrepo_c" not in host_tools(dataclasses.replace(config, package_directories=[]))
     arch = dataclasses.replace(config, distribution=Distribution.arch)
     assert "repo-add" in host_tools(arch)
+
+
+# ---------------------------------------------------------------- the settings
+
+
+@pytest.mark.usefixtures("fixed_host")
+def test_mkosi_packages_is_used_besides_the_named_directories(wd: Path) -> None:
+    (wd / "mkosi.packages").mkdir()
+    (wd / "more").mkdir()
+    write(wd / "mkosi.conf", """
+        [Distribution]
+        Distribution=debian
+
+        [Content]
+        PackageDirectories=more
+        VolatilePackageDirectories=more
+        """)
+    _, configs = load_args(["summary"])
+    assert configs[0].package_directories == [wd / "mkosi.packages", wd / "more"]
+    assert configs[0].volatile_package_directories == [wd / "more"]
+    # Not "not implemented yet" any more.
+    assert not {"PackageDirectories", "VolatilePackageDirectories"} & set(not_implemented(configs[0]))

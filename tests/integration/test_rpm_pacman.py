@@ -170,6 +170,19 @@ def test_fedora_extra_repository_url(tmp_path: Path, fedora_mirror: Path, scratc
     assert (d / "image/usr/bin/extra").is_file()
 
 
+def test_fedora_package_directories(tmp_path: Path, fedora_mirror: Path, rpms: Path) -> None:
+    # `extra` is in no repository: only in a PackageDirectories= directory, indexed by createrepo_c.
+    d = project(tmp_path, "fedora-pkgdirs")
+    local = tmp_path / "local-rpms"
+    local.mkdir()
+    for f in rpms.glob("extra-[0-9]*.rpm"):
+        shutil.copy(f, local)
+    run_mkosi(d, "-d", "fedora", "-r", "43", f"--mirror=file://{fedora_mirror}", "--base-packages=no",
+              "-t", "directory", f"--package-directory={local}", "-p", "hello,extra", "build")
+    assert (d / "image/usr/bin/extra").is_file() and (d / "image/usr/bin/hello").is_file()
+    assert not (local / "repodata").exists()        # indexed in the workspace, not in the user's directory
+
+
 def test_fedora_missing_package_fails_clearly(tmp_path: Path, fedora_mirror: Path) -> None:
     d = project(tmp_path, "fedora-missing")
     proc = run_mkosi(d, "-d", "fedora", f"--mirror=file://{fedora_mirror}", "--base-packages=no",
@@ -271,6 +284,18 @@ def test_arch_pacman(tmp_path: Path, arch_mirror: Path, scratch: Path) -> None:
     assert (root / "usr/share/doc/hello/README").is_file()
     assert sorted(p.name for p in (root / "var/lib/pacman/local").iterdir() if p.is_dir()) == \
         ["extra-0.1-1", "filesystem-1:2024.01-1", "hello-1.0-1"]
+
+
+def test_arch_package_directories(tmp_path: Path, arch_mirror: Path, scratch: Path) -> None:
+    # `extra` only in mkosi.packages/: repo-add indexes it, pacman installs it from there.
+    d = project(tmp_path, "arch-pkgdirs")
+    (d / "mkosi.packages").mkdir()
+    for f in (scratch / "makepkg").glob("extra-[0-9]*.pkg.tar.gz"):
+        shutil.copy(f, d / "mkosi.packages")
+    run_mkosi(d, "-d", "arch", f"--mirror=file://{arch_mirror}", "--base-packages=no", "-t", "directory",
+              "-p", "hello,extra", "build")
+    assert (d / "image/usr/bin/extra").is_file() and (d / "image/usr/bin/hello").is_file()
+    assert sorted(p.name for p in (d / "mkosi.packages").iterdir()) == ["extra-0.1-1-any.pkg.tar.gz"]
 
 
 # ---------------------------------------------------------------- Gentoo with a fake stage3

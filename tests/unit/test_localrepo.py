@@ -18,9 +18,10 @@ from mkosi.context import Context, Phase
 from mkosi.dependencies import host_tools
 from mkosi.errors import MkosiError
 from mkosi.installers import dnf, localrepo, pacman, zypper
-from mkosi.installers.apt import AptConfig
+from mkosi.installers.apt import AptConfig, parse_dpkg_plan
 from mkosi.installers.apt.hostapt import LOCAL_LIST, LOCAL_PREFERENCES, drop_local_lists, setup_apt
 from mkosi.installers.apt.repositories import uri_to_filename
+from mkosi.installers.apt.unpack import Decompressor
 from mkosi.installers.dnf import DnfConfig, RpmRepo
 from mkosi.installers.pacman import PacmanConfig, PacmanRepo
 from mkosi.installers.zypper import ZypperConfig
@@ -29,7 +30,7 @@ from mkosi.summary import not_implemented
 from tests.unit.conftest import write
 
 
-def make_deb(directory: Path, name: str = "mkosi-local-test", version: str = "1.0") -> Path:
+def make_deb(directory: Path, name: str = "mkosi-local-test", version: str = "1.0", compressor: str = "gzip") -> Path:
     """A real, tiny .deb built with dpkg-deb."""
     if shutil.which("dpkg-deb") is None:
         pytest.skip("dpkg-deb is not installed")
@@ -41,7 +42,7 @@ def make_deb(directory: Path, name: str = "mkosi-local-test", version: str = "1.
         f"Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: Test <test@example.org>\n"
         f"Description: a local test package\n")
     deb = directory / f"{name}_{version}_all.deb"
-    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(tree), str(deb)], check=True,
+    subprocess.run(["dpkg-deb", "--root-owner-group", f"-Z{compressor}", "--build", str(tree), str(deb)], check=True,
                    capture_output=True)
     shutil.rmtree(tree)
     return deb
@@ -277,3 +278,21 @@ def test_mkosi_packages_is_used_besides_the_named_directories(wd: Path) -> None:
     assert configs[0].volatile_package_directories == [wd / "more"]
     # Not "not implemented yet" any more.
     assert not {"PackageDirectories", "VolatilePackageDirectories"} & set(not_implemented(configs[0]))
+
+
+def test_plan_names_flat_repository_packages_normalized() -> None:
+    ops = parse_dpkg_plan("/usr/bin/dpkg --status-fd 5 --unpack --auto-deconfigure /ws/packages/./a_1_all.deb "
+                          "/c/archives/b_1_amd64.deb\n")
+    assert ops[0].args == ("/ws/packages/a_1_all.deb", "/c/archives/b_1_amd64.deb")
+
+
+def test_local_packages_get_no_uncompressed_copy(tmp_path: Path) -> None:
+    repo = tmp_path / "packages"
+    repo.mkdir()
+    deb = make_deb(repo, compressor="xz")
+    store = tmp_path / "uncompressed"
+    with Decompressor(store, as_is=[repo]) as d:
+        assert d.copies([deb]) == [deb]
+    assert not any(store.iterdir())
+    with Decompressor(store) as d:   # elsewhere (the package cache) it gets one
+        assert d.copies([deb])[0].parent == store

@@ -122,7 +122,7 @@ def install(cfg: AptConfig, packages: Sequence[str]) -> None:
     with log.step(f"Installing {cfg.distribution} {cfg.release} ({cfg.architecture})"):
         prepare_root(cfg)
         apt = setup_apt(cfg, _empty_status(cfg), keyring)
-        with Decompressor(apt.uncompressed) as decompressor:
+        with Decompressor(apt.uncompressed, as_is=_local(cfg)) as decompressor:
             plan = _resolve(apt, _request(cfg, packages), decompressor)
             boot = _Bootstrap.of(plan)
             decompressor.first([*boot.scaffold, *boot.base, *plan_debs(plan)])
@@ -131,6 +131,10 @@ def install(cfg: AptConfig, packages: Sequence[str]) -> None:
         prune_uncompressed(apt.uncompressed, apt.archives)
         finish(apt, packages, set(), add_sources=not had_sources)
         drop_local_lists(apt)
+
+
+def _local(cfg: AptConfig) -> list[Path]:
+    return [cfg.local_repository] if cfg.local_repository is not None else []
 
 
 def _empty_status(cfg: AptConfig) -> Path:
@@ -238,7 +242,7 @@ def install_more(cfg: AptConfig, packages: Sequence[str]) -> None:
     before = {p.name for p in installed_packages(cfg.root)}
     with log.step(f"Installing {', '.join(packages)}"):
         apt = setup_apt(cfg, cfg.root / "var/lib/dpkg/status", keyring)
-        with Decompressor(apt.uncompressed) as decompressor:
+        with Decompressor(apt.uncompressed, as_is=_local(cfg)) as decompressor:
             with cache_locked(apt):
                 update(apt)
                 with decompressor.watching(apt.archives):
@@ -267,7 +271,7 @@ def remove(cfg: AptConfig, packages: Sequence[str]) -> None:
         apt = setup_apt(cfg, cfg.root / "var/lib/dpkg/status", archive_keyring(cfg))
         plan = resolve(apt, "purge", wanted, "removing packages", downloads=False)
         if plan:
-            with Decompressor(apt.uncompressed) as decompressor:
+            with Decompressor(apt.uncompressed, as_is=_local(cfg)) as decompressor:
                 _replay(cfg, apt, plan, decompressor)
         if (cfg.root / "var/lib/apt/extended_states").exists():
             write_extended_states(cfg.root, cfg.architecture, set(), installed)

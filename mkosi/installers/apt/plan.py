@@ -51,6 +51,9 @@ def parse_dpkg_plan(text: str) -> list[DpkgOp]:
                 args.append("--pending")
             elif tok.startswith("-"):
                 options.append(tok)
+            elif tok.startswith("/"):
+                # A package of a flat file: repository is named as DIR/./NAME.deb.
+                args.append(os.path.normpath(tok))
             else:
                 args.append(tok)
         if action is not None and args:

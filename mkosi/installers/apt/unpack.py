@@ -103,9 +103,12 @@ class Decompressor:
     so the copies of the packages installed later are made while dpkg works on the essential set.
     Every package is decompressed once per cache, never twice in one build."""
 
-    def __init__(self, store: Path) -> None:
+    def __init__(self, store: Path, as_is: Sequence[Path] = ()) -> None:
         store.mkdir(parents=True, exist_ok=True)
         self.store = store
+        # Directories whose packages are used as they are: the build's local repository (PackageDirectories=)
+        # has no copies in the shared store, where the pruning of other builds would remove them.
+        self.as_is = {p.absolute() for p in as_is}
         self.pool = concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1))
         self.jobs: dict[Path, concurrent.futures.Future[Path]] = {}
 
@@ -118,6 +121,9 @@ class Decompressor:
 
     def submit(self, deb: Path) -> None:
         if deb in self.jobs:
+            return
+        if deb.parent.absolute() in self.as_is:
+            self.jobs[deb] = _done(deb)
             return
         dst = _copy_path(deb, self.store)
         if dst.exists() and dst.stat().st_mtime_ns == deb.stat().st_mtime_ns:

@@ -1,6 +1,7 @@
 """PackageDirectories= through a real Debian bookworm build: local .deb files (made here with dpkg-deb)
 in mkosi.packages/ and in a PackageDirectories= directory are installed by Packages=, a dependency
-between them is resolved, and a local package wins over the archive's newer one of the same name.
+between them is resolved, a local package wins over the archive's newer one of the same name, and
+the postinst script sees them in $PACKAGEDIR.
 
 Needs root and MKOSI_INTEGRATION=1; the package cache is the shared one (package_cache).
 """
@@ -66,6 +67,9 @@ PackageDirectories=more
 PackageCacheDirectory={package_cache}
 """)
     (d / "out").mkdir()
+    (d / "mkosi.postinst").write_text('#!/bin/sh\nset -e\necho "$PACKAGEDIR" > /usr/share/pkgdir-path\n'
+                                      'ls "$PACKAGEDIR" > /usr/share/pkgdir-listing\n')
+    (d / "mkosi.postinst").chmod(0o755)
     run_mkosi(d, "build")
     outputs = [p for p in (d / "out").iterdir() if p.is_dir() and not p.is_symlink()]
     assert len(outputs) == 1, list((d / "out").iterdir())
@@ -84,6 +88,12 @@ def test_local_package_wins_over_the_archive(image: Path) -> None:
     packages = {p.name: p for p in installed_packages(image)}
     assert packages["hello"].version == "0.1-local"
     assert (image / "usr/share/hello/marker").exists()
+
+
+def test_scripts_see_packagedir(image: Path) -> None:
+    assert (image / "usr/share/pkgdir-path").read_text() == "/root/packages\n"
+    listing = (image / "usr/share/pkgdir-listing").read_text().split()
+    assert {"mkosi-local-app_2.0_all.deb", "mkosi-local-base_1.0_all.deb", "hello_0.1-local_all.deb"} <= set(listing)
 
 
 def test_the_local_repository_is_not_left_in_the_image(image: Path) -> None:

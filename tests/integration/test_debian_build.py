@@ -399,13 +399,17 @@ def test_signed_checksums(project: Path, directory_image: Path, tmp_path: Path) 
     home = tmp_path / "gnupg"
     home.mkdir(mode=0o700)
     env = {"GNUPGHOME": str(home)}
-    subprocess.run(["gpg", "--batch", "--pinentry-mode", "loopback", "--passphrase", "", "--quick-gen-key",
-                    "mkosi-test@example.org", "ed25519", "sign", "never"], env={**os.environ, **env}, check=True,
-                   capture_output=True)
-    run_mkosi(project, "-f", "-t", "tar", "--sign", "--key=mkosi-test@example.org", "build", env=env)
-    out = project / "mkosi.output"
-    verify = subprocess.run(["gpg", "--verify", str(out / "SHA256SUMS.gpg"), str(out / "SHA256SUMS")],
-                            env={**os.environ, **env}, capture_output=True, text=True)
+    try:
+        subprocess.run(["gpg", "--batch", "--pinentry-mode", "loopback", "--passphrase", "", "--quick-gen-key",
+                        "mkosi-test@example.org", "ed25519", "sign", "never"], env={**os.environ, **env},
+                       check=True, capture_output=True)
+        run_mkosi(project, "-f", "-t", "tar", "--sign", "--key=mkosi-test@example.org", "build", env=env)
+        out = project / "mkosi.output"
+        verify = subprocess.run(["gpg", "--verify", str(out / "SHA256SUMS.gpg"), str(out / "SHA256SUMS")],
+                                env={**os.environ, **env}, capture_output=True, text=True)
+    finally:
+        # The keyring's agent (started by gpg for the key, and by mkosi's signing) is the test's to stop.
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False, capture_output=True)
     assert verify.returncode == 0, verify.stderr
     assert "testimg_1.2.tar.xz" in (out / "SHA256SUMS").read_text()
 

@@ -130,6 +130,17 @@ def find_tool(name: str, sandbox: Optional[Sandbox] = None) -> Optional[str]:
     return (sandbox or current_sandbox()).find(name)
 
 
+def find_first_tool(candidates: Sequence[str], sandbox: Optional[Sandbox] = None) -> Optional[str]:
+    """The first of `candidates` that exists: names are looked up like find_tool(), absolute paths (helpers
+    outside $PATH, such as /usr/lib/qemu/virtiofsd) are taken when executable."""
+    for candidate in candidates:
+        found = find_tool(candidate, sandbox) if "/" not in candidate else (
+            candidate if os.access(candidate, os.X_OK) else None)
+        if found:
+            return found
+    return None
+
+
 def require_tool(name: str, sandbox: Optional[Sandbox] = None) -> str:
     found = find_tool(name, sandbox)
     if found is None:

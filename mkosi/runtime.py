@@ -21,7 +21,7 @@ from mkosi import log
 from mkosi.config.enums import Feature
 from mkosi.config.settings import Config
 from mkosi.errors import MkosiError
-from mkosi.run import find_tool, run, spawn
+from mkosi.run import find_first_tool, find_tool, run, spawn
 from mkosi.sandbox import host_has_systemd
 
 # ---------------------------------------------------------------------------------------------
@@ -199,12 +199,10 @@ FORWARD_CREDENTIAL = "journal.forward_to_socket"
 
 
 def find_journal_remote() -> str:
-    for candidate in ("systemd-journal-remote", "/usr/lib/systemd/systemd-journal-remote",
-                      "/lib/systemd/systemd-journal-remote"):
-        found = find_tool(candidate) if "/" not in candidate else (candidate if os.access(candidate, os.X_OK)
-                                                                  else None)
-        if found:
-            return found
+    found = find_first_tool(("systemd-journal-remote", "/usr/lib/systemd/systemd-journal-remote",
+                             "/lib/systemd/systemd-journal-remote"))
+    if found:
+        return found
     raise MkosiError("ForwardJournal= needs systemd-journal-remote",
                      hint="install it (Debian: systemd-journal-remote) or use a tools tree that has it")
 

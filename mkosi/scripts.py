@@ -118,12 +118,7 @@ def script_environment(ctx: Context) -> dict[str, str]:
         env["SOURCE_DATE_EPOCH"] = str(config.source_date_epoch)
     # The proxy's variables (ProxyUrl=, ProxyExclude=); Environment= (and EnvironmentFiles=) may override them.
     env.update(ctx.proxy_environment)
-    for item in config.environment:
-        name, eq, value = item.partition("=")
-        if eq:
-            env[name] = value
-        elif name in os.environ:
-            env[name] = os.environ[name]
+    apply_environment(env, config.environment)
     return env
 
 
@@ -349,12 +344,7 @@ def host_script_environment(args: Args, config: Config, which: str, *, srcdir: P
         env["CACHED"] = "1" if cached else "0"
     if outputdir is not None and which in ("postoutput", "clean"):
         env["OUTPUTDIR"] = str(outputdir)
-    for item in config.environment:
-        name, eq, value = item.partition("=")
-        if eq:
-            env[name] = value
-        elif name in os.environ:
-            env[name] = os.environ[name]
+    apply_environment(env, config.environment)
     return env
 
 
@@ -429,3 +419,14 @@ def run_host_scripts(args: Args, config: Config, which: str, *, outputdir: Optio
         for script in scripts:
             with log.step(f"Running {which} script {script.name}"):
                 run_script_command(f"{which} script", script, [script.absolute()], sandbox)
+
+
+def apply_environment(env: dict[str, str], items: Sequence[str]) -> None:
+    """Environment= (EnvironmentFiles= included) over `env`: NAME=VALUE sets it, a bare NAME passes the
+    variable of mkosi's own environment on when it has one."""
+    for item in items:
+        name, eq, value = item.partition("=")
+        if eq:
+            env[name] = value
+        elif name in os.environ:
+            env[name] = os.environ[name]

@@ -42,7 +42,7 @@ from mkosi.qemu import (
     virtiofs_args,
     vsock_args,
 )
-from mkosi.run import current_sandbox, find_tool
+from mkosi.run import current_sandbox, find_first_tool, find_tool
 from mkosi.runtime import (
     FORWARD_CREDENTIAL,
     background,
@@ -269,11 +269,9 @@ def swtpm_argv(swtpm: str, state: Path, sock: Path) -> list[str]:
 
 
 def find_virtiofsd() -> str:
-    for candidate in ("virtiofsd", "/usr/libexec/virtiofsd", "/usr/lib/virtiofsd", "/usr/lib/qemu/virtiofsd"):
-        found = find_tool(candidate) if "/" not in candidate else (candidate if os.access(candidate, os.X_OK)
-                                                                  else None)
-        if found:
-            return found
+    found = find_first_tool(("virtiofsd", "/usr/libexec/virtiofsd", "/usr/lib/virtiofsd", "/usr/lib/qemu/virtiofsd"))
+    if found:
+        return found
     raise MkosiError("RuntimeTrees= with the vm verb needs virtiofsd",
                      hint="install it (Debian: virtiofsd, or qemu-system-common's /usr/lib/qemu/virtiofsd)")
 

@@ -226,7 +226,7 @@ def test_forward_journal_from_a_container(monkeypatch: pytest.MonkeyPatch, tmp_p
         yield None
 
     monkeypatch.setattr(container, "background", background)
-    monkeypatch.setattr(runtime, "find_tool", lambda name: "/usr/lib/systemd/systemd-journal-remote")
+    monkeypatch.setattr(runtime, "find_first_tool", lambda candidates: "/usr/lib/systemd/systemd-journal-remote")
     logs = tmp_path / "logs"
     config = dataclasses.replace(tree_config(tmp_path, "image", settings=False), forward_journal=logs)
     container.run_container(BOOT, config, boot=True)
@@ -242,8 +242,7 @@ def test_forward_journal_from_a_container(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 def test_forward_journal_needs_journal_remote(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     fake_run(monkeypatch, tmp_path)
-    monkeypatch.setattr(runtime, "find_tool", lambda name: None)
-    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    monkeypatch.setattr(runtime, "find_first_tool", lambda candidates: None)
     config = dataclasses.replace(tree_config(tmp_path, "image", settings=False), forward_journal=tmp_path / "j")
     with pytest.raises(MkosiError, match="systemd-journal-remote"):
         container.run_container(BOOT, config, boot=True)
@@ -252,7 +251,7 @@ def test_forward_journal_needs_journal_remote(monkeypatch: pytest.MonkeyPatch, t
 def test_forward_journal_from_a_vm(firmware: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     started: list[list[str]] = []
     fake_vm_run(monkeypatch, started)
-    monkeypatch.setattr(runtime, "find_tool", lambda name: "/usr/bin/systemd-journal-remote")
+    monkeypatch.setattr(runtime, "find_first_tool", lambda candidates: "/usr/bin/systemd-journal-remote")
     journal = tmp_path / "j" / "vm.journal"
     with pytest.raises(MkosiError, match="vsock"):
         vm.run_vm(Args(), vm_config(tmp_path, forward_journal=journal, vsock=Feature.disabled))

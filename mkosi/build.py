@@ -18,6 +18,7 @@ import gnupg
 from mkosi import basetrees, log
 from mkosi.boot.bootable import settle_bootable
 from mkosi.boot.initrd import make_initrd_files
+from mkosi.boot.kmod import process_kernel_modules
 from mkosi.cache import (
     build_key,
     image_cache_key,
@@ -679,6 +680,8 @@ def build_phase(ctx: Context, rerun: bool = False) -> None:
         # The manifest lists what is installed before the package databases may be cleaned away.
         write_manifest(ctx)
         remove_files(ctx)
+        process_kernel_modules(ctx.root, ctx.config.kernel_modules, ctx.config.firmware_files,
+                               ctx.config.nspawn_keep_unit)
         clean_package_metadata(ctx)
         with log.step("Removing files that only record the build"):
             reproducibility_cleanup(ctx)

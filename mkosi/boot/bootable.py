@@ -11,8 +11,10 @@ from typing import Optional
 from mkosi import log
 from mkosi.boot.cmdline import VerityInfo, image_cmdline
 from mkosi.boot.esp import EspOptions, populate_esp
+from mkosi.boot.extras import find_devicetrees, uki_sections
 from mkosi.boot.grub import install_grub_bios
 from mkosi.boot.initrd import (
+    dracut_driver_flags,
     dracut_flags,
     initrd_key,
     load_cached_initrd,
@@ -21,6 +23,7 @@ from mkosi.boot.initrd import (
     save_cached_initrd,
 )
 from mkosi.boot.kernel import EFI_DIR, BootFiles, boot_files, efi_arch, find_kernel, kernel_candidates
+from mkosi.boot.kmod import Selection, select
 from mkosi.boot.uki import UkiProfile, concat_initrds
 from mkosi.config.enums import Bootloader, BootProtocol, Verity
 from mkosi.config.settings import Config
@@ -82,7 +85,8 @@ def settle_bootable(config: Config, root: Path) -> Config:
 
 def build_initrd(ctx: Context, version: str) -> Path:
     """dracut inside the image, for its kernel; the initrd lands in the workspace, not in the image."""
-    return run_dracut(ctx.root, version, ctx.workspace / f"initrd-{version}", dracut_flags(ctx.config),
+    flags = [*dracut_flags(ctx.config), *dracut_driver_flags(ctx.config, ctx.root, version)]
+    return run_dracut(ctx.root, version, ctx.workspace / f"initrd-{version}", flags,
                       ctx.config.nspawn_keep_unit)
 
 
@@ -105,8 +109,17 @@ def user_initrd(ctx: Context, version: str) -> Path:
             raise MkosiError(f"Initrds=: '{p}' does not exist")
     if ctx.config.kernel_modules_initrd:
         with log.step(f"Building the kernel modules initrd for kernel {version}"):
-            parts.append(modules_initrd(ctx.root, version, ctx.workspace / f"modules-{version}.initrd"))
+            parts.append(modules_initrd(ctx.root, version, ctx.workspace / f"modules-{version}.initrd",
+                                        initrd_selection(ctx.config, ctx.root, version), ctx.config.nspawn_keep_unit))
     return concat_initrds(parts, ctx.workspace / f"initrd-{version}")
+
+
+def initrd_selection(config: Config, root: Path, version: str) -> Optional[Selection]:
+    """KernelInitrdModules=: the modules (with what they need) and firmware of the kernel modules initrd;
+    None (every module of the image, no firmware) when it is empty."""
+    if not config.kernel_initrd_modules:
+        return None
+    return select(root, version, config.kernel_initrd_modules, config.firmware_files)
 
 
 def image_initrd(ctx: Context, kernel: Path, version: str) -> Path:
@@ -134,6 +147,13 @@ def uki_profiles(config: Config, cmdline: str) -> list[UkiProfile]:
             for p in load_uki_profiles(config.uki_profiles)]
 
 
+def with_extras(root: Path, config: Config, files: BootFiles) -> BootFiles:
+    """Splash= and Devicetrees=: the UKI's extra sections and the devicetrees a Type #1 entry takes one of."""
+    dtbs = find_devicetrees(root, files.version, config.devicetrees)
+    return dataclasses.replace(files, extra_sections=tuple(uki_sections(root, config.splash, dtbs)),
+                               devicetrees=tuple(dtbs), devicetree_patterns=tuple(config.devicetrees))
+
+
 def write_linux_boot_files(ctx: Context, files: BootFiles) -> None:
     """STEM.vmlinuz, STEM.initrd and STEM.cmdline, for booting the kernel directly (QemuBoot=linux)."""
     shutil.copyfile(files.kernel, staged(ctx, LINUX_KERNEL))
@@ -151,6 +171,7 @@ def prepare_esp(ctx: Context, root_label: str, verity: Optional[VerityInfo] = No
     kernel, version = find_kernel(ctx.root)
     initrd = image_initrd(ctx, kernel, version)
     files = boot_files(ctx.root, initrd, image_cmdline(config, root_label, verity), config.architecture)
+    files = with_extras(ctx.root, config, files)
     esp = ctx.dir("esp")
     uki = populate_esp(esp, files, EspOptions.from_config(config, uki_profiles(config, files.cmdline), ctx.root),
                        boot=boot)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from mkosi import log
+from mkosi.boot.extras import entry_devicetree
 from mkosi.boot.grub import GRUB_EFI_TARGETS, grub_efi_config_text, install_grub_efi, write_grub_config
 from mkosi.boot.kernel import BootFiles, efi_arch
 from mkosi.boot.pcrsig import PcrSigner, pcr_signer
@@ -201,7 +202,8 @@ def install_uefi(esp: Path, files: BootFiles, options: EspOptions,
     uki = None
     if with_uki and options.bootloader != Bootloader.uki and not uki_wanted:
         install_bls_entry(target, f"{options.entry_id}-{files.version}", options.title, files.kernel, files.initrd,
-                          files.cmdline, version=files.version)
+                          files.cmdline, version=files.version,
+                          devicetree=entry_devicetree(files.devicetrees, files.devicetree_patterns))
     elif with_uki:
         uki = uki_path(target, files, options)
         uki.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from mkosi import __version__, log
+from mkosi.boot.kmod import FIRMWARE_DIR, Selection, module_name, select, stage_selection
 from mkosi.cache import digest_path, write_private
 from mkosi.config.enums import Verity
 from mkosi.config.settings import Config, plain_value
@@ -31,7 +32,11 @@ INITRD_IN_ROOT = "var/tmp/mkosi-initrd.img"
 
 # The settings that shape the initrd (KernelCommandLine= and the like do not: they go elsewhere).
 INITRD_SETTINGS = ("distribution", "release", "architecture", "format", "hostonly_initrd", "verity", "encrypt",
-                   "usr_only")
+                   "usr_only", "initrd_profiles", "kernel_initrd_modules")
+
+# InitrdProfiles=: the dracut module each profile of the default initrd adds.
+DRACUT_PROFILE_MODULES = {"lvm": "lvm", "network": "systemd-networkd", "nfs": "nfs", "pkcs11": "systemd-pkcs11",
+                          "plymouth": "plymouth", "raid": "mdraid"}
 
 # Files of the image, beyond its packages, that dracut reads for a generic initrd.
 INITRD_CONFIG_PATHS = ("etc/dracut.conf", "etc/dracut.conf.d", "usr/lib/dracut/dracut.conf.d",
@@ -44,10 +49,25 @@ def dracut_flags(config: Config) -> list[str]:
     flags = ["--hostonly"] if config.hostonly_initrd else ["--no-hostonly", "--no-hostonly-cmdline"]
     if config.verity != Verity.no:
         flags += ["--add", "systemd-veritysetup"]
+    for profile in config.initrd_profiles:
+        flags += ["--add", DRACUT_PROFILE_MODULES[str(profile)]]
     if config.source_date_epoch is not None:
         # Times newer than dracut's own files become theirs, and cpio --reproducible renumbers the inodes.
         flags.append("--reproducible")
     return flags
+
+
+def dracut_driver_flags(config: Config, root: Path, version: str) -> list[str]:
+    """KernelInitrdModules=: dracut --drivers with the names of the modules it selects (dracut adds what
+    they depend on and the firmware they name); nothing when it is empty (dracut's own choice)."""
+    if not config.kernel_initrd_modules:
+        return []
+    selection = select(root, version, config.kernel_initrd_modules, [])
+    names = sorted({module_name(m) for m in selection.modules})
+    if not names:
+        raise MkosiError(f"KernelInitrdModules={','.join(config.kernel_initrd_modules)} selects no module of "
+                         f"kernel {version}")
+    return ["--drivers", " ".join(names)]
 
 
 def run_dracut(root: Path, version: str, output: Path, flags: Sequence[str], keep_unit: Optional[bool]) -> Path:
@@ -131,26 +151,42 @@ def save_cached_initrd(config: Config, initrd: Path, key: str) -> None:
     write_private(keyfile, key + "\n")
 
 
-def modules_initrd(root: Path, version: str, output: Path) -> Path:
+def modules_initrd(root: Path, version: str, output: Path, selection: Optional[Selection] = None,
+                   keep_unit: Optional[bool] = None) -> Path:
     """KernelModulesInitrd=: a zstd-compressed cpio holding only /usr/lib/modules/VERSION of `root` (the
-    kernel's modules and depmod's files), to append to an initrd that has no modules of its own."""
+    kernel's modules and depmod's files), to append to an initrd that has no modules of its own. With a
+    `selection` (KernelInitrdModules=), only its modules and their firmware, with a module index of
+    their own that depmod writes."""
     rel = Path("usr/lib/modules") / version
     if not (root / rel).is_dir():
         raise MkosiError(f"the image has no {rel}/ for the kernel modules initrd",
                          hint="install the kernel's modules, or set KernelModulesInitrd=no")
-    names = ["usr", "usr/lib", "usr/lib/modules"]
-    for d, dirs, files in os.walk(root / rel):
-        dirs.sort()
-        reld = os.path.relpath(d, root)
-        names.append(reld)
-        names += [os.path.join(reld, f) for f in sorted(files)]
+    top = root
+    tops = [rel]
+    staging = output.with_name(f".{output.name}.tree")
+    if selection is not None:
+        shutil.rmtree(staging, ignore_errors=True)
+        top = stage_selection(root, selection, staging, keep_unit)
+        if (staging / FIRMWARE_DIR).is_dir():
+            tops.append(Path(FIRMWARE_DIR))
+    names = ["usr", "usr/lib"]
+    for t in tops:
+        names.append(str(t.parent))
+        for d, dirs, files in os.walk(top / t):
+            dirs.sort()
+            reld = os.path.relpath(d, top)
+            names.append(reld)
+            names += [os.path.join(reld, f) for f in sorted(files)]
+            names += [os.path.join(reld, x) for x in dirs if os.path.islink(os.path.join(d, x))]
+    names = list(dict.fromkeys(names))
     cpio = output.with_name(f".{output.name}.cpio")
     with open(cpio, "wb") as out:
-        run(["cpio", "--create", "--null", "--format=newc", "--quiet", "--reproducible"], cwd=root,
+        run(["cpio", "--create", "--null", "--format=newc", "--quiet", "--reproducible"], cwd=top,
             input=b"\0".join(n.encode() for n in names) + b"\0", stdout=out, text=False)
     with open(cpio, "rb") as fin, open(output, "wb") as fout:
         run(["zstd", "--threads=0", "--stdout", "-q", "-"], stdin=fin, stdout=fout, text=False)
     cpio.unlink()
+    shutil.rmtree(staging, ignore_errors=True)
     return output
 
 

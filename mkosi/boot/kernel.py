@@ -27,6 +27,9 @@ class BootFiles:
     os_release: Path
     efi_dir: Path     # systemd-boot<ARCH>.efi and linux<ARCH>.efi.stub
     efi_arch: str     # x64, aa64, ...
+    extra_sections: tuple[tuple[str, Path], ...] = ()   # UKI sections before .initrd (.splash, .dtb, .dtbauto)
+    devicetrees: tuple[Path, ...] = ()                  # Devicetrees=: what matched (a Type #1 entry takes one)
+    devicetree_patterns: tuple[str, ...] = ()
 
     @property
     def systemd_boot(self) -> Path:

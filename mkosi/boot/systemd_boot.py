@@ -54,6 +54,7 @@ def bls_entry_text(
     version: str | None = None,
     machine_id: str | None = None,
     sort_key: str | None = None,
+    devicetree: str | None = None,
 ) -> str:
     """The text of a Boot Loader Specification Type #1 entry."""
     lines = [f"title {title}"]
@@ -65,6 +66,8 @@ def bls_entry_text(
         lines.append(f"sort-key {sort_key}")
     lines.append(f"linux {linux}")
     lines += [f"initrd {i}" for i in initrds]
+    if devicetree:
+        lines.append(f"devicetree {devicetree}")
     if cmdline.strip():
         lines.append(f"options {' '.join(cmdline.split())}")
     return "\n".join(lines) + "\n"
@@ -80,6 +83,7 @@ def install_bls_entry(
     *,
     version: str | None = None,
     machine_id: str | None = None,
+    devicetree: Path | None = None,
 ) -> Path:
     """Copy kernel and initrd to /<entry_id>/ on the ESP and write loader/entries/<entry_id>.conf
     (Boot Loader Specification Type #1) referencing them. Returns the entry file."""
@@ -92,10 +96,15 @@ def install_bls_entry(
     if initrd is not None:
         shutil.copyfile(initrd, dest / "initrd")
         initrds.append(f"/{entry_id}/initrd")
+    dtb = None
+    if devicetree is not None:
+        shutil.copyfile(devicetree, dest / devicetree.name)
+        dtb = f"/{entry_id}/{devicetree.name}"
     entries = esp_dir / "loader/entries"
     entries.mkdir(parents=True, exist_ok=True)
     entry = entries / f"{entry_id}.conf"
     entry.write_text(
-        bls_entry_text(title, f"/{entry_id}/linux", initrds, cmdline, version=version, machine_id=machine_id)
+        bls_entry_text(title, f"/{entry_id}/linux", initrds, cmdline, version=version, machine_id=machine_id,
+                       devicetree=dtb)
     )
     return entry

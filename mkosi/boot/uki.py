@@ -257,7 +257,7 @@ def make_uki(files: BootFiles, output: Path, profiles: Sequence[UkiProfile] = ()
              pcr: Optional[PcrSigner] = None) -> Path:
     """A unified kernel image of `files`, with the stub the root tree ships."""
     return build_uki(files.stub, files.kernel, files.initrd, files.cmdline, files.os_release, output,
-                     uname=files.version, profiles=profiles, pcr=pcr)
+                     uname=files.version, extra_sections=files.extra_sections, profiles=profiles, pcr=pcr)
 
 
 # ---- UnifiedKernelImageFormat= ----

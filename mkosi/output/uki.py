@@ -20,6 +20,7 @@ from mkosi import log
 from mkosi.boot.bootable import uki_profiles
 from mkosi.boot.cmdline import kernel_cmdline
 from mkosi.boot.esp import EspOptions, install_uefi
+from mkosi.boot.extras import find_devicetrees, uki_sections
 from mkosi.boot.initrd import link_init
 from mkosi.boot.kernel import EFI_DIR, BootFiles, efi_arch, find_kernel, find_os_release
 from mkosi.boot.pcrsig import PcrSigner, pcr_signer
@@ -110,13 +111,15 @@ def whole_image_boot_files(ctx: Context, profiles: bool) -> BootFiles:
                            min_version=PROFILE_STUB_VERSION if profiles else None, what="EFI stub")
     # No initrd of its own: the whole image is given to build_uki() as the initrd.
     return BootFiles(kernel=kernel, version=version, initrd=Path("/nonexistent"), cmdline=image_cmdline(ctx.config),
-                     os_release=find_os_release(ctx.root), efi_dir=stub.parent, efi_arch=arch)
+                     os_release=find_os_release(ctx.root), efi_dir=stub.parent, efi_arch=arch,
+                     extra_sections=tuple(uki_sections(ctx.root, ctx.config.splash,
+                                                       find_devicetrees(ctx.root, version, ctx.config.devicetrees))))
 
 
 def write_whole_image_uki(ctx: Context, files: BootFiles, initrd: Path, profiles: Sequence[UkiProfile],
                           output: Path, pcr: Optional[PcrSigner] = None) -> Path:
     return build_uki(files.stub, files.kernel, initrd, files.cmdline, files.os_release, output,
-                     uname=files.version, profiles=profiles, pcr=pcr)
+                     uname=files.version, extra_sections=files.extra_sections, profiles=profiles, pcr=pcr)
 
 
 def _sign(config: Config, binary: Path) -> None:

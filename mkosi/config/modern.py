@@ -52,6 +52,8 @@ from mkosi.proxy import parse_proxy_exclude, parse_proxy_url, redacted_url
 
 D, O, C, V, B, R = "Distribution", "Output", "Content", "Validation", "Build", "Runtime"  # noqa: E741
 NOT_YET = "not implemented yet"
+NOT_YET_DRACUT = ("not implemented yet: the default initrd is dracut's, made in the image from its own "
+                  "packages, not an image of its own to install packages into")
 
 
 def choices(cls: Any) -> tuple[str, ...]:
@@ -363,38 +365,38 @@ class ModernSettings:
         help="Initrds to use instead of building the default one.")
     initrd_profiles: list[InitrdProfile] = setting(
         section=C, key="InitrdProfiles", flags=("--initrd-profile",), kind=Kind.LIST,
-        parse=parse_enum(InitrdProfile), choices=choices(InitrdProfile), default_factory=list, status=NOT_YET,
+        parse=parse_enum(InitrdProfile), choices=choices(InitrdProfile), default_factory=list,
         metavar="PROFILES", help="Profiles of the default initrd.")
     initrd_packages: list[str] = setting(
         section=C, key="InitrdPackages", flags=("--initrd-package",), kind=Kind.LIST, default_factory=list,
-        status=NOT_YET, metavar="PACKAGES", help="Extra packages for the default initrd.")
+        status=NOT_YET_DRACUT, metavar="PACKAGES", help="Extra packages for the default initrd.")
     initrd_volatile_packages: list[str] = setting(
         section=C, key="InitrdVolatilePackages", flags=("--initrd-volatile-package",), kind=Kind.LIST,
-        default_factory=list, status=NOT_YET, metavar="PACKAGES",
+        default_factory=list, status=NOT_YET_DRACUT, metavar="PACKAGES",
         help="Extra packages for the default initrd, never cached.")
     devicetrees: list[str] = setting(
         section=C, key="Devicetrees", flags=("--devicetrees",), kind=Kind.LIST, separator=r",",
-        parse=parse_glob_list_item, default_factory=list, status=NOT_YET, metavar="GLOBS",
+        parse=parse_glob_list_item, default_factory=list, metavar="GLOBS",
         help="Devicetree patterns for the boot loader or the UKI.")
     splash: Optional[str] = setting(
-        section=C, key="Splash", flags=("--splash",), status=NOT_YET, metavar="PATH",
+        section=C, key="Splash", flags=("--splash",), metavar="PATH",
         help="Boot splash of the UKIs (a path inside the image).")
     microcode_host: bool = _flag(
         section=C, key="MicrocodeHost", flags=("--microcode-host",), default=False, status=NOT_YET,
         help="Only include the microcode of the host's CPU.")
     kernel_modules: list[str] = setting(
         section=C, key="KernelModules", flags=("--kernel-modules",), kind=Kind.LIST, parse=parse_glob_list_item,
-        default_factory=list, status=NOT_YET, metavar="GLOBS", help="Kernel modules to keep in the image.")
+        default_factory=list, metavar="GLOBS", help="Kernel modules to keep in the image.")
     kernel_modules_initrd: bool = _flag(
         section=C, key="KernelModulesInitrd", flags=("--kernel-modules-initrd",), default=True,
         help="Append an initrd of kernel modules to the initrd of each UKI.")
     kernel_initrd_modules: list[str] = setting(
         section=C, key="KernelInitrdModules", flags=("--kernel-modules-initrd-include",), kind=Kind.LIST,
-        parse=parse_glob_list_item, default_factory=list, status=NOT_YET, metavar="GLOBS",
+        parse=parse_glob_list_item, default_factory=list, metavar="GLOBS",
         help="Kernel modules to put in the initrd.")
     firmware_files: list[str] = setting(
         section=C, key="FirmwareFiles", flags=("--firmware-files",), kind=Kind.LIST, parse=parse_glob_list_item,
-        default_factory=list, status=NOT_YET, metavar="GLOBS", help="Firmware files to keep in the image.")
+        default_factory=list, metavar="GLOBS", help="Firmware files to keep in the image.")
     locale: Optional[str] = setting(
         section=C, key="Locale", flags=("--locale",), parse=parse_locale, metavar="LOCALE",
         help="Locale of the image: LANG= in /etc/locale.conf (like systemd-firstboot --locale).")

@@ -396,7 +396,7 @@ def run_depmod(tree: Path, version: str, image: Optional[Path] = None, keep_unit
     depmod = find_tool("depmod")
     for legacy in ("lib/modules", "usr/lib/modules"):
         p = tree / legacy
-        if p.exists() and not os.path.realpath(p).startswith(os.path.realpath(tree) + os.sep):
+        if not os.path.realpath(p).startswith(os.path.realpath(tree) + os.sep):
             depmod = None     # a link that leaves the tree: only the image itself may follow it
     if depmod is not None:
         run([depmod, "--all", "--basedir", str(tree), version], capture=True)

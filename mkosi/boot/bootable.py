@@ -24,6 +24,7 @@ from mkosi.boot.initrd import (
 )
 from mkosi.boot.kernel import EFI_DIR, BootFiles, boot_files, efi_arch, find_kernel, kernel_candidates
 from mkosi.boot.kmod import Selection, select
+from mkosi.boot.microcode import host_microcode_initrd
 from mkosi.boot.uki import UkiProfile, concat_initrds
 from mkosi.config.enums import Bootloader, BootProtocol, Verity
 from mkosi.config.settings import Config
@@ -123,6 +124,19 @@ def initrd_selection(config: Config, root: Path, version: str) -> Optional[Selec
 
 
 def image_initrd(ctx: Context, kernel: Path, version: str) -> Path:
+    """The initrd for the image's kernel (see base_initrd()), with MicrocodeHost= the host CPU's early
+    microcode in front of it."""
+    initrd = base_initrd(ctx, kernel, version)
+    if not ctx.config.microcode_host:
+        return initrd
+    with log.step("Adding the host CPU's early microcode to the initrd (MicrocodeHost=yes)"):
+        early = host_microcode_initrd(ctx.root, ctx.workspace / "microcode.initrd")
+        if early is None:
+            return initrd
+        return concat_initrds([early, initrd], ctx.workspace / f"initrd-{version}-with-microcode")
+
+
+def base_initrd(ctx: Context, kernel: Path, version: str) -> Path:
     """The initrd for the image's kernel: Initrds= when given, else dracut's. With -i, dracut's initrd of an
     earlier build is reused when nothing that shapes it changed, and a newly built one is kept for the next
     build."""

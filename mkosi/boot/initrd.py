@@ -49,6 +49,8 @@ def dracut_flags(config: Config) -> list[str]:
     flags = ["--hostonly"] if config.hostonly_initrd else ["--no-hostonly", "--no-hostonly-cmdline"]
     if config.verity != Verity.no:
         flags += ["--add", "systemd-veritysetup"]
+    if config.microcode_host:
+        flags.append("--no-early-microcode")     # mkosi puts the host CPU's in front (MicrocodeHost=)
     for profile in config.initrd_profiles:
         flags += ["--add", DRACUT_PROFILE_MODULES[str(profile)]]
     if config.source_date_epoch is not None:

@@ -382,7 +382,7 @@ class ModernSettings:
         section=C, key="Splash", flags=("--splash",), metavar="PATH",
         help="Boot splash of the UKIs (a path inside the image).")
     microcode_host: bool = _flag(
-        section=C, key="MicrocodeHost", flags=("--microcode-host",), default=False, status=NOT_YET,
+        section=C, key="MicrocodeHost", flags=("--microcode-host",), default=False,
         help="Only include the microcode of the host's CPU.")
     kernel_modules: list[str] = setting(
         section=C, key="KernelModules", flags=("--kernel-modules",), kind=Kind.LIST, parse=parse_glob_list_item,

@@ -30,11 +30,11 @@ from mkosi.boot.kmod import (
     select,
     selected,
 )
-from mkosi.boot.systemd_boot import install_bls_entry
 from mkosi.boot.pe import read_pe
+from mkosi.boot.systemd_boot import install_bls_entry
 from mkosi.boot.uki import build_uki
-from mkosi.config.settings import Config
 from mkosi.config.enums import InitrdProfile
+from mkosi.config.settings import Config
 from mkosi.errors import MkosiError
 from tests.markers import needs_tools
 from tests.unit.conftest import write
@@ -306,7 +306,8 @@ def test_dracut_flags_for_initrd_profiles_and_modules(tmp_path: Path) -> None:
 def test_unified_kernel_image_settings_are_no_longer_not_yet() -> None:
     from mkosi.config.settings import SETTINGS
     status = {s.key: s.status for s in SETTINGS}
-    for key in ("KernelModules", "KernelInitrdModules", "FirmwareFiles", "InitrdProfiles", "Devicetrees", "Splash"):
+    for key in ("KernelModules", "KernelInitrdModules", "FirmwareFiles", "InitrdProfiles", "Devicetrees", "Splash",
+                "MicrocodeHost"):
         assert status[key] is None, key
     assert status["InitrdPackages"] is not None and "dracut" in str(status["InitrdPackages"])
 
@@ -397,3 +398,50 @@ def test_with_extras_fills_the_boot_files(tmp_path: Path) -> None:
 def test_selection_is_a_value() -> None:
     s = Selection(V, frozenset({"a.ko"}), frozenset())
     assert dataclasses.replace(s, firmware=frozenset({"x"})).firmware == {"x"}
+
+
+# ---- MicrocodeHost= ----
+
+CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 158
+stepping\t: 10
+
+processor\t: 1
+vendor_id\t: GenuineIntel
+"""
+
+
+def test_host_cpu_and_its_microcode_file(tmp_path: Path) -> None:
+    from mkosi.boot.microcode import Cpu, host_cpu, microcode_path
+    cpu = host_cpu(write(tmp_path / "cpuinfo", CPUINFO))
+    assert cpu == Cpu("GenuineIntel", 6, 158, 10)
+    assert microcode_path(cpu) == "intel-ucode/06-9e-0a"
+    assert microcode_path(Cpu("AuthenticAMD", 25, 1, 1)) == "amd-ucode/microcode_amd_fam19h.bin"
+    assert microcode_path(Cpu("AuthenticAMD", 16, 1, 1)) == "amd-ucode/microcode_amd.bin"
+    with pytest.raises(MkosiError, match="no early microcode for HygonGenuine"):
+        microcode_path(Cpu("HygonGenuine", 24, 0, 0))
+    with pytest.raises(MkosiError, match="does not say the vendor"):
+        host_cpu(write(tmp_path / "arm", "processor\t: 0\nBogoMIPS\t: 50.00\n"))
+
+
+@needs_tools("cpio")
+def test_host_microcode_initrd(tmp_path: Path) -> None:
+    from mkosi.boot.microcode import Cpu, host_microcode_initrd
+    cpu = Cpu("GenuineIntel", 6, 158, 10)
+    root = tmp_path / "root"
+    write(root / "usr/lib/firmware/intel-ucode/06-9e-0a", "this CPU's")
+    write(root / "usr/lib/firmware/intel-ucode/06-55-04", "another CPU's")
+    out = host_microcode_initrd(root, tmp_path / "ucode.cpio", cpu)
+    assert out is not None
+    listing = subprocess.run(["cpio", "-t", "--quiet"], input=out.read_bytes(), capture_output=True,
+                             check=True).stdout.decode().split()
+    assert listing == ["kernel", "kernel/x86", "kernel/x86/microcode", "kernel/x86/microcode/GenuineIntel.bin"]
+    assert b"this CPU's" in out.read_bytes() and b"another CPU's" not in out.read_bytes()
+    assert host_microcode_initrd(root, tmp_path / "none.cpio", Cpu("GenuineIntel", 6, 1, 1)) is None
+
+
+def test_microcode_host_turns_off_dracuts_own() -> None:
+    assert "--no-early-microcode" in dracut_flags(Config(microcode_host=True))
+    assert "--no-early-microcode" not in dracut_flags(Config())

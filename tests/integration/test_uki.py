@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -89,11 +90,34 @@ def boot(d: Path) -> tuple[str, float]:
     return proc.stdout + proc.stderr, time.monotonic() - start
 
 
+def tiny_bmp() -> bytes:
+    """A 1x1 24-bit BMP picture (what systemd-stub shows from the .splash section)."""
+    pixels = b"\x00\x80\xff\x00"
+    header = struct.pack("<2sIHHI", b"BM", 54 + len(pixels), 0, 0, 54)
+    info = struct.pack("<IiiHHIIiiII", 40, 1, 1, 1, 24, 0, len(pixels), 2835, 2835, 0, 0)
+    return header + info + pixels
+
+
+def uki_initrd_listing(uki: Path, tmp: Path) -> list[str]:
+    """The files of the UKI's .initrd section (the image, a zstd-compressed cpio)."""
+    subprocess.run(["objcopy", "-O", "binary", "--only-section=.initrd", str(uki), str(tmp / "initrd.zst")],
+                   check=True)
+    cpio = subprocess.run(["zstd", "-dc", str(tmp / "initrd.zst")], capture_output=True, check=True).stdout
+    return subprocess.run(["cpio", "-t", "--quiet"], input=cpio, capture_output=True, check=True,
+                          ).stdout.decode().split()
+
+
 @pytest.fixture(scope="module")
 def uki_project(tmp_path_factory: pytest.TempPathFactory, package_cache: Path, tools_tree: Path) -> Path:
     """A signed Format=uki image with one extra profile (the profile needs the tools tree's systemd stub)."""
     d = project(tmp_path_factory.mktemp("uki"), package_cache, "uki", "ukiimg",
-                "KernelCommandLine=mkosi.test=uki\n[Validation]\nSecureBoot=yes\n")
+                "KernelCommandLine=mkosi.test=uki\n"
+                # Only the block drivers and ext4 (with what they need) stay; depmod writes the index again.
+                "KernelModules=/drivers/block/,ext4,-/drivers/block/floppy\n"
+                "Splash=/usr/share/mkosi-test/splash.bmp\n"
+                "[Validation]\nSecureBoot=yes\n")
+    (d / "mkosi.extra/usr/share/mkosi-test").mkdir(parents=True)
+    (d / "mkosi.extra/usr/share/mkosi-test/splash.bmp").write_bytes(tiny_bmp())
     (d / "mkosi.uki-profiles").mkdir()
     (d / "mkosi.uki-profiles/debug.conf").write_text(PROFILE)
     run_mkosi(d, "genkey")
@@ -108,9 +132,27 @@ def test_uki_sections(uki_project: Path) -> None:
     base = found[found.index(".osrel"):]
     # SecureBoot=yes with a key and systemd-measure in the tools tree: SignExpectedPcr=auto signs, so the
     # base carries .pcrpkey and its .pcrsig, and the profile its own .pcrsig after its sections.
-    assert base == [".osrel", ".cmdline", ".uname", ".initrd", ".linux", ".pcrpkey", ".pcrsig",
+    assert base == [".osrel", ".cmdline", ".uname", ".splash", ".initrd", ".linux", ".pcrpkey", ".pcrsig",
                     ".profile", ".cmdline", ".pcrsig"], found
     print(f"Format=uki size: {uki.stat().st_size / 2**20:.0f} MiB", file=sys.stderr)
+
+
+def test_kernel_modules_restrict_the_images_modules(uki_project: Path, tmp_path: Path) -> None:
+    """KernelModules=: the image (the UKI's initrd) keeps the block drivers and ext4 with their
+    dependencies, nothing else, and the module index depmod wrote again lists only those."""
+    files = uki_initrd_listing(uki_project / "mkosi.output/ukiimg.efi", tmp_path)
+    modules = [f for f in files if f.startswith("usr/lib/modules/") and ".ko" in f]
+    kernel = {f.split("/kernel/", 1)[1] for f in modules}
+    assert any(k.startswith("fs/ext4/ext4.ko") for k in kernel), kernel
+    assert any(k.startswith("fs/jbd2/") for k in kernel), kernel            # ext4's dependency
+    assert any(k.startswith("drivers/block/loop.ko") for k in kernel), kernel
+    assert any(k.startswith("drivers/block/virtio_blk.ko") for k in kernel), kernel
+    assert not any(k.startswith(("sound/", "drivers/net/", "drivers/gpu/", "drivers/block/floppy")) for k in kernel)
+    assert len(modules) < 60, len(modules)
+    version = modules[0].split("/")[3]
+    assert f"usr/lib/modules/{version}/modules.dep.bin" in files
+    log = (uki_project / "build.log").read_text()
+    assert "Selecting kernel modules and firmware" in log
 
 
 def test_ukify_inspect_reads_the_uki_and_its_profile(uki_project: Path, tools_tree: Path) -> None:
@@ -120,6 +162,7 @@ def test_ukify_inspect_reads_the_uki_and_its_profile(uki_project: Path, tools_tr
     assert "ID=debug" in text and 'TITLE="Debug logging"' in text
     assert "mkosi.test=uki" in text and "systemd.log_level=debug" in text
     assert "IMAGE_ID=ukiimg" in text
+    assert ".splash:" in text
     assert "systemd-stub" in text or "systemd,1" in text   # .sbat of the tools tree's stub
 
 

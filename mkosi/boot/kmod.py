@@ -178,6 +178,19 @@ def read_softdeps(moddir: Path) -> dict[str, list[str]]:
     return soft
 
 
+def read_aliases(moddir: Path) -> dict[str, list[str]]:
+    """modules.alias: the modules each plain alias (one without wildcards, like crc32c) stands for."""
+    aliases: dict[str, list[str]] = {}
+    path = moddir / "modules.alias"
+    if not path.is_file():
+        return aliases
+    for line in path.read_text(errors="replace").splitlines():
+        words = line.split()
+        if len(words) == 3 and words[0] == "alias" and not any(c in words[1] for c in "*?["):
+            aliases.setdefault(words[1].replace("-", "_"), []).append(words[2].replace("-", "_"))
+    return aliases
+
+
 def module_files(moddir: Path) -> list[str]:
     """Every module file below `moddir`, relative to it, sorted."""
     found = []
@@ -195,6 +208,7 @@ def required_modules(moddir: Path, patterns: Sequence[str]) -> set[str]:
     soft = read_softdeps(moddir)
     files = sorted(set(module_files(moddir)) | set(deps))
     by_name = {module_name(f): f for f in files}
+    aliases = read_aliases(moddir) if soft else {}
     todo = [f for f in files if selected(patterns, f)]
     keep: set[str] = set()
     while todo:
@@ -203,7 +217,9 @@ def required_modules(moddir: Path, patterns: Sequence[str]) -> set[str]:
             continue
         keep.add(f)
         todo += deps.get(f, [])
-        todo += [by_name[n] for n in soft.get(module_name(f), []) if n in by_name]
+        # A soft dependency names a module or an alias of some (ext4 wants "crc32c").
+        for n in soft.get(module_name(f), []):
+            todo += [by_name[m] for m in (aliases.get(n, []) if n not in by_name else [n]) if m in by_name]
     return {f for f in keep if (moddir / f).exists()}
 
 
@@ -364,7 +380,7 @@ def select(root: Path, version: str, module_patterns: Sequence[str], firmware_pa
     patterns = expand_patterns(module_patterns, host)
     modules = required_modules(moddir, patterns) if module_patterns else set(module_files(moddir))
     firmware: set[str] = set()
-    if fwdir.is_dir():
+    if fwdir.is_dir() and any(fwdir.iterdir()):
         wanted = [fw for rel in sorted(modules) for fw in module_firmware(moddir / rel)]
         wanted += builtin_firmware(moddir)
         firmware = required_firmware(fwdir, wanted, firmware_patterns, kernel_versions(root))

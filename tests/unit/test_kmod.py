@@ -89,8 +89,9 @@ def fake_kernel(root: Path, version: str = V) -> Path:
         path.write_bytes(lzma.compress(raw) if rel.endswith(".xz") else raw)
         dep_lines.append(f"{rel}: {' '.join(deps)}".rstrip())
     write(moddir / "modules.dep", "\n".join(dep_lines) + "\n")
-    # ext4 wants crc32c loaded before it (modules.softdep), not a hard dependency.
-    write(moddir / "modules.softdep", "# Soft dependencies\nsoftdep ext4 pre: crc32c_generic\n")
+    # ext4 wants crc32c (an alias of crc32c_generic) loaded before it (modules.softdep), not a hard dependency.
+    write(moddir / "modules.softdep", "# Soft dependencies\nsoftdep ext4 pre: crc32c\n")
+    write(moddir / "modules.alias", "alias crc32c crc32c_generic\nalias pci:v00008086d*sv* e1000e\n")
     (moddir / "modules.builtin.modinfo").write_bytes(b"i915.firmware=i915/skl_dmc.bin\0i915.license=GPL\0")
     write(moddir / "modules.order", "kernel/drivers/block/loop.ko\n")
     (root / "boot").mkdir(parents=True, exist_ok=True)

@@ -163,6 +163,11 @@ def measured(sections: Sequence[tuple[str, Path]], known: Optional[frozenset[str
     stub measures but systemd-measure cannot take is an error (the signature would not match); with a
     stub that names no sections (known=None), what systemd-measure can take."""
     argv = []
+    names = [name for name, _ in sections]
+    if names.count(".dtbauto") > 1:
+        raise MkosiError("SignExpectedPcr= with several devicetrees (.dtbauto sections) is not implemented: the "
+                         "stub measures the one the machine picks", hint="narrow Devicetrees= to one devicetree, "
+                         "or set SignExpectedPcr=no")
     for name, path in sections:
         if name == ".pcrsig" or name not in UKI_SECTIONS or (known is not None and name not in known):
             continue

@@ -446,3 +446,12 @@ def test_host_microcode_initrd(tmp_path: Path) -> None:
 def test_microcode_host_turns_off_dracuts_own() -> None:
     assert "--no-early-microcode" in dracut_flags(Config(microcode_host=True))
     assert "--no-early-microcode" not in dracut_flags(Config())
+
+
+def test_expected_pcrs_are_not_signed_for_several_devicetrees(tmp_path: Path) -> None:
+    from mkosi.boot.pcrsig import measured
+    dtbs = [(".dtbauto", tmp_path / "a.dtb"), (".dtbauto", tmp_path / "b.dtb")]
+    with pytest.raises(MkosiError, match=r"several devicetrees \(\.dtbauto sections\) is not implemented"):
+        measured([(".linux", tmp_path / "k"), *dtbs], None, {".linux": "--linux", ".dtbauto": "--dtbauto"}, "m")
+    assert measured([(".dtbauto", tmp_path / "a.dtb")], None, {".dtbauto": "--dtbauto"}, "m") == [
+        f"--dtbauto={tmp_path / 'a.dtb'}"]

@@ -120,7 +120,10 @@ def initrd_selection(config: Config, root: Path, version: str) -> Optional[Selec
     None (every module of the image, no firmware) when it is empty."""
     if not config.kernel_initrd_modules:
         return None
-    return select(root, version, config.kernel_initrd_modules, config.firmware_files)
+    selection = select(root, version, config.kernel_initrd_modules, config.firmware_files)
+    log.info(f"KernelInitrdModules=: {len(selection.modules)} modules and {len(selection.firmware)} firmware "
+             f"files of kernel {version} go into the kernel modules initrd")
+    return selection
 
 
 def image_initrd(ctx: Context, kernel: Path, version: str) -> Path:

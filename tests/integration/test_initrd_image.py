@@ -1,11 +1,13 @@
 """A modern multi-image tree as public projects write it: an initrd sub-image that includes the built-in
 mkosi-initrd configuration (mkosi.images/initrd/), and a bootable Format=disk main image whose
-Initrds=%O/initrd names it through the link to its output. Built once (with the tools tree's
+Initrds=%O/initrd names it through the link to its output (followed by a kernel modules initrd of
+KernelInitrdModules=default). Built once (with the tools tree's
 systemd-repart); the initrd is inspected with cpio and the image boots through it under `mkosi vm`."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -34,6 +36,7 @@ Packages=linux-image-amd64
          systemd-boot
          udev
 Initrds=%O/initrd
+KernelInitrdModules=default
 
 [Build]
 PackageCacheDirectory={cache}
@@ -66,6 +69,9 @@ def test_the_initrd_is_built_first_and_named_through_its_link(project: Path) -> 
     log = (project / "build.log").read_text()
     assert log.index("[initrd]") < log.index("[main]")
     assert "with dracut" not in log            # Initrds= given: no initrd of the image's own
+    # KernelInitrdModules=default: the kernel modules initrd after it holds a few hundred modules, not all.
+    m = re.search(r"KernelInitrdModules=: (\d+) modules and \d+ firmware files", log)
+    assert m is not None and 50 < int(m.group(1)) < 2000, m
 
 
 def test_the_initrd_can_start_systemd(project: Path) -> None:

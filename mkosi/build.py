@@ -28,6 +28,7 @@ from mkosi.cache import (
     write_private,
 )
 from mkosi.config.enums import BasePackages, BootProtocol, CleanPackageMetadata
+from mkosi.config.keys import build_subdir
 from mkosi.config.settings import Args, Config
 from mkosi.container import install_runtime_generator
 from mkosi.context import Context, Phase
@@ -74,6 +75,7 @@ from mkosi.scripts import (
     run_prepare_script,
 )
 from mkosi.ssh import generate_ssh_keypair
+from mkosi.subvolumes import make_tree
 from mkosi.trees import chown_to_invoking_user, copy_into_root, install_tree, resolve_in_root
 
 # ---------------------------------------------------------------- workspace
@@ -640,7 +642,7 @@ def _rmtree_any(path: Path) -> None:
 def build_phase(ctx: Context, rerun: bool = False) -> None:
     """The steps of one phase. With `rerun` (-R) the cached development image is used whatever its
     inputs are now; its absence is an error (checked before the build starts, see check_rerun())."""
-    ctx.root.mkdir(parents=True, exist_ok=True)
+    make_tree(ctx.config, ctx.root)  # UseSubvolumes=: a subvolume, whose snapshots make the cache cheap
     # Everything up to the prepare script is what incremental mode caches (not the base trees).
     incremental = ctx.args.incremental and not basetrees.base_sources(ctx.config)
     if ctx.args.incremental and not incremental:
@@ -858,10 +860,11 @@ def check_build_only(config: Config) -> None:
 
 
 def wipe_build_dir(args: Args, config: Config) -> None:
-    """--wipe-build-dir: BuildDirectory= is emptied (the directory itself stays)."""
+    """--wipe-build-dir: this image's build directory (BuildDirectory=, below it BuildKey=) is emptied (the
+    directory itself stays)."""
     if not args.wipe_build_dir:
         return
-    directory = config.build_dir
+    directory = build_subdir(config)
     if directory is None:
         log.warn("--wipe-build-dir: no BuildDirectory= is configured (nor mkosi.builddir/); nothing to wipe")
         return

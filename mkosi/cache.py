@@ -8,12 +8,14 @@ sources and all scripts) did not change since the last build leaves the output a
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
 import os
 import secrets
-import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,6 +28,7 @@ from mkosi.output.artifacts import cached_image_path, salt_path
 from mkosi.proxy import PROXY_SETTINGS
 from mkosi.run import run
 from mkosi.sources import default_transfer, source_excludes, source_files
+from mkosi.subvolumes import copy_tree, remove_tree
 
 
 def package_cache_dir(config: Config) -> Optional[Path]:
@@ -130,9 +133,9 @@ def load_cached_image(ctx: Context, key: str, stale_ok: bool = False) -> bool:
             return False
         log.warn(f"The cached {ctx.phase.value} image is out of date (its inputs changed); using it anyway "
                  "(-R never rebuilds it: run 'mkosi -i -f build' for that)")
-    with log.step(f"Reusing the cached {ctx.phase.value} image"):
+    with log.step(f"Reusing the cached {ctx.phase.value} image"), cache_lock(image):
         if ctx.root.exists():
-            shutil.rmtree(ctx.root)
+            remove_tree(ctx.root)
         if overlay_suffices(ctx):
             # An overlay on the cached image costs nothing, where a copy of the tree takes seconds.
             # metacopy: the clean-up's mtime clamping copies up metadata only, not whole files.
@@ -141,7 +144,7 @@ def load_cached_image(ctx: Context, key: str, stale_ok: bool = False) -> bool:
             run(["mount", "-t", "overlay", "overlay", "-o",
                  f"lowerdir={image},upperdir={upper},workdir={work},metacopy=on", ctx.root])
         else:
-            run(["cp", "--archive", "--reflink=auto", "--no-target-directory", image, ctx.root])
+            copy_tree(ctx.config, image, ctx.root)
     return True
 
 
@@ -152,17 +155,35 @@ def overlay_suffices(ctx: Context) -> bool:
     return ctx.phase == Phase.build or ctx.config.format.row.kind is not FormatKind.tree
 
 
+@contextlib.contextmanager
+def cache_lock(image: Path) -> Iterator[None]:
+    """An exclusive lock on the directory that holds a cached image, while it is saved or taken: two
+    builds sharing the cache never see one half written (nor remove it under each other)."""
+    image.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(image.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def save_cached_image(ctx: Context, key: str) -> None:
+    """Copy the tree to the cache: first to a temporary name of this build's own, then renamed into place,
+    and only then its key written (an interrupted save leaves no image with a key that matches)."""
     image = cached_image_path(ctx.config, ctx.phase)
     keyfile = Path(f"{image}.key")
-    tmp = image.with_name(f".{image.name}.tmp")
-    with log.step(f"Saving the cached {ctx.phase.value} image"):
-        for p in (tmp, image):
-            if p.exists():
-                shutil.rmtree(p)
+    with log.step(f"Saving the cached {ctx.phase.value} image"), cache_lock(image):
+        tmp = image.with_name(f".{image.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
         keyfile.unlink(missing_ok=True)
-        run(["cp", "--archive", "--reflink=auto", "--no-target-directory", ctx.root, tmp])
-        os.rename(tmp, image)
+        try:
+            copy_tree(ctx.config, ctx.root, tmp)
+            if image.exists():
+                remove_tree(image)
+            os.rename(tmp, image)
+        finally:
+            if tmp.exists():
+                remove_tree(tmp)
         write_private(keyfile, key + "\n")
 
 

@@ -19,6 +19,7 @@ from typing import Optional
 
 from mkosi import log
 from mkosi.config.enums import RuntimeNetwork
+from mkosi.config.keys import build_subdir
 from mkosi.config.settings import Args, Config
 from mkosi.errors import MkosiError
 from mkosi.formats import FormatKind
@@ -202,8 +203,8 @@ def runtime_mounts(config: Config) -> list[tuple[Path, str]]:
         if config.build_source is not None:
             mounts.append((config.build_source, "/root/src"))
             mounts += [(t.source, f"/root/src/{str(t.target).lstrip('/')}") for t in config.extra_build_sources]
-        if config.build_dir is not None and config.build_dir.is_dir():
-            mounts.append((config.build_dir, "/root/build"))
+        if (build := build_subdir(config)) is not None and build.is_dir():
+            mounts.append((build, "/root/build"))
     return mounts
 
 

@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Optional, Union
 
 from mkosi.config.settings import Config
+from mkosi.errors import MkosiError
 
 PathString = Union[str, "os.PathLike[str]"]
 
@@ -57,6 +58,10 @@ class Mount:
     source: Path
     target: str
     readonly: bool = False
+    # An overlay over the source instead of a bind (nspawn only): writes go to `upper`, or with
+    # upper=None and overlay=True to a temporary directory that is discarded (BuildSourcesEphemeral=).
+    overlay: bool = False
+    upper: Optional[Path] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +205,8 @@ class Sandbox:
                      "--ro-bind", "/sys", os.fspath(base / "sys"),
                      "--dev-bind", "/dev", os.fspath(base / "dev")]
         for m in self.mounts:
+            if m.overlay:
+                raise MkosiError(f"an overlay over {m.source} needs systemd-nspawn, not {self.mode.value} mode")
             opts += ["--ro-bind" if m.readonly else "--bind", os.fspath(m.source), m.target]
         if not self.network:
             opts.append("--unshare-net")
@@ -218,8 +225,9 @@ class Sandbox:
         return nspawn_command(
             self.root, command, keep_unit=c.keep_unit, network=self.network,
             env={name: None for name, _ in self.env},
-            binds=[(m.source, m.target) for m in self.mounts if not m.readonly],
-            ro_binds=[(m.source, m.target) for m in self.mounts if m.readonly],
+            binds=[(m.source, m.target) for m in self.mounts if not m.readonly and not m.overlay],
+            ro_binds=[(m.source, m.target) for m in self.mounts if m.readonly and not m.overlay],
+            overlays=[(m.source, m.upper, m.target) for m in self.mounts if m.overlay],
             chdir=self.chdir, ephemeral=c.ephemeral, image=c.image, boot=c.boot, extra=c.extra,
             machine=c.machine, executable=executable, register=c.register)
 
@@ -331,6 +339,7 @@ def nspawn_command(
     env: Optional[Mapping[str, Optional[str]]] = None,
     binds: Sequence[tuple[PathString, str]] = (),
     ro_binds: Sequence[tuple[PathString, str]] = (),
+    overlays: Sequence[tuple[PathString, Optional[PathString], str]] = (),
     chdir: Optional[str] = None,
     ephemeral: bool = False,
     image: bool = False,
@@ -357,6 +366,10 @@ def nspawn_command(
         argv.append(f"--bind={os.fspath(src)}:{dst}")
     for src, dst in ro_binds:
         argv.append(f"--bind-ro={os.fspath(src)}:{dst}")
+    for lower, upper, dst in overlays:
+        # An empty upper: nspawn writes to a temporary directory it removes when the container ends.
+        parts = [os.fspath(lower), "" if upper is None else os.fspath(upper), dst]
+        argv.append("--overlay=" + ":".join(p.replace("\\", "\\\\").replace(":", "\\:") for p in parts))
     if chdir:
         argv.append(f"--chdir={chdir}")
     argv += list(extra)

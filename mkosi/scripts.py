@@ -18,7 +18,8 @@ from typing import Any, Optional
 
 from mkosi import log
 from mkosi.boot.kernel import EFI_ARCH
-from mkosi.config.enums import Distribution, SourceFileTransfer, WithNetwork
+from mkosi.config.enums import BuildSourcesEphemeral, Distribution, SourceFileTransfer, WithNetwork
+from mkosi.config.keys import build_subdir, sources_overlay_dir
 from mkosi.config.settings import CONFIG_FIELDS, SETTINGS, Args, Config, plain_value
 from mkosi.context import Context, Phase
 from mkosi.distributions.debian import DPKG_ARCH
@@ -133,26 +134,47 @@ def _packagedir(ctx: Context, binds: list[tuple[Path, str]], env: dict[str, str]
         env["PACKAGEDIR"] = PACKAGEDIR_IN_IMAGE
 
 
+def source_mounts(ctx: Context, pairs: list[tuple[Path, str]], *, build: bool) -> list[Mount]:
+    """The mounts of the build sources for a script. BuildSourcesEphemeral=yes: an overlay whose writes
+    are discarded when the script ends; buildcache: the build script's writes are kept in the build
+    directory and seen again by the next build (the other scripts' are discarded)."""
+    mode = ctx.config.build_sources_ephemeral
+    if mode == BuildSourcesEphemeral.no:
+        return [Mount(src, dst) for src, dst in pairs]
+    keep = sources_overlay_dir(ctx.config) if build and mode == BuildSourcesEphemeral.buildcache else None
+    mounts = []
+    for i, (src, dst) in enumerate(pairs):
+        upper = None
+        if keep is not None:
+            upper = keep / str(i)
+            upper.mkdir(parents=True, exist_ok=True)
+        mounts.append(Mount(src, dst, overlay=True, upper=upper))
+    return mounts
+
+
 def script_sandbox(ctx: Context, *, network: bool, chdir: str | None = None,
-                   binds: list[tuple[Path, str]] | None = None, env: dict[str, str] | None = None) -> Sandbox:
-    """A systemd-nspawn container of the image root with the script environment and these binds."""
+                   binds: list[tuple[Path, str]] | None = None, env: dict[str, str] | None = None,
+                   sources: Sequence[Mount] = ()) -> Sandbox:
+    """A systemd-nspawn container of the image root with the script environment, these binds and the
+    mounts of the sources."""
     return ctx.sandbox.nspawn(
         ctx.root, network=network, chdir=chdir, env={**script_environment(ctx), **(env or {})},
-        mounts=[Mount(src, dst) for src, dst in binds or []],
+        mounts=[*sources, *(Mount(src, dst) for src, dst in binds or [])],
         container=Container(keep_unit=ctx.config.nspawn_keep_unit))
 
 
 def _run_in_image(ctx: Context, what: str, script: Path, argv: list[str], *, network: bool,
                   chdir: str | None = None, binds: list[tuple[Path, str]] | None = None,
-                  env: dict[str, str] | None = None) -> None:
+                  env: dict[str, str] | None = None, sources: Sequence[Mount] = ()) -> None:
     inside = f"/root/{script.name}"
     target = ctx.root / inside.lstrip("/")
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(script, target)
     # nspawn creates missing mount points for binds; they must not stay behind in the image.
-    created = [ctx.root / dst.lstrip("/") for _, dst in binds or [] if not (ctx.root / dst.lstrip("/")).exists()]
+    targets = [dst for _, dst in binds or []] + [m.target for m in sources]
+    created = [ctx.root / dst.lstrip("/") for dst in targets if not (ctx.root / dst.lstrip("/")).exists()]
     try:
-        sandbox = script_sandbox(ctx, network=network, chdir=chdir, binds=binds, env=env)
+        sandbox = script_sandbox(ctx, network=network, chdir=chdir, binds=binds, env=env, sources=sources)
         run_script_command(what, script, [inside, *argv], sandbox, shell=sandbox if ctx.args.debug_shell else None)
     finally:
         target.unlink(missing_ok=True)
@@ -167,11 +189,12 @@ def run_prepare_script(ctx: Context) -> None:
         return
     with log.step(f"Running prepare script {script.name} {ctx.phase.value}"):
         src = ctx.config.build_source
-        binds = [(src, "/root/src")] if src else []
+        binds: list[tuple[Path, str]] = []
         env = {"SRCDIR": "/root/src"} if src else {}
         _packagedir(ctx, binds, env)
+        sources = source_mounts(ctx, [(src, "/root/src")] if src else [], build=False)
         _run_in_image(ctx, "prepare script", script, [ctx.phase.value], network=True,
-                      chdir="/root/src" if src else None, binds=binds, env=env)
+                      chdir="/root/src" if src else None, binds=binds, sources=sources, env=env)
 
 
 def run_postinst_script(ctx: Context) -> None:
@@ -236,16 +259,18 @@ def run_build_script(ctx: Context) -> None:
     src = config.build_source
     mode = config.source_file_transfer or default_transfer(src)
     binds: list[tuple[Path, str]] = []
+    sources: list[Mount] = []
     if mode == SourceFileTransfer.mount:
-        binds.append((src, "/root/src"))
-        binds += [(tree.source, f"/root/src/{str(tree.target).lstrip('/')}") for tree in config.extra_build_sources]
+        pairs = [(src, "/root/src")]
+        pairs += [(tree.source, f"/root/src/{str(tree.target).lstrip('/')}") for tree in config.extra_build_sources]
+        sources = source_mounts(ctx, pairs, build=True)
     dest = config.install_dir or ctx.dir("dest")
     dest.mkdir(parents=True, exist_ok=True)
     binds.append((dest, "/root/dest"))
     env = {"SRCDIR": "/root/src", "DESTDIR": "/root/dest"}
-    if config.build_dir is not None:
-        config.build_dir.mkdir(parents=True, exist_ok=True)
-        binds.append((config.build_dir, "/root/build"))
+    if (build := build_subdir(config)) is not None:
+        build.mkdir(parents=True, exist_ok=True)
+        binds.append((build, "/root/build"))
         env["BUILDDIR"] = "/root/build"
     _packagedir(ctx, binds, env)
     if config.include_dir is not None:
@@ -256,7 +281,8 @@ def run_build_script(ctx: Context) -> None:
         binds.append((config.include_dir, "/usr/include"))
     with log.step(f"Running build script {script.name}"):
         _run_in_image(ctx, "build script", script, list(ctx.args.cmdline),
-                      network=config.with_network == WithNetwork.yes, chdir="/root/src", binds=binds, env=env)
+                      network=config.with_network == WithNetwork.yes, chdir="/root/src", binds=binds, env=env,
+                      sources=sources)
     if config.include_dir is not None:
         # And the headers the build installed into $DESTDIR.
         fill_include_dir(config.include_dir, dest)
@@ -387,7 +413,7 @@ def check_host_scripts(config: Config, which: str) -> list[Path]:
     return scripts
 
 
-def source_mounts(config: Config, srcdir: Path) -> list[Mount]:
+def host_source_mounts(config: Config, srcdir: Path) -> list[Mount]:
     """BuildSources= over the directory mkosi runs in (nothing to mount for the default, that directory)."""
     mounts: list[Mount] = []
     primary = config.build_source
@@ -415,7 +441,7 @@ def run_host_scripts(args: Args, config: Config, which: str, *, outputdir: Optio
         sandbox = sandbox.but(tools=None)
     with config_json_file(config, workspace) as mkosi_config:
         sandbox = sandbox.but(env={**env, "MKOSI_CONFIG": str(mkosi_config)}, chdir=str(srcdir),
-                              mounts=source_mounts(config, srcdir))
+                              mounts=host_source_mounts(config, srcdir))
         for script in scripts:
             with log.step(f"Running {which} script {script.name}"):
                 run_script_command(f"{which} script", script, [script.absolute()], sandbox)

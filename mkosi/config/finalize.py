@@ -16,8 +16,18 @@ from typing import Any, Optional
 
 from mkosi import log
 from mkosi.compressionlevels import level_error
-from mkosi.config.enums import Bootloader, BootProtocol, ConfigLanguage, Feature, SourceFileTransfer, Verb, Verity
+from mkosi.config.enums import (
+    Bootloader,
+    BootProtocol,
+    BuildSourcesEphemeral,
+    ConfigLanguage,
+    Feature,
+    SourceFileTransfer,
+    Verb,
+    Verity,
+)
 from mkosi.config.ini import Origin
+from mkosi.config.keys import NO_SUBDIRECTORY, expand_key
 from mkosi.config.parse import CommandLine, Merged, setting_label
 from mkosi.config.settings import (
     ARGS_FIELDS,
@@ -458,13 +468,28 @@ def check_output_name(v: Merged, values: dict[str, Any]) -> None:
         raise _fail(v, blame, f"the output {e}")
 
 
+def check_keys(cli: CommandLine, v: Merged, values: dict[str, Any]) -> None:
+    """CacheKey= and BuildKey= must expand to a subdirectory name; buildcache needs a build directory."""
+    for dest in ("cache_key", "build_key"):
+        if dest == "build_key" and values[dest] == NO_SUBDIRECTORY:
+            continue
+        try:
+            expand_key(values[dest], values)
+        except ValueError as e:
+            raise _fail(v, dest, str(e))
+    buildcache = values["build_sources_ephemeral"] == BuildSourcesEphemeral.buildcache
+    if buildcache and values["build_dir"] is None and cli.verb.needs_build():
+        raise _fail(v, "build_sources_ephemeral", "BuildSourcesEphemeral=buildcache keeps the sources' overlay in "
+                    "the build directory, but none is configured", hint="set BuildDirectory= or create mkosi.builddir/")
+
+
 CHECKS: tuple[Check, ...] = (
     check_format_implemented, check_distribution_implemented, check_compression_fits_format, check_compress_level,
     check_output_extension,
     check_scripts_executable, check_inputs_exist, check_proxy_files, check_tools_tree,
     check_format_settings, check_verity_combinations, check_secure_boot, check_sign_expected_pcr,
     check_sources_and_keys,
-    check_verb_can_use_image, check_boot_loader, check_xbootldr,
+    check_verb_can_use_image, check_boot_loader, check_xbootldr, check_keys,
 )
 
 

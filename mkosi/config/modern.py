@@ -528,16 +528,16 @@ class ModernSettings:
         help="Trees copied into the sandbox the tools run in (default: mkosi.sandbox/).")
     cache_dir: Optional[Path] = setting(
         section=B, key="CacheDirectory", flags=("--cache-directory",), parse=parse_path, path_rule=PathRule.path,
-        path_default=("mkosi.cache/",), scope=Scope.universal, status=NOT_YET, metavar="PATH",
+        path_default=("mkosi.cache/",), scope=Scope.universal, metavar="PATH",
         help="Directory of the incremental cached images (default: mkosi.cache/).")
     cache_key: str = setting(
         section=B, key="CacheKey", flags=("--cache-key",), default="&d~&r~&a~&I", scope=Scope.inherited,
-        status=NOT_YET, metavar="KEY", help="Subdirectory of CacheDirectory= for this image's cache.")
+        metavar="KEY", help="Subdirectory of CacheDirectory= for this image's cache.")
     build_key: str = setting(
         section=B, key="BuildKey", flags=("--build-key",), default="&d~&r~&a", scope=Scope.inherited,
-        status=NOT_YET, metavar="KEY", help="Subdirectory of BuildDirectory= for this image ('-': none).")
+        metavar="KEY", help="Subdirectory of BuildDirectory= for this image ('-': none).")
     use_subvolumes: Feature = _feature(
-        section=B, key="UseSubvolumes", flags=("--use-subvolumes",), scope=Scope.universal, status=NOT_YET,
+        section=B, key="UseSubvolumes", flags=("--use-subvolumes",), scope=Scope.universal,
         help="Use btrfs subvolumes for directory trees: yes, no or auto.")
     repart_offline: bool = _flag(
         section=B, key="RepartOffline", flags=("--repart-offline",), default=True, scope=Scope.universal,
@@ -549,7 +549,7 @@ class ModernSettings:
         section=B, key="BuildSourcesEphemeral", flags=("--build-sources-ephemeral",),
         parse=parse_bool_or_enum(BuildSourcesEphemeral, BuildSourcesEphemeral.yes, BuildSourcesEphemeral.no),
         choices=choices(BuildSourcesEphemeral), const="yes", default=BuildSourcesEphemeral.no,
-        scope=Scope.universal, status=NOT_YET,
+        scope=Scope.universal,
         help="Discard the scripts' changes to the sources: yes, no or buildcache.")
     environment_files: list[Path] = _path_list(
         section=B, key="EnvironmentFiles", flags=("--env-file",), path_default=("mkosi.env",),

@@ -28,6 +28,7 @@ from typing import Optional
 
 from mkosi import log
 from mkosi.config.enums import BootProtocol, ManifestFormat, SplitArtifact, Verity
+from mkosi.config.keys import cache_location
 from mkosi.config.settings import Config
 from mkosi.context import Context, Phase
 from mkosi.distributions.facts import default_filesystem
@@ -223,6 +224,9 @@ def path(config: Config, artifact: Artifact) -> Path:
         hash=".usrhash" if config.usr_only else ".roothash", part="usr" if config.usr_only else "root",
         link=config.output_link or "",
         arch=_repart_arch(config) if "{arch}" in artifact.template else "")
+    if artifact.cache and (location := cache_location(config)) is not None:
+        # CacheDirectory=: the caches are named by CacheKey= (a directory of their own), not by the image.
+        return location / artifact.template.format(stem="").lstrip(".")
     return (config.output.parent if artifact.beside_image else config.output_dir or config.output.parent) / name
 
 

@@ -185,6 +185,7 @@ def test_small_parsers() -> None:
 
 def test_settings_file_with_modern_values(wd: Path) -> None:
     (wd / "extra").mkdir()
+    (wd / "mkosi.builddir").mkdir()  # buildcache keeps the sources' overlay there
     write(wd / "mkosi.conf", """
         [Output]
         Format=disk

@@ -8,13 +8,16 @@ import signal
 import sys
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Optional
 
 from mkosi import log
 from mkosi.config import load_config
+from mkosi.config.enums import Verb
 from mkosi.config.parse import build_completion_parser, format_help, parse_command_line, print_version
 from mkosi.config.types import DEBUG_AREAS
 from mkosi.errors import MkosiError
+from mkosi.history import write_history
 from mkosi.verbs import run_verbs
 
 
@@ -45,7 +48,10 @@ def run_main(argv: Sequence[str]) -> int:
         return 0
     args, configs = load_config(cli)
     log.set_debug(bool(args.debug))
-    return run_verbs(args, configs)
+    code = run_verbs(args, configs)
+    if code == 0 and args.verb == Verb.build and configs[-1].history and not args.rerun_build_scripts:
+        write_history(cli, Path.cwd())
+    return code
 
 
 def _terminated(signum: int, frame: object) -> None:

@@ -29,6 +29,7 @@ from mkosi.container import mounted_image, run_container
 from mkosi.dependencies import host_packages
 from mkosi.errors import MkosiError
 from mkosi.formats import FormatKind
+from mkosi.history import remove_history
 from mkosi.output.artifacts import to_clean
 from mkosi.preflight import images_locked, recover_interrupted_move
 from mkosi.reproduce import check_reproducible
@@ -116,6 +117,8 @@ def verb_clean(args: Args, config: Config) -> None:
 
     for p in to_clean(config, args.force):
         _remove(p)
+    if config.image == "main":
+        remove_history(Path.cwd())
     if args.force >= 1 and config.image == "main":
         remove_tools_tree(config)
     if args.force >= 2:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from mkosi.config.finalize import finalize
+from mkosi.config.keys import cache_key
 from mkosi.config.layout import ImageLayout, load_image, load_subimages, order_images
 from mkosi.config.parse import CommandLine, cli_value, merge, parse_command_line
 from mkosi.config.settings import SETTINGS, Args, Config
@@ -35,7 +36,23 @@ def _images(cli: CommandLine, cwd: Path, default_path: Optional[Path]) -> tuple[
         # Universal settings are the main image's, whatever a sub-image's defaults would say.
         configs[name] = dataclasses.replace(config, **{d: getattr(main, d) for d in UNIVERSAL})
     order = order_images(list(subs), {n: c.dependencies for n, c in configs.items()}, main.dependencies)
-    return args, [*(configs[n] for n in order), main]
+    images = [*(configs[n] for n in order), main]
+    check_unique_cache_keys(images)
+    return args, images
+
+
+def check_unique_cache_keys(images: list[Config]) -> None:
+    """With CacheDirectory=, two images of a build with one CacheKey= would overwrite each other's caches."""
+    seen: dict[str, str] = {}
+    for config in images:
+        if config.cache_dir is None:
+            continue
+        key = cache_key(config)
+        if key in seen:
+            raise ConfigError(f"images '{seen[key]}' and '{config.image}' have the same CacheKey= '{key}'",
+                              setting="CacheKey",
+                              hint="keep &I in CacheKey= (its default), or give each image its own key")
+        seen[key] = config.image
 
 
 def load_config(cli: CommandLine) -> tuple[Args, list[Config]]:
@@ -50,6 +67,9 @@ def load_config(cli: CommandLine) -> tuple[Args, list[Config]]:
             raise ConfigError(f"cannot change to directory '{directory}': {e.strerror}", path="command line",
                               setting="--directory")
     cwd = Path.cwd()
+    from mkosi.history import replay  # noqa: PLC0415 (history reads the settings table too)
+
+    cli = replay(cli, cwd)
     if not cli_value(cli, "all"):
         return _images(cli, cwd, cli_value(cli, "default_path"))
     all_dir = cli_value(cli, "all_directory") or cwd / "mkosi.files"

@@ -543,7 +543,7 @@ class ModernSettings:
         section=B, key="RepartOffline", flags=("--repart-offline",), default=True, scope=Scope.universal,
         help="systemd-repart builds Format=disk images without loop devices (no: with them, as root).")
     history: bool = _flag(
-        section=B, key="History", flags=("--history",), default=False, scope=Scope.main, status=NOT_YET,
+        section=B, key="History", flags=("--history",), default=False, scope=Scope.main,
         help="Remember the command line of the last build for later verbs.")
     build_sources_ephemeral: BuildSourcesEphemeral = setting(
         section=B, key="BuildSourcesEphemeral", flags=("--build-sources-ephemeral",),

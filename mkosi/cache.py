@@ -39,8 +39,10 @@ def package_cache_dir(config: Config) -> Optional[Path]:
 
 
 def write_private(path: Path, text: str) -> None:
-    """Write a key file readable by its owner only, atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write a key file readable by its owner only, atomically (a temporary name of this process's own:
+    builds that share a cache directory do not write into each other's)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:

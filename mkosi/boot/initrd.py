@@ -146,10 +146,14 @@ def load_cached_initrd(config: Config, key: str) -> Optional[Path]:
 def save_cached_initrd(config: Config, initrd: Path, key: str) -> None:
     path = cached_initrd_path(config)
     keyfile = Path(f"{path}.key")
+    path.parent.mkdir(parents=True, exist_ok=True)  # CacheDirectory=: its key directory may be new
     keyfile.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.copyfile(initrd, tmp)
-    os.rename(tmp, path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        shutil.copyfile(initrd, tmp)
+        os.rename(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     write_private(keyfile, key + "\n")
 
 

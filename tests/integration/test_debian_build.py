@@ -506,3 +506,26 @@ def test_extra_tree_through_an_absolute_link_stays_in_the_image(directory_image:
     assert os.readlink(directory_image / "var/run") == "/run"
     assert (directory_image / "run/mkosi-escape-test").read_text() == "inside\n"
     assert not Path("/run/mkosi-escape-test").exists(), "written onto the host"
+
+
+def test_cache_directory_holds_the_cached_image_and_a_second_build_reuses_it(project: Path,
+                                                                             tmp_path: Path) -> None:
+    # CacheDirectory= keeps -i's cached image in its CacheKey= directory, not next to the output; a build
+    # into another output directory starts from it.
+    cache = tmp_path / "image-cache"
+    common = ("-i", "-t", "tar", f"--cache-directory={cache}", "--cache-key=&d~&r~&I")
+    first = run_mkosi(project, *common, f"--output-dir={tmp_path / 'out1'}", "build")
+    assert "Saving the cached final image" in first.stderr + first.stdout
+    where = cache / "debian~bookworm~main"
+    assert (where / "cache-final/etc/skel-marker").read_text() == "from the skeleton\n"
+    assert stat.S_IMODE((where / "cache-final.key").stat().st_mode) == 0o600
+    assert not [p for p in where.iterdir() if ".tmp" in p.name]
+    assert not list((tmp_path / "out1").glob("*.cache-*"))
+    second = run_mkosi(project, *common, f"--output-dir={tmp_path / 'out2'}", "build")
+    log = second.stderr + second.stdout
+    assert "Reusing the cached final image" in log
+    with tarfile.open(tmp_path / "out2/testimg_1.2.tar") as t:
+        assert t.getmember("etc/skel-marker").isfile()
+    # clean -f removes the caches from the cache directory.
+    run_mkosi(project, *common, f"--output-dir={tmp_path / 'out2'}", "-f", "clean")
+    assert not (where / "cache-final").exists() and not (where / "cache-final.key").exists()

@@ -24,6 +24,7 @@ from mkosi.cache import (
     image_cache_key,
     load_cached_image,
     package_cache_dir,
+    release_cache_locks,
     save_cached_image,
     write_private,
 )
@@ -98,6 +99,7 @@ def workspace(config: Config, keep: bool = False) -> Iterator[Path]:
     try:
         yield ws
     except BaseException:
+        release_cache_locks()
         umount_all_below(ws)
         if keep:
             keep_workspace(ws, failed=True)
@@ -107,6 +109,7 @@ def workspace(config: Config, keep: bool = False) -> Iterator[Path]:
             log.warn(f"could not remove the workspace {ws} completely")
         raise
     else:
+        release_cache_locks()  # the overlays on cached images are no longer read
         if keep:
             umount_all_below(ws)
             keep_workspace(ws, failed=False)

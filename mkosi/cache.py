@@ -135,10 +135,11 @@ def load_cached_image(ctx: Context, key: str, stale_ok: bool = False) -> bool:
             return False
         log.warn(f"The cached {ctx.phase.value} image is out of date (its inputs changed); using it anyway "
                  "(-R never rebuilds it: run 'mkosi -i -f build' for that)")
-    with log.step(f"Reusing the cached {ctx.phase.value} image"), cache_lock(image):
+    overlay = overlay_suffices(ctx)
+    with log.step(f"Reusing the cached {ctx.phase.value} image"), cache_lock(image, keep_shared=overlay):
         if ctx.root.exists():
             remove_tree(ctx.root)
-        if overlay_suffices(ctx):
+        if overlay:
             # An overlay on the cached image costs nothing, where a copy of the tree takes seconds.
             # metacopy: the clean-up's mtime clamping copies up metadata only, not whole files.
             upper, work = ctx.dir(f"overlay-upper-{ctx.phase.value}"), ctx.dir(f"overlay-work-{ctx.phase.value}")
@@ -157,17 +158,49 @@ def overlay_suffices(ctx: Context) -> bool:
     return ctx.phase == Phase.build or ctx.config.format.row.kind is not FormatKind.tree
 
 
-@contextlib.contextmanager
-def cache_lock(image: Path) -> Iterator[None]:
-    """An exclusive lock on the directory that holds a cached image, while it is saved or taken: two
-    builds sharing the cache never see one half written (nor remove it under each other)."""
-    image.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(image.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+# Shared locks on the cached images that this process's builds use as overlay lower layers; released
+# when the build's workspace ends (release_cache_locks()).
+_HELD: list[int] = []
+
+
+def _lock(image: Path, how: int) -> int:
+    path = Path(f"{image}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, how | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.info(f"Waiting for another build that uses {image}")
+        try:
+            fcntl.flock(fd, how)
+        except BaseException:
+            os.close(fd)
+            raise
+    return fd
+
+
+@contextlib.contextmanager
+def cache_lock(image: Path, keep_shared: bool = False) -> Iterator[None]:
+    """An exclusive lock on a cached image (its `.lock` file) while it is saved or taken: builds sharing
+    the cache never take one half written, nor replace it under each other. With keep_shared (the image
+    became the lower layer of an overlay) a shared lock stays until the build ends, so that no other
+    build replaces the image meanwhile."""
+    fd = _lock(image, fcntl.LOCK_EX)
+    try:
         yield
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    if keep_shared:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        _HELD.append(fd)
+    else:
+        os.close(fd)
+
+
+def release_cache_locks() -> None:
+    while _HELD:
+        os.close(_HELD.pop())
 
 
 def save_cached_image(ctx: Context, key: str) -> None:

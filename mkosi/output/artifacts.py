@@ -161,6 +161,7 @@ def _cache(key: str, template: str) -> Artifact:
 
 CACHE_IMAGES = {phase: _cache(f"cache_{phase.value}", f"{{stem}}.cache-{phase.value}") for phase in Phase}
 CACHE_KEYS = {phase: _cache(f"cache_{phase.value}_key", f"{{stem}}.cache-{phase.value}.key") for phase in Phase}
+CACHE_LOCKS = {phase: _cache(f"cache_{phase.value}_lock", f"{{stem}}.cache-{phase.value}.lock") for phase in Phase}
 CACHE_INITRD = _cache("cache_initrd", "{stem}.cache-initrd")
 CACHE_INITRD_KEY = _cache("cache_initrd_key", "{stem}.cache-initrd.key")
 OUTPUT_KEY = _cache("cache_output_key", "{stem}.cache-output.key")
@@ -172,8 +173,8 @@ ARTIFACTS: tuple[Artifact, ...] = (
     SPDX, CYCLONEDX,
     SPLIT_ROOT, SPLIT_VERITY, SPLIT_KERNEL, SPLIT_VERITY_SIG, *SPLIT_PARTITIONS.values(), SSH_PUBLIC_KEY,
     LINUX_KERNEL, LINUX_INITRD,
-    LINUX_CMDLINE, *(a for phase in Phase for a in (CACHE_IMAGES[phase], CACHE_KEYS[phase])), CACHE_INITRD,
-    CACHE_INITRD_KEY, OUTPUT_KEY, SALT,
+    LINUX_CMDLINE, *(a for phase in Phase for a in (CACHE_IMAGES[phase], CACHE_KEYS[phase], CACHE_LOCKS[phase])),
+    CACHE_INITRD, CACHE_INITRD_KEY, OUTPUT_KEY, SALT,
 )
 
 # SHA256SUMS and its signature are written over the other artifacts, after all of them.

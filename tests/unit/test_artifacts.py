@@ -41,6 +41,7 @@ FULL_NAMES = {
     "foo_3.changelog", "foo_3.root.raw", "foo_3.efi", "foo_3.vmlinuz", "foo_3.initrd", "foo_3.cmdline",
 }
 CACHE_NAMES = {"foo_3.cache-build", "foo_3.cache-build.key", "foo_3.cache-final", "foo_3.cache-final.key",
+               "foo_3.cache-build.lock", "foo_3.cache-final.lock",
                "foo_3.cache-initrd", "foo_3.cache-initrd.key", "foo_3.cache-output.key", "foo_3.cache-salt"}
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import mkosi.subvolumes
-from mkosi.cache import load_cached_image, save_cached_image
+from mkosi.cache import load_cached_image, release_cache_locks, save_cached_image
 from mkosi.config import load_args
 from mkosi.config.enums import BuildSourcesEphemeral, ConfigLanguage, Distribution, Feature, Verb
 from mkosi.config.keys import build_subdir, cache_key, cache_location, expand_key, sources_overlay_dir
@@ -135,7 +135,8 @@ def test_saved_cache_is_reused_from_the_cache_directory(tmp_path: Path) -> None:
     assert (image / "etc/os-release").read_text() == "ID=debian\n"
     keyfile = Path(f"{image}.key")
     assert keyfile.read_text() == "KEY\n" and stat.S_IMODE(keyfile.stat().st_mode) == 0o600
-    assert sorted(p.name for p in image.parent.iterdir()) == ["cache-final", "cache-final.key"]  # no temporaries
+    # No temporaries are left.
+    assert sorted(p.name for p in image.parent.iterdir()) == ["cache-final", "cache-final.key", "cache-final.lock"]
     # A second build: a fresh root, filled from the cache.
     (ctx.root / "etc/os-release").unlink()
     assert load_cached_image(ctx, "KEY")
@@ -157,11 +158,11 @@ def test_an_interrupted_save_leaves_no_usable_cache(tmp_path: Path, monkeypatch:
         save_cached_image(ctx, "NEW")
     where = tmp_path / "cache/debian~sid~x86-64~main"
     # The old key is gone before anything is replaced, and the half copy is removed.
-    assert sorted(p.name for p in where.iterdir()) == ["cache-final"]
+    assert sorted(p.name for p in where.iterdir()) == ["cache-final", "cache-final.lock"]
     assert not load_cached_image(ctx, "OLD") and not load_cached_image(ctx, "NEW")
 
 
-def test_saving_holds_a_lock_on_the_cache_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_saving_holds_a_lock_on_the_cached_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ctx = ctx_for(tmp_path)
     where = tmp_path / "cache/debian~sid~x86-64~main"
     seen: list[bool] = []
@@ -169,13 +170,34 @@ def test_saving_holds_a_lock_on_the_cache_directory(tmp_path: Path, monkeypatch:
 
     def probe(config: Config, src: Path, dst: Path) -> None:
         # Another process (a new open file description) cannot take the lock meanwhile.
-        code = subprocess.run(["flock", "--nonblock", str(where), "true"]).returncode
+        code = subprocess.run(["flock", "--nonblock", str(where / "cache-final.lock"), "true"]).returncode
         seen.append(code != 0)
         real(config, src, dst)
 
     monkeypatch.setattr("mkosi.cache.copy_tree", probe)
     save_cached_image(ctx, "KEY")
     assert seen == [True]
+    # Released afterwards; a copied (not overlaid) image holds no lock either.
+    assert subprocess.run(["flock", "--nonblock", str(where / "cache-final.lock"), "true"]).returncode == 0
+    assert load_cached_image(ctx, "KEY")
+    assert subprocess.run(["flock", "--nonblock", str(where / "cache-final.lock"), "true"]).returncode == 0
+
+
+def test_an_overlaid_cached_image_stays_locked_until_the_build_ends(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    ctx = ctx_for(tmp_path)
+    save_cached_image(ctx, "KEY")
+    lock = tmp_path / "cache/debian~sid~x86-64~main/cache-final.lock"
+    tar = dataclasses.replace(ctx, config=dataclasses.replace(ctx.config, format=parse_format("tar")))
+    mounted: list[list[str]] = []
+    monkeypatch.setattr("mkosi.cache.run", lambda argv, **kw: mounted.append([str(a) for a in argv]))
+    assert load_cached_image(tar, "KEY")
+    assert mounted and mounted[0][:3] == ["mount", "-t", "overlay"]
+    # Others may read it too, but not replace it.
+    assert subprocess.run(["flock", "--shared", "--nonblock", str(lock), "true"]).returncode == 0
+    assert subprocess.run(["flock", "--nonblock", str(lock), "true"]).returncode != 0
+    release_cache_locks()
+    assert subprocess.run(["flock", "--nonblock", str(lock), "true"]).returncode == 0
 
 
 # ---- BuildKey= ----

@@ -19,6 +19,7 @@ from mkosi.config.enums import (
     Bootloader,
     BuildSourcesEphemeral,
     CacheOnly,
+    ConfigLanguage,
     ConsoleMode,
     Distribution,
     Feature,
@@ -54,6 +55,12 @@ D, O, C, V, B, R = "Distribution", "Output", "Content", "Validation", "Build", "
 NOT_YET = "not implemented yet"
 NOT_YET_DRACUT = ("not implemented yet: the default initrd is dracut's, made in the image from its own "
                   "packages, not an image of its own to install packages into")
+
+
+def _default_cache_dir(r: Resolving) -> Optional[Path]:
+    """mkosi.cache/ in a modern tree; in a classic one it is the package cache only (mkosi 14 kept the
+    cached images next to the output)."""
+    return r.found.get("mkosi.cache") if r.language == ConfigLanguage.modern else None
 
 
 def choices(cls: Any) -> tuple[str, ...]:
@@ -528,7 +535,7 @@ class ModernSettings:
         help="Trees copied into the sandbox the tools run in (default: mkosi.sandbox/).")
     cache_dir: Optional[Path] = setting(
         section=B, key="CacheDirectory", flags=("--cache-directory",), parse=parse_path, path_rule=PathRule.path,
-        path_default=("mkosi.cache/",), scope=Scope.universal, metavar="PATH",
+        default_fn=_default_cache_dir, scope=Scope.universal, metavar="PATH",
         help="Directory of the incremental cached images (default: mkosi.cache/).")
     cache_key: str = setting(
         section=B, key="CacheKey", flags=("--cache-key",), default="&d~&r~&a~&I", scope=Scope.inherited,

@@ -309,7 +309,11 @@ def test_path_defaults(wd: Path) -> None:
     assert c.repart_dirs == [wd / "mkosi.repart"]
     assert c.sandbox_trees == [ConfigTree(wd / "mkosi.sandbox")]
     assert c.cache_path == wd / "mkosi.pkgcache"   # the package cache
-    assert c.cache_dir == wd / "mkosi.cache"       # the incremental cache
+    assert c.cache_dir is None                     # a classic tree: -i's caches stay next to the image
+    write(wd / "mkosi.conf", "[Output]\nFormat=directory\n")
+    c = load()
+    assert c.cache_path == wd / "mkosi.pkgcache"
+    assert c.cache_dir == wd / "mkosi.cache"       # the incremental cache of a modern tree
 
 
 def test_passphrase_setting(wd: Path) -> None:

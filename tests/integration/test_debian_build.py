@@ -524,7 +524,7 @@ def test_cache_directory_holds_the_cached_image_and_a_second_build_reuses_it(pro
     second = run_mkosi(project, *common, f"--output-dir={tmp_path / 'out2'}", "build")
     log = second.stderr + second.stdout
     assert "Reusing the cached final image" in log
-    with tarfile.open(tmp_path / "out2/testimg_1.2.tar") as t:
+    with tarfile.open(tmp_path / "out2/testimg_1.2.tar.xz") as t:
         assert t.getmember("etc/skel-marker").isfile()
     # clean -f removes the caches from the cache directory.
     run_mkosi(project, *common, f"--output-dir={tmp_path / 'out2'}", "-f", "clean")

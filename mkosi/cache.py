@@ -9,6 +9,7 @@ sources and all scripts) did not change since the last build leaves the output a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import hmac
@@ -124,30 +125,35 @@ def image_cache_key(ctx: Context, packages: list[str]) -> str:
 
 def load_cached_image(ctx: Context, key: str, stale_ok: bool = False) -> bool:
     """Put the cached image of this phase at ctx.root when its key matches (or, with stale_ok, whatever
-    its key: -R uses the cached development image as it is)."""
+    its key: -R uses the cached development image as it is). The key is read under the image's lock, so
+    that a build saving it meanwhile is waited for."""
     image = cached_image_path(ctx.config, ctx.phase)
     keyfile = Path(f"{image}.key")
     if not image.is_dir() or not keyfile.exists():
         return False
-    if keyfile.read_text().strip() != key:
-        if not stale_ok:
-            log.info(f"The cached {ctx.phase.value} image is out of date (its inputs changed); rebuilding it")
-            return False
-        log.warn(f"The cached {ctx.phase.value} image is out of date (its inputs changed); using it anyway "
-                 "(-R never rebuilds it: run 'mkosi -i -f build' for that)")
     overlay = overlay_suffices(ctx)
-    with log.step(f"Reusing the cached {ctx.phase.value} image"), cache_lock(image, keep_shared=overlay):
-        if ctx.root.exists():
-            remove_tree(ctx.root)
-        if overlay:
-            # An overlay on the cached image costs nothing, where a copy of the tree takes seconds.
-            # metacopy: the clean-up's mtime clamping copies up metadata only, not whole files.
-            upper, work = ctx.dir(f"overlay-upper-{ctx.phase.value}"), ctx.dir(f"overlay-work-{ctx.phase.value}")
-            ctx.root.mkdir()
-            run(["mount", "-t", "overlay", "overlay", "-o",
-                 f"lowerdir={image},upperdir={upper},workdir={work},metacopy=on", ctx.root])
-        else:
-            copy_tree(ctx.config, image, ctx.root)
+    with cache_lock(image, keep_shared=overlay) as lock:
+        if not image.is_dir() or not keyfile.exists():
+            return lock.drop()
+        if keyfile.read_text().strip() != key:
+            if not stale_ok:
+                log.info(f"The cached {ctx.phase.value} image is out of date (its inputs changed); rebuilding it")
+                return lock.drop()
+            log.warn(f"The cached {ctx.phase.value} image is out of date (its inputs changed); using it anyway "
+                     "(-R never rebuilds it: run 'mkosi -i -f build' for that)")
+        with log.step(f"Reusing the cached {ctx.phase.value} image"):
+            if ctx.root.exists():
+                remove_tree(ctx.root)
+            if overlay:
+                # An overlay on the cached image costs nothing, where a copy of the tree takes seconds.
+                # metacopy: the clean-up's mtime clamping copies up metadata only, not whole files.
+                upper = ctx.dir(f"overlay-upper-{ctx.phase.value}")
+                work = ctx.dir(f"overlay-work-{ctx.phase.value}")
+                ctx.root.mkdir()
+                run(["mount", "-t", "overlay", "overlay", "-o",
+                     f"lowerdir={image},upperdir={upper},workdir={work},metacopy=on", ctx.root])
+            else:
+                copy_tree(ctx.config, image, ctx.root)
     return True
 
 
@@ -179,23 +185,34 @@ def _lock(image: Path, how: int) -> int:
     return fd
 
 
+@dataclasses.dataclass
+class CacheLock:
+    fd: int
+    keep_shared: bool
+
+    def drop(self) -> bool:
+        """Give up keeping the lock past the block (nothing was taken from the cache): False, for returning."""
+        self.keep_shared = False
+        return False
+
+
 @contextlib.contextmanager
-def cache_lock(image: Path, keep_shared: bool = False) -> Iterator[None]:
+def cache_lock(image: Path, keep_shared: bool = False) -> Iterator[CacheLock]:
     """An exclusive lock on a cached image (its `.lock` file) while it is saved or taken: builds sharing
     the cache never take one half written, nor replace it under each other. With keep_shared (the image
-    became the lower layer of an overlay) a shared lock stays until the build ends, so that no other
-    build replaces the image meanwhile."""
-    fd = _lock(image, fcntl.LOCK_EX)
+    becomes the lower layer of an overlay) a shared lock stays until the build ends (release_cache_locks()),
+    so that no other build replaces the image meanwhile."""
+    lock = CacheLock(_lock(image, fcntl.LOCK_EX), keep_shared)
     try:
-        yield
+        yield lock
     except BaseException:
-        os.close(fd)
+        os.close(lock.fd)
         raise
-    if keep_shared:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        _HELD.append(fd)
+    if lock.keep_shared:
+        fcntl.flock(lock.fd, fcntl.LOCK_SH)
+        _HELD.append(lock.fd)
     else:
-        os.close(fd)
+        os.close(lock.fd)
 
 
 def release_cache_locks() -> None:
@@ -209,6 +226,9 @@ def save_cached_image(ctx: Context, key: str) -> None:
     image = cached_image_path(ctx.config, ctx.phase)
     keyfile = Path(f"{image}.key")
     with log.step(f"Saving the cached {ctx.phase.value} image"), cache_lock(image):
+        # Under the lock no other build saves this image: any temporary copy left is of a killed build.
+        for stale in image.parent.glob(f".{image.name}.tmp-*"):
+            remove_tree(stale)
         tmp = image.with_name(f".{image.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
         keyfile.unlink(missing_ok=True)
         try:

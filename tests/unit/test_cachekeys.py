@@ -342,3 +342,12 @@ def test_clean_removes_the_history(wd: Path) -> None:
     args, configs = load_args(["clean"])
     verb_clean(args, configs[-1])
     assert not (wd / HISTORY_FILE).exists()
+
+
+def test_a_killed_builds_temporary_copy_is_removed_by_the_next_save(tmp_path: Path) -> None:
+    ctx = ctx_for(tmp_path)
+    where = tmp_path / "cache/debian~sid~x86-64~main"
+    (where / ".cache-final.tmp-99999-dead/etc").mkdir(parents=True)
+    save_cached_image(ctx, "KEY")
+    assert not [p for p in where.iterdir() if ".tmp" in p.name]
+    assert load_cached_image(ctx, "KEY")

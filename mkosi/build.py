@@ -8,6 +8,7 @@ import errno
 import hashlib
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -549,6 +550,9 @@ def sign_checksums(ctx: Context, checksums: Staged) -> Staged:
         return []
 
     out = staged(ctx, artifacts.SIGNATURE)
+    if config.openpgp_tool != "gpg":
+        sop_sign(config.openpgp_tool, config.key, checksums[0][1], out)
+        return [(artifacts.SIGNATURE, out)]
     gpg = gnupg.GPG(gnupghome=os.environ.get("GNUPGHOME"))
     with open(checksums[0][1], "rb") as f:
         result = gpg.sign_file(f, keyid=config.key, detach=True, binary=True, output=str(out))
@@ -556,6 +560,33 @@ def sign_checksums(ctx: Context, checksums: Staged) -> Staged:
         raise MkosiError(f"signing SHA256SUMS with gpg failed: {getattr(result, 'stderr', '').strip()[-300:]}",
                          hint="check that the key given with Key= is in the gpg keyring")
     return [(artifacts.SIGNATURE, out)]
+
+
+def sop_argv(tool: str, key: Path) -> list[str]:
+    """A Stateless OpenPGP tool's detached binary signature of standard input with the secret key file."""
+    return [tool, "sign", "--as=binary", os.fspath(key)]
+
+
+def sop_sign(tool: str, key: Optional[str], data: Path, out: Path) -> None:
+    """OpenPGPTool= other than gpg: `TOOL sign` (the SOP interface: sqop, rsop, ...) with Key= naming the
+    secret key file; the signature of `data` goes to `out`."""
+    if not key:
+        raise MkosiError(f"Sign=yes with OpenPGPTool={tool} needs Key= naming a file with the secret key",
+                         hint="a Stateless OpenPGP tool takes the key as a file, not from a keyring")
+    keyfile = Path(key).expanduser()
+    if not keyfile.is_file():
+        raise MkosiError(f"Key={key}: no such file (OpenPGPTool={tool} takes the secret key from a file)")
+    path = find_tool(tool)
+    if path is None:
+        raise MkosiError(f"OpenPGPTool={tool}: '{tool}' was not found",
+                         hint="install a Stateless OpenPGP tool (Debian: sqop), or use OpenPGPTool=gpg")
+    with open(data, "rb") as stdin, open(out, "wb") as stdout:
+        proc = run(sop_argv(path, keyfile.absolute()), stdin=stdin, stdout=stdout, stderr=subprocess.PIPE,
+                   check=False, text=False)
+    if proc.returncode != 0:
+        out.unlink(missing_ok=True)
+        raise MkosiError(f"signing SHA256SUMS with {tool} failed (exit status {proc.returncode}): "
+                         f"{(proc.stderr or b'').decode(errors='replace').strip()[-300:]}")
 
 
 def move_into_place(config: Config, made: Staged) -> None:

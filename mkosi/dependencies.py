@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from mkosi.config.enums import Bootloader, BootProtocol, Verity
+from mkosi.config.enums import Bootloader, BootProtocol, SecureBootSignTool, Verity
 from mkosi.config.settings import Config
 from mkosi.distributions.registry import plugin
 from mkosi.formats import FormatKind
@@ -66,11 +66,11 @@ def host_tools(config: Config, *, runtime: bool = True, sure: bool = False) -> l
     if (config.bootable or fmt.name == "uki") and runtime:
         tools.append(f"qemu-system-{config.architecture}")
     if config.secure_boot and (config.bootable or fmt.name in ("uki", "esp", "addon")):
-        tools.append("sbsign")
+        tools.append(efi_sign_tool(config))
     if config.compress_output in COMPRESSION_TOOLS:
         tools.append(COMPRESSION_TOOLS[config.compress_output])
     if config.sign:
-        tools.append("gpg")
+        tools.append("gpg" if config.openpgp_tool == "gpg" else config.openpgp_tool)
     indexer = LOCAL_REPOSITORY_TOOLS.get(distribution.package_manager)
     if indexer and (config.package_directories or config.volatile_package_directories):
         if indexer == "dpkg-scanpackages" and not find_tool(indexer) and find_tool("apt-ftparchive"):
@@ -79,6 +79,13 @@ def host_tools(config: Config, *, runtime: bool = True, sure: bool = False) -> l
     if config.ssh:
         tools += ["ssh-keygen", *(["ssh"] if runtime else [])]
     return list(dict.fromkeys(tools))
+
+
+def efi_sign_tool(config: Config) -> str:
+    """The program that signs EFI binaries: SecureBootSignTool=, auto being systemd-sbsign where it is."""
+    if config.secure_boot_sign_tool != SecureBootSignTool.auto:
+        return str(config.secure_boot_sign_tool.value)
+    return "systemd-sbsign" if find_tool("systemd-sbsign") else "sbsign"
 
 
 def host_packages(configs: list[Config]) -> list[tuple[str, str, bool]]:

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Optional
 
 from mkosi import log
+from mkosi.boot.efivars import write_auto_enroll_keys
 from mkosi.boot.extras import entry_devicetree
 from mkosi.boot.grub import GRUB_EFI_TARGETS, grub_efi_config_text, install_grub_efi, write_grub_config
 from mkosi.boot.kernel import BootFiles, efi_arch
 from mkosi.boot.pcrsig import PcrSigner, pcr_signer
 from mkosi.boot.signed import find_signed_uki, install_grub_signed, install_shim, install_uki_signed
-from mkosi.boot.signing import sign_efi
+from mkosi.boot.signing import SignTool, sign_efi
 from mkosi.boot.systemd_boot import install_bls_entry, install_systemd_boot
 from mkosi.boot.uki import UkiProfile, installed_uki_name, make_uki
 from mkosi.config.enums import Bootloader, BootProtocol, ShimBootloader, UnifiedKernelImages
@@ -41,6 +42,8 @@ class EspOptions:
     image_root: Optional[Path] = None            # where the signed variants' pre-signed binaries are looked for
     shim: ShimBootloader = ShimBootloader.none   # ShimBootloader=
     pcr: Optional[PcrSigner] = None              # SignExpectedPcr=: .pcrsig/.pcrpkey in the UKIs mkosi builds
+    sign_tool: SignTool = SignTool()             # SecureBootSignTool= and the key and certificate sources
+    auto_enroll: bool = False                    # SecureBootAutoEnroll=: loader/keys/auto/ for systemd-boot
 
     @classmethod
     def from_config(cls, config: Config, profiles: Sequence[UkiProfile] = (),
@@ -53,7 +56,8 @@ class EspOptions:
                    secure_boot_certificate=config.secure_boot_certificate if sign else None,
                    bootloader=config.bootloader, uki_format=config.unified_kernel_image_format,
                    profiles=tuple(profiles), grub_efi_dirs=grub_efi_dirs(config, root), image_root=root,
-                   shim=config.shim_bootloader, pcr=pcr_signer(config))
+                   shim=config.shim_bootloader, pcr=pcr_signer(config), sign_tool=SignTool.from_config(config),
+                   auto_enroll=sign and config.secure_boot_auto_enroll)
 
     def tree(self, needed_for: str, what: str) -> Path:
         """The image tree the distribution's pre-built binaries are taken from; an error naming the setting
@@ -128,7 +132,22 @@ def _install_loader(esp: Path, files: BootFiles, options: EspOptions) -> list[Pa
     if not files.systemd_boot.exists():
         raise MkosiError("the image has no systemd-boot EFI binaries", hint="add systemd-boot-efi to Packages=")
     install_systemd_boot(esp, files.efi_arch, source_dir=files.efi_dir)
+    _install_enrollment_keys(esp, options)
     return [esp / f"EFI/systemd/systemd-boot{files.efi_arch}.efi", esp / f"EFI/BOOT/BOOT{files.efi_arch.upper()}.EFI"]
+
+
+def _install_enrollment_keys(esp: Path, options: EspOptions) -> None:
+    """SecureBootAutoEnroll=: the certificate as PK, KEK and db in loader/keys/auto/, for systemd-boot to
+    enroll on a machine in setup mode (virtual machines, from systemd 253 on)."""
+    if not (options.auto_enroll and options.signs):
+        return
+    assert options.secure_boot_key is not None and options.secure_boot_certificate is not None
+    if options.sign_tool.key_source != "file" or options.sign_tool.certificate_source != "file":
+        log.warn("SecureBootAutoEnroll=: the enrollment files are signed from a key file only; with "
+                 f"SecureBootKeySource={options.sign_tool.key_source} they are left out")
+        return
+    with log.step("Adding the Secure Boot keys for systemd-boot to enroll"):
+        write_auto_enroll_keys(esp / "loader/keys/auto", options.secure_boot_key, options.secure_boot_certificate)
 
 
 # The boot loaders that read an XBOOTLDR partition (systemd-boot reads both it and the ESP).
@@ -227,7 +246,7 @@ def install_uefi(esp: Path, files: BootFiles, options: EspOptions,
         assert options.secure_boot_key is not None and options.secure_boot_certificate is not None
         with log.step("Signing EFI binaries for Secure Boot"):
             for binary in to_sign:
-                sign_efi(binary, options.secure_boot_key, options.secure_boot_certificate)
+                sign_efi(binary, options.secure_boot_key, options.secure_boot_certificate, how=options.sign_tool)
     return _install_shim(esp, files, options, uki)
 
 
@@ -243,7 +262,7 @@ def _install_shim(esp: Path, files: BootFiles, options: EspOptions, uki: Optiona
     if options.signs:
         assert options.secure_boot_key is not None and options.secure_boot_certificate is not None
         for binary in unsigned:
-            sign_efi(binary, options.secure_boot_key, options.secure_boot_certificate)
+            sign_efi(binary, options.secure_boot_key, options.secure_boot_certificate, how=options.sign_tool)
     if uki == default:
         return esp / f"EFI/BOOT/grub{files.efi_arch}.efi"
     return uki

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from mkosi import log
 from mkosi.boot.pe import read_pe
+from mkosi.boot.signing import key_reference
 from mkosi.config.enums import Feature
 from mkosi.config.settings import Config
 from mkosi.errors import CommandError, MkosiError
@@ -101,6 +102,7 @@ class PcrSigner:
     measure: str
     required: bool = True
     banks: tuple[str, ...] = DEFAULT_BANKS
+    key_source: str = "file"       # SignExpectedPcrKeySource=: file, engine:NAME or provider:NAME
 
 
 def pcr_signer(config: Config) -> Optional[PcrSigner]:
@@ -121,8 +123,18 @@ def pcr_signer(config: Config) -> Optional[PcrSigner]:
                          hint="install systemd-ukify (or systemd) on the host or in the tools tree")
     if key is None:
         raise MkosiError("SignExpectedPcr=yes needs a private key (SignExpectedPcrKey= or SecureBootKey=)")
-    public = public_key_pem(config.sign_expected_pcr_certificate or key)
-    return PcrSigner(key=key, public_key=public, measure=measure, required=wanted == Feature.enabled)
+    source = config.sign_expected_pcr_key_source
+    cert = config.sign_expected_pcr_certificate
+    if config.sign_expected_pcr_certificate_source != "file":
+        raise MkosiError(f"SignExpectedPcrCertificateSource={config.sign_expected_pcr_certificate_source}: mkosi "
+                         "reads the certificate for the UKIs' .pcrpkey section from a file only",
+                         hint="give SignExpectedPcrCertificate= as a PEM file (a certificate or public key)")
+    if source != "file" and cert is None:
+        raise MkosiError(f"SignExpectedPcrKeySource={source} needs SignExpectedPcrCertificate= (a PEM file): "
+                         "the public key for .pcrpkey cannot be read from the engine or provider")
+    public = public_key_pem(cert or key)
+    return PcrSigner(key=Path(key_reference(key, source)), public_key=public, measure=measure,
+                     required=wanted == Feature.enabled, key_source=source)
 
 
 # ---- what the stub and systemd-measure know ----
@@ -186,7 +198,8 @@ def measured(sections: Sequence[tuple[str, Path]], known: Optional[frozenset[str
 # ---- signing ----
 
 def _sign_argv(signer: PcrSigner, section_args: Sequence[str], pubkey: Path) -> list[str]:
-    return [signer.measure, "sign", *section_args, f"--private-key={os.fspath(signer.key)}",
+    source = [f"--private-key-source={signer.key_source}"] if signer.key_source != "file" else []
+    return [signer.measure, "sign", *section_args, f"--private-key={os.fspath(signer.key)}", *source,
             f"--public-key={os.fspath(pubkey)}", *(f"--bank={b}" for b in signer.banks), "--json=short"]
 
 

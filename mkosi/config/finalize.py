@@ -376,12 +376,23 @@ def check_secure_boot(cli: CommandLine, v: Merged, values: dict[str, Any]) -> No
     # genkey makes the keys, summary only reports: only verbs that may build need them to exist.
     if not ((values["secure_boot"] or values["verity"] == Verity.signed) and cli.verb.needs_build()):
         return
-    dest = "secure_boot" if values["secure_boot"] else "verity"
-    for kdest, what in (("secure_boot_key", "key"), ("secure_boot_certificate", "certificate")):
+    checks = []
+    if values["secure_boot"]:
+        checks += [("secure_boot", "secure_boot_key", "secure_boot_key_source", "key"),
+                   ("secure_boot", "secure_boot_certificate", "secure_boot_certificate_source", "certificate")]
+    if values["verity"] == Verity.signed:
+        checks += [("verity", "verity_key", "verity_key_source", "key"),
+                   ("verity", "verity_certificate", "verity_certificate_source", "certificate")]
+    for dest, kdest, source, what in checks:
         if values[kdest] is None:
-            raise _fail(v, dest, f"needs a Secure Boot {what} (SecureBootKey=/SecureBootCertificate= or "
-                        "mkosi.secure-boot.key/.crt)", hint="create them with 'mkosi genkey'")
-        if not values[kdest].is_file():
+            if dest == "secure_boot":
+                raise _fail(v, dest, f"needs a Secure Boot {what} (SecureBootKey=/SecureBootCertificate= or "
+                            "mkosi.secure-boot.key/.crt)", hint="create them with 'mkosi genkey'")
+            raise _fail(v, dest, f"needs a verity {what} (VerityKey=/VerityCertificate=, "
+                        "SecureBootKey=/SecureBootCertificate= or mkosi.secure-boot.key/.crt)",
+                        hint="create them with 'mkosi genkey'")
+        # With an engine or provider the key (or certificate) is a URI, not a file.
+        if values.get(source, "file") == "file" and not values[kdest].is_file():
             raise _fail(v, kdest, f"'{values[kdest]}' does not exist")
 
 
@@ -400,9 +411,9 @@ def check_sign_expected_pcr(cli: CommandLine, v: Merged, values: dict[str, Any])
         return
     if wanted == Feature.auto and not values["secure_boot"]:
         return
-    if not key.is_file():
+    if values.get("sign_expected_pcr_key_source", "file") == "file" and not key.is_file():
         raise _fail(v, "sign_expected_pcr_key", f"'{key}' does not exist")
-    if cert is not None and not cert.is_file():
+    if values.get("sign_expected_pcr_certificate_source", "file") == "file" and cert is not None and not cert.is_file():
         raise _fail(v, "sign_expected_pcr_certificate", f"'{cert}' does not exist")
 
 

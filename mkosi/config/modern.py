@@ -254,6 +254,16 @@ def _default_pcr_certificate(v: Resolving) -> Optional[Path]:
     return cert
 
 
+def _default_verity_key(v: Resolving) -> Optional[Path]:
+    key: Optional[Path] = v["secure_boot_key"]
+    return key
+
+
+def _default_verity_certificate(v: Resolving) -> Optional[Path]:
+    cert: Optional[Path] = v["secure_boot_certificate"]
+    return cert
+
+
 def _with_mkosi_packages(value: Any, r: Resolving) -> Any:
     """mkosi.packages/ is used in addition to the directories PackageDirectories= names (first, so
     theirs win where a file name is in both)."""
@@ -429,18 +439,20 @@ class ModernSettings:
     # ---- [Validation] ----
     secure_boot_auto_enroll: bool = _flag(
         section=V, key="SecureBootAutoEnroll", flags=("--secure-boot-auto-enroll",), default=True,
-        status=NOT_YET, help="Let systemd-boot enroll the Secure Boot keys in virtual machines.")
+        help="Let systemd-boot enroll the Secure Boot keys in virtual machines.")
     secure_boot_sign_tool: SecureBootSignTool = setting(
         section=V, key="SecureBootSignTool", flags=("--secure-boot-sign-tool",),
         parse=parse_enum(SecureBootSignTool), choices=choices(SecureBootSignTool),
-        default=SecureBootSignTool.auto, status=NOT_YET, help="Tool that signs EFI binaries.")
+        default=SecureBootSignTool.auto, help="Tool that signs EFI binaries.")
     verity_key: Optional[Path] = setting(
         section=V, key="VerityKey", flags=("--verity-key",), parse=parse_path, path_rule=PathRule.path,
-        scope=Scope.universal, status=NOT_YET, metavar="PATH", help="Key that signs the verity root hash.")
+        scope=Scope.universal, default_fn=_default_verity_key, depends=("secure_boot_key",), metavar="PATH",
+        help="Private key (PEM) that signs the verity root hash (default: SecureBootKey=).")
     verity_certificate: Optional[Path] = setting(
         section=V, key="VerityCertificate", flags=("--verity-certificate",), parse=parse_path,
-        path_rule=PathRule.path, scope=Scope.universal, status=NOT_YET, metavar="PATH",
-        help="Certificate for the verity signature.")
+        path_rule=PathRule.path, scope=Scope.universal, default_fn=_default_verity_certificate,
+        depends=("secure_boot_certificate",), metavar="PATH",
+        help="Certificate of the verity signature (default: SecureBootCertificate=).")
     sign_expected_pcr: Feature = _feature(
         section=V, key="SignExpectedPcr", flags=("--sign-expected-pcr",), other_sections=(O,),
         help="Embed systemd-measure's signature of the expected PCR 11 values in the UKIs: yes, no or auto "
@@ -457,33 +469,33 @@ class ModernSettings:
              "else derived from the key).")
     secure_boot_key_source: str = setting(
         section=V, key="SecureBootKeySource", flags=("--secure-boot-key-source",), parse=parse_key_source,
-        default="file", scope=Scope.universal, status=NOT_YET, metavar="SOURCE",
+        default="file", scope=Scope.universal, metavar="SOURCE",
         help="Where the Secure Boot key comes from: file, engine:NAME or provider:NAME.")
     verity_key_source: str = setting(
         section=V, key="VerityKeySource", flags=("--verity-key-source",), parse=parse_key_source, default="file",
-        scope=Scope.universal, status=NOT_YET, metavar="SOURCE", help="Where the verity key comes from.")
+        scope=Scope.universal, metavar="SOURCE", help="Where the verity key comes from.")
     sign_expected_pcr_key_source: str = setting(
         section=V, key="SignExpectedPcrKeySource", flags=("--sign-expected-key-source",), parse=parse_key_source,
-        default="file", scope=Scope.inherited, status=NOT_YET, metavar="SOURCE",
+        default="file", scope=Scope.inherited, metavar="SOURCE",
         help="Where the PCR signing key comes from.")
     secure_boot_certificate_source: str = setting(
         section=V, key="SecureBootCertificateSource", flags=("--secure-boot-certificate-source",),
-        parse=parse_certificate_source, default="file", scope=Scope.universal, status=NOT_YET, metavar="SOURCE",
+        parse=parse_certificate_source, default="file", scope=Scope.universal, metavar="SOURCE",
         help="Where the Secure Boot certificate comes from: file or provider:NAME.")
     verity_certificate_source: str = setting(
         section=V, key="VerityCertificateSource", flags=("--verity-certificate-source",),
-        parse=parse_certificate_source, default="file", scope=Scope.universal, status=NOT_YET, metavar="SOURCE",
+        parse=parse_certificate_source, default="file", scope=Scope.universal, metavar="SOURCE",
         help="Where the verity certificate comes from.")
     sign_expected_pcr_certificate_source: str = setting(
         section=V, key="SignExpectedPcrCertificateSource", flags=("--sign-expected-certificate-source",),
-        parse=parse_certificate_source, default="file", scope=Scope.inherited, status=NOT_YET, metavar="SOURCE",
+        parse=parse_certificate_source, default="file", scope=Scope.inherited, metavar="SOURCE",
         help="Where the PCR signing certificate comes from.")
     passphrase: Optional[Path] = setting(
         section=V, key="Passphrase", flags=("--passphrase",), parse=parse_path, path_rule=PathRule.path,
         path_default=("mkosi.passphrase",), metavar="PATH",
         help="File with the LUKS passphrase, mode 0600 (default: mkosi.passphrase).")
     openpgp_tool: str = setting(
-        section=V, key="OpenPGPTool", flags=("--openpgp-tool",), default="gpg", status=NOT_YET, metavar="TOOL",
+        section=V, key="OpenPGPTool", flags=("--openpgp-tool",), default="gpg", metavar="TOOL",
         help="OpenPGP tool that signs SHA256SUMS (gpg, or a Stateless OpenPGP tool).")
 
     # ---- [Build] ----

@@ -290,7 +290,7 @@ def _default_verity(v: Resolving) -> Verity:
     certificate are there (the modern manual's 'auto'); other formats have no verity unless asked."""
     if v["format"].row.kind is not FormatKind.extension:
         return Verity.no
-    signed = v["secure_boot_key"] is not None and v["secure_boot_certificate"] is not None
+    signed = v["verity_key"] is not None and v["verity_certificate"] is not None
     return Verity.signed if signed else Verity.yes
 
 
@@ -592,7 +592,7 @@ class Config(ModernSettings):
         other_sections=(O,),
         section=V, key="Verity", flags=("--verity",), parse=_parse_verity,
         choices=_choices(Verity), const="yes", default=Verity.no, default_fn=_default_verity,
-        depends=("format", "secure_boot_key", "secure_boot_certificate"),
+        depends=("format", "verity_key", "verity_certificate"),
         help="Add a dm-verity partition for the root (or /usr); 'signed' also signs the root hash "
         "(extension images: 'signed' with a key and certificate, else 'yes').")
     compress_fs: str = setting(

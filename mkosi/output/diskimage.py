@@ -32,7 +32,7 @@ from mkosi.output.bmap import write_bmap
 from mkosi.output.disk import DiskSpec, build_disk, main_partition_label, qcow2_convert
 from mkosi.output.filesystems import populate_vfat
 from mkosi.output.gpt import copy_sparse, seed_from_setting
-from mkosi.output.verity import roothash_uuids
+from mkosi.output.verity import roothash_uuids, verity_key_files
 from mkosi.run import run
 
 
@@ -71,8 +71,8 @@ def make_disk_image(ctx: Context) -> None:
         usr_only=config.usr_only,
         read_only=config.read_only,
         verity={Verity.no: "none", Verity.yes: "yes", Verity.signed: "signed"}[config.verity],
-        verity_key=config.secure_boot_key,
-        verity_cert=config.secure_boot_certificate,
+        verity_key=verity_key_files(config)[0],
+        verity_cert=verity_key_files(config)[1],
         encrypt=config.encrypt.value if config.encrypt else "none",
         passphrase_file=passphrase_file(ctx),
         home_size=config.home_size,

@@ -280,8 +280,8 @@ def make_extension(ctx: Context) -> None:
         epoch = int(os.environ["SOURCE_DATE_EPOCH"].strip())
     spec = ExtensionSpec(
         fmt=fmt, tree=ctx.root, output=ctx.workspace / "extension.raw", workspace=ctx.dir("extension"),
-        arch=config.architecture, verity=str(config.verity.value), key=config.secure_boot_key,
-        certificate=config.secure_boot_certificate,
+        arch=config.architecture, verity=str(config.verity.value), key=verity.verity_key_files(config)[0],
+        certificate=verity.verity_key_files(config)[1],
         compression=None if config.compress_fs in ("no", "none") else config.compress_fs,
         seed=gpt.seed_from_setting(config.seed), epoch=epoch)
     with log.step(f"Assembling the {fmt} image"):

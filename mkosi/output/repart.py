@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 from mkosi import log
 from mkosi.boot.bootable import VerityInfo, prepare_esp
+from mkosi.boot.signing import key_reference
 from mkosi.config.enums import BootProtocol, SplitArtifact, Verity
 from mkosi.config.settings import Config
 from mkosi.context import Context
@@ -172,9 +173,10 @@ class RepartRun:
                   architecture=normalize_arch(config.architecture), offline=config.repart_offline,
                   split=SplitArtifact.partitions in config.split_artifacts, sector_size=config.sector_size,
                   key_file=config.passphrase_file,
-                  private_key=keys[0] if signing and keys else None,
+                  private_key=Path(key_reference(keys[0], config.verity_key_source)) if signing and keys else None,
                   private_key_source=config.verity_key_source,
-                  certificate=keys[1] if signing and keys else None,
+                  certificate=Path(key_reference(keys[1], config.verity_certificate_source))
+                  if signing and keys else None,
                   certificate_source=config.verity_certificate_source)
         return dataclasses.replace(run, **changes)
 

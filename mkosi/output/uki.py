@@ -25,7 +25,7 @@ from mkosi.boot.initrd import link_init
 from mkosi.boot.kernel import EFI_DIR, BootFiles, efi_arch, find_kernel, find_os_release
 from mkosi.boot.pcrsig import PcrSigner, pcr_signer
 from mkosi.boot.pe import stub_version
-from mkosi.boot.signing import sign_efi
+from mkosi.boot.signing import SignTool, sign_efi
 from mkosi.boot.uki import PROFILE_STUB_VERSION, UkiProfile, build_addon, build_uki, concat_initrds
 from mkosi.config.enums import Bootloader, UnifiedKernelImages
 from mkosi.config.settings import Config
@@ -126,7 +126,8 @@ def _sign(config: Config, binary: Path) -> None:
     if config.secure_boot:
         assert config.secure_boot_key is not None and config.secure_boot_certificate is not None
         with log.step(f"Signing {binary.name} for Secure Boot"):
-            sign_efi(binary, config.secure_boot_key, config.secure_boot_certificate)
+            sign_efi(binary, config.secure_boot_key, config.secure_boot_certificate,
+                     how=SignTool.from_config(config))
 
 
 def make_uki_output(ctx: Context) -> None:

@@ -17,7 +17,7 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Optional, Union
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -25,9 +25,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from mkosi import log
+from mkosi.config.enums import Verity
 from mkosi.errors import MkosiError
 from mkosi.output.gpt import SeedLike, make_uuid, resolve_seed
 from mkosi.run import output
+
+if TYPE_CHECKING:
+    from mkosi.config.settings import Config
 
 SIGNATURE_BLOB_ALIGNMENT = 4096
 
@@ -93,6 +97,19 @@ def _load_certificate(cert: CertificateLike) -> x509.Certificate:
     if b"-----BEGIN" in data:
         return x509.load_pem_x509_certificate(data)
     return x509.load_der_x509_certificate(data)
+
+
+def verity_key_files(config: Config) -> tuple[Optional[Path], Optional[Path]]:
+    """VerityKey= and VerityCertificate= (by default SecureBootKey=/SecureBootCertificate=) for the formats
+    whose root hash mkosi signs itself: those read key files only, so an engine or provider is an error."""
+    if config.verity == Verity.signed:
+        for setting, source in (("VerityKeySource", config.verity_key_source),
+                                ("VerityCertificateSource", config.verity_certificate_source)):
+            if source != "file":
+                raise MkosiError(f"{setting}={source}: Format={config.format} signs the verity root hash from "
+                                 "key files only", hint="use Format=disk (systemd-repart signs with engines "
+                                 "and providers) or a key file")
+    return config.verity_key, config.verity_certificate
 
 
 def sign_roothash(

@@ -342,7 +342,7 @@ def prebuilt_uki(root: Path) -> bytes:
 def test_signed_loaders_take_the_prebuilt_uki(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               mode: UnifiedKernelImages) -> None:
     signed: list[Path] = []
-    monkeypatch.setattr("mkosi.boot.esp.sign_efi", lambda binary, key, cert: signed.append(binary))
+    monkeypatch.setattr("mkosi.boot.esp.sign_efi", lambda binary, key, cert, **_: signed.append(binary))
     root = esp_root(tmp_path)
     content = prebuilt_uki(root)
     esp, files = esp_and_files(tmp_path, root)
@@ -377,7 +377,7 @@ def test_bootloader_none_installs_nothing(tmp_path: Path) -> None:
 
 def test_bootloader_systemd_boot_signed_is_not_signed_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     signed: list[Path] = []
-    monkeypatch.setattr("mkosi.boot.esp.sign_efi", lambda binary, key, cert: signed.append(binary))
+    monkeypatch.setattr("mkosi.boot.esp.sign_efi", lambda binary, key, cert, **_: signed.append(binary))
     files = esp_files(tmp_path, Bootloader.systemd_boot_signed, secure_boot_key=tmp_path / "k",
                       secure_boot_certificate=tmp_path / "c", unified_kernel_image=UnifiedKernelImages.unsigned)
     assert (tmp_path / "esp/EFI/BOOT/BOOTX64.EFI").read_bytes() == b"MZ signed systemd-boot"
@@ -387,7 +387,7 @@ def test_bootloader_systemd_boot_signed_is_not_signed_again(tmp_path: Path, monk
 
 def test_bootloader_systemd_boot_signs_loader_and_uki(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     signed: list[Path] = []
-    monkeypatch.setattr("mkosi.boot.esp.sign_efi", lambda binary, key, cert: signed.append(binary))
+    monkeypatch.setattr("mkosi.boot.esp.sign_efi", lambda binary, key, cert, **_: signed.append(binary))
     esp_files(tmp_path, Bootloader.systemd_boot, secure_boot_key=tmp_path / "k", secure_boot_certificate=tmp_path / "c")
     assert sorted(p.name for p in signed) == ["BOOTX64.EFI", "img-6.1.0-10-amd64.efi", "systemd-bootx64.efi"]
 
@@ -417,7 +417,7 @@ def signed_esp_files(tmp_path: Path, bootloader: Bootloader, **extra: object) ->
 
 def test_bootloader_grub_signed_behind_the_signed_shim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     signed: list[Path] = []
-    monkeypatch.setattr("mkosi.boot.esp.sign_efi", lambda binary, key, cert: signed.append(binary))
+    monkeypatch.setattr("mkosi.boot.esp.sign_efi", lambda binary, key, cert, **_: signed.append(binary))
     root = esp_root(tmp_path)
     signed_files(root)
     esp = tmp_path / "esp"
@@ -462,7 +462,7 @@ def test_bootloader_grub_signed_alone_and_without_grub(tmp_path: Path) -> None:
 
 def test_unsigned_shim_in_front_of_systemd_boot_is_signed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     signed: list[Path] = []
-    monkeypatch.setattr("mkosi.boot.esp.sign_efi", lambda binary, key, cert: signed.append(binary))
+    monkeypatch.setattr("mkosi.boot.esp.sign_efi", lambda binary, key, cert, **_: signed.append(binary))
     root = esp_root(tmp_path)
     (root / "usr/lib/shim").mkdir(parents=True)
     (root / "usr/lib/shim/shimx64.efi").write_bytes(b"MZ shim")
@@ -555,7 +555,7 @@ GRUB_EFI = Path("/usr/lib/grub/x86_64-efi")
 @needs_tools("grub-mkimage", files=(GRUB_EFI / "normal.mod",))
 def test_bootloader_grub_chainloads_the_uki(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     signed: list[Path] = []
-    monkeypatch.setattr("mkosi.boot.esp.sign_efi", lambda binary, key, cert: signed.append(binary))
+    monkeypatch.setattr("mkosi.boot.esp.sign_efi", lambda binary, key, cert, **_: signed.append(binary))
     files = esp_files(tmp_path, Bootloader.grub, grub_efi_dirs=(tmp_path / "nowhere", GRUB_EFI),
                       secure_boot_key=tmp_path / "k", secure_boot_certificate=tmp_path / "c")
     assert {"EFI/BOOT/BOOTX64.EFI", "EFI/Linux/img-6.1.0-10-amd64.efi", "EFI/test/grub.cfg", "grub/grub.cfg",

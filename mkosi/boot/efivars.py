@@ -63,11 +63,38 @@ def signed_payload(name: str, vendor: uuid.UUID, timestamp: bytes, data: bytes) 
 SigningKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
+def _der_header(data: bytes, offset: int) -> tuple[int, int, int]:
+    """(tag, offset of the contents, length of the contents) of the DER element at `offset`."""
+    tag, first = data[offset], data[offset + 1]
+    if first < 0x80:
+        return tag, offset + 2, first
+    n = first & 0x7F
+    return tag, offset + 2 + n, int.from_bytes(data[offset + 2:offset + 2 + n], "big")
+
+
+def signed_data(content_info: bytes) -> bytes:
+    """The SignedData of a DER PKCS#7 ContentInfo (SEQUENCE { OID signedData, [0] EXPLICIT SignedData }):
+    what WIN_CERTIFICATE_UEFI_GUID carries, as the specification says and sbvarsign writes."""
+    tag, start, _ = _der_header(content_info, 0)
+    if tag != 0x30:
+        raise MkosiError("PKCS#7 signature: not a DER SEQUENCE")
+    tag, oid_start, oid_len = _der_header(content_info, start)
+    if tag != 0x06 or content_info[oid_start:oid_start + oid_len] != SIGNED_DATA_OID:
+        raise MkosiError("PKCS#7 signature: not of type signedData")
+    tag, inner, length = _der_header(content_info, oid_start + oid_len)
+    if tag != 0xA0:
+        raise MkosiError("PKCS#7 signature: no content")
+    return content_info[inner:inner + length]
+
+
+SIGNED_DATA_OID = bytes.fromhex("2a864886f70d010702")  # 1.2.840.113549.1.7.2
+
+
 def authenticated_variable(name: str, vendor: uuid.UUID, data: bytes, key: SigningKey,
                            cert: x509.Certificate, when: datetime.datetime) -> bytes:
     """The .auth file content for variable `name`: EFI_VARIABLE_AUTHENTICATION_2 followed by `data`."""
     timestamp = efi_time(when)
-    signature = (pkcs7.PKCS7SignatureBuilder()
+    signature = signed_data(pkcs7.PKCS7SignatureBuilder()
                  .set_data(signed_payload(name, vendor, timestamp, data))
                  .add_signer(cert, key, hashes.SHA256())
                  .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.DetachedSignature,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from mkosi.config.enums import (
     BiosBootloader,
@@ -264,6 +264,17 @@ def _default_verity_certificate(v: Resolving) -> Optional[Path]:
     return cert
 
 
+def _inherited_source(key: str, source: str) -> Callable[[Resolving], str]:
+    """The default source of a key or certificate that defaults to the Secure Boot one: that one's source
+    while it is the same key (VerityKey= unset: SecureBootKeySource= applies to it too), else file."""
+    base = "secure_boot_key" if key.endswith("_key") else "secure_boot_certificate"
+
+    def default(v: Resolving) -> str:
+        same = v[key] is not None and v[key] == v[base]
+        return str(v[source]) if same else "file"
+    return default
+
+
 def _with_mkosi_packages(value: Any, r: Resolving) -> Any:
     """mkosi.packages/ is used in addition to the directories PackageDirectories= names (first, so
     theirs win where a file name is in both)."""
@@ -472,11 +483,15 @@ class ModernSettings:
         default="file", scope=Scope.universal, metavar="SOURCE",
         help="Where the Secure Boot key comes from: file, engine:NAME or provider:NAME.")
     verity_key_source: str = setting(
-        section=V, key="VerityKeySource", flags=("--verity-key-source",), parse=parse_key_source, default="file",
-        scope=Scope.universal, metavar="SOURCE", help="Where the verity key comes from.")
+        section=V, key="VerityKeySource", flags=("--verity-key-source",), parse=parse_key_source,
+        default="file", default_fn=_inherited_source("verity_key", "secure_boot_key_source"),
+        depends=("verity_key", "secure_boot_key", "secure_boot_key_source"), scope=Scope.universal,
+        metavar="SOURCE", help="Where the verity key comes from.")
     sign_expected_pcr_key_source: str = setting(
         section=V, key="SignExpectedPcrKeySource", flags=("--sign-expected-key-source",), parse=parse_key_source,
-        default="file", scope=Scope.inherited, metavar="SOURCE",
+        default="file", default_fn=_inherited_source("sign_expected_pcr_key", "secure_boot_key_source"),
+        depends=("sign_expected_pcr_key", "secure_boot_key", "secure_boot_key_source"), scope=Scope.inherited,
+        metavar="SOURCE",
         help="Where the PCR signing key comes from.")
     secure_boot_certificate_source: str = setting(
         section=V, key="SecureBootCertificateSource", flags=("--secure-boot-certificate-source",),
@@ -484,11 +499,15 @@ class ModernSettings:
         help="Where the Secure Boot certificate comes from: file or provider:NAME.")
     verity_certificate_source: str = setting(
         section=V, key="VerityCertificateSource", flags=("--verity-certificate-source",),
-        parse=parse_certificate_source, default="file", scope=Scope.universal, metavar="SOURCE",
+        parse=parse_certificate_source, scope=Scope.universal, metavar="SOURCE",
+        default="file", default_fn=_inherited_source("verity_certificate", "secure_boot_certificate_source"),
+        depends=("verity_certificate", "secure_boot_certificate", "secure_boot_certificate_source"),
         help="Where the verity certificate comes from.")
     sign_expected_pcr_certificate_source: str = setting(
         section=V, key="SignExpectedPcrCertificateSource", flags=("--sign-expected-certificate-source",),
-        parse=parse_certificate_source, default="file", scope=Scope.inherited, metavar="SOURCE",
+        parse=parse_certificate_source, scope=Scope.inherited, metavar="SOURCE",
+        default="file", default_fn=_inherited_source("sign_expected_pcr_certificate", "secure_boot_certificate_source"),
+        depends=("sign_expected_pcr_certificate", "secure_boot_certificate", "secure_boot_certificate_source"),
         help="Where the PCR signing certificate comes from.")
     passphrase: Optional[Path] = setting(
         section=V, key="Passphrase", flags=("--passphrase",), parse=parse_path, path_rule=PathRule.path,

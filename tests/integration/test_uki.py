@@ -14,8 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
+from mkosi.boot import efivars
+from mkosi.boot.signing import verify_efi
 from tests.integration.conftest import run_mkosi
+from tests.unit.test_signing_keys import auth_parts, openssl_verifies
 
 pytestmark = pytest.mark.integration
 
@@ -182,8 +187,12 @@ def test_uki_boots_from_memory(uki_project: Path) -> None:
 
 @pytest.fixture(scope="module")
 def esp_project(tmp_path_factory: pytest.TempPathFactory, package_cache: Path, tools_tree: Path) -> Path:
+    """Format=esp, signed for Secure Boot (SecureBootSignTool=auto: sbsign of the tools tree, which has no
+    systemd-sbsign), with the keys for systemd-boot to enroll (SecureBootAutoEnroll= defaults to yes)."""
     d = project(tmp_path_factory.mktemp("esp"), package_cache, "esp", "espimg",
-                "KernelCommandLine=mkosi.test=esp\nUnifiedKernelImageFormat=&e-&k-mkosi\n")
+                "KernelCommandLine=mkosi.test=esp\nUnifiedKernelImageFormat=&e-&k-mkosi\n"
+                "[Validation]\nSecureBoot=yes\nSecureBootSignTool=auto\n")
+    run_mkosi(d, "genkey")
     seconds = build(d, tools_tree)
     print(f"Format=esp build: {seconds:.0f}s", file=sys.stderr)
     return d
@@ -197,12 +206,38 @@ def test_esp_disk_holds_only_the_esp(esp_project: Path) -> None:
     start = table["partitions"][0]["start"] * 512
     listing = subprocess.run(["mdir", "-i", f"{image}@@{start}", "-/", "-b", "::"], capture_output=True, text=True,
                              check=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"}).stdout
-    files = sorted(line.strip().lstrip(":") for line in listing.splitlines() if line.strip().endswith((".efi", ".EFI",
-                                                                                                       ".conf")))
+    files = sorted(line.strip().lstrip(":") for line in listing.splitlines()
+                   if line.strip().endswith((".efi", ".EFI", ".conf", ".auth")))
     kernels = [f for f in files if f.startswith("/EFI/Linux/")]
     assert len(kernels) == 1 and kernels[0].startswith("/EFI/Linux/espimg-") and kernels[0].endswith("-mkosi.efi")
     assert {"/EFI/BOOT/BOOTX64.EFI", "/EFI/systemd/systemd-bootx64.efi", "/loader/loader.conf"} <= set(files), files
+    assert {"/loader/keys/auto/PK.auth", "/loader/keys/auto/KEK.auth", "/loader/keys/auto/db.auth"} <= set(files)
     print(f"Format=esp size: {image.stat().st_size / 2**20:.0f} MiB", file=sys.stderr)
+
+
+def test_esp_disk_is_signed_and_carries_the_enrollment_keys(esp_project: Path, tmp_path: Path) -> None:
+    """The ESP's binaries verify against the certificate, and PK/KEK/db.auth are authenticated variables
+    signed by its key over the specification's payload, each holding the certificate."""
+    image = esp_project / "mkosi.output/espimg.raw"
+    cert = esp_project / "mkosi.secure-boot.crt"
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(image)], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]
+    esp = f"{image}@@{table['partitions'][0]['start'] * 512}"
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+
+    def mtype(path: str) -> bytes:
+        return subprocess.run(["mtype", "-i", esp, path], capture_output=True, check=True, env=env).stdout
+
+    for binary in ("::/EFI/BOOT/BOOTX64.EFI", "::/EFI/systemd/systemd-bootx64.efi"):
+        (tmp_path / "b.efi").write_bytes(mtype(binary))
+        assert verify_efi(tmp_path / "b.efi", cert), binary
+    der = x509.load_pem_x509_certificate(cert.read_bytes()).public_bytes(serialization.Encoding.DER)
+    vendors = {"PK": efivars.EFI_GLOBAL_VARIABLE, "KEK": efivars.EFI_GLOBAL_VARIABLE,
+               "db": efivars.EFI_IMAGE_SECURITY_DATABASE}
+    for name, vendor in vendors.items():
+        timestamp, signature, data = auth_parts(mtype(f"::/loader/keys/auto/{name}.auth"))
+        assert data[44:] == der, name
+        assert openssl_verifies(tmp_path, signature, efivars.signed_payload(name, vendor, timestamp, data), cert)
 
 
 @pytest.mark.slow

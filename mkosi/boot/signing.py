@@ -87,8 +87,7 @@ class SignTool:
 
 SIGN_TOOL_PACKAGES = {
     SecureBootSignTool.sbsign: "sbsigntool (sbsigntools on Fedora and Arch)",
-    SecureBootSignTool.systemd_sbsign: "systemd-sbsign (systemd 257 or newer; Debian: systemd-boot-tools, "
-                                       "Fedora: systemd-ukify)",
+    SecureBootSignTool.systemd_sbsign: "the systemd package that ships systemd-sbsign (systemd 257 or newer)",
 }
 
 _URI = re.compile(r"(?:^|/)([A-Za-z][A-Za-z0-9+.-]*:.*)$")

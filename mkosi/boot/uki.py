@@ -15,6 +15,7 @@ from mkosi import log
 from mkosi.boot.kernel import BootFiles
 from mkosi.boot.pcrsig import PcrSigner, pcrpkey_file, sign_sections
 from mkosi.boot.pe import PEImage, append_sections, read_pe, stub_version
+from mkosi.config.keys import SpecifierError, expand_ampersand
 from mkosi.errors import MkosiError
 
 SYSTEMD_BOOT_EFI_DIR = Path("/usr/lib/systemd/boot/efi")
@@ -265,33 +266,19 @@ def make_uki(files: BootFiles, output: Path, profiles: Sequence[UkiProfile] = ()
 def expand_uki_format(pattern: str, entry_token: str, kernel_version: str, roothash: str | None = None) -> str:
     """The file name of an installed UKI from UnifiedKernelImageFormat=: &e the entry token, &k the kernel
     version, &h the roothash=/usrhash= value, && a literal &; ".efi" is added."""
-    out = []
-    i = 0
-    while i < len(pattern):
-        c = pattern[i]
-        if c != "&":
-            out.append(c)
-            i += 1
-            continue
-        if i + 1 >= len(pattern):
+    def lookup(spec: str) -> str | None:
+        if spec == "h" and not roothash:
+            raise MkosiError(f"UnifiedKernelImageFormat={pattern}: &h needs roothash= or usrhash= on the "
+                             "kernel command line")
+        return {"e": entry_token, "k": kernel_version, "h": roothash}.get(spec)
+
+    try:
+        name = expand_ampersand(pattern, lookup)
+    except SpecifierError as e:
+        if e.spec is None:
             raise MkosiError(f"UnifiedKernelImageFormat={pattern}: '&' at the end (write && for a literal &)")
-        spec = pattern[i + 1]
-        if spec == "&":
-            out.append("&")
-        elif spec == "e":
-            out.append(entry_token)
-        elif spec == "k":
-            out.append(kernel_version)
-        elif spec == "h":
-            if not roothash:
-                raise MkosiError(f"UnifiedKernelImageFormat={pattern}: &h needs roothash= or usrhash= on the "
-                                 "kernel command line")
-            out.append(roothash)
-        else:
-            raise MkosiError(f"UnifiedKernelImageFormat={pattern}: unknown specifier &{spec}",
-                             hint="use &e, &k, &h or &&")
-        i += 2
-    name = "".join(out)
+        raise MkosiError(f"UnifiedKernelImageFormat={pattern}: unknown specifier &{e.spec}",
+                         hint="use &e, &k, &h or &&")
     if not name or "/" in name:
         raise MkosiError(f"UnifiedKernelImageFormat={pattern} must give a file name without directories")
     return name if name.endswith(".efi") else name + ".efi"

@@ -9,6 +9,7 @@ Keys are made of these public settings only, so they never hold a secret."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,9 +26,18 @@ def _text(value: Any) -> str:
     return str(getattr(value, "value", value))
 
 
-def expand_key(template: str, values: dict[str, Any]) -> str:
-    """The key with its specifiers replaced by the values of `values` (a Config's fields by name);
-    ValueError for an unknown specifier or a result that is no relative subdirectory."""
+class SpecifierError(ValueError):
+    """A template with a lone '&' at its end (spec None) or an unknown '&X'."""
+
+    def __init__(self, template: str, spec: Optional[str]) -> None:
+        self.template, self.spec = template, spec
+        super().__init__(f"'{template}' ends with a lone '&' (write '&&' for a literal '&')" if spec is None
+                         else f"unknown specifier '&{spec}' in '{template}'")
+
+
+def expand_ampersand(template: str, lookup: Callable[[str], Optional[str]]) -> str:
+    """`template` with each '&X' replaced by lookup(X) and '&&' by '&' (the delayed specifiers of CacheKey=,
+    BuildKey= and UnifiedKernelImageFormat=); lookup returns None for a letter it does not know."""
     out: list[str] = []
     i = 0
     while i < len(template):
@@ -37,17 +47,26 @@ def expand_key(template: str, values: dict[str, Any]) -> str:
             i += 1
             continue
         if i + 1 >= len(template):
-            raise ValueError(f"'{template}' ends with a lone '&' (write '&&' for a literal '&')")
+            raise SpecifierError(template, None)
         spec = template[i + 1]
-        if spec == "&":
-            out.append("&")
-        elif spec in SPECIFIERS:
-            out.append(_text(values.get(SPECIFIERS[spec])))
-        else:
-            raise ValueError(f"unknown specifier '&{spec}' in '{template}' "
-                             f"(known: &&, {', '.join('&' + s for s in SPECIFIERS)})")
+        value = "&" if spec == "&" else lookup(spec)
+        if value is None:
+            raise SpecifierError(template, spec)
+        out.append(value)
         i += 2
-    key = "".join(out)
+    return "".join(out)
+
+
+def expand_key(template: str, values: dict[str, Any]) -> str:
+    """The key with its specifiers replaced by the values of `values` (a Config's fields by name);
+    ValueError for an unknown specifier or a result that is no relative subdirectory."""
+    try:
+        key = expand_ampersand(template, lambda spec: _text(values.get(SPECIFIERS[spec])) if spec in SPECIFIERS
+                               else None)
+    except SpecifierError as e:
+        if e.spec is None:
+            raise
+        raise ValueError(f"{e} (known: &&, {', '.join('&' + s for s in SPECIFIERS)})") from None
     check_subdirectory(key, template)
     return key
 

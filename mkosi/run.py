@@ -234,6 +234,18 @@ def prepare(argv: Sequence[PathString], *, sandbox: Optional[Sandbox] = None, en
     return Prepared(full_argv, full_env, os.fspath(cwd) if cwd is not None else None, exe, shown)
 
 
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 5) -> None:
+    """Stop a helper started with spawn(): SIGTERM, then SIGKILL if it is still there after `timeout`."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def spawn(argv: Sequence[PathString], *, sandbox: Optional[Sandbox] = None, **popen: Any) -> subprocess.Popen[bytes]:
     """Start a long-running helper (swtpm, virtiofsd) in its sandbox, like run() but without waiting."""
     prepared = prepare(argv, sandbox=sandbox)

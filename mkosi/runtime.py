@@ -21,7 +21,7 @@ from mkosi import log
 from mkosi.config.enums import Feature
 from mkosi.config.settings import Config
 from mkosi.errors import MkosiError
-from mkosi.run import find_first_tool, find_tool, run, spawn
+from mkosi.run import find_first_tool, find_tool, run, spawn, stop_process
 from mkosi.sandbox import host_has_systemd
 
 # ---------------------------------------------------------------------------------------------
@@ -46,13 +46,7 @@ def background(argv: list[str], what: str, ready: Path | None = None) -> Iterato
                 time.sleep(0.05)
             yield proc
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)
 
 
 # ---------------------------------------------------------------------------------------------

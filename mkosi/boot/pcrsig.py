@@ -34,7 +34,7 @@ from mkosi.boot.signing import key_reference
 from mkosi.config.enums import Feature
 from mkosi.config.settings import Config
 from mkosi.errors import CommandError, MkosiError
-from mkosi.run import current_sandbox, find_tool, run, spawn
+from mkosi.run import current_sandbox, find_tool, run, spawn, stop_process
 
 MEASURE = "systemd-measure"
 MEASURE_LIBEXEC = Path("/usr/lib/systemd/systemd-measure")
@@ -228,12 +228,7 @@ def _run_with_swtpm(argv: list[str], swtpm: str, tmp: Path) -> subprocess.Comple
             time.sleep(0.05)
         return run([*argv, f"--tpm2-device=swtpm:path={sock}"], capture=True, check=False)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=10)
 
 
 def _run_sign(argv: list[str]) -> str:

@@ -244,22 +244,14 @@ def _default_repository_key_fetch(v: Resolving) -> bool:
     return bool(v["distribution"] == Distribution.ubuntu)
 
 
-def _default_pcr_key(v: Resolving) -> Optional[Path]:
+def _default_secure_boot_key(v: Resolving) -> Optional[Path]:
+    """The default of VerityKey= and SignExpectedPcrKey=: SecureBootKey=."""
     key: Optional[Path] = v["secure_boot_key"]
     return key
 
 
-def _default_pcr_certificate(v: Resolving) -> Optional[Path]:
-    cert: Optional[Path] = v["secure_boot_certificate"]
-    return cert
-
-
-def _default_verity_key(v: Resolving) -> Optional[Path]:
-    key: Optional[Path] = v["secure_boot_key"]
-    return key
-
-
-def _default_verity_certificate(v: Resolving) -> Optional[Path]:
+def _default_secure_boot_certificate(v: Resolving) -> Optional[Path]:
+    """The default of VerityCertificate= and SignExpectedPcrCertificate=: SecureBootCertificate=."""
     cert: Optional[Path] = v["secure_boot_certificate"]
     return cert
 
@@ -457,11 +449,11 @@ class ModernSettings:
         default=SecureBootSignTool.auto, help="Tool that signs EFI binaries.")
     verity_key: Optional[Path] = setting(
         section=V, key="VerityKey", flags=("--verity-key",), parse=parse_path, path_rule=PathRule.path,
-        scope=Scope.universal, default_fn=_default_verity_key, depends=("secure_boot_key",), metavar="PATH",
+        scope=Scope.universal, default_fn=_default_secure_boot_key, depends=("secure_boot_key",), metavar="PATH",
         help="Private key (PEM) that signs the verity root hash (default: SecureBootKey=).")
     verity_certificate: Optional[Path] = setting(
         section=V, key="VerityCertificate", flags=("--verity-certificate",), parse=parse_path,
-        path_rule=PathRule.path, scope=Scope.universal, default_fn=_default_verity_certificate,
+        path_rule=PathRule.path, scope=Scope.universal, default_fn=_default_secure_boot_certificate,
         depends=("secure_boot_certificate",), metavar="PATH",
         help="Certificate of the verity signature (default: SecureBootCertificate=).")
     sign_expected_pcr: Feature = _feature(
@@ -470,11 +462,12 @@ class ModernSettings:
              "(with SecureBoot=yes, a key and systemd-measure).")
     sign_expected_pcr_key: Optional[Path] = setting(
         section=V, key="SignExpectedPcrKey", flags=("--sign-expected-pcr-key",), parse=parse_path,
-        path_rule=PathRule.path, scope=Scope.inherited, default_fn=_default_pcr_key, depends=("secure_boot_key",),
-        metavar="PATH", help="Private key (PEM) that signs the expected PCR values (default: SecureBootKey=).")
+        path_rule=PathRule.path, scope=Scope.inherited, default_fn=_default_secure_boot_key,
+        depends=("secure_boot_key",), metavar="PATH",
+        help="Private key (PEM) that signs the expected PCR values (default: SecureBootKey=).")
     sign_expected_pcr_certificate: Optional[Path] = setting(
         section=V, key="SignExpectedPcrCertificate", flags=("--sign-expected-pcr-certificate",), parse=parse_path,
-        path_rule=PathRule.path, scope=Scope.inherited, default_fn=_default_pcr_certificate,
+        path_rule=PathRule.path, scope=Scope.inherited, default_fn=_default_secure_boot_certificate,
         depends=("secure_boot_certificate",), metavar="PATH",
         help="Certificate or public key (PEM) put in the UKIs' .pcrpkey (default: SecureBootCertificate=, "
              "else derived from the key).")

@@ -16,7 +16,7 @@ from typing import Optional
 
 import gnupg
 
-from mkosi import basetrees, log
+from mkosi import basetrees, log, selinux
 from mkosi.boot.bootable import settle_bootable
 from mkosi.boot.initrd import make_initrd_files
 from mkosi.boot.kmod import process_kernel_modules
@@ -725,6 +725,7 @@ def build_phase(ctx: Context, rerun: bool = False) -> None:
         if ctx.config.make_initrd:
             with log.step("Making the image an initrd (/init, /etc/initrd-release)"):
                 make_initrd_files(ctx.root)
+        selinux.relabel(ctx.root, ctx.config.selinux_relabel, ctx.sandbox)
     run_finalize_script(ctx)
 
 

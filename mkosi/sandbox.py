@@ -99,6 +99,9 @@ class Sandbox:
     # A private PID namespace: whatever the command leaves running is killed when it exits.
     private_pids: bool = False
     container: Container = Container()
+    # SandboxTrees=: (source directory, absolute target) pairs laid over the file system host-mode
+    # commands see, later trees over earlier ones.
+    trees: tuple[tuple[Path, str], ...] = ()
 
     @classmethod
     def for_config(cls, config: Config) -> Sandbox:
@@ -106,7 +109,9 @@ class Sandbox:
         tree = config.tools_tree
         return cls(search_paths=tuple(Path(p) for p in config.extra_search_paths),
                    tools=Path(tree) if tree is not None and tree != "default" else None,
-                   tools_certificates=config.tools_tree_certificates)
+                   tools_certificates=config.tools_tree_certificates,
+                   trees=tuple((Path(t.source).absolute(), os.fspath(Path("/") / (t.target or "/")))
+                               for t in config.sandbox_trees))
 
     def but(self, **changes: Any) -> Sandbox:
         """A copy with some fields replaced; `env` may be a mapping, `mounts` any sequence."""
@@ -134,6 +139,33 @@ class Sandbox:
         changes.setdefault("network", False)
         return self.but(mode=Mode.nspawn, root=root, **changes)
 
+    def tree_files(self, directory: str) -> list[Path]:
+        """The files the sandbox trees put in `directory` (an absolute path), by name, later trees winning:
+        how tools that read a private configuration (apt's) pick up a tree's /etc/apt/... files."""
+        found: dict[str, Path] = {}
+        for source, target in self.trees:
+            rel = PurePosixPath(directory).relative_to(target) if PurePosixPath(directory).is_relative_to(target) \
+                else None
+            if rel is None:
+                continue
+            d = source / rel
+            for p in sorted(d.iterdir()) if d.is_dir() else []:
+                if p.is_file():
+                    found[p.name] = p
+        return [found[n] for n in sorted(found)]
+
+    def visible(self, path: str) -> Path:
+        """The host file behind `path` as host-mode commands see it: a sandbox tree's (the last one
+        having it), else the tools tree's for /usr, else the host's."""
+        for source, target in reversed(self.trees):
+            if PurePosixPath(path).is_relative_to(target):
+                candidate = source / PurePosixPath(path).relative_to(target)
+                if candidate.exists():
+                    return candidate
+        if self.tools is not None and PurePosixPath(path).is_relative_to("/usr"):
+            return self.tools / path.lstrip("/")
+        return Path(path)
+
     @property
     def environment(self) -> dict[str, str]:
         return dict(self.env)
@@ -141,7 +173,8 @@ class Sandbox:
     def needs_wrapper(self) -> bool:
         if self.mode != Mode.host:
             return True
-        return bool(self.tools or self.mounts or self.api_filesystems or not self.network or self.private_pids)
+        return bool(self.tools or self.mounts or self.api_filesystems or not self.network or self.private_pids
+                    or self.trees)
 
     # -------------------------------------------------------------------------------------------
     # Finding binaries
@@ -191,11 +224,16 @@ class Sandbox:
             opts += ["--dev-bind", "/", "/"]
             if self.tools is not None:
                 opts += ["--ro-bind", os.fspath(self.tools / "usr"), "/usr"]
+            overlaid = tree_overlay(self.trees, self.tools)
+            opts += overlaid.options
+            if self.tools is not None:
                 # The library cache and the alternatives that the tree's /usr/bin symlinks point into.
                 for name in TOOLS_ETC:
                     if (self.tools / "etc" / name).exists():
                         opts += ["--ro-bind", os.fspath(self.tools / "etc" / name), f"/etc/{name}"]
                 for rel in TOOLS_CERTIFICATES if self.tools_certificates else ():
+                    if overlaid.provides(f"/{rel}"):
+                        continue   # a sandbox tree's certificates win over the tools tree's
                     if (self.tools / rel).is_dir() and Path("/", rel).is_dir():
                         opts += ["--ro-bind", os.fspath(self.tools / rel), f"/{rel}"]
             base = self.root
@@ -249,6 +287,125 @@ class Sandbox:
             else:
                 points.append(Path(m.target))
         return points
+
+
+# -----------------------------------------------------------------------------------------------
+# SandboxTrees=
+
+
+@dataclasses.dataclass
+class _Node:
+    """One path of the merged sandbox trees: a file or symlink (source set), or a directory."""
+
+    source: Optional[Path] = None
+    children: dict[str, _Node] = dataclasses.field(default_factory=dict)
+
+    @property
+    def is_dir(self) -> bool:
+        return self.source is None
+
+
+@dataclasses.dataclass
+class Overlay:
+    options: list[str]
+    paths: set[str]
+
+    def provides(self, path: str) -> bool:
+        """Whether the trees supply `path` or something below it."""
+        return any(p == path or p.startswith(path.rstrip("/") + "/") for p in self.paths)
+
+
+def _tree_nodes(trees: Sequence[tuple[Path, str]]) -> _Node:
+    root = _Node()
+    for source, target in trees:
+        if not source.is_dir():
+            raise MkosiError(f"SandboxTrees=: {source} is not a directory")
+        base = root
+        for part in PurePosixPath(target).parts[1:]:
+            base = base.children.setdefault(part, _Node())
+            if not base.is_dir:
+                base.source, base.children = None, {}
+        _add_tree(base, source)
+    return root
+
+
+def _add_tree(node: _Node, directory: Path) -> None:
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        path = Path(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            child = node.children.get(entry.name)
+            if child is None or not child.is_dir:
+                child = node.children[entry.name] = _Node()
+            _add_tree(child, path)
+        else:
+            node.children[entry.name] = _Node(source=path)   # a later tree's file replaces a directory too
+
+
+def tree_overlay(trees: Sequence[tuple[Path, str]], tools: Optional[Path] = None) -> Overlay:
+    """bubblewrap options that lay the trees over the visible file system (bubblewrap 0.8 has no
+    overlayfs). A tree file whose place exists as a file is bound onto it; a directory the trees add to
+    with new names becomes a tmpfs holding binds of the original entries and of the trees' ones. Nothing
+    is ever created on the host: new mount points only appear inside such a tmpfs."""
+    if not trees:
+        return Overlay([], set())
+    root = _tree_nodes(trees)
+    options: list[str] = []
+    paths: set[str] = set()
+
+    def view(dest: PurePosixPath) -> Path:
+        """Where `dest` of the sandbox comes from on the host (/usr: the tools tree's)."""
+        if tools is not None and (dest == PurePosixPath("/usr") or PurePosixPath("/usr") in dest.parents):
+            return tools / dest.relative_to("/")
+        return Path(dest)
+
+    def place(node: _Node, dest: PurePosixPath) -> None:
+        """Put `node` at dest, whose parent is ours (a tmpfs): nothing of the host is there."""
+        paths.add(os.fspath(dest))
+        if node.source is None:
+            options.extend(["--dir", os.fspath(dest)])
+            for name, child in node.children.items():
+                place(child, dest / name)
+        elif node.source.is_symlink():
+            options.extend(["--symlink", os.readlink(node.source), os.fspath(dest)])
+        else:
+            options.extend(["--ro-bind", os.fspath(node.source), os.fspath(dest)])
+
+    def fits(node: _Node, host: Path) -> bool:
+        if host.is_symlink():
+            return False
+        return host.is_dir() if node.is_dir else host.is_file()
+
+    def merge(node: _Node, dest: PurePosixPath) -> None:
+        host = view(dest)
+        if all(fits(child, view(dest / name)) for name, child in node.children.items()):
+            for name, child in node.children.items():
+                if child.source is None:
+                    merge(child, dest / name)
+                else:
+                    paths.add(os.fspath(dest / name))
+                    options.extend(["--ro-bind", os.fspath(child.source), os.fspath(dest / name)])
+            return
+        if dest == PurePosixPath("/"):
+            odd = sorted(f"/{n}" for n, c in node.children.items() if not fits(c, view(dest / n)))
+            raise MkosiError(f"SandboxTrees=: {', '.join(odd)} must be directories that exist in the sandbox",
+                             hint="put the files below an existing directory such as /etc or /usr")
+        options.extend(["--tmpfs", os.fspath(dest)])
+        for entry in sorted(os.scandir(host), key=lambda e: e.name) if host.is_dir() else []:
+            if entry.name in node.children:
+                continue
+            if entry.is_symlink():
+                options.extend(["--symlink", os.readlink(entry.path), os.fspath(dest / entry.name)])
+            else:
+                options.extend(["--dev-bind", entry.path, os.fspath(dest / entry.name)])
+        for name, child in node.children.items():
+            if child.is_dir and fits(child, view(dest / name)):
+                options.extend(["--dev-bind", os.fspath(view(dest / name)), os.fspath(dest / name)])
+                merge(child, dest / name)
+            else:
+                place(child, dest / name)
+
+    merge(root, PurePosixPath("/"))
+    return Overlay(options, paths)
 
 
 def _executable(path: Path) -> bool:

@@ -300,7 +300,7 @@ class ModernSettings:
 
     # ---- [Distribution] ----
     snapshot: Optional[str] = setting(
-        section=D, key="Snapshot", flags=("--snapshot",), status=NOT_YET, metavar="ID",
+        section=D, key="Snapshot", flags=("--snapshot",), metavar="ID",
         help="Install packages from this snapshot of the distribution's repositories.")
     local_mirror: Optional[str] = setting(
         section=D, key="LocalMirror", flags=("--local-mirror",), parse=parse_mirror_url, scope=Scope.universal,
@@ -312,7 +312,7 @@ class ModernSettings:
     repository_key_fetch: bool = _flag(
         section=D, key="RepositoryKeyFetch", flags=("--repository-key-fetch",), default=False,
         default_fn=_default_repository_key_fetch, depends=("distribution",), scope=Scope.universal,
-        status=NOT_YET, help="Download the distribution's signing keys (default: on Ubuntu only).")
+        help="Download the distribution's signing keys (default: on Ubuntu only).")
 
     # ---- [Output] ----
     output_extension: Optional[str] = setting(
@@ -436,7 +436,7 @@ class ModernSettings:
         section=C, key="MakeInitrd", flags=("--make-initrd",), default=False,
         help="Add /etc/initrd-release and /init so the image can serve as an initrd.")
     selinux_relabel: Feature = _feature(
-        section=C, key="SELinuxRelabel", flags=("--selinux-relabel",), status=NOT_YET,
+        section=C, key="SELinuxRelabel", flags=("--selinux-relabel",),
         help="Relabel the files for the image's SELinux policy: yes, no or auto.")
 
     # ---- [Validation] ----
@@ -537,7 +537,6 @@ class ModernSettings:
     tools_tree_sandbox_trees: list[ConfigTree] = _tree_list(
         section=B, key="ToolsTreeSandboxTrees", aliases=("ToolsTreePackageManagerTrees",),
         flags=("--tools-tree-sandbox-tree",), scope=Scope.main,
-        status="passed to the tools image, whose SandboxTrees= is not implemented yet",
         help="SandboxTrees= of the default tools tree.")
     tools_tree_packages: list[str] = setting(
         section=B, key="ToolsTreePackages", flags=("--tools-tree-package",), kind=Kind.LIST, default_factory=list,
@@ -555,8 +554,8 @@ class ModernSettings:
     sandbox_trees: list[ConfigTree] = _tree_list(
         section=B, key="SandboxTrees", aliases=("PackageManagerTrees",), flags=("--sandbox-tree",),
         path_default=("mkosi.sandbox/",),
-        scope=Scope.universal, status=NOT_YET,
-        help="Trees copied into the sandbox the tools run in (default: mkosi.sandbox/).")
+        scope=Scope.universal,
+        help="Trees laid over the sandbox the tools run in (default: mkosi.sandbox/).")
     cache_dir: Optional[Path] = setting(
         section=B, key="CacheDirectory", flags=("--cache-directory",), parse=parse_path, path_rule=PathRule.path,
         default_fn=_default_cache_dir, scope=Scope.universal, metavar="PATH",

@@ -151,6 +151,8 @@ class Debian(DistributionPlugin):
             refresh=ctx.refresh_metadata if ctx else True,
             repository_directory=config.repository_directory,
             key_check=config.repository_key_check,
+            key_fetch=config.repository_key_fetch,
+            snapshot=config.snapshot,
             sandbox=ctx.sandbox if ctx else Sandbox(),
             proxy=ctx.proxy if ctx else None,
         )

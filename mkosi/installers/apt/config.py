@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Optional
 
 from mkosi.errors import MkosiError
 from mkosi.installers.base import InstallerConfig
@@ -31,6 +32,8 @@ class AptConfig(InstallerConfig):
     extra_repositories: list[str]
     architecture: str
     key_check: bool = True                 # RepositoryKeyCheck=no: accept unsigned or unverifiable archives
+    key_fetch: bool = False                # RepositoryKeyFetch=: download missing archive keys
+    snapshot: Optional[str] = None         # Snapshot=: install from this snapshot of the archive
     # The shared fields (InstallerConfig): `sandbox` says how host tools (apt-get, dpkg-deb, tar) run;
     # dpkg runs in a chroot sandbox derived from it.
 

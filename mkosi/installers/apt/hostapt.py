@@ -109,6 +109,10 @@ LOCAL_PREFERENCES = f"{localrepo.REPO_NAME}.pref"
 
 def _write_sources_and_keys(cfg: AptConfig, etc: Path, keyring: Path) -> None:
     shutil.copyfile(keyring, etc / "trusted.gpg.d" / keyring.name)
+    # SandboxTrees=: apt's configuration in the trees is used as if it were the sandbox's /etc/apt.
+    for d in ("apt.conf.d", "preferences.d", "sources.list.d", "trusted.gpg.d"):
+        for p in cfg.sandbox.tree_files(f"/etc/apt/{d}"):
+            shutil.copyfile(p, etc / d / p.name)
     for p in repository_directory_files(cfg, (".gpg", ".asc")):
         shutil.copyfile(p, etc / "trusted.gpg.d" / p.name)
     for p in repository_directory_files(cfg, (".list", ".sources")):

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Iterable
+import urllib.request
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Optional
 
+from mkosi import log
 from mkosi.errors import MkosiError
 from mkosi.installers.apt.config import KEYRINGS, AptConfig, check_distribution
 from mkosi.installers.apt.debs import parse_deb822
@@ -54,7 +57,34 @@ def components_field(cfg: AptConfig) -> str:
     return " ".join(seen)
 
 
+DEBIAN_SNAPSHOT_MIRROR = "https://snapshot.debian.org"
+
+
+UBUNTU_SNAPSHOT_MIRROR = "https://snapshot.ubuntu.com"
+
+
+SNAPSHOT_ID = re.compile(r"\d{8}T\d{6}Z")
+
+
+def snapshot_urls(cfg: AptConfig) -> tuple[str, str]:
+    """The archive and security URLs of Snapshot=: snapshot.debian.org's (or Mirror='s)
+    archive/debian/ID and archive/debian-security/ID; snapshot.ubuntu.com's ubuntu/ID for both."""
+    snapshot = cfg.snapshot or ""
+    if not SNAPSHOT_ID.fullmatch(snapshot):
+        raise MkosiError(f"Snapshot={snapshot}: a {cfg.distribution} snapshot is a UTC time stamp "
+                         "like 20250101T000000Z",
+                         hint="mkosi latest-snapshot prints the newest one")
+    explicit = cfg.mirror and cfg.mirror.rstrip("/") != default_mirror(cfg.distribution, cfg.architecture)
+    if cfg.distribution == "ubuntu":
+        base = (cfg.mirror if explicit else UBUNTU_SNAPSHOT_MIRROR).rstrip("/")
+        return f"{base}/ubuntu/{snapshot}", f"{base}/ubuntu/{snapshot}"
+    base = (cfg.mirror if explicit else DEBIAN_SNAPSHOT_MIRROR).rstrip("/")
+    return f"{base}/archive/debian/{snapshot}", f"{base}/archive/debian-security/{snapshot}"
+
+
 def main_lines(cfg: AptConfig) -> list[str]:
+    if cfg.snapshot:
+        return snapshot_lines(cfg)
     mirror = (cfg.mirror or default_mirror(cfg.distribution, cfg.architecture)).rstrip("/")
     comps = components_field(cfg)
     release = cfg.release
@@ -74,6 +104,22 @@ def main_lines(cfg: AptConfig) -> list[str]:
     security = UBUNTU_SECURITY_MIRROR if mirror == UBUNTU_MIRROR else mirror
     lines.append(f"deb {security} {release}-security {comps}")
     return lines
+
+
+def snapshot_lines(cfg: AptConfig) -> list[str]:
+    """The sources of a snapshot: every suite from the snapshot; its Release files stop being valid
+    after a while (Valid-Until), which is no reason to refuse a snapshot."""
+    archive, security = snapshot_urls(cfg)
+    comps = components_field(cfg)
+    release = cfg.release
+    deb = "deb [check-valid-until=no]"
+    lines = [f"{deb} {archive} {release} {comps}"]
+    if cfg.distribution == "debian":
+        if release in _DEBIAN_ROLLING or release.endswith("-backports"):
+            return lines
+        suite = f"{release}/updates" if release in _DEBIAN_OLD_SECURITY else f"{release}-security"
+        return [*lines, f"{deb} {archive} {release}-updates {comps}", f"{deb} {security} {suite} {comps}"]
+    return [*lines, f"{deb} {archive} {release}-updates {comps}", f"{deb} {security} {release}-security {comps}"]
 
 
 def extra_lines(cfg: AptConfig) -> list[str]:
@@ -132,12 +178,52 @@ def repository_lines(cfg: AptConfig) -> list[str]:
     return lines
 
 
+# Where RepositoryKeyFetch= downloads the archive signing keys (ASCII-armored) from.
+KEY_URLS: dict[str, tuple[str, ...]] = {
+    "debian": tuple(f"https://ftp-master.debian.org/keys/archive-key-{n}{s}.asc"
+                    for n in ("11", "12", "13") for s in ("", "-security")),
+    "ubuntu": tuple(f"https://keyserver.ubuntu.com/pks/lookup?op=get&search=0x{fpr}"
+                    for fpr in ("F6ECB3762474EDA9D21B7022871920D1991BC93C",    # Ubuntu archive key (2018)
+                                "790BC7277767219C42C86F933B4FE6ACC0B21F32")),  # Ubuntu archive key (2012)
+}
+KEY_FETCH_TIMEOUT = 30
+
+
 def archive_keyring(cfg: AptConfig) -> Path:
+    """The archive keyring: the host's (or the tools tree's, or a sandbox tree's), else with
+    RepositoryKeyFetch=yes the keys downloaded into the workspace."""
     path, package = KEYRINGS[cfg.distribution]
-    if not Path(path).is_file():
-        raise MkosiError(f"the {cfg.distribution} archive keyring {path} is missing on this host",
-                         hint=f"install it with: apt-get install {package}")
-    return Path(path)
+    found = cfg.sandbox.visible(path)
+    if found.is_file():
+        return found
+    if cfg.key_fetch:
+        return fetch_keyring(cfg)
+    raise MkosiError(f"the {cfg.distribution} archive keyring {path} is missing on this host",
+                     hint=f"install it with: apt-get install {package}, or set RepositoryKeyFetch=yes")
+
+
+def fetch_keyring(cfg: AptConfig, urls: Optional[Sequence[str]] = None) -> Path:
+    """Download the distribution's signing keys into one armored keyring file in the workspace."""
+    urls = KEY_URLS[cfg.distribution] if urls is None else urls
+    if not cfg.network:
+        raise MkosiError(f"the {cfg.distribution} archive keyring is missing and the network may not be used",
+                         hint=f"install {KEYRINGS[cfg.distribution][1]} or allow the network (CacheOnly=)")
+    keys = []
+    for url in urls:
+        log.info(f"Fetching the {cfg.distribution} signing key {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=KEY_FETCH_TIMEOUT) as response:
+                text = response.read().decode("ascii", errors="replace")
+        except (OSError, ValueError) as e:
+            raise MkosiError(f"RepositoryKeyFetch=: cannot download {url}: {e}",
+                             hint=f"install {KEYRINGS[cfg.distribution][1]} on the host instead") from None
+        if "-----BEGIN PGP PUBLIC KEY BLOCK-----" not in text:
+            raise MkosiError(f"RepositoryKeyFetch=: {url} did not return an OpenPGP public key")
+        keys.append(text.strip() + "\n")
+    dest = cfg.workspace / "fetched-keys" / f"{cfg.distribution}-archive-keyring.asc"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text("".join(keys))
+    return dest
 
 
 def uri_to_filename(uri: str) -> str:

@@ -322,7 +322,8 @@ def finish_build_only(ctx: Context) -> None:
 # into the output directory) and CleanScripts= (after `clean` removed the outputs) run on the host, in the
 # directory mkosi was started in, with the variables of the manual's table for each of them.
 
-HOST_SCRIPT_SETTINGS = {"sync": "SyncScripts=", "postoutput": "PostOutputScripts=", "clean": "CleanScripts="}
+HOST_SCRIPT_SETTINGS = {"configure": "ConfigureScripts=", "sync": "SyncScripts=", "postoutput": "PostOutputScripts=",
+                        "clean": "CleanScripts="}
 
 
 def distribution_architecture(config: Config) -> str:

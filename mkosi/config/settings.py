@@ -460,7 +460,7 @@ class Config(ModernSettings):
         help="Environment variables passed on to sub-images as if they were universal settings.")
     configure_scripts: list[Path] = setting(
         section=CFG, key="ConfigureScripts", flags=("--configure-script",), kind=Kind.LIST, parse=parse_path,
-        default_factory=list, path_default=("mkosi.configure",), path_rule=PathRule.path, status=NOT_YET,
+        default_factory=list, path_default=("mkosi.configure",), path_rule=PathRule.path,
         metavar="PATH", help="Scripts that may rewrite the configuration before the build (JSON in, JSON out).")
 
     # ---- [Distribution] ----

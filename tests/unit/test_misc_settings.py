@@ -16,10 +16,12 @@ import pytest
 from mkosi.config import load_args
 from mkosi.config.enums import Distribution, Feature
 from mkosi.config.settings import Config
+from mkosi.distributions.debian import Debian
 from mkosi.distributions.registry import plugin
 from mkosi.errors import MkosiError
 from mkosi.installers.apt import AptConfig
 from mkosi.installers.apt import repositories as repos
+from mkosi.installers.apt.config import KEYRINGS
 from mkosi.installers.apt.hostapt import setup_apt
 from mkosi.sandbox import Sandbox, tree_overlay
 from mkosi.selinux import find_policy, policy_type, relabel, setfiles_command
@@ -257,7 +259,7 @@ def test_apt_uses_the_trees_apt_configuration(tmp_path: Path) -> None:
 
 
 def test_archive_keyring_from_a_sandbox_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(repos.KEYRINGS, "debian", (str(tmp_path / "nowhere/k.gpg"), "debian-archive-keyring"))
+    monkeypatch.setitem(KEYRINGS, "debian", (str(tmp_path / "nowhere/k.gpg"), "debian-archive-keyring"))
     write(tmp_path / "tree" / str(tmp_path / "nowhere/k.gpg").lstrip("/"), "key\n")
     cfg = apt_config(tmp_path, sandbox=Sandbox(trees=((tmp_path / "tree", "/"),)))
     assert repos.archive_keyring(cfg) == tmp_path / "tree" / str(tmp_path / "nowhere/k.gpg").lstrip("/")
@@ -378,11 +380,12 @@ def test_key_fetch_default(wd: Path) -> None:
     assert ubuntu.repository_key_fetch and not debian.repository_key_fetch
     _, explicit = load("--distribution=debian", "--release=bookworm", "--repository-key-fetch=yes")
     assert explicit.repository_key_fetch
-    assert plugin(Distribution.debian).apt_config(explicit).key_fetch
+    debian_plugin = plugin(Distribution.debian)
+    assert isinstance(debian_plugin, Debian) and debian_plugin.apt_config(explicit).key_fetch
 
 
 def test_missing_keyring_is_fetched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key_server: str) -> None:
-    monkeypatch.setitem(repos.KEYRINGS, "debian", (str(tmp_path / "none.gpg"), "debian-archive-keyring"))
+    monkeypatch.setitem(KEYRINGS, "debian", (str(tmp_path / "none.gpg"), "debian-archive-keyring"))
     monkeypatch.setitem(repos.KEY_URLS, "debian", (f"{key_server}/keys/a.asc", f"{key_server}/keys/b.asc"))
     keyring = repos.archive_keyring(apt_config(tmp_path, key_fetch=True))
     assert keyring.name.endswith(".asc") and keyring.is_relative_to(tmp_path / "ws")
@@ -390,7 +393,7 @@ def test_missing_keyring_is_fetched(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_missing_keyring_without_fetch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(repos.KEYRINGS, "debian", (str(tmp_path / "none.gpg"), "debian-archive-keyring"))
+    monkeypatch.setitem(KEYRINGS, "debian", (str(tmp_path / "none.gpg"), "debian-archive-keyring"))
     with pytest.raises(MkosiError, match="keyring .* is missing") as e:
         repos.archive_keyring(apt_config(tmp_path))
     assert e.value.hint is not None and "RepositoryKeyFetch=yes" in e.value.hint
@@ -398,7 +401,7 @@ def test_missing_keyring_without_fetch(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_present_keyring_is_not_fetched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write(tmp_path / "k.gpg", "key\n")
-    monkeypatch.setitem(repos.KEYRINGS, "debian", (str(tmp_path / "k.gpg"), "debian-archive-keyring"))
+    monkeypatch.setitem(KEYRINGS, "debian", (str(tmp_path / "k.gpg"), "debian-archive-keyring"))
     monkeypatch.setitem(repos.KEY_URLS, "debian", ("http://127.0.0.1:9/never",))
     assert repos.archive_keyring(apt_config(tmp_path, key_fetch=True)) == tmp_path / "k.gpg"
 

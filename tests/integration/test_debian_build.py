@@ -79,8 +79,22 @@ def project(tmp_path_factory: pytest.TempPathFactory, package_cache: Path) -> Pa
     write_project(d, package_cache)
     # Runs in systemd-nspawn, which on this host (PID 1 is not systemd) prints its "propagate" line.
     postinst = d / "mkosi.postinst"
-    postinst.write_text("#!/bin/sh\necho \"postinst ran in $container\"\n")
+    postinst.write_text("#!/bin/sh\necho \"postinst ran in $container\"\n"
+                        "echo \"$MKOSI_CONFIGURED\" > /etc/mkosi-configured\n")
     postinst.chmod(0o755)
+    # ConfigureScripts=: the script's change (an Environment= entry) reaches the postinst script.
+    configure = d / "mkosi.configure"
+    configure.write_text("#!/usr/bin/python3\nimport json, sys\nc = json.load(sys.stdin)\n"
+                         "c[\"Environment\"] = c[\"Environment\"] + [\"MKOSI_CONFIGURED=yes\"]\n"
+                         "json.dump(c, sys.stdout)\n")
+    configure.chmod(0o755)
+    # SandboxTrees=: a new file in /etc makes every host-side tool of the build (apt included) run with
+    # /etc merged in a tmpfs; the sync script, which runs in that sandbox too, sees the file.
+    (d / "mkosi.sandbox/etc").mkdir(parents=True)
+    (d / "mkosi.sandbox/etc/mkosi-sandbox-marker").write_text("from the sandbox tree\n")
+    sync = d / "mkosi.sync"
+    sync.write_text("#!/bin/sh\ncat /etc/mkosi-sandbox-marker > \"$SRCDIR/sandbox-seen\"\n")
+    sync.chmod(0o755)
     (d / "mkosi.output").mkdir()
     return d
 
@@ -153,6 +167,13 @@ def test_build_log_shows_progress_and_hides_tool_noise(directory_build: subproce
     assert "postinst ran in systemd-nspawn" in directory_build.stdout + log
     assert "propagate" not in log and "propagate" not in directory_build.stdout
     assert "firmware_class" not in log
+
+
+def test_configure_script_and_sandbox_tree(project: Path, directory_image: Path) -> None:
+    assert (directory_image / "etc/mkosi-configured").read_text() == "yes\n"
+    assert (project / "sandbox-seen").read_text() == "from the sandbox tree\n"
+    assert not Path("/etc/mkosi-sandbox-marker").exists()
+    assert not (directory_image / "etc/mkosi-sandbox-marker").exists()
 
 
 def test_directory_os_release_and_hostname(directory_image: Path) -> None:

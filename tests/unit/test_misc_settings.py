@@ -394,7 +394,7 @@ def test_missing_keyring_is_fetched(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 def test_missing_keyring_without_fetch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(KEYRINGS, "debian", (str(tmp_path / "none.gpg"), "debian-archive-keyring"))
-    with pytest.raises(MkosiError, match="keyring .* is missing") as e:
+    with pytest.raises(MkosiError, match=r"keyring .* is missing") as e:
         repos.archive_keyring(apt_config(tmp_path))
     assert e.value.hint is not None and "RepositoryKeyFetch=yes" in e.value.hint
 

@@ -14,7 +14,6 @@ from mkosi.config.layout import ImageLayout, load_image, load_subimages, order_i
 from mkosi.config.parse import CommandLine, cli_value, merge, parse_command_line
 from mkosi.config.settings import SETTINGS, Args, Config
 from mkosi.config.types import Scope
-from mkosi.configure import CONFIGURE_VERBS, configure
 from mkosi.errors import ConfigError
 
 UNIVERSAL = tuple(s.dest for s in SETTINGS if s.scope == Scope.universal)
@@ -23,6 +22,9 @@ UNIVERSAL = tuple(s.dest for s in SETTINGS if s.scope == Scope.universal)
 def _finalize(cli: CommandLine, layout: ImageLayout, main: Optional[Config] = None) -> tuple[Args, Config]:
     args, config = finalize(cli, merge(layout.assignments), layout.files, layout.directory, layout.name,
                             layout.language, main.output_dir if main is not None else None)
+    # Imported here: mkosi.configure runs commands, and mkosi.run needs this package first.
+    from mkosi.configure import CONFIGURE_VERBS, configure  # noqa: PLC0415
+
     if cli.verb not in CONFIGURE_VERBS or not config.configure_scripts:
         return args, config
     # ConfigureScripts=: what they change is assigned after everything else, and the image worked out again.

@@ -3,9 +3,12 @@ Snapshot=: no root, no network (a local HTTP server stands in for the key server
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import json
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,9 +16,11 @@ from typing import Any
 
 import pytest
 
+from mkosi import build
 from mkosi.config import load_args
 from mkosi.config.enums import Distribution, Feature
-from mkosi.config.settings import Config
+from mkosi.config.settings import Args, Config
+from mkosi.context import Context, Phase
 from mkosi.distributions.debian import Debian
 from mkosi.distributions.registry import plugin
 from mkosi.errors import MkosiError
@@ -471,3 +476,19 @@ def test_snapshot_written_into_the_image_sources(tmp_path: Path) -> None:
     text = (cfg.root / "etc/apt/sources.list").read_text()
     assert f"snapshot.debian.org/archive/debian/{SNAP}" in text
     assert os.stat(cfg.root / "etc/apt/sources.list").st_size > 0
+
+
+def test_snapshot_on_other_distributions_is_a_build_error(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    config = dataclasses.replace(Config(), distribution=Distribution.fedora, release="41", snapshot=SNAP)
+    ctx = Context(Args(), config, tmp_path, Phase.final, root, None, tmp_path / "staging")
+    with pytest.raises(MkosiError, match="Snapshot= is not implemented yet for fedora"):
+        build.install_distribution(ctx)
+
+
+def test_modules_import_on_their_own() -> None:
+    # mkosi.config runs the configure scripts with mkosi.run, which itself needs mkosi.config.
+    for module in ("mkosi.run", "mkosi.preflight", "mkosi.configure", "mkosi.selinux", "mkosi.config"):
+        subprocess.run([sys.executable, "-c", f"import {module}"], check=True,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})

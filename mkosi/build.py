@@ -182,9 +182,9 @@ def install_distribution(ctx: Context) -> None:
                  "signatures are checked as usual")
     if ctx.config.local_mirror and dist.package_manager not in LOCAL_MIRROR_SUPPORTED:
         log.warn(f"LocalMirror= is not implemented yet for {dist.package_manager}: the usual repositories are used")
-    if ctx.config.snapshot and dist.package_manager != "apt-get":
+    if ctx.config.snapshot and dist.package_manager not in ("apt-get", "pacman"):
         raise MkosiError(f"Snapshot= is not implemented yet for {ctx.config.distribution.value} "
-                         "(only Debian's and Ubuntu's snapshot archives are)",
+                         "(only Debian's, Ubuntu's and Arch Linux's snapshot archives are)",
                          hint="remove Snapshot=, or point Mirror= at a snapshot of the repositories")
     if ctx.config.with_recommends and dist.package_manager not in RECOMMENDS_SUPPORTED:
         log.info(f"WithRecommends=yes: {dist.package_manager} has no recommended dependencies; "

@@ -8,10 +8,12 @@ The repositories are core and extra; Repositories= adds `name::url` entries afte
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import TYPE_CHECKING, Optional
 
 from mkosi.config.enums import Distribution
 from mkosi.distributions import DistributionPlugin
+from mkosi.errors import MkosiError
 from mkosi.installers import localrepo, pacman
 from mkosi.installers.base import PackageInfo
 from mkosi.installers.pacman import PACMAN_ARCH, PacmanConfig, PacmanRepo, parse_repository
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     from mkosi.installers.pacman import PacmanConfig, PacmanRepo
 
 REPOS = ("core", "extra")
+ARCH_ARCHIVE_MIRROR = "https://archive.archlinux.org"
 
 
 class Arch(DistributionPlugin):
@@ -38,9 +41,24 @@ class Arch(DistributionPlugin):
 
         mirror = (config.mirror or self.default_mirror(config.architecture) or "").rstrip("/")
         arch = arch or PACMAN_ARCH.get(config.architecture, config.architecture)
+        if config.snapshot:
+            return self.snapshot_server(config, repo, arch)
         if config.architecture == "x86_64":
             return f"{mirror}/{repo}/os/{arch}"
         return f"{mirror}/{arch}/{repo}"
+
+    def snapshot_server(self, config: Config, repo: str, arch: str) -> str:
+        """Snapshot=YYYY/MM/DD: the Arch Linux Archive's repositories of that day (x86-64 only)."""
+        snapshot = config.snapshot or ""
+        if not re.fullmatch(r"\d{4}/\d{2}/\d{2}", snapshot):
+            raise MkosiError(f"Snapshot={snapshot}: an Arch Linux snapshot is a day of the Arch Linux Archive "
+                             "written YYYY/MM/DD")
+        if config.architecture != "x86_64":
+            raise MkosiError(f"Snapshot= is not implemented yet for Arch Linux on {config.architecture} "
+                             "(only the Arch Linux Archive of x86-64 is)")
+        explicit = config.mirror and config.mirror.rstrip("/") != self.default_mirror(config.architecture)
+        base = (config.mirror if explicit else ARCH_ARCHIVE_MIRROR) or ARCH_ARCHIVE_MIRROR
+        return f"{base.rstrip('/')}/repos/{snapshot}/{repo}/os/{arch}"
 
     def repos(self, config: Config) -> list[PacmanRepo]:
 

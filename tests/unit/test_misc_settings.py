@@ -21,6 +21,7 @@ from mkosi.config import load_args
 from mkosi.config.enums import Distribution, Feature
 from mkosi.config.settings import Args, Config
 from mkosi.context import Context, Phase
+from mkosi.distributions.arch import Arch
 from mkosi.distributions.debian import Debian
 from mkosi.distributions.registry import plugin
 from mkosi.errors import MkosiError
@@ -481,9 +482,9 @@ def test_snapshot_written_into_the_image_sources(tmp_path: Path) -> None:
 def test_snapshot_on_other_distributions_is_a_build_error(tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
-    config = dataclasses.replace(Config(), distribution=Distribution.fedora, release="41", snapshot=SNAP)
+    config = dataclasses.replace(Config(), distribution=Distribution.opensuse, release="tumbleweed", snapshot=SNAP)
     ctx = Context(Args(), config, tmp_path, Phase.final, root, None, tmp_path / "staging")
-    with pytest.raises(MkosiError, match="Snapshot= is not implemented yet for fedora"):
+    with pytest.raises(MkosiError, match="Snapshot= is not implemented yet for opensuse"):
         build.install_distribution(ctx)
 
 
@@ -492,3 +493,26 @@ def test_modules_import_on_their_own() -> None:
     for module in ("mkosi.run", "mkosi.preflight", "mkosi.configure", "mkosi.selinux", "mkosi.config"):
         subprocess.run([sys.executable, "-c", f"import {module}"], check=True,
                        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+
+
+def test_arch_snapshot_servers(wd: Path) -> None:
+    _, config = load("--distribution=arch", "--release=rolling", "--snapshot=2025/01/31")
+    arch = plugin(Distribution.arch)
+    assert arch.repositories(config)[:2] == [
+        "core::https://archive.archlinux.org/repos/2025/01/31/core/os/x86_64",
+        "extra::https://archive.archlinux.org/repos/2025/01/31/extra/os/x86_64"]
+    _, mirrored = load("--distribution=arch", "--release=rolling", "--snapshot=2025/01/31",
+                       "--mirror=http://ala.example.org")
+    assert arch.repositories(mirrored)[0] == "core::http://ala.example.org/repos/2025/01/31/core/os/x86_64"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (("--snapshot=20250101T000000Z",), "YYYY/MM/DD"),
+    (("--snapshot=2025/01/31", "--architecture=arm64"), "not implemented yet for Arch Linux on aarch64"),
+])
+def test_arch_snapshot_errors(wd: Path, argv: tuple[str, ...], message: str) -> None:
+    _, config = load("--distribution=arch", "--release=rolling", *argv)
+    arch = plugin(Distribution.arch)
+    assert isinstance(arch, Arch)
+    with pytest.raises(MkosiError, match=message):
+        arch.server(config, "core")

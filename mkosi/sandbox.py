@@ -156,14 +156,16 @@ class Sandbox:
 
     def visible(self, path: str) -> Path:
         """The host file behind `path` as host-mode commands see it: a sandbox tree's (the last one
-        having it), else the tools tree's for /usr, else the host's."""
+        having it), else the tools tree's for /usr (when it has it), else the host's."""
         for source, target in reversed(self.trees):
             if PurePosixPath(path).is_relative_to(target):
                 candidate = source / PurePosixPath(path).relative_to(target)
                 if candidate.exists():
                     return candidate
         if self.tools is not None and PurePosixPath(path).is_relative_to("/usr"):
-            return self.tools / path.lstrip("/")
+            candidate = self.tools / path.lstrip("/")
+            if candidate.exists():
+                return candidate
         return Path(path)
 
     @property

@@ -216,6 +216,10 @@ def test_sandbox_argv_and_lookups(tmp_path: Path) -> None:
     assert sandbox.visible("/usr/share/keyrings/debian-archive-keyring.gpg") == \
         tmp_path / "tree/usr/share/keyrings/debian-archive-keyring.gpg"
     assert sandbox.visible("/etc/no-such-file") == Path("/etc/no-such-file")
+    tools = tmp_path / "tools"
+    write(tools / "usr/share/keyrings/tools.gpg", "t\n")
+    assert Sandbox(tools=tools).visible("/usr/share/keyrings/tools.gpg") == tools / "usr/share/keyrings/tools.gpg"
+    assert Sandbox(tools=tools).visible("/usr/share/keyrings/host.gpg") == Path("/usr/share/keyrings/host.gpg")
     targeted = Sandbox(trees=((tmp_path / "tree/etc/apt", "/etc/apt"),))
     assert targeted.tree_files("/etc/apt/apt.conf.d") == [tmp_path / "tree/etc/apt/apt.conf.d/99mirror"]
 

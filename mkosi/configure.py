@@ -104,7 +104,7 @@ def run_script(script: Path, data: dict[str, Any], sandbox: Sandbox) -> dict[str
 
 def configure(args: Args, config: Config, base: Path) -> list[Assignment]:
     """Run the image's configure scripts; the assignments their changes amount to (none: unchanged)."""
-    from mkosi.scripts import check_host_scripts, host_script_environment, source_mounts  # noqa: PLC0415
+    from mkosi.scripts import check_host_scripts, host_script_environment, host_source_mounts  # noqa: PLC0415
     from mkosi.summary import image_json  # noqa: PLC0415
 
     scripts: Sequence[Path] = check_host_scripts(config, "configure")
@@ -112,7 +112,7 @@ def configure(args: Args, config: Config, base: Path) -> list[Assignment]:
         return []
     srcdir = Path.cwd()
     env = host_script_environment(args, config, "configure", srcdir=srcdir)
-    sandbox = Sandbox.for_config(config).but(env=env, chdir=str(srcdir), mounts=source_mounts(config, srcdir))
+    sandbox = Sandbox.for_config(config).but(env=env, chdir=str(srcdir), mounts=host_source_mounts(config, srcdir))
     before = image_json(args, config)
     result: list[Assignment] = []
     data = before

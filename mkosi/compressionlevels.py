@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Optional
 
-# Algorithm -> (lowest, highest) level its command line tool accepts. zlib is written by gzip here.
+# Algorithm -> (lowest, highest) level its command line tool accepts. zlib is written by gzip here. zstd's
+# level 0 is its default level (3), as in its library: `zstd -0` takes it.
 LEVELS: dict[str, tuple[int, int]] = {
     "xz": (0, 9),
-    "zstd": (1, 22),
+    "zstd": (0, 22),
     "gzip": (1, 9),
     "zlib": (1, 9),
 }

@@ -134,16 +134,41 @@ def _compress_target(fmt: OutputFormat) -> str:
     return "compress_fs" if fmt.row.compresses_fs else "compress_output"
 
 
+# CentOS and its rebuilds up to release 8 have no zstd in their tools: the modern language's default is xz.
+_XZ_BY_DEFAULT = (Distribution.centos, Distribution.centos_epel, Distribution.rocky, Distribution.rocky_epel,
+                  Distribution.alma, Distribution.alma_epel, Distribution.rhel, Distribution.rhel_ubi)
+
+
+def _format_compression(v: Resolving) -> Optional[str]:
+    """The compression a format uses by default: the man page's xz (tar, cpio) in classic trees; in the
+    modern language zstd instead of it, but xz for CentOS and derivatives up to 8 (OCI keeps gzip)."""
+    default: Optional[str] = v["format"].row.default_compression
+    if default != "xz" or v.language != ConfigLanguage.modern:
+        return default
+    if v["distribution"] in _XZ_BY_DEFAULT:
+        major = str(v["release"] or "").split(".")[0]
+        if major.isdigit() and int(major) <= 8:
+            return "xz"
+    return "zstd"
+
+
 def _default_compress_output(v: Resolving) -> str:
     if v["compress"] is not None and _compress_target(v["format"]) == "compress_output":
         return str(v["compress"])
-    return v["format"].row.default_compression or "no"
+    return _format_compression(v) or "no"
 
 
 def _resolve_compress_output(value: str, v: Resolving) -> str:
-    """`yes` is the format's own default compression (xz where it has none)."""
+    """`yes` is the format's own default compression (xz where it has none: zstd in modern trees)."""
+    if value != "yes":
+        return value
     row = v["format"].row
-    return (row.default_compression or (row.compressions or ("xz",))[0]) if value == "yes" else value
+    own = _format_compression(v)
+    if own is not None:
+        return own
+    if v.language == ConfigLanguage.modern and "zstd" in row.compressions:
+        return "zstd"
+    return (row.compressions or ("xz",))[0]
 
 
 def _default_compress_fs(v: Resolving) -> str:
@@ -600,7 +625,8 @@ class Config(ModernSettings):
         section=O, key="CompressFs", flags=("--compress-fs",), parse=parse_compression, const="yes", default="no",
         help="Compression inside the file system (btrfs, squashfs): a boolean or zlib, lzo, zstd, lz4, xz.")
     compress_output: str = setting(
-        default_fn=_default_compress_output, resolve_fn=_resolve_compress_output, depends=("format", "compress"),
+        default_fn=_default_compress_output, resolve_fn=_resolve_compress_output,
+        depends=("format", "compress", "distribution", "release"),
         section=O, key="CompressOutput", flags=("--compress-output",), parse=parse_compression, const="yes",
         aliases=("XZ",), value_flags=(("--xz", "xz"),),
         help="Compress the output: a boolean, xz or zstd (implied for tar and cpio).")

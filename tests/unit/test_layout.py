@@ -132,7 +132,7 @@ def test_subimages_inherit_universal_settings_only(wd: Path, capsys: pytest.Capt
     assert by["initrd"].image_version == "7"  # inherited
     assert (by["app"].distribution, by["app"].release) == (Distribution.fedora, "40")  # universal
     assert "Distribution= is a universal setting" in capsys.readouterr().err
-    assert by["initrd"].output is not None and by["initrd"].output.name == "initrd_7.cpio.xz"
+    assert by["initrd"].output is not None and by["initrd"].output.name == "initrd_7.cpio.zst"
 
 
 def test_dependencies_order_the_images(wd: Path) -> None:

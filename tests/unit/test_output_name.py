@@ -66,7 +66,7 @@ def test_the_images_of_mkosi_images_speak_the_modern_language_in_a_classic_tree(
     images = load()
     assert images["main"].language == ConfigLanguage.classic
     assert images["initrd"].language == ConfigLanguage.modern
-    assert images["initrd"].output is not None and images["initrd"].output.name == "initrd.cpio.xz"
+    assert images["initrd"].output is not None and images["initrd"].output.name == "initrd.cpio.zst"
 
 
 def test_summary_shows_the_language(wd: Path) -> None:
@@ -99,7 +99,7 @@ def test_a_classic_default_name_has_version_and_suffixes_but_no_link(wd: Path) -
     ("Format=disk\nOutput=foo.raw.xz\nCompressOutput=xz", "foo.raw.xz", "foo"),  # both are there
     ("Format=disk\nOutput=foo.raw", "foo.raw", "foo"),
     ("Format=disk\nOutput=foo\nImageVersion=2", "foo.raw", "foo"),  # ImageVersion= is the default name's only
-    ("Format=tar\nOutput=root", "root.tar.xz", "root"),
+    ("Format=tar\nOutput=root", "root.tar.zst", "root"),  # zstd: the modern default
     ("Format=cpio\nOutput=initrd\nCompressOutput=zstd", "initrd.cpio.zst", "initrd"),
     ("Format=directory\nOutput=tree", "tree", None),                 # no suffix: the names are the same
     ("Format=disk\nImageId=acme\nImageVersion=7.8\nCompressOutput=xz", "acme_7.8.raw.xz", "acme"),
@@ -141,7 +141,7 @@ def test_sub_images_are_named_and_linked_after_themselves(wd: Path) -> None:
     write(wd / "mkosi.images/plain.conf", "[Output]\nFormat=directory\nImageVersion=\n")
     images = load()
     assert (images["base"].output, images["base"].output_link) == (wd / "out/base_3", "base")
-    assert (images["initrd"].output, images["initrd"].output_link) == (wd / "out/initrd_3.cpio.xz", "initrd")
+    assert (images["initrd"].output, images["initrd"].output_link) == (wd / "out/initrd_3.cpio.zst", "initrd")
     assert (images["plain"].output, images["plain"].output_link) == (wd / "out/plain", None)
     assert (images["main"].output, images["main"].output_link) == (wd / "out/acme_3.raw", "acme")
     # The link is declared in the output directory, and summary lists it.

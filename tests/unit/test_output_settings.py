@@ -114,10 +114,11 @@ def test_a_level_out_of_the_compressors_range_is_an_error(wd: Path, compression:
 
 
 def test_the_level_is_checked_against_what_yes_means(wd: Path) -> None:
-    # CompressOutput=yes is xz for tar: 10 is too high for it, though zstd would take it.
-    e = config_error(wd, "Format=tar\nCompressOutput=yes\nCompressLevel=10")
+    # CompressOutput=yes is zstd in a modern tree, but xz for CentOS 8: 10 is too high for xz.
+    assert modern(wd, "Format=tar\nCompressOutput=yes\nCompressLevel=10").compress_level == 10
+    e = config_error(wd, "Format=tar\nCompressOutput=yes\nCompressLevel=10\n[Distribution]\nDistribution=centos\n"
+                         "Release=8")
     assert "xz" in str(e)
-    assert modern(wd, "Format=tar\nCompressOutput=zstd\nCompressLevel=10").compress_level == 10
 
 
 def test_a_level_without_compression_does_nothing(wd: Path) -> None:
@@ -152,7 +153,7 @@ def test_level_tables() -> None:
     ("Format=disk\nOutputExtension=img\nOutput=foo", "foo.img", "foo"),
     ("Format=disk\nOutputExtension=img\nOutput=foo.img\nCompressOutput=xz", "foo.img.xz", "foo"),  # not twice
     ("Format=disk\nOutputExtension=img\nQCow2=yes", "image.img", "image"),
-    ("Format=tar\nOutputExtension=tarball", "image.tarball.xz", "image"),
+    ("Format=tar\nOutputExtension=tarball", "image.tarball.zst", "image"),
     ("Format=cpio\nOutputExtension=initramfs\nCompressOutput=zstd", "image.initramfs.zst", "image"),
     ("Format=uki\nOutputExtension=signed.efi", "image.signed.efi", "image"),
 ])
@@ -328,3 +329,26 @@ def test_the_oci_layer_is_compressed_at_the_level(tmp_path: Path) -> None:
         layer = make_layer(root, layout, work, "gzip", 1700000000, level)
         _, _, digest = layer.descriptor.digest.partition(":")
         assert (layout / "blobs/sha256" / digest).read_bytes()[8] == flag
+
+
+def classic(wd: Path, settings: str) -> Config:
+    write(wd / "mkosi.default", f"[Output]\n{settings}\n")
+    return main_image()
+
+
+@pytest.mark.parametrize(("settings", "compression"), [
+    ("Format=tar", "zstd"), ("Format=cpio", "zstd"),                  # the v26 manual's default
+    ("Format=disk\nCompressOutput=yes", "zstd"),
+    ("Format=tar\n[Distribution]\nDistribution=centos\nRelease=8", "xz"),  # CentOS up to 8 has no zstd
+    ("Format=tar\n[Distribution]\nDistribution=alma\nRelease=9", "zstd"),
+    ("Format=oci", "gzip"),
+    ("Format=disk", "no"),
+])
+def test_modern_default_compression(wd: Path, settings: str, compression: str) -> None:
+    assert modern(wd, settings).compress_output == compression
+
+
+@pytest.mark.parametrize(("settings", "compression"), [
+    ("Format=tar", "xz"), ("Format=cpio", "xz"), ("Format=gpt_ext4\nCompressOutput=yes", "xz")])
+def test_classic_default_compression_stays_xz(wd: Path, settings: str, compression: str) -> None:
+    assert classic(wd, settings).compress_output == compression

@@ -96,7 +96,7 @@ def test_a_subimage_output_is_named_after_the_subimage_not_the_image_id(wd: Path
     # An explicit Output= still wins, and %i is still the passed-down ImageId=. In a modern tree it is
     # the name's prefix: the format's and compression's suffixes are added (not ImageVersion=), and the
     # output directory gets a link named after the prefix.
-    assert images["initrd"].output == wd / "out/acme-initrd.cpio.xz"
+    assert images["initrd"].output == wd / "out/acme-initrd.cpio.zst"
     assert images["initrd"].output_link == "acme-initrd"
     assert images["ext"].image_id == "acme"
 

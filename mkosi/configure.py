@@ -19,7 +19,7 @@ import json
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from mkosi import log
 from mkosi.config.enums import Verb
@@ -102,8 +102,9 @@ def run_script(script: Path, data: dict[str, Any], sandbox: Sandbox) -> dict[str
     return out
 
 
-def configure(args: Args, config: Config, base: Path) -> list[Assignment]:
-    """Run the image's configure scripts; the assignments their changes amount to (none: unchanged)."""
+def configure(args: Args, config: Config, base: Path, main: Optional[Config] = None) -> list[Assignment]:
+    """Run the image's configure scripts; the assignments their changes amount to (none: unchanged).
+    `main`: the main image, when `config` is a sub-image (it decides the tools tree shown to the scripts)."""
     from mkosi.scripts import check_host_scripts, host_script_environment, host_source_mounts  # noqa: PLC0415
     from mkosi.summary import image_json  # noqa: PLC0415
 
@@ -113,7 +114,7 @@ def configure(args: Args, config: Config, base: Path) -> list[Assignment]:
     srcdir = Path.cwd()
     env = host_script_environment(args, config, "configure", srcdir=srcdir)
     sandbox = Sandbox.for_config(config).but(env=env, chdir=str(srcdir), mounts=host_source_mounts(config, srcdir))
-    before = image_json(args, config)
+    before = image_json(args, config, main)
     result: list[Assignment] = []
     data = before
     for script in scripts:

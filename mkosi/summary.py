@@ -115,18 +115,20 @@ def outputs(config: Config) -> dict[str, str]:
     return {**({IMAGE.key: image} if image is not None else {}), "output_dir": str(config.output_dir), **found}
 
 
-def tools_tree(config: Config) -> str:
-    """Which tools tree the image's commands run with, and why (nothing is built to say so)."""
+def tools_tree(config: Config, main: Optional[Config] = None) -> str:
+    """Which tools tree the image's commands run with, and why (nothing is built to say so). The tools
+    tree is the build's: `main` (the main image of `config`'s build, when it is a sub-image) decides it,
+    with its ToolsTree*= settings, which are not passed down to sub-images."""
     try:
-        return resolve_tools_tree(config).describe()
+        return resolve_tools_tree(main or config).describe()
     except MkosiError as e:  # summary must always print
         return f"default (cannot work out its configuration: {e})"
 
 
-def tools_tree_path(config: Config) -> Optional[str]:
+def tools_tree_path(config: Config, main: Optional[Config] = None) -> Optional[str]:
     """Where the tools tree is (or will be, once built), for scripts reading `summary --json`."""
     try:
-        path = resolve_tools_tree(config).path
+        path = resolve_tools_tree(main or config).path
     except MkosiError:
         return None
     return None if path is None else str(path)
@@ -137,14 +139,26 @@ def not_implemented(config: Config) -> dict[str, str]:
             if s.status and s.dest in CONFIG_FIELDS and config.setting_value(s) != default_value(s)}
 
 
-def summary_dict(args: Args, config: Config) -> dict[str, Any]:
+def main_images(configs: list[Config]) -> list[Config]:
+    """For each configuration, the main image of its build: itself, or the next main image after it
+    (sub-images come first, their main image last; with --all one such group per file)."""
+    mains: list[Config] = []
+    main: Optional[Config] = None
+    for config in reversed(configs):
+        if config.image == "main" or main is None:
+            main = config
+        mains.append(main)
+    return mains[::-1]
+
+
+def summary_dict(args: Args, config: Config, main: Optional[Config] = None) -> dict[str, Any]:
     data: dict[str, Any] = {"Verb": args.verb.value}
     for section in SECTIONS:
         if any(s.section == section for s in SETTINGS):  # [Host] is only an older name of [Runtime]
             data[section] = {s.key: _shown(args, config, s) for s in SETTINGS if s.section == section and s.summary}
     data["Repositories"] = repositories(config)
     data["Outputs"] = outputs(config)
-    data["ToolsTreeUsed"] = tools_tree(config)
+    data["ToolsTreeUsed"] = tools_tree(config, main)
     data["ConfigLanguage"] = config.language.value
     data["ConfigFiles"] = [str(p) for p in config.config_files]
     data["DetectedFiles"] = {k: str(v) for k, v in config.detected.items()}
@@ -156,7 +170,7 @@ def summary_dict(args: Args, config: Config) -> dict[str, Any]:
 IMAGE_ARGS = ("incremental",)
 
 
-def image_json(args: Args, config: Config) -> dict[str, Any]:
+def image_json(args: Args, config: Config, main: Optional[Config] = None) -> dict[str, Any]:
     """One image as upstream mkosi's `summary --json` shows it: every setting under its key, flat."""
     data: dict[str, Any] = {"Image": config.image}
     for s in SETTINGS:
@@ -164,8 +178,8 @@ def image_json(args: Args, config: Config) -> dict[str, Any]:
             data[s.key] = _shown(args, config, s)
     data["Repositories"] = repositories(config)
     data["Outputs"] = outputs(config)
-    data["ToolsTreeUsed"] = tools_tree(config)
-    data["ToolsTreePath"] = tools_tree_path(config)
+    data["ToolsTreeUsed"] = tools_tree(config, main)
+    data["ToolsTreePath"] = tools_tree_path(config, main)
     data["ConfigLanguage"] = config.language.value
     data["ConfigFiles"] = [str(p) for p in config.config_files]
     data["NotImplemented"] = not_implemented(config)
@@ -174,13 +188,14 @@ def image_json(args: Args, config: Config) -> dict[str, Any]:
 
 def summary_json(args: Args, configs: list[Config]) -> str:
     """{"Images": [...]}: one object per image, in build order (the main image last)."""
-    return json.dumps({"Images": [image_json(args, c) for c in configs]}, indent=2)
+    images = [image_json(args, c, m) for c, m in zip(configs, main_images(configs))]
+    return json.dumps({"Images": images}, indent=2)
 
 
 def summary_text(args: Args, configs: list[Config]) -> str:
     if len(configs) == 1:
         return image_text(args, configs[0])
-    return "\n\n".join(f"IMAGE: {c.image}\n\n" + image_text(args, c) for c in configs)
+    return "\n\n".join(f"IMAGE: {c.image}\n\n" + image_text(args, c, m) for c, m in zip(configs, main_images(configs)))
 
 
 def _output_label(name: str) -> str:
@@ -191,10 +206,10 @@ def _output_label(name: str) -> str:
             "link": "Link to the image"}.get(words, words.capitalize())
 
 
-def image_text(args: Args, config: Config) -> str:
+def image_text(args: Args, config: Config, main: Optional[Config] = None) -> str:
     """Readable labels on the left; on the right each setting as `Key=value`, ready to copy into a file
     (sizes as 3G, lists comma-separated)."""
-    data = summary_dict(args, config)
+    data = summary_dict(args, config, main)
     keyed = [s for s in SETTINGS if s.key and s.summary]
     width = max(len(label(s.key or "")) for s in keyed) + 2
     sizes = {s.key for s in keyed if s.parse is parse_size}

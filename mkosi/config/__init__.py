@@ -28,7 +28,7 @@ def _finalize(cli: CommandLine, layout: ImageLayout, main: Optional[Config] = No
     if cli.verb not in CONFIGURE_VERBS or not config.configure_scripts:
         return args, config
     # ConfigureScripts=: what they change is assigned after everything else, and the image worked out again.
-    changes = configure(args, config, layout.directory)
+    changes = configure(args, config, layout.directory, main)
     if not changes:
         return args, config
     layout.assignments = [*layout.assignments, *changes]

@@ -16,12 +16,13 @@ import pytest
 import mkosi.tools_tree
 import mkosi.verbs
 from mkosi.cache import settings_inputs
+from mkosi.config import load_args
 from mkosi.config.enums import Distribution, Verb
 from mkosi.config.settings import Args, Config
 from mkosi.errors import MkosiError
 from mkosi.run import current_sandbox, find_tool, missing_tool
 from mkosi.sandbox import Sandbox
-from mkosi.summary import summary_json, summary_text
+from mkosi.summary import main_images, summary_dict, summary_json, summary_text
 from mkosi.tools_tree import (
     build_tools_tree,
     key_path,
@@ -433,3 +434,46 @@ def test_the_least_recently_used_trees_beyond_three_are_removed(project: Path, f
     finally:
         os.close(holder)
     assert len(list((project / "cache").glob("mkosi-tools-*.key"))) == 4
+
+
+def test_sub_images_use_the_main_image_s_tools_tree(project: Path, fake_build: FakeBuild) -> None:
+    # The ToolsTree*= settings are the main image's only (not passed down to sub-images), yet the tools
+    # tree is the build's: every image shows, and is built with, the one the main image configures.
+    write(project / "mkosi.conf.d/tools.conf", """
+        [Build]
+        ToolsTreeDistribution=debian
+        ToolsTreeRelease=forky
+        ToolsTreeMirror=http://mirror.example/debian
+        ToolsTreeRepositories=contrib
+        ToolsTreePackages=jq
+        ToolsTreeProfiles=misc,package-manager
+        """)
+    write(project / "mkosi.tools.conf", "[Content]\nPackages=from-the-tools-conf\n")
+    write(project / "mkosi.images/initrd.conf", "[Output]\nFormat=cpio\n")
+    write(project / "mkosi.images/rootfs/mkosi.conf", "[Output]\nFormat=directory\n")
+    args, configs = load_args(["summary"])
+    assert [c.image for c in configs] == ["initrd", "rootfs", "main"]
+    main = configs[-1]
+    tree = resolve(main)
+    assert (tree.distribution, tree.release) == ("debian", "forky") and tree.key is not None
+    tools = tools_tree_config(main)[1]
+    assert tools.mirror == "http://mirror.example/debian" and tools.repositories == ["contrib"]
+    assert {"jq", "from-the-tools-conf"} <= set(tools.packages)
+    used = f"default (debian forky), not built yet: will be built at {tree.path}, key {tree.key}"
+    for config, image_main in zip(configs, main_images(configs)):
+        assert image_main is main
+        assert summary_dict(args, config, image_main)["ToolsTreeUsed"] == used
+    images = json.loads(summary_json(args, configs))["Images"]
+    assert [(i["ToolsTreeUsed"], i["ToolsTreePath"]) for i in images] == [(used, str(tree.path))] * 3
+    assert summary_text(args, configs).count(f"Tools tree used  {used}") == 3
+    # A build gives every image that one tree, built once.
+    _, build = load_args(["build"])
+    assert [c.tools_tree for c in with_tools_tree(build)] == [str(tree.path)] * 3
+    assert len(fake_build.built) == 1 and fake_build.built[0].release == "forky"
+
+
+def test_main_images_of_several_builds() -> None:
+    # --all: one group per file, each group's sub-images first and its main image last.
+    configs = [Config(image="a"), Config(image="main"), Config(image="main"), Config(image="b"), Config(image="main")]
+    mains = main_images(configs)
+    assert [next(i for i, c in enumerate(configs) if c is m) for m in mains] == [1, 1, 2, 4, 4]

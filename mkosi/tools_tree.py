@@ -149,7 +149,7 @@ def tools_tree_config(config: Config) -> tuple[Args, Config]:
     """The tools image's Args and Config, derived from the ToolsTree*= settings of `config`."""
     cli = parse_command_line(tools_tree_argv(config))
     layout = load_image(cli, TOOLS_CONFIG_DIR, TOOLS_CONFIG_DIR, None)
-    args, tools = finalize(cli, merge(layout.assignments), layout.files, TOOLS_CONFIG_DIR, "tools",
+    args, tools = finalize(cli, merge(layout.assignments, layout.language), layout.files, TOOLS_CONFIG_DIR, "tools",
                            layout.language)
     if not tools.packages:
         raise MkosiError(f"ToolsTree=default: mkosi has no tools tree packages for {tools.distribution.value}",

@@ -20,8 +20,9 @@ UNIVERSAL = tuple(s.dest for s in SETTINGS if s.scope == Scope.universal)
 
 
 def _finalize(cli: CommandLine, layout: ImageLayout, main: Optional[Config] = None) -> tuple[Args, Config]:
-    args, config = finalize(cli, merge(layout.assignments), layout.files, layout.directory, layout.name,
-                            layout.language, main.output_dir if main is not None else None)
+    merged = merge(layout.assignments, layout.language)
+    args, config = finalize(cli, merged, layout.files, layout.directory, layout.name, layout.language,
+                            main.output_dir if main is not None else None)
     # Imported here: mkosi.configure runs commands, and mkosi.run needs this package first.
     from mkosi.configure import CONFIGURE_VERBS, configure  # noqa: PLC0415
 
@@ -32,8 +33,8 @@ def _finalize(cli: CommandLine, layout: ImageLayout, main: Optional[Config] = No
     if not changes:
         return args, config
     layout.assignments = [*layout.assignments, *changes]
-    return finalize(cli, merge(layout.assignments), layout.files, layout.directory, layout.name, layout.language,
-                    main.output_dir if main is not None else None)
+    return finalize(cli, merge(layout.assignments, layout.language), layout.files, layout.directory, layout.name,
+                    layout.language, main.output_dir if main is not None else None)
 
 
 def _images(cli: CommandLine, cwd: Path, default_path: Optional[Path]) -> tuple[Args, list[Config]]:

@@ -8,6 +8,7 @@ short list of cross-setting checks runs, each a small named function."""
 
 from __future__ import annotations
 
+import dataclasses
 import graphlib
 import os
 from collections.abc import Callable, Sequence
@@ -121,7 +122,13 @@ def resolve_value(v: Merged, s: Setting, r: Resolving) -> Any:
         value = s.default_fn(r)
     else:
         value = default_value(s) if s.dest not in v.origins else v.values[s.dest]
-    return s.resolve_fn(value, r) if s.resolve_fn is not None else value
+    if s.resolve_fn is None:
+        return value
+    if s.dest in v.reset and s.path_default:
+        # An empty assignment cleared the list, the mkosi.* default (mkosi.packages/) included.
+        names = {name.rstrip("/") for name in s.path_default}
+        r = dataclasses.replace(r, found={k: p for k, p in r.found.items() if k not in names})
+    return s.resolve_fn(value, r)
 
 
 def resolve_all(v: Merged, directory: Path, found: dict[str, Path], rows: Sequence[Setting] = ROW_ORDER,

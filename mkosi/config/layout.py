@@ -103,7 +103,7 @@ class Loader:
     def merged(self) -> Merged:
         ordered = self.ordered()
         if self._merged is None or self._merged[0] != len(ordered):
-            self._merged = (len(ordered), merge(ordered))
+            self._merged = (len(ordered), merge(ordered, self.language))
         return self._merged[1]
 
     def current(self, dest: str) -> Any:

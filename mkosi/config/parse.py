@@ -2,7 +2,9 @@
 
 The order of precedence: mkosi.default (or --default=), mkosi.conf, the drop-in directories
 (mkosi.default.d/, mkosi.conf.d/), the per-distribution drop-in subdirectories, then the command line.
-Scalars: the last assignment wins. Lists: items append; "!item" removes, "!*" clears.
+Scalars: the last assignment wins. Lists: items append; "!item" removes, "!*" clears. In the modern
+language an empty assignment of a list (`Packages=`, `--package=`) also clears it, default included; in
+the classic one (mkosi 14) it adds nothing and clears nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Optional
 
 from mkosi import __version__, log
-from mkosi.config.enums import Verb
+from mkosi.config.enums import ConfigLanguage, Verb
 from mkosi.config.ini import Assignment, Origin
 from mkosi.config.settings import SECTIONS, SETTINGS, all_defaults, default_value
 from mkosi.config.types import Kind, PathRule, Setting, check_text, excerpt, parse_path, short_message, try_bool
@@ -300,8 +302,10 @@ class ListBuilder:
     """The items of one list setting across its assignments, in linear time: "!item" removals
     find what they remove through indexes instead of scanning the list."""
 
-    def __init__(self, s: Setting) -> None:
+    def __init__(self, s: Setting, language: ConfigLanguage = ConfigLanguage.classic) -> None:
         self.setting = s
+        self.language = language
+        self.reset = False  # whether an empty assignment cleared it (the modern language)
         self.clear()
 
     def clear(self) -> None:
@@ -347,6 +351,10 @@ class ListBuilder:
         items = _split_items(s, raw)
         if s.reject_empty and not items:
             s.parse("")  # raises, naming the accepted values
+        if not items and self.language == ConfigLanguage.modern:
+            self.clear()  # the modern language's reset: everything assigned before, and the default
+            self.reset = True
+            return
         for item in items:
             check_text(item)
             if item == "!*":
@@ -360,8 +368,9 @@ class ListBuilder:
         return [x for x in self.items if x is not _GONE]
 
 
-def merge_list(s: Setting, current: list[Any], raw: str, base: Optional[Path] = None) -> list[Any]:
-    builder = ListBuilder(s)
+def merge_list(s: Setting, current: list[Any], raw: str, base: Optional[Path] = None,
+               language: ConfigLanguage = ConfigLanguage.classic) -> list[Any]:
+    builder = ListBuilder(s, language)
     for x in current:
         builder.append(x)
     builder.add(raw, base)
@@ -373,6 +382,7 @@ class Merged:
     values: dict[str, Any]
     origins: dict[str, Origin]         # where each setting was last assigned
     explicit_empty: set[str]           # settings explicitly set to an empty value (disables detection)
+    reset: set[str] = dataclasses.field(default_factory=set)  # lists cleared by an empty assignment (modern)
 
 
 def setting_label(s: Setting, origin: Origin) -> str:
@@ -381,7 +391,9 @@ def setting_label(s: Setting, origin: Origin) -> str:
     return s.key or s.name
 
 
-def merge(assignments: Sequence[Assignment]) -> Merged:
+def merge(assignments: Sequence[Assignment], language: ConfigLanguage = ConfigLanguage.classic) -> Merged:
+    """The assignments in order of precedence, merged; `language` decides what an empty list assignment
+    means (see the module's docstring)."""
     values = all_defaults()
     origins: dict[str, Origin] = {}
     empty: set[str] = set()
@@ -393,7 +405,7 @@ def merge(assignments: Sequence[Assignment]) -> Merged:
                 # The first assignment replaces a non-empty default (ManifestFormat=changelog means only that).
                 builder = lists.get(s.dest)
                 if builder is None:
-                    builder = lists[s.dest] = ListBuilder(s)
+                    builder = lists[s.dest] = ListBuilder(s, language)
                 builder.add(a.raw, a.base)
             elif s.kind == Kind.COUNT and a.raw == "+1":
                 values[s.dest] = int(values[s.dest] or 0) + 1
@@ -412,7 +424,7 @@ def merge(assignments: Sequence[Assignment]) -> Merged:
         origins[s.dest] = a.origin
     for dest, builder in lists.items():
         values[dest] = builder.result()
-    return Merged(values, origins, empty)
+    return Merged(values, origins, empty, {dest for dest, builder in lists.items() if builder.reset})
 
 
 def cli_value(cli: CommandLine, dest: str) -> Any:

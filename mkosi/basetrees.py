@@ -53,7 +53,7 @@ def is_overlaid(ctx: Context) -> bool:
 
 def _host(ctx: Context) -> Sandbox:
     # Mounts must outlive the command: mount and umount run on the host, never inside bubblewrap.
-    return ctx.sandbox.but(tools=None)
+    return ctx.sandbox.on_host()
 
 
 def kind_of(path: Path) -> str:

@@ -151,7 +151,8 @@ def load_cached_image(ctx: Context, key: str, stale_ok: bool = False) -> bool:
                 work = ctx.dir(f"overlay-work-{ctx.phase.value}")
                 ctx.root.mkdir()
                 run(["mount", "-t", "overlay", "overlay", "-o",
-                     f"lowerdir={image},upperdir={upper},workdir={work},metacopy=on", ctx.root])
+                     f"lowerdir={image},upperdir={upper},workdir={work},metacopy=on", ctx.root],
+                    sandbox=ctx.sandbox.on_host())
             else:
                 copy_tree(ctx.config, image, ctx.root)
     return True

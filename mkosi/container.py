@@ -76,7 +76,7 @@ def mounted_image(image: Path, writable: bool) -> Iterator[Path]:
     mnt = Path(tempfile.mkdtemp(prefix="mkosi-mnt-", dir="/var/tmp"))
     opts = f"loop,offset={offset},sizelimit={size}" + (",ro" if ro or not writable else "")
     try:
-        run(["mount", "-o", opts, image, mnt])
+        run(["mount", "-o", opts, image, mnt], sandbox=current_sandbox().on_host())
         yield mnt
     finally:
         umount_all_below(mnt)

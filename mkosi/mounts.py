@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mkosi.run import run
+from mkosi.run import current_sandbox, run
 
 
 def mounts_below(path: Path) -> list[str]:
@@ -25,6 +25,7 @@ def mounts_below(path: Path) -> list[str]:
 
 def umount_all_below(path: Path) -> None:
     for mp in mounts_below(path):
-        proc = run(["umount", mp], check=False, capture=True)
+        host = current_sandbox().on_host()
+        proc = run(["umount", mp], sandbox=host, check=False, capture=True)
         if proc.returncode != 0:
-            run(["umount", "--lazy", mp], check=False, capture=True)
+            run(["umount", "--lazy", mp], sandbox=host, check=False, capture=True)

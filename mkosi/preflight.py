@@ -27,7 +27,7 @@ from pathlib import Path
 from mkosi import log
 from mkosi.errors import MkosiError
 from mkosi.mounts import mounts_below, umount_all_below
-from mkosi.run import pid_alive, run
+from mkosi.run import current_sandbox, pid_alive, run
 
 WORKSPACE_PREFIX = "mkosi-"
 PID_FILE = ".mkosi-pid"
@@ -218,4 +218,4 @@ def private_mount_namespace() -> None:
         err = ctypes.get_errno()
         log.warn(f"cannot make a private mount namespace ({os.strerror(err)}); a killed build may leave mounts")
         return
-    run(["mount", "--make-rslave", "/"])
+    run(["mount", "--make-rslave", "/"], sandbox=current_sandbox().on_host())

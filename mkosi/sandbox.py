@@ -121,6 +121,12 @@ class Sandbox:
             changes["mounts"] = tuple(changes["mounts"])
         return dataclasses.replace(self, **changes)
 
+    def on_host(self) -> Sandbox:
+        """Where mount and umount run: in mkosi's own mount namespace, never inside bubblewrap (whose
+        namespace ends with the command, taking the mount with it), so no tools tree, no SandboxTrees=,
+        no mounts of its own; only ExtraSearchPaths= and the variables stay."""
+        return Sandbox(search_paths=self.search_paths, env=self.env)
+
     def with_mounts(self, *mounts: Mount) -> Sandbox:
         return dataclasses.replace(self, mounts=(*self.mounts, *mounts))
 

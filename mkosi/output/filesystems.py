@@ -398,7 +398,7 @@ def loop_mount(image: Path, fstype: str | None = None, options: str = "") -> Ite
         argv += ["-t", fstype]
     # The mount must outlive the command: mount and umount run on the host, never inside the bubblewrap of a
     # tools tree (whose mount namespace ends with the command); what runs on the mounted tree sees it there.
-    host = current_sandbox().but(tools=None)
+    host = current_sandbox().on_host()
     try:
         run([*argv, os.fspath(image), os.fspath(mnt)], sandbox=host, capture=True)
         try:

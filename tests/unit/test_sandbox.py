@@ -433,3 +433,15 @@ def test_the_sandbox_programs_come_from_the_host_with_a_tools_tree(wd: Path) -> 
         (tools / "usr/bin/tar").unlink()
         with pytest.raises(MkosiError, match="'tar' was not found in the tools tree"):
             check_host_tools(config)
+
+
+def test_mounts_run_on_the_host_even_with_sandbox_trees_and_a_tools_tree(tmp_path: Path) -> None:
+    # A mount made inside bubblewrap ends with the command's namespace: with SandboxTrees= (or a tools
+    # tree) every host-mode command is wrapped, so mount and umount use on_host(), which never is.
+    sb = Sandbox(search_paths=(tmp_path,), tools=tmp_path / "tools", trees=((tmp_path / "tree", "/"),),
+                 env=(("A", "1"),))
+    assert sb.needs_wrapper()
+    host = sb.on_host()
+    assert not host.needs_wrapper() and host.wrapper_name() is None
+    assert host.argv(["mount", "-t", "overlay", "overlay", "/x"]) == ["mount", "-t", "overlay", "overlay", "/x"]
+    assert host.search_paths == (tmp_path,) and host.environment == {"A": "1"}

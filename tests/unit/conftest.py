@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import mkosi.distributions.facts
+from mkosi.__main__ import main
 from mkosi.config.enums import Distribution
 
 
@@ -30,3 +31,12 @@ def write(path: Path, text: str, mode: int = 0o644) -> Path:
     path.write_text(textwrap.dedent(text).lstrip("\n"))
     path.chmod(mode)
     return path
+
+
+def run_main(*argv: str) -> int:
+    """mkosi's exit status for a command line (main() always ends with SystemExit)."""
+
+    with pytest.raises(SystemExit) as e:
+        main(list(argv))
+    assert isinstance(e.value.code, int)
+    return e.value.code

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from mkosi.__main__ import main
 from mkosi.build import check_outputs, move_into_place, write_checksums
 from mkosi.config import load_args
 from mkosi.config.settings import Args, Config
@@ -16,6 +15,7 @@ from mkosi.context import Context, Phase
 from mkosi.errors import MkosiError
 from mkosi.output import artifacts
 from mkosi.summary import outputs
+from tests.unit.conftest import run_main as run
 from tests.unit.conftest import write
 
 pytestmark = pytest.mark.usefixtures("fixed_host")
@@ -55,13 +55,6 @@ def full(wd: Path) -> Config:
     write(wd / "mkosi.nspawn", "[Exec]\n")
     (wd / "mkosi.output").mkdir(exist_ok=True)
     return load()
-
-
-def run(*argv: str) -> int:
-    with pytest.raises(SystemExit) as e:
-        main(list(argv))
-    assert isinstance(e.value.code, int)
-    return e.value.code
 
 
 def names(paths: list[Path]) -> set[str]:

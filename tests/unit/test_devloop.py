@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from mkosi import build, cache, scripts
-from mkosi.__main__ import main
 from mkosi.config import load_args
 from mkosi.config.enums import Distribution, SourceFileTransfer
 from mkosi.config.settings import Args, Config
@@ -24,18 +23,12 @@ from mkosi.output import artifacts
 from mkosi.output.artifacts import cached_image_path
 from mkosi.sandbox import Sandbox
 from mkosi.summary import summary_text
+from tests.unit.conftest import run_main as run
 from tests.unit.conftest import write
 
 pytestmark = pytest.mark.usefixtures("fixed_host")
 
 needs_root = pytest.mark.skipif(os.getuid() != 0, reason="the build verb refuses to run without root")
-
-
-def run(*argv: str) -> int:
-    with pytest.raises(SystemExit) as e:
-        main(list(argv))
-    assert isinstance(e.value.code, int)
-    return e.value.code
 
 
 def resolve(*argv: str) -> tuple[Args, Config]:

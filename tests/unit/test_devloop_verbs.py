@@ -15,21 +15,14 @@ from pathlib import Path
 import pytest
 
 from mkosi import verbs
-from mkosi.__main__ import main
 from mkosi.config.enums import Verb
 from mkosi.config.parse import VERB_HELP
+from tests.unit.conftest import run_main as run
 from tests.unit.conftest import write
 
 REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.usefixtures("fixed_host")
-
-
-def run(*argv: str) -> int:
-    with pytest.raises(SystemExit) as e:
-        main(list(argv))
-    assert isinstance(e.value.code, int)
-    return e.value.code
 
 
 def executable(path: Path, text: str) -> Path:

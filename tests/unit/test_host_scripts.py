@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from mkosi import build, cache, scripts
-from mkosi.__main__ import main
 from mkosi.config import load_args
 from mkosi.config.enums import Distribution
 from mkosi.config.settings import Args, Config
@@ -21,16 +20,10 @@ from mkosi.distributions.debian import Debian
 from mkosi.errors import MkosiError
 from mkosi.output import artifacts
 from mkosi.summary import summary_text
+from tests.unit.conftest import run_main as run
 from tests.unit.conftest import write
 
 pytestmark = pytest.mark.usefixtures("fixed_host")
-
-
-def run(*argv: str) -> int:
-    with pytest.raises(SystemExit) as e:
-        main(list(argv))
-    assert isinstance(e.value.code, int)
-    return e.value.code
 
 
 def resolve(*argv: str) -> tuple[Args, Config]:

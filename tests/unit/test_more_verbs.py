@@ -7,17 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from mkosi.__main__ import main
+from tests.unit.conftest import run_main as run
 from tests.unit.conftest import write
 
 pytestmark = pytest.mark.usefixtures("fixed_host")
-
-
-def run(*argv: str) -> int:
-    with pytest.raises(SystemExit) as e:
-        main(list(argv))
-    assert isinstance(e.value.code, int)
-    return e.value.code
 
 
 def test_init_writes_a_starting_configuration(wd: Path, capsys: pytest.CaptureFixture[str]) -> None:

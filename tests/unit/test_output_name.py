@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from mkosi.__main__ import main
 from mkosi.build import check_outputs, move_into_place, write_checksums
 from mkosi.config import load_args
 from mkosi.config.enums import ConfigLanguage
@@ -21,6 +20,7 @@ from mkosi.context import Context, Phase
 from mkosi.errors import MkosiError
 from mkosi.output import artifacts
 from mkosi.summary import outputs, summary_json
+from tests.unit.conftest import run_main as run
 from tests.unit.conftest import write
 
 pytestmark = pytest.mark.usefixtures("fixed_host")
@@ -32,13 +32,6 @@ def load(*argv: str) -> dict[str, Config]:
 
 def main_image(*argv: str) -> Config:
     return load(*argv)["main"]
-
-
-def run(*argv: str) -> int:
-    with pytest.raises(SystemExit) as e:
-        main(list(argv))
-    assert isinstance(e.value.code, int)
-    return e.value.code
 
 
 # ---- which language a tree speaks ----

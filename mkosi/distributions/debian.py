@@ -134,7 +134,7 @@ class Debian(DistributionPlugin):
 
         known = {"main", "contrib", "non-free", "non-free-firmware", "restricted", "universe", "multiverse"}
         components = list(self.components) + [r for r in config.repositories if r in known and r not in self.components]
-        extra = [r for r in config.repositories if r not in known]
+        extra = [r for r in config.repositories if r not in known and r != "backports"]
         cfg = AptConfig(
             root=ctx.root if ctx else Path("/nonexistent"),
             distribution=self.distribution.value,
@@ -153,6 +153,7 @@ class Debian(DistributionPlugin):
             key_check=config.repository_key_check,
             key_fetch=config.repository_key_fetch,
             snapshot=config.snapshot,
+            backports="backports" in config.repositories,
             sandbox=ctx.sandbox if ctx else Sandbox(),
             proxy=ctx.proxy if ctx else None,
         )

@@ -929,3 +929,37 @@ def test_directory_times_after_the_parallel_extraction_are_the_epoch(tmp_path: P
     assert os.stat(root / "proc").st_mtime != 1700000000, "a mount point is left alone"
     assert os.stat(root / "proc/1").st_mtime != 1700000000, "and what is below it"
     assert os.stat(root / "usr/libexec/dpkg/helper").st_mtime == 1600000000, "files keep their packages' times"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Repositories=backports
+
+
+def test_debian_backports_suite_follows_security(tmp_path: Path) -> None:
+    cfg = config(tmp_path, release="trixie", components=["main", "contrib"], backports=True)
+    assert apt.repository_lines(cfg) == [
+        "deb http://deb.debian.org/debian trixie main contrib",
+        "deb http://deb.debian.org/debian trixie-updates main contrib",
+        "deb http://security.debian.org/debian-security trixie-security main contrib",
+        "deb http://deb.debian.org/debian trixie-backports main contrib",
+    ]
+
+
+@pytest.mark.parametrize("release", ["sid", "unstable", "trixie-backports"])
+def test_backports_is_ignored_where_there_is_no_such_suite(tmp_path: Path, release: str) -> None:
+    assert apt.repository_lines(config(tmp_path, release=release, backports=True)) == [
+        f"deb http://deb.debian.org/debian {release} main",
+    ]
+
+
+def test_ubuntu_backports_pocket_is_on_the_archive(tmp_path: Path) -> None:
+    cfg = config(tmp_path, distribution="ubuntu", release="noble", mirror="", backports=True,
+                 components=["main", "universe"])
+    assert apt.repository_lines(cfg)[-1] == "deb http://archive.ubuntu.com/ubuntu noble-backports main universe"
+
+
+def test_backports_from_a_snapshot(tmp_path: Path) -> None:
+    cfg = config(tmp_path, release="trixie", snapshot="20261101T000000Z", backports=True)
+    assert apt.repository_lines(cfg)[-1] == ("deb [check-valid-until=no] https://snapshot.debian.org/archive/"
+                                              "debian/20261101T000000Z trixie-backports main")
+

@@ -641,3 +641,12 @@ def test_every_installer_takes_the_shared_fields_from_the_build(tmp_path: Path) 
         assert (cfg.root, cfg.workspace, cfg.cache_dir) == (tmp_path / "root", tmp_path / "ws", tmp_path / "cache")
         assert cfg.with_docs and cfg.network and not cfg.refresh
         assert cfg.repository_directory == tmp_path / "repos" and cfg.sandbox == ctx.sandbox
+
+
+def test_debian_backports_is_a_repository_name_not_a_source_line() -> None:
+    args = load("--distribution=debian", "--release=trixie", "--repositories=backports,contrib")
+    lines = plugin(args.distribution).repositories(args)
+    assert lines[0] == "deb http://deb.debian.org/debian trixie main contrib"
+    assert lines[-1] == "deb http://deb.debian.org/debian trixie-backports main contrib"
+    assert not any("backports" in line for line in
+                   plugin(Distribution.debian).repositories(load("--distribution=debian", "--release=trixie")))

@@ -34,6 +34,7 @@ class AptConfig(InstallerConfig):
     key_check: bool = True                 # RepositoryKeyCheck=no: accept unsigned or unverifiable archives
     key_fetch: bool = False                # RepositoryKeyFetch=: download missing archive keys
     snapshot: Optional[str] = None         # Snapshot=: install from this snapshot of the archive
+    backports: bool = False                # Repositories=backports: add the RELEASE-backports suite
     # The shared fields (InstallerConfig): `sandbox` says how host tools (apt-get, dpkg-deb, tar) run;
     # dpkg runs in a chroot sandbox derived from it.
 

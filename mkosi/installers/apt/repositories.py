@@ -91,19 +91,36 @@ def main_lines(cfg: AptConfig) -> list[str]:
     lines = [f"deb {mirror} {release} {comps}"]
 
     if cfg.distribution == "debian":
-        if release in _DEBIAN_ROLLING or release.endswith("-backports"):
+        if not has_companion_suites(cfg):
             return lines
         lines.append(f"deb {mirror} {release}-updates {comps}")
         suite = f"{release}/updates" if release in _DEBIAN_OLD_SECURITY else f"{release}-security"
         lines.append(f"deb {DEBIAN_SECURITY_MIRROR} {suite} {comps}")
-        return lines
+        return lines + backports_lines(cfg, "deb", mirror)
 
     # Ubuntu: the official archive publishes security fixes from security.ubuntu.com (ports carry
     # their own -security pocket); a custom mirror is expected to mirror all pockets.
     lines.append(f"deb {mirror} {release}-updates {comps}")
     security = UBUNTU_SECURITY_MIRROR if mirror == UBUNTU_MIRROR else mirror
     lines.append(f"deb {security} {release}-security {comps}")
-    return lines
+    return lines + backports_lines(cfg, "deb", mirror)
+
+
+def has_companion_suites(cfg: AptConfig) -> bool:
+    """Whether the release has -updates, security and -backports suites (Debian's unstable suites and a
+    backports suite given as the release have none)."""
+    if cfg.distribution != "debian":
+        return True
+    return cfg.release not in _DEBIAN_ROLLING and not cfg.release.endswith("-backports")
+
+
+def backports_lines(cfg: AptConfig, deb: str, archive: str) -> list[str]:
+    """Repositories=backports: the release's backports suite. Its Release file marks it NotAutomatic, so
+    apt takes a package from it only when asked by name (PACKAGE/RELEASE-backports) or when nothing
+    else provides it."""
+    if not cfg.backports or not has_companion_suites(cfg):
+        return []
+    return [f"{deb} {archive} {cfg.release}-backports {components_field(cfg)}"]
 
 
 def snapshot_lines(cfg: AptConfig) -> list[str]:
@@ -115,11 +132,13 @@ def snapshot_lines(cfg: AptConfig) -> list[str]:
     deb = "deb [check-valid-until=no]"
     lines = [f"{deb} {archive} {release} {comps}"]
     if cfg.distribution == "debian":
-        if release in _DEBIAN_ROLLING or release.endswith("-backports"):
+        if not has_companion_suites(cfg):
             return lines
         suite = f"{release}/updates" if release in _DEBIAN_OLD_SECURITY else f"{release}-security"
-        return [*lines, f"{deb} {archive} {release}-updates {comps}", f"{deb} {security} {suite} {comps}"]
-    return [*lines, f"{deb} {archive} {release}-updates {comps}", f"{deb} {security} {release}-security {comps}"]
+        return [*lines, f"{deb} {archive} {release}-updates {comps}", f"{deb} {security} {suite} {comps}",
+                *backports_lines(cfg, deb, archive)]
+    return [*lines, f"{deb} {archive} {release}-updates {comps}", f"{deb} {security} {release}-security {comps}",
+            *backports_lines(cfg, deb, archive)]
 
 
 def extra_lines(cfg: AptConfig) -> list[str]:

@@ -35,7 +35,7 @@ from tests.unit.conftest import write
 from tests.unit.test_config import load, load_both
 
 BASE = ("systemd", "systemd-repart", "systemd-ukify", "python3-pefile", "systemd-container", "systemd-boot-efi",
-        "e2fsprogs", "xfsprogs", "btrfs-progs", "dosfstools", "mtools", "squashfs-tools", "erofs-utils",
+        "e2fsprogs", "xfsprogs", "dosfstools", "mtools", "squashfs-tools", "erofs-utils",
         "cryptsetup-bin", "sbsigntool", "openssl", "zstd", "xz-utils", "util-linux", "fdisk", "kmod", "cpio",
         "binutils", "tar", "gnupg", "apt", "dpkg", "debian-archive-keyring")
 
@@ -113,6 +113,9 @@ def test_defaults_are_debian_trixie_with_the_base_and_the_three_profiles(project
     assert tools.architecture == load().architecture
     for package in BASE:
         assert package in tools.packages, package
+    # trixie's own btrfs-progs (6.14) cannot make a reproducible file system: its backport (7.3) can.
+    assert "btrfs-progs/trixie-backports" in tools.packages and "btrfs-progs" not in tools.packages
+    assert "backports" in tools.repositories
     for package in ("jq", "strace", "git",                                  # misc
                     "dnf", "pacman-package-manager", "zypper",              # package-manager
                     "swtpm", "virtiofsd", "openssh-client"):                # runtime
@@ -129,6 +132,14 @@ def test_the_profiles_select_the_packages(project: Path) -> None:
     assert {"swtpm", "qemu-system-x86"} <= set(runtime.packages) and "dnf" not in runtime.packages
     devel = tools_of("--tools-tree-profile=devel")
     assert "build-essential" in devel.packages
+
+
+def test_only_a_trixie_tools_tree_takes_btrfs_progs_from_backports(project: Path) -> None:
+    bookworm = tools_of("--tools-tree-release=bookworm")
+    assert "btrfs-progs" in bookworm.packages and "btrfs-progs/trixie-backports" not in bookworm.packages
+    assert "backports" not in bookworm.repositories
+    noble = tools_of("--tools-tree-distribution=ubuntu")
+    assert "btrfs-progs" in noble.packages and "backports" not in noble.repositories
 
 
 def test_the_runtime_profile_has_the_architecture_s_qemu(project: Path) -> None:

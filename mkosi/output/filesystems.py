@@ -455,6 +455,8 @@ def make_xfs(
                 raise
         return "directory"
 
+    warn_not_reproducible("xfs", "mkfs.xfs", "xfsprogs", XFS_DIRECTORY_POPULATION,
+                          "ToolsTreeRelease=forky or sid")
     try:
         proto, entries = xfs_protofile(src_dir)
         reason = ""
@@ -487,6 +489,15 @@ def make_xfs(
                     raise MkosiError(str(e), hint=_space_hint("xfs", size))
                 raise
         return "loop-mount"
+
+
+def warn_not_reproducible(fs: str, tool: str, package: str, needed: tuple[int, ...], where: str) -> None:
+    """A build that asks for reproducibility (a source date epoch) is told when this mkfs cannot give it."""
+    if source_date_epoch() is None:
+        return
+    wanted = ".".join(map(str, needed))
+    log.warn(f"this {fs} file system will not be reproducible: before {package} {wanted}, {tool} puts random "
+             f"numbers and the time of the build into it (use {package} {wanted} or newer, e.g. through {where})")
 
 
 def _deterministic_env(deterministic: bool) -> dict[str, str]:
@@ -583,7 +594,11 @@ def make_btrfs(
     if shrink:
         argv.append("--shrink")
     # Without -U, DETERMINISTIC_SEED=1 is an error: it derives the other UUIDs from the file system's.
-    env = _deterministic_env(True) if uuid and btrfs_mkfs_is_deterministic() else {}
+    deterministic = btrfs_mkfs_is_deterministic()
+    env = _deterministic_env(True) if uuid and deterministic else {}
+    if not deterministic:
+        warn_not_reproducible("btrfs", "mkfs.btrfs", "btrfs-progs", BTRFS_DETERMINISTIC,
+                              "the default tools tree, whose btrfs-progs comes from trixie-backports")
     _create_sparse(image, size)
     with log.step(f"Creating btrfs file system {image.name}"):
         try:

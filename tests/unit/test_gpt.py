@@ -483,6 +483,32 @@ def test_mkfs_version_gates_read_the_real_programs() -> None:
     assert fs.btrfs_mkfs_is_deterministic() == (btrfs >= fs.BTRFS_DETERMINISTIC)
 
 
+@pytest.mark.parametrize("epoch", ["1700000000", ""])
+def test_an_old_mkfs_says_a_reproducible_build_will_not_be(monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str], epoch: str) -> None:
+    from mkosi.output import filesystems as fs
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", epoch)
+    fs.warn_not_reproducible("btrfs", "mkfs.btrfs", "btrfs-progs", (7, 3), "the default tools tree")
+    err = capsys.readouterr().err
+    if epoch:
+        assert "this btrfs file system will not be reproducible" in err
+        assert "use btrfs-progs 7.3 or newer, e.g. through the default tools tree" in err
+    else:
+        assert err == "", "no warning when nobody asked for a reproducible build"
+
+
+@needs_tools("mkfs.btrfs")
+def test_make_btrfs_warns_with_an_epoch_when_its_mkfs_is_old(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from mkosi.output import filesystems as fs
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    fs.make_btrfs(_small_tree(tmp_path), tmp_path / "fs.img", 256 << 20, "root", seed="0" * 32)
+    warned = "this btrfs file system will not be reproducible" in capsys.readouterr().err
+    assert warned == (not fs.btrfs_mkfs_is_deterministic())
+
+
 def test_xfs_protofile(tmp_path: Path) -> None:
     from mkosi.output import filesystems as fs
 

@@ -163,6 +163,42 @@ def test_format_with_the_tools_tree_is_byte_identical(builds: Builds, tools_tree
     assert_identical(fmt, twice)
 
 
+# A root that is read-only and verified: erofs data, its dm-verity hash tree, the root hash reported.
+EROFS_VERITY_DEFINITIONS = {
+    "10-root.conf": "[Partition]\nType=root\nFormat=erofs\nCopyFiles=/\nVerity=data\nVerityMatchKey=root\n"
+                    "Minimize=best\n",
+    "20-root-verity.conf": "[Partition]\nType=root-verity\nVerity=hash\nVerityMatchKey=root\nMinimize=best\n",
+}
+
+
+@pytest.mark.slow
+def test_disk_with_an_erofs_root_and_verity_is_byte_identical(builds: Builds, tools_tree: Path,
+                                                             tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Format=disk with an erofs root and its verity partition: the image, and the root hash (which names
+    every byte of the root), are the same in both builds."""
+    definitions = tmp_path_factory.mktemp("erofs-verity-repart")
+    for name, text in EROFS_VERITY_DEFINITIONS.items():
+        (definitions / name).write_text(text)
+    twice = builds.twice("disk", f"--tools-tree={tools_tree}", f"--repart-directory={definitions}",
+                         "--split-artifacts=roothash", key="disk erofs verity")
+    hashes = [(d / "repro.roothash").read_text().strip() for d in (twice.first, twice.second)]
+    assert re.fullmatch(r"[0-9a-f]{64}", hashes[0]) and hashes[0] == hashes[1], hashes
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(twice.first / "repro.raw")], capture_output=True,
+                                      text=True, check=True).stdout)["partitiontable"]
+    types = [p["type"].lower() for p in table["partitions"]]
+    # root-x86-64 and root-x86-64-verity (UAPI Discoverable Partitions); the verity data/hash partition UUIDs
+    # are the two halves of the root hash.
+    assert types == ["4f68bce3-e8cd-4db1-96e7-fbcaf984b709", "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5"], types
+    uuids = [p["uuid"].lower().replace("-", "") for p in table["partitions"]]
+    assert uuids == [hashes[0][:32], hashes[0][32:]], (uuids, hashes[0])
+    start = table["partitions"][0]["start"] * table.get("sectorsize", 512)
+    image = twice.first / "repro.raw"
+    magic = subprocess.run(["blkid", "-p", "-O", str(start), "-s", "TYPE", "-o", "value", str(image)],
+                           capture_output=True, text=True).stdout.strip()
+    assert magic == "erofs", magic
+    assert_identical("disk", twice, label=f"disk (erofs root, verity, roothash {hashes[0]})")
+
+
 def first_partition(image: Path) -> dict[str, int]:
     """The start and size (in sectors) of the first partition of a GPT image."""
     table = json.loads(subprocess.run(["sfdisk", "--json", str(image)], capture_output=True, text=True,

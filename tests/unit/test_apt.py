@@ -23,7 +23,13 @@ from mkosi.installers.apt.debs import Archives, data_member, read_control_archiv
 from mkosi.installers.apt.hostapt import HostApt, setup_apt
 from mkosi.installers.apt.plan import essential_unpack_order, format_op, plan_without
 from mkosi.installers.apt.repositories import list_prefixes, main_lines, uri_to_filename
-from mkosi.installers.apt.root import prepare_root, strip_package_spec, write_extended_states
+from mkosi.installers.apt.root import (
+    SSH_HOST_KEYS,
+    prepare_root,
+    stand_in_for_ssh_host_keys,
+    strip_package_spec,
+    write_extended_states,
+)
 from mkosi.installers.apt.unpack import Decompressor, prune_uncompressed, uncompressed_copies
 from mkosi.sandbox import Mode, Mount, Sandbox
 
@@ -963,3 +969,36 @@ def test_backports_from_a_snapshot(tmp_path: Path) -> None:
     assert apt.repository_lines(cfg)[-1] == ("deb [check-valid-until=no] https://snapshot.debian.org/archive/"
                                               "debian/20261101T000000Z trixie-backports main")
 
+
+
+# ---- no host keys made during the build ----
+
+def test_empty_files_stand_in_for_the_host_keys_openssh_server_would_make(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    made = stand_in_for_ssh_host_keys(tmp_path, ["openssh-client", "openssh-server", "systemd"])
+    assert sorted(p.name for p in made) == sorted(SSH_HOST_KEYS)
+    for key in made:
+        assert key.parent == tmp_path / "etc/ssh" and key.stat().st_size == 0
+        assert key.stat().st_mode & 0o777 == 0o600
+    # The postinst's test for an existing key (`[ ! -f "$file" ]`) is what these files answer.
+    for name in SSH_HOST_KEYS:
+        assert subprocess.run(["sh", "-c", f'[ -f "{tmp_path}/etc/ssh/{name}" ]']).returncode == 0
+
+
+def test_no_stand_ins_without_openssh_server_or_with_keys_already_there(tmp_path: Path) -> None:
+    assert stand_in_for_ssh_host_keys(tmp_path, ["openssh-client", "systemd"]) == []
+    assert not (tmp_path / "etc/ssh").exists()
+    (tmp_path / "etc/ssh").mkdir(parents=True)
+    (tmp_path / "etc/ssh/ssh_host_ed25519_key").write_text("a key the image brought\n")
+    assert stand_in_for_ssh_host_keys(tmp_path, ["openssh-server"]) == []
+    assert sorted(p.name for p in (tmp_path / "etc/ssh").iterdir()) == ["ssh_host_ed25519_key"]
+
+
+def test_the_stand_ins_stay_inside_the_image_when_etc_ssh_is_a_link_out_of_it(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "etc").mkdir(parents=True)
+    outside.mkdir()
+    (root / "etc/ssh").symlink_to(outside)           # absolute: resolved inside the image
+    made = stand_in_for_ssh_host_keys(root, ["openssh-server"])
+    assert made and all(p.is_relative_to(root) for p in made)
+    assert list(outside.iterdir()) == []

@@ -77,6 +77,7 @@ from mkosi.installers.apt.root import (
     docs_dpkg_config,
     finish,
     prepare_root,
+    stand_in_for_ssh_host_keys,
     status_nonempty,
     strip_package_spec,
     write_extended_states,
@@ -199,6 +200,7 @@ def _bootstrap(cfg: AptConfig, apt: HostApt, boot: _Bootstrap, decompressor: Dec
             _unpack_essential(chroot, boot, decompressor)
             chroot.dpkg(DpkgOp("configure", (), ("--pending",)), extra=["--force-depends"])
         if boot.rest:
+            stand_in_for_ssh_host_keys(cfg.root, _package_names(boot.rest))
             more = boot.count - len(boot.base)
             with log.step(f"Installing {more} more packages"), chroot.showing_progress(more):
                 for op in boot.rest:
@@ -224,7 +226,13 @@ def _unpack_essential(chroot: Chroot, boot: _Bootstrap, decompressor: Decompress
     chroot.dpkg(DpkgOp("unpack", (), tuple(map(str, remaining))), extra=["--force-depends"])
 
 
+def _package_names(plan: Sequence[DpkgOp]) -> list[str]:
+    """The names of the packages a plan unpacks (a .deb's file name starts with its package's name)."""
+    return [deb.name.split("_", 1)[0] for deb in plan_debs(plan)]
+
+
 def _replay(cfg: AptConfig, apt: HostApt, plan: Sequence[DpkgOp], decompressor: Decompressor) -> None:
+    stand_in_for_ssh_host_keys(cfg.root, _package_names(plan))
     with open_chroot(cfg, apt) as chroot, chroot.showing_progress(len(plan_debs(plan)) or len(plan)):
         for op in plan:
             chroot.dpkg(decompressor.map_op(op))

@@ -11,6 +11,7 @@ from mkosi.installers.apt.config import LIB64_ARCHITECTURES, UNMERGED_RELEASES, 
 from mkosi.installers.apt.debs import installed_packages, parse_deb822
 from mkosi.installers.apt.hostapt import HostApt
 from mkosi.installers.apt.repositories import extra_lines, list_prefixes, main_lines, write_sources
+from mkosi.trees import resolve_in_root
 
 # Patterns for the dpkg configuration that keeps documentation out of the image (WithDocs=no).
 DOCS_EXCLUDE = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*")
@@ -28,6 +29,32 @@ def docs_dpkg_config() -> str:
     lines += [f"path-exclude={p}" for p in DOCS_EXCLUDE]
     lines += [f"path-include={p}" for p in DOCS_INCLUDE]
     return "\n".join(lines) + "\n"
+
+
+# openssh-server's postinst makes the host keys sshd_config names (by default RSA, ECDSA and Ed25519; the
+# 3072-bit RSA key alone takes most of a second) unless a file of that name exists. mkosi removes host keys
+# before the image is finished and has them made on each machine's first boot (build.remove_ssh_host_keys),
+# so making them at all is wasted: empty files stand in for them instead, removed as the keys would be.
+SSH_HOST_KEYS = ("ssh_host_rsa_key", "ssh_host_ecdsa_key", "ssh_host_ed25519_key")
+
+
+def stand_in_for_ssh_host_keys(root: Path, packages: Sequence[str]) -> list[Path]:
+    """Before dpkg configures openssh-server (one of `packages`): empty files where its postinst would make
+    host keys, unless the image has host keys already. Returns the files made."""
+    if "openssh-server" not in packages:
+        return []
+    etc_ssh = resolve_in_root(root, "etc/ssh")
+    if etc_ssh.is_dir() and any(etc_ssh.glob("ssh_host_*")):
+        return []
+    if etc_ssh.exists() and not etc_ssh.is_dir():
+        return []
+    etc_ssh.mkdir(mode=0o755, parents=True, exist_ok=True)
+    made = []
+    for name in SSH_HOST_KEYS:
+        key = etc_ssh / name
+        key.touch(mode=0o600, exist_ok=False)
+        made.append(key)
+    return made
 
 
 def _write_docs_config(root: Path) -> None:

@@ -970,7 +970,6 @@ def test_backports_from_a_snapshot(tmp_path: Path) -> None:
                                               "debian/20261101T000000Z trixie-backports main")
 
 
-
 # ---- no host keys made during the build ----
 
 def test_empty_files_stand_in_for_the_host_keys_openssh_server_would_make(tmp_path: Path) -> None:

@@ -44,9 +44,7 @@ def stand_in_for_ssh_host_keys(root: Path, packages: Sequence[str]) -> list[Path
     if "openssh-server" not in packages:
         return []
     etc_ssh = resolve_in_root(root, "etc/ssh")
-    if etc_ssh.is_dir() and any(etc_ssh.glob("ssh_host_*")):
-        return []
-    if etc_ssh.exists() and not etc_ssh.is_dir():
+    if etc_ssh.exists() and (not etc_ssh.is_dir() or any(etc_ssh.glob("ssh_host_*"))):
         return []
     etc_ssh.mkdir(mode=0o755, parents=True, exist_ok=True)
     made = []

@@ -89,6 +89,41 @@ def test_maintainer_scripts_ran(built_root: Path) -> None:
     assert (built_root / "etc/ld.so.cache").exists()
 
 
+def test_hwdb_compiled_once_at_the_end(built_root: Path) -> None:
+    # udev's postinst asks for it during dpkg's runs; mkosi runs it after the last one.
+    hwdb = built_root / "usr/lib/udev/hwdb.bin"
+    assert hwdb.stat().st_size > 1024 * 1024
+    proc = subprocess.run(["systemd-hwdb", "--root", str(built_root), "query", "usb:v1D6Bp0002"],
+                          capture_output=True, text=True)
+    assert "Linux Foundation" in proc.stdout, proc.stderr
+
+
+def test_python_standard_library_byte_compiled(tmp_path: Path) -> None:
+    """The py_compile runs of python3.11-minimal's and python3.11's postinsts happen in the background;
+    every file they name is compiled, and the dpkg database keeps the postinsts as the packages have them."""
+    root = tmp_path / "root"
+    apt.install(bookworm(root, tmp_path / "ws"), ["python3"])
+    assert all(p.status == "installed" for p in apt.installed_packages(root))
+    for package in ("libpython3.11-minimal", "libpython3.11-stdlib"):
+        [listing] = (root / "var/lib/dpkg/info").glob(f"{package}*.list")
+        sources = [line for line in listing.read_text().splitlines()
+                   if line.startswith("/usr/lib/python3.11/") and line.endswith(".py")
+                   and not line.endswith("/sitecustomize.py")]   # a symlink into /etc, left out
+        assert len(sources) > 100
+        missing = [s for s in sources
+                   if not (root / s[1:]).parent.joinpath("__pycache__", f"{Path(s).stem}.cpython-311.pyc").is_file()]
+        assert missing == []
+    for name in ("python3.11-minimal", "python3.11"):
+        text = (root / f"var/lib/dpkg/info/{name}.postinst").read_text()
+        assert "/usr/bin/python3.11 -E -S /usr/lib/python3.11/py_compile.py $files" in text
+        assert "mkosi" not in text
+    assert not (root / HELPER_DIR).exists()
+    proc = subprocess.run(["systemd-nspawn", "--register=no", "--keep-unit", "--quiet", "-D", str(root),
+                           "python3", "-c", "import json, email.mime.text; print('ok')"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "ok", proc.stderr
+
+
 def test_only_copyright_files_in_docs(built_root: Path) -> None:
     doc = built_root / "usr/share/doc"
     others = [p for p in doc.rglob("*") if p.is_file() and not p.is_symlink() and p.name != "copyright"]

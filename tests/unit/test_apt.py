@@ -807,6 +807,36 @@ def test_dpkg_runs_in_a_chroot_sandbox(tmp_path: Path, monkeypatch: pytest.Monke
         argv[argv.index(str(hostapt.archives)) - 1:argv.index(str(hostapt.archives)) + 2]
 
 
+def test_python_and_what_it_needs_are_configured_before_the_rest(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before `--configure --pending`, a run of its own configures the packages whose postinst defers
+    its byte-compilation (and their unconfigured dependencies); its failure is left to the main run."""
+    cfg = config(tmp_path)
+    info = cfg.root / "var/lib/dpkg/info"
+    info.mkdir(parents=True)
+    (cfg.root / "var/lib/dpkg/status").write_text(
+        "Package: python3.11\nStatus: install ok unpacked\nDepends: media-types\n\n"
+        "Package: media-types\nStatus: install ok unpacked\n\n"
+        "Package: less\nStatus: install ok unpacked\n")
+    (info / "python3.11.postinst").write_text(
+        "#!/bin/sh\nset -e\n/usr/bin/python3.11 -E -S /usr/lib/python3.11/py_compile.py $files\n")
+    calls: list[list[str]] = []
+
+    def dpkg(argv: Any, *, sandbox: Sandbox, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        calls.append([str(a) for a in argv])
+        # While dpkg runs, the postinst runs its compilation through mkosi's defer command.
+        assert "/.mkosi-apt/bin/mkosi-defer /usr/bin/python3.11" in (info / "python3.11.postinst").read_text()
+        return subprocess.CompletedProcess(argv, 1 if "--pending" not in argv else 0, "", "")
+
+    monkeypatch.setattr(chroot_module, "run", dpkg)
+    monkeypatch.setattr(chroot_module, "_host_eatmydata", lambda: None)
+    with chroot_module.open_chroot(cfg, apt_dirs(tmp_path)) as chroot:
+        chroot.dpkg(DpkgOp("configure", (), ("--pending",)))
+    assert [c[-4:] for c in calls] == [["--no-triggers", "--configure", "media-types", "python3.11"],
+                                       ["--force-confdef", "--force-confold", "--configure", "--pending"]]
+    assert "mkosi-defer" not in (info / "python3.11.postinst").read_text()
+
+
 def test_chroot_cleans_up_after_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = config(tmp_path)
     cfg.root.mkdir()

@@ -13,6 +13,7 @@ from typing import Optional
 from mkosi import log
 from mkosi.errors import MkosiError
 from mkosi.installers.apt.config import AptConfig
+from mkosi.installers.apt.deferred import Deferred
 from mkosi.installers.apt.errors import dpkg_error_message
 from mkosi.installers.apt.hostapt import HostApt
 from mkosi.installers.apt.plan import DpkgOp
@@ -95,6 +96,11 @@ class Chroot:
         self.sandbox = chroot_sandbox(sandbox, root, package_dirs)
         # Counts the packages dpkg unpacks and sets up, from its --status-fd stream (None: not shown).
         self.progress: Optional[InstallProgress] = None
+        # Slow maintainer script work done after dpkg's runs and in parallel (see deferred.py).
+        self.deferred: Optional[Deferred] = None
+
+    def defer_slow_scripts(self) -> None:
+        self.deferred = Deferred(self.root, HELPER_DIR, lambda argv: self.run(argv, check=False))
 
     @contextlib.contextmanager
     def showing_progress(self, total: int) -> Iterator[None]:
@@ -130,20 +136,33 @@ class Chroot:
             log.debug(f"not using libeatmydata in the image: {probe.stderr.strip()}")
 
     def dpkg(self, op: DpkgOp, extra: Sequence[str] = ()) -> None:
-        args = [self.path_in_root(a) if op.action in ("unpack", "install") else a for a in op.args]
-        argv = ["dpkg", *_DPKG_OPTIONS, *extra, *op.options, f"--{op.action}", *args]
-        if self.progress is None:
-            proc = self.run(argv, check=False)
-        else:
-            proc = run_streaming(lambda fd: [*argv[:1], f"--status-fd={fd}", *argv[1:]], sandbox=self.sandbox,
-                                 on_status=self.progress.status_line)
+        if self.deferred is not None and op.action == "configure" and op.args == ("--pending",):
+            # Configured first, so that the work their scripts defer runs alongside the others'.
+            early = self.deferred.early_configure()
+            if early:
+                first = self._run_dpkg(DpkgOp("configure", ("--no-triggers",), tuple(early)), extra)
+                if first.returncode != 0:
+                    # The run below configures them with the others and says what went wrong.
+                    log.debug(f"configuring {', '.join(early)} first failed: {first.stderr.strip()}")
+        proc = self._run_dpkg(op, extra)
         text = f"{proc.stdout}\n{proc.stderr}"
-        if log.debug_enabled():
-            log.debug(text.strip())
         if proc.returncode != 0:
             msg = dpkg_error_message(text) or f"dpkg --{op.action} failed with exit status {proc.returncode}"
             tail = "\n".join(text.strip().splitlines()[-12:])
             raise MkosiError(msg, hint=f"dpkg said:\n{tail}")
+
+    def _run_dpkg(self, op: DpkgOp, extra: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        args = [self.path_in_root(a) if op.action in ("unpack", "install") else a for a in op.args]
+        argv = ["dpkg", *_DPKG_OPTIONS, *extra, *op.options, f"--{op.action}", *args]
+        with self.deferred.around_dpkg() if self.deferred is not None else contextlib.nullcontext():
+            if self.progress is None:
+                proc = self.run(argv, check=False)
+            else:
+                proc = run_streaming(lambda fd: [*argv[:1], f"--status-fd={fd}", *argv[1:]],
+                                     sandbox=self.sandbox, on_status=self.progress.status_line)
+        if log.debug_enabled():
+            log.debug(f"{proc.stdout}\n{proc.stderr}".strip())
+        return proc
 
 
 @contextlib.contextmanager
@@ -154,6 +173,7 @@ def open_chroot(cfg: AptConfig, apt: HostApt) -> Iterator[Chroot]:
     path = root / "usr/sbin/policy-rc.d"
     policy = None if path.exists() or path.is_symlink() else path  # else the tree brought its own
     helper = root / HELPER_DIR
+    chroot: Optional[Chroot] = None
     package_dirs = {apt.archives: f"/{HELPER_DIR}/archives", apt.uncompressed: f"/{HELPER_DIR}/uncompressed"}
     if cfg.local_repository is not None:
         # apt installs the packages of a file: repository from where they are (PackageDirectories=).
@@ -168,8 +188,13 @@ def open_chroot(cfg: AptConfig, apt: HostApt) -> Iterator[Chroot]:
         (helper / "bin/ischroot").chmod(0o755)
         chroot = Chroot(root, package_dirs, cfg.sandbox)
         chroot.enable_eatmydata(cfg.architecture)
+        chroot.defer_slow_scripts()
         yield chroot
+        if chroot.deferred is not None:
+            chroot.deferred.finish()
     finally:
+        if chroot is not None and chroot.deferred is not None:
+            chroot.deferred.close()
         if policy is not None:
             with contextlib.suppress(FileNotFoundError):
                 policy.unlink()

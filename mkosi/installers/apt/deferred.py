@@ -1,0 +1,207 @@
+"""Work of maintainer scripts that mkosi does later, and on every core, instead of in dpkg's one queue.
+
+dpkg runs maintainer scripts one at a time, so the slow ones hold up every package after them. Two of
+them take most of the time of a configure run and do not have to happen where dpkg puts them:
+
+* Python's byte-compilation of its standard library (`pythonX.Y-minimal` and `pythonX.Y` compile the
+  files of their library packages with `py_compile.py`, about half a second each). Nothing a later
+  maintainer script does needs those files compiled (Python compiles what it imports when a file is
+  missing), so the compilation runs in the background as soon as the script has asked for it, while
+  dpkg goes on with other packages.
+* udev's `systemd-hwdb --usr update`, which compiles the hardware database from the hwdb.d files of
+  every package installed so far, and runs again (a trigger) whenever a later package adds one. It runs
+  once, after the last dpkg run, when the files of every package are in place.
+
+How: while dpkg runs, the root has a `systemd-hwdb` in the helper directory's bin (first on the
+maintainer scripts' PATH) that notes `--usr update` and passes every other use on; and before each dpkg
+run, the `py_compile.py` lines of the python3* postinsts in dpkg's database are prefixed with a command
+that notes the command line instead of running it. The postinsts are restored as they were after the run
+(the image's dpkg database is what the package installed), and each noted command then runs as it
+was written, in the same sandbox, in the order noted. A failing compilation fails the installation as
+the postinst would have (it runs under `set -e`); a failing hwdb update is a warning, as the postinst
+ignores it too. The image ends up with the same files either way.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import re
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mkosi import log
+from mkosi.errors import MkosiError
+from mkosi.installers.apt.debs import dependency_closure, parse_deb822
+
+# Run in a sandbox of the root; returns the finished process (never raises for an exit status).
+Runner = Callable[[list[str]], "subprocess.CompletedProcess[str]"]
+
+DEFER_NAME = "mkosi-defer"
+HWDB_MARK = "hwdb-update"
+
+# The lines of the pythonX.Y(-minimal) postinsts that byte-compile the standard library ($files is the
+# package's list of .py files; -O is the optional second pass).
+_PY_COMPILE = re.compile(
+    r"^([ \t]*)(/usr/bin/python3\.\d+ -E -S (?:-O )?/usr/lib/python3\.\d+/py_compile\.py \$files)[ \t]*$",
+    re.MULTILINE)
+
+
+def defer_script(helper: str) -> str:
+    """Notes its command line (NUL-separated, in a new file of the queue directory) and succeeds."""
+    return (
+        "#!/bin/sh\n"
+        "# Written by mkosi while packages are installed: this command runs later, after dpkg's run.\n"
+        "set -e\n"
+        f"job=$(mktemp /{helper}/deferred/job.XXXXXXXX)\n"
+        "printf '%s\\0' \"$@\" > \"$job.tmp\"\n"
+        "mv \"$job.tmp\" \"$job.cmd\"\n"
+        "rm -f \"$job\"\n"
+    )
+
+
+def hwdb_script(helper: str) -> str:
+    """A systemd-hwdb that notes `--usr update` (done once, at the end) and runs every other use."""
+    return (
+        "#!/bin/sh\n"
+        "# Written by mkosi while packages are installed: the hardware database is compiled once, after\n"
+        "# the last package.\n"
+        f"PATH=${{PATH#/{helper}/bin:}}\n"
+        "if ! command -v systemd-hwdb >/dev/null; then\n"
+        "    echo \"$0: not found\" >&2\n"
+        "    exit 127\n"
+        "fi\n"
+        "if [ \"$*\" = \"--usr update\" ] || [ \"$*\" = \"update --usr\" ]; then\n"
+        f"    : > /{helper}/deferred/{HWDB_MARK}\n"
+        "    exit 0\n"
+        "fi\n"
+        "exec systemd-hwdb \"$@\"\n"
+    )
+
+
+def defer_py_compile(text: str, defer: str) -> str:
+    """The postinst with its py_compile lines run through `defer` (unchanged when it has none)."""
+    return _PY_COMPILE.sub(lambda m: f"{m.group(1)}{defer} {m.group(2)}", text)
+
+
+@dataclass
+class _Patched:
+    path: Path
+    original: bytes
+    mode: int
+
+
+@dataclass
+class Deferred:
+    """The queue of one chroot: `root` is the image, `helper` the helper directory's name in it."""
+    root: Path
+    helper: str
+    runner: Runner
+    pool: concurrent.futures.ThreadPoolExecutor = field(init=False)
+    jobs: list[tuple[list[str], concurrent.futures.Future[subprocess.CompletedProcess[str]]]] = field(
+        init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.pool = concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1))
+        base = self.root / self.helper
+        for d in ("bin", "deferred"):
+            (base / d).mkdir(parents=True, exist_ok=True)
+        for name, text in ((DEFER_NAME, defer_script(self.helper)), ("systemd-hwdb", hwdb_script(self.helper))):
+            (base / "bin" / name).write_text(text)
+            (base / "bin" / name).chmod(0o755)
+
+    @property
+    def queue(self) -> Path:
+        return self.root / self.helper / "deferred"
+
+    @contextlib.contextmanager
+    def around_dpkg(self) -> Iterator[None]:
+        """Around one dpkg run: the postinsts defer their compilation; afterwards they are restored and
+        what was noted starts."""
+        patched = self._patch_postinsts()
+        try:
+            yield
+        finally:
+            for p in patched:
+                p.path.write_bytes(p.original)
+                p.path.chmod(p.mode)
+            self._start_noted()
+
+    def _patch_postinsts(self) -> list[_Patched]:
+        info = self.root / "var/lib/dpkg/info"
+        patched = []
+        for path in sorted(info.glob("python3*.postinst")):
+            if path.is_symlink() or not path.is_file():
+                continue
+            original = path.read_bytes()
+            try:
+                text = original.decode()
+            except UnicodeDecodeError:
+                continue
+            new = defer_py_compile(text, f"/{self.helper}/bin/{DEFER_NAME}")
+            if new != text:
+                mode = path.stat().st_mode & 0o7777
+                patched.append(_Patched(path, original, mode))
+                path.write_text(new)
+                path.chmod(mode)
+        return patched
+
+    def early_configure(self) -> list[str]:
+        """Before a `--configure --pending` run: the unconfigured packages whose postinst defers work,
+        with the unconfigured packages they depend on, to be configured in a run of their own first
+        (their work then runs while dpkg configures the others). Empty when that gains nothing."""
+        status = self.root / "var/lib/dpkg/status"
+        if not status.is_file():
+            return []
+        stanzas = {st["Package"]: st for st in parse_deb822(status.read_text(errors="replace")) if "Package" in st}
+        pending = {name for name, st in stanzas.items()
+                   if st.get("Status", "").split()[-1:] in (["unpacked"], ["half-configured"])}
+        info = self.root / "var/lib/dpkg/info"
+        roots = []
+        for name in sorted(pending):
+            postinst = info / f"{name}.postinst"
+            if name.startswith("python3") and postinst.is_file() and not postinst.is_symlink() \
+                    and _PY_COMPILE.search(postinst.read_text(errors="replace")):
+                roots.append(name)
+        if not roots:
+            return []
+        early = dependency_closure(stanzas, roots) & pending
+        return [] if early == pending else sorted(early)
+
+    def _start_noted(self) -> None:
+        for job in sorted(self.queue.glob("job.*.cmd"), key=lambda p: p.stat().st_mtime_ns):
+            argv = [a.decode() for a in job.read_bytes().split(b"\0")[:-1]]
+            job.unlink()
+            if argv:
+                log.debug(f"running in the background: {' '.join(argv[:4])} … ({len(argv) - 4} files)")
+                self.jobs.append((argv, self.pool.submit(self.runner, argv)))
+
+    def finish(self) -> None:
+        """After the last dpkg run: the hwdb update (if asked for) alongside the compilations still
+        running; raises if a compilation failed."""
+        mark = self.queue / HWDB_MARK
+        hwdb = None
+        if mark.exists():
+            mark.unlink()
+            hwdb = self.pool.submit(self.runner, ["systemd-hwdb", "--usr", "update"])
+        failed = []
+        for argv, job in self.jobs:
+            proc = job.result()
+            if proc.returncode != 0:
+                failed.append((argv, proc))
+        self.jobs.clear()
+        if hwdb is not None:
+            proc = hwdb.result()
+            if proc.returncode != 0:
+                log.warn(f"systemd-hwdb --usr update failed ({proc.returncode}): {proc.stderr.strip()[-300:]}")
+        if failed:
+            argv, proc = failed[0]
+            tail = "\n".join(f"{proc.stdout}\n{proc.stderr}".strip().splitlines()[-12:])
+            raise MkosiError(f"byte-compiling Python's standard library failed: {' '.join(argv[:4])} "
+                             f"exited with status {proc.returncode}", hint=tail or None)
+
+    def close(self) -> None:
+        """Wait for what is running (nothing may write into the root afterwards); start nothing more."""
+        self.pool.shutdown(wait=True, cancel_futures=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -220,3 +221,82 @@ def test_deferring_packages_are_configured_first_with_what_they_need(tmp_path: P
                                                              "Package: man-db\nStatus: install ok installed"))
     assert queue.early_configure() == []
     queue.close()
+
+
+class HwdbRunner(Runner):
+    """systemd-hwdb in the root: writes hwdb.bin (numbered, to tell the runs apart)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def __call__(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
+        proc = super().__call__(argv)
+        (self.root / "usr/lib/udev/hwdb.bin").write_text(f"run {len(self.calls)}")
+        return proc
+
+
+def udev_root(tmp_path: Path, udev_status: str = "unpacked") -> Path:
+    root = image(tmp_path)
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/systemd-hwdb").touch()
+    (root / "usr/lib/udev/hwdb.d").mkdir(parents=True)
+    (root / "var/lib/dpkg/status").write_text(f"Package: udev\nStatus: install ok {udev_status}\n")
+    # Older than the margin within which a change of hwdb.d counts as one made during the early run.
+    time.sleep(0.15)
+    return root
+
+
+def test_hwdb_starts_alongside_the_last_configure_run(tmp_path: Path) -> None:
+    root = udev_root(tmp_path)
+    runner = HwdbRunner(root)
+    queue = Deferred(root, ".helper", runner)
+    queue.early_hwdb()
+    with queue.around_dpkg():
+        (queue.queue / HWDB_MARK).touch()          # udev's postinst asks for it
+    queue.finish()
+    queue.close()
+    assert runner.calls == [["systemd-hwdb", "--usr", "update"]]
+    assert (root / "usr/lib/udev/hwdb.bin").read_text() == "run 1"
+
+
+def test_hwdb_runs_again_when_its_sources_changed_meanwhile(tmp_path: Path) -> None:
+    root = udev_root(tmp_path)
+    runner = HwdbRunner(root)
+    queue = Deferred(root, ".helper", runner)
+    queue.early_hwdb()
+    with queue.around_dpkg():
+        (root / "usr/lib/udev/hwdb.d/70-new.hwdb").write_text("usb:v1234*\n ID_X=1\n")
+        (queue.queue / HWDB_MARK).touch()
+    queue.finish()
+    queue.close()
+    assert len(runner.calls) == 2 and (root / "usr/lib/udev/hwdb.bin").read_text() == "run 2"
+
+
+@pytest.mark.parametrize("previous", [None, "the image's own"])
+def test_hwdb_nobody_asked_for_leaves_the_image_as_it_was(tmp_path: Path, previous: str) -> None:
+    root = udev_root(tmp_path)
+    hwdb = root / "usr/lib/udev/hwdb.bin"
+    if previous is not None:
+        hwdb.write_text(previous)
+    queue = Deferred(root, ".helper", HwdbRunner(root))
+    queue.early_hwdb()
+    with queue.around_dpkg():
+        pass                                        # this udev's postinst does not ask
+    queue.finish()
+    queue.close()
+    assert (hwdb.read_text() if hwdb.exists() else None) == previous
+
+
+@pytest.mark.parametrize("status", ["installed", "absent", "no-tool"])
+def test_hwdb_is_not_started_early_without_udev_to_set_up(tmp_path: Path, status: str) -> None:
+    root = udev_root(tmp_path, "installed" if status == "installed" else "unpacked")
+    if status == "absent":
+        (root / "var/lib/dpkg/status").write_text("Package: less\nStatus: install ok unpacked\n")
+    if status == "no-tool":
+        (root / "usr/bin/systemd-hwdb").unlink()
+    runner = HwdbRunner(root)
+    queue = Deferred(root, ".helper", runner)
+    queue.early_hwdb()
+    queue.close()
+    assert runner.calls == []

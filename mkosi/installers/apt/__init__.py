@@ -27,7 +27,7 @@ How `install()` builds a root, and where the time goes:
    (systemd's postinst creates users), except for the two slowest pieces of their work, which do not
    need dpkg's one queue (deferred.py): Python's byte-compilation of its standard library runs in the
    background while dpkg goes on (the packages asking for it are configured first), and udev's hwdb
-   update runs once, after the last package.
+   update runs once, alongside the last configure run, when every package's files are in place.
 
 What gets installed: the `Essential: yes` packages, the requested packages, and their Depends and
 Pre-Depends, without Recommends (unless WithRecommends=yes turns APT::Install-Recommends on). That is
@@ -206,8 +206,9 @@ def _bootstrap(cfg: AptConfig, apt: HostApt, boot: _Bootstrap, decompressor: Dec
             stand_in_for_ssh_host_keys(cfg.root, _package_names(boot.rest))
             more = boot.count - len(boot.base)
             with log.step(f"Installing {more} more packages"), chroot.showing_progress(more):
-                for op in boot.rest:
-                    chroot.dpkg(decompressor.map_op(op))
+                last = _last_unpack(boot.rest)
+                for i, op in enumerate(boot.rest):
+                    chroot.dpkg(decompressor.map_op(op), unpacking_done=i > last)
 
 
 def _unpack_essential(chroot: Chroot, boot: _Bootstrap, decompressor: Decompressor) -> None:
@@ -229,6 +230,11 @@ def _unpack_essential(chroot: Chroot, boot: _Bootstrap, decompressor: Decompress
     chroot.dpkg(DpkgOp("unpack", (), tuple(map(str, remaining))), extra=["--force-depends"])
 
 
+def _last_unpack(plan: Sequence[DpkgOp]) -> int:
+    """The index of the plan's last run that unpacks packages (-1: none does)."""
+    return max((i for i, op in enumerate(plan) if op.action in ("unpack", "install")), default=-1)
+
+
 def _package_names(plan: Sequence[DpkgOp]) -> list[str]:
     """The names of the packages a plan unpacks (a .deb's file name starts with its package's name)."""
     return [deb.name.split("_", 1)[0] for deb in plan_debs(plan)]
@@ -237,8 +243,9 @@ def _package_names(plan: Sequence[DpkgOp]) -> list[str]:
 def _replay(cfg: AptConfig, apt: HostApt, plan: Sequence[DpkgOp], decompressor: Decompressor) -> None:
     stand_in_for_ssh_host_keys(cfg.root, _package_names(plan))
     with open_chroot(cfg, apt) as chroot, chroot.showing_progress(len(plan_debs(plan)) or len(plan)):
-        for op in plan:
-            chroot.dpkg(decompressor.map_op(op))
+        last = _last_unpack(plan)
+        for i, op in enumerate(plan):
+            chroot.dpkg(decompressor.map_op(op), unpacking_done=i > last)
 
 
 def install_more(cfg: AptConfig, packages: Sequence[str]) -> None:

@@ -135,7 +135,11 @@ class Chroot:
         else:
             log.debug(f"not using libeatmydata in the image: {probe.stderr.strip()}")
 
-    def dpkg(self, op: DpkgOp, extra: Sequence[str] = ()) -> None:
+    def dpkg(self, op: DpkgOp, extra: Sequence[str] = (), unpacking_done: bool = False) -> None:
+        """One dpkg run; `unpacking_done`: no run after this one unpacks anything (so the files of every
+        package are in place)."""
+        if self.deferred is not None and op.action == "configure" and unpacking_done:
+            self.deferred.early_hwdb()
         if self.deferred is not None and op.action == "configure" and op.args == ("--pending",):
             # Configured first, so that the work their scripts defer runs alongside the others'.
             early = self.deferred.early_configure()

@@ -10,7 +10,9 @@ them take most of the time of a configure run and do not have to happen where dp
   dpkg goes on with other packages.
 * udev's `systemd-hwdb --usr update`, which compiles the hardware database from the hwdb.d files of
   every package installed so far, and runs again (a trigger) whenever a later package adds one. It runs
-  once, after the last dpkg run, when the files of every package are in place.
+  once, when the files of every package are in place: alongside the last configure run when udev is
+  among the packages it sets up and no unpacking follows (its result is kept only if udev's postinst
+  then asks for it and no hwdb.d file changed meanwhile), after the last dpkg run otherwise.
 
 How: while dpkg runs, the root has a `systemd-hwdb` in the helper directory's bin (first on the
 maintainer scripts' PATH) that notes `--usr update` and passes every other use on; and before each dpkg
@@ -28,9 +30,11 @@ import contextlib
 import os
 import re
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from mkosi import log
 from mkosi.errors import MkosiError
@@ -41,6 +45,10 @@ Runner = Callable[[list[str]], "subprocess.CompletedProcess[str]"]
 
 DEFER_NAME = "mkosi-defer"
 HWDB_MARK = "hwdb-update"
+HWDB_ARGV = ["systemd-hwdb", "--usr", "update"]
+# What `systemd-hwdb --usr update` reads, and what it writes.
+HWDB_SOURCES = ("etc/udev/hwdb.d", "usr/lib/udev/hwdb.d", "lib/udev/hwdb.d")
+HWDB_OUTPUT = "usr/lib/udev/hwdb.bin"
 
 # The lines of the pythonX.Y(-minimal) postinsts that byte-compile the standard library ($files is the
 # package's list of .py files; -O is the optional second pass).
@@ -102,6 +110,10 @@ class Deferred:
     pool: concurrent.futures.ThreadPoolExecutor = field(init=False)
     jobs: list[tuple[list[str], concurrent.futures.Future[subprocess.CompletedProcess[str]]]] = field(
         init=False, default_factory=list)
+    # A hwdb update started before udev's postinst asked for it (see early_hwdb()): the job, when it
+    # started (ns), and the hwdb.bin it replaces (None: there was none).
+    hwdb_early: Optional[tuple[concurrent.futures.Future[subprocess.CompletedProcess[str]], int, Optional[bytes]]] = \
+        field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.pool = concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1))
@@ -178,14 +190,62 @@ class Deferred:
                 log.debug(f"running in the background: {' '.join(argv[:4])} … ({len(argv) - 4} files)")
                 self.jobs.append((argv, self.pool.submit(self.runner, argv)))
 
+    def early_hwdb(self) -> None:
+        """Before a configure run that no unpacking follows: when udev is to be set up in it (its postinst
+        asks for the hwdb update), start the update now, alongside dpkg."""
+        tool = any((self.root / d / "systemd-hwdb").exists() for d in ("usr/bin", "bin"))
+        if self.hwdb_early is not None or not tool:
+            return
+        status = self.root / "var/lib/dpkg/status"
+        if not status.is_file():
+            return
+        for st in parse_deb822(status.read_text(errors="replace")):
+            if st.get("Package") == "udev" and st.get("Status", "").split()[-1:] in (["unpacked"], ["half-configured"]):
+                break
+        else:
+            return
+        output = self.root / HWDB_OUTPUT
+        previous = output.read_bytes() if output.is_file() and not output.is_symlink() else None
+        started = time.time_ns()
+        self.hwdb_early = (self.pool.submit(self.runner, HWDB_ARGV), started, previous)
+
+    def _hwdb_sources_changed_since(self, ns: int) -> bool:
+        # File times come from a coarse clock (a tick behind time.time_ns() at most): with a margin, a
+        # change just before the start counts as one after it, never the other way round.
+        ns -= 100_000_000
+        for d in HWDB_SOURCES:
+            base = self.root / d
+            if base.is_symlink() or not base.is_dir():
+                continue
+            if base.stat().st_ctime_ns >= ns or any(p.lstat().st_ctime_ns >= ns for p in base.iterdir()):
+                return True
+        return False
+
+    def _settle_hwdb(self, asked: bool) -> Optional[concurrent.futures.Future[subprocess.CompletedProcess[str]]]:
+        """The hwdb job whose result stands (None: no update was asked for)."""
+        if self.hwdb_early is None:
+            return self.pool.submit(self.runner, HWDB_ARGV) if asked else None
+        job, started, previous = self.hwdb_early
+        self.hwdb_early = None
+        proc = job.result()
+        if asked:
+            return job if proc.returncode == 0 and not self._hwdb_sources_changed_since(started) \
+                else self.pool.submit(self.runner, HWDB_ARGV)
+        # Nobody asked: the image keeps the hwdb.bin it had.
+        output = self.root / HWDB_OUTPUT
+        if previous is None:
+            output.unlink(missing_ok=True)
+        else:
+            output.write_bytes(previous)
+        return None
+
     def finish(self) -> None:
         """After the last dpkg run: the hwdb update (if asked for) alongside the compilations still
         running; raises if a compilation failed."""
         mark = self.queue / HWDB_MARK
-        hwdb = None
-        if mark.exists():
-            mark.unlink()
-            hwdb = self.pool.submit(self.runner, ["systemd-hwdb", "--usr", "update"])
+        asked = mark.exists()
+        mark.unlink(missing_ok=True)
+        hwdb = self._settle_hwdb(asked)
         failed = []
         for argv, job in self.jobs:
             proc = job.result()

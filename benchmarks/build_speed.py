@@ -27,6 +27,8 @@ Cases (pick with --cases, default all):
               a, b and main built one after the other as three projects; the time the two sub-images
               take together is read from the build's output (when the first [main] line appears)
 
+--drop-caches syncs and drops the page cache before every measured run, of every tool alike.
+
 Run as root. Prints one line per measurement and the ratios the project's targets refer to.
 """
 
@@ -68,8 +70,19 @@ DIVERTED_WRAPPER = Path("/usr/lib/mkosi-14/mkosi")
 LAST_LOG: list[str] = []
 
 
+def settle() -> None:
+    """With --drop-caches: write out and drop the page cache before a measured run, so that no run
+    starts with what the previous one left in memory (on this kind of virtual machine, a run that has to
+    allocate fresh memory for its page cache takes up to a quarter longer than one that reuses freed
+    memory: the figures then depend on what ran before)."""
+    if OPTIONS.get("drop_caches"):
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+
+
 def run_timed(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None) -> float:
     """Run a build, return its wall-clock time; on failure show the end of its output."""
+    settle()
     start = time.monotonic()
     proc = subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           errors="replace")
@@ -91,7 +104,9 @@ def mkosi_env(repo: Path = REPO) -> dict[str, str]:
 
 def mkosi(directory: Path, *argv: str, repo: Path = REPO) -> float:
     env = mkosi_env(repo)
-    return run_timed([sys.executable, "-m", "mkosi", "-C", str(directory), *argv], env=env)
+    # Run from the project: `python -m` puts the working directory first on the module path, so run from a
+    # source tree, every `repo` would be that tree's mkosi.
+    return run_timed([sys.executable, "-m", "mkosi", "-C", str(directory), *argv], cwd=directory, env=env)
 
 
 def timed(argv: list[str], cwd: Path | None = None) -> float:
@@ -276,11 +291,12 @@ def parallel_projects(base: Path) -> tuple[Path, list[Path]]:
 def mkosi_marked(directory: Path, marker: str, *argv: str) -> tuple[float, float]:
     """Run mkosi, returning its wall-clock time and when the first line starting with `marker` came."""
     env = mkosi_env()
+    settle()
     start = time.monotonic()
     seen = None
     lines = []
-    with subprocess.Popen([sys.executable, "-m", "mkosi", "-C", str(directory), *argv], env=env, text=True,
-                          errors="replace", stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+    with subprocess.Popen([sys.executable, "-m", "mkosi", "-C", str(directory), *argv], cwd=directory, env=env,
+                          text=True, errors="replace", stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line.rstrip("\n"))
@@ -324,7 +340,8 @@ SMALL = "systemd,udev"
 MEDIUM = SMALL + ",dbus,kmod,iproute2,iputils-ping,procps,less,vim-tiny,openssh-server,sudo"
 LARGE = MEDIUM + ",python3,curl,man-db,rsync"
 SIZES = {"small": SMALL, "medium": MEDIUM, "large": LARGE}
-OPTIONS: dict[str, object] = {"rounds": 3, "sizes": list(SIZES), "baseline": None, "baseline_sizes": ["small"]}
+OPTIONS: dict[str, object] = {"rounds": 3, "sizes": list(SIZES), "baseline": None, "baseline_sizes": ["small"],
+                              "drop_caches": False}
 
 
 def load() -> float:
@@ -406,6 +423,7 @@ def floor_cold(cache: Path, work: Path) -> float:
     """Fetch the index and the same .debs as the cold build did, then extract them all (in parallel)."""
     lists, _ = cached_debs(cache)
     urls = deb_urls(cache)
+    settle()
     start = time.monotonic()
     curl_parallel(index_urls(lists), work / "index")
     subprocess.run(["xz", "-d", "-T0", *map(str, (work / "index").glob("*.xz"))], check=True)
@@ -418,6 +436,7 @@ def floor_warm(cache: Path, work: Path) -> float:
     """Revalidate the index (conditional requests, as apt does) and extract the downloaded .debs again."""
     lists, _ = cached_debs(cache)
     shutil.rmtree(work / "root", ignore_errors=True)
+    settle()
     start = time.monotonic()
     inrelease = [u for u in index_urls(lists) if u.endswith("/InRelease")]
     stamp = str(next(lists.glob("*_InRelease")))
@@ -525,9 +544,11 @@ def main() -> None:
     parser.add_argument("--sizes", default=",".join(SIZES), help="package sets for 'sizes': " + ", ".join(SIZES))
     parser.add_argument("--baseline", type=Path, help="another mkosi source tree to time in the 'sizes' rounds")
     parser.add_argument("--baseline-sizes", default="small", help="sets to time --baseline with (default small)")
+    parser.add_argument("--drop-caches", action="store_true",
+                        help="sync and drop the page cache before every measured run (of every tool)")
     opts = parser.parse_args()
     OPTIONS.update(rounds=opts.rounds, sizes=opts.sizes.split(","), baseline=opts.baseline,
-                   baseline_sizes=opts.baseline_sizes.split(","))
+                   baseline_sizes=opts.baseline_sizes.split(","), drop_caches=opts.drop_caches)
     if os.getuid() != 0:
         sys.exit("run this benchmark as root")
     base = Path(tempfile.mkdtemp(prefix="mkosi-bench-", dir=opts.workdir))

@@ -99,8 +99,9 @@ def test_hwdb_compiled_once_at_the_end(built_root: Path) -> None:
 
 
 def test_python_standard_library_byte_compiled(tmp_path: Path) -> None:
-    """The py_compile runs of python3.11-minimal's and python3.11's postinsts happen in the background;
-    every file they name is compiled, and the dpkg database keeps the postinsts as the packages have them."""
+    """The py_compile runs of python3.11-minimal's and python3.11's postinsts happen in the background, and
+    the py3compile runs after the last dpkg run; every file they name is compiled, and the dpkg database
+    keeps the postinsts as the packages have them."""
     root = tmp_path / "root"
     apt.install(bookworm(root, tmp_path / "ws"), ["python3"])
     assert all(p.status == "installed" for p in apt.installed_packages(root))
@@ -113,6 +114,11 @@ def test_python_standard_library_byte_compiled(tmp_path: Path) -> None:
         missing = [s for s in sources
                    if not (root / s[1:]).parent.joinpath("__pycache__", f"{Path(s).stem}.cpython-311.pyc").is_file()]
         assert missing == []
+    # What python3-minimal's and python3's postinsts have py3compile compile (after the last dpkg run).
+    debpython = root / "usr/share/python3/debpython"
+    compiled = sorted(p.name.split(".")[0] + ".py" for p in (debpython / "__pycache__").iterdir())
+    debpython_sources = sorted(p.name for p in debpython.glob("*.py"))
+    assert debpython_sources and compiled == debpython_sources
     for name in ("python3.11-minimal", "python3.11"):
         text = (root / f"var/lib/dpkg/info/{name}.postinst").read_text()
         assert "/usr/bin/python3.11 -E -S /usr/lib/python3.11/py_compile.py $files" in text

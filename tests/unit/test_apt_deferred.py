@@ -140,7 +140,6 @@ def test_postinsts_are_patched_for_the_run_and_restored(tmp_path: Path) -> None:
     runner = Runner()
     queue = Deferred(root, ".helper", runner)
     assert (root / ".helper/bin" / DEFER_NAME).stat().st_mode & 0o111
-    assert (root / ".helper/bin/systemd-hwdb").stat().st_mode & 0o111
     compile_argv = ["/usr/bin/python3.11", "-E", "-S", "/usr/lib/python3.11/py_compile.py", "/usr/lib/a.py"]
     with queue.around_dpkg():
         assert f"/.helper/bin/{DEFER_NAME} /usr/bin/python3.11" in postinst.read_text()
@@ -170,7 +169,7 @@ def test_a_failed_compilation_fails_the_installation(tmp_path: Path) -> None:
     queue = Deferred(image(tmp_path), ".helper", runner)
     with queue.around_dpkg():
         note(queue.queue, "1", ["/usr/bin/python3.11", "-E", "-S", "/usr/lib/python3.11/py_compile.py", "x.py"])
-    with pytest.raises(MkosiError, match="byte-compiling Python's standard library failed") as e:
+    with pytest.raises(MkosiError, match="byte-compiling Python files failed") as e:
         queue.finish()
     assert e.value.hint == "SyntaxError: bad"
     queue.close()
@@ -300,3 +299,61 @@ def test_hwdb_is_not_started_early_without_udev_to_set_up(tmp_path: Path, status
     queue.early_hwdb()
     queue.close()
     assert runner.calls == []
+
+
+def test_defer_script_at_end_notes_a_command_for_after_the_last_run(tmp_path: Path) -> None:
+    helper = helper_dir(tmp_path)
+    bindir = tmp_path / "helper/bin"
+    bindir.mkdir(parents=True)
+    (tmp_path / "helper/deferred").mkdir()
+    (bindir / DEFER_NAME).write_text(deferred.defer_script(helper))
+    (bindir / DEFER_NAME).chmod(0o755)
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "py3compile").write_text("#!/bin/sh\nexit 3\n")
+    (real / "py3compile").chmod(0o755)
+    (bindir / "py3compile").write_text(deferred.py3compile_script(helper))
+    (bindir / "py3compile").chmod(0o755)
+    # dh_python3's postinst snippet, as the chroot runs it (the helper's bin first on PATH).
+    snippet = "set -e\nif command -v py3compile >/dev/null 2>&1; then\n\tpy3compile -p python3-foo\nfi\n"
+    proc = subprocess.run(["sh", "-c", snippet], env={"PATH": f"/{helper}/bin:{real}:/usr/bin:/bin"},
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    [job] = (tmp_path / "helper/deferred").iterdir()
+    assert job.name.startswith("end.") and job.name.endswith(".cmd")
+    assert job.read_bytes() == f"{real}/py3compile\0-p\0python3-foo\0".encode()
+
+
+def test_stand_ins_are_there_only_when_the_real_command_is(tmp_path: Path) -> None:
+    root = image(tmp_path)
+    queue = Deferred(root, ".helper", Runner())
+    bindir = root / ".helper/bin"
+    with queue.around_dpkg():
+        assert not (bindir / "py3compile").exists() and not (bindir / "systemd-hwdb").exists()
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/py3compile").symlink_to("../share/python3/py3compile")   # resolved in the root
+    (root / "usr/share/python3").mkdir(parents=True)
+    (root / "usr/share/python3/py3compile").touch()
+    with queue.around_dpkg():
+        assert (bindir / "py3compile").stat().st_mode & 0o111
+        assert "--at-end" in (bindir / "py3compile").read_text()
+        assert not (bindir / "systemd-hwdb").exists()
+    (root / "usr/share/python3/py3compile").unlink()
+    with queue.around_dpkg():
+        assert not (bindir / "py3compile").exists()
+    queue.close()
+
+
+def test_commands_for_the_end_start_after_the_last_run(tmp_path: Path) -> None:
+    runner = Runner()
+    queue = Deferred(image(tmp_path), ".helper", runner)
+    with queue.around_dpkg():
+        (queue.queue / "end.1.cmd").write_bytes(b"/usr/bin/py3compile\0-p\0python3-foo\0")
+    with queue.around_dpkg():
+        note(queue.queue, "2", ["/usr/bin/python3.11", "-E", "-S", "/usr/lib/python3.11/py_compile.py", "a.py"])
+    [(_, started)] = queue.jobs
+    started.result()
+    assert runner.calls == [["/usr/bin/python3.11", "-E", "-S", "/usr/lib/python3.11/py_compile.py", "a.py"]]
+    queue.finish()
+    queue.close()
+    assert runner.calls[1:] == [["/usr/bin/py3compile", "-p", "python3-foo"]]

@@ -1,27 +1,31 @@
 """Work of maintainer scripts that mkosi does later, and on every core, instead of in dpkg's one queue.
 
-dpkg runs maintainer scripts one at a time, so the slow ones hold up every package after them. Two of
-them take most of the time of a configure run and do not have to happen where dpkg puts them:
+dpkg runs maintainer scripts one at a time, so the slow ones hold up every package after them. Three
+kinds of work take much of a configure run's time and do not have to happen where dpkg puts them:
 
 * Python's byte-compilation of its standard library (`pythonX.Y-minimal` and `pythonX.Y` compile the
   files of their library packages with `py_compile.py`, about half a second each). Nothing a later
   maintainer script does needs those files compiled (Python compiles what it imports when a file is
   missing), so the compilation runs in the background as soon as the script has asked for it, while
   dpkg goes on with other packages.
+* `py3compile -p PACKAGE`, which every Python package's postinst runs (dh_python3). It asks dpkg's
+  database for the package's files, which must not happen while dpkg writes it, so it runs after the
+  last dpkg run, all of them in parallel.
 * udev's `systemd-hwdb --usr update`, which compiles the hardware database from the hwdb.d files of
   every package installed so far, and runs again (a trigger) whenever a later package adds one. It runs
   once, when the files of every package are in place: alongside the last configure run when udev is
   among the packages it sets up and no unpacking follows (its result is kept only if udev's postinst
   then asks for it and no hwdb.d file changed meanwhile), after the last dpkg run otherwise.
 
-How: while dpkg runs, the root has a `systemd-hwdb` in the helper directory's bin (first on the
-maintainer scripts' PATH) that notes `--usr update` and passes every other use on; and before each dpkg
-run, the `py_compile.py` lines of the python3* postinsts in dpkg's database are prefixed with a command
-that notes the command line instead of running it. The postinsts are restored as they were after the run
-(the image's dpkg database is what the package installed), and each noted command then runs as it
-was written, in the same sandbox, in the order noted. A failing compilation fails the installation as
-the postinst would have (it runs under `set -e`); a failing hwdb update is a warning, as the postinst
-ignores it too. The image ends up with the same files either way.
+How: during each dpkg run whose root has the real `systemd-hwdb` or `py3compile`, the helper directory's
+bin (first on the maintainer scripts' PATH) has a stand-in of that name: the hwdb one notes `--usr update`
+and passes every other use on, the py3compile one notes its command line. And before each dpkg run, the
+`py_compile.py` lines of the python3* postinsts in dpkg's database are prefixed with a command that notes
+the command line instead of running it. The postinsts are restored as they were after the run (the
+image's dpkg database is what the package installed), and each noted command then runs as it was
+written, in the same sandbox. A failing compilation fails the installation as the postinst would have
+(it runs under `set -e`); a failing hwdb update is a warning, as the postinst ignores it too. The image
+ends up with the same files either way.
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ from typing import Optional
 from mkosi import log
 from mkosi.errors import MkosiError
 from mkosi.installers.apt.debs import dependency_closure, parse_deb822
+from mkosi.trees import resolve_in_root
 
 # Run in a sandbox of the root; returns the finished process (never raises for an exit status).
 Runner = Callable[[list[str]], "subprocess.CompletedProcess[str]"]
@@ -58,12 +63,15 @@ _PY_COMPILE = re.compile(
 
 
 def defer_script(helper: str) -> str:
-    """Notes its command line (NUL-separated, in a new file of the queue directory) and succeeds."""
+    """Notes its command line (NUL-separated, in a new file of the queue directory) and succeeds; with
+    --at-end first, the command runs after the last dpkg run rather than right after this one."""
     return (
         "#!/bin/sh\n"
         "# Written by mkosi while packages are installed: this command runs later, after dpkg's run.\n"
         "set -e\n"
-        f"job=$(mktemp /{helper}/deferred/job.XXXXXXXX)\n"
+        "kind=job\n"
+        "if [ \"$1\" = --at-end ]; then kind=end; shift; fi\n"
+        f"job=$(mktemp /{helper}/deferred/$kind.XXXXXXXX)\n"
         "printf '%s\\0' \"$@\" > \"$job.tmp\"\n"
         "mv \"$job.tmp\" \"$job.cmd\"\n"
         "rm -f \"$job\"\n"
@@ -89,6 +97,30 @@ def hwdb_script(helper: str) -> str:
     )
 
 
+def py3compile_script(helper: str) -> str:
+    """A py3compile that has the real one run after the last dpkg run (it asks dpkg's database for the
+    package's files, which must not happen while dpkg writes it)."""
+    return (
+        "#!/bin/sh\n"
+        "# Written by mkosi while packages are installed: Python files are byte-compiled after the last\n"
+        "# package, on every core.\n"
+        f"PATH=${{PATH#/{helper}/bin:}}\n"
+        "if ! real=$(command -v py3compile); then\n"
+        "    echo \"$0: not found\" >&2\n"
+        "    exit 127\n"
+        "fi\n"
+        f"exec /{helper}/bin/{DEFER_NAME} --at-end \"$real\" \"$@\"\n"
+    )
+
+
+# Commands the maintainer scripts find on their PATH: mkosi's stand-in, and where the real one is. A
+# stand-in is only there for a dpkg run when the real one is (so `command -v NAME` answers as before).
+_STAND_INS = {
+    "systemd-hwdb": (hwdb_script, ("usr/bin/systemd-hwdb", "bin/systemd-hwdb")),
+    "py3compile": (py3compile_script, ("usr/bin/py3compile", "bin/py3compile")),
+}
+
+
 def defer_py_compile(text: str, defer: str) -> str:
     """The postinst with its py_compile lines run through `defer` (unchanged when it has none)."""
     return _PY_COMPILE.sub(lambda m: f"{m.group(1)}{defer} {m.group(2)}", text)
@@ -110,6 +142,7 @@ class Deferred:
     pool: concurrent.futures.ThreadPoolExecutor = field(init=False)
     jobs: list[tuple[list[str], concurrent.futures.Future[subprocess.CompletedProcess[str]]]] = field(
         init=False, default_factory=list)
+    at_end: list[list[str]] = field(init=False, default_factory=list)   # started by finish()
     # A hwdb update started before udev's postinst asked for it (see early_hwdb()): the job, when it
     # started (ns), and the hwdb.bin it replaces (None: there was none).
     hwdb_early: Optional[tuple[concurrent.futures.Future[subprocess.CompletedProcess[str]], int, Optional[bytes]]] = \
@@ -120,9 +153,17 @@ class Deferred:
         base = self.root / self.helper
         for d in ("bin", "deferred"):
             (base / d).mkdir(parents=True, exist_ok=True)
-        for name, text in ((DEFER_NAME, defer_script(self.helper)), ("systemd-hwdb", hwdb_script(self.helper))):
-            (base / "bin" / name).write_text(text)
-            (base / "bin" / name).chmod(0o755)
+        (base / "bin" / DEFER_NAME).write_text(defer_script(self.helper))
+        (base / "bin" / DEFER_NAME).chmod(0o755)
+
+    def _place_stand_ins(self) -> None:
+        for name, (script, real) in _STAND_INS.items():
+            path = self.root / self.helper / "bin" / name
+            if any(resolve_in_root(self.root, p).exists() for p in real):
+                path.write_text(script(self.helper))
+                path.chmod(0o755)
+            else:
+                path.unlink(missing_ok=True)
 
     @property
     def queue(self) -> Path:
@@ -132,6 +173,7 @@ class Deferred:
     def around_dpkg(self) -> Iterator[None]:
         """Around one dpkg run: the postinsts defer their compilation; afterwards they are restored and
         what was noted starts."""
+        self._place_stand_ins()
         patched = self._patch_postinsts()
         try:
             yield
@@ -183,12 +225,19 @@ class Deferred:
         return [] if early == pending else sorted(early)
 
     def _start_noted(self) -> None:
-        for job in sorted(self.queue.glob("job.*.cmd"), key=lambda p: p.stat().st_mtime_ns):
+        for job in sorted(self.queue.glob("*.cmd"), key=lambda p: p.stat().st_mtime_ns):
             argv = [a.decode() for a in job.read_bytes().split(b"\0")[:-1]]
             job.unlink()
-            if argv:
-                log.debug(f"running in the background: {' '.join(argv[:4])} … ({len(argv) - 4} files)")
-                self.jobs.append((argv, self.pool.submit(self.runner, argv)))
+            if not argv:
+                continue
+            if job.name.startswith("end."):
+                self.at_end.append(argv)
+            else:
+                self._start(argv)
+
+    def _start(self, argv: list[str]) -> None:
+        log.debug(f"running in the background: {' '.join(argv[:5])}{' …' if len(argv) > 5 else ''}")
+        self.jobs.append((argv, self.pool.submit(self.runner, argv)))
 
     def early_hwdb(self) -> None:
         """Before a configure run that no unpacking follows: when udev is to be set up in it (its postinst
@@ -246,6 +295,9 @@ class Deferred:
         asked = mark.exists()
         mark.unlink(missing_ok=True)
         hwdb = self._settle_hwdb(asked)
+        for argv in self.at_end:
+            self._start(argv)
+        self.at_end.clear()
         failed = []
         for argv, job in self.jobs:
             proc = job.result()
@@ -259,8 +311,9 @@ class Deferred:
         if failed:
             argv, proc = failed[0]
             tail = "\n".join(f"{proc.stdout}\n{proc.stderr}".strip().splitlines()[-12:])
-            raise MkosiError(f"byte-compiling Python's standard library failed: {' '.join(argv[:4])} "
-                             f"exited with status {proc.returncode}", hint=tail or None)
+            raise MkosiError(f"byte-compiling Python files failed: {' '.join(argv[:4])} "
+                             f"(asked for by a maintainer script) exited with status {proc.returncode}",
+                             hint=tail or None)
 
     def close(self) -> None:
         """Wait for what is running (nothing may write into the root afterwards); start nothing more."""

@@ -24,10 +24,11 @@ How `install()` builds a root, and where the time goes:
    so all essential tools are on disk by the time the first preinst runs; should one fail anyway, the
    traditional way (extract the rest with dpkg-deb, unpack again) is the fallback. Then it configures
    them all, and installs the other packages by replaying apt's plan. Maintainer scripts run as usual
-   (systemd's postinst creates users), except for the two slowest pieces of their work, which do not
-   need dpkg's one queue (deferred.py): Python's byte-compilation of its standard library runs in the
-   background while dpkg goes on (the packages asking for it are configured first), and udev's hwdb
-   update runs once, alongside the last configure run, when every package's files are in place.
+   (systemd's postinst creates users), except for the slowest pieces of their work, which do not need
+   dpkg's one queue (deferred.py): Python's byte-compilation of its standard library runs in the
+   background while dpkg goes on (the packages asking for it are configured first), py3compile runs
+   after the last dpkg run, all at once, and udev's hwdb update runs once, alongside the last configure
+   run, when every package's files are in place.
 
 What gets installed: the `Essential: yes` packages, the requested packages, and their Depends and
 Pre-Depends, without Recommends (unless WithRecommends=yes turns APT::Install-Recommends on). That is

@@ -231,6 +231,7 @@ def test_dnf_argv(tmp_path: Path) -> None:
     assert f"--setopt=reposdir={tmp_path / 'ws/dnf/repos.d'}" in argv
     assert "--releasever=43" in argv and "--setopt=keepcache=1" in argv
     assert "--setopt=tsflags=nodocs" in argv and "--setopt=install_weak_deps=0" in argv
+    assert "--setopt=max_parallel_downloads=10" in argv
     assert "--cacheonly" not in argv and not any(a.startswith("--forcearch") for a in argv)
 
     argv = dnf.dnf_argv(dnf_config(tmp_path, with_docs=True, network=False, architecture="aarch64"), "install", [])

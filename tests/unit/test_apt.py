@@ -854,6 +854,31 @@ def test_chroot_cleans_up_after_itself(tmp_path: Path, monkeypatch: pytest.Monke
     assert recorder.calls == []
 
 
+def test_chroot_writes_nothing_outside_the_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tree whose /usr/sbin and helper directory are symbolic links out of it (absolute ones, as a
+    hostile skeleton tree could have them) gets mkosi's files inside the root all the same."""
+    cfg = config(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (cfg.root / "usr").mkdir(parents=True)
+    (cfg.root / "usr/sbin").symlink_to(outside)
+    (cfg.root / ".mkosi-apt").symlink_to(outside)
+    (cfg.root / "var/lib/dpkg").mkdir(parents=True)
+    (cfg.root / "var/lib/dpkg/info").symlink_to(outside)
+    (outside / "python3.11.postinst").write_text(
+        "#!/bin/sh\n/usr/bin/python3.11 -E -S /usr/lib/python3.11/py_compile.py $files\n")
+    monkeypatch.setattr(chroot_module, "run", Recorder())
+    monkeypatch.setattr(chroot_module, "_host_eatmydata", lambda: None)
+    with chroot_module.open_chroot(cfg, apt_dirs(tmp_path)) as chroot:
+        chroot.dpkg(DpkgOp("configure", (), ("--pending",)))
+        assert sorted(p.name for p in outside.iterdir()) == ["python3.11.postinst"]
+        # The absolute link is taken as the image sees it: relative to the root.
+        assert (cfg.root / str(outside).lstrip("/") / "policy-rc.d").read_text().endswith("exit 101\n")
+        assert (cfg.root / ".mkosi-apt/bin/ischroot").is_file() and not (cfg.root / ".mkosi-apt").is_symlink()
+    assert sorted(p.name for p in outside.iterdir()) == ["python3.11.postinst"]
+    assert "mkosi" not in (outside / "python3.11.postinst").read_text()
+
+
 def test_chroot_keeps_the_trees_own_policy_rc_d(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = config(tmp_path)
     policy = cfg.root / "usr/sbin/policy-rc.d"

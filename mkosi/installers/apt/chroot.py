@@ -20,6 +20,7 @@ from mkosi.installers.apt.plan import DpkgOp
 from mkosi.progress import InstallProgress
 from mkosi.run import find_tool, output, run, run_streaming
 from mkosi.sandbox import Mount, Sandbox
+from mkosi.trees import resolve_in_root
 
 # Private directory in the root while packages are installed (package cache mount points, eatmydata).
 HELPER_DIR = ".mkosi-apt"
@@ -174,9 +175,12 @@ def open_chroot(cfg: AptConfig, apt: HostApt) -> Iterator[Chroot]:
     """Forbid service starts and make the helper directory; remove both whatever happens. The mounts
     exist only in each dpkg run's own mount namespace, so nothing is ever left mounted in the root."""
     root = cfg.root.absolute()
-    path = root / "usr/sbin/policy-rc.d"
+    # Resolved in the root: a tree's symbolic links never lead mkosi's writes out of it.
+    path = resolve_in_root(root, "usr/sbin/policy-rc.d")
     policy = None if path.exists() or path.is_symlink() else path  # else the tree brought its own
     helper = root / HELPER_DIR
+    if helper.is_symlink():
+        helper.unlink()   # mkosi's private directory, whatever a tree put there
     chroot: Optional[Chroot] = None
     package_dirs = {apt.archives: f"/{HELPER_DIR}/archives", apt.uncompressed: f"/{HELPER_DIR}/uncompressed"}
     if cfg.local_repository is not None:

@@ -158,7 +158,7 @@ class Deferred:
 
     def _place_stand_ins(self) -> None:
         for name, (script, real) in _STAND_INS.items():
-            path = self.root / self.helper / "bin" / name
+            path = self.root / self.helper / "bin" / name   # mkosi's own directory, made afresh
             if any(resolve_in_root(self.root, p).exists() for p in real):
                 path.write_text(script(self.helper))
                 path.chmod(0o755)
@@ -184,7 +184,7 @@ class Deferred:
             self._start_noted()
 
     def _patch_postinsts(self) -> list[_Patched]:
-        info = self.root / "var/lib/dpkg/info"
+        info = resolve_in_root(self.root, "var/lib/dpkg/info")
         patched = []
         for path in sorted(info.glob("python3*.postinst")):
             if path.is_symlink() or not path.is_file():
@@ -206,13 +206,13 @@ class Deferred:
         """Before a `--configure --pending` run: the unconfigured packages whose postinst defers work,
         with the unconfigured packages they depend on, to be configured in a run of their own first
         (their work then runs while dpkg configures the others). Empty when that gains nothing."""
-        status = self.root / "var/lib/dpkg/status"
+        status = resolve_in_root(self.root, "var/lib/dpkg/status")
         if not status.is_file():
             return []
         stanzas = {st["Package"]: st for st in parse_deb822(status.read_text(errors="replace")) if "Package" in st}
         pending = {name for name, st in stanzas.items()
                    if st.get("Status", "").split()[-1:] in (["unpacked"], ["half-configured"])}
-        info = self.root / "var/lib/dpkg/info"
+        info = resolve_in_root(self.root, "var/lib/dpkg/info")
         roots = []
         for name in sorted(pending):
             postinst = info / f"{name}.postinst"
@@ -242,10 +242,10 @@ class Deferred:
     def early_hwdb(self) -> None:
         """Before a configure run that no unpacking follows: when udev is to be set up in it (its postinst
         asks for the hwdb update), start the update now, alongside dpkg."""
-        tool = any((self.root / d / "systemd-hwdb").exists() for d in ("usr/bin", "bin"))
+        tool = any(resolve_in_root(self.root, f"{d}/systemd-hwdb").exists() for d in ("usr/bin", "bin"))
         if self.hwdb_early is not None or not tool:
             return
-        status = self.root / "var/lib/dpkg/status"
+        status = resolve_in_root(self.root, "var/lib/dpkg/status")
         if not status.is_file():
             return
         for st in parse_deb822(status.read_text(errors="replace")):
@@ -253,7 +253,7 @@ class Deferred:
                 break
         else:
             return
-        output = self.root / HWDB_OUTPUT
+        output = resolve_in_root(self.root, HWDB_OUTPUT)
         previous = output.read_bytes() if output.is_file() and not output.is_symlink() else None
         started = time.time_ns()
         self.hwdb_early = (self.pool.submit(self.runner, HWDB_ARGV), started, previous)
@@ -263,8 +263,8 @@ class Deferred:
         # change just before the start counts as one after it, never the other way round.
         ns -= 100_000_000
         for d in HWDB_SOURCES:
-            base = self.root / d
-            if base.is_symlink() or not base.is_dir():
+            base = resolve_in_root(self.root, d)
+            if not base.is_dir():
                 continue
             if base.stat().st_ctime_ns >= ns or any(p.lstat().st_ctime_ns >= ns for p in base.iterdir()):
                 return True
@@ -281,7 +281,7 @@ class Deferred:
             return job if proc.returncode == 0 and not self._hwdb_sources_changed_since(started) \
                 else self.pool.submit(self.runner, HWDB_ARGV)
         # Nobody asked: the image keeps the hwdb.bin it had.
-        output = self.root / HWDB_OUTPUT
+        output = resolve_in_root(self.root, HWDB_OUTPUT)
         if previous is None:
             output.unlink(missing_ok=True)
         else:

@@ -466,13 +466,18 @@ class Results(dict[str, list[tuple[float, float]]]):
             print(f"    {key:<16} {seconds:6.1f} s  [load {load_before:.1f}]", flush=True)
 
 
-def one_round(base: Path, size: str, results: Results) -> None:
+def one_round(base: Path, size: str, results: Results, index: int = 0) -> None:
     """One interleaved round for one package set: every tool once, each cold from an empty cache."""
     packages = SIZES[size]
     trees = {"mkosi": REPO}
     if OPTIONS["baseline"] and size in list(OPTIONS["baseline_sizes"]):  # type: ignore[call-overload]
         trees["baseline"] = Path(str(OPTIONS["baseline"]))
-    for label, tree in trees.items():
+    # With a baseline, every other round times it first: the run after another tool's (whose tree is
+    # being written back and deleted) is the slower one, and neither tree may always get that turn.
+    order = list(trees.items())
+    if index % 2:
+        order.reverse()
+    for label, tree in order:
         d = base / f"{label}-{size}"
         if not d.exists():
             sized_project(base, f"{label}-{size}", packages)
@@ -519,6 +524,9 @@ def print_size(size: str, results: dict[str, list[tuple[float, float]]]) -> None
     fcold, fwarm, mm = (median(results, k)[0] for k in ("floor cold", "floor warm", "mmdebstrap"))
     print(f"  cold/floor = {cold / fcold:.2f} (target <= 2)   warm/warm floor = {warm / fwarm:.2f} (target <= 2)   "
           f"cold/mmdebstrap = {cold / mm:.2f} (target <= 0.5)")
+    if "baseline cold" in results:
+        bcold, bwarm = median(results, "baseline cold")[0], median(results, "baseline warm")[0]
+        print(f"  mkosi/baseline: cold = {cold / bcold:.2f}   warm = {warm / bwarm:.2f}")
 
 
 def case_sizes(base: Path) -> None:
@@ -526,7 +534,7 @@ def case_sizes(base: Path) -> None:
     for r in range(int(str(OPTIONS["rounds"]))):
         for size in list(OPTIONS["sizes"]):  # type: ignore[call-overload]
             print(f"round {r + 1}, {size} (load {load():.1f})", flush=True)
-            one_round(base, size, results.setdefault(size, Results()))
+            one_round(base, size, results.setdefault(size, Results()), r)
     for size, res in results.items():
         print_size(size, res)
 

@@ -246,29 +246,31 @@ def udev_root(tmp_path: Path, udev_status: str = "unpacked") -> Path:
     return root
 
 
-def test_hwdb_starts_alongside_the_last_configure_run(tmp_path: Path) -> None:
-    root = udev_root(tmp_path)
+def early_hwdb_run(root: Path, new_hwdb_file: bool) -> HwdbRunner:
+    """The hwdb update started early, then a configure run in which udev's postinst asks for it (and,
+    with `new_hwdb_file`, a hwdb.d file appears meanwhile)."""
     runner = HwdbRunner(root)
     queue = Deferred(root, ".helper", runner)
     queue.early_hwdb()
     with queue.around_dpkg():
+        if new_hwdb_file:
+            (root / "usr/lib/udev/hwdb.d/70-new.hwdb").write_text("usb:v1234*\n ID_X=1\n")
         (queue.queue / HWDB_MARK).touch()          # udev's postinst asks for it
     queue.finish()
     queue.close()
+    return runner
+
+
+def test_hwdb_starts_alongside_the_last_configure_run(tmp_path: Path) -> None:
+    root = udev_root(tmp_path)
+    runner = early_hwdb_run(root, new_hwdb_file=False)
     assert runner.calls == [["systemd-hwdb", "--usr", "update"]]
     assert (root / "usr/lib/udev/hwdb.bin").read_text() == "run 1"
 
 
 def test_hwdb_runs_again_when_its_sources_changed_meanwhile(tmp_path: Path) -> None:
     root = udev_root(tmp_path)
-    runner = HwdbRunner(root)
-    queue = Deferred(root, ".helper", runner)
-    queue.early_hwdb()
-    with queue.around_dpkg():
-        (root / "usr/lib/udev/hwdb.d/70-new.hwdb").write_text("usb:v1234*\n ID_X=1\n")
-        (queue.queue / HWDB_MARK).touch()
-    queue.finish()
-    queue.close()
+    runner = early_hwdb_run(root, new_hwdb_file=True)
     assert len(runner.calls) == 2 and (root / "usr/lib/udev/hwdb.bin").read_text() == "run 2"
 
 

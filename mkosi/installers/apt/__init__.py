@@ -207,9 +207,7 @@ def _bootstrap(cfg: AptConfig, apt: HostApt, boot: _Bootstrap, decompressor: Dec
             stand_in_for_ssh_host_keys(cfg.root, _package_names(boot.rest))
             more = boot.count - len(boot.base)
             with log.step(f"Installing {more} more packages"), chroot.showing_progress(more):
-                last = _last_unpack(boot.rest)
-                for i, op in enumerate(boot.rest):
-                    chroot.dpkg(decompressor.map_op(op), unpacking_done=i > last)
+                _run_plan(chroot, boot.rest, decompressor)
 
 
 def _unpack_essential(chroot: Chroot, boot: _Bootstrap, decompressor: Decompressor) -> None:
@@ -231,9 +229,11 @@ def _unpack_essential(chroot: Chroot, boot: _Bootstrap, decompressor: Decompress
     chroot.dpkg(DpkgOp("unpack", (), tuple(map(str, remaining))), extra=["--force-depends"])
 
 
-def _last_unpack(plan: Sequence[DpkgOp]) -> int:
-    """The index of the plan's last run that unpacks packages (-1: none does)."""
-    return max((i for i, op in enumerate(plan) if op.action in ("unpack", "install")), default=-1)
+def _run_plan(chroot: Chroot, plan: Sequence[DpkgOp], decompressor: Decompressor) -> None:
+    """apt's dpkg runs, each told whether a later one still unpacks packages."""
+    last = max((i for i, op in enumerate(plan) if op.action in ("unpack", "install")), default=-1)
+    for i, op in enumerate(plan):
+        chroot.dpkg(decompressor.map_op(op), unpacking_done=i > last)
 
 
 def _package_names(plan: Sequence[DpkgOp]) -> list[str]:
@@ -244,9 +244,7 @@ def _package_names(plan: Sequence[DpkgOp]) -> list[str]:
 def _replay(cfg: AptConfig, apt: HostApt, plan: Sequence[DpkgOp], decompressor: Decompressor) -> None:
     stand_in_for_ssh_host_keys(cfg.root, _package_names(plan))
     with open_chroot(cfg, apt) as chroot, chroot.showing_progress(len(plan_debs(plan)) or len(plan)):
-        last = _last_unpack(plan)
-        for i, op in enumerate(plan):
-            chroot.dpkg(decompressor.map_op(op), unpacking_done=i > last)
+        _run_plan(chroot, plan, decompressor)
 
 
 def install_more(cfg: AptConfig, packages: Sequence[str]) -> None:

@@ -139,11 +139,11 @@ class Chroot:
     def dpkg(self, op: DpkgOp, extra: Sequence[str] = (), unpacking_done: bool = False) -> None:
         """One dpkg run; `unpacking_done`: no run after this one unpacks anything (so the files of every
         package are in place)."""
-        if self.deferred is not None and op.action == "configure" and unpacking_done:
-            self.deferred.early_hwdb()
-        if self.deferred is not None and op.action == "configure" and op.args == ("--pending",):
+        if self.deferred is not None and op.action == "configure":
+            if unpacking_done:
+                self.deferred.early_hwdb()
             # Configured first, so that the work their scripts defer runs alongside the others'.
-            early = self.deferred.early_configure()
+            early = self.deferred.early_configure() if op.args == ("--pending",) else []
             if early:
                 first = self._run_dpkg(DpkgOp("configure", ("--no-triggers",), tuple(early)), extra)
                 if first.returncode != 0:

@@ -78,39 +78,37 @@ def defer_script(helper: str) -> str:
     )
 
 
-def hwdb_script(helper: str) -> str:
-    """A systemd-hwdb that notes `--usr update` (done once, at the end) and runs every other use."""
+def _stand_in_head(helper: str, name: str, comment: str) -> str:
+    """The start of a stand-in: its PATH without the helper directory, where the real `name` must be."""
     return (
         "#!/bin/sh\n"
-        "# Written by mkosi while packages are installed: the hardware database is compiled once, after\n"
-        "# the last package.\n"
+        f"# Written by mkosi while packages are installed: {comment}\n"
         f"PATH=${{PATH#/{helper}/bin:}}\n"
-        "if ! command -v systemd-hwdb >/dev/null; then\n"
+        f"if ! real=$(command -v {name}); then\n"
         "    echo \"$0: not found\" >&2\n"
         "    exit 127\n"
         "fi\n"
+    )
+
+
+def hwdb_script(helper: str) -> str:
+    """A systemd-hwdb that notes `--usr update` (done once, at the end) and runs every other use."""
+    return _stand_in_head(helper, "systemd-hwdb", "the hardware database is compiled once, after\n"
+                          "# the last package.") + (
         "if [ \"$*\" = \"--usr update\" ] || [ \"$*\" = \"update --usr\" ]; then\n"
         f"    : > /{helper}/deferred/{HWDB_MARK}\n"
         "    exit 0\n"
         "fi\n"
-        "exec systemd-hwdb \"$@\"\n"
+        "exec \"$real\" \"$@\"\n"
     )
 
 
 def py3compile_script(helper: str) -> str:
     """A py3compile that has the real one run after the last dpkg run (it asks dpkg's database for the
     package's files, which must not happen while dpkg writes it)."""
-    return (
-        "#!/bin/sh\n"
-        "# Written by mkosi while packages are installed: Python files are byte-compiled after the last\n"
-        "# package, on every core.\n"
-        f"PATH=${{PATH#/{helper}/bin:}}\n"
-        "if ! real=$(command -v py3compile); then\n"
-        "    echo \"$0: not found\" >&2\n"
-        "    exit 127\n"
-        "fi\n"
+    return _stand_in_head(helper, "py3compile", "Python files are byte-compiled after the last\n"
+                          "# package, on every core.") + \
         f"exec /{helper}/bin/{DEFER_NAME} --at-end \"$real\" \"$@\"\n"
-    )
 
 
 # Commands the maintainer scripts find on their PATH: mkosi's stand-in, and where the real one is. A
@@ -156,10 +154,23 @@ class Deferred:
         (base / "bin" / DEFER_NAME).write_text(defer_script(self.helper))
         (base / "bin" / DEFER_NAME).chmod(0o755)
 
+    def _has_real(self, name: str) -> bool:
+        return any(resolve_in_root(self.root, p).exists() for p in _STAND_INS[name][1])
+
+    def _unconfigured(self) -> tuple[dict[str, dict[str, str]], set[str]]:
+        """dpkg's status stanzas by package name, and the packages unpacked but not configured yet."""
+        status = resolve_in_root(self.root, "var/lib/dpkg/status")
+        if not status.is_file():
+            return {}, set()
+        stanzas = {st["Package"]: st for st in parse_deb822(status.read_text(errors="replace")) if "Package" in st}
+        pending = {name for name, st in stanzas.items()
+                   if st.get("Status", "").split()[-1:] in (["unpacked"], ["half-configured"])}
+        return stanzas, pending
+
     def _place_stand_ins(self) -> None:
-        for name, (script, real) in _STAND_INS.items():
+        for name, (script, _) in _STAND_INS.items():
             path = self.root / self.helper / "bin" / name   # mkosi's own directory, made afresh
-            if any(resolve_in_root(self.root, p).exists() for p in real):
+            if self._has_real(name):
                 path.write_text(script(self.helper))
                 path.chmod(0o755)
             else:
@@ -206,12 +217,7 @@ class Deferred:
         """Before a `--configure --pending` run: the unconfigured packages whose postinst defers work,
         with the unconfigured packages they depend on, to be configured in a run of their own first
         (their work then runs while dpkg configures the others). Empty when that gains nothing."""
-        status = resolve_in_root(self.root, "var/lib/dpkg/status")
-        if not status.is_file():
-            return []
-        stanzas = {st["Package"]: st for st in parse_deb822(status.read_text(errors="replace")) if "Package" in st}
-        pending = {name for name, st in stanzas.items()
-                   if st.get("Status", "").split()[-1:] in (["unpacked"], ["half-configured"])}
+        stanzas, pending = self._unconfigured()
         info = resolve_in_root(self.root, "var/lib/dpkg/info")
         roots = []
         for name in sorted(pending):
@@ -242,16 +248,7 @@ class Deferred:
     def early_hwdb(self) -> None:
         """Before a configure run that no unpacking follows: when udev is to be set up in it (its postinst
         asks for the hwdb update), start the update now, alongside dpkg."""
-        tool = any(resolve_in_root(self.root, f"{d}/systemd-hwdb").exists() for d in ("usr/bin", "bin"))
-        if self.hwdb_early is not None or not tool:
-            return
-        status = resolve_in_root(self.root, "var/lib/dpkg/status")
-        if not status.is_file():
-            return
-        for st in parse_deb822(status.read_text(errors="replace")):
-            if st.get("Package") == "udev" and st.get("Status", "").split()[-1:] in (["unpacked"], ["half-configured"]):
-                break
-        else:
+        if self.hwdb_early is not None or not self._has_real("systemd-hwdb") or "udev" not in self._unconfigured()[1]:
             return
         output = resolve_in_root(self.root, HWDB_OUTPUT)
         previous = output.read_bytes() if output.is_file() and not output.is_symlink() else None
